@@ -1,0 +1,717 @@
+/**
+ * @file switchboard.js — a dependency-free browser client for the Switchboard
+ * WebRTC signaling server.
+ *
+ * It joins a room over WebSocket, keeps the participant list current, and
+ * builds a full mesh of `RTCPeerConnection`s (one per other participant), each
+ * with a data channel and, optionally, the local camera/microphone.
+ *
+ * Load it as a classic script (`<script src="switchboard.js"></script>`, which
+ * defines `window.Switchboard`) or from a bundler/CommonJS (`module.exports`).
+ *
+ * The token is passed in the `Sec-WebSocket-Protocol` header
+ * (`["switchboard.v1", "bearer." + token]`), never in the URL, so it does not end
+ * up in access logs or browser history. REST calls use `Authorization: Bearer`.
+ *
+ * Negotiation: the participant whose `participant_id` sorts first
+ * (lexicographically) creates the peer connection, the data channel and the
+ * first offer; the other side answers. Later renegotiations (adding a camera)
+ * use the "perfect negotiation" pattern with the same ordering deciding who is
+ * polite (the larger id), so offer collisions resolve by themselves.
+ *
+ * @example
+ * const sb = new Switchboard({ room: "demo", token: jwt });
+ * sb.addEventListener("participants", (e) => render(e.detail.participants));
+ * sb.addEventListener("message", (e) => console.log(e.detail.participantId, e.detail.data));
+ * await sb.connect();
+ * sb.send("hello everyone");
+ */
+(function (root, factory) {
+  "use strict";
+  const Switchboard = factory();
+  if (typeof module === "object" && module && module.exports) {
+    module.exports = Switchboard;
+    module.exports.Switchboard = Switchboard;
+  }
+  if (root) {
+    root.Switchboard = Switchboard;
+  }
+})(typeof globalThis !== "undefined" ? globalThis : this, function () {
+  "use strict";
+
+  /** WebSocket subprotocol the server selects; the token rides in a second one. */
+  const SUBPROTOCOL = "switchboard.v1";
+  /** Label of the data channel opened to every peer. */
+  const DATA_CHANNEL_LABEL = "switchboard";
+  /**
+   * Close codes after which reconnecting cannot help (the server refused us on
+   * purpose), plus reasons of 1013 that are not transient.
+   */
+  const FATAL_CLOSE_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010]);
+  const FATAL_CLOSE_REASONS = new Set(["room_full"]);
+
+  /**
+   * A participant as the server describes it.
+   * @typedef {Object} Participant
+   * @property {string} participant_id Server-assigned id of one connection.
+   * @property {string} user_id The token's `sub`.
+   * @property {string} [username] The token's `name`.
+   * @property {string} [joined_at] RFC 3339 time of joining.
+   */
+
+  /**
+   * Snapshot of one peer (another participant) and our connection to it.
+   * @typedef {Object} PeerInfo
+   * @property {string} participantId
+   * @property {Participant} participant
+   * @property {string} connectionState `RTCPeerConnection.connectionState`, or `"new"`.
+   * @property {string} channelState `RTCDataChannel.readyState`, or `"none"`.
+   * @property {MediaStream|null} remoteStream Remote audio/video, when any arrived.
+   */
+
+  /**
+   * Options for {@link Switchboard}.
+   * @typedef {Object} SwitchboardOptions
+   * @property {string} room Room id (1–64 of `[A-Za-z0-9_-]`).
+   * @property {string} token JWT issued by your backend.
+   * @property {string} [baseUrl] HTTP(S) base URL of the server; defaults to the
+   *   directory of the current page, so the demo also works behind a path prefix.
+   * @property {MediaStreamConstraints|null} [media] Ask for camera/microphone with
+   *   these constraints on connect (`{audio: true, video: true}`); null = data only.
+   * @property {boolean} [autoReconnect=true] Reconnect after transient closes and
+   *   on the server's `reconnect` hint.
+   * @property {number} [maxBackoffMs=15000] Upper bound of the reconnect backoff.
+   * @property {function(string, ...*): void} [log] Debug logger, e.g. `console.debug`.
+   */
+
+  /**
+   * Client for one room. Emits (as `CustomEvent`s, data in `event.detail`):
+   * - `state` `{state}`: `idle`, `connecting`, `joined`, `reconnecting`, `closed`.
+   * - `joined` `{self, participants}` after each `room-state`.
+   * - `participants` `{participants, self}` whenever the list changes.
+   * - `peer` `{peer}` (a {@link PeerInfo}) whenever a peer's connection or channel changes.
+   * - `message` `{participantId, participant, data}` for data-channel messages.
+   * - `track` `{participantId, stream}` when remote media arrives.
+   * - `signal` `{message}` for every server message (raw envelope), for apps that
+   *   use `chat-message`, `media-control` etc.
+   * - `error` `{code, message}` for server `error` messages and local failures.
+   * - `reconnect` `{afterMs}` when the server asks us to move (drain).
+   * - `closed` `{code, reason, willReconnect}` when the WebSocket closes.
+   */
+  class Switchboard extends EventTarget {
+    /** @param {SwitchboardOptions} options */
+    constructor(options) {
+      super();
+      if (!options || typeof options.room !== "string" || options.room === "") {
+        throw new TypeError("Switchboard: options.room is required");
+      }
+      if (typeof options.token !== "string" || options.token === "") {
+        throw new TypeError("Switchboard: options.token is required");
+      }
+      /** @readonly */ this.room = options.room;
+      this._token = options.token;
+      this._baseUrl = new URL(options.baseUrl || ".", typeof location !== "undefined" ? location.href : undefined);
+      // Relative paths below must resolve inside the base, so it has to end in "/".
+      if (!this._baseUrl.pathname.endsWith("/")) this._baseUrl.pathname += "/";
+      this._baseUrl.search = "";
+      this._baseUrl.hash = "";
+      this._mediaConstraints = options.media || null;
+      this._autoReconnect = options.autoReconnect !== false;
+      this._maxBackoffMs = options.maxBackoffMs || 15000;
+      this._log = typeof options.log === "function" ? options.log : function () {};
+
+      /** @type {string} */ this.state = "idle";
+      /** @type {Participant|null} Ourselves, from the last `room-state`. */
+      this.self = null;
+      /** @type {Map<string, Participant>} Everyone in the room, self included. */
+      this.participants = new Map();
+      /** @type {MediaStream|null} */ this.localStream = null;
+      /** @type {RTCConfiguration} */ this.rtcConfig = {};
+
+      /** @type {Map<string, Peer>} */ this._peers = new Map();
+      /** @type {WebSocket|null} */ this._ws = null;
+      this._attempt = 0;
+      this._reconnectTimer = null;
+      this._closedByUser = false;
+    }
+
+    /**
+     * Fetches the ICE configuration, opens the local media if asked, then opens
+     * the WebSocket. Resolves once the first `room-state` arrived; rejects if the
+     * configuration cannot be fetched or the server refuses the connection.
+     * @returns {Promise<void>}
+     */
+    async connect() {
+      this._closedByUser = false;
+      this._setState("connecting");
+      try {
+        this.rtcConfig = await this.fetchConfig();
+      } catch (err) {
+        this._setState("closed");
+        this._emit("error", { code: "config_failed", message: String(err && err.message ? err.message : err) });
+        throw err;
+      }
+      if (this._mediaConstraints && !this.localStream) {
+        await this.enableMedia(this._mediaConstraints);
+      }
+      return this._openSocket();
+    }
+
+    /**
+     * `GET /webrtc/config` with the token, mapped onto an `RTCConfiguration`.
+     * @returns {Promise<RTCConfiguration>}
+     */
+    async fetchConfig() {
+      const res = await fetch(new URL("webrtc/config", this._baseUrl), {
+        headers: { Authorization: "Bearer " + this._token },
+        cache: "no-store",
+      });
+      if (!res.ok) {
+        let detail = "HTTP " + res.status;
+        try {
+          const body = await res.json();
+          if (body && body.error) detail += " " + body.error.code + ": " + body.error.message;
+        } catch (_) {
+          // Not JSON: the status alone has to do.
+        }
+        throw new Error("GET /webrtc/config failed: " + detail);
+      }
+      return toRtcConfiguration(await res.json());
+    }
+
+    /**
+     * Opens camera/microphone and adds the tracks to every peer connection
+     * (renegotiating as needed).
+     * @param {MediaStreamConstraints} [constraints={audio: true, video: true}]
+     * @returns {Promise<MediaStream>}
+     */
+    async enableMedia(constraints) {
+      if (!this.localStream) {
+        this.localStream = await navigator.mediaDevices.getUserMedia(constraints || { audio: true, video: true });
+      }
+      for (const peer of this._peers.values()) peer.attachLocalMedia(this.localStream);
+      return this.localStream;
+    }
+
+    /** Stops the local camera/microphone and removes its tracks from every peer. */
+    disableMedia() {
+      if (!this.localStream) return;
+      for (const peer of this._peers.values()) peer.detachLocalMedia();
+      for (const track of this.localStream.getTracks()) track.stop();
+      this.localStream = null;
+    }
+
+    /**
+     * Sends a text (or binary) message over every open data channel.
+     * @param {string|ArrayBuffer|Blob} data
+     * @returns {number} How many peers it was sent to.
+     */
+    send(data) {
+      let sent = 0;
+      for (const peer of this._peers.values()) {
+        if (peer.sendData(data)) sent += 1;
+      }
+      return sent;
+    }
+
+    /**
+     * Sends a data-channel message to one peer.
+     * @param {string} participantId
+     * @param {string|ArrayBuffer|Blob} data
+     * @returns {boolean} false when no open channel to that peer exists.
+     */
+    sendTo(participantId, data) {
+      const peer = this._peers.get(participantId);
+      return peer ? peer.sendData(data) : false;
+    }
+
+    /**
+     * Sends a raw signaling message through the server, e.g.
+     * `signal("chat-message", {text: "hi"})` (broadcast) or with `to`.
+     * @param {string} type
+     * @param {*} payload Any JSON value.
+     * @param {string} [to] Target participant id; omitted = broadcast where allowed.
+     * @returns {boolean} false when the WebSocket is not open.
+     */
+    signal(type, payload, to) {
+      const ws = this._ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+      const msg = { type: type, payload: payload === undefined ? {} : payload };
+      if (to) msg.to = to;
+      ws.send(JSON.stringify(msg));
+      return true;
+    }
+
+    /** @returns {PeerInfo[]} Every other participant and our connection to it. */
+    peers() {
+      return Array.from(this._peers.values(), (p) => p.info());
+    }
+
+    /** @returns {number} Peers whose data channel is open. */
+    openChannelCount() {
+      let n = 0;
+      for (const peer of this._peers.values()) if (peer.channelState() === "open") n += 1;
+      return n;
+    }
+
+    /** Leaves the room: closes every peer connection and the WebSocket, stops media. */
+    close() {
+      this._closedByUser = true;
+      clearTimeout(this._reconnectTimer);
+      this._reconnectTimer = null;
+      this._closePeers();
+      if (this._ws) {
+        try {
+          this._ws.close(1000, "bye");
+        } catch (_) {
+          // Already closing.
+        }
+        this._ws = null;
+      }
+      this.disableMedia();
+      this.participants.clear();
+      this._setState("closed");
+      this._emitParticipants();
+    }
+
+    // ---- WebSocket ------------------------------------------------------
+
+    /** @returns {Promise<void>} */
+    _openSocket() {
+      const url = wsUrl(this._baseUrl, this.room);
+      this._log("switchboard: opening", url);
+      let ws;
+      try {
+        ws = new WebSocket(url, [SUBPROTOCOL, "bearer." + this._token]);
+      } catch (err) {
+        this._setState("closed");
+        return Promise.reject(err);
+      }
+      this._ws = ws;
+      return new Promise((resolve, reject) => {
+        let settled = false;
+        ws.onmessage = (ev) => {
+          if (this._ws !== ws) return;
+          let msg;
+          try {
+            msg = JSON.parse(ev.data);
+          } catch (_) {
+            this._emit("error", { code: "invalid_message", message: "server sent non-JSON" });
+            return;
+          }
+          this._onServerMessage(msg);
+          if (!settled && msg.type === "room-state") {
+            settled = true;
+            this._attempt = 0;
+            resolve();
+          }
+        };
+        ws.onclose = (ev) => {
+          if (this._ws !== ws) return; // A superseded socket (after a reconnect hint).
+          this._ws = null;
+          const willReconnect = this._shouldReconnect(ev.code, ev.reason);
+          this._log("switchboard: closed", ev.code, ev.reason, willReconnect ? "(reconnecting)" : "");
+          this._emit("closed", { code: ev.code, reason: ev.reason, willReconnect: willReconnect });
+          if (!settled) {
+            settled = true;
+            reject(new Error("WebSocket closed before joining: " + ev.code + " " + (ev.reason || "")));
+          }
+          this._closePeers();
+          this.participants.clear();
+          this._emitParticipants();
+          if (willReconnect) {
+            // A pending `reconnect` hint keeps its own delay; otherwise back off.
+            if (this._reconnectTimer) this._setState("reconnecting");
+            else this._scheduleReconnect(backoffMs(this._attempt++, this._maxBackoffMs));
+          } else {
+            this._setState("closed");
+          }
+        };
+        // onerror is always followed by onclose, which carries the details.
+        ws.onerror = () => this._log("switchboard: websocket error");
+      });
+    }
+
+    _shouldReconnect(code, reason) {
+      if (this._closedByUser || !this._autoReconnect) return false;
+      if (this._reconnectTimer) return true; // Already scheduled by a `reconnect` hint.
+      return !FATAL_CLOSE_CODES.has(code) && !FATAL_CLOSE_REASONS.has(reason);
+    }
+
+    _scheduleReconnect(delayMs) {
+      clearTimeout(this._reconnectTimer);
+      this._setState("reconnecting");
+      this._reconnectTimer = setTimeout(() => {
+        this._reconnectTimer = null;
+        if (this._closedByUser) return;
+        const old = this._ws;
+        this._ws = null; // Its close must not schedule another attempt.
+        if (old) old.close(1000, "reconnecting");
+        this._closePeers();
+        this._setState("connecting");
+        // Fresh config: TURN credentials are time-limited.
+        this.fetchConfig()
+          .then((cfg) => {
+            this.rtcConfig = cfg;
+          })
+          .catch((err) => this._log("switchboard: keeping the old ICE config", String(err)))
+          .then(() => this._openSocket())
+          .catch((err) => this._log("switchboard: reconnect failed", String(err)));
+      }, delayMs);
+    }
+
+    _onServerMessage(msg) {
+      this._emit("signal", { message: msg });
+      const payload = msg.payload || {};
+      switch (msg.type) {
+        case "room-state":
+          this._onRoomState(payload);
+          break;
+        case "user-joined":
+          if (payload.participant_id) {
+            this.participants.set(payload.participant_id, payload);
+            this._emitParticipants();
+            this._ensurePeer(payload.participant_id, true);
+          }
+          break;
+        case "user-left":
+          if (payload.participant_id) {
+            this.participants.delete(payload.participant_id);
+            this._removePeer(payload.participant_id);
+            this._emitParticipants();
+          }
+          break;
+        case "offer":
+        case "answer":
+          if (msg.sender_id) this._onDescription(msg.sender_id, msg.type, payload);
+          break;
+        case "ice-candidate":
+          if (msg.sender_id) this._onCandidate(msg.sender_id, payload);
+          break;
+        case "reconnect": {
+          const afterMs = Math.max(0, Number(payload.after_ms) || 0);
+          this._emit("reconnect", { afterMs: afterMs });
+          if (this._autoReconnect && !this._closedByUser) this._scheduleReconnect(afterMs);
+          break;
+        }
+        case "error":
+          this._log("switchboard: server error", payload.code, payload.message);
+          this._emit("error", { code: payload.code, message: payload.message });
+          break;
+        default:
+          // pong, chat-message, media-control…: available through the `signal` event.
+          break;
+      }
+    }
+
+    _onRoomState(payload) {
+      this.self = payload.self || null;
+      this.participants.clear();
+      for (const p of payload.participants || []) {
+        if (p && p.participant_id) this.participants.set(p.participant_id, p);
+      }
+      if (this.self && !this.participants.has(this.self.participant_id)) {
+        this.participants.set(this.self.participant_id, this.self);
+      }
+      this._setState("joined");
+      this._emit("joined", { self: this.self, participants: this.participantList() });
+      this._emitParticipants();
+      for (const id of this.participants.keys()) this._ensurePeer(id, true);
+    }
+
+    /** @returns {Participant[]} Participants in join order, self included. */
+    participantList() {
+      return Array.from(this.participants.values()).sort((a, b) =>
+        String(a.joined_at || "").localeCompare(String(b.joined_at || "")) ||
+        String(a.participant_id).localeCompare(String(b.participant_id))
+      );
+    }
+
+    // ---- peers ----------------------------------------------------------
+
+    /**
+     * Returns the peer for `id`, creating it when we are the side that offers
+     * (or when `force` because the other side already sent us something).
+     */
+    _ensurePeer(id, onlyIfInitiator, force) {
+      if (!this.self || id === this.self.participant_id) return null;
+      let peer = this._peers.get(id);
+      if (peer) return peer;
+      const initiator = isInitiator(this.self.participant_id, id);
+      if (onlyIfInitiator && !initiator && !force) return null;
+      peer = new Peer(this, id, initiator);
+      this._peers.set(id, peer);
+      peer.start();
+      this._emitPeer(peer);
+      return peer;
+    }
+
+    _onDescription(from, type, payload) {
+      // Only an offer may create the peer (the other side initiated); a stray answer may not.
+      const peer = this._ensurePeer(from, true, type === "offer");
+      if (!peer) return;
+      peer.onDescription({ type: type, sdp: payload.sdp }).catch((err) => this._peerError(peer, err));
+    }
+
+    _onCandidate(from, payload) {
+      const peer = this._peers.get(from);
+      if (!peer) return;
+      peer.onCandidate(payload).catch((err) => this._peerError(peer, err));
+    }
+
+    _peerError(peer, err) {
+      this._log("switchboard: peer", peer.id, "error", String(err));
+      this._emit("error", { code: "peer_failed", message: peer.id + ": " + String(err && err.message ? err.message : err) });
+    }
+
+    _removePeer(id) {
+      const peer = this._peers.get(id);
+      if (!peer) return;
+      this._peers.delete(id);
+      peer.close();
+      this._emitPeer(peer);
+    }
+
+    _closePeers() {
+      for (const id of Array.from(this._peers.keys())) this._removePeer(id);
+    }
+
+    // ---- events ---------------------------------------------------------
+
+    _setState(state) {
+      if (this.state === state) return;
+      this.state = state;
+      this._emit("state", { state: state });
+    }
+
+    _emitParticipants() {
+      this._emit("participants", { participants: this.participantList(), self: this.self });
+    }
+
+    _emitPeer(peer) {
+      this._emit("peer", { peer: peer.info() });
+    }
+
+    _emit(type, detail) {
+      this.dispatchEvent(new CustomEvent(type, { detail: detail }));
+    }
+  }
+
+  /**
+   * One RTCPeerConnection to another participant, with perfect negotiation.
+   * @private
+   */
+  class Peer {
+    /**
+     * @param {Switchboard} sb
+     * @param {string} id The other participant's id.
+     * @param {boolean} initiator Whether we create the channel and first offer.
+     */
+    constructor(sb, id, initiator) {
+      this.sb = sb;
+      this.id = id;
+      this.initiator = initiator;
+      // The initiator is the impolite side: on an offer collision it keeps its own.
+      this.polite = !initiator;
+      this.pc = new RTCPeerConnection(sb.rtcConfig);
+      /** @type {RTCDataChannel|null} */ this.channel = null;
+      /** @type {MediaStream|null} */ this.remoteStream = null;
+      /** @type {RTCRtpSender[]} */ this.senders = [];
+      this.makingOffer = false;
+      this.ignoreOffer = false;
+      this.closed = false;
+    }
+
+    start() {
+      const pc = this.pc;
+      pc.onicecandidate = (ev) => {
+        // A null candidate marks the end of gathering; nothing to relay.
+        if (ev.candidate) this.sb.signal("ice-candidate", ev.candidate.toJSON(), this.id);
+      };
+      pc.onnegotiationneeded = () => this.negotiate();
+      pc.onconnectionstatechange = () => this.sb._emitPeer(this);
+      pc.ontrack = (ev) => {
+        if (!this.remoteStream) this.remoteStream = new MediaStream();
+        if (!this.remoteStream.getTracks().includes(ev.track)) this.remoteStream.addTrack(ev.track);
+        ev.track.onended = () => this.sb._emitPeer(this);
+        this.sb._emit("track", { participantId: this.id, stream: this.remoteStream });
+        this.sb._emitPeer(this);
+      };
+      pc.ondatachannel = (ev) => this.useChannel(ev.channel);
+      if (this.initiator) {
+        // Creating the channel first makes it part of the very first offer.
+        this.useChannel(pc.createDataChannel(DATA_CHANNEL_LABEL, { ordered: true }));
+      }
+      if (this.sb.localStream) this.attachLocalMedia(this.sb.localStream);
+    }
+
+    /** @param {RTCDataChannel} channel */
+    useChannel(channel) {
+      this.channel = channel;
+      const changed = () => this.sb._emitPeer(this);
+      channel.onopen = changed;
+      channel.onclose = changed;
+      channel.onmessage = (ev) => {
+        this.sb._emit("message", {
+          participantId: this.id,
+          participant: this.sb.participants.get(this.id) || null,
+          data: ev.data,
+        });
+      };
+    }
+
+    /** @param {MediaStream} stream */
+    attachLocalMedia(stream) {
+      if (this.closed) return;
+      for (const track of stream.getTracks()) {
+        if (!this.senders.some((s) => s.track === track)) this.senders.push(this.pc.addTrack(track, stream));
+      }
+    }
+
+    detachLocalMedia() {
+      if (this.closed) return;
+      for (const sender of this.senders) {
+        try {
+          this.pc.removeTrack(sender);
+        } catch (_) {
+          // The connection may be closing; nothing to undo then.
+        }
+      }
+      this.senders = [];
+    }
+
+    async negotiate() {
+      // The polite side waits for the initiator's first offer instead of racing it.
+      if (this.closed || (!this.initiator && !this.pc.remoteDescription)) return;
+      try {
+        this.makingOffer = true;
+        await this.pc.setLocalDescription();
+        const desc = this.pc.localDescription;
+        if (desc) this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
+      } catch (err) {
+        this.sb._peerError(this, err);
+      } finally {
+        this.makingOffer = false;
+      }
+    }
+
+    /** @param {RTCSessionDescriptionInit} description */
+    async onDescription(description) {
+      if (this.closed) return;
+      const pc = this.pc;
+      const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
+      this.ignoreOffer = !this.polite && collision;
+      if (this.ignoreOffer) return;
+      await pc.setRemoteDescription(description); // Rolls back our own offer when polite.
+      if (description.type === "offer") {
+        await pc.setLocalDescription();
+        const desc = pc.localDescription;
+        if (desc) this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
+      }
+    }
+
+    /** @param {RTCIceCandidateInit} candidate */
+    async onCandidate(candidate) {
+      if (this.closed) return;
+      try {
+        await this.pc.addIceCandidate(candidate);
+      } catch (err) {
+        // Candidates for an offer we ignored in a collision are expected to fail.
+        if (!this.ignoreOffer) throw err;
+      }
+    }
+
+    /** @returns {boolean} */
+    sendData(data) {
+      if (!this.channel || this.channel.readyState !== "open") return false;
+      this.channel.send(data);
+      return true;
+    }
+
+    channelState() {
+      return this.channel ? this.channel.readyState : "none";
+    }
+
+    /** @returns {PeerInfo} */
+    info() {
+      return {
+        participantId: this.id,
+        participant: this.sb.participants.get(this.id) || { participant_id: this.id, user_id: "" },
+        connectionState: this.closed ? "closed" : this.pc.connectionState,
+        channelState: this.closed ? "closed" : this.channelState(),
+        remoteStream: this.remoteStream,
+      };
+    }
+
+    close() {
+      if (this.closed) return;
+      this.closed = true;
+      if (this.channel) this.channel.close();
+      this.pc.close();
+    }
+  }
+
+  // ---- pure helpers (exported for tests and apps) ------------------------
+
+  /**
+   * Whether `selfId` makes the first offer to `otherId`: the smaller id does.
+   * @param {string} selfId
+   * @param {string} otherId
+   * @returns {boolean}
+   */
+  function isInitiator(selfId, otherId) {
+    return String(selfId) < String(otherId);
+  }
+
+  /**
+   * The WebSocket URL of a room: `ws(s)://host/<base path>webrtc/ws/<room>`.
+   * @param {URL|string} baseUrl HTTP(S) base.
+   * @param {string} room
+   * @returns {string}
+   */
+  function wsUrl(baseUrl, room) {
+    const url = new URL("webrtc/ws/" + encodeURIComponent(room), baseUrl);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.search = "";
+    url.hash = "";
+    return url.toString();
+  }
+
+  /**
+   * Maps the server's `/webrtc/config` body onto an `RTCConfiguration`, dropping
+   * fields the browser would reject.
+   * @param {Object} body
+   * @returns {RTCConfiguration}
+   */
+  function toRtcConfiguration(body) {
+    const cfg = { iceServers: [] };
+    for (const s of (body && body.iceServers) || []) {
+      if (!s || !s.urls || (Array.isArray(s.urls) && s.urls.length === 0)) continue;
+      const server = { urls: s.urls };
+      if (s.username) server.username = s.username;
+      if (s.credential) server.credential = s.credential;
+      cfg.iceServers.push(server);
+    }
+    if (body && body.iceTransportPolicy) cfg.iceTransportPolicy = body.iceTransportPolicy;
+    if (body && body.bundlePolicy) cfg.bundlePolicy = body.bundlePolicy;
+    if (body && body.rtcpMuxPolicy) cfg.rtcpMuxPolicy = body.rtcpMuxPolicy;
+    return cfg;
+  }
+
+  /**
+   * Exponential backoff with full jitter: 0.5 s, 1 s, 2 s … up to `maxMs`.
+   * @param {number} attempt 0-based.
+   * @param {number} maxMs
+   * @returns {number}
+   */
+  function backoffMs(attempt, maxMs) {
+    const ceiling = Math.min(maxMs, 500 * Math.pow(2, Math.min(attempt, 10)));
+    return Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+  }
+
+  Switchboard.isInitiator = isInitiator;
+  Switchboard.wsUrl = wsUrl;
+  Switchboard.toRtcConfiguration = toRtcConfiguration;
+  Switchboard.backoffMs = backoffMs;
+  return Switchboard;
+});
