@@ -1,1 +1,7 @@
 //! Helpers shared by the end-to-end tests: start real processes on ephemeral loopback ports.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod http;
+pub mod server;
+pub mod token;
