@@ -1,0 +1,296 @@
+//! A real `redis-server` child process on an ephemeral loopback port for the multi-instance
+//! tests, plus a tiny synchronous RESP client to poke it (PING, CLIENT KILL, KEYS).
+//!
+//! It never touches the Redis on the default port 6379: every instance gets a fresh free port,
+//! no persistence (`--save "" --appendonly no`) and is killed when dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long we wait for a freshly started redis-server to answer PING.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child process; killed (SIGKILL) and reaped on drop.
+pub struct RedisProcess {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` from PATH on a free 127.0.0.1 port and waits until it answers PING.
+    ///
+    /// Panics with an instruction when `redis-server` is not installed: these tests must never
+    /// be skipped silently.
+    pub fn start() -> Self {
+        // Another process may grab the free port between our probe and redis' bind: retry.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!(
+                "switchboard-redis-{}-{port}",
+                std::process::id()
+            ));
+            // The working directory keeps any stray dump file out of the repository.
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                panic!("cannot create {}: {e}", dir.display());
+            }
+            let mut redis = RedisProcess {
+                child: Some(spawn_child(port, &dir)),
+                port,
+                dir,
+            };
+            if redis.try_wait_ready(START_TIMEOUT) {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on a free port within {START_TIMEOUT:?} (5 attempts)");
+    }
+
+    /// The TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>/`, for `REDIS_URL`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILLs the server (all data is lost: it never persists) and waits until it has exited.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh, empty server on the same port after [`kill`](Self::kill) (or kills the
+    /// running one first). Clients see the same address come back with no keys at all.
+    pub fn restart_same_port(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            // The port may linger briefly; redis-server exits at once if it cannot bind.
+            self.child = Some(spawn_child(self.port, &self.dir));
+            if self.try_wait_ready(Duration::from_secs(2)) {
+                return;
+            }
+            self.kill();
+            if Instant::now() > deadline {
+                panic!("redis-server did not come back on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends one command over a fresh connection and returns its reply.
+    pub fn command(&self, args: &[&str]) -> Reply {
+        match send_command(self.port, args) {
+            Ok(reply) => reply,
+            Err(e) => panic!("redis command {:?} failed: {e}", args.first()),
+        }
+    }
+
+    /// Kills every pub/sub client connection on the Redis side (`CLIENT KILL TYPE pubsub`) and
+    /// returns how many were killed.
+    pub fn client_kill_pubsub(&self) -> i64 {
+        match self.command(&["CLIENT", "KILL", "TYPE", "pubsub"]) {
+            Reply::Integer(n) => n,
+            other => panic!("unexpected CLIENT KILL reply: {other:?}"),
+        }
+    }
+
+    /// All keys matching `pattern` (KEYS; fine for a test server), sorted.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys = match self.command(&["KEYS", pattern]) {
+            Reply::Array(items) => items
+                .into_iter()
+                .filter_map(|r| match r {
+                    Reply::Bulk(Some(s)) => Some(s),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("unexpected KEYS reply: {other:?}"),
+        };
+        keys.sort();
+        keys
+    }
+
+    fn try_wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_status)) = child.try_wait() {
+                    // Exited (port taken?): not ready, let the caller decide.
+                    self.child = None;
+                    return false;
+                }
+            }
+            if matches!(send_command(self.port, &["PING"]), Ok(Reply::Status(ref s)) if s == "PONG")
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A RESP reply, reduced to what the tests need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<String>),
+    Array(Vec<Reply>),
+}
+
+fn spawn_child(port: u16, dir: &std::path::Path) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.to_string_lossy(),
+            "--loglevel",
+            "warning",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "redis-server not found in PATH: install redis-server (tests/run.sh does: \
+             apt-get install -y redis-server)"
+        ),
+        Err(e) => panic!("cannot start redis-server: {e}"),
+    }
+}
+
+/// A port that was free a moment ago (bind to :0, read it back, release it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|e| panic!("cannot bind an ephemeral port: {e}"));
+    match listener.local_addr() {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("cannot read the ephemeral port: {e}"),
+    }
+}
+
+/// Sends one command over a fresh connection and reads one reply.
+fn send_command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(&encode_command(args))?;
+    let mut reader = BufReader::new(stream);
+    read_reply(&mut reader)
+}
+
+/// Encodes a command as a RESP array of bulk strings.
+fn encode_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
+    }
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (kind, rest) = line.split_at(line.len().min(1));
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    match kind {
+        "+" => Ok(Reply::Status(rest.to_string())),
+        "-" => Ok(Reply::Error(rest.to_string())),
+        ":" => rest.parse().map(Reply::Integer).map_err(|_| bad("integer")),
+        "$" => {
+            let len: i64 = rest.parse().map_err(|_| bad("bulk length"))?;
+            if len < 0 {
+                return Ok(Reply::Bulk(None));
+            }
+            let len = usize::try_from(len).map_err(|_| bad("bulk length"))?;
+            let mut buf = vec![0; len + 2];
+            reader.read_exact(&mut buf)?;
+            buf.truncate(len);
+            Ok(Reply::Bulk(Some(String::from_utf8_lossy(&buf).into_owned())))
+        }
+        "*" => {
+            let len: i64 = rest.parse().map_err(|_| bad("array length"))?;
+            let mut items = Vec::new();
+            for _ in 0..len.max(0) {
+                items.push(read_reply(reader)?);
+            }
+            Ok(Reply::Array(items))
+        }
+        _ => Err(bad("unknown RESP type")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_commands_as_resp_arrays() {
+        assert_eq!(
+            encode_command(&["CLIENT", "KILL"]),
+            b"*2\r\n$6\r\nCLIENT\r\n$4\r\nKILL\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn parses_nested_replies() {
+        let mut input: &[u8] = b"*3\r\n$3\r\nabc\r\n:7\r\n$-1\r\n";
+        assert_eq!(
+            read_reply(&mut input).ok(),
+            Some(Reply::Array(vec![
+                Reply::Bulk(Some("abc".into())),
+                Reply::Integer(7),
+                Reply::Bulk(None),
+            ]))
+        );
+    }
+
+    #[test]
+    fn starts_answers_and_restarts_empty_on_the_same_port() {
+        let mut redis = RedisProcess::start();
+        assert_ne!(redis.port(), 6379);
+        assert_eq!(redis.command(&["SET", "k", "v"]), Reply::Status("OK".into()));
+        assert_eq!(redis.keys("*"), vec!["k".to_string()]);
+        let port = redis.port();
+        redis.restart_same_port();
+        assert_eq!(redis.port(), port);
+        assert_eq!(redis.keys("*"), Vec::<String>::new());
+        assert_eq!(redis.client_kill_pubsub(), 0);
+    }
+}
