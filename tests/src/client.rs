@@ -117,7 +117,13 @@ impl Client {
     /// Opens the WebSocket (token in the query) without reading anything. Panics if the upgrade
     /// is refused.
     pub async fn connect(addr: SocketAddr, room: &str, token: &str) -> Client {
-        Self::connect_with(addr, room, &ws_path(room, token), &ConnectOptions::default()).await
+        Self::connect_with(
+            addr,
+            room,
+            &ws_path(room, token),
+            &ConnectOptions::default(),
+        )
+        .await
     }
 
     /// Opens the WebSocket at `path` with `options`; panics if the upgrade is refused.
@@ -321,7 +327,12 @@ impl Client {
     /// Asserts nothing arrives within `quiet` (used only where an ordering check is impossible).
     pub async fn expect_silence(&mut self, quiet: Duration) {
         let event = self.next_event(quiet).await;
-        assert_eq!(event, Event::Timeout, "room {}: expected nothing", self.room);
+        assert_eq!(
+            event,
+            Event::Timeout,
+            "room {}: expected nothing",
+            self.room
+        );
     }
 
     /// Sends `ping` and expects `pong` as the next message: proves the connection is open and
@@ -377,12 +388,23 @@ pub fn nonce() -> u64 {
 pub async fn assert_relays(from: &mut Client, to: &mut Client) {
     let n = nonce();
     let to_pid = to.pid();
-    from.send_msg("chat-message", Some(&to_pid), json!({"text": "relay check", "n": n}))
-        .await;
+    from.send_msg(
+        "chat-message",
+        Some(&to_pid),
+        json!({"text": "relay check", "n": n}),
+    )
+    .await;
     let msg = to.recv_json().await;
-    assert_eq!(msg["type"], "chat-message", "expected the relay check, got {msg}");
+    assert_eq!(
+        msg["type"], "chat-message",
+        "expected the relay check, got {msg}"
+    );
     assert_eq!(msg["payload"]["n"], n, "relay check payload: {msg}");
-    assert_eq!(msg["sender_id"], json!(from.pid()), "relay check sender: {msg}");
+    assert_eq!(
+        msg["sender_id"],
+        json!(from.pid()),
+        "relay check sender: {msg}"
+    );
     assert_eq!(msg["to"], json!(to_pid), "relay check target: {msg}");
 }
 

@@ -146,7 +146,8 @@ mod tests {
 
     #[test]
     fn parses_content_length_and_chunked_bodies() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let plain =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 2\r\n\r\n{}";
         let resp = parse_response(plain).unwrap();
         assert_eq!(resp.status, 200);
         assert_eq!(resp.header("Content-Type"), Some("application/json"));

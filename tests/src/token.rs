@@ -108,7 +108,11 @@ impl Claims {
 
     /// HS256 with `secret`.
     pub fn hs256(&self, secret: &str) -> String {
-        sign(Algorithm::HS256, self, &EncodingKey::from_secret(secret.as_bytes()))
+        sign(
+            Algorithm::HS256,
+            self,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
     }
 
     /// RS256 with the test-only RSA key.
@@ -139,7 +143,11 @@ impl Claims {
     /// algorithm-confusion attack on a server that takes `alg` from the token.
     pub fn hs256_with_rsa_public_key(&self) -> String {
         let public_pem = read_fixture("test-only-rsa-public.pem");
-        sign(Algorithm::HS256, self, &EncodingKey::from_secret(&public_pem))
+        sign(
+            Algorithm::HS256,
+            self,
+            &EncodingKey::from_secret(&public_pem),
+        )
     }
 }
 
@@ -162,7 +170,8 @@ pub fn tamper_signature(token: &str) -> String {
 
 /// coturn REST credential: `base64(HMAC-SHA1(secret, username))`.
 pub fn coturn_credential(secret: &str, username: &str) -> String {
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("hmac takes any key");
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("hmac takes any key");
     mac.update(username.as_bytes());
     STANDARD.encode(mac.finalize().into_bytes())
 }
@@ -186,7 +195,10 @@ mod tests {
         let token = Claims::user("u").hs256("s");
         let bad = tamper_signature(&token);
         assert_ne!(token, bad);
-        assert_eq!(token.rsplit_once('.').unwrap().0, bad.rsplit_once('.').unwrap().0);
+        assert_eq!(
+            token.rsplit_once('.').unwrap().0,
+            bad.rsplit_once('.').unwrap().0
+        );
     }
 
     #[test]
@@ -194,7 +206,8 @@ mod tests {
         let token = Claims::user("u").alg_none();
         assert!(token.ends_with('.'));
         let header = token.split('.').next().unwrap();
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
         assert_eq!(header["alg"], "none");
     }
 }
