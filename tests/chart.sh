@@ -1,0 +1,409 @@
+#!/usr/bin/env bash
+# Checks the Helm chart charts/switchboard-operator without a cluster:
+#   - the chart's CRD copy (files/crd.yaml) is byte-identical to crds/ (the generated file);
+#   - `helm lint --strict` with default and namespace-scoped values;
+#   - `helm template` output (default, rbac.scope=namespace, optional parts on/off) is a list
+#     of well-formed Kubernetes objects, and the properties the chart promises hold: restricted
+#     security context, probes, namespace scoping, exact least-privilege RBAC, the CRD kept on
+#     uninstall and equal to crds/;
+#   - values.schema.json and the template guards reject bad values;
+#   - NOTES.txt tells the user how to wait for a SignalingCluster.
+# Needs: bash, npm (tests/tools.sh fetches helm), python3 with PyYAML (Debian: python3-yaml).
+# Prints one line per check and `N passed, M failed`; exits non-zero when anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+CHART=charts/switchboard-operator
+CRD_SRC=crds/switchboard.dev_signalingclusters.yaml
+CRD_COPY=$CHART/files/crd.yaml
+RELEASE=sb
+NS=switchboard-system
+
+die() { echo "tests/chart.sh: error: $*" >&2; exit 1; }
+
+HELM="$(bash tests/tools.sh helm)" || die "could not install helm (tests/tools.sh failed, see above)"
+python3 -c 'import yaml' 2>/dev/null \
+  || die "python3 with PyYAML is needed to check rendered manifests (Debian: apt-get install -y python3-yaml)"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+# helm must never talk to a real cluster from here (install --dry-run=client reads kubeconfig).
+export KUBECONFIG="$WORK/no-kubeconfig"
+export HELM_CACHE_HOME="$WORK/helm-cache" HELM_CONFIG_HOME="$WORK/helm-config" HELM_DATA_HOME="$WORK/helm-data"
+
+passed=0
+failed=0
+# check NAME CMD...: runs CMD, records pass/fail, shows CMD's output only on failure.
+check() {
+  local name="$1"; shift
+  local out
+  if out="$("$@" 2>&1)"; then
+    passed=$((passed + 1))
+    echo "ok   $name"
+  else
+    failed=$((failed + 1))
+    echo "FAIL $name"
+    printf '%s\n' "$out" | tail -n 40 | sed 's/^/     /'
+  fi
+}
+
+# ---------------------------------------------------------------------------------------
+# The rendered-manifest checker. Args: MANIFEST_FILE; options in env (SCOPE, EXPECT_CRD,
+# EXPECT_SERVICE_MONITOR, EXPECT_LEADER, EXPECT_REPLICAS). Exits 1 with every problem listed.
+cat >"$WORK/check_render.py" <<'PY'
+import os, sys, yaml
+
+path = sys.argv[1]
+scope = os.environ["SCOPE"]
+ns = os.environ["NS"]
+release = os.environ["RELEASE"]
+crd_src = os.environ["CRD_SRC"]
+expect_crd = os.environ.get("EXPECT_CRD", "1") == "1"
+expect_sm = os.environ.get("EXPECT_SERVICE_MONITOR", "0") == "1"
+expect_leader = os.environ.get("EXPECT_LEADER", "1") == "1"
+expect_replicas = int(os.environ.get("EXPECT_REPLICAS", "1"))
+fullname = f"{release}-switchboard-operator"
+errors = []
+
+def err(msg):
+    errors.append(msg)
+
+with open(path) as f:
+    docs = [d for d in yaml.safe_load_all(f) if d is not None]
+
+CLUSTER_KINDS = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+objs = {}
+for i, d in enumerate(docs):
+    if not isinstance(d, dict):
+        err(f"document {i} is not a mapping: {d!r:.80}")
+        continue
+    meta = d.get("metadata") or {}
+    name = meta.get("name")
+    if not d.get("apiVersion") or not d.get("kind") or not isinstance(name, str) or not name:
+        err(f"document {i} lacks apiVersion/kind/metadata.name: {d.get('kind')} {name}")
+        continue
+    kind = d["kind"]
+    if kind in CLUSTER_KINDS:
+        if "namespace" in meta:
+            err(f"cluster-scoped {kind}/{name} has metadata.namespace")
+    elif meta.get("namespace") != ns:
+        err(f"{kind}/{name} is not in the release namespace {ns} (got {meta.get('namespace')!r})")
+    if len(name) > 63 and kind not in CLUSTER_KINDS | {"CustomResourceDefinition"}:
+        err(f"{kind}/{name}: name longer than 63 characters")
+    key = (kind, meta.get("namespace"), name)
+    if key in objs:
+        err(f"duplicate object {key}")
+    objs[key] = d
+
+def get(kind, name, namespaced=True):
+    return objs.get((kind, ns if namespaced else None, name))
+
+# --- which objects exist --------------------------------------------------------------
+main_role_kind = "ClusterRole" if scope == "cluster" else "Role"
+expected = {
+    ("ServiceAccount", ns, fullname),
+    ("Deployment", ns, fullname),
+    ("Service", ns, f"{fullname}-metrics"),
+    (main_role_kind, ns if scope == "namespace" else None, fullname),
+    (main_role_kind + "Binding", ns if scope == "namespace" else None, fullname),
+    ("ClusterRole", None, f"{fullname}-crd-reader"),
+    ("ClusterRoleBinding", None, f"{fullname}-crd-reader"),
+    ("ClusterRole", None, f"{fullname}-view"),
+    ("ClusterRole", None, f"{fullname}-edit"),
+}
+if expect_leader:
+    expected |= {("Role", ns, f"{fullname}-leader-election"), ("RoleBinding", ns, f"{fullname}-leader-election")}
+if expect_crd:
+    expected.add(("CustomResourceDefinition", None, "signalingclusters.switchboard.dev"))
+if expect_sm:
+    expected.add(("ServiceMonitor", ns, fullname))
+missing = expected - set(objs)
+extra = set(objs) - expected
+for k in sorted(missing, key=str):
+    err(f"missing object {k}")
+for k in sorted(extra, key=str):
+    err(f"unexpected object {k}")
+
+# --- CRD: kept on uninstall, same content as crds/ -------------------------------------
+crd = get("CustomResourceDefinition", "signalingclusters.switchboard.dev", namespaced=False)
+if crd is not None:
+    ann = crd["metadata"].get("annotations") or {}
+    if ann.get("helm.sh/resource-policy") != "keep":
+        err("CRD lacks annotation helm.sh/resource-policy: keep")
+    try:
+        with open(crd_src) as f:
+            want = yaml.safe_load(f)
+    except OSError as e:
+        err(f"cannot compare the rendered CRD with {crd_src}: {e}")
+        want = {}
+    got = {**crd, "metadata": {k: v for k, v in crd["metadata"].items() if k not in ("labels", "annotations")}}
+    want_meta = {k: v for k, v in (want.get("metadata") or {}).items() if k not in ("labels", "annotations")}
+    want = {**want, "metadata": want_meta}
+    if got != want:
+        err(f"rendered CRD differs from {crd_src} (beyond the chart's labels/annotations)")
+
+# --- Deployment: restricted pod security, probes, args --------------------------------
+dep = get("Deployment", fullname)
+if dep is not None:
+    spec = dep["spec"]
+    if spec.get("replicas") != expect_replicas:
+        err(f"Deployment replicas {spec.get('replicas')} != {expect_replicas}")
+    sel = spec["selector"]["matchLabels"]
+    tlabels = spec["template"]["metadata"]["labels"]
+    if any(tlabels.get(k) != v for k, v in sel.items()):
+        err("Deployment selector does not match the pod template labels")
+    pod = spec["template"]["spec"]
+    psc = pod.get("securityContext") or {}
+    if psc.get("runAsNonRoot") is not True:
+        err("pod securityContext.runAsNonRoot is not true")
+    if (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        err("pod seccompProfile is not RuntimeDefault")
+    if pod.get("serviceAccountName") != fullname:
+        err(f"serviceAccountName {pod.get('serviceAccountName')!r} != {fullname}")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        err("pod uses host namespaces")
+    conts = pod.get("containers") or []
+    if len(conts) != 1:
+        err(f"expected one container, got {len(conts)}")
+    for c in conts:
+        sc = c.get("securityContext") or {}
+        if sc.get("readOnlyRootFilesystem") is not True:
+            err("container readOnlyRootFilesystem is not true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            err("container allowPrivilegeEscalation is not false")
+        if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
+            err("container does not drop ALL capabilities")
+        if sc.get("privileged"):
+            err("container is privileged")
+        res = c.get("resources") or {}
+        for part in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in (res.get(part) or {}):
+                    err(f"container resources.{part}.{r} not set")
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports") or []}
+        if "metrics" not in ports:
+            err("container has no port named metrics")
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            hg = (c.get(probe) or {}).get("httpGet") or {}
+            if hg.get("path") != path or hg.get("port") not in ("metrics", ports.get("metrics")):
+                err(f"{probe} is not GET {path} on the metrics port: {hg}")
+        args = c.get("args") or []
+        if not args or args[0] != "run":
+            err(f"container args do not start with 'run': {args}")
+        ns_args = [a for a in args if a.startswith("--namespace")]
+        if scope == "namespace" and ns_args != [f"--namespace={ns}"]:
+            err(f"namespace scope: expected --namespace={ns} in args, got {ns_args}")
+        if scope == "cluster" and ns_args:
+            err(f"cluster scope: unexpected {ns_args} in args")
+        if expect_leader != ("--leader-elect" in args):
+            err(f"--leader-elect presence {('--leader-elect' in args)} != expected {expect_leader}")
+        if not any(a.startswith("--metrics-addr=") and a.endswith(f":{ports.get('metrics')}") for a in args):
+            err(f"--metrics-addr does not match the metrics port: {args}")
+    svc = get("Service", f"{fullname}-metrics")
+    if svc is not None:
+        if any(tlabels.get(k) != v for k, v in svc["spec"]["selector"].items()):
+            err("metrics Service selector does not match the operator pods")
+        if [p.get("targetPort") for p in svc["spec"]["ports"]] != ["metrics"]:
+            err("metrics Service does not target the metrics port")
+
+# --- RBAC: exactly what the controller uses, nothing wider ----------------------------
+def rules_of(kind, name, namespaced):
+    o = get(kind, name, namespaced)
+    return (o or {}).get("rules") or []
+
+def flatten(rules):
+    out = set()
+    for r in rules:
+        for g in r.get("apiGroups") or []:
+            for res in r.get("resources") or []:
+                for v in r.get("verbs") or []:
+                    for rn in r.get("resourceNames") or [None]:
+                        out.add((g, res, v, rn))
+    return out
+
+for (kind, _, name), o in objs.items():
+    if kind not in ("Role", "ClusterRole"):
+        continue
+    for r in o.get("rules") or []:
+        for field in ("apiGroups", "resources", "verbs"):
+            if "*" in (r.get(field) or []):
+                err(f"{kind}/{name} uses a wildcard in {field}")
+        if "nonResourceURLs" in r:
+            err(f"{kind}/{name} grants nonResourceURLs")
+    for g, res, v, rn in flatten(o.get("rules") or []):
+        if res == "customresourcedefinitions" and v != "get":
+            err(f"{kind}/{name} grants {v} on CRDs (read only allowed)")
+        if res in ("secrets",) and v == "delete":
+            err(f"{kind}/{name} grants delete on secrets")
+
+CHILD = ["get", "list", "watch", "create", "patch", "delete"]
+want_main = set()
+def grant(group, resources, verbs, names=(None,)):
+    for res in resources:
+        for v in verbs:
+            for n in names:
+                want_main.add((group, res, v, n))
+grant("switchboard.dev", ["signalingclusters"], ["get", "list", "watch", "patch", "update"])
+grant("switchboard.dev", ["signalingclusters/status"], ["get", "patch", "update"])
+grant("", ["secrets"], ["get", "list", "watch", "create", "patch"])
+grant("", ["services"], CHILD)
+grant("apps", ["deployments", "statefulsets"], CHILD)
+grant("networking.k8s.io", ["ingresses", "networkpolicies"], CHILD)
+grant("autoscaling", ["horizontalpodautoscalers"], CHILD)
+grant("policy", ["poddisruptionbudgets"], CHILD)
+grant("", ["events"], ["create", "patch"])
+grant("events.k8s.io", ["events"], ["create", "patch"])
+got_main = flatten(rules_of(main_role_kind, fullname, scope == "namespace"))
+if got_main != want_main:
+    for x in sorted(want_main - got_main, key=str):
+        err(f"{main_role_kind}/{fullname} lacks {x}")
+    for x in sorted(got_main - want_main, key=str):
+        err(f"{main_role_kind}/{fullname} grants more than the controller uses: {x}")
+
+want_crd = {("apiextensions.k8s.io", "customresourcedefinitions", "get", "signalingclusters.switchboard.dev")}
+if flatten(rules_of("ClusterRole", f"{fullname}-crd-reader", False)) != want_crd:
+    err("crd-reader ClusterRole is not exactly get on signalingclusters.switchboard.dev")
+
+if expect_leader:
+    want_lease = {("coordination.k8s.io", "leases", "create", None)}
+    for v in ("get", "update", "patch"):
+        want_lease.add(("coordination.k8s.io", "leases", v, fullname))
+    if flatten(rules_of("Role", f"{fullname}-leader-election", True)) != want_lease:
+        err("leader-election Role is not exactly create + get/update/patch on the operator's Lease")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"] if dep else []
+    if f"--lease-name={fullname}" not in args or f"--lease-namespace={ns}" not in args:
+        err(f"Lease flags do not name the Lease the Role grants: {args}")
+
+# Bindings: point at a rendered role and at the operator's ServiceAccount.
+for (kind, bns, name), o in objs.items():
+    if not kind.endswith("Binding"):
+        continue
+    ref = o["roleRef"]
+    rkind = ref["kind"]
+    if (rkind, bns if rkind == "Role" else None, ref["name"]) not in objs:
+        err(f"{kind}/{name} refers to {rkind}/{ref['name']} which the chart does not render")
+    subs = o.get("subjects") or []
+    if subs != [{"kind": "ServiceAccount", "name": fullname, "namespace": ns}]:
+        err(f"{kind}/{name} subjects are not exactly the operator ServiceAccount: {subs}")
+
+# Aggregated roles: read for view, write for edit, never status writes.
+view = get("ClusterRole", f"{fullname}-view", False)
+edit = get("ClusterRole", f"{fullname}-edit", False)
+if view is not None:
+    labels = view["metadata"].get("labels") or {}
+    for r in ("view", "edit", "admin"):
+        if labels.get(f"rbac.authorization.k8s.io/aggregate-to-{r}") != "true":
+            err(f"-view ClusterRole lacks aggregate-to-{r}")
+    if {v for (_, _, v, _) in flatten(view["rules"])} != {"get", "list", "watch"}:
+        err("-view ClusterRole grants more than get/list/watch")
+if edit is not None:
+    labels = edit["metadata"].get("labels") or {}
+    for r in ("edit", "admin"):
+        if labels.get(f"rbac.authorization.k8s.io/aggregate-to-{r}") != "true":
+            err(f"-edit ClusterRole lacks aggregate-to-{r}")
+    if labels.get("rbac.authorization.k8s.io/aggregate-to-view") == "true":
+        err("-edit ClusterRole aggregates into view")
+    for (g, res, v, _) in flatten(edit["rules"]):
+        if res == "signalingclusters/status" and v not in ("get", "list", "watch"):
+            err("-edit ClusterRole lets users write status")
+    if ("switchboard.dev", "signalingclusters", "create", None) not in flatten(edit["rules"]):
+        err("-edit ClusterRole cannot create SignalingClusters")
+
+sm = get("ServiceMonitor", fullname)
+if sm is not None:
+    if sm["apiVersion"] != "monitoring.coreos.com/v1":
+        err(f"ServiceMonitor apiVersion {sm['apiVersion']}")
+    if [e.get("port") for e in sm["spec"]["endpoints"]] != ["metrics"]:
+        err("ServiceMonitor does not scrape the metrics port")
+
+if errors:
+    print(f"{path}: {len(errors)} problem(s):")
+    for e in errors:
+        print(f"  - {e}")
+    sys.exit(1)
+print(f"{len(objs)} objects ok")
+PY
+
+export NS RELEASE CRD_SRC
+
+# render NAME [helm args...]: helm template into $WORK/NAME.yaml.
+render() {
+  local name="$1"; shift
+  "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" "$@" >"$WORK/$name.yaml"
+}
+
+# render_and_check NAME ENV... -- [helm args...]
+render_and_check() {
+  local name="$1"; shift
+  local envs=()
+  while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  render "$name" "$@" || return 1
+  env "${envs[@]}" python3 "$WORK/check_render.py" "$WORK/$name.yaml"
+}
+
+# must_fail EXPECTED_SUBSTRING [helm args...]: helm template must fail, mentioning the substring.
+must_fail() {
+  local want="$1"; shift
+  local out
+  if out="$("$HELM" template "$RELEASE" "$CHART" --namespace "$NS" "$@" 2>&1)"; then
+    echo "helm template $* succeeded; it must be rejected"
+    return 1
+  fi
+  if ! grep -qF -- "$want" <<<"$out"; then
+    echo "helm template $* failed without mentioning '$want':"
+    echo "$out"
+    return 1
+  fi
+}
+
+crd_copy_matches() {
+  [ -f "$CRD_SRC" ] || { echo "$CRD_SRC is missing (generate it: cargo run -p switchboard-operator -- crd > $CRD_SRC)"; return 1; }
+  [ -f "$CRD_COPY" ] || { echo "$CRD_COPY is missing: cp $CRD_SRC $CRD_COPY"; return 1; }
+  cmp -s "$CRD_SRC" "$CRD_COPY" || {
+    echo "$CRD_COPY differs from $CRD_SRC (the chart would install a stale CRD): cp $CRD_SRC $CRD_COPY"
+    diff -u "$CRD_SRC" "$CRD_COPY" | head -n 20
+    return 1
+  }
+}
+
+notes_show_wait() {
+  local out
+  out="$("$HELM" install "$RELEASE" "$CHART" --namespace "$NS" --dry-run=client "$@" 2>&1)" || { echo "$out"; return 1; }
+  grep -qF "kubectl wait --for=condition=Ready sigc/demo" <<<"$out" \
+    || { echo "NOTES.txt does not show 'kubectl wait --for=condition=Ready sigc/<name>':"; echo "$out" | sed -n '/NOTES:/,$p'; return 1; }
+  grep -qF "kind: SignalingCluster" <<<"$out" \
+    || { echo "NOTES.txt does not show a first SignalingCluster example"; return 1; }
+}
+
+start=$(date +%s)
+echo "helm: $HELM ($("$HELM" version --short))"
+
+check "CRD copy $CRD_COPY equals $CRD_SRC" crd_copy_matches
+check "helm lint --strict (default values)" "$HELM" lint --strict "$CHART"
+check "helm lint --strict (rbac.scope=namespace)" "$HELM" lint --strict "$CHART" --set rbac.scope=namespace
+check "helm template (default values): objects and promises" \
+  render_and_check default SCOPE=cluster --
+check "helm template (rbac.scope=namespace): Role in $NS, --namespace flag" \
+  render_and_check namespaced SCOPE=namespace -- --set rbac.scope=namespace
+check "helm template (crds.create=false): no CRD" \
+  render_and_check nocrd SCOPE=cluster EXPECT_CRD=0 -- --set crds.create=false
+check "helm template (serviceMonitor on, 3 replicas)" \
+  render_and_check monitored SCOPE=cluster EXPECT_SERVICE_MONITOR=1 EXPECT_REPLICAS=3 -- \
+  --set metrics.serviceMonitor.enabled=true --set replicaCount=3
+check "helm template (leader election off, 1 replica): no Lease Role" \
+  render_and_check noleader SCOPE=namespace EXPECT_LEADER=0 -- \
+  --set leaderElection.enabled=false --set rbac.scope=namespace
+check "schema rejects rbac.scope=bogus" must_fail "/rbac/scope" --set rbac.scope=bogus
+check "schema rejects an unknown key" must_fail "additional properties" --set rbac.scopee=namespace
+check "schema rejects image.pullPolicy=Sometimes" must_fail "/image/pullPolicy" --set image.pullPolicy=Sometimes
+check "schema rejects a non-integer replicaCount" must_fail "/replicaCount" --set replicaCount=two
+check "template refuses replicaCount=2 without leader election" \
+  must_fail "needs leaderElection.enabled=true" --set replicaCount=2 --set leaderElection.enabled=false
+check "template refuses a ServiceMonitor without the metrics Service" \
+  must_fail "needs metrics.service.enabled=true" \
+  --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
+check "NOTES.txt shows kubectl wait and a first SignalingCluster" notes_show_wait
+
+echo "$passed passed, $failed failed ($(( $(date +%s) - start )) s)"
+[ "$failed" -eq 0 ]
