@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end tests: start real processes on ephemeral loopback ports.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod client;
 pub mod http;
+pub mod redis;
 pub mod server;
 pub mod token;

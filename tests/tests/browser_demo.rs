@@ -1,0 +1,282 @@
+//! Two headless Chromium instances open the demo page of a real server, connect to each other
+//! over WebRTC (data channel, host candidates on this machine, no STUN), and exchange messages.
+//! Needs the Debian packages `chromium` and `chromium-driver`; fails (never skips) without them.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard_e2e::browser::{Browser, ChromeDriver};
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::token::Claims;
+
+const SECRET: &str = "browser-demo-test-secret-0123456789";
+const ROOM: &str = "browser-demo";
+/// Bound for joining plus ICE/DTLS/SCTP between the two browsers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for one data-channel message or presence update to show up.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Names shown in the participant list for the page of `browser` (in order).
+const PARTICIPANT_NAMES_JS: &str = "return Array.from(document.querySelectorAll('#participants li.participant .name'), (e) => e.textContent);";
+
+/// Where failure screenshots go: a fresh directory under the system temp dir that is kept.
+fn diagnostics_dir() -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-browser-demo-{}-{stamp}",
+        std::process::id()
+    ));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Panics with everything needed to debug a failed step: the reason, each browser's screenshot
+/// path and console, and the server's stderr tail.
+fn fail(
+    reason: &str,
+    browsers: &[&Browser<'_>],
+    server: &ServerProcess,
+    driver: &ChromeDriver,
+) -> ! {
+    let dir = diagnostics_dir();
+    let mut report = format!("{reason}\n\nDiagnostics in {}:\n", dir.display());
+    for browser in browsers {
+        report.push_str(&browser.diagnostics(&dir));
+    }
+    report.push_str(&format!(
+        "server stderr tail:\n{}\nchromedriver output tail:\n{}",
+        server.stderr_tail(),
+        tail(&driver.output(), 20)
+    ));
+    panic!("{report}");
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends `text` through the page's message form (as a user would: fill in, press Send).
+const SEND_JS: &str = "
+    const input = document.getElementById('message-input');
+    const button = document.getElementById('send-button');
+    if (input.disabled || button.disabled) return 'send form disabled';
+    input.value = arguments[0];
+    button.click();
+    return 'sent';
+";
+
+/// Returns the first received message with exactly this text as `{from, text}`, or null.
+const RECEIVED_JS: &str = "
+    const wanted = arguments[0];
+    for (const li of document.querySelectorAll('#messages li.received')) {
+        const text = li.querySelector('.text').textContent;
+        if (text === wanted) return { from: li.dataset.from, text: text };
+    }
+    return null;
+";
+
+fn send_message(browser: &Browser<'_>, text: &str) -> Result<(), String> {
+    match browser.execute(SEND_JS, &[json!(text)]) {
+        Ok(Value::String(s)) if s == "sent" => Ok(()),
+        Ok(other) => Err(format!("{}: could not send: {other}", browser.name())),
+        Err(e) => Err(format!("{}: could not send: {e}", browser.name())),
+    }
+}
+
+fn wait_received(browser: &Browser<'_>, text: &str) -> Result<Value, String> {
+    let script = format!(
+        "return (function() {{ {RECEIVED_JS} }}).apply(null, [{}]);",
+        json!(text)
+    );
+    browser.wait_for(
+        &format!("message {text:?} received"),
+        &script,
+        UPDATE_TIMEOUT,
+    )
+}
+
+fn participant_names(browser: &Browser<'_>) -> Result<Vec<String>, String> {
+    let value = browser
+        .execute(PARTICIPANT_NAMES_JS, &[])
+        .map_err(|e| e.to_string())?;
+    serde_json::from_value(value.clone())
+        .map_err(|e| format!("{}: participant names {value}: {e}", browser.name()))
+}
+
+/// `GET /webrtc/rooms/{room}/participants` as the server sees it.
+fn server_participant_count(server: &ServerProcess, token: &str) -> Result<u64, String> {
+    let url = server.http_url(&format!("/webrtc/rooms/{ROOM}/participants"));
+    let mut response = ureq::get(&url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let body: Value = response
+        .body_mut()
+        .read_json()
+        .map_err(|e| format!("GET {url}: body: {e}"))?;
+    body["participant_count"]
+        .as_u64()
+        .ok_or_else(|| format!("GET {url}: no participant_count in {body}"))
+}
+
+#[test]
+fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
+    let started = Instant::now();
+    // No STUN server: this machine has no route out, and host candidates are all that two
+    // browsers on one machine need. An empty list means "no STUN" to the server.
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let alice_token = Claims::user("alice").hs256(SECRET);
+    let bob_token = Claims::user("bob").hs256(SECRET);
+
+    let driver = ChromeDriver::start();
+    let alice = driver.new_browser("alice");
+    let bob = driver.new_browser("bob");
+    let both = [&alice, &bob];
+
+    // The page must not offer an ICE server that cannot be reached from here.
+    let config = ureq::get(server.http_url("/webrtc/config"))
+        .header("Authorization", &format!("Bearer {alice_token}"))
+        .call()
+        .map_err(|e| e.to_string())
+        .and_then(|mut r| r.body_mut().read_json::<Value>().map_err(|e| e.to_string()));
+    match &config {
+        Ok(body) if body["iceServers"].as_array().is_some_and(|s| s.is_empty()) => {}
+        other => fail(
+            &format!(
+                "/webrtc/config with WEBRTC_STUN_URLS=\"\" should list no iceServers: {other:?}"
+            ),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+
+    for (browser, token) in [(&alice, &alice_token), (&bob, &bob_token)] {
+        let url = server.http_url(&format!("/?room={ROOM}&token={token}&autostart=1"));
+        if let Err(e) = browser.goto(&url) {
+            fail(
+                &format!("{}: cannot open the demo page: {e}", browser.name()),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+    }
+
+    // Both reach `connected`: joined the room and one data channel open.
+    for browser in both {
+        if let Err(e) = browser.wait_for(
+            "document.body.dataset.state == \"connected\"",
+            "return document.body.dataset.state === 'connected' ? 'connected' : null;",
+            CONNECT_TIMEOUT,
+        ) {
+            let state = browser
+                .execute("return document.body.dataset.state;", &[])
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            fail(&format!("{e}; state is {state}"), &both, &server, &driver);
+        }
+    }
+    let connected_after = started.elapsed();
+
+    // Each page lists both participants, with the names from the tokens.
+    for browser in both {
+        let mut names =
+            participant_names(browser).unwrap_or_else(|e| fail(&e, &both, &server, &driver));
+        names.sort();
+        if names != ["User alice", "User bob"] {
+            fail(
+                &format!(
+                    "{}: participant list shows {names:?}, expected [\"User alice\", \"User bob\"]",
+                    browser.name()
+                ),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+    }
+    match server_participant_count(&server, &alice_token) {
+        Ok(2) => {}
+        other => fail(
+            &format!("the server should count 2 participants in {ROOM}: {other:?}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+
+    // Data-channel messages both ways; they travel browser to browser, not through the server.
+    for (from, to, text) in [
+        (&alice, &bob, "hello from alice ✓"),
+        (&bob, &alice, "and hello back from bob"),
+    ] {
+        if let Err(e) = send_message(from, text) {
+            fail(&e, &both, &server, &driver);
+        }
+        match wait_received(to, text) {
+            Ok(msg) if msg["from"] == json!(format!("User {}", from.name())) => {}
+            Ok(msg) => fail(
+                &format!(
+                    "{}: message {text:?} attributed to {} instead of User {}",
+                    to.name(),
+                    msg["from"],
+                    from.name()
+                ),
+                &both,
+                &server,
+                &driver,
+            ),
+            Err(e) => fail(&e, &both, &server, &driver),
+        }
+    }
+
+    // Alice leaves: Bob's list drops to himself (user-left) and his page falls back to `joined`.
+    if let Err(e) = alice.execute(
+        "document.getElementById('leave-button').click(); return true;",
+        &[],
+    ) {
+        fail(
+            &format!("alice: cannot click Leave: {e}"),
+            &both,
+            &server,
+            &driver,
+        );
+    }
+    if let Err(e) = bob.wait_for(
+        "only bob listed and state joined after alice left",
+        "const names = Array.from(document.querySelectorAll('#participants li.participant .name'), (e) => e.textContent);
+         return names.length === 1 && names[0] === 'User bob' && document.body.dataset.state === 'joined';",
+        UPDATE_TIMEOUT,
+    ) {
+        fail(&e, &both, &server, &driver);
+    }
+
+    // The token was in the page URL and in the WebSocket subprotocol; it must not be logged.
+    for token in [&alice_token, &bob_token] {
+        if let Some(line) = server
+            .stderr_lines()
+            .iter()
+            .find(|l| l.contains(token.as_str()))
+        {
+            fail(
+                &format!("the server logged a token: {line}"),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+    }
+
+    eprintln!(
+        "browser demo: both pages connected after {connected_after:?}, whole test {:?}",
+        started.elapsed()
+    );
+}
