@@ -7,7 +7,8 @@
 #     security context, probes, namespace scoping, exact least-privilege RBAC, the CRD kept on
 #     uninstall and equal to crds/;
 #   - values.schema.json and the template guards reject bad values;
-#   - NOTES.txt tells the user how to wait for a SignalingCluster.
+#   - NOTES.txt tells the user how to wait for a SignalingCluster;
+#   - every value is documented in docs/deployment.md.
 # Needs: bash, npm (tests/tools.sh fetches helm), python3 with PyYAML (Debian: python3-yaml).
 # Prints one line per check and `N passed, M failed`; exits non-zero when anything failed.
 set -uo pipefail
@@ -376,6 +377,33 @@ notes_show_wait() {
     || { echo "NOTES.txt does not show a first SignalingCluster example"; return 1; }
 }
 
+# Every value the schema knows is documented in docs/deployment.md's table (as `key`).
+values_documented() {
+  python3 - "$CHART/values.schema.json" docs/deployment.md <<'PY'
+import json, sys
+schema = json.load(open(sys.argv[1]))
+doc = open(sys.argv[2]).read()
+missing = []
+def walk(node, prefix):
+    for key, sub in (node.get("properties") or {}).items():
+        path = f"{prefix}{key}"
+        if key == "global":
+            continue
+        # A key documented as a whole (e.g. `resources`) covers its children; otherwise
+        # strict objects are chart structure whose leaves must each be documented.
+        if f"`{path}`" in doc:
+            continue
+        if sub.get("type") == "object" and sub.get("additionalProperties") is False:
+            walk(sub, path + ".")
+        else:
+            missing.append(path)
+walk(schema, "")
+if missing:
+    print("values not documented in docs/deployment.md: " + ", ".join(missing))
+    sys.exit(1)
+PY
+}
+
 start=$(date +%s)
 echo "helm: $HELM ($("$HELM" version --short))"
 
@@ -404,6 +432,7 @@ check "template refuses a ServiceMonitor without the metrics Service" \
   must_fail "needs metrics.service.enabled=true" \
   --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
 check "NOTES.txt shows kubectl wait and a first SignalingCluster" notes_show_wait
+check "every chart value is documented in docs/deployment.md" values_documented
 
 echo "$passed passed, $failed failed ($(( $(date +%s) - start )) s)"
 [ "$failed" -eq 0 ]
