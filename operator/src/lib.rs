@@ -1,1 +1,19 @@
-//! Switchboard operator.
+//! Switchboard operator library: the `SignalingCluster` API, pure builders of the objects it
+//! owns, the rendered server config, the status calculator, and the controller around them.
+#![forbid(unsafe_code)]
+
+pub mod api;
+// runtime (operator-runtime)
+pub mod http;
+pub mod leader;
+pub mod metrics;
+
+use kube::CustomResourceExt;
+
+/// The CRD manifest for `SignalingCluster`, as YAML (what `switchboard-operator crd` prints and
+/// what is committed at `crds/switchboard.dev_signalingclusters.yaml`).
+pub fn crd_yaml() -> String {
+    let crd = api::SignalingCluster::crd();
+    // Serializing a typed CRD cannot fail: it has no maps with non-string keys.
+    serde_yaml::to_string(&crd).unwrap_or_default()
+}

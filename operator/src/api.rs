@@ -1,0 +1,726 @@
+//! The `SignalingCluster` custom resource: spec and status types, their defaults, and the
+//! OpenAPI/CEL validation the API server enforces. No I/O and no reconcile logic live here.
+//!
+//! Every field has a default so a bare `spec: {}` is a working cluster. Defaults are written
+//! both as serde defaults (so Rust code always sees a complete spec) and into the CRD schema
+//! (so `kubectl get -o yaml` shows what is in effect and the API server stores it).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "switchboard.dev";
+/// API version of the resource.
+pub const VERSION: &str = "v1alpha1";
+/// Redis image used by a managed Redis unless the spec names another.
+pub const DEFAULT_REDIS_IMAGE: &str = "redis:7-alpine";
+/// STUN server the server advertises unless the spec names others.
+pub const DEFAULT_STUN_URL: &str = "stun:stun.l.google.com:19302";
+
+/// The server image matching this operator's version; the default for `spec.image`.
+pub fn default_server_image() -> String {
+    format!(
+        "ghcr.io/switchboard-dev/switchboard-server:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A Switchboard signaling cluster: server Deployment, Service, managed or external Redis,
+/// rendered configuration and generated secrets, all owned by this resource.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "SignalingCluster",
+    plural = "signalingclusters",
+    singular = "signalingcluster",
+    shortname = "sigc",
+    category = "switchboard",
+    namespaced,
+    status = "SignalingClusterStatus",
+    derive = "PartialEq",
+    cel,
+    doc = "A Switchboard WebRTC signaling cluster: servers, Redis, configuration and secrets.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(
+        name = "Ready Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalingClusterSpec {
+    /// Number of server pods (ignored while autoscaling is enabled).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// Server container image.
+    #[serde(default = "default_server_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Image pull policy of the server container (Kubernetes default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Secrets used to pull the server (and managed Redis) images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// CPU/memory requests and limits of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The pub/sub bus: a Redis the operator runs (`managed`) or one you provide (`external`).
+    #[serde(default)]
+    pub redis: RedisSpec,
+
+    /// ICE servers and WebRTC policies handed to clients by `GET /webrtc/config`.
+    #[serde(default)]
+    pub ice: IceSpec,
+
+    /// How clients' JWTs are verified.
+    #[serde(default)]
+    pub auth: AuthSpec,
+
+    /// Room limits.
+    #[serde(default)]
+    pub rooms: RoomsSpec,
+
+    /// The Service in front of the server pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// An optional Ingress for the servers.
+    #[serde(default)]
+    pub ingress: IngressSpec,
+
+    /// An optional HorizontalPodAutoscaler (autoscaling/v2) for the servers.
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+
+    /// An optional PodDisruptionBudget (policy/v1) for the servers.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+
+    /// A NetworkPolicy that lets only this cluster's server pods reach its managed Redis.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+
+    /// Browser origins allowed to open WebSockets (e.g. `https://app.example.com`); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub allowed_origins: Vec<String>,
+
+    /// Node labels the server pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the server pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity of the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Topology spread of the server pods. Unset: spread across nodes
+    /// (`kubernetes.io/hostname`, maxSkew 1, ScheduleAnyway). An empty list: no constraint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
+    /// Stop reconciling: children are left exactly as they are until this is false again.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for SignalingClusterSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            image: default_server_image(),
+            image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
+            resources: None,
+            redis: RedisSpec::default(),
+            ice: IceSpec::default(),
+            auth: AuthSpec::default(),
+            rooms: RoomsSpec::default(),
+            service: ServiceSpec::default(),
+            ingress: IngressSpec::default(),
+            autoscaling: AutoscalingSpec::default(),
+            pod_disruption_budget: PodDisruptionBudgetSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
+            allowed_origins: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            topology_spread_constraints: None,
+            paused: false,
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// Kubernetes image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value Kubernetes expects in a container spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// A key in a Secret in the cluster's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret (same namespace as the SignalingCluster).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret; each reference documents its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+impl SecretKeyRef {
+    /// The key, or `default` when the reference does not name one.
+    pub fn key_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(default)
+    }
+}
+
+/// The Redis pub/sub bus. Exactly one of `managed` and `external`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.managed) != has(self.external)")
+        .message("redis: set exactly one of redis.managed and redis.external")
+)]
+pub struct RedisSpec {
+    /// A Redis StatefulSet run by the operator, with a generated password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedisSpec>,
+    /// A Redis you run; its URL comes from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedisSpec>,
+    /// Prefix of every Redis key and channel; give clusters sharing one Redis different ones.
+    #[serde(default = "default_key_prefix")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
+    pub key_prefix: String,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            managed: Some(ManagedRedisSpec::default()),
+            external: None,
+            key_prefix: default_key_prefix(),
+        }
+    }
+}
+
+fn default_key_prefix() -> String {
+    "switchboard".to_owned()
+}
+
+/// A Redis run by the operator as a one-replica StatefulSet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedisSpec {
+    /// Redis image.
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// CPU/memory requests and limits of the Redis container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Keep Redis data on a PersistentVolumeClaim (append-only file). Unset: an emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<PersistenceSpec>,
+}
+
+impl Default for ManagedRedisSpec {
+    fn default() -> Self {
+        Self {
+            image: default_redis_image(),
+            resources: None,
+            persistence: None,
+        }
+    }
+}
+
+fn default_redis_image() -> String {
+    DEFAULT_REDIS_IMAGE.to_owned()
+}
+
+/// A PersistentVolumeClaim for the managed Redis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistenceSpec {
+    /// Requested storage, a Kubernetes quantity such as `1Gi`.
+    #[serde(default = "default_persistence_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// StorageClass of the claim; unset uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_persistence_size() -> String {
+    "1Gi".to_owned()
+}
+
+/// A Redis the user runs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.secretRef)")
+        .message("redis.external.secretRef is required: name the Secret (and key, default \"url\") holding the redis:// or rediss:// URL")
+)]
+pub struct ExternalRedisSpec {
+    /// Secret key holding the Redis URL (`redis://` or `rediss://`, password included);
+    /// key defaults to `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// ICE servers and WebRTC policies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.turnUrls.all(u, u.startsWith('turn:') || u.startsWith('turns:'))")
+        .message("ice.turnUrls: every TURN URL must start with turn: or turns: (e.g. turns:turn.example.com:5349)"),
+    validation = Rule::new("!has(self.turnSecretRef) || size(self.turnUrls) > 0")
+        .message("ice.turnSecretRef is set but ice.turnUrls is empty: add the TURN server URLs")
+)]
+pub struct IceSpec {
+    /// STUN server URLs (`stun:` or `stuns:`).
+    #[serde(default = "default_stun_urls")]
+    #[schemars(length(max = 16), inner(regex(pattern = r"^stuns?:[^\s]{1,500}$")))]
+    pub stun_urls: Vec<String>,
+    /// TURN server URLs (`turn:` or `turns:`).
+    #[serde(default)]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 512)))]
+    pub turn_urls: Vec<String>,
+    /// Secret key holding the TURN REST shared secret (coturn `static-auth-secret`); key
+    /// defaults to `secret`. Unset with TURN URLs: generated into `<name>-turn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_secret_ref: Option<SecretKeyRef>,
+    /// Lifetime of the TURN credentials handed out (never beyond the JWT's expiry).
+    #[serde(default = "default_credential_ttl")]
+    #[schemars(range(min = 60, max = 604800))]
+    pub credential_ttl_seconds: i64,
+    /// `all` or `relay` (TURN only).
+    #[serde(default)]
+    pub ice_transport_policy: IceTransportPolicy,
+    /// `balanced`, `max-compat` or `max-bundle`.
+    #[serde(default)]
+    pub bundle_policy: BundlePolicy,
+    /// `require` or `negotiate`.
+    #[serde(default)]
+    pub rtcp_mux_policy: RtcpMuxPolicy,
+}
+
+impl Default for IceSpec {
+    fn default() -> Self {
+        Self {
+            stun_urls: default_stun_urls(),
+            turn_urls: Vec::new(),
+            turn_secret_ref: None,
+            credential_ttl_seconds: default_credential_ttl(),
+            ice_transport_policy: IceTransportPolicy::default(),
+            bundle_policy: BundlePolicy::default(),
+            rtcp_mux_policy: RtcpMuxPolicy::default(),
+        }
+    }
+}
+
+fn default_stun_urls() -> Vec<String> {
+    vec![DEFAULT_STUN_URL.to_owned()]
+}
+
+fn default_credential_ttl() -> i64 {
+    86400
+}
+
+/// Which ICE candidates clients may use.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum IceTransportPolicy {
+    #[default]
+    All,
+    Relay,
+}
+
+/// WebRTC bundle policy handed to clients.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BundlePolicy {
+    #[default]
+    Balanced,
+    MaxCompat,
+    MaxBundle,
+}
+
+/// WebRTC RTCP multiplexing policy handed to clients.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RtcpMuxPolicy {
+    #[default]
+    Require,
+    Negotiate,
+}
+
+impl IceTransportPolicy {
+    /// The spelling used in the CRD and in the server's config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+impl BundlePolicy {
+    /// The spelling used in the CRD and in the server's config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Balanced => "balanced",
+            Self::MaxCompat => "max-compat",
+            Self::MaxBundle => "max-bundle",
+        }
+    }
+}
+
+impl RtcpMuxPolicy {
+    /// The spelling used in the CRD and in the server's config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Require => "require",
+            Self::Negotiate => "negotiate",
+        }
+    }
+}
+
+/// JWT signature algorithm.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared secret (generated when no secretRef is given).
+    #[default]
+    HS256,
+    /// RSA signature; secretRef points at the PEM public key.
+    RS256,
+    /// ECDSA P-256 signature; secretRef points at the PEM public key.
+    ES256,
+}
+
+impl JwtAlgorithm {
+    /// The spelling used in the CRD and in the server's config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::RS256 => "RS256",
+            Self::ES256 => "ES256",
+        }
+    }
+}
+
+/// How the servers verify clients' JWTs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.algorithm == 'HS256' || has(self.secretRef)")
+        .message("auth.secretRef is required for RS256/ES256: name the Secret holding the PEM public key (key default \"public.pem\")")
+)]
+pub struct AuthSpec {
+    /// `HS256`, `RS256` or `ES256`.
+    #[serde(default)]
+    pub algorithm: JwtAlgorithm,
+    /// HS256: Secret key holding the shared secret (key default `secret`; unset: generated
+    /// into `<name>-jwt`). RS256/ES256: Secret key holding the PEM public key (key default
+    /// `public.pem`; required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Required `iss` claim; unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// Required `aud` claim; unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+}
+
+/// Room limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomsSpec {
+    /// Participants per room, across all servers; the next join is refused with `room_full`.
+    #[serde(default = "default_max_participants")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_participants: i32,
+    /// Seconds a dead server's participants stay listed before another server removes them.
+    #[serde(default = "default_presence_ttl")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub presence_ttl_seconds: i32,
+}
+
+impl Default for RoomsSpec {
+    fn default() -> Self {
+        Self {
+            max_participants: default_max_participants(),
+            presence_ttl_seconds: default_presence_ttl(),
+        }
+    }
+}
+
+fn default_max_participants() -> i32 {
+    50
+}
+
+fn default_presence_ttl() -> i32 {
+    30
+}
+
+/// The server Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP`, `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port the Service listens on (the pods listen on 8080).
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Extra annotations on the Service (e.g. for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    80
+}
+
+/// Kubernetes Service type.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The value Kubernetes expects in a Service spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// An Ingress (networking.k8s.io/v1) routing `host` to the server Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!self.enabled || has(self.host)")
+        .message("ingress.host is required when ingress.enabled is true")
+)]
+pub struct IngressSpec {
+    /// Create the Ingress.
+    #[serde(default)]
+    pub enabled: bool,
+    /// IngressClass name; unset uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// Host name clients connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    ))]
+    pub host: Option<String>,
+    /// Secret holding the TLS certificate for `host`; unset: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations; they override the operator's WebSocket timeout defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A HorizontalPodAutoscaler on CPU.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas")
+)]
+pub struct AutoscalingSpec {
+    /// Create the HPA (spec.replicas is then ignored).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Lower bound of server pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Upper bound of server pods.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilization (percent of requests) the HPA aims for.
+    #[serde(default = "default_target_cpu")]
+    #[schemars(range(min = 1, max = 100))]
+    #[serde(rename = "targetCPUUtilizationPercentage")]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_cpu_utilization_percentage: default_target_cpu(),
+        }
+    }
+}
+
+fn default_min_replicas() -> i32 {
+    2
+}
+
+fn default_max_replicas() -> i32 {
+    10
+}
+
+fn default_target_cpu() -> i32 {
+    70
+}
+
+/// A PodDisruptionBudget for the server pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))")
+        .message("podDisruptionBudget: set only one of minAvailable and maxUnavailable")
+)]
+pub struct PodDisruptionBudgetSpec {
+    /// Create the PDB.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Pods (number or percentage) that must stay available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods (number or percentage) that may be unavailable; default 1 when neither is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// The Redis NetworkPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create a NetworkPolicy so only this cluster's server pods reach its managed Redis
+    /// (needs a CNI that enforces NetworkPolicy; no effect with an external Redis).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalingClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Server pods that exist (from the Deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Server pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Where clients connect: `wss://host` with an Ingress, else the in-cluster Service URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `Ready`, `ConfigValid`, `RedisReady`, `ServersReady` (and `Paused` while paused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
