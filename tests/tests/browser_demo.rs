@@ -280,3 +280,111 @@ fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
         started.elapsed()
     );
 }
+
+/// The library's pure helpers as the browser runs them, and a refused token surfacing on the page.
+#[test]
+fn the_page_reports_a_refused_token_and_the_library_helpers_behave() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let driver = ChromeDriver::start();
+    let page = driver.new_browser("helpers");
+    let both = [&page];
+
+    if let Err(e) = page.goto(&server.http_url("/?room=helpers")) {
+        fail(
+            &format!("cannot open the demo page: {e}"),
+            &both,
+            &server,
+            &driver,
+        );
+    }
+    // Without autostart nothing happens until Join.
+    match page.execute(
+        "return [document.body.dataset.state, typeof Switchboard];",
+        &[],
+    ) {
+        Ok(v) if v == json!(["idle", "function"]) => {}
+        other => fail(
+            &format!("before Join the page should be idle with Switchboard loaded: {other:?}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+
+    let checks = page.execute(
+        "return {
+            initiator: [Switchboard.isInitiator('a1', 'b0'), Switchboard.isInitiator('b0', 'a1')],
+            ws: Switchboard.wsUrl('https://sig.example/prefix/', 'room-1'),
+            wsPlain: Switchboard.wsUrl('http://127.0.0.1:8080/', 'demo'),
+            config: Switchboard.toRtcConfiguration({
+                iceServers: [{urls: []}, {urls: ['turn:t.example'], username: 'u', credential: 'c'}],
+                iceTransportPolicy: 'relay', bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require'
+            }),
+            backoff: [0, 1, 2, 12].map((a) => Switchboard.backoffMs(a, 15000)),
+        };",
+        &[],
+    );
+    let checks = checks.unwrap_or_else(|e| fail(&e.to_string(), &both, &server, &driver));
+    let expected = [
+        ("initiator", json!([true, false])),
+        ("ws", json!("wss://sig.example/prefix/webrtc/ws/room-1")),
+        ("wsPlain", json!("ws://127.0.0.1:8080/webrtc/ws/demo")),
+        (
+            "config",
+            json!({
+                "iceServers": [{"urls": ["turn:t.example"], "username": "u", "credential": "c"}],
+                "iceTransportPolicy": "relay", "bundlePolicy": "max-bundle", "rtcpMuxPolicy": "require"
+            }),
+        ),
+    ];
+    for (key, want) in expected {
+        if checks[key] != want {
+            fail(
+                &format!("Switchboard helper {key}: got {}, want {want}", checks[key]),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+    }
+    // Jittered exponential backoff: attempt n lies in [ceiling/2, ceiling], ceiling = min(15 s, 0.5 s * 2^n).
+    let backoff: Vec<u64> = serde_json::from_value(checks["backoff"].clone()).unwrap_or_default();
+    let ceilings = [500, 1000, 2000, 15000];
+    if backoff.len() != 4
+        || backoff
+            .iter()
+            .zip(ceilings)
+            .any(|(b, c)| *b < c / 2 || *b > c)
+    {
+        fail(
+            &format!("backoff {backoff:?} outside [c/2, c] for ceilings {ceilings:?}"),
+            &both,
+            &server,
+            &driver,
+        );
+    }
+
+    // A token signed with another secret: /webrtc/config answers 401 and the page says `error`.
+    let forged = Claims::user("mallory").hs256("not-the-server-secret");
+    if let Err(e) = page.execute(
+        "document.getElementById('token').value = arguments[0];
+         document.getElementById('join-button').click();
+         return true;",
+        &[json!(forged)],
+    ) {
+        fail(&format!("cannot press Join: {e}"), &both, &server, &driver);
+    }
+    if let Err(e) = page.wait_for(
+        "state error with a 401 in the event log",
+        "return document.body.dataset.state === 'error'
+            && document.getElementById('log').textContent.includes('HTTP 401');",
+        UPDATE_TIMEOUT,
+    ) {
+        let log = page
+            .execute("return document.getElementById('log').textContent;", &[])
+            .unwrap_or_default();
+        fail(&format!("{e}; event log: {log}"), &both, &server, &driver);
+    }
+}
