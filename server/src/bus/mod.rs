@@ -1,0 +1,364 @@
+//! The bus connects server instances: cluster-wide room presence (with an
+//! atomic capacity check) and delivery of relayed messages and presence
+//! events to participants held by *other* instances. It never touches
+//! WebSockets; local delivery is the hub's job.
+//!
+//! # Contract (shared with `bus/redis.rs`)
+//!
+//! * The session layer calls [`Bus::join`] before a participant is
+//!   registered in the local hub and [`Bus::leave`] after it is removed.
+//!   Both also announce the presence change to *remote* instances
+//!   (`user-joined` / `user-left`); the local hub announces it to local
+//!   participants itself.
+//! * A relayed message is first delivered by the hub to local recipients
+//!   (no round trip), then handed to [`Bus::publish`] only if some recipient
+//!   may live on another instance. A bus delivers it to remote instances,
+//!   which call [`LocalHub::deliver`] with [`RemoteEvent::Relay`]. An instance
+//!   must ignore its own publications (compare [`BusEnvelope::origin`] with
+//!   its instance id) so nobody receives a message twice.
+//! * Ordering: for one sender, `publish` calls are awaited one after the
+//!   other; a bus must deliver them to each remote instance in call order
+//!   (one publishing connection and one subscriber connection per instance
+//!   give this with Redis pub/sub), and remote instances must call
+//!   [`LocalHub::deliver`] in receive order from a single task.
+//! * Remote events reach local participants through the [`LocalHub`] handed
+//!   to [`from_config`]: `deliver` never blocks (it only pushes to bounded
+//!   per-connection queues), so a subscriber task may call it inline.
+//! * After a Redis restart a bus re-registers live local participants from
+//!   [`LocalHub::local_snapshot`] and resubscribes their rooms.
+//! * Any failure to reach the backing store is [`BusError::Unavailable`];
+//!   senders then get an `error` with code `bus_unavailable`, joins are
+//!   refused with close 1013 `bus_unavailable`, and readiness is false while
+//!   [`Bus::is_ready`] is false.
+//!
+//! Async methods use the `async-trait` crate so the bus can be used as
+//! `Arc<dyn Bus>` (each call boxes one future; negligible next to a network
+//! round trip).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::protocol::{Frame, RelayKind};
+use crate::room::{LeaveReason, ParticipantInfo, RoomId};
+
+pub mod redis;
+
+/// Errors a bus reports. Every variant maps to the `bus_unavailable` error code.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The backing store (Redis) cannot be reached or answered with an error.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl BusError {
+    /// Label for the `errors` metric and the client-facing error code.
+    pub fn metric_label(&self) -> &'static str {
+        "bus_unavailable"
+    }
+}
+
+/// Result of [`Bus::join`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// Registered. `participants` is the cluster-wide list *including* the
+    /// new participant, in join order where the bus knows it.
+    Joined { participants: Vec<ParticipantInfo> },
+    /// The room already holds `capacity` participants; nothing was registered.
+    RoomFull,
+}
+
+/// A relayed message as it crosses the bus: routing metadata plus the frame
+/// serialized exactly once by the sending instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayMessage {
+    pub room_id: RoomId,
+    pub kind: RelayKind,
+    /// The sender's participant id (never delivered back to the sender).
+    pub sender_id: String,
+    /// Target participant id, or `None` for "everyone but the sender".
+    pub to: Option<String>,
+    /// The complete server → client envelope.
+    pub frame: Frame,
+}
+
+/// An event coming from another instance, for local participants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RemoteEvent {
+    /// A relayed message to fan out to local recipients.
+    Relay(RelayMessage),
+    /// A participant joined on another instance.
+    Joined {
+        room_id: RoomId,
+        participant: ParticipantInfo,
+    },
+    /// A participant left on another instance (or its instance was lost).
+    Left {
+        room_id: RoomId,
+        participant: ParticipantInfo,
+        reason: LeaveReason,
+    },
+}
+
+impl RemoteEvent {
+    pub fn room_id(&self) -> &RoomId {
+        match self {
+            RemoteEvent::Relay(m) => &m.room_id,
+            RemoteEvent::Joined { room_id, .. } | RemoteEvent::Left { room_id, .. } => room_id,
+        }
+    }
+}
+
+/// What a bus puts on the wire between instances: the event plus the
+/// instance that published it, so the publisher can skip its own echo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusEnvelope {
+    pub origin: String,
+    pub event: RemoteEvent,
+}
+
+/// The local side a bus delivers into (implemented by [`crate::hub::Hub`]).
+pub trait LocalHub: Send + Sync + 'static {
+    /// Delivers an event from another instance to local participants of its
+    /// room. Never blocks and never fails: recipients whose queues overflow
+    /// are closed with `slow_consumer` by the hub. Events for rooms without
+    /// local participants are ignored.
+    fn deliver(&self, event: RemoteEvent);
+
+    /// Every live local participant, grouped by room: what a bus re-registers
+    /// after its store lost state (e.g. a Redis restart).
+    fn local_snapshot(&self) -> Vec<(RoomId, Vec<ParticipantInfo>)>;
+}
+
+/// Health of the bus for `/webrtc/health` and readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct BusHealth {
+    /// `in-process` or `redis`.
+    pub kind: &'static str,
+    pub ready: bool,
+    /// Short human-readable state, never containing credentials.
+    pub detail: String,
+}
+
+/// The cluster bus. See the module documentation for the full contract.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Registers `participant` in `room` if fewer than `capacity` participants
+    /// are in it cluster-wide, atomically (two instances racing for the last
+    /// seat cannot both win). On success announces `user-joined` to remote
+    /// instances and returns the full participant list including the new one;
+    /// otherwise returns [`JoinOutcome::RoomFull`] and changes nothing.
+    async fn join(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantInfo,
+        capacity: usize,
+    ) -> Result<JoinOutcome, BusError>;
+
+    /// Removes `participant` from `room` and announces `user-left` with
+    /// `reason` to remote instances. Removing an unknown participant is Ok.
+    async fn leave(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantInfo,
+        reason: LeaveReason,
+    ) -> Result<(), BusError>;
+
+    /// Hands a relayed message to remote instances (not to local ones: the
+    /// hub already served them). Returns once the message is accepted by the
+    /// store; calls from one sender are delivered in call order.
+    async fn publish(&self, message: RelayMessage) -> Result<(), BusError>;
+
+    /// The cluster-wide participant list of `room` (empty if nobody is there).
+    async fn participants(&self, room: &RoomId) -> Result<Vec<ParticipantInfo>, BusError>;
+
+    /// Whether the bus can currently carry messages (readiness).
+    fn is_ready(&self) -> bool;
+
+    /// Kind, readiness and a short state description.
+    fn health(&self) -> BusHealth;
+
+    /// Called once at the end of shutdown, after every local participant
+    /// left: release instance-level state (e.g. the heartbeat key).
+    async fn shutdown(&self);
+}
+
+/// Builds the bus the configuration asks for: the in-process bus unless a
+/// Redis URL is configured. `hub` receives events from other instances.
+pub async fn from_config(
+    config: &Config,
+    hub: Arc<dyn LocalHub>,
+) -> Result<Arc<dyn Bus>, BusError> {
+    match &config.redis.url {
+        None => Ok(Arc::new(InProcessBus::new())),
+        Some(url) => {
+            let settings = redis::RedisSettings {
+                url: url.expose().to_owned(),
+                key_prefix: config.redis.key_prefix.clone(),
+                instance_id: config.instance_id.clone(),
+                presence_ttl: config.rooms.presence_ttl,
+            };
+            Ok(Arc::new(redis::RedisBus::start(settings, hub).await?))
+        }
+    }
+}
+
+/// The single-instance bus: presence in a map, nothing to publish because
+/// every participant is local.
+#[derive(Debug, Default)]
+pub struct InProcessBus {
+    rooms: Mutex<HashMap<RoomId, Vec<ParticipantInfo>>>,
+}
+
+impl InProcessBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Vec<ParticipantInfo>>> {
+        // A poisoned lock only means another thread panicked mid-update of a
+        // plain map; the data is still usable.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn join(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantInfo,
+        capacity: usize,
+    ) -> Result<JoinOutcome, BusError> {
+        let mut rooms = self.rooms();
+        let members = rooms.entry(room.clone()).or_default();
+        if members.len() >= capacity {
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+            return Ok(JoinOutcome::RoomFull);
+        }
+        members.push(participant.clone());
+        Ok(JoinOutcome::Joined {
+            participants: members.clone(),
+        })
+    }
+
+    async fn leave(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantInfo,
+        _reason: LeaveReason,
+    ) -> Result<(), BusError> {
+        let mut rooms = self.rooms();
+        if let Some(members) = rooms.get_mut(room) {
+            members.retain(|p| p.participant_id != participant.participant_id);
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, _message: RelayMessage) -> Result<(), BusError> {
+        // Every recipient is local and was served by the hub already.
+        Ok(())
+    }
+
+    async fn participants(&self, room: &RoomId) -> Result<Vec<ParticipantInfo>, BusError> {
+        Ok(self.rooms().get(room).cloned().unwrap_or_default())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> BusHealth {
+        BusHealth {
+            kind: "in-process",
+            ready: true,
+            detail: "ok".into(),
+        }
+    }
+
+    async fn shutdown(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str) -> ParticipantInfo {
+        ParticipantInfo {
+            participant_id: id.into(),
+            user_id: format!("user-{id}"),
+            username: id.into(),
+            joined_at: "2026-11-28T16:30:27.123Z".into(),
+            instance_id: "i1".into(),
+        }
+    }
+
+    fn room(s: &str) -> RoomId {
+        RoomId::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn join_enforces_capacity_and_returns_everyone() {
+        let bus = InProcessBus::new();
+        let r = room("r");
+        assert_eq!(
+            bus.join(&r, &p("a"), 2).await.unwrap(),
+            JoinOutcome::Joined {
+                participants: vec![p("a")]
+            }
+        );
+        assert_eq!(
+            bus.join(&r, &p("b"), 2).await.unwrap(),
+            JoinOutcome::Joined {
+                participants: vec![p("a"), p("b")]
+            }
+        );
+        assert_eq!(bus.join(&r, &p("c"), 2).await.unwrap(), JoinOutcome::RoomFull);
+        assert_eq!(bus.participants(&r).await.unwrap(), vec![p("a"), p("b")]);
+        bus.leave(&r, &p("a"), LeaveReason::Closed).await.unwrap();
+        assert!(matches!(
+            bus.join(&r, &p("c"), 2).await.unwrap(),
+            JoinOutcome::Joined { .. }
+        ));
+        assert_eq!(bus.participants(&r).await.unwrap(), vec![p("b"), p("c")]);
+    }
+
+    #[tokio::test]
+    async fn empty_rooms_are_forgotten() {
+        let bus = InProcessBus::new();
+        let r = room("r");
+        bus.join(&r, &p("a"), 5).await.unwrap();
+        bus.leave(&r, &p("a"), LeaveReason::Timeout).await.unwrap();
+        bus.leave(&r, &p("zz"), LeaveReason::Closed).await.unwrap();
+        assert!(bus.rooms().is_empty());
+        assert!(bus.participants(&r).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn envelope_round_trips_through_json() {
+        let frame = crate::protocol::encode_user_joined("r", &p("a"));
+        let env = BusEnvelope {
+            origin: "i1".into(),
+            event: RemoteEvent::Relay(RelayMessage {
+                room_id: room("r"),
+                kind: RelayKind::Offer,
+                sender_id: "a".into(),
+                to: Some("b".into()),
+                frame,
+            }),
+        };
+        let json = serde_json::to_string(&env).unwrap();
+        let back: BusEnvelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, env);
+    }
+}

@@ -1,0 +1,71 @@
+//! The Lua scripts of the Redis bus. Each touches the keys of exactly one room (one hash
+//! slot), so they stay valid on Redis Cluster; cross-room work is a loop in Rust.
+//!
+//! Presence records are `ParticipantInfo` JSON values in the room's participants HASH; the
+//! scripts read their `instance_id` with Redis' bundled `cjson`.
+
+/// Atomic join with capacity: `KEYS[1]` participants hash, `ARGV` = participant id, info JSON,
+/// max participants. Returns `{0}` when the room is full, else `{1, info...}` with every
+/// participant now present (self included), read in the same atomic step.
+///
+/// A participant already present (a re-registration racing a join) is updated, never refused.
+pub const JOIN: &str = r#"
+local key = KEYS[1]
+if redis.call('HEXISTS', key, ARGV[1]) == 0 then
+  if redis.call('HLEN', key) >= tonumber(ARGV[3]) then
+    return {'0'}
+  end
+end
+redis.call('HSET', key, ARGV[1], ARGV[2])
+local out = {'1'}
+for _, v in ipairs(redis.call('HVALS', key)) do
+  out[#out + 1] = v
+end
+return out
+"#;
+
+/// Removes every participant of one instance from one room: `KEYS[1]` participants hash,
+/// `ARGV[1]` instance id. Returns the removed info JSON values (to announce `user-left`).
+pub const REMOVE_INSTANCE: &str = r#"
+local removed = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local ok, info = pcall(cjson.decode, all[i + 1])
+  if ok and type(info) == 'table' and info['instance_id'] == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+    removed[#removed + 1] = all[i + 1]
+  end
+end
+return removed
+"#;
+
+/// Makes one room's presence of one instance equal to its live local participants (after a
+/// Redis restart, an outage, or a lapsed heartbeat): `KEYS[1]` participants hash, `ARGV[1]`
+/// instance id, then pairs of participant id and info JSON. Entries of this instance that are
+/// not live any more are removed (they left while Redis was unreachable); live ones are
+/// written. Returns `{added, removed}`, two lists of info JSON values. No capacity check: these
+/// participants were admitted already.
+pub const SYNC_INSTANCE: &str = r#"
+local live = {}
+for i = 2, #ARGV, 2 do
+  live[ARGV[i]] = true
+end
+local removed = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if not live[all[i]] then
+    local ok, info = pcall(cjson.decode, all[i + 1])
+    if ok and type(info) == 'table' and info['instance_id'] == ARGV[1] then
+      redis.call('HDEL', KEYS[1], all[i])
+      removed[#removed + 1] = all[i + 1]
+    end
+  end
+end
+local added = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    added[#added + 1] = ARGV[i + 1]
+  end
+end
+return {added, removed}
+"#;

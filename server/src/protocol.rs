@@ -1,0 +1,433 @@
+//! Wire codec, pure: bytes → typed [`ClientMessage`] (validation errors carry
+//! the error code to send back) and typed server messages → [`Frame`] bytes.
+//! No I/O and no room logic here.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::room::{LeaveReason, ParticipantInfo};
+
+/// A serialized server → client message: one JSON object, cheap to clone.
+///
+/// A relayed message is serialized once and the same `Frame` (reference
+/// counted bytes) is queued to every recipient. The bytes always start with
+/// `{"type":`; a later per-recipient delivery `seq` (DESIGN.md "Resume") can be
+/// spliced in as `{"seq":m,` + `self[1..]` without re-serializing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// Wraps already-serialized JSON text. Callers outside this module should
+    /// only pass bytes that came from [`Frame::as_str`] of another frame
+    /// (e.g. a frame carried across the bus).
+    pub fn from_json_text(text: String) -> Self {
+        Frame(Bytes::from(text))
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Frames are only ever built from `String`s, so this cannot fail; an
+        // empty string is a harmless fallback that would never be sent.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Frame {
+    // Payloads may hold SDP; never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Frame {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Frame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if !text.starts_with("{\"type\":") {
+            return Err(serde::de::Error::custom("not a switchboard frame"));
+        }
+        Ok(Frame::from_json_text(text))
+    }
+}
+
+/// Client message types that are relayed to other participants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayKind {
+    Offer,
+    Answer,
+    IceCandidate,
+    MediaControl,
+    ScreenShareControl,
+    ChatMessage,
+}
+
+impl RelayKind {
+    pub const ALL: [RelayKind; 6] = [
+        RelayKind::Offer,
+        RelayKind::Answer,
+        RelayKind::IceCandidate,
+        RelayKind::MediaControl,
+        RelayKind::ScreenShareControl,
+        RelayKind::ChatMessage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayKind::Offer => "offer",
+            RelayKind::Answer => "answer",
+            RelayKind::IceCandidate => "ice-candidate",
+            RelayKind::MediaControl => "media-control",
+            RelayKind::ScreenShareControl => "screen-share-control",
+            RelayKind::ChatMessage => "chat-message",
+        }
+    }
+
+    fn from_wire(s: &str) -> Option<Self> {
+        RelayKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Offer, answer and ICE candidates must name their target.
+    pub fn requires_target(self) -> bool {
+        matches!(
+            self,
+            RelayKind::Offer | RelayKind::Answer | RelayKind::IceCandidate
+        )
+    }
+}
+
+/// Error codes sent in `error` payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidMessage,
+    UnknownType,
+    TargetNotFound,
+    RateLimited,
+    BusUnavailable,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 5] = [
+        ErrorCode::InvalidMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::TargetNotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::BusUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::TargetNotFound => "target_not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BusUnavailable => "bus_unavailable",
+        }
+    }
+}
+
+/// A validated client → server message.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// A message to relay to `to`, or to every other participant when `to` is `None`.
+    Relay {
+        kind: RelayKind,
+        to: Option<String>,
+        payload: Box<RawValue>,
+    },
+    /// `ping`; the optional payload is echoed in the `pong`.
+    Ping { payload: Option<Box<RawValue>> },
+}
+
+/// Why a client message was refused; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl DecodeError {
+    fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        DecodeError {
+            code: ErrorCode::InvalidMessage,
+            message: message.into(),
+        }
+    }
+}
+
+/// Raw shape of a client message. `sender_id`, `room_id` and `timestamp`
+/// are deliberately absent: whatever the client writes there is ignored.
+#[derive(Deserialize)]
+struct WireClientMessage {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present_raw")]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    to: Option<serde_json::Value>,
+}
+
+/// Distinguishes `"payload": null` (a JSON value, relayed) from a missing payload.
+fn present_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// Longest participant id we accept in `to`; ours are 36-character UUIDs.
+const MAX_TARGET_LEN: usize = 128;
+
+/// Decodes one text frame from a client.
+pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        return Err(DecodeError::invalid("message must be a JSON object"));
+    }
+    let wire: WireClientMessage = serde_json::from_str(text)
+        .map_err(|_| DecodeError::invalid("message is not valid JSON of the expected shape"))?;
+    let kind = match wire.kind {
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err(DecodeError::invalid("\"type\" must be a string")),
+        None => return Err(DecodeError::invalid("\"type\" is required")),
+    };
+    let to = match wire.to {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_TARGET_LEN => {
+            Some(s)
+        }
+        Some(_) => {
+            return Err(DecodeError::invalid(
+                "\"to\" must be a participant id string or null",
+            ))
+        }
+    };
+    if kind == "ping" {
+        return Ok(ClientMessage::Ping {
+            payload: wire.payload,
+        });
+    }
+    let Some(kind) = RelayKind::from_wire(&kind) else {
+        return Err(DecodeError {
+            code: ErrorCode::UnknownType,
+            message: "unknown message type".into(),
+        });
+    };
+    if kind.requires_target() && to.is_none() {
+        return Err(DecodeError::invalid(format!(
+            "\"{}\" requires \"to\"",
+            kind.as_str()
+        )));
+    }
+    let Some(payload) = wire.payload else {
+        return Err(DecodeError::invalid("\"payload\" is required"));
+    };
+    Ok(ClientMessage::Relay { kind, to, payload })
+}
+
+/// The current time as RFC 3339 UTC with milliseconds (`2026-11-28T16:30:27.123Z`).
+pub fn now_timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The envelope every server → client message uses, in wire field order.
+#[derive(Serialize)]
+struct Envelope<'a, P: Serialize + ?Sized> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    payload: &'a P,
+    sender_id: Option<&'a str>,
+    room_id: &'a str,
+    timestamp: &'a str,
+    to: Option<&'a str>,
+}
+
+fn encode<P: Serialize + ?Sized>(
+    kind: &str,
+    payload: &P,
+    sender_id: Option<&str>,
+    room_id: &str,
+    timestamp: &str,
+    to: Option<&str>,
+) -> Frame {
+    let env = Envelope {
+        kind,
+        payload,
+        sender_id,
+        room_id,
+        timestamp,
+        to,
+    };
+    // Serializing plain structs, strings and already-valid RawValues into a
+    // String cannot fail; fall back to an error frame rather than panic.
+    match serde_json::to_string(&env) {
+        Ok(text) => Frame::from_json_text(text),
+        Err(_) => Frame::from_json_text(format!(
+            "{{\"type\":\"error\",\"payload\":{{\"code\":\"invalid_message\",\"message\":\"encoding failed\"}},\"sender_id\":null,\"room_id\":{},\"timestamp\":\"{}\",\"to\":null}}",
+            serde_json::Value::String(room_id.to_owned()),
+            timestamp
+        )),
+    }
+}
+
+/// A relayed client message, stamped with the server-known sender.
+pub fn encode_relay(
+    kind: RelayKind,
+    payload: &RawValue,
+    sender_id: &str,
+    room_id: &str,
+    to: Option<&str>,
+) -> Frame {
+    encode(
+        kind.as_str(),
+        payload,
+        Some(sender_id),
+        room_id,
+        &now_timestamp(),
+        to,
+    )
+}
+
+#[derive(Serialize)]
+struct SelfView<'a> {
+    participant_id: &'a str,
+    user_id: &'a str,
+    username: &'a str,
+}
+
+#[derive(Serialize)]
+struct PublicParticipant<'a> {
+    participant_id: &'a str,
+    user_id: &'a str,
+    username: &'a str,
+    joined_at: &'a str,
+}
+
+impl<'a> From<&'a ParticipantInfo> for PublicParticipant<'a> {
+    fn from(p: &'a ParticipantInfo) -> Self {
+        PublicParticipant {
+            participant_id: &p.participant_id,
+            user_id: &p.user_id,
+            username: &p.username,
+            joined_at: &p.joined_at,
+        }
+    }
+}
+
+/// The JSON list of participants used by `room-state` and the REST endpoint
+/// (no internal fields such as `instance_id`).
+pub fn public_participants(list: &[ParticipantInfo]) -> serde_json::Value {
+    let public: Vec<PublicParticipant<'_>> = list.iter().map(PublicParticipant::from).collect();
+    serde_json::to_value(public).unwrap_or(serde_json::Value::Array(Vec::new()))
+}
+
+/// `room-state`: the first message after joining. `participants` includes self.
+pub fn encode_room_state(room_id: &str, me: &ParticipantInfo, participants: &[ParticipantInfo]) -> Frame {
+    #[derive(Serialize)]
+    struct RoomState<'a> {
+        #[serde(rename = "self")]
+        me: SelfView<'a>,
+        participants: Vec<PublicParticipant<'a>>,
+        participant_count: usize,
+    }
+    let payload = RoomState {
+        me: SelfView {
+            participant_id: &me.participant_id,
+            user_id: &me.user_id,
+            username: &me.username,
+        },
+        participants: participants.iter().map(PublicParticipant::from).collect(),
+        participant_count: participants.len(),
+    };
+    encode("room-state", &payload, None, room_id, &now_timestamp(), None)
+}
+
+/// `user-joined`.
+pub fn encode_user_joined(room_id: &str, p: &ParticipantInfo) -> Frame {
+    encode(
+        "user-joined",
+        &PublicParticipant::from(p),
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
+}
+
+/// `user-left` with its reason.
+pub fn encode_user_left(room_id: &str, p: &ParticipantInfo, reason: LeaveReason) -> Frame {
+    #[derive(Serialize)]
+    struct Left<'a> {
+        #[serde(flatten)]
+        p: PublicParticipant<'a>,
+        reason: LeaveReason,
+    }
+    let payload = Left {
+        p: PublicParticipant::from(p),
+        reason,
+    };
+    encode("user-left", &payload, None, room_id, &now_timestamp(), None)
+}
+
+/// `pong`, echoing the ping's payload (or `null`).
+pub fn encode_pong(room_id: &str, payload: Option<&RawValue>) -> Frame {
+    match payload {
+        Some(p) => encode("pong", p, None, room_id, &now_timestamp(), None),
+        None => encode("pong", &(), None, room_id, &now_timestamp(), None),
+    }
+}
+
+/// `reconnect`: the server is draining; reconnect after `after_ms`.
+pub fn encode_reconnect(room_id: &str, after_ms: u64) -> Frame {
+    #[derive(Serialize)]
+    struct Reconnect {
+        after_ms: u64,
+    }
+    encode(
+        "reconnect",
+        &Reconnect { after_ms },
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
+}
+
+/// `error` with a code and a human-readable message.
+pub fn encode_error(room_id: &str, code: ErrorCode, message: &str) -> Frame {
+    #[derive(Serialize)]
+    struct ErrorPayload<'a> {
+        code: ErrorCode,
+        message: &'a str,
+    }
+    encode(
+        "error",
+        &ErrorPayload { code, message },
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
+}
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod tests;

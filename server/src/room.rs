@@ -1,0 +1,162 @@
+//! Room vocabulary shared by every layer: validated room ids, participant
+//! descriptions and the reasons a participant leaves. Pure data, no I/O.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest room id we accept (DESIGN.md: 1–64 characters).
+pub const MAX_ROOM_ID_LEN: usize = 64;
+
+/// A room id that passed validation: 1–64 characters of `[A-Za-z0-9_-]`.
+///
+/// The restricted alphabet keeps ids safe to embed in Redis keys, channel
+/// names (`{room}` hash tags) and log lines without escaping.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomId(String);
+
+/// Why a room id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomIdError {
+    #[error("room id is empty")]
+    Empty,
+    #[error("room id is longer than {MAX_ROOM_ID_LEN} characters")]
+    TooLong,
+    #[error("room id may only contain A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidCharacter,
+}
+
+impl RoomId {
+    /// Validates `raw` against the room-id rules.
+    pub fn parse(raw: &str) -> Result<Self, RoomIdError> {
+        if raw.is_empty() {
+            return Err(RoomIdError::Empty);
+        }
+        // Checked on bytes: every allowed character is ASCII, so a multi-byte
+        // character is refused by the alphabet check below anyway.
+        if raw.len() > MAX_ROOM_ID_LEN {
+            return Err(RoomIdError::TooLong);
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(RoomIdError::InvalidCharacter);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RoomId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        RoomId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One participant (= one WebSocket connection) as the room sees it.
+///
+/// `instance_id` says which server instance holds the connection; it is not
+/// sent to clients but lets a bus remove the participants of a dead instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub participant_id: String,
+    pub user_id: String,
+    pub username: String,
+    /// RFC 3339 UTC with milliseconds.
+    pub joined_at: String,
+    pub instance_id: String,
+}
+
+/// Why a participant left a room; sent as `payload.reason` of `user-left`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client closed the connection (or it failed without a better reason).
+    Closed,
+    /// The client stopped answering WebSocket pings.
+    Timeout,
+    /// The client did not read fast enough and a message could not be queued.
+    SlowConsumer,
+    /// The client kept flooding past the rate limit.
+    RateLimited,
+    /// The server instance is shutting down.
+    Draining,
+    /// The instance holding the participant disappeared (Redis heartbeat expired).
+    InstanceLost,
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Closed => "closed",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::SlowConsumer => "slow_consumer",
+            LeaveReason::RateLimited => "rate_limited",
+            LeaveReason::Draining => "draining",
+            LeaveReason::InstanceLost => "instance_lost",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_id_rules() {
+        let long_ok = "a".repeat(64);
+        let too_long = "a".repeat(65);
+        let cases: &[(&str, Result<(), RoomIdError>)] = &[
+            ("demo", Ok(())),
+            ("A-z_09", Ok(())),
+            ("-", Ok(())),
+            (&long_ok, Ok(())),
+            ("", Err(RoomIdError::Empty)),
+            (&too_long, Err(RoomIdError::TooLong)),
+            ("../x", Err(RoomIdError::InvalidCharacter)),
+            ("a/b", Err(RoomIdError::InvalidCharacter)),
+            ("caf\u{e9}", Err(RoomIdError::InvalidCharacter)),
+            ("a\0b", Err(RoomIdError::InvalidCharacter)),
+            ("%00", Err(RoomIdError::InvalidCharacter)),
+            ("a b", Err(RoomIdError::InvalidCharacter)),
+            ("{x}", Err(RoomIdError::InvalidCharacter)),
+        ];
+        for (raw, want) in cases {
+            let got = RoomId::parse(raw).map(|_| ());
+            assert_eq!(&got, want, "room id {raw:?}");
+        }
+    }
+
+    #[test]
+    fn multibyte_room_id_over_64_bytes_is_too_long() {
+        // 33 two-byte characters = 66 bytes: refused whichever rule fires first.
+        assert!(RoomId::parse(&"\u{e9}".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn leave_reason_wire_names() {
+        for r in [
+            LeaveReason::Closed,
+            LeaveReason::Timeout,
+            LeaveReason::SlowConsumer,
+            LeaveReason::RateLimited,
+            LeaveReason::Draining,
+            LeaveReason::InstanceLost,
+        ] {
+            let json = serde_json::to_value(r).unwrap();
+            assert_eq!(json, serde_json::Value::String(r.as_str().into()));
+        }
+    }
+}
