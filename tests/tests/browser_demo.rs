@@ -3,6 +3,7 @@
 //! Needs the Debian packages `chromium` and `chromium-driver`; fails (never skips) without them.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -16,6 +17,15 @@ const ROOM: &str = "browser-demo";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for one data-channel message or presence update to show up.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Browser tests run one at a time: two or three Chromium processes at once are plenty for a
+/// small CI machine, and ICE timing suffers when the CPU is starved.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serialize() -> MutexGuard<'static, ()> {
+    // A panicking test poisons the lock; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Names shown in the participant list for the page of `browser` (in order).
 const PARTICIPANT_NAMES_JS: &str = "return Array.from(document.querySelectorAll('#participants li.participant .name'), (e) => e.textContent);";
@@ -126,6 +136,7 @@ fn server_participant_count(server: &ServerProcess, token: &str) -> Result<u64, 
 
 #[test]
 fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
+    let _one = serialize();
     let started = Instant::now();
     // No STUN server: this machine has no route out, and host candidates are all that two
     // browsers on one machine need. An empty list means "no STUN" to the server.
@@ -284,6 +295,7 @@ fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
 /// The library's pure helpers as the browser runs them, and a refused token surfacing on the page.
 #[test]
 fn the_page_reports_a_refused_token_and_the_library_helpers_behave() {
+    let _one = serialize();
     let server = ServerOptions::with_secret(SECRET)
         .env("WEBRTC_STUN_URLS", "")
         .start();
