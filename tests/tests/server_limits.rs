@@ -1,0 +1,399 @@
+//! Limits of the real server: message size (1009), rate limit (error then 1008), room capacity
+//! (1013 room_full, configured and default 50), slow readers (1013 slow_consumer, never a silent
+//! drop) and keep-alive (a peer that stops answering pings leaves with reason timeout). In each
+//! case the rest of the room keeps relaying.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_e2e::client::{
+    assert_error, assert_pair_relays, ws_path, Client, ConnectOptions, Event,
+};
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::token::Claims;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "e2e-limits-secret-0123456789abcdef";
+const ROOM: &str = "limits-room";
+
+fn token(user: &str) -> String {
+    Claims::user(user).hs256(SECRET)
+}
+
+/// Joins `users` in order, consuming the `user-joined` each earlier one receives.
+async fn room_of(server: &ServerProcess, room: &str, users: &[&str]) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for user in users {
+        let client = Client::join(server.addr(), room, &token(user)).await;
+        for earlier in clients.iter_mut() {
+            let msg = earlier.expect_type("user-joined").await;
+            assert_eq!(msg["payload"]["participant_id"], client.pid().as_str());
+        }
+        clients.push(client);
+    }
+    clients
+}
+
+/// A `chat-message` broadcast whose serialized form is exactly `size` bytes, and the length of
+/// its text.
+fn chat_of_size(size: usize) -> (String, usize) {
+    let base = json!({"type": "chat-message", "payload": {"text": ""}}).to_string();
+    let text_len = size - base.len();
+    let msg =
+        json!({"type": "chat-message", "payload": {"text": "x".repeat(text_len)}}).to_string();
+    assert_eq!(msg.len(), size);
+    (msg, text_len)
+}
+
+/// Bob and carol (clients[1], clients[2]) see alice leave, then still relay to each other.
+async fn others_see_leave_and_relay(clients: &mut [Client], leaver: &str, reason: Option<&str>) {
+    let (_, rest) = clients.split_at_mut(1);
+    let (bob, carol) = rest.split_at_mut(1);
+    for other in [&mut bob[0], &mut carol[0]] {
+        let (skipped, left) = other
+            .recv_until_type("user-left", Duration::from_secs(10))
+            .await;
+        assert_eq!(left["payload"]["participant_id"], leaver, "{left}");
+        if let Some(reason) = reason {
+            assert_eq!(left["payload"]["reason"], reason, "{left}");
+        }
+        for msg in skipped {
+            assert_eq!(
+                msg["sender_id"], leaver,
+                "unexpected message before user-left: {msg}"
+            );
+        }
+    }
+    assert_pair_relays(&mut bob[0], &mut carol[0]).await;
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009_at_default_limit() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    // Just under the 64 KiB default is relayed.
+    let (msg, text_len) = chat_of_size(65_000);
+    clients[0].send_text(&msg).await;
+    for receiver in clients.iter_mut().skip(1) {
+        let msg = receiver.recv_json().await;
+        assert_eq!(msg["type"], "chat-message");
+        assert_eq!(
+            msg["payload"]["text"].as_str().map(str::len),
+            Some(text_len)
+        );
+    }
+    let alice = clients[0].pid();
+    clients[0].send_text(&chat_of_size(65_537).0).await;
+    let (messages, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
+    assert_eq!(close, (1009, "message_too_big".to_string()));
+    assert!(
+        messages.is_empty(),
+        "nothing before the close: {messages:?}"
+    );
+    others_see_leave_and_relay(&mut clients, &alice, None).await;
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009_at_configured_limit() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_MAX_MESSAGE_BYTES", "2048")
+        .start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    clients[0].send_text(&chat_of_size(2000).0).await;
+    assert_eq!(clients[1].recv_json().await["type"], "chat-message");
+    assert_eq!(clients[2].recv_json().await["type"], "chat-message");
+    let alice = clients[0].pid();
+    clients[0].send_text(&chat_of_size(4096).0).await;
+    let (_, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
+    assert_eq!(close, (1009, "message_too_big".to_string()));
+    others_see_leave_and_relay(&mut clients, &alice, None).await;
+}
+
+#[tokio::test]
+async fn flooding_gets_rate_limited_then_closed_1008() {
+    const RATE: u64 = 5;
+    const BURST: u64 = 5;
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_RATE_LIMIT_PER_SECOND", RATE.to_string())
+        .env("WEBRTC_RATE_LIMIT_BURST", BURST.to_string())
+        .start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    let alice = clients[0].pid();
+    let bob = clients[1].pid();
+    let started = std::time::Instant::now();
+    for n in 0..60u64 {
+        let msg = json!({"type": "chat-message", "to": bob, "payload": {"n": n}}).to_string();
+        if clients[0].try_send(Message::text(msg)).await.is_err() {
+            break;
+        }
+    }
+    let (messages, close) = clients[0]
+        .collect_until_close(Duration::from_secs(10))
+        .await;
+    let elapsed = started.elapsed().as_secs();
+    assert_eq!(close, (1008, "rate_limited".to_string()));
+    assert!(!messages.is_empty(), "rate_limited errors before the close");
+    for msg in &messages {
+        assert_error(msg, "rate_limited");
+    }
+    assert!(
+        messages.len() as u64 <= BURST,
+        "at most {BURST} rejections: {messages:?}"
+    );
+
+    // Bob got only what the bucket allowed, in order, then alice's leave.
+    let (relayed, left) = clients[1]
+        .recv_until_type("user-left", Duration::from_secs(10))
+        .await;
+    assert_eq!(left["payload"]["participant_id"], alice.as_str());
+    assert_eq!(left["payload"]["reason"], "rate_limited");
+    let ns: Vec<u64> = relayed
+        .iter()
+        .map(|m| {
+            assert_eq!(m["type"], "chat-message", "{m}");
+            m["payload"]["n"].as_u64().expect("n")
+        })
+        .collect();
+    assert!(!ns.is_empty(), "the first burst is relayed");
+    assert!(ns.windows(2).all(|w| w[0] < w[1]), "in order: {ns:?}");
+    let allowed = BURST + RATE * (elapsed + 1);
+    assert!(
+        ns.len() as u64 <= allowed,
+        "{} relayed, bucket allows {allowed}",
+        ns.len()
+    );
+    // Carol saw nothing but the leave, and bob and carol still relay.
+    let (skipped, left) = clients[2]
+        .recv_until_type("user-left", Duration::from_secs(5))
+        .await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(left["payload"]["reason"], "rate_limited");
+    let (_, rest) = clients.split_at_mut(1);
+    let (b, c) = rest.split_at_mut(1);
+    assert_pair_relays(&mut b[0], &mut c[0]).await;
+}
+
+#[tokio::test]
+async fn join_beyond_configured_capacity_closes_1013_room_full() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_MAX_PARTICIPANTS_PER_ROOM", "3")
+        .start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    let mut fourth = Client::connect(server.addr(), ROOM, &token("dave")).await;
+    fourth.expect_close(1013, "room_full").await;
+    // Nobody heard of dave; everyone still relays.
+    {
+        let (a, rest) = clients.split_at_mut(1);
+        let (b, c) = rest.split_at_mut(1);
+        assert_pair_relays(&mut a[0], &mut b[0]).await;
+        assert_pair_relays(&mut b[0], &mut c[0]).await;
+    }
+    // Capacity is per room.
+    Client::join(server.addr(), "another-room", &token("dave")).await;
+    // When one leaves, the next join fits.
+    let carol = clients.pop().unwrap();
+    carol.close().await;
+    clients[0].expect_type("user-left").await;
+    clients[1].expect_type("user-left").await;
+    let dave = Client::join(server.addr(), ROOM, &token("dave")).await;
+    assert_eq!(
+        dave.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn fifty_first_join_closes_1013_room_full_at_default_capacity() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        clients.push(Client::join(server.addr(), ROOM, &token(&format!("user{i}"))).await);
+    }
+    let last = clients.last().unwrap().room_state.clone().unwrap();
+    assert_eq!(last["payload"]["participant_count"], 50);
+    assert_eq!(
+        last["payload"]["participants"].as_array().map(Vec::len),
+        Some(50)
+    );
+    let mut extra = Client::connect(server.addr(), ROOM, &token("user50")).await;
+    extra.expect_close(1013, "room_full").await;
+
+    // The first participant heard exactly the 49 others join, then the relay check.
+    let first = clients[0].pid();
+    let last_pid = clients[49].pid();
+    clients[49]
+        .send_msg("chat-message", Some(&first), json!({"check": true}))
+        .await;
+    let (skipped, msg) = clients[0]
+        .recv_until_type("chat-message", Duration::from_secs(10))
+        .await;
+    assert_eq!(msg["sender_id"], last_pid.as_str());
+    for m in &skipped {
+        assert_eq!(m["type"], "user-joined", "{m}");
+    }
+    let joined: Vec<&str> = skipped
+        .iter()
+        .map(|m| m["payload"]["participant_id"].as_str().unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = clients[1..].iter().map(Client::pid).collect();
+    assert_eq!(joined, expected);
+}
+
+#[tokio::test]
+async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "16")
+        .env("WEBRTC_OUTBOUND_QUEUE_BYTES", "262144")
+        .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
+        .env("WEBRTC_RATE_LIMIT_BURST", "100000")
+        .start();
+    // The slow client has a tiny receive buffer so the kernel does not absorb megabytes for it.
+    let slow_opts = ConnectOptions {
+        recv_buffer: Some(4096),
+        ..ConnectOptions::default()
+    };
+    let mut slow = Client::connect_with(
+        server.addr(),
+        ROOM,
+        &ws_path(ROOM, &token("slow")),
+        &slow_opts,
+    )
+    .await;
+    slow.read_room_state().await;
+    let slow_pid = slow.pid();
+    let mut alice = Client::join(server.addr(), ROOM, &token("alice")).await;
+    let mut bob = Client::join(server.addr(), ROOM, &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    let alice_pid = alice.pid();
+    let bob_pid = bob.pid();
+
+    // Bob reads on his own task: alice's chats, until the slow reader's user-left.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let bob_task = tokio::spawn(async move {
+        let mut chats = Vec::new();
+        loop {
+            let msg = bob.recv_json_within(Duration::from_secs(30)).await;
+            match msg["type"].as_str() {
+                Some("chat-message") => chats.push(msg["payload"]["n"].as_u64().expect("n")),
+                Some("user-left") => {
+                    let _ = stop_tx.send(true);
+                    return (bob, chats, msg);
+                }
+                _ => panic!("bob got an unexpected message: {msg}"),
+            }
+        }
+    });
+
+    let sdp = "a".repeat(32 * 1024);
+    let mut sent = 0u64;
+    let mut chats_sent = 0u64;
+    while !*stop_rx.borrow_and_update() {
+        assert!(
+            sent < 2000,
+            "slow reader not closed after {sent} offers of 32 KiB"
+        );
+        alice
+            .send_msg("offer", Some(&slow_pid), json!({"n": sent, "sdp": sdp}))
+            .await;
+        sent += 1;
+        if sent % 8 == 0 {
+            alice
+                .send_msg("chat-message", Some(&bob_pid), json!({"n": chats_sent}))
+                .await;
+            chats_sent += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (mut bob, chats, left) = tokio::time::timeout(Duration::from_secs(30), bob_task)
+        .await
+        .expect("bob's reader finishes")
+        .expect("bob's reader does not panic");
+    assert_eq!(
+        left["payload"]["participant_id"],
+        slow_pid.as_str(),
+        "{left}"
+    );
+    assert_eq!(left["payload"]["reason"], "slow_consumer", "{left}");
+    assert_eq!(
+        chats,
+        (0..chats.len() as u64).collect::<Vec<_>>(),
+        "bob's chats in order, none lost"
+    );
+
+    // The slow reader now reads: an in-order prefix of the offers, then the close.
+    let (messages, close) = slow.collect_until_close(Duration::from_secs(20)).await;
+    assert_eq!(close, (1013, "slow_consumer".to_string()));
+    let offers: Vec<&Value> = messages.iter().filter(|m| m["type"] == "offer").collect();
+    for m in messages.iter().filter(|m| m["type"] != "offer") {
+        assert_eq!(
+            m["type"], "user-joined",
+            "only presence besides offers: {m}"
+        );
+    }
+    let ns: Vec<u64> = offers
+        .iter()
+        .map(|m| {
+            assert_eq!(m["sender_id"], alice_pid.as_str());
+            assert_eq!(m["payload"]["sdp"].as_str().map(str::len), Some(sdp.len()));
+            m["payload"]["n"].as_u64().expect("n")
+        })
+        .collect();
+    assert_eq!(
+        ns,
+        (0..ns.len() as u64).collect::<Vec<_>>(),
+        "a gap-free prefix"
+    );
+    assert!(
+        (ns.len() as u64) < sent,
+        "the close came before all {sent} offers"
+    );
+
+    // Alice: her pending messages are the slow reader's leave and target_not_found for offers
+    // sent after it; then alice and bob still relay both ways.
+    alice.send_json(&json!({"type": "ping"})).await;
+    let (pending, _) = alice.recv_until_type("pong", Duration::from_secs(10)).await;
+    for m in &pending {
+        match m["type"].as_str() {
+            Some("user-left") => assert_eq!(m["payload"]["participant_id"], slow_pid.as_str()),
+            Some("error") => {
+                assert_error(m, "target_not_found");
+            }
+            _ => panic!("alice: unexpected {m}"),
+        }
+    }
+    assert_pair_relays(&mut alice, &mut bob).await;
+}
+
+#[tokio::test]
+async fn peer_that_stops_answering_pings_leaves_with_reason_timeout() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_PING_INTERVAL", "1")
+        .env("WEBRTC_PING_TIMEOUT", "1")
+        .start();
+    let mut alice = Client::join(server.addr(), ROOM, &token("alice")).await;
+    // The mute client is never read again, so tungstenite never answers the server's pings.
+    let mute = Client::join(server.addr(), ROOM, &token("mute")).await;
+    let mute_pid = mute.pid();
+    // Alice keeps reading (and so answering pings) while waiting.
+    let (skipped, left) = alice
+        .recv_until_type("user-left", Duration::from_secs(15))
+        .await;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0]["type"], "user-joined");
+    assert_eq!(left["payload"]["participant_id"], mute_pid.as_str());
+    assert_eq!(left["payload"]["reason"], "timeout");
+    // Alice, who answered, is still there after several ping intervals.
+    let mut carol = Client::join(server.addr(), ROOM, &token("carol")).await;
+    assert_eq!(
+        carol.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        2
+    );
+    alice.expect_type("user-joined").await;
+    assert_pair_relays(&mut alice, &mut carol).await;
+    drop(mute);
+    // A read of an idle, answering client stays quiet (no close) for a few ping intervals.
+    match alice.next_event(Duration::from_secs(3)).await {
+        Event::Timeout => {}
+        other => panic!("alice should stay connected and idle, got {other:?}"),
+    }
+}
