@@ -36,9 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use keys::{escape_instance_id, Keys, PrefixError};
 
-use super::{
-    Bus, BusError, BusHealth, JoinOutcome, LocalHub, RelayMessage, RemoteEvent,
-};
+use super::{Bus, BusError, BusHealth, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
 /// How long the tombstone of a cleaned-up instance lives: long enough for an instance that was
@@ -173,13 +171,16 @@ pub fn redacted_url(url: &str) -> String {
     format!("{scheme}://{host}")
 }
 
+/// A Redis error for logs and health: the error text (which names the failing operation, never
+/// the URL or its credentials).
+fn describe(e: &redis::RedisError) -> String {
+    e.to_string()
+}
+
 impl RedisBus {
     /// Validates the settings and starts the background tasks. Redis does not need to be
     /// reachable yet: the bus reports not ready and connects as soon as it can.
-    pub async fn start(
-        settings: RedisSettings,
-        hub: Arc<dyn LocalHub>,
-    ) -> Result<Self, BusError> {
+    pub async fn start(settings: RedisSettings, hub: Arc<dyn LocalHub>) -> Result<Self, BusError> {
         let keys = Keys::new(&settings.key_prefix, &settings.instance_id)
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         if settings.url.starts_with("rediss://") {
@@ -189,9 +190,9 @@ impl RedisBus {
         }
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
             BusError::Unavailable(format!(
-                "invalid redis url {}: {}",
+                "invalid redis url {}: {:?}",
                 redacted_url(&settings.url),
-                e.kind_str()
+                e.kind()
             ))
         })?;
         let timing = Timing::from_ttl(settings.presence_ttl);
@@ -204,7 +205,7 @@ impl RedisBus {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| BusError::Unavailable(format!("redis connection: {}", e.kind_str())))?;
+            .map_err(|e| BusError::Unavailable(format!("redis connection: {}", describe(&e))))?;
         let inner = Arc::new(Inner {
             keys,
             timing,
@@ -265,7 +266,7 @@ impl Inner {
     ) -> Result<T, BusError> {
         let result = match tokio::time::timeout(self.timing.command_timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(format!("{op}: {}", e.kind_str())),
+            Ok(Err(e)) => Err(format!("{op}: {}", describe(&e))),
             Err(_) => Err(format!("{op}: timed out")),
         };
         match result {
@@ -320,15 +321,19 @@ impl Inner {
             })
             .await?;
             let Some(sink) = subs.sink.as_mut() else {
-                return Err(BusError::Unavailable("redis subscriber reconnecting".into()));
+                return Err(BusError::Unavailable(
+                    "redis subscriber reconnecting".into(),
+                ));
             };
             let channel = self.keys.room_channel(room);
-            match tokio::time::timeout(self.timing.command_timeout, sink.subscribe(channel)).await
-            {
+            match tokio::time::timeout(self.timing.command_timeout, sink.subscribe(channel)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     self.repair.notify_one();
-                    return Err(BusError::Unavailable(format!("subscribe: {}", e.kind_str())));
+                    return Err(BusError::Unavailable(format!(
+                        "subscribe: {}",
+                        describe(&e)
+                    )));
                 }
                 Err(_) => {
                     self.repair.notify_one();
@@ -353,8 +358,8 @@ impl Inner {
             let channel = self.keys.room_channel(room);
             // A failure leaves a stale subscription whose messages find no local recipient;
             // the next reconnect drops it.
-            let _ = tokio::time::timeout(self.timing.command_timeout, sink.unsubscribe(channel))
-                .await;
+            let _ =
+                tokio::time::timeout(self.timing.command_timeout, sink.unsubscribe(channel)).await;
         }
         let mut conn = self.conn.clone();
         let rooms_key = self.keys.instance_rooms(self.instance());
@@ -431,7 +436,10 @@ impl Inner {
         let mut conn = self.conn.clone();
         let lost_key = self.keys.instance_lost(&me);
         let was_lost: Option<String> = self
-            .redis("read tombstone", async move { conn.get_del(lost_key).await })
+            .redis(
+                "read tombstone",
+                async move { conn.get_del(lost_key).await },
+            )
             .await?;
         let rooms_key = self.keys.instance_rooms(&me);
         let mut conn = self.conn.clone();
@@ -460,16 +468,23 @@ impl Inner {
             invocation.arg(&me);
             if let Some(members) = snapshot.get(room) {
                 for (id, info) in members {
-                    invocation.arg(id).arg(serde_json::to_string(info).unwrap_or_default());
+                    invocation
+                        .arg(id)
+                        .arg(serde_json::to_string(info).unwrap_or_default());
                 }
             }
             let mut conn = self.conn.clone();
             let (added, removed): (Vec<String>, Vec<String>) = self
-                .redis("sync presence", async move { invocation.invoke_async(&mut conn).await })
+                .redis("sync presence", async move {
+                    invocation.invoke_async(&mut conn).await
+                })
                 .await?;
             added_total += added.len();
             removed_total += removed.len();
-            for info in removed.iter().filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok()) {
+            for info in removed
+                .iter()
+                .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
+            {
                 let reason = self
                     .local()
                     .pending_left
@@ -483,7 +498,10 @@ impl Inner {
                 self.publish_event(room, &event).await?;
             }
             if was_lost.is_some() {
-                for info in added.iter().filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok()) {
+                for info in added
+                    .iter()
+                    .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
+                {
                     let event = RemoteEvent::Joined {
                         room_id: room.clone(),
                         participant: info,
@@ -552,13 +570,18 @@ impl Inner {
         let mut conn = self.conn.clone();
         let instances_key = self.keys.instances();
         let instances: Vec<String> = self
-            .redis("list instances", async move { conn.smembers(instances_key).await })
+            .redis("list instances", async move {
+                conn.smembers(instances_key).await
+            })
             .await?;
         for other in instances.into_iter().filter(|i| *i != me) {
             let mut conn = self.conn.clone();
             let alive_key = self.keys.instance_alive(&other);
             let alive: bool = self
-                .redis("check heartbeat", async move { conn.exists(alive_key).await })
+                .redis(
+                    "check heartbeat",
+                    async move { conn.exists(alive_key).await },
+                )
                 .await?;
             if alive {
                 continue;
@@ -594,7 +617,10 @@ impl Inner {
         let rooms_key = self.keys.instance_rooms(dead);
         let key = rooms_key.clone();
         let rooms: Vec<String> = self
-            .redis("dead instance rooms", async move { conn.smembers(key).await })
+            .redis(
+                "dead instance rooms",
+                async move { conn.smembers(key).await },
+            )
             .await?;
         let mut removed_total = 0usize;
         for room in rooms.iter().filter_map(|r| RoomId::parse(r).ok()) {
@@ -604,9 +630,14 @@ impl Inner {
             invocation.arg(dead);
             let mut conn = self.conn.clone();
             let removed: Vec<String> = self
-                .redis("remove instance", async move { invocation.invoke_async(&mut conn).await })
+                .redis("remove instance", async move {
+                    invocation.invoke_async(&mut conn).await
+                })
                 .await?;
-            for info in removed.iter().filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok()) {
+            for info in removed
+                .iter()
+                .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
+            {
                 removed_total += 1;
                 let event = RemoteEvent::Left {
                     room_id: room.clone(),
@@ -659,7 +690,7 @@ async fn subscriber_task(inner: Arc<Inner>) {
         let pubsub = match connected {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e.kind_str(), "redis subscriber connect failed");
+                tracing::debug!(error = %describe(&e), "redis subscriber connect failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
@@ -792,10 +823,16 @@ impl Bus for RedisBus {
         inner.acquire_room(room).await?;
         let info = serde_json::to_string(participant).unwrap_or_default();
         let mut invocation = inner.join_script.key(inner.keys.room_participants(room));
-        invocation.arg(&participant.participant_id).arg(info).arg(capacity);
+        invocation
+            .arg(&participant.participant_id)
+            .arg(info)
+            .arg(capacity);
         let mut conn = inner.conn.clone();
         let reply: Result<Vec<String>, BusError> = inner
-            .redis("join", async move { invocation.invoke_async(&mut conn).await })
+            .redis(
+                "join",
+                async move { invocation.invoke_async(&mut conn).await },
+            )
             .await;
         let values = match reply {
             Ok(values) => values,
@@ -855,7 +892,10 @@ impl Bus for RedisBus {
         let id = participant.participant_id.clone();
         let result = async {
             inner
-                .redis("leave", async move { conn.hdel::<_, _, i64>(key, id).await })
+                .redis(
+                    "leave",
+                    async move { conn.hdel::<_, _, i64>(key, id).await },
+                )
                 .await?;
             let event = RemoteEvent::Left {
                 room_id: room.clone(),
@@ -977,7 +1017,7 @@ mod tests {
         assert_eq!(t.canary_deadline, Duration::from_secs(2));
         let t = Timing::from_ttl(Duration::from_millis(10));
         assert_eq!(t.ttl, Duration::from_secs(1));
-        assert_eq!(t.heartbeat, Duration::from_millis(333));
+        assert_eq!(t.heartbeat, Duration::from_secs(1) / 3);
         assert_eq!(t.canary, Duration::from_millis(250));
     }
 
@@ -1018,21 +1058,37 @@ mod tests {
             subscribed_since: Some(t0),
             last_canary: None,
         };
-        assert!(!subscriber_wedged(&fresh, t0 + Duration::from_secs(1), &timing));
-        assert!(subscriber_wedged(&fresh, t0 + Duration::from_secs(3), &timing));
+        assert!(!subscriber_wedged(
+            &fresh,
+            t0 + Duration::from_secs(1),
+            &timing
+        ));
+        assert!(subscriber_wedged(
+            &fresh,
+            t0 + Duration::from_secs(3),
+            &timing
+        ));
         // A canary from before the current connection does not count as recent.
         let reconnected = Link {
             last_canary: Some(t0),
             subscribed_since: Some(t0 + Duration::from_secs(10)),
             ..fresh.clone()
         };
-        assert!(!subscriber_wedged(&reconnected, t0 + Duration::from_secs(11), &timing));
+        assert!(!subscriber_wedged(
+            &reconnected,
+            t0 + Duration::from_secs(11),
+            &timing
+        ));
         // Redis down: not the subscriber's fault, reconnecting it would not help.
         let down = Link {
             commands_ok: false,
             ..fresh
         };
-        assert!(!subscriber_wedged(&down, t0 + Duration::from_secs(30), &timing));
+        assert!(!subscriber_wedged(
+            &down,
+            t0 + Duration::from_secs(30),
+            &timing
+        ));
     }
 
     #[test]
@@ -1041,7 +1097,10 @@ mod tests {
             redacted_url("rediss://user:s3cret@redis.example:6380/0"),
             "rediss://redis.example:6380"
         );
-        assert_eq!(redacted_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redacted_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
         assert_eq!(redacted_url("redis://:p@ss@h:1/"), "redis://h:1");
     }
 

@@ -61,7 +61,9 @@ impl Keys {
 
     /// Recovers the room id from a channel name built by [`room_channel`](Self::room_channel).
     pub fn room_from_channel(&self, channel: &str) -> Option<RoomId> {
-        let rest = channel.strip_prefix(&self.prefix)?.strip_prefix(":room:{")?;
+        let rest = channel
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":room:{")?;
         let room = rest.strip_suffix("}:events")?;
         RoomId::parse(room).ok()
     }
@@ -165,14 +167,26 @@ mod tests {
             k.room_participants(&room("demo")),
             "switchboard:room:{demo}:participants"
         );
-        assert_eq!(k.room_channel(&room("demo")), "switchboard:room:{demo}:events");
-        assert_eq!(k.instance_alive("pod-1"), "switchboard:instance:{pod-1}:alive");
-        assert_eq!(k.instance_rooms("pod-1"), "switchboard:instance:{pod-1}:rooms");
+        assert_eq!(
+            k.room_channel(&room("demo")),
+            "switchboard:room:{demo}:events"
+        );
+        assert_eq!(
+            k.instance_alive("pod-1"),
+            "switchboard:instance:{pod-1}:alive"
+        );
+        assert_eq!(
+            k.instance_rooms("pod-1"),
+            "switchboard:instance:{pod-1}:rooms"
+        );
         assert_eq!(
             k.instance_cleanup_lock("pod-1"),
             "switchboard:instance:{pod-1}:cleanup"
         );
-        assert_eq!(k.instance_lost("pod-1"), "switchboard:instance:{pod-1}:lost");
+        assert_eq!(
+            k.instance_lost("pod-1"),
+            "switchboard:instance:{pod-1}:lost"
+        );
         assert_eq!(k.canary_channel(), "switchboard:instance:{pod-1}:canary");
         assert_eq!(k.instances(), "switchboard:instances");
     }
@@ -180,7 +194,10 @@ mod tests {
     #[test]
     fn hash_tag_is_the_room_id_for_every_room_key() {
         let k = Keys::new("a:b", "i").unwrap();
-        for key in [k.room_participants(&room("r-1")), k.room_channel(&room("r-1"))] {
+        for key in [
+            k.room_participants(&room("r-1")),
+            k.room_channel(&room("r-1")),
+        ] {
             let open = key.find('{').unwrap();
             let close = key[open..].find('}').unwrap() + open;
             assert_eq!(&key[open + 1..close], "r-1", "{key}");

@@ -40,7 +40,9 @@ pub fn publish_latency(elapsed: Duration) {
     }
     METRICS.publish_count.fetch_add(1, Ordering::Relaxed);
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    METRICS.publish_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    METRICS
+        .publish_sum_micros
+        .fetch_add(micros, Ordering::Relaxed);
 }
 
 /// Which connection came back: `commands` or `subscriber`.

@@ -35,6 +35,11 @@ struct Header {
     body: Body,
 }
 
+#[derive(Deserialize)]
+struct VersionOnly {
+    v: u8,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
 enum Body {
@@ -110,11 +115,13 @@ pub fn decode(bytes: &[u8]) -> Result<BusEnvelope, WireError> {
         .iter()
         .position(|b| *b == b'\n')
         .ok_or(WireError::NoHeader)?;
-    let header: Header =
+    // The version first: a future header may not parse as this one.
+    let version: VersionOnly =
         serde_json::from_slice(&bytes[..split]).map_err(WireError::Header)?;
-    if header.v != VERSION {
-        return Err(WireError::Version(header.v));
+    if version.v != VERSION {
+        return Err(WireError::Version(version.v));
     }
+    let header: Header = serde_json::from_slice(&bytes[..split]).map_err(WireError::Header)?;
     let rest = &bytes[split + 1..];
     let event = match header.body {
         Body::Relay {
@@ -191,7 +198,10 @@ mod tests {
             frame: frame.clone(),
         });
         let bytes = encode("inst-1", &event);
-        assert!(bytes.ends_with(frame.as_bytes()), "frame must not be re-encoded");
+        assert!(
+            bytes.ends_with(frame.as_bytes()),
+            "frame must not be re-encoded"
+        );
         let back = decode(&bytes).unwrap();
         assert_eq!(back.origin, "inst-1");
         assert_eq!(back.event, event);
@@ -230,7 +240,12 @@ mod tests {
         assert!(matches!(decode(&not_a_frame), Err(WireError::Frame)));
         let mut bad_room = relay.to_vec();
         bad_room.extend_from_slice(b"{\"type\":\"offer\"}");
-        let bad_room = String::from_utf8(bad_room).unwrap().replace("\"r\"", "\"../x\"");
-        assert!(matches!(decode(bad_room.as_bytes()), Err(WireError::Header(_))));
+        let bad_room = String::from_utf8(bad_room)
+            .unwrap()
+            .replace("\"r\"", "\"../x\"");
+        assert!(matches!(
+            decode(bad_room.as_bytes()),
+            Err(WireError::Header(_))
+        ));
     }
 }
