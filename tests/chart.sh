@@ -9,7 +9,11 @@
 #   - values.schema.json and the template guards reject bad values;
 #   - NOTES.txt tells the user how to wait for a SignalingCluster;
 #   - every value is documented in docs/deployment.md.
-# Needs: bash, npm (tests/tools.sh fetches helm), python3 with PyYAML (Debian: python3-yaml).
+#   - against a private kube-apiserver (tests/k8s-rig.sh, must be built): the renders are
+#     accepted, and `kubectl auth can-i --as=<operator ServiceAccount>` matches the promised
+#     access in both scopes (SWITCHBOARD_CHART_NO_APISERVER=1 leaves this part out, loudly).
+# Needs: bash, npm (tests/tools.sh fetches helm), python3 with PyYAML (Debian: python3-yaml),
+# and for the API-server part the built rig (tests/k8s-rig.sh ensure).
 # Prints one line per check and `N passed, M failed`; exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -404,6 +408,194 @@ if missing:
 PY
 }
 
+# ---------------------------------------------------------------------------------------
+# Against a real kube-apiserver: a private instance of tests/k8s-rig.sh (own run dir and
+# ports, stopped on exit). Proves the rendered objects are accepted by the API server (with
+# kubectl's schema validation), and that the RBAC behaves as promised when the authorizer
+# evaluates it (kubectl auth can-i --as the operator's ServiceAccount).
+K8S_RIG_DIR="${RIG_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchboard-k8s-rig}"
+# start_rig runs inside check's command substitution (a subshell), so "was it started" is
+# the existence of its run dir, not a variable.
+stop_rig() {
+  if [ -d "$WORK/rig" ]; then
+    RIG_RUN_DIR="$WORK/rig" bash tests/k8s-rig.sh stop >/dev/null 2>&1 || true
+  fi
+}
+trap 'stop_rig; rm -rf "$WORK"' EXIT
+
+# Two free loopback ports p, p+1 for etcd (client, peer) and one for the API server.
+free_ports() {
+  python3 - <<'PY'
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    etcd, api = random.randrange(20000, 30000), random.randrange(30000, 40000)
+    if free(etcd) and free(etcd + 1) and free(api):
+        print(etcd, api); break
+PY
+}
+
+start_rig() {
+  [ -x "$K8S_RIG_DIR/bin/kube-apiserver" ] \
+    || { echo "no kube-apiserver in $K8S_RIG_DIR/bin: run tests/k8s-rig.sh ensure (tests/run.sh does)"; return 1; }
+  local ports
+  ports="$(free_ports)"
+  mkdir -p "$WORK/rig"
+  RIG_RUN_DIR="$WORK/rig" RIG_ETCD_PORT="${ports% *}" RIG_APISERVER_PORT="${ports#* }" \
+    bash tests/k8s-rig.sh start >/dev/null
+}
+
+# apply_render FILE: the CRD with `kubectl create --validate=false` (1.20 predates
+# x-kubernetes-validations, and server-side apply would refuse that unknown field), every
+# other object with server-side apply after kubectl's client-side schema validation.
+apply_render() {
+  local file="$1" crd_file="$WORK/crd-only.yaml" rest_file="$WORK/rest.yaml"
+  python3 - "$file" "$crd_file" "$rest_file" <<'PY' || return 1
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+crd = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+yaml.safe_dump_all(crd, open(sys.argv[2], "w"))
+yaml.safe_dump_all(rest, open(sys.argv[3], "w"))
+PY
+  if [ -s "$crd_file" ] && ! "$KUBECTL" get crd signalingclusters.switchboard.dev >/dev/null 2>&1; then
+    "$KUBECTL" create --validate=false -f "$crd_file" || return 1
+    "$KUBECTL" wait --for=condition=Established --timeout=30s crd/signalingclusters.switchboard.dev || return 1
+  fi
+  "$KUBECTL" apply --server-side --field-manager=chart-test -f "$rest_file"
+}
+
+# expect_can SUBJECT LINES: each line "yes|no VERB RESOURCE [kubectl auth can-i flags]".
+expect_can() {
+  local subject="$1" lines="$2" want verb res rest got bad=0
+  while read -r want verb res rest; do
+    [ -n "$want" ] || continue
+    # shellcheck disable=SC2086 # $rest holds flags such as "-n ns --subresource=status"
+    if "$KUBECTL" auth can-i "$verb" "$res" $rest --as="$subject" >/dev/null 2>&1; then got=yes; else got=no; fi
+    if [ "$got" != "$want" ]; then
+      echo "$subject: can-i $verb $res $rest = $got, expected $want"
+      bad=1
+    fi
+  done <<<"$lines"
+  return "$bad"
+}
+
+rbac_cluster_scope() {
+  local sa="system:serviceaccount:sb-cluster:sbc-switchboard-operator"
+  expect_can "$sa" "
+yes watch signalingclusters.switchboard.dev -n elsewhere
+yes update signalingclusters.switchboard.dev -n elsewhere
+yes patch signalingclusters.switchboard.dev -n elsewhere --subresource=status
+no create signalingclusters.switchboard.dev -n elsewhere
+no delete signalingclusters.switchboard.dev -n elsewhere
+yes create secrets -n elsewhere
+yes watch secrets -n elsewhere
+no delete secrets -n elsewhere
+no update secrets -n elsewhere
+yes delete deployments.apps -n elsewhere
+yes patch statefulsets.apps -n elsewhere
+yes create ingresses.networking.k8s.io -n elsewhere
+yes delete horizontalpodautoscalers.autoscaling -n elsewhere
+yes delete poddisruptionbudgets.policy -n elsewhere
+yes create events -n elsewhere
+yes create events.events.k8s.io -n elsewhere
+no list pods -n elsewhere
+no create pods/exec -n elsewhere
+no list configmaps -n elsewhere
+no list nodes
+yes get customresourcedefinitions.apiextensions.k8s.io/signalingclusters.switchboard.dev
+no get customresourcedefinitions.apiextensions.k8s.io/other.example.com
+no list customresourcedefinitions.apiextensions.k8s.io
+no update customresourcedefinitions.apiextensions.k8s.io/signalingclusters.switchboard.dev
+no delete customresourcedefinitions.apiextensions.k8s.io/signalingclusters.switchboard.dev
+no create customresourcedefinitions.apiextensions.k8s.io
+yes create leases.coordination.k8s.io -n sb-cluster
+yes update leases.coordination.k8s.io/sbc-switchboard-operator -n sb-cluster
+no update leases.coordination.k8s.io/someone-else -n sb-cluster
+no update leases.coordination.k8s.io/sbc-switchboard-operator -n elsewhere
+no create clusterroles.rbac.authorization.k8s.io
+no create rolebindings.rbac.authorization.k8s.io -n elsewhere
+"
+}
+
+rbac_namespace_scope() {
+  local sa="system:serviceaccount:sb-ns:sbn-switchboard-operator"
+  expect_can "$sa" "
+yes watch signalingclusters.switchboard.dev -n sb-ns
+yes patch signalingclusters.switchboard.dev -n sb-ns --subresource=status
+no watch signalingclusters.switchboard.dev -n elsewhere
+no watch signalingclusters.switchboard.dev --all-namespaces
+yes list secrets -n sb-ns
+no list secrets -n elsewhere
+yes create deployments.apps -n sb-ns
+no create deployments.apps -n elsewhere
+yes get customresourcedefinitions.apiextensions.k8s.io/signalingclusters.switchboard.dev
+no update customresourcedefinitions.apiextensions.k8s.io/signalingclusters.switchboard.dev
+yes update leases.coordination.k8s.io/sbn-switchboard-operator -n sb-ns
+no update leases.coordination.k8s.io/sbn-switchboard-operator -n elsewhere
+"
+}
+
+# The -edit / -view ClusterRoles bound directly in one namespace (aggregation into the
+# built-in roles needs kube-controller-manager, which this rig does not run).
+aggregated_roles_behave() {
+  "$KUBECTL" -n elsewhere create rolebinding alice-edit --clusterrole=sbc-switchboard-operator-edit --user=alice >/dev/null || return 1
+  "$KUBECTL" -n elsewhere create rolebinding bob-view --clusterrole=sbc-switchboard-operator-view --user=bob >/dev/null || return 1
+  expect_can alice "
+yes create signalingclusters.switchboard.dev -n elsewhere
+yes delete signalingclusters.switchboard.dev -n elsewhere
+yes get signalingclusters.switchboard.dev -n elsewhere --subresource=status
+no patch signalingclusters.switchboard.dev -n elsewhere --subresource=status
+no create signalingclusters.switchboard.dev -n sb-ns
+no list secrets -n elsewhere
+" && expect_can bob "
+yes list signalingclusters.switchboard.dev -n elsewhere
+no create signalingclusters.switchboard.dev -n elsewhere
+no patch signalingclusters.switchboard.dev -n elsewhere
+"
+}
+
+# The chart's CRD serves the NOTES.txt example and `kubectl get sigc`.
+notes_example_accepted() {
+  "$KUBECTL" -n elsewhere create -f - <<'YAML' || return 1
+apiVersion: switchboard.dev/v1alpha1
+kind: SignalingCluster
+metadata:
+  name: demo
+spec: {}
+YAML
+  "$KUBECTL" -n elsewhere get sigc demo
+}
+
+apiserver_checks() {
+  KUBECTL="$(bash tests/tools.sh kubectl)" || die "could not install kubectl (tests/tools.sh)"
+  if ! check "start a private kube-apiserver (tests/k8s-rig.sh)" start_rig; then
+    return
+  fi
+  export KUBECONFIG="$WORK/rig/kubeconfig"
+  local ns
+  for ns in sb-cluster sb-ns elsewhere; do
+    "$KUBECTL" create namespace "$ns" >/dev/null || die "cannot create namespace $ns in the rig"
+  done
+  "$HELM" template sbc "$CHART" --namespace sb-cluster >"$WORK/api-cluster.yaml" || die "helm template failed"
+  "$HELM" template sbn "$CHART" --namespace sb-ns --set rbac.scope=namespace --set crds.create=false \
+    >"$WORK/api-ns.yaml" || die "helm template failed"
+  check "API server accepts the default render (CRD established)" apply_render "$WORK/api-cluster.yaml"
+  check "API server accepts the rbac.scope=namespace render" apply_render "$WORK/api-ns.yaml"
+  check "RBAC (cluster scope): exactly the promised access, as the ServiceAccount" rbac_cluster_scope
+  check "RBAC (namespace scope): confined to the release namespace" rbac_namespace_scope
+  check "-edit/-view ClusterRoles: edit spec, read status, view read-only" aggregated_roles_behave
+  check "the chart's CRD accepts the NOTES.txt example; kubectl get sigc works" notes_example_accepted
+  export KUBECONFIG="$WORK/no-kubeconfig"
+}
+
 start=$(date +%s)
 echo "helm: $HELM ($("$HELM" version --short))"
 
@@ -433,6 +625,12 @@ check "template refuses a ServiceMonitor without the metrics Service" \
   --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
 check "NOTES.txt shows kubectl wait and a first SignalingCluster" notes_show_wait
 check "every chart value is documented in docs/deployment.md" values_documented
+
+if [ "${SWITCHBOARD_CHART_NO_APISERVER:-0}" = 1 ]; then
+  echo "NOTE API-server checks not run (SWITCHBOARD_CHART_NO_APISERVER=1)"
+else
+  apiserver_checks
+fi
 
 echo "$passed passed, $failed failed ($(( $(date +%s) - start )) s)"
 [ "$failed" -eq 0 ]
