@@ -248,7 +248,7 @@ def grant(group, resources, verbs, names=(None,)):
         for v in verbs:
             for n in names:
                 want_main.add((group, res, v, n))
-grant("switchboard.dev", ["signalingclusters"], ["get", "list", "watch", "patch", "update"])
+grant("switchboard.dev", ["signalingclusters"], ["get", "list", "watch", "patch"])
 grant("switchboard.dev", ["signalingclusters/status"], ["get", "patch", "update"])
 grant("", ["secrets"], ["get", "list", "watch", "create", "patch"])
 grant("", ["services"], CHILD)
@@ -271,10 +271,10 @@ if flatten(rules_of("ClusterRole", f"{fullname}-crd-reader", False)) != want_crd
 
 if expect_leader:
     want_lease = {("coordination.k8s.io", "leases", "create", None)}
-    for v in ("get", "update", "patch"):
+    for v in ("get", "update"):
         want_lease.add(("coordination.k8s.io", "leases", v, fullname))
     if flatten(rules_of("Role", f"{fullname}-leader-election", True)) != want_lease:
-        err("leader-election Role is not exactly create + get/update/patch on the operator's Lease")
+        err("leader-election Role is not exactly create + get/update on the operator's Lease")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"] if dep else []
     if f"--lease-name={fullname}" not in args or f"--lease-namespace={ns}" not in args:
         err(f"Lease flags do not name the Lease the Role grants: {args}")
@@ -491,7 +491,8 @@ rbac_cluster_scope() {
   local sa="system:serviceaccount:sb-cluster:sbc-switchboard-operator"
   expect_can "$sa" "
 yes watch signalingclusters.switchboard.dev -n elsewhere
-yes update signalingclusters.switchboard.dev -n elsewhere
+yes patch signalingclusters.switchboard.dev -n elsewhere
+no update signalingclusters.switchboard.dev -n elsewhere
 yes patch signalingclusters.switchboard.dev -n elsewhere --subresource=status
 no create signalingclusters.switchboard.dev -n elsewhere
 no delete signalingclusters.switchboard.dev -n elsewhere
@@ -519,6 +520,7 @@ no create customresourcedefinitions.apiextensions.k8s.io
 yes create leases.coordination.k8s.io -n sb-cluster
 yes update leases.coordination.k8s.io/sbc-switchboard-operator -n sb-cluster
 no update leases.coordination.k8s.io/someone-else -n sb-cluster
+no patch leases.coordination.k8s.io/sbc-switchboard-operator -n sb-cluster
 no update leases.coordination.k8s.io/sbc-switchboard-operator -n elsewhere
 no create clusterroles.rbac.authorization.k8s.io
 no create rolebindings.rbac.authorization.k8s.io -n elsewhere
