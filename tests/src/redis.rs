@@ -4,7 +4,7 @@
 //! It never touches the Redis on the default port 6379: every instance gets a fresh free port,
 //! no persistence (`--save "" --appendonly no`) and is killed when dropped.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,10 +29,8 @@ impl RedisProcess {
         // Another process may grab the free port between our probe and redis' bind: retry.
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!(
-                "switchboard-redis-{}-{port}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("switchboard-redis-{}-{port}", std::process::id()));
             // The working directory keeps any stray dump file out of the repository.
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 panic!("cannot create {}: {e}", dir.display());
@@ -242,7 +240,9 @@ fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
             let mut buf = vec![0; len + 2];
             reader.read_exact(&mut buf)?;
             buf.truncate(len);
-            Ok(Reply::Bulk(Some(String::from_utf8_lossy(&buf).into_owned())))
+            Ok(Reply::Bulk(Some(
+                String::from_utf8_lossy(&buf).into_owned(),
+            )))
         }
         "*" => {
             let len: i64 = rest.parse().map_err(|_| bad("array length"))?;
@@ -285,7 +285,10 @@ mod tests {
     fn starts_answers_and_restarts_empty_on_the_same_port() {
         let mut redis = RedisProcess::start();
         assert_ne!(redis.port(), 6379);
-        assert_eq!(redis.command(&["SET", "k", "v"]), Reply::Status("OK".into()));
+        assert_eq!(
+            redis.command(&["SET", "k", "v"]),
+            Reply::Status("OK".into())
+        );
         assert_eq!(redis.keys("*"), vec!["k".to_string()]);
         let port = redis.port();
         redis.restart_same_port();

@@ -645,7 +645,9 @@ impl Inner {
                     reason: LeaveReason::InstanceLost,
                 };
                 // Our own echo is ignored, so serve local participants directly.
-                self.hub.deliver(event.clone());
+                if self.local().rooms.contains_key(&room) {
+                    self.hub.deliver(event.clone());
+                }
                 self.publish_event(&room, &event).await?;
             }
         }

@@ -1,0 +1,351 @@
+//! The Redis bus driven directly (several `RedisBus` instances in one process, each with a
+//! recording hub) against a real redis-server: Lua scripts, origin filtering, ordering,
+//! crash cleanup, Redis restart and a killed subscriber connection. The same behaviours
+//! through real server processes and WebSockets are in `redis_cluster.rs`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchboard_e2e::redis::RedisProcess;
+use switchboard_server::bus::redis::{RedisBus, RedisSettings};
+use switchboard_server::bus::{Bus, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
+use switchboard_server::protocol::{Frame, RelayKind};
+use switchboard_server::room::{LeaveReason, ParticipantInfo, RoomId};
+
+/// Records every event an instance's bus delivers to its local side.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<RemoteEvent>>,
+}
+
+impl LocalHub for Recorder {
+    fn deliver(&self, event: RemoteEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+
+    fn local_snapshot(&self) -> Vec<(RoomId, Vec<ParticipantInfo>)> {
+        Vec::new()
+    }
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<RemoteEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `pred` holds for the recorded events.
+    async fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&[RemoteEvent]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.events()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; got {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Node {
+    bus: Arc<RedisBus>,
+    hub: Arc<Recorder>,
+    id: String,
+}
+
+async fn node(redis: &RedisProcess, prefix: &str, id: &str, ttl: Duration) -> Node {
+    let hub = Arc::new(Recorder::default());
+    let bus = RedisBus::start(
+        RedisSettings {
+            url: redis.url(),
+            key_prefix: prefix.into(),
+            instance_id: id.into(),
+            presence_ttl: ttl,
+        },
+        hub.clone(),
+    )
+    .await
+    .expect("redis bus starts");
+    let node = Node {
+        bus: Arc::new(bus),
+        hub,
+        id: id.into(),
+    };
+    wait_ready(&node, true, Duration::from_secs(10)).await;
+    node
+}
+
+async fn wait_ready(node: &Node, want: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while node.bus.is_ready() != want {
+        assert!(
+            Instant::now() < deadline,
+            "{}: readiness did not become {want} within {timeout:?}: {:?}",
+            node.id,
+            node.bus.health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn room(id: &str) -> RoomId {
+    RoomId::parse(id).unwrap()
+}
+
+fn participant(id: &str, instance: &str) -> ParticipantInfo {
+    ParticipantInfo {
+        participant_id: id.into(),
+        user_id: format!("user-{id}"),
+        username: format!("User {id}"),
+        joined_at: "2026-11-28T16:30:27.123Z".into(),
+        instance_id: instance.into(),
+    }
+}
+
+fn chat(room_id: &RoomId, from: &str, to: Option<&str>, n: usize) -> RelayMessage {
+    RelayMessage {
+        room_id: room_id.clone(),
+        kind: RelayKind::ChatMessage,
+        sender_id: from.into(),
+        to: to.map(str::to_owned),
+        frame: Frame::from_json_text(format!(
+            "{{\"type\":\"chat-message\",\"payload\":{{\"n\":{n}}},\"sender_id\":\"{from}\"}}"
+        )),
+    }
+}
+
+async fn join(node: &Node, room_id: &RoomId, p: &ParticipantInfo, cap: usize) -> JoinOutcome {
+    node.bus.join(room_id, p, cap).await.expect("join")
+}
+
+fn relays(events: &[RemoteEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RemoteEvent::Relay(m) => Some(m.frame.as_str().to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+const TTL: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_relay_and_order_across_instances_without_echo() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "sb", "a", TTL).await;
+    let b = node(&redis, "sb", "b", TTL).await;
+    let r = room("r1");
+    let pa = participant("pa", "a");
+    let pb = participant("pb", "b");
+    assert!(matches!(
+        join(&a, &r, &pa, 50).await,
+        JoinOutcome::Joined { .. }
+    ));
+    let JoinOutcome::Joined { participants } = join(&b, &r, &pb, 50).await else {
+        panic!("b refused");
+    };
+    assert_eq!(participants, vec![pa.clone(), pb.clone()]);
+    // A hears B's join; B never hears its own.
+    a.hub
+        .wait_for("user-joined of pb on a", Duration::from_secs(5), |ev| {
+            ev.iter().any(|e| matches!(e, RemoteEvent::Joined { participant, .. } if participant.participant_id == "pb"))
+        })
+        .await;
+    assert_eq!(
+        a.bus.participants(&r).await.unwrap(),
+        b.bus.participants(&r).await.unwrap()
+    );
+
+    for n in 0..1000 {
+        a.bus.publish(chat(&r, "pa", Some("pb"), n)).await.unwrap();
+    }
+    b.hub
+        .wait_for("1000 relays on b", Duration::from_secs(10), |ev| {
+            relays(ev).len() >= 1000
+        })
+        .await;
+    let got = relays(&b.hub.events());
+    let want: Vec<String> = (0..1000)
+        .map(|n| chat(&r, "pa", Some("pb"), n).frame.as_str().to_owned())
+        .collect();
+    assert_eq!(got, want, "order preserved, nothing duplicated");
+    assert!(
+        relays(&a.hub.events()).is_empty(),
+        "a publisher never receives its own messages"
+    );
+
+    b.bus.leave(&r, &pb, LeaveReason::Closed).await.unwrap();
+    a.hub
+        .wait_for("user-left of pb", Duration::from_secs(5), |ev| {
+            ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::Closed, .. } if participant.participant_id == "pb"))
+        })
+        .await;
+    assert_eq!(a.bus.participants(&r).await.unwrap(), vec![pa]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_atomic_across_instances() {
+    let redis = RedisProcess::start();
+    let nodes = vec![
+        node(&redis, "sb", "a", TTL).await,
+        node(&redis, "sb", "b", TTL).await,
+        node(&redis, "sb", "c", TTL).await,
+    ];
+    let r = room("full");
+    let mut joins = Vec::new();
+    for i in 0..120 {
+        let n = &nodes[i % 3];
+        let bus = n.bus.clone();
+        let p = participant(&format!("p{i}"), &n.id);
+        let r = r.clone();
+        joins.push(tokio::spawn(async move { bus.join(&r, &p, 50).await }));
+    }
+    let mut admitted = 0;
+    let mut full = 0;
+    for j in joins {
+        match j.await.unwrap().unwrap() {
+            JoinOutcome::Joined { .. } => admitted += 1,
+            JoinOutcome::RoomFull => full += 1,
+        }
+    }
+    assert_eq!((admitted, full), (50, 70));
+    assert_eq!(nodes[0].bus.participants(&r).await.unwrap().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_is_cleaned_up_once_with_instance_lost() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "sb", "a", TTL).await;
+    let b = node(&redis, "sb", "b", TTL).await;
+    let c = node(&redis, "sb", "c", TTL).await;
+    let (r1, r2) = (room("one"), room("two"));
+    join(&a, &r1, &participant("a1", "a"), 50).await;
+    join(&a, &r2, &participant("a2", "a"), 50).await;
+    join(&b, &r1, &participant("b1", "b"), 50).await;
+    join(&c, &r2, &participant("c2", "c"), 50).await;
+    let started = Instant::now();
+    // A crash: background tasks stop, nothing is removed from Redis.
+    drop(a);
+    let lost = |ev: &[RemoteEvent], id: &str| {
+        ev.iter()
+            .filter(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == id))
+            .count()
+    };
+    b.hub
+        .wait_for("a1 lost on b", TTL + Duration::from_secs(5), |ev| {
+            lost(ev, "a1") == 1
+        })
+        .await;
+    c.hub
+        .wait_for("a2 lost on c", TTL + Duration::from_secs(5), |ev| {
+            lost(ev, "a2") == 1
+        })
+        .await;
+    assert!(started.elapsed() < TTL + Duration::from_secs(5));
+    // Give a second cleaner the chance to (wrongly) run again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(lost(&b.hub.events(), "a1"), 1);
+    assert_eq!(lost(&c.hub.events(), "a2"), 1);
+    assert_eq!(lost(&b.hub.events(), "a2"), 0, "b has nobody in room two");
+    assert_eq!(
+        b.bus.participants(&r1).await.unwrap(),
+        vec![participant("b1", "b")]
+    );
+    assert_eq!(
+        c.bus.participants(&r2).await.unwrap(),
+        vec![participant("c2", "c")]
+    );
+    assert!(redis
+        .keys("sb:instance:{a}:*")
+        .iter()
+        .all(|k| k.ends_with(":lost") || k.ends_with(":cleanup")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_that_is_alive() {
+    let mut redis = RedisProcess::start();
+    let a = node(&redis, "sb", "a", TTL).await;
+    let b = node(&redis, "sb", "b", TTL).await;
+    let r = room("r");
+    join(&a, &r, &participant("pa", "a"), 50).await;
+    join(&b, &r, &participant("pb", "b"), 50).await;
+    redis.kill();
+    wait_ready(&a, false, Duration::from_secs(5)).await;
+    let err = a.bus.publish(chat(&r, "pa", None, 1)).await;
+    assert!(
+        err.is_err(),
+        "publish while Redis is down must fail, never drop silently"
+    );
+    redis.restart_same_port();
+    wait_ready(&a, true, Duration::from_secs(10)).await;
+    wait_ready(&b, true, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = a.bus.participants(&r).await.unwrap_or_default();
+        if list.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence not re-registered: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.bus.publish(chat(&r, "pa", None, 2)).await.unwrap();
+    b.hub
+        .wait_for("relay after restart", Duration::from_secs(5), |ev| {
+            relays(ev).iter().any(|f| f.contains("\"n\":2"))
+        })
+        .await;
+    // Nobody was declared lost or left: the outage was invisible to the room.
+    assert!(b
+        .hub
+        .events()
+        .iter()
+        .all(|e| !matches!(e, RemoteEvent::Left { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_is_repaired_and_prefixes_isolate() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "one", "a", TTL).await;
+    let b = node(&redis, "one", "b", TTL).await;
+    let other = node(&redis, "two", "x", TTL).await;
+    let r = room("shared");
+    join(&a, &r, &participant("pa", "a"), 50).await;
+    join(&b, &r, &participant("pb", "b"), 50).await;
+    join(&other, &r, &participant("px", "x"), 50).await;
+    assert_eq!(a.bus.participants(&r).await.unwrap().len(), 2);
+    assert_eq!(
+        other.bus.participants(&r).await.unwrap(),
+        vec![participant("px", "x")]
+    );
+
+    assert!(redis.client_kill_pubsub() >= 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.bus.publish(chat(&r, "pa", None, n)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if relays(&b.hub.events())
+            .iter()
+            .any(|f| f.contains(&format!("\"n\":{n}}}")))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relaying did not recover after CLIENT KILL"
+        );
+    }
+    wait_ready(&b, true, Duration::from_secs(10)).await;
+    assert!(
+        relays(&other.hub.events()).is_empty(),
+        "another prefix never sees our rooms"
+    );
+}
