@@ -144,6 +144,16 @@ impl Client {
         }
     }
 
+    /// Wraps an already opened WebSocket (see [`open`]).
+    pub fn from_parts(ws: WsStream, response: Response, room: &str) -> Client {
+        Client {
+            ws,
+            response,
+            room_state: None,
+            room: room.to_string(),
+        }
+    }
+
     /// Connects with `?token=` and waits for `room-state`.
     pub async fn join(addr: SocketAddr, room: &str, token: &str) -> Client {
         let mut client = Self::connect(addr, room, token).await;

@@ -246,8 +246,11 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// Every stdout line read so far (including `listening on`).
-    pub fn stdout_lines(&self) -> &[String] {
+    /// Every stdout line printed so far (including `listening on`).
+    pub fn stdout_lines(&mut self) -> &[String] {
+        while let Ok(line) = self.stdout_rx.try_recv() {
+            self.stdout_seen.push(line);
+        }
         &self.stdout_seen
     }
 
