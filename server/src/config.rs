@@ -197,7 +197,12 @@ pub struct Setting {
     pub help: &'static str,
 }
 
-const fn s(key: &'static str, env: &'static str, flag: &'static str, help: &'static str) -> Setting {
+const fn s(
+    key: &'static str,
+    env: &'static str,
+    flag: &'static str,
+    help: &'static str,
+) -> Setting {
     Setting {
         key,
         env,
@@ -207,7 +212,12 @@ const fn s(key: &'static str, env: &'static str, flag: &'static str, help: &'sta
     }
 }
 
-const fn l(key: &'static str, env: &'static str, flag: &'static str, help: &'static str) -> Setting {
+const fn l(
+    key: &'static str,
+    env: &'static str,
+    flag: &'static str,
+    help: &'static str,
+) -> Setting {
     Setting {
         key,
         env,
@@ -219,41 +229,211 @@ const fn l(key: &'static str, env: &'static str, flag: &'static str, help: &'sta
 
 /// Every setting, in documentation order (docs/configuration.md mirrors this).
 pub const SETTINGS: &[Setting] = &[
-    s("listen", "SWITCHBOARD_LISTEN", "--listen", "address to listen on [127.0.0.1:8080]"),
-    s("log_format", "SWITCHBOARD_LOG_FORMAT", "--log-format", "pretty or json [pretty]"),
-    s("instance_id", "SWITCHBOARD_INSTANCE_ID", "--instance-id", "instance name [hostname-random]"),
-    s("jwt.algorithm", "JWT_ALGORITHM", "--jwt-algorithm", "HS256, RS256 or ES256 [HS256]"),
+    s(
+        "listen",
+        "SWITCHBOARD_LISTEN",
+        "--listen",
+        "address to listen on [127.0.0.1:8080]",
+    ),
+    s(
+        "log_format",
+        "SWITCHBOARD_LOG_FORMAT",
+        "--log-format",
+        "pretty or json [pretty]",
+    ),
+    s(
+        "instance_id",
+        "SWITCHBOARD_INSTANCE_ID",
+        "--instance-id",
+        "instance name [hostname-random]",
+    ),
+    s(
+        "jwt.algorithm",
+        "JWT_ALGORITHM",
+        "--jwt-algorithm",
+        "HS256, RS256 or ES256 [HS256]",
+    ),
     s("jwt.secret", "JWT_SECRET", "--jwt-secret", "HS256 secret"),
-    s("jwt.secret_file", "JWT_SECRET_FILE", "--jwt-secret-file", "file holding the HS256 secret"),
-    s("jwt.public_key_file", "JWT_PUBLIC_KEY_FILE", "--jwt-public-key-file", "PEM public key for RS256/ES256"),
-    s("jwt.issuer", "JWT_ISSUER", "--jwt-issuer", "required iss claim [not checked]"),
-    s("jwt.audience", "JWT_AUDIENCE", "--jwt-audience", "required aud claim [not checked]"),
-    l("ice.stun_urls", "WEBRTC_STUN_URLS", "--stun-urls", "STUN URLs, comma-separated [stun:stun.l.google.com:19302]"),
-    l("ice.turn_urls", "WEBRTC_TURN_URLS", "--turn-urls", "TURN URLs, comma-separated"),
-    s("ice.turn_username", "WEBRTC_TURN_USERNAME", "--turn-username", "static TURN username"),
-    s("ice.turn_credential", "WEBRTC_TURN_CREDENTIAL", "--turn-credential", "static TURN credential"),
-    s("ice.turn_secret", "WEBRTC_TURN_SECRET", "--turn-secret", "coturn REST API shared secret"),
-    s("ice.turn_secret_file", "WEBRTC_TURN_SECRET_FILE", "--turn-secret-file", "file holding the coturn REST secret"),
-    s("ice.turn_credential_ttl_secs", "WEBRTC_TURN_CREDENTIAL_TTL", "--turn-credential-ttl", "TURN credential lifetime, seconds [86400]"),
-    s("ice.ice_transport_policy", "WEBRTC_ICE_TRANSPORT_POLICY", "--ice-transport-policy", "all or relay [all]"),
-    s("ice.bundle_policy", "WEBRTC_BUNDLE_POLICY", "--bundle-policy", "balanced, max-compat or max-bundle [balanced]"),
-    s("ice.rtcp_mux_policy", "WEBRTC_RTCP_MUX_POLICY", "--rtcp-mux-policy", "require or negotiate [require]"),
-    s("rooms.max_participants", "WEBRTC_MAX_PARTICIPANTS_PER_ROOM", "--max-participants-per-room", "participants per room, cluster-wide [50]"),
-    s("rooms.presence_ttl_secs", "WEBRTC_ROOM_PRESENCE_TTL", "--room-presence-ttl", "instance heartbeat TTL, seconds [30]"),
-    s("limits.max_message_bytes", "WEBRTC_MAX_MESSAGE_BYTES", "--max-message-bytes", "largest client message [65536]"),
-    s("limits.rate_limit_per_second", "WEBRTC_RATE_LIMIT_PER_SECOND", "--rate-limit-per-second", "messages per second per connection [50]"),
-    s("limits.rate_limit_burst", "WEBRTC_RATE_LIMIT_BURST", "--rate-limit-burst", "token bucket size [200]"),
-    s("limits.outbound_queue_messages", "WEBRTC_OUTBOUND_QUEUE_MESSAGES", "--outbound-queue-messages", "queued messages per connection [256]"),
-    s("limits.outbound_queue_bytes", "WEBRTC_OUTBOUND_QUEUE_BYTES", "--outbound-queue-bytes", "queued bytes per connection [1048576]"),
-    s("limits.ping_interval_secs", "WEBRTC_PING_INTERVAL", "--ping-interval", "WebSocket ping interval, seconds [20]"),
-    s("limits.ping_timeout_secs", "WEBRTC_PING_TIMEOUT", "--ping-timeout", "drop a peer silent this long after a ping, seconds [20]"),
-    l("allowed_origins", "WEBRTC_ALLOWED_ORIGINS", "--allowed-origins", "allowed Origin headers, comma-separated [any]"),
-    s("redis.url", "REDIS_URL", "--redis-url", "redis:// or rediss:// URL [in-process bus]"),
-    s("redis.url_file", "REDIS_URL_FILE", "--redis-url-file", "file holding the Redis URL"),
-    s("redis.key_prefix", "REDIS_KEY_PREFIX", "--redis-key-prefix", "Redis key prefix [switchboard]"),
-    s("shutdown.drain_delay_ms", "SWITCHBOARD_DRAIN_DELAY_MS", "--drain-delay-ms", "wait before telling clients to reconnect [2000]"),
-    s("shutdown.drain_window_ms", "SWITCHBOARD_DRAIN_WINDOW_MS", "--drain-window-ms", "spread of reconnect hints [10000]"),
-    s("shutdown.drain_timeout_ms", "SWITCHBOARD_DRAIN_TIMEOUT_MS", "--drain-timeout-ms", "hard exit after SIGTERM [25000]"),
+    s(
+        "jwt.secret_file",
+        "JWT_SECRET_FILE",
+        "--jwt-secret-file",
+        "file holding the HS256 secret",
+    ),
+    s(
+        "jwt.public_key_file",
+        "JWT_PUBLIC_KEY_FILE",
+        "--jwt-public-key-file",
+        "PEM public key for RS256/ES256",
+    ),
+    s(
+        "jwt.issuer",
+        "JWT_ISSUER",
+        "--jwt-issuer",
+        "required iss claim [not checked]",
+    ),
+    s(
+        "jwt.audience",
+        "JWT_AUDIENCE",
+        "--jwt-audience",
+        "required aud claim [not checked]",
+    ),
+    l(
+        "ice.stun_urls",
+        "WEBRTC_STUN_URLS",
+        "--stun-urls",
+        "STUN URLs, comma-separated [stun:stun.l.google.com:19302]",
+    ),
+    l(
+        "ice.turn_urls",
+        "WEBRTC_TURN_URLS",
+        "--turn-urls",
+        "TURN URLs, comma-separated",
+    ),
+    s(
+        "ice.turn_username",
+        "WEBRTC_TURN_USERNAME",
+        "--turn-username",
+        "static TURN username",
+    ),
+    s(
+        "ice.turn_credential",
+        "WEBRTC_TURN_CREDENTIAL",
+        "--turn-credential",
+        "static TURN credential",
+    ),
+    s(
+        "ice.turn_secret",
+        "WEBRTC_TURN_SECRET",
+        "--turn-secret",
+        "coturn REST API shared secret",
+    ),
+    s(
+        "ice.turn_secret_file",
+        "WEBRTC_TURN_SECRET_FILE",
+        "--turn-secret-file",
+        "file holding the coturn REST secret",
+    ),
+    s(
+        "ice.turn_credential_ttl_secs",
+        "WEBRTC_TURN_CREDENTIAL_TTL",
+        "--turn-credential-ttl",
+        "TURN credential lifetime, seconds [86400]",
+    ),
+    s(
+        "ice.ice_transport_policy",
+        "WEBRTC_ICE_TRANSPORT_POLICY",
+        "--ice-transport-policy",
+        "all or relay [all]",
+    ),
+    s(
+        "ice.bundle_policy",
+        "WEBRTC_BUNDLE_POLICY",
+        "--bundle-policy",
+        "balanced, max-compat or max-bundle [balanced]",
+    ),
+    s(
+        "ice.rtcp_mux_policy",
+        "WEBRTC_RTCP_MUX_POLICY",
+        "--rtcp-mux-policy",
+        "require or negotiate [require]",
+    ),
+    s(
+        "rooms.max_participants",
+        "WEBRTC_MAX_PARTICIPANTS_PER_ROOM",
+        "--max-participants-per-room",
+        "participants per room, cluster-wide [50]",
+    ),
+    s(
+        "rooms.presence_ttl_secs",
+        "WEBRTC_ROOM_PRESENCE_TTL",
+        "--room-presence-ttl",
+        "instance heartbeat TTL, seconds [30]",
+    ),
+    s(
+        "limits.max_message_bytes",
+        "WEBRTC_MAX_MESSAGE_BYTES",
+        "--max-message-bytes",
+        "largest client message [65536]",
+    ),
+    s(
+        "limits.rate_limit_per_second",
+        "WEBRTC_RATE_LIMIT_PER_SECOND",
+        "--rate-limit-per-second",
+        "messages per second per connection [50]",
+    ),
+    s(
+        "limits.rate_limit_burst",
+        "WEBRTC_RATE_LIMIT_BURST",
+        "--rate-limit-burst",
+        "token bucket size [200]",
+    ),
+    s(
+        "limits.outbound_queue_messages",
+        "WEBRTC_OUTBOUND_QUEUE_MESSAGES",
+        "--outbound-queue-messages",
+        "queued messages per connection [256]",
+    ),
+    s(
+        "limits.outbound_queue_bytes",
+        "WEBRTC_OUTBOUND_QUEUE_BYTES",
+        "--outbound-queue-bytes",
+        "queued bytes per connection [1048576]",
+    ),
+    s(
+        "limits.ping_interval_secs",
+        "WEBRTC_PING_INTERVAL",
+        "--ping-interval",
+        "WebSocket ping interval, seconds [20]",
+    ),
+    s(
+        "limits.ping_timeout_secs",
+        "WEBRTC_PING_TIMEOUT",
+        "--ping-timeout",
+        "drop a peer silent this long after a ping, seconds [20]",
+    ),
+    l(
+        "allowed_origins",
+        "WEBRTC_ALLOWED_ORIGINS",
+        "--allowed-origins",
+        "allowed Origin headers, comma-separated [any]",
+    ),
+    s(
+        "redis.url",
+        "REDIS_URL",
+        "--redis-url",
+        "redis:// or rediss:// URL [in-process bus]",
+    ),
+    s(
+        "redis.url_file",
+        "REDIS_URL_FILE",
+        "--redis-url-file",
+        "file holding the Redis URL",
+    ),
+    s(
+        "redis.key_prefix",
+        "REDIS_KEY_PREFIX",
+        "--redis-key-prefix",
+        "Redis key prefix [switchboard]",
+    ),
+    s(
+        "shutdown.drain_delay_ms",
+        "SWITCHBOARD_DRAIN_DELAY_MS",
+        "--drain-delay-ms",
+        "wait before telling clients to reconnect [2000]",
+    ),
+    s(
+        "shutdown.drain_window_ms",
+        "SWITCHBOARD_DRAIN_WINDOW_MS",
+        "--drain-window-ms",
+        "spread of reconnect hints [10000]",
+    ),
+    s(
+        "shutdown.drain_timeout_ms",
+        "SWITCHBOARD_DRAIN_TIMEOUT_MS",
+        "--drain-timeout-ms",
+        "hard exit after SIGTERM [25000]",
+    ),
 ];
 
 const CONFIG_FLAG: &str = "--config";
@@ -307,7 +487,10 @@ pub fn usage() -> String {
         "switchboard-server: WebRTC signaling server\n\nUSAGE: switchboard-server [--dev] [--config FILE] [--FLAG VALUE]...\n\n  --dev                    in-process bus, random JWT secret, prints a token and the demo URL\n  --config FILE            YAML config file (SWITCHBOARD_CONFIG)\n",
     );
     for st in SETTINGS {
-        out.push_str(&format!("  {:<30} {} ({}, {})\n", st.flag, st.help, st.env, st.key));
+        out.push_str(&format!(
+            "  {:<30} {} ({}, {})\n",
+            st.flag, st.help, st.env, st.key
+        ));
     }
     out.push_str("\nPrecedence: flag > environment > config file > default.\n");
     out
@@ -346,7 +529,11 @@ fn split_list(v: &str) -> Vec<String> {
 }
 
 /// Flattens a YAML mapping into dotted keys; unknown keys and wrong shapes are errors.
-fn flatten_yaml(doc: &serde_yaml::Value, path: &str, errors: &mut Vec<ConfigError>) -> BTreeMap<String, Raw> {
+fn flatten_yaml(
+    doc: &serde_yaml::Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, Raw> {
     let mut out = BTreeMap::new();
     let serde_yaml::Value::Mapping(map) = doc else {
         if !doc.is_null() {
@@ -487,7 +674,13 @@ impl Reader<'_> {
         }
     }
 
-    fn parse<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str, ok: impl Fn(&T) -> bool) -> T {
+    fn parse<T: std::str::FromStr>(
+        &mut self,
+        key: &str,
+        default: T,
+        what: &str,
+        ok: impl Fn(&T) -> bool,
+    ) -> T {
         match self.text(key) {
             None => default,
             Some(v) => match v.parse::<T>() {
@@ -506,7 +699,10 @@ impl Reader<'_> {
             Some(v) => match allowed.iter().find(|a| a.eq_ignore_ascii_case(&v)) {
                 Some(a) => (*a).to_owned(),
                 None => {
-                    self.err(key, format!("expected one of {}, got {v:?}", allowed.join(", ")));
+                    self.err(
+                        key,
+                        format!("expected one of {}, got {v:?}", allowed.join(", ")),
+                    );
                     default.to_owned()
                 }
             },
@@ -519,7 +715,10 @@ impl Reader<'_> {
         let file = self.text(file_key);
         match (inline, file) {
             (Some(_), Some(_)) => {
-                self.err(file_key, format!("set either {inline_key} or {file_key}, not both"));
+                self.err(
+                    file_key,
+                    format!("set either {inline_key} or {file_key}, not both"),
+                );
                 None
             }
             (Some(v), None) => Some(Secret(v)),
@@ -543,7 +742,15 @@ impl Reader<'_> {
     }
 }
 
-fn parse_args(args: &[String], errors: &mut Vec<ConfigError>) -> (HashMap<&'static str, String>, Option<String>, bool, Option<Command>) {
+fn parse_args(
+    args: &[String],
+    errors: &mut Vec<ConfigError>,
+) -> (
+    HashMap<&'static str, String>,
+    Option<String>,
+    bool,
+    Option<Command>,
+) {
     let mut cli = HashMap::new();
     let mut config_file = None;
     let mut dev = false;
@@ -607,7 +814,11 @@ fn default_instance_id() -> String {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || *c == '_')
         .collect();
-    let host = if host.is_empty() { "switchboard".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "switchboard".to_owned()
+    } else {
+        host
+    };
     format!("{host}-{:06x}", rand::rng().random_range(0..0x100_0000u32))
 }
 
@@ -620,13 +831,18 @@ pub fn random_secret() -> Secret {
 impl Config {
     /// Loads the configuration from `args` (without the program name), the
     /// environment and the files they name.
-    pub fn load(args: &[String], env: &dyn Env, files: &dyn Files) -> Result<Command, ConfigErrors> {
+    pub fn load(
+        args: &[String],
+        env: &dyn Env,
+        files: &dyn Files,
+    ) -> Result<Command, ConfigErrors> {
         let mut errors = Vec::new();
         let (cli, config_flag, dev, early) = parse_args(args, &mut errors);
         if let Some(cmd) = early {
             return Ok(cmd);
         }
-        let config_path = config_flag.or_else(|| env.var(CONFIG_ENV).filter(|v| !v.trim().is_empty()));
+        let config_path =
+            config_flag.or_else(|| env.var(CONFIG_ENV).filter(|v| !v.trim().is_empty()));
         let yaml = match &config_path {
             None => BTreeMap::new(),
             Some(path) => match files.read(path) {
@@ -670,15 +886,26 @@ fn one_line(s: &str) -> String {
 }
 
 fn build(r: &mut Reader<'_>, dev: bool) -> Config {
-    let listen = r.parse("listen", SocketAddr::from(([127, 0, 0, 1], 8080)), "an address like 127.0.0.1:8080", |_| true);
-    let log_format = match r.choice("log_format", "pretty", &["pretty", "json"]).as_str() {
+    let listen = r.parse(
+        "listen",
+        SocketAddr::from(([127, 0, 0, 1], 8080)),
+        "an address like 127.0.0.1:8080",
+        |_| true,
+    );
+    let log_format = match r
+        .choice("log_format", "pretty", &["pretty", "json"])
+        .as_str()
+    {
         "json" => LogFormat::Json,
         _ => LogFormat::Pretty,
     };
     let instance_id = match r.text("instance_id") {
         Some(v) if v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()) => v,
         Some(v) => {
-            r.err("instance_id", format!("expected up to 128 printable ASCII characters without spaces, got {v:?}"));
+            r.err(
+                "instance_id",
+                format!("expected up to 128 printable ASCII characters without spaces, got {v:?}"),
+            );
             String::new()
         }
         None => default_instance_id(),
@@ -688,17 +915,56 @@ fn build(r: &mut Reader<'_>, dev: bool) -> Config {
     let ice = build_ice(r);
 
     let rooms = RoomsConfig {
-        max_participants: r.parse("rooms.max_participants", 50usize, "an integer >= 1", |v| *v >= 1),
-        presence_ttl: Duration::from_secs(r.parse("rooms.presence_ttl_secs", 30u64, "seconds >= 1", |v| *v >= 1)),
+        max_participants: r.parse("rooms.max_participants", 50usize, "an integer >= 1", |v| {
+            *v >= 1
+        }),
+        presence_ttl: Duration::from_secs(r.parse(
+            "rooms.presence_ttl_secs",
+            30u64,
+            "seconds >= 1",
+            |v| *v >= 1,
+        )),
     };
     let limits = Limits {
-        max_message_bytes: r.parse("limits.max_message_bytes", 65536usize, "an integer >= 256", |v| *v >= 256),
-        rate_limit_per_second: r.parse("limits.rate_limit_per_second", 50u32, "an integer >= 1", |v| *v >= 1),
-        rate_limit_burst: r.parse("limits.rate_limit_burst", 200u32, "an integer >= 1", |v| *v >= 1),
-        outbound_queue_messages: r.parse("limits.outbound_queue_messages", 256usize, "an integer >= 1", |v| *v >= 1),
-        outbound_queue_bytes: r.parse("limits.outbound_queue_bytes", 1_048_576usize, "an integer >= 1", |v| *v >= 1),
-        ping_interval: Duration::from_secs(r.parse("limits.ping_interval_secs", 20u64, "seconds >= 1", |v| *v >= 1)),
-        ping_timeout: Duration::from_secs(r.parse("limits.ping_timeout_secs", 20u64, "seconds >= 1", |v| *v >= 1)),
+        max_message_bytes: r.parse(
+            "limits.max_message_bytes",
+            65536usize,
+            "an integer >= 256",
+            |v| *v >= 256,
+        ),
+        rate_limit_per_second: r.parse(
+            "limits.rate_limit_per_second",
+            50u32,
+            "an integer >= 1",
+            |v| *v >= 1,
+        ),
+        rate_limit_burst: r.parse("limits.rate_limit_burst", 200u32, "an integer >= 1", |v| {
+            *v >= 1
+        }),
+        outbound_queue_messages: r.parse(
+            "limits.outbound_queue_messages",
+            256usize,
+            "an integer >= 1",
+            |v| *v >= 1,
+        ),
+        outbound_queue_bytes: r.parse(
+            "limits.outbound_queue_bytes",
+            1_048_576usize,
+            "an integer >= 1",
+            |v| *v >= 1,
+        ),
+        ping_interval: Duration::from_secs(r.parse(
+            "limits.ping_interval_secs",
+            20u64,
+            "seconds >= 1",
+            |v| *v >= 1,
+        )),
+        ping_timeout: Duration::from_secs(r.parse(
+            "limits.ping_timeout_secs",
+            20u64,
+            "seconds >= 1",
+            |v| *v >= 1,
+        )),
     };
     let allowed_origins = match r.list("allowed_origins") {
         None => None,
@@ -706,10 +972,17 @@ fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         Some(list) => {
             for o in &list {
                 if !(o.starts_with("http://") || o.starts_with("https://")) {
-                    r.err("allowed_origins", format!("expected origins like https://example.com, got {o:?}"));
+                    r.err(
+                        "allowed_origins",
+                        format!("expected origins like https://example.com, got {o:?}"),
+                    );
                 }
             }
-            Some(list.into_iter().map(|o| o.trim_end_matches('/').to_owned()).collect())
+            Some(
+                list.into_iter()
+                    .map(|o| o.trim_end_matches('/').to_owned())
+                    .collect(),
+            )
         }
     };
 
@@ -725,18 +998,41 @@ fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         // --dev always uses the in-process bus.
         url: if dev { None } else { redis_url },
         key_prefix: match r.text("redis.key_prefix") {
-            Some(p) if p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) => p,
+            Some(p)
+                if p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) =>
+            {
+                p
+            }
             Some(p) => {
-                r.err("redis.key_prefix", format!("expected letters, digits, '-', '_', '.', ':', got {p:?}"));
+                r.err(
+                    "redis.key_prefix",
+                    format!("expected letters, digits, '-', '_', '.', ':', got {p:?}"),
+                );
                 String::new()
             }
             None => "switchboard".to_owned(),
         },
     };
     let shutdown = ShutdownConfig {
-        drain_delay: Duration::from_millis(r.parse("shutdown.drain_delay_ms", 2000u64, "milliseconds", |_| true)),
-        drain_window: Duration::from_millis(r.parse("shutdown.drain_window_ms", 10000u64, "milliseconds", |_| true)),
-        drain_timeout: Duration::from_millis(r.parse("shutdown.drain_timeout_ms", 25000u64, "milliseconds", |_| true)),
+        drain_delay: Duration::from_millis(r.parse(
+            "shutdown.drain_delay_ms",
+            2000u64,
+            "milliseconds",
+            |_| true,
+        )),
+        drain_window: Duration::from_millis(r.parse(
+            "shutdown.drain_window_ms",
+            10000u64,
+            "milliseconds",
+            |_| true,
+        )),
+        drain_timeout: Duration::from_millis(r.parse(
+            "shutdown.drain_timeout_ms",
+            25000u64,
+            "milliseconds",
+            |_| true,
+        )),
     };
     Config {
         listen,
@@ -754,7 +1050,10 @@ fn build(r: &mut Reader<'_>, dev: bool) -> Config {
 }
 
 fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
-    let algorithm = match r.choice("jwt.algorithm", "HS256", &["HS256", "RS256", "ES256"]).as_str() {
+    let algorithm = match r
+        .choice("jwt.algorithm", "HS256", &["HS256", "RS256", "ES256"])
+        .as_str()
+    {
         "RS256" => JwtAlgorithm::Rs256,
         "ES256" => JwtAlgorithm::Es256,
         _ => JwtAlgorithm::Hs256,
@@ -789,11 +1088,23 @@ fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
         }
         JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
             if secret.is_some() {
-                r.err("jwt.secret", format!("not used with jwt.algorithm {}; set jwt.public_key_file", algorithm.as_str()));
+                r.err(
+                    "jwt.secret",
+                    format!(
+                        "not used with jwt.algorithm {}; set jwt.public_key_file",
+                        algorithm.as_str()
+                    ),
+                );
             }
             match public_key_path {
                 None => {
-                    r.err("jwt.public_key_file", format!("no JWT key configured: jwt.algorithm {} needs a PEM public key file", algorithm.as_str()));
+                    r.err(
+                        "jwt.public_key_file",
+                        format!(
+                            "no JWT key configured: jwt.algorithm {} needs a PEM public key file",
+                            algorithm.as_str()
+                        ),
+                    );
                     placeholder
                 }
                 Some(path) => match r.files.read(&path) {
@@ -803,14 +1114,23 @@ fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
                     }
                     Ok(pem) => {
                         let parsed = match algorithm {
-                            JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map(|_| ()),
+                            JwtAlgorithm::Rs256 => {
+                                jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map(|_| ())
+                            }
                             _ => jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).map(|_| ()),
                         };
                         match parsed {
                             Ok(()) => JwtKey::PublicKeyPem(pem),
                             Err(_) => {
-                                let kind = if algorithm == JwtAlgorithm::Rs256 { "an RSA" } else { "an EC P-256" };
-                                r.err("jwt.public_key_file", format!("{path} is not {kind} public key in PEM format"));
+                                let kind = if algorithm == JwtAlgorithm::Rs256 {
+                                    "an RSA"
+                                } else {
+                                    "an EC P-256"
+                                };
+                                r.err(
+                                    "jwt.public_key_file",
+                                    format!("{path} is not {kind} public key in PEM format"),
+                                );
                                 placeholder
                             }
                         }
@@ -833,22 +1153,36 @@ fn build_ice(r: &mut Reader<'_>) -> IceConfig {
         .unwrap_or_else(|| vec!["stun:stun.l.google.com:19302".to_owned()]);
     for u in &stun_urls {
         if !(u.starts_with("stun:") || u.starts_with("stuns:")) {
-            r.err("ice.stun_urls", format!("expected stun: or stuns: URLs, got {u:?}"));
+            r.err(
+                "ice.stun_urls",
+                format!("expected stun: or stuns: URLs, got {u:?}"),
+            );
         }
     }
     let turn_urls = r.list("ice.turn_urls").unwrap_or_default();
     for u in &turn_urls {
         if !(u.starts_with("turn:") || u.starts_with("turns:")) {
-            r.err("ice.turn_urls", format!("expected turn: or turns: URLs, got {u:?}"));
+            r.err(
+                "ice.turn_urls",
+                format!("expected turn: or turns: URLs, got {u:?}"),
+            );
         }
     }
     let turn_username = r.text("ice.turn_username");
     let turn_credential = r.text("ice.turn_credential").map(Secret);
     let turn_secret = r.secret("ice.turn_secret", "ice.turn_secret_file");
     if turn_username.is_some() != turn_credential.is_some() {
-        r.err("ice.turn_credential", "ice.turn_username and ice.turn_credential must be set together");
+        r.err(
+            "ice.turn_credential",
+            "ice.turn_username and ice.turn_credential must be set together",
+        );
     }
-    let turn_credential_ttl = Duration::from_secs(r.parse("ice.turn_credential_ttl_secs", 86400u64, "seconds >= 1", |v| *v >= 1));
+    let turn_credential_ttl = Duration::from_secs(r.parse(
+        "ice.turn_credential_ttl_secs",
+        86400u64,
+        "seconds >= 1",
+        |v| *v >= 1,
+    ));
     IceConfig {
         stun_urls,
         turn_urls,
@@ -857,7 +1191,11 @@ fn build_ice(r: &mut Reader<'_>) -> IceConfig {
         turn_secret,
         turn_credential_ttl,
         ice_transport_policy: r.choice("ice.ice_transport_policy", "all", &["all", "relay"]),
-        bundle_policy: r.choice("ice.bundle_policy", "balanced", &["balanced", "max-compat", "max-bundle"]),
+        bundle_policy: r.choice(
+            "ice.bundle_policy",
+            "balanced",
+            &["balanced", "max-compat", "max-bundle"],
+        ),
         rtcp_mux_policy: r.choice("ice.rtcp_mux_policy", "require", &["require", "negotiate"]),
     }
 }

@@ -1,9 +1,124 @@
 //! Switchboard signaling server: rooms over WebSocket, JWT auth, TURN
 //! credentials, a pluggable bus for scale-out. `main.rs` is a thin wrapper
-//! around [`serve`].
+//! around [`serve`]; tests call [`serve`] with their own listener and
+//! shutdown future, or [`http::app`] without a socket.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
 pub mod protocol;
+pub mod ratelimit;
 pub mod room;
+pub mod session;
+pub mod shutdown;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::bus::LocalHub;
+use crate::config::Config;
+use crate::http::AppState;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Key(#[from] auth::KeyError),
+    #[error("cannot start the bus: {0}")]
+    Bus(#[from] bus::BusError),
+    #[error("http server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the shared state: metrics, hub, bus (per configuration) and the
+/// token verifier.
+pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
+    let auth = auth::Authenticator::new(&config.jwt)?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let hub = Arc::new(hub::Hub::new(metrics.clone()));
+    let bus = bus::from_config(&config, hub.clone() as Arc<dyn LocalHub>).await?;
+    let shutdown = Arc::new(shutdown::Shutdown::new(config.shutdown.drain_window));
+    Ok(AppState {
+        config: Arc::new(config),
+        hub,
+        bus,
+        auth: Arc::new(auth),
+        metrics,
+        shutdown,
+        started: Instant::now(),
+    })
+}
+
+/// Serves until `shutdown` completes, then drains (see [`shutdown::Shutdown`])
+/// and returns by `drain_timeout` at the latest.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let state = build_state(config).await?;
+    serve_state(state, listener, shutdown).await
+}
+
+/// [`serve`] with a prepared state (tests inspect the state while it runs).
+pub async fn serve_state(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, instance = %state.config.instance_id, bus = state.bus.health().kind, "serving");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = http::app(state.clone());
+    // Upgraded WebSockets leave hyper's connection tracking, so the
+    // graceful stop below only waits for plain HTTP requests.
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut server => {
+            // The server stopped on its own: an accept loop error.
+            return match result {
+                Ok(r) => r.map_err(ServeError::Io),
+                Err(e) => Err(ServeError::Io(std::io::Error::other(e))),
+            };
+        }
+    }
+    let deadline = tokio::time::Instant::now() + state.config.shutdown.drain_timeout;
+    let drained = tokio::time::timeout_at(
+        deadline,
+        state
+            .shutdown
+            .drain(&state.hub, state.config.shutdown.drain_delay),
+    )
+    .await;
+    if drained.is_err() {
+        let (rooms, participants) = state.hub.counts();
+        tracing::warn!(
+            rooms,
+            participants,
+            "drain timeout reached; exiting with sessions still open"
+        );
+    }
+    let _ = stop_tx.send(());
+    if tokio::time::timeout_at(deadline, &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+    }
+    // Bounded too: a bus that cannot reach its store must not hold the exit.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), state.bus.shutdown()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -211,9 +211,7 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
     };
     let to = match wire.to {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_TARGET_LEN => {
-            Some(s)
-        }
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_TARGET_LEN => Some(s),
         Some(_) => {
             return Err(DecodeError::invalid(
                 "\"to\" must be a participant id string or null",
@@ -340,7 +338,11 @@ pub fn public_participants(list: &[ParticipantInfo]) -> serde_json::Value {
 }
 
 /// `room-state`: the first message after joining. `participants` includes self.
-pub fn encode_room_state(room_id: &str, me: &ParticipantInfo, participants: &[ParticipantInfo]) -> Frame {
+pub fn encode_room_state(
+    room_id: &str,
+    me: &ParticipantInfo,
+    participants: &[ParticipantInfo],
+) -> Frame {
     #[derive(Serialize)]
     struct RoomState<'a> {
         #[serde(rename = "self")]
@@ -357,7 +359,14 @@ pub fn encode_room_state(room_id: &str, me: &ParticipantInfo, participants: &[Pa
         participants: participants.iter().map(PublicParticipant::from).collect(),
         participant_count: participants.len(),
     };
-    encode("room-state", &payload, None, room_id, &now_timestamp(), None)
+    encode(
+        "room-state",
+        &payload,
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
 }
 
 /// `user-joined`.

@@ -323,7 +323,10 @@ mod tests {
                 participants: vec![p("a"), p("b")]
             }
         );
-        assert_eq!(bus.join(&r, &p("c"), 2).await.unwrap(), JoinOutcome::RoomFull);
+        assert_eq!(
+            bus.join(&r, &p("c"), 2).await.unwrap(),
+            JoinOutcome::RoomFull
+        );
         assert_eq!(bus.participants(&r).await.unwrap(), vec![p("a"), p("b")]);
         bus.leave(&r, &p("a"), LeaveReason::Closed).await.unwrap();
         assert!(matches!(

@@ -1,0 +1,288 @@
+//! Who may do what: JWT validation (algorithm pinned by configuration,
+//! `exp` required, optional `iss`/`aud`, `rooms` claim), coturn REST API
+//! TURN credentials, and the `--dev` token. Pure apart from reading the clock.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{JwtAlgorithm, JwtConfig, JwtKey};
+use crate::room::RoomId;
+
+/// Why a token (or its use for a room) was refused. `reason()` is the exact
+/// WebSocket close reason; REST maps these to 401/403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token was presented")]
+    MissingToken,
+    #[error("the token is malformed, badly signed or not acceptable")]
+    InvalidToken,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("the token is not meant for this service")]
+    InvalidAudience,
+    #[error("the token does not allow this room")]
+    RoomForbidden,
+}
+
+impl AuthError {
+    /// Close reason / error code on the wire.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::InvalidToken => "invalid_token",
+            AuthError::TokenExpired => "token_expired",
+            AuthError::InvalidAudience => "invalid_audience",
+            AuthError::RoomForbidden => "room_forbidden",
+        }
+    }
+
+    pub fn metric_label(self) -> &'static str {
+        self.reason()
+    }
+}
+
+/// Which rooms a token may join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomAccess {
+    All,
+    Only(Vec<String>),
+}
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub username: String,
+    /// `exp` claim, Unix seconds.
+    pub expires_at: u64,
+    pub rooms: RoomAccess,
+}
+
+impl Identity {
+    pub fn may_join(&self, room: &RoomId) -> bool {
+        match &self.rooms {
+            RoomAccess::All => true,
+            RoomAccess::Only(list) => list.iter().any(|r| r == "*" || r == room.as_str()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RoomsClaim {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    rooms: Option<RoomsClaim>,
+}
+
+/// Verifies tokens with the configured key and algorithm.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key in the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("jwt key is not usable for {algorithm}")]
+pub struct KeyError {
+    pub algorithm: &'static str,
+}
+
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
+    }
+}
+
+impl Authenticator {
+    pub fn new(cfg: &JwtConfig) -> Result<Self, KeyError> {
+        let err = || KeyError {
+            algorithm: cfg.algorithm.as_str(),
+        };
+        let key = match (&cfg.key, cfg.algorithm) {
+            (JwtKey::Secret(s), JwtAlgorithm::Hs256) => {
+                DecodingKey::from_secret(s.expose().as_bytes())
+            }
+            (JwtKey::PublicKeyPem(pem), JwtAlgorithm::Rs256) => {
+                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| err())?
+            }
+            (JwtKey::PublicKeyPem(pem), JwtAlgorithm::Es256) => {
+                DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|_| err())?
+            }
+            _ => return Err(err()),
+        };
+        // Exactly one algorithm: a token whose header names another one
+        // (alg none, HS256 signed with an RSA public key, ...) is refused.
+        let mut validation = Validation::new(algorithm(cfg.algorithm));
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // Tokens are short-lived and issued by the same deployment; an exact
+        // expiry keeps behaviour predictable (and testable).
+        validation.leeway = 0;
+        match &cfg.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &cfg.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Authenticator { key, validation })
+    }
+
+    /// Verifies `token` and extracts the identity.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::MissingToken);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+                ErrorKind::InvalidAudience => AuthError::InvalidAudience,
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthError::InvalidAudience,
+                _ => AuthError::InvalidToken,
+            },
+        )?;
+        let c = data.claims;
+        if c.sub.is_empty() {
+            return Err(AuthError::InvalidToken);
+        }
+        let rooms = match c.rooms {
+            None => RoomAccess::All,
+            Some(RoomsClaim::One(r)) if r == "*" => RoomAccess::All,
+            Some(RoomsClaim::One(r)) => RoomAccess::Only(vec![r]),
+            Some(RoomsClaim::Many(list)) if list.iter().any(|r| r == "*") => RoomAccess::All,
+            Some(RoomsClaim::Many(list)) => RoomAccess::Only(list),
+        };
+        let username = c
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| c.sub.clone());
+        Ok(Identity {
+            user_id: c.sub,
+            username,
+            expires_at: c.exp,
+            rooms,
+        })
+    }
+
+    /// Verifies `token` and checks that it may join `room`.
+    pub fn authorize(&self, token: Option<&str>, room: &RoomId) -> Result<Identity, AuthError> {
+        let identity = self.verify(token.ok_or(AuthError::MissingToken)?)?;
+        if identity.may_join(room) {
+            Ok(identity)
+        } else {
+            Err(AuthError::RoomForbidden)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DevClaims<'a> {
+    sub: &'a str,
+    name: &'a str,
+    exp: u64,
+    iat: u64,
+    rooms: [&'a str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// Signs the `--dev` token: HS256, all rooms, valid for `ttl`.
+pub fn dev_token(
+    cfg: &JwtConfig,
+    user: &str,
+    now_unix: u64,
+    ttl: Duration,
+) -> Result<String, KeyError> {
+    let JwtKey::Secret(secret) = &cfg.key else {
+        return Err(KeyError { algorithm: "HS256" });
+    };
+    let claims = DevClaims {
+        sub: user,
+        name: user,
+        exp: now_unix + ttl.as_secs(),
+        iat: now_unix,
+        rooms: ["*"],
+        iss: cfg.issuer.as_deref(),
+        aud: cfg.audience.as_deref(),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+    .map_err(|_| KeyError { algorithm: "HS256" })
+}
+
+/// Time-limited TURN credentials in coturn's REST API scheme.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TurnCredential {
+    /// `"<unix expiry>:<user id>"`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub credential: String,
+    pub expires_at: u64,
+}
+
+/// Builds TURN credentials that expire at `now + ttl`, but never after the
+/// JWT (`token_exp`) that asked for them.
+pub fn turn_credential(
+    secret: &[u8],
+    user_id: &str,
+    now_unix: u64,
+    ttl: Duration,
+    token_exp: u64,
+) -> TurnCredential {
+    let expires_at = now_unix.saturating_add(ttl.as_secs()).min(token_exp);
+    let username = format!("{expires_at}:{user_id}");
+    // HMAC accepts keys of any length: `new_from_slice` cannot fail here.
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    TurnCredential {
+        username,
+        credential,
+        expires_at,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod tests;

@@ -1,0 +1,422 @@
+//! HTTP surface: the WebSocket upgrade (origin check, token from query or
+//! subprotocol, refusals as close frames), the REST endpoints with JSON
+//! errors, metrics and the embedded demo page. `app(state)` builds the
+//! router for `serve` and for tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::auth::{self, AuthError, Authenticator, Identity};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::{Gauges, Metrics};
+use crate::protocol;
+use crate::room::RoomId;
+use crate::session::{self, close, ReadError, SessionContext};
+use crate::shutdown::Shutdown;
+
+/// The subprotocol clients must offer; the token travels next to it as `bearer.<jwt>`.
+pub const SUBPROTOCOL: &str = "switchboard.v1";
+const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub bus: Arc<dyn Bus>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Arc<Shutdown>,
+    pub started: Instant,
+}
+
+impl AppState {
+    fn gauges(&self) -> Gauges {
+        let (rooms, participants) = self.hub.counts();
+        Gauges {
+            rooms,
+            participants,
+            bus_ready: self.bus.is_ready(),
+            draining: self.shutdown.is_draining(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.shutdown.is_draining() && self.bus.is_ready()
+    }
+}
+
+/// The router with every route.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/switchboard.js", get(script))
+        .route("/webrtc/ws/{room_id}", get(ws_upgrade))
+        .route("/webrtc/config", get(webrtc_config))
+        .route("/webrtc/rooms/{room_id}/participants", get(participants))
+        .route("/webrtc/health", get(health))
+        .route("/webrtc/health/live", get(live))
+        .route("/webrtc/health/ready", get(ready))
+        .route("/webrtc/stats", get(stats))
+        .route("/webrtc/webrtc-metrics", get(webrtc_metrics))
+        .route("/metrics", get(prometheus))
+        .with_state(state)
+}
+
+/// A JSON error response: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        (self.status, [(header::CACHE_CONTROL, "no-store")], body).into_response()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let status = match e {
+            AuthError::RoomForbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        let message = match e {
+            AuthError::MissingToken => "a token is required (Authorization: Bearer or ?token=)",
+            AuthError::InvalidToken => "the token is invalid",
+            AuthError::TokenExpired => "the token has expired",
+            AuthError::InvalidAudience => "the token is not meant for this service",
+            AuthError::RoomForbidden => "the token does not allow this room",
+        };
+        ApiError {
+            status,
+            code: e.reason(),
+            message,
+        }
+    }
+}
+
+/// The token of a REST request: `Authorization: Bearer`, else `?token=`.
+fn rest_token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    from_header.or_else(|| query.get("token").map(String::as_str))
+}
+
+/// The token of an upgrade: `?token=`, else a `bearer.<jwt>` subprotocol.
+fn ws_token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    if let Some(t) = query.get("token").filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL_PREFIX))
+}
+
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Identity, ApiError> {
+    let token = rest_token(headers, query).ok_or(AuthError::MissingToken)?;
+    state.auth.verify(token).map_err(|e| {
+        state.metrics.refused(e.metric_label());
+        ApiError::from(e)
+    })
+}
+
+fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
+    let Some(allowed) = &config.allowed_origins else {
+        return true;
+    };
+    match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        // Non-browser clients send no Origin; the check protects browsers.
+        None => true,
+        Some(Ok(origin)) => allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+        Some(Err(_)) => false,
+    }
+}
+
+async fn ws_upgrade(
+    State(state): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if !origin_allowed(&state.config, &headers) {
+        state.metrics.refused("origin_forbidden");
+        return ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "origin_forbidden",
+            message: "this Origin may not connect",
+        }
+        .into_response();
+    }
+    let guard = match state.shutdown.guard() {
+        Some(g) if !state.shutdown.is_draining() => g,
+        _ => {
+            return ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "draining",
+                message: "this server is shutting down; connect to another one",
+            }
+            .into_response()
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let query = query.map(|q| q.0).unwrap_or_default();
+    let room = path.ok().and_then(|Path(raw)| RoomId::parse(&raw).ok());
+    // Decide before upgrading, refuse after: browsers only expose close
+    // codes and reasons, never the HTTP status of a failed upgrade.
+    let decision = match room {
+        None => Err("invalid_room_id"),
+        Some(room) => state
+            .auth
+            .authorize(ws_token(&headers, &query), &room)
+            .map(|identity| (room, identity))
+            .map_err(AuthError::reason),
+    };
+    let limit = state.config.limits.max_message_bytes;
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| handle_socket(state, decision, guard, socket))
+}
+
+fn classify(e: axum::Error) -> ReadError {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(te) if matches!(*te, tungstenite::Error::Capacity(_)) => ReadError::TooBig,
+        _ => ReadError::Transport,
+    }
+}
+
+async fn handle_socket(
+    state: AppState,
+    decision: Result<(RoomId, Identity), &'static str>,
+    guard: crate::shutdown::DrainGuard,
+    socket: WebSocket,
+) {
+    let (mut sink, stream) = socket.split();
+    let (room, identity) = match decision {
+        Ok(ok) => ok,
+        Err(reason) => {
+            tracing::info!(reason, "upgrade refused");
+            state.metrics.refused(reason);
+            session::send_close(&mut sink, close::POLICY, reason).await;
+            return;
+        }
+    };
+    let ctx = SessionContext {
+        room,
+        identity,
+        hub: state.hub.clone(),
+        bus: state.bus.clone(),
+        metrics: state.metrics.clone(),
+        limits: state.config.limits.clone(),
+        max_participants: state.config.rooms.max_participants,
+        instance_id: state.config.instance_id.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    let stream = stream.map(|r: Result<Message, axum::Error>| r.map_err(classify));
+    session::run(ctx, guard, sink, stream).await;
+}
+
+async fn webrtc_config(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let identity = authenticate(&state, &headers, &query)?;
+    let ice = &state.config.ice;
+    let mut servers = Vec::new();
+    if !ice.stun_urls.is_empty() {
+        servers.push(json!({"urls": ice.stun_urls}));
+    }
+    if !ice.turn_urls.is_empty() {
+        if let Some(secret) = &ice.turn_secret {
+            let cred = auth::turn_credential(
+                secret.expose().as_bytes(),
+                &identity.user_id,
+                auth::now_unix(),
+                ice.turn_credential_ttl,
+                identity.expires_at,
+            );
+            servers.push(json!({"urls": ice.turn_urls, "username": cred.username, "credential": cred.credential}));
+        } else if let (Some(u), Some(c)) = (&ice.turn_username, &ice.turn_credential) {
+            servers.push(json!({"urls": ice.turn_urls, "username": u, "credential": c.expose()}));
+        } else {
+            servers.push(json!({"urls": ice.turn_urls}));
+        }
+    }
+    let body = json!({
+        "iceServers": servers,
+        "iceTransportPolicy": ice.ice_transport_policy,
+        "bundlePolicy": ice.bundle_policy,
+        "rtcpMuxPolicy": ice.rtcp_mux_policy,
+    });
+    // Credentials inside: no cache may keep them.
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+async fn participants(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let identity = authenticate(&state, &headers, &query)?;
+    let room = RoomId::parse(&raw).map_err(|_| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_room_id",
+        message: "room ids are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+    })?;
+    if !identity.may_join(&room) {
+        return Err(AuthError::RoomForbidden.into());
+    }
+    let list = state.bus.participants(&room).await.map_err(|e| {
+        tracing::warn!(error = %e, room = %room, "participants lookup failed");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "bus_unavailable",
+            message: "the participant list is temporarily unavailable",
+        }
+    })?;
+    let body = json!({
+        "room_id": room,
+        "participants": protocol::public_participants(&list),
+        "participant_count": list.len(),
+    });
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let bus = state.bus.health();
+    let draining = state.shutdown.is_draining();
+    let status = if draining {
+        "draining"
+    } else if bus.ready {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let (rooms, participants) = state.hub.counts();
+    Json(json!({
+        "status": status,
+        "instance_id": state.config.instance_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "draining": draining,
+        "ready": state.is_ready(),
+        "bus": bus,
+        "rooms": rooms,
+        "connections": participants,
+    }))
+    .into_response()
+}
+
+async fn live() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "draining"})),
+        )
+            .into_response()
+    } else if !state.bus.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "bus_unavailable"})),
+        )
+            .into_response()
+    } else {
+        Json(json!({"status": "ready"})).into_response()
+    }
+}
+
+async fn stats(State(state): State<AppState>) -> Response {
+    let g = state.gauges();
+    let limits = &state.config.limits;
+    Json(json!({
+        "instance_id": state.config.instance_id,
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "rooms": g.rooms,
+        "participants": g.participants,
+        "connections": state.metrics.active_connections(),
+        "draining": g.draining,
+        "bus": state.bus.health(),
+        "limits": {
+            "max_participants_per_room": state.config.rooms.max_participants,
+            "max_message_bytes": limits.max_message_bytes,
+            "rate_limit_per_second": limits.rate_limit_per_second,
+            "rate_limit_burst": limits.rate_limit_burst,
+            "outbound_queue_messages": limits.outbound_queue_messages,
+            "outbound_queue_bytes": limits.outbound_queue_bytes,
+        },
+    }))
+    .into_response()
+}
+
+async fn webrtc_metrics(State(state): State<AppState>) -> Response {
+    Json(state.metrics.to_json(state.gauges())).into_response()
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render_prometheus(state.gauges()),
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../static/index.html"),
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/switchboard.js"),
+    )
+        .into_response()
+}

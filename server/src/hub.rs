@@ -1,0 +1,447 @@
+//! The local registry: which participants of which rooms this instance
+//! holds, each with a bounded outbound queue ([`Outbox`]), plus what it knows
+//! of remote members. Fan-out pushes to queues and never waits on a reader;
+//! the hub does no I/O and never talks to the bus (the bus talks to it
+//! through [`LocalHub`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::bus::{LocalHub, RelayMessage, RemoteEvent};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Frame};
+use crate::room::{LeaveReason, ParticipantInfo, RoomId};
+
+/// Why the hub wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// A message that must not be dropped did not fit the queue: close 1013 at once.
+    SlowConsumer,
+    /// The server is draining: flush the queue (it ends with `reconnect`), then close 1001.
+    Draining,
+}
+
+/// Result of [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// A droppable message (presence) did not fit and was dropped, or the
+    /// connection is already closing.
+    Dropped,
+    /// A must-deliver message did not fit: the connection is now marked
+    /// [`CloseCause::SlowConsumer`].
+    Overflow,
+}
+
+/// Whether a message may be dropped for a slow reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Relayed messages: never dropped silently; overflow closes the reader.
+    Must,
+    /// Presence and replies to the reader itself: dropped when the queue is full.
+    Droppable,
+}
+
+/// What the writer side of a session gets next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Frame(Frame),
+    Close(CloseCause),
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Frame>,
+    bytes: usize,
+    close: Option<CloseCause>,
+}
+
+/// A per-connection outbound queue bounded in messages and bytes. Many
+/// producers (fan-out from any task), one consumer (the session's writer).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    notify: Notify,
+    /// Wakes a writer blocked on a socket when its reader is declared slow.
+    kill: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            notify: Notify::new(),
+            kill: Notify::new(),
+            max_messages: max_messages.max(1),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `frame` if it fits. An empty queue always takes one message, so
+    /// a single frame larger than the byte budget still gets through.
+    pub fn push(&self, frame: Frame, delivery: Delivery) -> Push {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return Push::Dropped;
+        }
+        let fits = st.queue.is_empty()
+            || (st.queue.len() < self.max_messages && st.bytes + frame.len() <= self.max_bytes);
+        if fits {
+            st.bytes += frame.len();
+            st.queue.push_back(frame);
+            drop(st);
+            self.notify.notify_one();
+            return Push::Queued;
+        }
+        match delivery {
+            Delivery::Droppable => Push::Dropped,
+            Delivery::Must => {
+                st.close = Some(CloseCause::SlowConsumer);
+                drop(st);
+                self.notify.notify_one();
+                self.kill.notify_one();
+                Push::Overflow
+            }
+        }
+    }
+
+    /// Queues a last frame regardless of the bounds and marks the outbox
+    /// closing with `cause` (used for `reconnect` before a drain close).
+    pub fn close_after(&self, frame: Option<Frame>, cause: CloseCause) {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return;
+        }
+        if let Some(frame) = frame {
+            st.bytes += frame.len();
+            st.queue.push_back(frame);
+        }
+        st.close = Some(cause);
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next frame to write or the close decision. A slow
+    /// consumer is closed at once; a draining one gets its queue first.
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut st = self.lock();
+                if st.close == Some(CloseCause::SlowConsumer) {
+                    return Next::Close(CloseCause::SlowConsumer);
+                }
+                if let Some(frame) = st.queue.pop_front() {
+                    st.bytes -= frame.len();
+                    return Next::Frame(frame);
+                }
+                if let Some(cause) = st.close {
+                    return Next::Close(cause);
+                }
+            }
+            // One consumer: `notify_one` stores a permit when nobody waits,
+            // so a push between the check above and this await is not lost.
+            self.notify.notified().await;
+        }
+    }
+
+    /// Completes once the outbox was declared a slow consumer.
+    pub async fn slow_consumer(&self) {
+        loop {
+            if self.lock().close == Some(CloseCause::SlowConsumer) {
+                return;
+            }
+            self.kill.notified().await;
+        }
+    }
+
+    /// Messages currently queued.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    info: ParticipantInfo,
+    /// `Some` for participants held by this instance.
+    outbox: Option<Arc<Outbox>>,
+}
+
+#[derive(Debug, Default)]
+struct RoomMembers {
+    members: HashMap<String, Member>,
+}
+
+impl RoomMembers {
+    fn locals(&self) -> impl Iterator<Item = (&String, &Arc<Outbox>)> {
+        self.members
+            .iter()
+            .filter_map(|(id, m)| m.outbox.as_ref().map(|o| (id, o)))
+    }
+
+    fn has_locals(&self) -> bool {
+        self.members.values().any(|m| m.outbox.is_some())
+    }
+}
+
+/// Where a relayed message has to go after local delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Every recipient was local and has been served.
+    LocalOnly,
+    /// Some recipient may be on another instance: publish on the bus.
+    Publish,
+    /// `to` names nobody in the room.
+    TargetNotFound,
+}
+
+/// The local room registry.
+#[derive(Debug)]
+pub struct Hub {
+    rooms: Mutex<HashMap<RoomId, RoomMembers>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Hub {
+            rooms: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<RoomId, RoomMembers>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pushes a presence frame to every local member except `except`.
+    fn announce(&self, room: &RoomMembers, except: &str, frame: &Frame) {
+        for (id, outbox) in room.locals() {
+            if id != except && outbox.push(frame.clone(), Delivery::Droppable) == Push::Dropped {
+                self.metrics.presence_dropped();
+            }
+        }
+    }
+
+    /// Registers a local participant after the bus accepted its join:
+    /// queues `room-state` (always its first message), records the members
+    /// the bus reported and tells the other local members `user-joined`.
+    pub fn register(
+        &self,
+        room_id: &RoomId,
+        me: &ParticipantInfo,
+        outbox: Arc<Outbox>,
+        participants: &[ParticipantInfo],
+    ) {
+        let mut rooms = self.rooms();
+        let room = rooms.entry(room_id.clone()).or_default();
+        // Under the lock, so nothing can be queued ahead of room-state.
+        outbox.push(
+            protocol::encode_room_state(room_id.as_str(), me, participants),
+            Delivery::Must,
+        );
+        for p in participants {
+            if p.participant_id != me.participant_id {
+                room.members
+                    .entry(p.participant_id.clone())
+                    .or_insert_with(|| Member {
+                        info: p.clone(),
+                        outbox: None,
+                    });
+            }
+        }
+        room.members.insert(
+            me.participant_id.clone(),
+            Member {
+                info: me.clone(),
+                outbox: Some(outbox),
+            },
+        );
+        let frame = protocol::encode_user_joined(room_id.as_str(), me);
+        self.announce(room, &me.participant_id, &frame);
+    }
+
+    /// Removes a local participant and tells the other local members
+    /// `user-left` with `reason`. Forgets the room once no local member is left.
+    pub fn unregister(&self, room_id: &RoomId, participant_id: &str, reason: LeaveReason) {
+        let mut rooms = self.rooms();
+        let Some(room) = rooms.get_mut(room_id) else {
+            return;
+        };
+        if let Some(member) = room.members.remove(participant_id) {
+            let frame = protocol::encode_user_left(room_id.as_str(), &member.info, reason);
+            self.announce(room, participant_id, &frame);
+        }
+        if !room.has_locals() {
+            rooms.remove(room_id);
+        }
+    }
+
+    /// Delivers a relayed message from a local sender to local recipients and
+    /// says whether the bus must carry it further.
+    pub fn relay_local(&self, msg: &RelayMessage) -> Route {
+        let rooms = self.rooms();
+        let Some(room) = rooms.get(&msg.room_id) else {
+            return Route::TargetNotFound;
+        };
+        match &msg.to {
+            Some(to) => match room.members.get(to) {
+                None => Route::TargetNotFound,
+                Some(Member {
+                    outbox: Some(outbox),
+                    ..
+                }) => {
+                    outbox.push(msg.frame.clone(), Delivery::Must);
+                    self.metrics.relayed(msg.kind.as_str(), 1);
+                    Route::LocalOnly
+                }
+                Some(Member { outbox: None, .. }) => {
+                    self.metrics.relayed(msg.kind.as_str(), 0);
+                    Route::Publish
+                }
+            },
+            None => {
+                let n = self.fan_out(room, msg);
+                self.metrics.relayed(msg.kind.as_str(), n);
+                if room.members.values().any(|m| m.outbox.is_none()) {
+                    Route::Publish
+                } else {
+                    Route::LocalOnly
+                }
+            }
+        }
+    }
+
+    /// Pushes a broadcast to every local member except its sender; returns the count.
+    fn fan_out(&self, room: &RoomMembers, msg: &RelayMessage) -> usize {
+        let mut n = 0;
+        for (id, outbox) in room.locals() {
+            if *id != msg.sender_id {
+                outbox.push(msg.frame.clone(), Delivery::Must);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Tells every local participant to reconnect after a random delay in
+    /// `[0, window)` and marks its connection draining.
+    pub fn drain(&self, window: Duration) {
+        let rooms = self.rooms();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let mut rng = rand::rng();
+        for (room_id, room) in rooms.iter() {
+            for (_, outbox) in room.locals() {
+                let after_ms = if window_ms == 0 {
+                    0
+                } else {
+                    rng.random_range(0..window_ms)
+                };
+                outbox.close_after(
+                    Some(protocol::encode_reconnect(room_id.as_str(), after_ms)),
+                    CloseCause::Draining,
+                );
+            }
+        }
+    }
+
+    /// (rooms with local participants, local participants).
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms();
+        let participants = rooms.values().map(|r| r.locals().count()).sum();
+        (rooms.len(), participants)
+    }
+}
+
+impl LocalHub for Hub {
+    fn deliver(&self, event: RemoteEvent) {
+        let mut rooms = self.rooms();
+        let Some(room) = rooms.get_mut(event.room_id()) else {
+            return;
+        };
+        match event {
+            RemoteEvent::Relay(msg) => match &msg.to {
+                Some(to) => {
+                    if let Some(Member {
+                        outbox: Some(outbox),
+                        ..
+                    }) = room.members.get(to)
+                    {
+                        outbox.push(msg.frame.clone(), Delivery::Must);
+                        self.metrics.relayed(msg.kind.as_str(), 1);
+                    }
+                }
+                None => {
+                    let n = self.fan_out(room, &msg);
+                    self.metrics.relayed(msg.kind.as_str(), n);
+                }
+            },
+            RemoteEvent::Joined {
+                room_id,
+                participant,
+            } => {
+                if room.members.contains_key(&participant.participant_id) {
+                    return;
+                }
+                let frame = protocol::encode_user_joined(room_id.as_str(), &participant);
+                room.members.insert(
+                    participant.participant_id.clone(),
+                    Member {
+                        info: participant,
+                        outbox: None,
+                    },
+                );
+                self.announce(room, "", &frame);
+            }
+            RemoteEvent::Left {
+                room_id,
+                participant,
+                reason,
+            } => {
+                // Only remote members: a local one leaves through `unregister`.
+                let is_remote = room
+                    .members
+                    .get(&participant.participant_id)
+                    .is_some_and(|m| m.outbox.is_none());
+                if is_remote {
+                    room.members.remove(&participant.participant_id);
+                    let frame = protocol::encode_user_left(room_id.as_str(), &participant, reason);
+                    self.announce(room, "", &frame);
+                }
+            }
+        }
+    }
+
+    fn local_snapshot(&self) -> Vec<(RoomId, Vec<ParticipantInfo>)> {
+        self.rooms()
+            .iter()
+            .map(|(id, room)| {
+                let locals = room
+                    .members
+                    .values()
+                    .filter(|m| m.outbox.is_some())
+                    .map(|m| m.info.clone())
+                    .collect();
+                (id.clone(), locals)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

@@ -1,0 +1,398 @@
+//! One participant's life: join through the bus, register in the hub, then
+//! read client messages and write queued frames concurrently until the
+//! client leaves, misbehaves, stops answering pings, falls behind, or the
+//! server drains. Generic over `Sink`/`Stream` of WebSocket messages so it is
+//! unit-tested with channels; the HTTP layer plugs in the real socket.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use rand::Rng;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::auth::Identity;
+use crate::bus::{Bus, JoinOutcome, RelayMessage};
+use crate::config::Limits;
+use crate::hub::{CloseCause, Delivery, Hub, Next, Outbox, Route};
+use crate::metrics::Metrics;
+use crate::protocol::{self, ClientMessage, ErrorCode, Frame};
+use crate::ratelimit::{RateLimiter, Verdict};
+use crate::room::{LeaveReason, ParticipantInfo, RoomId};
+use crate::shutdown::{DrainGuard, Shutdown};
+
+/// WebSocket close codes used by the server.
+pub mod close {
+    /// Going away: server draining (and dead peers).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation: auth refusals, rate abuse.
+    pub const POLICY: u16 = 1008;
+    /// Message too big.
+    pub const TOO_BIG: u16 = 1009;
+    /// Try again later: room full, slow consumer, bus unavailable.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// How long we try to get a close frame out to a peer that is not reading.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A read error from the transport, classified for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// A frame or message exceeded the size limit (close 1009).
+    TooBig,
+    /// Anything else: the connection is gone.
+    Transport,
+}
+
+/// Everything a session needs from the server.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub room: RoomId,
+    pub identity: Identity,
+    pub hub: Arc<Hub>,
+    pub bus: Arc<dyn Bus>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub max_participants: usize,
+    pub instance_id: String,
+    pub shutdown: Arc<Shutdown>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed (or the stream ended).
+    ClientClosed,
+    /// The transport failed.
+    Transport,
+    TooBig,
+    RateLimited,
+    SlowConsumer,
+    Timeout,
+    Draining,
+}
+
+impl End {
+    /// The close frame to send, if any.
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            End::ClientClosed | End::Transport => None,
+            End::TooBig => Some((close::TOO_BIG, "message_too_big")),
+            End::RateLimited => Some((close::POLICY, "rate_limited")),
+            End::SlowConsumer => Some((close::TRY_AGAIN_LATER, "slow_consumer")),
+            End::Timeout => Some((close::GOING_AWAY, "timeout")),
+            End::Draining => Some((close::GOING_AWAY, "server draining")),
+        }
+    }
+
+    /// The `user-left` reason the room sees.
+    pub fn leave_reason(self) -> LeaveReason {
+        match self {
+            End::ClientClosed | End::Transport | End::TooBig => LeaveReason::Closed,
+            End::RateLimited => LeaveReason::RateLimited,
+            End::SlowConsumer => LeaveReason::SlowConsumer,
+            End::Timeout => LeaveReason::Timeout,
+            End::Draining => LeaveReason::Draining,
+        }
+    }
+
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            End::ClientClosed => "closed",
+            End::Transport => "transport_error",
+            End::TooBig => "message_too_big",
+            End::RateLimited => "rate_limited",
+            End::SlowConsumer => "slow_consumer",
+            End::Timeout => "timeout",
+            End::Draining => "draining",
+        }
+    }
+}
+
+/// Sends a close frame and flushes it, giving up after a bounded time.
+pub async fn send_close<S>(sink: &mut S, code: u16, reason: &'static str)
+where
+    S: Sink<Message> + Unpin,
+{
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        let _ = sink.send(frame).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+fn text_message(frame: Frame) -> Message {
+    // Frames are built from `String`s, so they are valid UTF-8; the
+    // conversion shares the bytes instead of copying them.
+    match Utf8Bytes::try_from(frame.as_bytes().clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Text(Utf8Bytes::from(frame.as_str())),
+    }
+}
+
+/// Runs one participant until it ends. `sink`/`stream` are the WebSocket
+/// halves (already upgraded and authenticated).
+pub async fn run<S, R>(ctx: SessionContext, guard: DrainGuard, sink: S, stream: R) -> Option<End>
+where
+    S: Sink<Message> + Unpin + Send,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
+{
+    let me = ParticipantInfo {
+        participant_id: uuid::Uuid::new_v4().to_string(),
+        user_id: ctx.identity.user_id.clone(),
+        username: ctx.identity.username.clone(),
+        joined_at: protocol::now_timestamp(),
+        instance_id: ctx.instance_id.clone(),
+    };
+    let span = tracing::info_span!("session", room = %ctx.room, participant = %me.participant_id, user = %me.user_id);
+    run_participant(ctx, me, guard, sink, stream)
+        .instrument(span)
+        .await
+}
+
+async fn run_participant<S, R>(
+    ctx: SessionContext,
+    me: ParticipantInfo,
+    guard: DrainGuard,
+    mut sink: S,
+    mut stream: R,
+) -> Option<End>
+where
+    S: Sink<Message> + Unpin + Send,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
+{
+    let started = Instant::now();
+
+    let participants = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
+        Ok(JoinOutcome::Joined { participants }) => participants,
+        Ok(JoinOutcome::RoomFull) => {
+            tracing::info!("join refused: room full");
+            ctx.metrics.refused("room_full");
+            send_close(&mut sink, close::TRY_AGAIN_LATER, "room_full").await;
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "join refused: bus unavailable");
+            ctx.metrics.refused("bus_unavailable");
+            ctx.metrics.error(e.metric_label());
+            send_close(&mut sink, close::TRY_AGAIN_LATER, "bus_unavailable").await;
+            return None;
+        }
+    };
+
+    let outbox = Arc::new(Outbox::new(
+        ctx.limits.outbound_queue_messages,
+        ctx.limits.outbound_queue_bytes,
+    ));
+    ctx.hub
+        .register(&ctx.room, &me, outbox.clone(), &participants);
+    ctx.metrics.connection_opened();
+    ctx.metrics.join_duration(started.elapsed().as_secs_f64());
+    tracing::info!(participants = participants.len(), "joined");
+    if ctx.shutdown.is_reconnecting() {
+        // Joined while the drain was already telling everyone to leave.
+        let window = u64::try_from(ctx.shutdown.window().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let after_ms = rand::rng().random_range(0..window);
+        outbox.close_after(
+            Some(protocol::encode_reconnect(ctx.room.as_str(), after_ms)),
+            CloseCause::Draining,
+        );
+    }
+
+    let last_seen = AtomicU64::new(0);
+    let end = tokio::select! {
+        end = read_loop(&ctx, &me, &outbox, &mut stream, &last_seen, started) => end,
+        end = write_loop(&ctx, &outbox, &mut sink, &last_seen, started) => end,
+    };
+
+    // Leave first so the room learns at once, even if the close frame below
+    // takes long to reach a peer that is not reading.
+    let reason = end.leave_reason();
+    ctx.hub.unregister(&ctx.room, &me.participant_id, reason);
+    if let Err(e) = ctx.bus.leave(&ctx.room, &me, reason).await {
+        tracing::warn!(error = %e, "leave not recorded on the bus");
+    }
+    ctx.metrics.connection_closed(end.metric_label());
+    tracing::info!(reason = end.metric_label(), "left");
+    if let Some((code, text)) = end.close_frame() {
+        send_close(&mut sink, code, text).await;
+    }
+    drop(guard);
+    Some(end)
+}
+
+fn millis_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn read_loop<R>(
+    ctx: &SessionContext,
+    me: &ParticipantInfo,
+    outbox: &Outbox,
+    stream: &mut R,
+    last_seen: &AtomicU64,
+    started: Instant,
+) -> End
+where
+    R: Stream<Item = Result<Message, ReadError>> + Unpin,
+{
+    let mut limiter = RateLimiter::new(
+        ctx.limits.rate_limit_per_second,
+        ctx.limits.rate_limit_burst,
+        Instant::now().into_std(),
+    );
+    let reply_error = |code: ErrorCode, message: &str| {
+        ctx.metrics.error(code.as_str());
+        outbox.push(
+            protocol::encode_error(ctx.room.as_str(), code, message),
+            Delivery::Droppable,
+        );
+    };
+    while let Some(item) = stream.next().await {
+        last_seen.store(millis_since(started), Ordering::Relaxed);
+        let text = match item {
+            Err(ReadError::TooBig) => return End::TooBig,
+            Err(ReadError::Transport) => return End::Transport,
+            Ok(Message::Close(_)) => return End::ClientClosed,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Binary(data)) => {
+                if data.len() > ctx.limits.max_message_bytes {
+                    return End::TooBig;
+                }
+                Err(data.len())
+            }
+            Ok(Message::Text(text)) => {
+                if text.len() > ctx.limits.max_message_bytes {
+                    return End::TooBig;
+                }
+                Ok(text)
+            }
+        };
+        ctx.metrics.message_received(match &text {
+            Ok(t) => t.len(),
+            Err(n) => *n,
+        });
+        match limiter.check(Instant::now().into_std()) {
+            Verdict::Allow => {}
+            Verdict::Reject => {
+                reply_error(
+                    ErrorCode::RateLimited,
+                    "rate limit exceeded; message not relayed",
+                );
+                continue;
+            }
+            Verdict::Abuse => return End::RateLimited,
+        }
+        let text = match text {
+            Ok(t) => t,
+            Err(_) => {
+                reply_error(
+                    ErrorCode::InvalidMessage,
+                    "binary frames are not supported; send JSON text",
+                );
+                continue;
+            }
+        };
+        let msg = match protocol::decode_client(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                reply_error(e.code, &e.message);
+                continue;
+            }
+        };
+        match msg {
+            ClientMessage::Ping { payload } => {
+                outbox.push(
+                    protocol::encode_pong(ctx.room.as_str(), payload.as_deref()),
+                    Delivery::Droppable,
+                );
+            }
+            ClientMessage::Relay { kind, to, payload } => {
+                let frame = protocol::encode_relay(
+                    kind,
+                    &payload,
+                    &me.participant_id,
+                    ctx.room.as_str(),
+                    to.as_deref(),
+                );
+                let relay = RelayMessage {
+                    room_id: ctx.room.clone(),
+                    kind,
+                    sender_id: me.participant_id.clone(),
+                    to,
+                    frame,
+                };
+                match ctx.hub.relay_local(&relay) {
+                    Route::LocalOnly => {}
+                    Route::TargetNotFound => reply_error(
+                        ErrorCode::TargetNotFound,
+                        "no participant with that id in this room",
+                    ),
+                    Route::Publish => {
+                        if let Err(e) = ctx.bus.publish(relay).await {
+                            tracing::warn!(error = %e, kind = kind.as_str(), "relay not published");
+                            reply_error(
+                                ErrorCode::BusUnavailable,
+                                "message could not be delivered to other servers; retry",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    End::ClientClosed
+}
+
+async fn write_loop<S>(
+    ctx: &SessionContext,
+    outbox: &Outbox,
+    sink: &mut S,
+    last_seen: &AtomicU64,
+    started: Instant,
+) -> End
+where
+    S: Sink<Message> + Unpin,
+{
+    let interval = ctx.limits.ping_interval;
+    let dead_after =
+        u64::try_from((interval + ctx.limits.ping_timeout).as_millis()).unwrap_or(u64::MAX);
+    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            next = outbox.next() => match next {
+                Next::Frame(frame) => text_message(frame),
+                Next::Close(CloseCause::SlowConsumer) => return End::SlowConsumer,
+                Next::Close(CloseCause::Draining) => return End::Draining,
+            },
+            _ = ping.tick() => {
+                let silent = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
+                if silent > dead_after {
+                    return End::Timeout;
+                }
+                Message::Ping(bytes::Bytes::from_static(b"sb"))
+            }
+        };
+        // A peer that stops reading blocks this send; overflow of its queue
+        // must still end the session at once.
+        tokio::select! {
+            sent = sink.send(message) => if sent.is_err() { return End::Transport },
+            () = outbox.slow_consumer() => return End::SlowConsumer,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
