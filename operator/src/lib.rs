@@ -3,6 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conditions;
+pub mod config;
+pub mod resolve;
+pub mod resources;
 // runtime (operator-runtime)
 pub mod http;
 pub mod leader;

@@ -1,0 +1,165 @@
+//! Pure rendering of the `switchboard-server` config file (BRIEF.md's config table) from a spec
+//! and its resolved secrets, and the sha256 of exactly those bytes. The file lives in a Secret,
+//! so secrets are written inline.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::SignalingCluster;
+use crate::resolve::{JwtKey, Resolved};
+
+/// Where the config Secret is mounted in server pods (a directory mount, so updates reach
+/// running pods too; `subPath` mounts never update).
+pub const MOUNT_DIR: &str = "/etc/switchboard";
+/// Key of the config file in the config Secret.
+pub const CONFIG_FILE: &str = "config.yaml";
+/// Key of the JWT public key file in the config Secret (RS256/ES256 only).
+pub const JWT_PUBLIC_KEY_FILE: &str = "jwt-public-key.pem";
+/// Address the server listens on inside the pod.
+pub const LISTEN: &str = "0.0.0.0:8080";
+
+/// The rendered config: the files of the config Secret and the hash pods are annotated with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RenderedConfig {
+    /// `config.yaml`.
+    pub yaml: String,
+    /// Lower-case sha256 hex of exactly `yaml`'s bytes.
+    pub hash: String,
+    /// Other files of the config Secret, by key (the JWT public key for RS256/ES256).
+    pub extra_files: BTreeMap<String, String>,
+}
+
+// The YAML holds secrets: keep them out of Debug output (and so out of logs).
+impl std::fmt::Debug for RenderedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderedConfig")
+            .field("hash", &self.hash)
+            .field("extra_files", &self.extra_files.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failure to serialize the config (not expected: every field is a plain string or number).
+#[derive(Debug, thiserror::Error)]
+#[error("rendering the server config failed: {0}")]
+pub struct RenderError(#[from] serde_yaml::Error);
+
+#[derive(Serialize)]
+struct File<'a> {
+    listen: &'a str,
+    log_format: &'a str,
+    jwt: Jwt<'a>,
+    ice: Ice<'a>,
+    rooms: Rooms,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    allowed_origins: &'a [String],
+    redis: Redis<'a>,
+}
+
+#[derive(Serialize)]
+struct Jwt<'a> {
+    algorithm: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audience: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Ice<'a> {
+    stun_urls: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    turn_urls: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turn_secret: Option<&'a str>,
+    turn_credential_ttl_secs: i64,
+    ice_transport_policy: &'a str,
+    bundle_policy: &'a str,
+    rtcp_mux_policy: &'a str,
+}
+
+#[derive(Serialize)]
+struct Rooms {
+    max_participants: i32,
+    presence_ttl_secs: i32,
+}
+
+#[derive(Serialize)]
+struct Redis<'a> {
+    url: &'a str,
+    key_prefix: &'a str,
+}
+
+/// Renders the server config for `sc` with its resolved secrets.
+pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConfig, RenderError> {
+    let spec = &sc.spec;
+    let mut extra_files = BTreeMap::new();
+    let (secret, public_key_file) = match &resolved.jwt {
+        JwtKey::Hs256Secret(s) => (Some(s.as_str()), None),
+        JwtKey::PublicKeyPem(pem) => {
+            extra_files.insert(JWT_PUBLIC_KEY_FILE.to_owned(), pem.clone());
+            (None, Some(format!("{MOUNT_DIR}/{JWT_PUBLIC_KEY_FILE}")))
+        }
+    };
+    let file = File {
+        listen: LISTEN,
+        log_format: "json",
+        jwt: Jwt {
+            algorithm: spec.auth.algorithm.as_str(),
+            secret,
+            public_key_file,
+            issuer: spec.auth.issuer.as_deref(),
+            audience: spec.auth.audience.as_deref(),
+        },
+        ice: Ice {
+            stun_urls: &spec.ice.stun_urls,
+            turn_urls: &spec.ice.turn_urls,
+            turn_secret: resolved.turn_secret.as_deref(),
+            turn_credential_ttl_secs: spec.ice.credential_ttl_seconds,
+            ice_transport_policy: spec.ice.ice_transport_policy.as_str(),
+            bundle_policy: spec.ice.bundle_policy.as_str(),
+            rtcp_mux_policy: spec.ice.rtcp_mux_policy.as_str(),
+        },
+        rooms: Rooms {
+            max_participants: spec.rooms.max_participants,
+            presence_ttl_secs: spec.rooms.presence_ttl_seconds,
+        },
+        allowed_origins: &spec.allowed_origins,
+        redis: Redis {
+            url: &resolved.redis_url,
+            key_prefix: &spec.redis.key_prefix,
+        },
+    };
+    let mut yaml = String::from(
+        "# Rendered by switchboard-operator from a SignalingCluster; edits are overwritten.\n",
+    );
+    // The public key lives in a second file whose bytes the hash would not see; naming its
+    // digest here makes a key rotation change config.yaml, and so roll the pods.
+    for (key, content) in &extra_files {
+        yaml.push_str(&format!(
+            "# {key} sha256: {}\n",
+            sha256_hex(content.as_bytes())
+        ));
+    }
+    yaml.push_str(&serde_yaml::to_string(&file)?);
+    let hash = sha256_hex(yaml.as_bytes());
+    Ok(RenderedConfig {
+        yaml,
+        hash,
+        extra_files,
+    })
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests;

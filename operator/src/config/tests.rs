@@ -1,0 +1,212 @@
+use kube::core::ObjectMeta;
+
+use super::*;
+use crate::api::{
+    AuthSpec, BundlePolicy, IceTransportPolicy, JwtAlgorithm, RtcpMuxPolicy, SignalingCluster,
+    SignalingClusterSpec,
+};
+use crate::resolve::{JwtKey, Resolved};
+
+fn cluster(spec: SignalingClusterSpec) -> SignalingCluster {
+    let mut sc = SignalingCluster::new("demo", spec);
+    sc.metadata = ObjectMeta {
+        name: Some("demo".into()),
+        namespace: Some("x".into()),
+        ..ObjectMeta::default()
+    };
+    sc
+}
+
+fn resolved() -> Resolved {
+    Resolved {
+        jwt: JwtKey::Hs256Secret("s3cret".into()),
+        turn_secret: None,
+        redis_url: "redis://:pw@demo-redis.x.svc:6379".into(),
+    }
+}
+
+#[test]
+fn bare_spec_renders_exactly_this_file() {
+    let out = render(&cluster(SignalingClusterSpec::default()), &resolved()).unwrap();
+    assert_eq!(
+        out.yaml,
+        "\
+# Rendered by switchboard-operator from a SignalingCluster; edits are overwritten.
+listen: 0.0.0.0:8080
+log_format: json
+jwt:
+  algorithm: HS256
+  secret: s3cret
+ice:
+  stun_urls:
+  - stun:stun.l.google.com:19302
+  turn_credential_ttl_secs: 86400
+  ice_transport_policy: all
+  bundle_policy: balanced
+  rtcp_mux_policy: require
+rooms:
+  max_participants: 50
+  presence_ttl_secs: 30
+redis:
+  url: redis://:pw@demo-redis.x.svc:6379
+  key_prefix: switchboard
+"
+    );
+    assert!(out.extra_files.is_empty());
+}
+
+#[test]
+fn every_setting_lands_under_its_config_table_key() {
+    let mut spec = SignalingClusterSpec::default();
+    spec.auth.issuer = Some("https://issuer.example".into());
+    spec.auth.audience = Some("switchboard".into());
+    spec.ice.stun_urls = vec!["stun:a:3478".into(), "stuns:b:5349".into()];
+    spec.ice.turn_urls = vec!["turn:t:3478?transport=udp".into()];
+    spec.ice.credential_ttl_seconds = 3600;
+    spec.ice.ice_transport_policy = IceTransportPolicy::Relay;
+    spec.ice.bundle_policy = BundlePolicy::MaxBundle;
+    spec.ice.rtcp_mux_policy = RtcpMuxPolicy::Negotiate;
+    spec.rooms.max_participants = 8;
+    spec.rooms.presence_ttl_seconds = 45;
+    spec.allowed_origins = vec!["https://app.example.com".into()];
+    spec.redis.key_prefix = "team-a".into();
+    let mut r = resolved();
+    r.turn_secret = Some("turn: secret with # and 'quotes'".into());
+    let out = render(&cluster(spec), &r).unwrap();
+
+    // Parse it back the way the server would and check each key of BRIEF.md's table.
+    let v: serde_yaml::Value = serde_yaml::from_str(&out.yaml).unwrap();
+    let get = |path: &str| {
+        path.split('.')
+            .try_fold(&v, |node, k| node.get(k))
+            .unwrap_or_else(|| panic!("missing {path} in\n{}", out.yaml))
+            .clone()
+    };
+    let s = |x: &str| serde_yaml::Value::String(x.into());
+    assert_eq!(get("listen"), s("0.0.0.0:8080"));
+    assert_eq!(get("log_format"), s("json"));
+    assert_eq!(get("jwt.algorithm"), s("HS256"));
+    assert_eq!(get("jwt.secret"), s("s3cret"));
+    assert_eq!(get("jwt.issuer"), s("https://issuer.example"));
+    assert_eq!(get("jwt.audience"), s("switchboard"));
+    assert_eq!(
+        get("ice.stun_urls"),
+        serde_yaml::Value::Sequence(vec![s("stun:a:3478"), s("stuns:b:5349")])
+    );
+    assert_eq!(
+        get("ice.turn_urls"),
+        serde_yaml::Value::Sequence(vec![s("turn:t:3478?transport=udp")])
+    );
+    assert_eq!(
+        get("ice.turn_secret"),
+        s("turn: secret with # and 'quotes'")
+    );
+    assert_eq!(
+        get("ice.turn_credential_ttl_secs"),
+        serde_yaml::Value::from(3600)
+    );
+    assert_eq!(get("ice.ice_transport_policy"), s("relay"));
+    assert_eq!(get("ice.bundle_policy"), s("max-bundle"));
+    assert_eq!(get("ice.rtcp_mux_policy"), s("negotiate"));
+    assert_eq!(get("rooms.max_participants"), serde_yaml::Value::from(8));
+    assert_eq!(get("rooms.presence_ttl_secs"), serde_yaml::Value::from(45));
+    assert_eq!(
+        get("allowed_origins"),
+        serde_yaml::Value::Sequence(vec![s("https://app.example.com")])
+    );
+    assert_eq!(get("redis.url"), s("redis://:pw@demo-redis.x.svc:6379"));
+    assert_eq!(get("redis.key_prefix"), s("team-a"));
+    assert!(v.get("jwt").unwrap().get("public_key_file").is_none());
+}
+
+#[test]
+fn public_key_goes_to_a_second_file_whose_digest_is_in_config_yaml() {
+    let pem = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+    let spec = SignalingClusterSpec {
+        auth: AuthSpec {
+            algorithm: JwtAlgorithm::ES256,
+            ..AuthSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let mut r = resolved();
+    r.jwt = JwtKey::PublicKeyPem(pem.into());
+    let out = render(&cluster(spec.clone()), &r).unwrap();
+    assert_eq!(
+        out.extra_files.get(JWT_PUBLIC_KEY_FILE).map(String::as_str),
+        Some(pem)
+    );
+    let v: serde_yaml::Value = serde_yaml::from_str(&out.yaml).unwrap();
+    assert_eq!(v["jwt"]["algorithm"], serde_yaml::Value::from("ES256"));
+    assert_eq!(
+        v["jwt"]["public_key_file"],
+        serde_yaml::Value::from("/etc/switchboard/jwt-public-key.pem")
+    );
+    assert!(v["jwt"].get("secret").is_none());
+    assert!(out.yaml.contains(&format!(
+        "# jwt-public-key.pem sha256: {}\n",
+        sha256_hex(pem.as_bytes())
+    )));
+
+    // Rotating the key changes config.yaml and therefore the hash.
+    r.jwt = JwtKey::PublicKeyPem(pem.replace("AAAA", "BBBB"));
+    let rotated = render(&cluster(spec), &r).unwrap();
+    assert_ne!(rotated.hash, out.hash);
+}
+
+#[test]
+fn hash_is_sha256_of_exactly_the_yaml_bytes() {
+    let out = render(&cluster(SignalingClusterSpec::default()), &resolved()).unwrap();
+    assert_eq!(out.hash, hex::encode(Sha256::digest(out.yaml.as_bytes())));
+    assert_eq!(out.hash.len(), 64);
+    // Known vector, so the helper itself is checked.
+    assert_eq!(
+        sha256_hex(b"abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
+
+#[test]
+fn hash_changes_iff_the_config_changes() {
+    let sc = cluster(SignalingClusterSpec::default());
+    let a = render(&sc, &resolved()).unwrap();
+    let b = render(&sc, &resolved()).unwrap();
+    assert_eq!(a, b, "rendering is deterministic");
+
+    // Fields that are not part of the server config do not change the hash.
+    let mut other = sc.clone();
+    other.spec.replicas = 7;
+    other.spec.image = "example/other:1".into();
+    other.spec.paused = true;
+    assert_eq!(render(&other, &resolved()).unwrap().hash, a.hash);
+
+    let mut r = resolved();
+    r.turn_secret = Some("t".into());
+    let mut with_turn = sc.clone();
+    with_turn.spec.ice.turn_urls = vec!["turn:t:3478".into()];
+    assert_ne!(render(&with_turn, &r).unwrap().hash, a.hash);
+
+    let mut rotated = resolved();
+    rotated.jwt = JwtKey::Hs256Secret("rotated".into());
+    assert_ne!(render(&sc, &rotated).unwrap().hash, a.hash);
+
+    let mut rooms = sc.clone();
+    rooms.spec.rooms.max_participants = 51;
+    assert_ne!(render(&rooms, &resolved()).unwrap().hash, a.hash);
+}
+
+#[test]
+fn debug_output_hides_the_yaml() {
+    let out = render(&cluster(SignalingClusterSpec::default()), &resolved()).unwrap();
+    let shown = format!("{out:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains(&out.hash));
+}
+
+#[test]
+fn config_path_is_mount_dir_plus_file() {
+    assert_eq!(
+        crate::resources::CONFIG_PATH,
+        format!("{MOUNT_DIR}/{CONFIG_FILE}")
+    );
+}

@@ -1,0 +1,321 @@
+//! Pure resolution of a cluster's secret references: given the spec and the Secrets the runtime
+//! fetched, produce the values the server config needs, or a [`ConfigError`] a person can act
+//! on. Fetching, generating and watching Secrets happen elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::api::{JwtAlgorithm, SignalingCluster};
+use crate::resources::{names, GeneratedSecret, REDIS_PORT};
+
+/// Default key of an external Redis URL Secret.
+pub const REDIS_URL_KEY: &str = "url";
+/// Default key of a TURN shared secret and of an HS256 JWT secret.
+pub const SECRET_KEY: &str = "secret";
+/// Default key of an RS256/ES256 public key Secret.
+pub const PUBLIC_KEY_KEY: &str = "public.pem";
+/// Key of the generated Redis password.
+pub const PASSWORD_KEY: &str = "password";
+
+/// Everything secret the rendered server config needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// How the servers verify JWTs.
+    pub jwt: JwtKey,
+    /// TURN REST shared secret; `None` when no TURN URLs are configured.
+    pub turn_secret: Option<String>,
+    /// Redis URL including the password.
+    pub redis_url: String,
+}
+
+// Secrets never reach logs: Debug prints which values are present, not the values.
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("jwt", &self.jwt)
+            .field(
+                "turn_secret",
+                &self.turn_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("redis_url", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The JWT verification key.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Hs256Secret(String),
+    /// RS256/ES256 public key in PEM.
+    PublicKeyPem(String),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hs256Secret(_) => f.write_str("Hs256Secret(<redacted>)"),
+            // Public keys are not secret.
+            Self::PublicKeyPem(pem) => f.debug_tuple("PublicKeyPem").field(pem).finish(),
+        }
+    }
+}
+
+/// Why a cluster's configuration cannot be resolved. Shown as `ConfigValid=False` with this
+/// reason and message; the runtime leaves running children untouched.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    pub reason: ConfigErrorReason,
+    pub message: String,
+}
+
+/// Machine-readable reason of a [`ConfigError`] (the condition's `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigErrorReason {
+    /// A referenced (or generated) Secret does not exist.
+    SecretNotFound,
+    /// The Secret exists but lacks the key.
+    SecretKeyMissing,
+    /// The value is empty, not UTF-8, or not of the expected form.
+    SecretValueInvalid,
+    /// The spec is inconsistent in a way the schema did not catch (e.g. CEL not enforced).
+    InvalidSpec,
+}
+
+impl ConfigErrorReason {
+    /// The CamelCase reason used in conditions and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SecretNotFound => "SecretNotFound",
+            Self::SecretKeyMissing => "SecretKeyMissing",
+            Self::SecretValueInvalid => "SecretValueInvalid",
+            Self::InvalidSpec => "InvalidSpec",
+        }
+    }
+}
+
+impl ConfigError {
+    fn new(reason: ConfigErrorReason, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
+/// Every Secret name the cluster reads: user references plus the generated Secrets it uses.
+/// The runtime watches these (metadata only) and maps changes back to the cluster.
+pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
+    let name = sc.name_any();
+    let spec = &sc.spec;
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    if let Some(r) = &spec.auth.secret_ref {
+        out.insert(r.name.clone());
+    }
+    if let Some(r) = &spec.ice.turn_secret_ref {
+        out.insert(r.name.clone());
+    }
+    if let Some(r) = spec
+        .redis
+        .external
+        .as_ref()
+        .and_then(|e| e.secret_ref.as_ref())
+    {
+        out.insert(r.name.clone());
+    }
+    for g in crate::resources::generated_secrets_needed(sc) {
+        out.insert(g.secret_name(&name));
+    }
+    out
+}
+
+/// Resolves the cluster's secret references against `secrets` (the Secrets of the cluster's
+/// namespace, by name; a name absent from the map does not exist). Reports the first problem
+/// in the order JWT, TURN, Redis.
+pub fn resolve(
+    sc: &SignalingCluster,
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<Resolved, ConfigError> {
+    let name = sc.name_any();
+    let namespace = sc.namespace().unwrap_or_default();
+    let lookup = Lookup {
+        namespace: &namespace,
+        secrets,
+    };
+    let spec = &sc.spec;
+
+    let jwt = match (spec.auth.algorithm, &spec.auth.secret_ref) {
+        (JwtAlgorithm::HS256, Some(r)) => {
+            JwtKey::Hs256Secret(lookup.value(r.name.as_str(), r.key_or(SECRET_KEY), "auth.secretRef")?)
+        }
+        (JwtAlgorithm::HS256, None) => JwtKey::Hs256Secret(lookup.value(
+            &GeneratedSecret::Jwt.secret_name(&name),
+            GeneratedSecret::Jwt.key(),
+            "the generated JWT key",
+        )?),
+        (alg, Some(r)) => {
+            let pem = lookup.value(&r.name, r.key_or(PUBLIC_KEY_KEY), "auth.secretRef")?;
+            if !pem.contains("-----BEGIN") {
+                return Err(ConfigError::new(
+                    ConfigErrorReason::SecretValueInvalid,
+                    format!(
+                        "secret {:?} key {:?} in namespace {:?} is not a PEM public key (no -----BEGIN line), which {} needs",
+                        r.name,
+                        r.key_or(PUBLIC_KEY_KEY),
+                        namespace,
+                        alg.as_str()
+                    ),
+                ));
+            }
+            JwtKey::PublicKeyPem(pem)
+        }
+        (alg, None) => {
+            return Err(ConfigError::new(
+                ConfigErrorReason::InvalidSpec,
+                format!(
+                    "auth.algorithm is {} but auth.secretRef is not set: name the Secret holding the PEM public key",
+                    alg.as_str()
+                ),
+            ))
+        }
+    };
+
+    let turn_secret = if spec.ice.turn_urls.is_empty() {
+        None
+    } else {
+        Some(match &spec.ice.turn_secret_ref {
+            Some(r) => lookup.value(&r.name, r.key_or(SECRET_KEY), "ice.turnSecretRef")?,
+            None => lookup.value(
+                &GeneratedSecret::Turn.secret_name(&name),
+                GeneratedSecret::Turn.key(),
+                "the generated TURN secret",
+            )?,
+        })
+    };
+
+    let redis_url = match (&spec.redis.managed, &spec.redis.external) {
+        (Some(_), None) => {
+            let password = lookup.value(
+                &GeneratedSecret::RedisPassword.secret_name(&name),
+                GeneratedSecret::RedisPassword.key(),
+                "the managed Redis password",
+            )?;
+            managed_redis_url(&name, &namespace, &password)
+        }
+        (None, Some(ext)) => {
+            let r = ext.secret_ref.as_ref().ok_or_else(|| {
+                ConfigError::new(
+                    ConfigErrorReason::InvalidSpec,
+                    "redis.external.secretRef is not set: name the Secret holding the Redis URL"
+                        .to_owned(),
+                )
+            })?;
+            let url = lookup.value(&r.name, r.key_or(REDIS_URL_KEY), "redis.external.secretRef")?;
+            let url = url.trim().to_owned();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                // Never echo the value: it usually carries a password.
+                return Err(ConfigError::new(
+                    ConfigErrorReason::SecretValueInvalid,
+                    format!(
+                        "secret {:?} key {:?} in namespace {:?} does not hold a redis:// or rediss:// URL",
+                        r.name,
+                        r.key_or(REDIS_URL_KEY),
+                        namespace
+                    ),
+                ));
+            }
+            url
+        }
+        _ => {
+            return Err(ConfigError::new(
+                ConfigErrorReason::InvalidSpec,
+                "set exactly one of redis.managed and redis.external".to_owned(),
+            ))
+        }
+    };
+
+    Ok(Resolved {
+        jwt,
+        turn_secret,
+        redis_url,
+    })
+}
+
+/// URL of cluster `name`'s managed Redis in `namespace`, password percent-encoded.
+pub fn managed_redis_url(name: &str, namespace: &str, password: &str) -> String {
+    format!(
+        "redis://:{}@{}.{}.svc:{}",
+        percent_encode_userinfo(password),
+        names::redis(name),
+        namespace,
+        REDIS_PORT
+    )
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so any password is safe
+/// inside a URL's userinfo.
+fn percent_encode_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+struct Lookup<'a> {
+    namespace: &'a str,
+    secrets: &'a BTreeMap<String, Secret>,
+}
+
+impl Lookup<'_> {
+    /// The exact UTF-8 value of `key` in Secret `name`; `what` names the setting
+    /// for the message.
+    fn value(&self, name: &str, key: &str, what: &str) -> Result<String, ConfigError> {
+        let ns = self.namespace;
+        let secret = self.secrets.get(name).ok_or_else(|| {
+            ConfigError::new(
+                ConfigErrorReason::SecretNotFound,
+                format!("secret {name:?} in namespace {ns:?} not found (referenced by {what})"),
+            )
+        })?;
+        // `stringData` only exists on writes; a Secret read back from the API has `data`.
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
+            })
+            .ok_or_else(|| {
+                ConfigError::new(
+                    ConfigErrorReason::SecretKeyMissing,
+                    format!("secret {name:?} in namespace {ns:?} has no key {key:?} (referenced by {what})"),
+                )
+            })?;
+        let value = String::from_utf8(bytes).map_err(|_| {
+            ConfigError::new(
+                ConfigErrorReason::SecretValueInvalid,
+                format!("secret {name:?} key {key:?} in namespace {ns:?} is not UTF-8 text"),
+            )
+        })?;
+        if value.trim().is_empty() {
+            return Err(ConfigError::new(
+                ConfigErrorReason::SecretValueInvalid,
+                format!("secret {name:?} key {key:?} in namespace {ns:?} is empty"),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::core::ObjectMeta;
+
+use super::*;
+use crate::api::{
+    AuthSpec, ExternalRedisSpec, JwtAlgorithm, RedisSpec, SecretKeyRef, SignalingCluster,
+    SignalingClusterSpec,
+};
+
+fn cluster(spec: SignalingClusterSpec) -> SignalingCluster {
+    let mut sc = SignalingCluster::new("demo", spec);
+    sc.metadata = ObjectMeta {
+        name: Some("demo".into()),
+        namespace: Some("x".into()),
+        uid: Some("uid-1".into()),
+        ..ObjectMeta::default()
+    };
+    sc
+}
+
+fn secret(name: &str, pairs: &[(&str, &[u8])]) -> (String, Secret) {
+    let data = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+        .collect();
+    (
+        name.to_owned(),
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..Secret::default()
+        },
+    )
+}
+
+fn generated() -> BTreeMap<String, Secret> {
+    BTreeMap::from([
+        secret("demo-jwt", &[("secret", b"jwt-secret")]),
+        secret("demo-turn", &[("secret", b"turn-secret")]),
+        secret("demo-redis-auth", &[("password", b"p@ss/word")]),
+    ])
+}
+
+fn sref(name: &str, key: Option<&str>) -> SecretKeyRef {
+    SecretKeyRef {
+        name: name.into(),
+        key: key.map(str::to_owned),
+    }
+}
+
+fn with_turn(mut spec: SignalingClusterSpec, r: Option<SecretKeyRef>) -> SignalingClusterSpec {
+    spec.ice.turn_urls = vec!["turns:turn.example.com:5349".into()];
+    spec.ice.turn_secret_ref = r;
+    spec
+}
+
+#[test]
+fn bare_spec_uses_the_generated_secrets() {
+    let r = resolve(&cluster(SignalingClusterSpec::default()), &generated()).unwrap();
+    assert_eq!(r.jwt, JwtKey::Hs256Secret("jwt-secret".into()));
+    // No TURN URLs: no TURN secret even though one exists.
+    assert_eq!(r.turn_secret, None);
+    // The password is percent-encoded into the URL of the managed Redis Service.
+    assert_eq!(r.redis_url, "redis://:p%40ss%2Fword@demo-redis.x.svc:6379");
+}
+
+#[test]
+fn turn_urls_without_a_ref_use_the_generated_turn_secret() {
+    let sc = cluster(with_turn(SignalingClusterSpec::default(), None));
+    let r = resolve(&sc, &generated()).unwrap();
+    assert_eq!(r.turn_secret.as_deref(), Some("turn-secret"));
+}
+
+#[test]
+fn user_turn_secret_with_default_and_explicit_key() {
+    let mut secrets = generated();
+    secrets.extend([secret("turn", &[("secret", b"a"), ("other", b"b")])]);
+    let sc = cluster(with_turn(
+        SignalingClusterSpec::default(),
+        Some(sref("turn", None)),
+    ));
+    assert_eq!(
+        resolve(&sc, &secrets).unwrap().turn_secret.as_deref(),
+        Some("a")
+    );
+    let sc = cluster(with_turn(
+        SignalingClusterSpec::default(),
+        Some(sref("turn", Some("other"))),
+    ));
+    assert_eq!(
+        resolve(&sc, &secrets).unwrap().turn_secret.as_deref(),
+        Some("b")
+    );
+}
+
+#[test]
+fn missing_turn_key_names_secret_namespace_and_key() {
+    let mut secrets = generated();
+    secrets.extend([secret("turn", &[("other", b"b")])]);
+    let sc = cluster(with_turn(
+        SignalingClusterSpec::default(),
+        Some(sref("turn", None)),
+    ));
+    let err = resolve(&sc, &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretKeyMissing);
+    assert_eq!(err.reason.as_str(), "SecretKeyMissing");
+    assert_eq!(
+        err.message,
+        r#"secret "turn" in namespace "x" has no key "secret" (referenced by ice.turnSecretRef)"#
+    );
+}
+
+#[test]
+fn missing_secret_is_secret_not_found() {
+    let sc = cluster(with_turn(
+        SignalingClusterSpec::default(),
+        Some(sref("nope", None)),
+    ));
+    let err = resolve(&sc, &generated()).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretNotFound);
+    assert_eq!(
+        err.message,
+        r#"secret "nope" in namespace "x" not found (referenced by ice.turnSecretRef)"#
+    );
+}
+
+#[test]
+fn missing_generated_secret_is_reported_too() {
+    let mut secrets = generated();
+    secrets.remove("demo-jwt");
+    let err = resolve(&cluster(SignalingClusterSpec::default()), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretNotFound);
+    assert!(
+        err.message.contains(r#"secret "demo-jwt""#),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn empty_and_non_utf8_values_are_invalid() {
+    for value in [&b""[..], &b"  \n"[..], &[0xff, 0xfe][..]] {
+        let mut secrets = generated();
+        secrets.extend([secret("demo-jwt", &[("secret", value)])]);
+        let err = resolve(&cluster(SignalingClusterSpec::default()), &secrets).unwrap_err();
+        assert_eq!(
+            err.reason,
+            ConfigErrorReason::SecretValueInvalid,
+            "{value:?}"
+        );
+    }
+}
+
+#[test]
+fn string_data_is_read_when_data_lacks_the_key() {
+    let mut secrets = generated();
+    let (_, mut s) = secret("demo-jwt", &[]);
+    s.string_data = Some(BTreeMap::from([(
+        "secret".to_owned(),
+        "from-string".to_owned(),
+    )]));
+    secrets.insert("demo-jwt".into(), s);
+    let r = resolve(&cluster(SignalingClusterSpec::default()), &secrets).unwrap();
+    assert_eq!(r.jwt, JwtKey::Hs256Secret("from-string".into()));
+}
+
+#[test]
+fn hs256_with_user_secret_ignores_the_generated_one() {
+    let mut secrets = generated();
+    secrets.extend([secret("mine", &[("key", b"user-secret")])]);
+    let spec = SignalingClusterSpec {
+        auth: AuthSpec {
+            secret_ref: Some(sref("mine", Some("key"))),
+            ..AuthSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let r = resolve(&cluster(spec), &secrets).unwrap();
+    assert_eq!(r.jwt, JwtKey::Hs256Secret("user-secret".into()));
+}
+
+const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n";
+
+#[test]
+fn rs256_and_es256_read_a_pem_public_key() {
+    for alg in [JwtAlgorithm::RS256, JwtAlgorithm::ES256] {
+        let mut secrets = generated();
+        secrets.extend([secret("pub", &[("public.pem", PEM.as_bytes())])]);
+        let spec = SignalingClusterSpec {
+            auth: AuthSpec {
+                algorithm: alg,
+                secret_ref: Some(sref("pub", None)),
+                ..AuthSpec::default()
+            },
+            ..SignalingClusterSpec::default()
+        };
+        let r = resolve(&cluster(spec), &secrets).unwrap();
+        assert_eq!(r.jwt, JwtKey::PublicKeyPem(PEM.into()));
+    }
+}
+
+#[test]
+fn rs256_rejects_a_non_pem_value_and_a_missing_ref() {
+    let mut secrets = generated();
+    secrets.extend([secret("pub", &[("public.pem", b"not a key")])]);
+    let mut spec = SignalingClusterSpec {
+        auth: AuthSpec {
+            algorithm: JwtAlgorithm::RS256,
+            secret_ref: Some(sref("pub", None)),
+            ..AuthSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let err = resolve(&cluster(spec.clone()), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid);
+    assert!(err.message.contains("RS256"), "{}", err.message);
+
+    spec.auth.secret_ref = None;
+    let err = resolve(&cluster(spec), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::InvalidSpec);
+}
+
+fn external(r: Option<SecretKeyRef>) -> SignalingClusterSpec {
+    SignalingClusterSpec {
+        redis: RedisSpec {
+            managed: None,
+            external: Some(ExternalRedisSpec { secret_ref: r }),
+            ..RedisSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    }
+}
+
+#[test]
+fn external_redis_url_is_taken_verbatim_and_trimmed() {
+    let mut secrets = generated();
+    secrets.remove("demo-redis-auth");
+    secrets.extend([secret(
+        "redis",
+        &[("url", b"rediss://:pw@redis.example:6380/0\n")],
+    )]);
+    let r = resolve(&cluster(external(Some(sref("redis", None)))), &secrets).unwrap();
+    assert_eq!(r.redis_url, "rediss://:pw@redis.example:6380/0");
+}
+
+#[test]
+fn external_redis_value_that_is_not_a_url_is_invalid_and_not_echoed() {
+    let mut secrets = generated();
+    secrets.extend([secret("redis", &[("url", b"http://hunter2@x")])]);
+    let err = resolve(&cluster(external(Some(sref("redis", None)))), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid);
+    assert!(!err.message.contains("hunter2"), "{}", err.message);
+    assert_eq!(
+        err.message,
+        r#"secret "redis" key "url" in namespace "x" does not hold a redis:// or rediss:// URL"#
+    );
+}
+
+#[test]
+fn inconsistent_redis_spec_is_invalid_spec() {
+    let err = resolve(&cluster(external(None)), &generated()).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::InvalidSpec);
+    let mut spec = external(None);
+    spec.redis.external = None;
+    let err = resolve(&cluster(spec), &generated()).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::InvalidSpec);
+}
+
+#[test]
+fn referenced_secret_names_cover_refs_and_generated_ones() {
+    let names = referenced_secret_names(&cluster(SignalingClusterSpec::default()));
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["demo-jwt", "demo-redis-auth"]
+    );
+    let mut spec = with_turn(
+        external(Some(sref("redis", None))),
+        Some(sref("turn", None)),
+    );
+    spec.auth.secret_ref = Some(sref("jwt", None));
+    let names = referenced_secret_names(&cluster(spec));
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["jwt", "redis", "turn"]
+    );
+}
+
+#[test]
+fn debug_output_redacts_secrets() {
+    let r = resolve(&cluster(SignalingClusterSpec::default()), &generated()).unwrap();
+    let shown = format!("{r:?}");
+    assert!(
+        !shown.contains("jwt-secret") && !shown.contains("p%40ss"),
+        "{shown}"
+    );
+}
