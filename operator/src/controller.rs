@@ -1,0 +1,389 @@
+//! The controller around `reconcile`: which objects are watched and how they map back to a
+//! `SignalingCluster`, the error policy (per-object exponential backoff), the CRD check at
+//! startup, and the leader-election loop that runs the controller only while leading.
+//! The reconcile steps themselves live in `reconcile`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, PartialObjectMeta};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use crate::api::SignalingCluster;
+use crate::leader::{LeaderElector, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, Error};
+use crate::resolve::referenced_secret_names;
+use crate::resources::FIELD_MANAGER;
+
+/// Full name of the CRD, for the startup check.
+pub const CRD_NAME: &str = "signalingclusters.switchboard.dev";
+/// Label every child carries; owned-object watches select on it so they do not cache every
+/// Deployment/Service in the cluster.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=switchboard-operator";
+
+/// Whether the CRD is installed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CrdState {
+    Installed,
+    Missing,
+}
+
+/// Checks that the CRD exists: by name on the CRD API, or, when RBAC forbids that, by listing
+/// SignalingClusters (404 means the resource type is unknown to the server).
+pub async fn crd_state(client: &Client, namespace: Option<&str>) -> Result<CrdState, kube::Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.get_opt(CRD_NAME).await {
+        Ok(Some(_)) => return Ok(CrdState::Installed),
+        Ok(None) => return Ok(CrdState::Missing),
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        Err(e) => return Err(e),
+    }
+    let clusters: Api<SignalingCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match clusters
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(CrdState::Installed),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(CrdState::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `run_operator` needs beyond the client.
+#[derive(Clone, Debug)]
+pub struct OperatorSettings {
+    /// Watch one namespace, or all.
+    pub namespace: Option<String>,
+    /// Leader election; `None` runs the controller unconditionally.
+    pub lease: Option<LeaseSettings>,
+}
+
+/// Failures counted per object; the delay doubles with each consecutive failure.
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<ObjectRef<SignalingCluster>, u32>>,
+}
+
+/// First retry after a transient error.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay after transient errors.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Delay before retry number `failures` (1 = first failure): 1 s, 2 s, 4 s, ... capped.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
+}
+
+impl Backoff {
+    /// Records one more failure and returns how long to wait.
+    pub fn fail(&self, obj: &ObjectRef<SignalingCluster>) -> Duration {
+        let Ok(mut map) = self.failures.lock() else {
+            return BACKOFF_MAX;
+        };
+        let n = map.entry(obj.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    /// A success resets the object's backoff.
+    pub fn reset(&self, obj: &ObjectRef<SignalingCluster>) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(obj);
+        }
+    }
+}
+
+/// Which optional APIs the server offers (1.20 has neither autoscaling/v2 nor policy/v1);
+/// only those are watched.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApiSupport {
+    pub hpa_v2: bool,
+    pub pdb_v1: bool,
+}
+
+async fn api_support(client: &Client) -> ApiSupport {
+    async fn has(client: &Client, group_version: &str, plural: &str) -> bool {
+        match client.list_api_group_resources(group_version).await {
+            Ok(list) => list.resources.iter().any(|r| r.name == plural),
+            Err(_) => false,
+        }
+    }
+    ApiSupport {
+        hpa_v2: has(client, "autoscaling/v2", "horizontalpodautoscalers").await,
+        pdb_v1: has(client, "policy/v1", "poddisruptionbudgets").await,
+    }
+}
+
+/// Clusters in `secret`'s namespace that own it or reference it by name.
+fn clusters_for_secret(
+    store: &Store<SignalingCluster>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<SignalingCluster>> {
+    let Some(ns) = secret.metadata.namespace.as_deref() else {
+        return Vec::new();
+    };
+    let name = secret.name_any();
+    let owners: Vec<&str> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "SignalingCluster" && o.api_version.starts_with("switchboard.dev/"))
+        .map(|o| o.name.as_str())
+        .collect();
+    store
+        .state()
+        .iter()
+        .filter(|sc| sc.namespace().as_deref() == Some(ns))
+        .filter(|sc| {
+            owners.contains(&sc.name_any().as_str()) || referenced_secret_names(sc).contains(&name)
+        })
+        .map(|sc| ObjectRef::from_obj(sc.as_ref()))
+        .collect()
+}
+
+fn namespaced_or_all<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `stop` resolves.
+pub async fn run_controller(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<Metrics>,
+    identity: Option<String>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = namespace.as_deref();
+    let support = api_support(&client).await;
+    tracing::info!(
+        namespace = ns.unwrap_or("<all>"),
+        hpa_v2 = support.hpa_v2,
+        pdb_v1 = support.pdb_v1,
+        "starting controller"
+    );
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let mut controller = Controller::new(
+        namespaced_or_all::<SignalingCluster>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(namespaced_or_all::<Deployment>(&client, ns), owned.clone())
+    .owns(namespaced_or_all::<StatefulSet>(&client, ns), owned.clone())
+    .owns(namespaced_or_all::<Service>(&client, ns), owned.clone())
+    .owns(namespaced_or_all::<Ingress>(&client, ns), owned.clone())
+    .owns(
+        namespaced_or_all::<NetworkPolicy>(&client, ns),
+        owned.clone(),
+    );
+    if support.hpa_v2 {
+        controller = controller.owns(
+            namespaced_or_all::<HorizontalPodAutoscaler>(&client, ns),
+            owned.clone(),
+        );
+    }
+    if support.pdb_v1 {
+        controller = controller.owns(
+            namespaced_or_all::<PodDisruptionBudget>(&client, ns),
+            owned.clone(),
+        );
+    }
+    // Secrets: one metadata-only watch (values never enter the cache) for both the Secrets we
+    // own and the user's Secrets a cluster references. No predicate: Secrets have no
+    // generation, and a generation filter would drop every rotation.
+    let store = controller.store();
+    // `Api<PartialObjectMeta<_>>` makes metadata-only list/watch requests.
+    let secrets = watcher(
+        namespaced_or_all::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let mapper_store = store.clone();
+    controller = controller.watches_stream(secrets, move |secret| {
+        clusters_for_secret(&mapper_store, &secret)
+    });
+
+    metrics.set_store(Some(store));
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.to_owned(),
+        instance: identity,
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        backoff: Backoff::default(),
+        support,
+    });
+    controller
+        .graceful_shutdown_on(stop)
+        .run(reconcile_measured, error_policy, ctx)
+        .for_each(|res| {
+            match res {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+            futures::future::ready(())
+        })
+        .await;
+    metrics.set_store(None);
+    tracing::info!("controller stopped");
+}
+
+async fn reconcile_measured(sc: Arc<SignalingCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile::reconcile(&sc, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    if result.is_ok() {
+        ctx.backoff.reset(&ObjectRef::from_obj(sc.as_ref()));
+    }
+    result
+}
+
+fn error_policy(sc: Arc<SignalingCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.fail(&ObjectRef::from_obj(sc.as_ref()));
+    tracing::warn!(
+        cluster = %sc.name_any(),
+        namespace = sc.namespace().as_deref().unwrap_or(""),
+        error = %error,
+        retry_in_secs = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Resolves once `rx` reads true (or its sender is gone).
+fn flag_set(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    // Spawned so the returned future is a JoinHandle (Sync), as graceful_shutdown_on requires.
+    let handle = tokio::spawn(async move {
+        let _ = rx.wait_for(|v| *v).await;
+    });
+    async move {
+        let _ = handle.await;
+    }
+}
+
+/// Resolves once `rx` reads false (or its sender is gone).
+fn flag_cleared(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
+    let handle = tokio::spawn(async move {
+        let _ = rx.wait_for(|v| !*v).await;
+    });
+    async move {
+        let _ = handle.await;
+    }
+}
+
+/// Runs the operator until `stop` turns true: with a Lease, the controller runs only while
+/// this process leads (and stops as soon as leadership is lost); the Lease is released only
+/// after the controller stopped.
+pub async fn run_operator(
+    client: Client,
+    settings: OperatorSettings,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) {
+    let Some(lease) = settings.lease else {
+        metrics.set_leader(true);
+        run_controller(
+            client,
+            settings.namespace,
+            metrics.clone(),
+            None,
+            flag_set(stop),
+        )
+        .await;
+        metrics.set_leader(false);
+        return;
+    };
+    let identity = lease.identity.clone();
+    let (leading_tx, mut leading_rx) = watch::channel(false);
+    let (release_tx, release_rx) = watch::channel(false);
+    let elector = tokio::spawn(
+        LeaderElector::new(client.clone(), lease).run(leading_tx, flag_set(release_rx)),
+    );
+    loop {
+        let mut stop_rx = stop.clone();
+        tokio::select! {
+            r = leading_rx.wait_for(|l| *l) => if r.is_err() { break },
+            _ = stop_rx.wait_for(|s| *s) => break,
+        }
+        metrics.set_leader(true);
+        let lost = flag_cleared(leading_rx.clone());
+        let stopped = flag_set(stop.clone());
+        let until = async move {
+            tokio::select! {
+                _ = lost => {},
+                _ = stopped => {},
+            }
+        };
+        run_controller(
+            client.clone(),
+            settings.namespace.clone(),
+            metrics.clone(),
+            Some(identity.clone()),
+            until,
+        )
+        .await;
+        metrics.set_leader(false);
+        if *stop.borrow() {
+            break;
+        }
+        tracing::warn!("leadership lost; controller stopped, campaigning again");
+    }
+    let _ = release_tx.send(true);
+    let _ = elector.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2), Duration::from_secs(2));
+        assert_eq!(backoff_delay(5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(9), Duration::from_secs(256));
+        assert_eq!(backoff_delay(10), BACKOFF_MAX);
+        assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn backoff_is_per_object_and_resets_on_success() {
+        let b = Backoff::default();
+        let a = ObjectRef::<SignalingCluster>::new("a").within("ns");
+        let c = ObjectRef::<SignalingCluster>::new("c").within("ns");
+        assert_eq!(b.fail(&a), Duration::from_secs(1));
+        assert_eq!(b.fail(&a), Duration::from_secs(2));
+        assert_eq!(b.fail(&a), Duration::from_secs(4));
+        assert_eq!(b.fail(&c), Duration::from_secs(1));
+        b.reset(&a);
+        assert_eq!(b.fail(&a), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,750 @@
+//! One reconciliation of a `SignalingCluster`, as thin I/O around the pure core: fetch the
+//! referenced Secrets and create missing generated ones, resolve and render (pure), apply the
+//! desired children with server-side apply (skipping objects already up to date), delete the
+//! optional children that were turned off, read back the workloads and patch the status
+//! (pure calculator) only when it changed. Watches and retries live in `controller`.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::api::{SignalingCluster, SignalingClusterStatus};
+use crate::conditions::{self, DeploymentFacts, Facts, RedisFacts};
+use crate::config::{self, sha256_hex};
+use crate::controller::{ApiSupport, Backoff};
+use crate::metrics::Metrics;
+use crate::resolve::{self, ConfigError};
+use crate::resources::{self, BuildError, GeneratedSecret, FIELD_MANAGER};
+
+/// Annotation on each child's own metadata (never on the pod template): sha256 of the object
+/// the operator last applied. Lets a reconcile skip an apply when nothing changed, while still
+/// re-applying when the operator removed a field (which a "desired ⊆ current" check alone
+/// would miss).
+pub const DESIRED_HASH_ANNOTATION: &str = "switchboard.dev/desired-hash";
+/// Periodic requeue that corrects drift nobody told us about.
+pub const DRIFT_REQUEUE: Duration = Duration::from_secs(300);
+/// Requeue after a user error (bad reference, bad value): the Secret watch usually triggers
+/// sooner.
+pub const CONFIG_ERROR_REQUEUE: Duration = Duration::from_secs(120);
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: std::sync::Arc<Metrics>,
+    pub backoff: Backoff,
+    pub support: ApiSupport,
+}
+
+/// What can make a reconcile fail (user errors are not here: they become `ConfigValid=False`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{verb} {kind} {name}: {source}")]
+    Kube {
+        verb: &'static str,
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serializing {kind} {name}: {source}")]
+    Serialize {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("building children: {0}")]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Render(#[from] config::RenderError),
+    #[error("the random number generator failed: {0}")]
+    Random(String),
+    #[error("SignalingCluster has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A bounded label for the failure metric (never a name or a message).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { source, .. } => match source {
+                kube::Error::Api(s) if s.code == 409 => "conflict",
+                kube::Error::Api(s) if s.code == 403 => "forbidden",
+                kube::Error::Api(s) if s.code == 404 => "not_found",
+                kube::Error::Api(s) if s.code == 422 => "invalid",
+                kube::Error::Api(s) if s.code >= 500 => "server_error",
+                kube::Error::Api(_) => "api_error",
+                _ => "transport",
+            },
+            Self::Serialize { .. } => "serialize",
+            Self::Build(_) => "build",
+            Self::Render(_) => "render",
+            Self::Random(_) => "random",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+fn kube_err(
+    verb: &'static str,
+    kind: &'static str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_owned();
+    move |source| Error::Kube {
+        verb,
+        kind,
+        name,
+        source,
+    }
+}
+
+/// True when every field of `desired` is present with the same value in `current` (objects:
+/// key by key; lists: same length, element by element; scalars: equal). Fields the API
+/// server or other managers added to `current` are ignored.
+pub fn is_subset(desired: &Value, current: &Value) -> bool {
+    match (desired, current) {
+        (Value::Object(d), Value::Object(c)) => d
+            .iter()
+            .all(|(k, dv)| c.get(k).is_some_and(|cv| is_subset(dv, cv))),
+        (Value::Array(d), Value::Array(c)) => {
+            d.len() == c.len() && d.iter().zip(c).all(|(dv, cv)| is_subset(dv, cv))
+        }
+        (d, c) => d == c,
+    }
+}
+
+/// The desired object as JSON with its hash annotation set.
+pub fn with_desired_hash(mut desired: Value) -> Value {
+    // The hash covers the object without the annotation itself; serde_json maps are sorted,
+    // so the bytes are stable.
+    let hash = sha256_hex(desired.to_string().as_bytes());
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(map) = annotations.as_object_mut() {
+            map.insert(DESIRED_HASH_ANNOTATION.to_owned(), Value::String(hash));
+        }
+    }
+    desired
+}
+
+/// Whether an apply of `desired` (with hash) would change nothing we care about.
+pub fn up_to_date(desired: &Value, current: &Value) -> bool {
+    let want = desired
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(DESIRED_HASH_ANNOTATION));
+    let have = current
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(DESIRED_HASH_ANNOTATION));
+    want.is_some() && want == have && is_subset(desired, current)
+}
+
+/// Outcome of [`apply`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Unchanged,
+    Created,
+    Updated,
+}
+
+/// Server-side applies `desired` unless the live object is already up to date, and returns
+/// the live object afterwards.
+async fn apply<K>(api: &Api<K>, desired: &K) -> Result<(K, Applied), Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let kind = leak_kind::<K>();
+    let name = desired.name_any();
+    let ser = |source| Error::Serialize {
+        kind,
+        name: name.clone(),
+        source,
+    };
+    let body = with_desired_hash(serde_json::to_value(desired).map_err(ser)?);
+    let current = api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err("get", kind, &name))?;
+    if let Some(cur) = &current {
+        if up_to_date(&body, &serde_json::to_value(cur).map_err(ser)?) {
+            return Ok((cur.clone(), Applied::Unchanged));
+        }
+    }
+    // force: we are the only intended owner of these fields; a conflicting manager (someone
+    // editing replicas by hand) is drift to correct, not a reason to fail.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let after = api
+        .patch(&name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(kube_err("apply", kind, &name))?;
+    let outcome = match current {
+        None => Applied::Created,
+        Some(cur) if cur.resource_version() == after.resource_version() => Applied::Unchanged,
+        Some(_) => Applied::Updated,
+    };
+    Ok((after, outcome))
+}
+
+fn leak_kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds of k8s-openapi types are static strings already; `Resource::kind` returns a Cow.
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(s) => s,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+/// Deletes `name` if it exists and is owned by the cluster with `owner_uid` (never anything
+/// a user made).
+async fn delete_owned<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let kind = leak_kind::<K>();
+    let Some(current) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err("get", kind, name))?
+    else {
+        return Ok(false);
+    };
+    if !current
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == owner_uid)
+    {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: current.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(kube_err("delete", kind, name)(e)),
+    }
+}
+
+fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(buf)
+}
+
+async fn publish(
+    ctx: &Context,
+    sc: &SignalingCluster,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    // Events are best effort: a failed event must not fail (and so repeat) the reconcile.
+    if let Err(e) = ctx.recorder.publish(&event, &sc.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+/// Fetches or generates the Secrets a cluster reads, keyed by name. Generated Secrets are
+/// created once and never updated (a 409 means another writer won the race: use theirs).
+async fn fetch_secrets(
+    ctx: &Context,
+    sc: &SignalingCluster,
+    api: &Api<Secret>,
+) -> Result<BTreeMap<String, Secret>, Error> {
+    let cluster = sc.name_any();
+    let mut fetched = BTreeMap::new();
+    for kind in resources::generated_secrets_needed(sc) {
+        let name = kind.secret_name(&cluster);
+        if let Some(s) = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get", "Secret", &name))?
+        {
+            fetched.insert(name, s);
+            continue;
+        }
+        let desired = resources::desired_generated_secret(
+            sc,
+            kind,
+            &random_bytes(GeneratedSecret::RANDOM_BYTES)?,
+        )?;
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        let created = match api.create(&params, &desired).await {
+            Ok(s) => {
+                tracing::info!(cluster = %cluster, secret = %name, "generated secret");
+                publish(
+                    ctx,
+                    sc,
+                    EventType::Normal,
+                    "SecretGenerated",
+                    format!("generated Secret {name}"),
+                    "Generate",
+                )
+                .await;
+                s
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => api
+                .get(&name)
+                .await
+                .map_err(kube_err("get", "Secret", &name))?,
+            Err(e) => return Err(kube_err("create", "Secret", &name)(e)),
+        };
+        fetched.insert(name, created);
+    }
+    for name in resolve::referenced_secret_names(sc) {
+        if fetched.contains_key(&name) {
+            continue;
+        }
+        if let Some(s) = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get", "Secret", &name))?
+        {
+            fetched.insert(name, s);
+        }
+    }
+    Ok(fetched)
+}
+
+/// What the status calculator needs, from the cluster and the workloads read back.
+fn facts(
+    sc: &SignalingCluster,
+    paused: bool,
+    config_error: Option<ConfigError>,
+    deployment: Option<&Deployment>,
+    redis: Option<&StatefulSet>,
+) -> Facts {
+    Facts {
+        name: sc.name_any(),
+        namespace: sc.namespace().unwrap_or_default(),
+        generation: sc.metadata.generation,
+        paused,
+        config_error,
+        redis: if sc.spec.redis.managed.is_some() {
+            RedisFacts::from_statefulset(redis)
+        } else {
+            RedisFacts::External
+        },
+        servers: deployment.map(DeploymentFacts::from_deployment),
+        endpoint: resources::endpoint(sc).ok(),
+    }
+}
+
+/// Kubernetes `Time` now.
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// Patches the status if it differs from the stored one, then publishes an Event for every
+/// condition whose status flipped (and only then).
+async fn update_status(
+    ctx: &Context,
+    sc: &SignalingCluster,
+    api: &Api<SignalingCluster>,
+    new: SignalingClusterStatus,
+) -> Result<(), Error> {
+    let name = sc.name_any();
+    if sc.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let mut status = serde_json::to_value(&new).map_err(|source| Error::Serialize {
+        kind: "SignalingCluster",
+        name: name.clone(),
+        source,
+    })?;
+    // A merge patch leaves keys it does not mention: spell out cleared fields as null.
+    if let Some(map) = status.as_object_mut() {
+        for key in [
+            "observedGeneration",
+            "replicas",
+            "readyReplicas",
+            "endpoint",
+            "conditions",
+        ] {
+            map.entry(key).or_insert(Value::Null);
+        }
+    }
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": status })),
+    )
+    .await
+    .map_err(kube_err("patch status of", "SignalingCluster", &name))?;
+    let old: &[Condition] = sc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    for (type_, reason, message, good) in transitions(old, &new.conditions) {
+        let kind = if good {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(
+            ctx,
+            sc,
+            kind,
+            &reason,
+            format!("{type_}: {message}"),
+            "Reconcile",
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Conditions whose status is new or changed: (type, reason, message, is-good). For `Paused`
+/// "True" is reported as a plain Normal event too.
+pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(String, String, String, bool)> {
+    new.iter()
+        .filter(|n| {
+            old.iter()
+                .find(|o| o.type_ == n.type_)
+                .is_none_or(|o| o.status != n.status)
+        })
+        .map(|n| {
+            let good = n.status == "True" || n.type_ == "Paused";
+            (n.type_.clone(), n.reason.clone(), n.message.clone(), good)
+        })
+        .collect()
+}
+
+/// One reconciliation. User errors return `Ok` (they are reported in the status); only
+/// transient failures return `Err` and get backoff.
+pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, Error> {
+    let ns = sc.namespace().ok_or(Error::NoNamespace)?;
+    let name = sc.name_any();
+    let span = tracing::info_span!("reconcile", cluster = %name, namespace = %ns);
+    let _enter = span.enter();
+    let clusters: Api<SignalingCluster> = Api::namespaced(ctx.client.clone(), &ns);
+
+    if sc.spec.paused {
+        let facts = facts(sc, true, None, None, None);
+        update_status(
+            ctx,
+            sc,
+            &clusters,
+            conditions::compute_status(sc.status.as_ref(), &facts, &now()),
+        )
+        .await?;
+        // Unpausing is a spec change, which triggers the next reconcile.
+        return Ok(Action::await_change());
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let fetched = fetch_secrets(ctx, sc, &secrets).await?;
+    let resolved = match resolve::resolve(sc, &fetched) {
+        Ok(r) => r,
+        Err(config_error) => return config_invalid(ctx, sc, &clusters, config_error).await,
+    };
+    let rendered = config::render(sc, &resolved)?;
+    let children = resources::desired_children(sc, &rendered)?;
+    let uid = sc.uid().ok_or(BuildError::MissingMetadata("uid"))?;
+    let client = &ctx.client;
+
+    let mut changed: Vec<String> = Vec::new();
+    let mut note = |kind: &str, name: String, a: Applied| {
+        if a != Applied::Unchanged {
+            changed.push(format!(
+                "{} {kind} {name}",
+                if a == Applied::Created {
+                    "created"
+                } else {
+                    "updated"
+                }
+            ));
+        }
+    };
+
+    let (_, a) = apply(&secrets, &children.config_secret).await?;
+    note("Secret", children.config_secret.name_any(), a);
+
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let redis_sts = match &children.redis_statefulset {
+        Some(d) => {
+            let (live, a) = apply(&sts_api, d).await?;
+            note("StatefulSet", d.name_any(), a);
+            Some(live)
+        }
+        None => {
+            delete_owned(&sts_api, &resources::names::redis(&name), &uid).await?;
+            None
+        }
+    };
+    match &children.redis_service {
+        Some(d) => {
+            let (_, a) = apply(&svc_api, d).await?;
+            note("Service", d.name_any(), a);
+        }
+        None => {
+            delete_owned(&svc_api, &resources::names::redis(&name), &uid).await?;
+        }
+    }
+    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    match &children.network_policy {
+        Some(d) => {
+            let (_, a) = apply(&np_api, d).await?;
+            note("NetworkPolicy", d.name_any(), a);
+        }
+        None => {
+            delete_owned(&np_api, &resources::names::redis(&name), &uid).await?;
+        }
+    }
+
+    let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let (deployment, a) = apply(&deploy_api, &children.deployment).await?;
+    note("Deployment", children.deployment.name_any(), a);
+    let (_, a) = apply(&svc_api, &children.service).await?;
+    note("Service", children.service.name_any(), a);
+
+    let server = resources::names::server(&name);
+    let ing_api: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    match &children.ingress {
+        Some(d) => {
+            let (_, a) = apply(&ing_api, d).await?;
+            note("Ingress", d.name_any(), a);
+        }
+        None => {
+            delete_owned(&ing_api, &server, &uid).await?;
+        }
+    }
+    let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    match &children.hpa {
+        Some(d) => {
+            let (_, a) = apply(&hpa_api, d).await?;
+            note("HorizontalPodAutoscaler", d.name_any(), a);
+        }
+        // Without autoscaling/v2 nothing of that kind can exist.
+        None if ctx.support.hpa_v2 => {
+            delete_owned(&hpa_api, &server, &uid).await?;
+        }
+        None => {}
+    }
+    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    match &children.pdb {
+        Some(d) => {
+            let (_, a) = apply(&pdb_api, d).await?;
+            note("PodDisruptionBudget", d.name_any(), a);
+        }
+        None if ctx.support.pdb_v1 => {
+            delete_owned(&pdb_api, &server, &uid).await?;
+        }
+        None => {}
+    }
+
+    if !changed.is_empty() {
+        tracing::info!(changes = %changed.join(", "), "applied");
+        publish(
+            ctx,
+            sc,
+            EventType::Normal,
+            "Applied",
+            changed.join(", "),
+            "Apply",
+        )
+        .await;
+    }
+
+    let facts = facts(sc, false, None, Some(&deployment), redis_sts.as_ref());
+    update_status(
+        ctx,
+        sc,
+        &clusters,
+        conditions::compute_status(sc.status.as_ref(), &facts, &now()),
+    )
+    .await?;
+    Ok(Action::requeue(DRIFT_REQUEUE))
+}
+
+/// A user error: report it in the status (and an Event on the transition), leave every
+/// running object as it is, retry slowly.
+async fn config_invalid(
+    ctx: &Context,
+    sc: &SignalingCluster,
+    clusters: &Api<SignalingCluster>,
+    error: ConfigError,
+) -> Result<Action, Error> {
+    tracing::info!(reason = error.reason.as_str(), message = %error.message, "configuration invalid");
+    // Read (never write) what runs, so the other conditions stay truthful.
+    let ns = sc.namespace().unwrap_or_default();
+    let name = sc.name_any();
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&resources::names::server(&name))
+        .await
+        .map_err(kube_err("get", "Deployment", &name))?;
+    let redis = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&resources::names::redis(&name))
+        .await
+        .map_err(kube_err("get", "StatefulSet", &name))?;
+    let facts = facts(sc, false, Some(error), deployment.as_ref(), redis.as_ref());
+    update_status(
+        ctx,
+        sc,
+        clusters,
+        conditions::compute_status(sc.status.as_ref(), &facts, &now()),
+    )
+    .await?;
+    Ok(Action::requeue(CONFIG_ERROR_REQUEUE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_ignores_server_added_fields() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "s", "ports": [{"containerPort": 8080}]}]}}}});
+        let current = json!({"spec": {"replicas": 2, "progressDeadlineSeconds": 600, "template": {"spec": {"containers": [{"name": "s", "ports": [{"containerPort": 8080, "protocol": "TCP"}], "terminationMessagePath": "/dev/termination-log"}]}}}, "status": {}});
+        assert!(is_subset(&desired, &current));
+    }
+
+    #[test]
+    fn subset_detects_drift() {
+        let desired = json!({"spec": {"replicas": 2, "list": [1, 2]}});
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 3, "list": [1, 2]}})
+        ));
+        assert!(!is_subset(&desired, &json!({"spec": {"list": [1, 2]}})));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 2, "list": [1, 2, 3]}})
+        ));
+        assert!(!is_subset(
+            &desired,
+            &json!({"spec": {"replicas": 2, "list": [2, 1]}})
+        ));
+    }
+
+    #[test]
+    fn hash_annotation_is_stable_and_tracks_content() {
+        let a = with_desired_hash(json!({"metadata": {"name": "x"}, "spec": {"a": 1}}));
+        let b = with_desired_hash(json!({"metadata": {"name": "x"}, "spec": {"a": 1}}));
+        let c = with_desired_hash(json!({"metadata": {"name": "x"}, "spec": {"a": 2}}));
+        let h = |v: &Value| {
+            v.pointer("/metadata/annotations").unwrap()[DESIRED_HASH_ANNOTATION].clone()
+        };
+        assert_eq!(h(&a), h(&b));
+        assert_ne!(h(&a), h(&c));
+        assert_eq!(h(&a).as_str().unwrap().len(), 64);
+        // Existing annotations are kept.
+        let d = with_desired_hash(json!({"metadata": {"annotations": {"k": "v"}}}));
+        assert_eq!(d.pointer("/metadata/annotations/k"), Some(&json!("v")));
+    }
+
+    #[test]
+    fn up_to_date_needs_same_hash_and_no_drift() {
+        let desired = with_desired_hash(
+            json!({"metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"r": 1}}),
+        );
+        let mut current = desired.clone();
+        current["metadata"]["resourceVersion"] = json!("7");
+        assert!(up_to_date(&desired, &current));
+        // Someone changed a field we own: drift.
+        let mut drifted = current.clone();
+        drifted["spec"]["r"] = json!(3);
+        assert!(!up_to_date(&desired, &drifted));
+        // We dropped a label since the last apply: the hash differs even though desired ⊆ current.
+        let smaller = with_desired_hash(json!({"metadata": {"name": "x"}, "spec": {"r": 1}}));
+        assert!(is_subset(
+            &json!({"metadata": {"name": "x"}, "spec": {"r": 1}}),
+            &current
+        ));
+        assert!(!up_to_date(&smaller, &current));
+        // An object nobody annotated (created by hand) is always re-applied.
+        let mut bare = current.clone();
+        bare["metadata"]["annotations"] = json!({});
+        assert!(!up_to_date(&desired, &bare));
+    }
+
+    fn cond(t: &str, s: &str) -> Condition {
+        Condition {
+            type_: t.into(),
+            status: s.into(),
+            reason: format!("R{t}{s}"),
+            message: format!("m {t}"),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            observed_generation: Some(1),
+        }
+    }
+
+    #[test]
+    fn transitions_only_for_flips() {
+        let old = vec![cond("Ready", "False"), cond("ConfigValid", "True")];
+        let new = vec![
+            cond("Ready", "True"),
+            cond("ConfigValid", "True"),
+            cond("ServersReady", "False"),
+        ];
+        let t = transitions(&old, &new);
+        assert_eq!(
+            t,
+            vec![
+                ("Ready".into(), "RReadyTrue".into(), "m Ready".into(), true),
+                (
+                    "ServersReady".into(),
+                    "RServersReadyFalse".into(),
+                    "m ServersReady".into(),
+                    false
+                ),
+            ]
+        );
+        assert!(transitions(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn error_labels_are_bounded() {
+        let e = Error::NoNamespace;
+        assert_eq!(e.metric_label(), "no_namespace");
+        let api = |code| Error::Kube {
+            verb: "apply",
+            kind: "Deployment",
+            name: "x".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("m", "r")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        };
+        assert_eq!(api(409).metric_label(), "conflict");
+        assert_eq!(api(403).metric_label(), "forbidden");
+        assert_eq!(api(503).metric_label(), "server_error");
+        assert_eq!(api(400).metric_label(), "api_error");
+    }
+}
