@@ -8,9 +8,11 @@ pub mod config;
 pub mod resolve;
 pub mod resources;
 // runtime (operator-runtime)
+pub mod controller;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod reconcile;
 
 use kube::CustomResourceExt;
 

@@ -1,1 +1,203 @@
-fn main() {}
+//! `switchboard-operator`: `run` starts the controller (with leader election, metrics and
+//! health endpoints), `crd` prints the CustomResourceDefinition. Wiring only; the logic lives
+//! in the library.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use switchboard_operator::controller::{self, CrdState, OperatorSettings};
+use switchboard_operator::http::{self, AppState};
+use switchboard_operator::leader::LeaseSettings;
+use switchboard_operator::metrics::Metrics;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-operator",
+    version,
+    about = "Kubernetes operator for Switchboard signaling clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller.
+    Run(RunArgs),
+    /// Print the SignalingCluster CustomResourceDefinition (YAML) to stdout.
+    Crd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease so that only one replica reconciles.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "switchboard-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else --namespace, else "default").
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Seconds a leader's Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_duration_secs: u64,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        if !pod.is_empty() {
+            return pod;
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "switchboard-operator".to_owned());
+    // The pid keeps two processes on one host (tests, local runs) distinct.
+    format!("{host}-{}", std::process::id())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    let client = kube::Client::try_default().await.context(
+        "cannot configure a Kubernetes client (KUBECONFIG / in-cluster service account)",
+    )?;
+
+    match controller::crd_state(&client, args.namespace.as_deref()).await {
+        Ok(CrdState::Installed) => {}
+        Ok(CrdState::Missing) => {
+            eprintln!(
+                "the SignalingCluster CRD (signalingclusters.switchboard.dev) is not installed; install it with: kubectl apply -f crds/switchboard.dev_signalingclusters.yaml (or: switchboard-operator crd | kubectl apply -f -, or helm install with crds.create=true)"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e).context("cannot reach the Kubernetes API server"),
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::new(metrics.clone());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot bind --metrics-addr {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let http_task = tokio::spawn(http::serve(listener, state.clone(), http_stop));
+    tokio::spawn(async move {
+        termination().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+
+    let lease = args.leader_elect.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".to_owned());
+        LeaseSettings::with_duration(
+            args.lease_name.clone(),
+            namespace,
+            identity(),
+            Duration::from_secs(args.lease_duration_secs),
+        )
+    });
+    let settings = OperatorSettings {
+        namespace: args.namespace.clone(),
+        lease,
+    };
+    state.ready.store(true, Ordering::Relaxed);
+    controller::run_operator(client, settings, metrics, stop_rx).await;
+    state.ready.store(false, Ordering::Relaxed);
+    // The HTTP server got the same stop signal; wait briefly so a final scrape completes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", switchboard_operator::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => match run(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
