@@ -190,7 +190,7 @@ async fn presence_relay_and_order_across_instances_without_echo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_is_atomic_across_instances() {
     let redis = RedisProcess::start();
-    let nodes = vec![
+    let nodes = [
         node(&redis, "sb", "a", TTL).await,
         node(&redis, "sb", "b", TTL).await,
         node(&redis, "sb", "c", TTL).await,

@@ -85,13 +85,16 @@ struct Link {
     last_canary: Option<Instant>,
 }
 
-/// Readiness, pure: commands work, the subscriber is up and the canary came back recently.
+/// Readiness, pure: commands work, the subscriber is up and a canary came back recently over
+/// the current subscriber connection.
 fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
+    let Some(since) = link.subscribed_since else {
+        return false;
+    };
     link.commands_ok
-        && link.subscribed_since.is_some()
-        && link
-            .last_canary
-            .is_some_and(|t| now.saturating_duration_since(t) <= timing.canary_deadline)
+        && link.last_canary.is_some_and(|t| {
+            t >= since && now.saturating_duration_since(t) <= timing.canary_deadline
+        })
 }
 
 /// The subscriber connection looks wedged: connected long enough for a canary to come back,
@@ -284,7 +287,12 @@ impl Inner {
                 Ok(value)
             }
             Err(message) => {
-                let was_ok = std::mem::replace(&mut self.link().commands_ok, false);
+                let was_ok = {
+                    let mut link = self.link();
+                    // Readiness needs a canary that made the full trip after this failure.
+                    link.last_canary = None;
+                    std::mem::replace(&mut link.commands_ok, false)
+                };
                 self.local().needs_sync = true;
                 if was_ok {
                     tracing::warn!(instance = %self.instance(), error = %message, "redis unreachable");
@@ -1046,9 +1054,19 @@ mod tests {
         assert!(!ready_at(&down, t0, &timing));
         let unsubscribed = Link {
             subscribed_since: None,
-            ..healthy
+            ..healthy.clone()
         };
         assert!(!ready_at(&unsubscribed, t0, &timing));
+        // A canary that came back over the previous subscriber connection proves nothing.
+        let resubscribed = Link {
+            subscribed_since: Some(t0 + Duration::from_millis(10)),
+            ..healthy
+        };
+        assert!(!ready_at(
+            &resubscribed,
+            t0 + Duration::from_millis(20),
+            &timing
+        ));
     }
 
     #[test]

@@ -1,0 +1,476 @@
+//! Several real `switchboard-server` processes sharing one real redis-server act as one
+//! service: cross-instance relay (targeted, broadcast, ordered), one participants list, atomic
+//! capacity, crash cleanup after SIGKILL, surviving a Redis restart and a killed subscriber
+//! connection without clients reconnecting, and key-prefix isolation.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard_e2e::client::{ws_path, Client, ConnectOptions, Event};
+use switchboard_e2e::http;
+use switchboard_e2e::redis::RedisProcess;
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::token::Claims;
+
+const SECRET: &str = "e2e-redis-cluster-secret-0123456789abcdef";
+/// Presence TTL for these tests: crash cleanup within TTL + one heartbeat.
+const TTL_SECS: u64 = 3;
+
+fn token(user: &str) -> String {
+    Claims::user(user).hs256(SECRET)
+}
+
+fn options(redis: &RedisProcess, instance: &str) -> ServerOptions {
+    ServerOptions::with_secret(SECRET)
+        .env("REDIS_URL", redis.url())
+        .env("SWITCHBOARD_INSTANCE_ID", instance)
+        .env("WEBRTC_ROOM_PRESENCE_TTL", TTL_SECS.to_string())
+}
+
+/// Starts `n` instances on one Redis and waits until each is ready.
+async fn cluster(redis: &RedisProcess, n: usize) -> Vec<ServerProcess> {
+    let mut servers = Vec::new();
+    for i in 0..n {
+        servers.push(options(redis, &format!("sb-{i}")).start());
+    }
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(10)).await;
+    }
+    servers
+}
+
+async fn is_ready(server: &ServerProcess) -> bool {
+    http::get(server.addr(), "/webrtc/health/ready")
+        .await
+        .status
+        == 200
+}
+
+async fn wait_ready(server: &ServerProcess, want: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if is_ready(server).await == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness of {} did not become {want} within {timeout:?}; stderr:\n{}",
+            server.addr(),
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sorted participant ids from the REST endpoint of one instance.
+async fn participants(addr: SocketAddr, room: &str) -> Vec<String> {
+    let res = http::get_bearer(
+        addr,
+        &format!("/webrtc/rooms/{room}/participants"),
+        &token("observer"),
+    )
+    .await;
+    assert_eq!(res.status, 200, "participants on {addr}: {}", res.text());
+    ids(&res.json()["participants"])
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|p| p["participant_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Polls until every instance reports exactly `want` (sorted) in `room`.
+async fn wait_participants(
+    servers: &[&ServerProcess],
+    room: &str,
+    want: &[String],
+    timeout: Duration,
+) {
+    let mut want = want.to_vec();
+    want.sort();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = Vec::new();
+        for s in servers {
+            all.push(participants(s.addr(), room).await);
+        }
+        if all.iter().all(|l| *l == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "participants did not converge to {want:?} within {timeout:?}: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Joins `user` on `server` and consumes the `user-joined` each of `earlier` receives.
+async fn join(
+    server: &ServerProcess,
+    room: &str,
+    user: &str,
+    earlier: &mut [&mut Client],
+) -> Client {
+    let client = Client::join(server.addr(), room, &token(user)).await;
+    for c in earlier.iter_mut() {
+        let (_, msg) = c
+            .recv_until_type("user-joined", Duration::from_secs(5))
+            .await;
+        assert_eq!(msg["payload"]["participant_id"], client.pid().as_str());
+    }
+    client
+}
+
+/// Reads until a message of type `ty` (skipping presence), within `timeout`.
+async fn next_of(client: &mut Client, ty: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_event(left).await {
+            Event::Json(msg) if msg["type"] == ty => return msg,
+            Event::Json(msg) if msg["type"] == "user-joined" || msg["type"] == "user-left" => {}
+            other => panic!("waiting for {ty} in room {}, got {other:?}", client.room),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
+    let redis = RedisProcess::start();
+    let servers = cluster(&redis, 3).await;
+    let room = "spread";
+    let mut a = join(&servers[0], room, "alice", &mut []).await;
+    let mut b = join(&servers[1], room, "bob", &mut [&mut a]).await;
+    let mut c = join(&servers[2], room, "carol", &mut [&mut a, &mut b]).await;
+    let mut d = join(&servers[0], room, "dave", &mut [&mut a, &mut b, &mut c]).await;
+
+    // room-state counts everyone, cluster-wide.
+    let state = d.room_state.clone().unwrap();
+    assert_eq!(state["payload"]["participant_count"], 4);
+    let everyone = ids(&state["payload"]["participants"]);
+    assert_eq!(everyone.len(), 4);
+    wait_participants(
+        &servers.iter().collect::<Vec<_>>(),
+        room,
+        &everyone,
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Targeted: a (instance 0) → c (instance 2); only c receives it.
+    a.send_msg("offer", Some(&c.pid()), json!({"sdp": "v=0"}))
+        .await;
+    let offer = next_of(&mut c, "offer", Duration::from_secs(5)).await;
+    assert_eq!(offer["sender_id"], a.pid().as_str());
+    assert_eq!(offer["to"], c.pid().as_str());
+    assert_eq!(offer["payload"]["sdp"], "v=0");
+    for other in [&mut b, &mut d] {
+        other.assert_alive_and_idle().await;
+    }
+
+    // Broadcast from b (instance 1): every other participant exactly once, local and remote.
+    b.send_msg("chat-message", None, json!({"text": "hi all"}))
+        .await;
+    for other in [&mut a, &mut c, &mut d] {
+        let msg = next_of(other, "chat-message", Duration::from_secs(5)).await;
+        assert_eq!(msg["sender_id"], b.pid().as_str());
+        assert_eq!(msg["to"], Value::Null);
+        other.assert_alive_and_idle().await;
+    }
+    b.assert_alive_and_idle().await;
+
+    // Broadcast from a reaches its local neighbour d and the remote b and c, once each.
+    a.send_msg("media-control", None, json!({"muted": true}))
+        .await;
+    for other in [&mut b, &mut c, &mut d] {
+        let msg = next_of(other, "media-control", Duration::from_secs(5)).await;
+        assert_eq!(msg["sender_id"], a.pid().as_str());
+        other.assert_alive_and_idle().await;
+    }
+
+    // A leave on instance 2 reaches everyone, and every instance forgets c.
+    let c_pid = c.pid();
+    c.close().await;
+    for other in [&mut a, &mut b, &mut d] {
+        let left = next_of(other, "user-left", Duration::from_secs(5)).await;
+        assert_eq!(left["payload"]["participant_id"], c_pid.as_str());
+        assert_eq!(left["payload"]["reason"], "closed");
+    }
+    let rest: Vec<String> = everyone.into_iter().filter(|p| *p != c_pid).collect();
+    wait_participants(
+        &servers.iter().collect::<Vec<_>>(),
+        room,
+        &rest,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_preserved_over_1000_messages_across_instances() {
+    let redis = RedisProcess::start();
+    let fast = |instance: &str| {
+        options(&redis, instance)
+            .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
+            .env("WEBRTC_RATE_LIMIT_BURST", "100000")
+            .env("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "4096")
+            .start()
+    };
+    let (s1, s2) = (fast("sb-a"), fast("sb-b"));
+    wait_ready(&s1, true, Duration::from_secs(10)).await;
+    wait_ready(&s2, true, Duration::from_secs(10)).await;
+    let room = "ordered";
+    let mut sender = join(&s1, room, "sender", &mut []).await;
+    let mut receiver = join(&s2, room, "receiver", &mut [&mut sender]).await;
+    let to = receiver.pid();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 1000 {
+            let msg = next_of(&mut receiver, "chat-message", Duration::from_secs(20)).await;
+            got.push(msg["payload"]["n"].as_u64().unwrap_or(u64::MAX));
+        }
+        receiver.assert_alive_and_idle().await;
+        got
+    });
+    for n in 0..1000u64 {
+        sender
+            .send_msg("chat-message", Some(&to), json!({ "n": n }))
+            .await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("1000 messages within 30 s")
+        .expect("reader task");
+    assert_eq!(got, (0..1000).collect::<Vec<u64>>());
+    sender.assert_alive_and_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_an_instance_is_announced_as_instance_lost_within_ttl() {
+    let redis = RedisProcess::start();
+    let mut servers = cluster(&redis, 3).await;
+    let room = "crash";
+    let mut a = join(&servers[0], room, "alice", &mut []).await;
+    let mut c = join(&servers[2], room, "carol", &mut [&mut a]).await;
+    let b1 = join(&servers[1], room, "bob", &mut [&mut a, &mut c]).await;
+    let b2 = join(&servers[1], room, "bob-tab-2", &mut [&mut a, &mut c]).await;
+    let doomed: HashSet<String> = [b1.pid(), b2.pid()].into();
+
+    let killed_at = Instant::now();
+    servers[1].sigkill();
+    let bound = Duration::from_secs(TTL_SECS + 5);
+    for survivor in [&mut a, &mut c] {
+        let mut lost = HashSet::new();
+        while lost != doomed {
+            let left = survivor
+                .next_event(bound.saturating_sub(killed_at.elapsed()))
+                .await;
+            let Event::Json(msg) = left else {
+                panic!("waiting for instance_lost in {room}, got {left:?} after {lost:?}");
+            };
+            assert_eq!(msg["type"], "user-left", "unexpected {msg}");
+            assert_eq!(msg["payload"]["reason"], "instance_lost");
+            let pid = msg["payload"]["participant_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(lost.insert(pid.clone()), "user-left for {pid} twice");
+        }
+        survivor.assert_alive_and_idle().await;
+    }
+    assert!(killed_at.elapsed() < bound);
+    let alive = [a.pid(), c.pid()];
+    wait_participants(
+        &[&servers[0], &servers[2]],
+        room,
+        &alive,
+        Duration::from_secs(2),
+    )
+    .await;
+    // Nothing of the dead instance remains but its tombstone (and the expiring lock).
+    let leftovers: Vec<String> = redis
+        .keys("switchboard:instance:{sb-1}:*")
+        .into_iter()
+        .filter(|k| !k.ends_with(":lost") && !k.ends_with(":cleanup"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_race_across_three_instances_admits_exactly_the_maximum() {
+    let redis = RedisProcess::start();
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        servers.push(
+            options(&redis, &format!("cap-{i}"))
+                .env("WEBRTC_MAX_PARTICIPANTS_PER_ROOM", "50")
+                .start(),
+        );
+    }
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(10)).await;
+    }
+    let room = "race";
+    let mut attempts = Vec::new();
+    for i in 0..120 {
+        let addr = servers[i % 3].addr();
+        let token = token(&format!("user-{i}"));
+        attempts.push(tokio::spawn(async move {
+            let mut client = Client::connect_with(
+                addr,
+                room,
+                &ws_path(room, &token),
+                &ConnectOptions::default(),
+            )
+            .await;
+            let first = client.next_event(Duration::from_secs(20)).await;
+            (client, first)
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts {
+        let (client, first) = attempt.await.expect("join task");
+        match first {
+            Event::Json(msg) if msg["type"] == "room-state" => admitted.push(client),
+            Event::Close(Some((1013, reason))) if reason == "room_full" => refused += 1,
+            other => panic!("unexpected first event: {other:?}"),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (50, 70));
+    for s in &servers {
+        assert_eq!(participants(s.addr(), room).await.len(), 50);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers_presence_and_relay_without_reconnects() {
+    let mut redis = RedisProcess::start();
+    let servers = cluster(&redis, 2).await;
+    let room = "outage";
+    let mut a = join(&servers[0], room, "alice", &mut []).await;
+    let mut b = join(&servers[1], room, "bob", &mut [&mut a]).await;
+    let both = [a.pid(), b.pid()];
+
+    redis.kill();
+    for s in &servers {
+        wait_ready(s, false, Duration::from_secs(10)).await;
+    }
+    // A message that needs Redis is refused out loud, the sender stays connected.
+    a.send_msg("offer", Some(&b.pid()), json!({"sdp": "lost?"}))
+        .await;
+    let err = next_of(&mut a, "error", Duration::from_secs(10)).await;
+    assert_eq!(err["payload"]["code"], "bus_unavailable");
+
+    redis.restart_same_port();
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(10)).await;
+    }
+    wait_participants(
+        &[&servers[0], &servers[1]],
+        room,
+        &both,
+        Duration::from_secs(10),
+    )
+    .await;
+    // Relaying works again, in both directions, on the same connections.
+    a.send_msg("offer", Some(&b.pid()), json!({"sdp": "again"}))
+        .await;
+    let offer = next_of(&mut b, "offer", Duration::from_secs(5)).await;
+    assert_eq!(offer["payload"]["sdp"], "again");
+    b.send_msg("answer", Some(&a.pid()), json!({"sdp": "ok"}))
+        .await;
+    let answer = next_of(&mut a, "answer", Duration::from_secs(5)).await;
+    assert_eq!(answer["payload"]["sdp"], "ok");
+    // Nobody was told anyone left, nobody was disconnected.
+    a.assert_alive_and_idle().await;
+    b.assert_alive_and_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_connection_is_repaired_by_the_instance() {
+    let redis = RedisProcess::start();
+    let servers = cluster(&redis, 2).await;
+    let room = "killed-sub";
+    let mut a = join(&servers[0], room, "alice", &mut []).await;
+    let mut b = join(&servers[1], room, "bob", &mut [&mut a]).await;
+
+    assert!(
+        redis.client_kill_pubsub() >= 2,
+        "each instance holds a subscriber connection"
+    );
+    // Whatever readiness said in between, it is true again within a few seconds…
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(10)).await;
+    }
+    // …and relaying works again without the clients reconnecting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.send_msg("chat-message", Some(&b.pid()), json!({ "n": n }))
+            .await;
+        match b.next_event(Duration::from_millis(500)).await {
+            Event::Json(msg) if msg["type"] == "chat-message" => {
+                assert_eq!(msg["sender_id"], a.pid().as_str());
+                break;
+            }
+            Event::Timeout => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relaying did not recover after CLIENT KILL"
+        );
+    }
+    wait_participants(
+        &[&servers[0], &servers[1]],
+        room,
+        &[a.pid(), b.pid()],
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefixes_isolate_clusters_on_one_redis() {
+    let redis = RedisProcess::start();
+    let one = options(&redis, "one-0")
+        .env("REDIS_KEY_PREFIX", "team-one")
+        .start();
+    let two = options(&redis, "two-0")
+        .env("REDIS_KEY_PREFIX", "team-two")
+        .start();
+    wait_ready(&one, true, Duration::from_secs(10)).await;
+    wait_ready(&two, true, Duration::from_secs(10)).await;
+    let room = "same-name";
+    let mut a = Client::join(one.addr(), room, &token("alice")).await;
+    let mut b = Client::join(two.addr(), room, &token("bob")).await;
+    assert_eq!(
+        b.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        1
+    );
+    assert_eq!(participants(one.addr(), room).await, vec![a.pid()]);
+    assert_eq!(participants(two.addr(), room).await, vec![b.pid()]);
+    b.send_msg("chat-message", None, json!({"text": "anyone?"}))
+        .await;
+    a.assert_alive_and_idle().await;
+    b.assert_alive_and_idle().await;
+    let keys = redis.keys("*");
+    assert!(keys.iter().any(|k| k.starts_with("team-one:")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.starts_with("team-two:")), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("team-one:") || k.starts_with("team-two:")),
+        "every key carries its cluster's prefix: {keys:?}"
+    );
+}
