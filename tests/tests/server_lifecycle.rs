@@ -117,10 +117,24 @@ async fn sigterm_drains_with_reconnect_hints_then_exits_zero() {
     }
 
     // Every client: a reconnect hint within the window, then close 1001 "server draining".
+    let mut hint_delays = Vec::new();
     for client in clients.iter_mut() {
-        let (messages, close) = client
-            .collect_until_close(Duration::from_millis(DELAY_MS + WINDOW_MS + 5000))
+        let first = client
+            .next_event(Duration::from_millis(DELAY_MS + WINDOW_MS + 5000))
             .await;
+        // Clients hear nothing before the endpoint-propagation delay has passed.
+        assert!(
+            signalled.elapsed() >= Duration::from_millis(DELAY_MS),
+            "drain message {first:?} after {:?}, before the {DELAY_MS} ms delay",
+            signalled.elapsed()
+        );
+        let Event::Json(first) = first else {
+            panic!("expected a reconnect hint or user-left, got {first:?}");
+        };
+        let (mut messages, close) = client
+            .collect_until_close(Duration::from_millis(WINDOW_MS + 5000))
+            .await;
+        messages.insert(0, first);
         assert_eq!(close, (1001, "server draining".to_string()));
         let hints: Vec<&Value> = messages
             .iter()
@@ -134,12 +148,19 @@ async fn sigterm_drains_with_reconnect_hints_then_exits_zero() {
             after <= WINDOW_MS,
             "after_ms {after} beyond the {WINDOW_MS} ms window"
         );
+        hint_delays.push(after);
         assert_eq!(hints[0]["sender_id"], Value::Null);
         for m in messages.iter().filter(|m| m["type"] != "reconnect") {
             assert_eq!(m["type"], "user-left", "{m}");
             assert_eq!(m["payload"]["reason"], "draining", "{m}");
         }
     }
+    // Jittered: four clients do not all get the same delay.
+    hint_delays.dedup();
+    assert!(
+        hint_delays.len() > 1,
+        "after_ms not spread: {hint_delays:?}"
+    );
     let status = server
         .wait_exit(Duration::from_millis(TIMEOUT_MS + 2000))
         .await
@@ -159,9 +180,33 @@ async fn drain_timeout_bounds_exit_even_with_a_client_that_never_reads() {
         .env("SWITCHBOARD_DRAIN_DELAY_MS", "100")
         .env("SWITCHBOARD_DRAIN_WINDOW_MS", "500")
         .env("SWITCHBOARD_DRAIN_TIMEOUT_MS", TIMEOUT_MS.to_string())
+        // Queues big enough that the stuck reader below is never closed as a slow consumer.
+        .env("WEBRTC_OUTBOUND_QUEUE_BYTES", (64 << 20).to_string())
+        .env("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "100000")
         .start();
-    // Never read again: it answers neither the close handshake nor pings.
-    let _mute = Client::join(server.addr(), ROOM, &token("mute")).await;
+    // The stuck client never reads again and has a tiny receive buffer: once alice has sent it
+    // megabytes, the server cannot deliver its reconnect hint or close frame at all.
+    let stuck_opts = ConnectOptions {
+        recv_buffer: Some(4096),
+        ..ConnectOptions::default()
+    };
+    let path = ws_path(ROOM, &token("stuck"));
+    let mut stuck = Client::connect_with(server.addr(), ROOM, &path, &stuck_opts).await;
+    stuck.read_room_state().await;
+    let stuck_pid = stuck.pid();
+    let mut alice = Client::join(server.addr(), ROOM, &token("alice")).await;
+    let filler = "f".repeat(60_000);
+    for n in 0..150 {
+        alice
+            .send_msg(
+                "chat-message",
+                Some(&stuck_pid),
+                json!({"n": n, "fill": filler}),
+            )
+            .await;
+    }
+    // Alice's pong: the server has queued all of it for the stuck client.
+    alice.assert_alive_and_idle().await;
     let signalled = Instant::now();
     server.sigterm();
     let status = server
@@ -303,15 +348,16 @@ async fn yaml_config_file_is_used() {
 #[tokio::test]
 async fn flag_overrides_env_overrides_file() {
     let file = config_file(
-        "listen: 127.0.0.1:1\njwt:\n  secret: e2e-file-secret-0123456789abcdef\nice:\n  stun_urls: [\"stun:file.example:3478\"]\n",
+        "listen: 192.0.2.1:9\njwt:\n  secret: e2e-file-secret-0123456789abcdef\nice:\n  stun_urls: [\"stun:file.example:3478\"]\n",
     );
     let path = file.path().to_string_lossy().to_string();
     let file_token = Claims::user("u").hs256("e2e-file-secret-0123456789abcdef");
     let env_token = Claims::user("u").hs256("e2e-env-secret-0123456789abcdef");
     let flag_token = Claims::user("u").hs256("e2e-flag-secret-0123456789abcdef");
 
-    // File only (the harness's --listen flag beats the file's unusable port 1).
+    // File only; the harness's --listen 127.0.0.1:0 beats the file's unbindable TEST-NET address.
     let server = ServerOptions::new().arg("--config").arg(&path).start();
+    assert!(server.addr().ip().is_loopback(), "{}", server.addr());
     assert_eq!(
         stun_urls(&server, &file_token).await,
         vec!["stun:file.example:3478"]

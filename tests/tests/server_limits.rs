@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard_e2e::client::{
-    assert_error, assert_pair_relays, ws_path, Client, ConnectOptions, Event,
-};
+use switchboard_e2e::client::{assert_error, assert_pair_relays, ws_path, Client, ConnectOptions};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
 use tokio_tungstenite::tungstenite::Message;
@@ -132,7 +130,11 @@ async fn flooding_gets_rate_limited_then_closed_1008() {
         .await;
     let elapsed = started.elapsed().as_secs();
     assert_eq!(close, (1008, "rate_limited".to_string()));
-    assert!(!messages.is_empty(), "rate_limited errors before the close");
+    assert!(
+        !messages.is_empty(),
+        "the flooder must get `error rate_limited` for rejected messages before the close \
+         (got the close {close:?} with no message before it)"
+    );
     for msg in &messages {
         assert_error(msg, "rate_limited");
     }
@@ -296,7 +298,7 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
             .send_msg("offer", Some(&slow_pid), json!({"n": sent, "sdp": sdp}))
             .await;
         sent += 1;
-        if sent % 8 == 0 {
+        if sent.is_multiple_of(8) {
             alice
                 .send_msg("chat-message", Some(&bob_pid), json!({"n": chats_sent}))
                 .await;
@@ -304,7 +306,7 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
         }
         tokio::task::yield_now().await;
     }
-    let (mut bob, chats, left) = tokio::time::timeout(Duration::from_secs(30), bob_task)
+    let (mut bob, mut chats, left) = tokio::time::timeout(Duration::from_secs(30), bob_task)
         .await
         .expect("bob's reader finishes")
         .expect("bob's reader does not panic");
@@ -314,11 +316,6 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
         "{left}"
     );
     assert_eq!(left["payload"]["reason"], "slow_consumer", "{left}");
-    assert_eq!(
-        chats,
-        (0..chats.len() as u64).collect::<Vec<_>>(),
-        "bob's chats in order, none lost"
-    );
 
     // The slow reader now reads: an in-order prefix of the offers, then the close.
     let (messages, close) = slow.collect_until_close(Duration::from_secs(20)).await;
@@ -344,6 +341,10 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
         "a gap-free prefix"
     );
     assert!(
+        !ns.is_empty(),
+        "the offers written before the overflow arrive"
+    );
+    assert!(
         (ns.len() as u64) < sent,
         "the close came before all {sent} offers"
     );
@@ -361,6 +362,19 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
             _ => panic!("alice: unexpected {m}"),
         }
     }
+    // Alice's pong proves the server has handled all she sent; chats relayed after the leave
+    // are still on their way to bob: read them up to his own pong.
+    bob.send_json(&json!({"type": "ping"})).await;
+    let (late, _) = bob.recv_until_type("pong", Duration::from_secs(10)).await;
+    for m in &late {
+        assert_eq!(m["type"], "chat-message", "bob: unexpected {m}");
+        chats.push(m["payload"]["n"].as_u64().expect("n"));
+    }
+    assert_eq!(
+        chats,
+        (0..chats_sent).collect::<Vec<_>>(),
+        "bob got every chat, in order"
+    );
     assert_pair_relays(&mut alice, &mut bob).await;
 }
 
@@ -391,9 +405,4 @@ async fn peer_that_stops_answering_pings_leaves_with_reason_timeout() {
     alice.expect_type("user-joined").await;
     assert_pair_relays(&mut alice, &mut carol).await;
     drop(mute);
-    // A read of an idle, answering client stays quiet (no close) for a few ping intervals.
-    match alice.next_event(Duration::from_secs(3)).await {
-        Event::Timeout => {}
-        other => panic!("alice should stay connected and idle, got {other:?}"),
-    }
 }
