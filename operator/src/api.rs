@@ -70,6 +70,7 @@ pub struct SignalingClusterSpec {
 
     /// Image pull policy of the server container (Kubernetes default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "image_pull_policy_schema")]
     pub image_pull_policy: Option<ImagePullPolicy>,
 
     /// Secrets used to pull the server (and managed Redis) images.
@@ -173,6 +174,16 @@ impl Default for SignalingClusterSpec {
 
 fn default_replicas() -> i32 {
     2
+}
+
+/// Schema of the optional pull policy: a plain string enum. schemars would put `null` into the
+/// `enum` of an `Option<enum>`, which Kubernetes 1.20's CRD conversion chokes on (the CRD is then
+/// refused with "per-version schemas may not all be set to identical values").
+fn image_pull_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Always", "IfNotPresent", "Never"],
+    })
 }
 
 /// Kubernetes image pull policy.
