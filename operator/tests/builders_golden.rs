@@ -198,7 +198,10 @@ spec:
         "external-redis",
         &snapshot(
             manifest,
-            vec![secret("redis-url", &[("url", "rediss://:pw@redis.example.com:6380/0")])],
+            vec![secret(
+                "redis-url",
+                &[("url", "rediss://:pw@redis.example.com:6380/0")],
+            )],
         ),
     );
 }

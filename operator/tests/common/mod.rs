@@ -16,7 +16,9 @@ pub const UID: &str = "0f9c6a52-6a1e-4f0e-9d55-4a3b2c1d0e9f";
 /// Parses a manifest and adds what the API server would set.
 pub fn cluster_from_yaml(yaml: &str) -> SignalingCluster {
     let mut sc: SignalingCluster = serde_yaml::from_str(yaml).expect("manifest parses");
-    sc.metadata.namespace.get_or_insert_with(|| NAMESPACE.to_owned());
+    sc.metadata
+        .namespace
+        .get_or_insert_with(|| NAMESPACE.to_owned());
     sc.metadata.uid = Some(UID.to_owned());
     sc.metadata.generation = Some(1);
     sc
@@ -31,7 +33,9 @@ pub fn bare(name: &str) -> SignalingCluster {
 
 /// Deterministic stand-in for the runtime's CSPRNG output.
 pub fn fake_random(seed: u8) -> Vec<u8> {
-    (0..32u8).map(|i| i.wrapping_mul(7).wrapping_add(seed)).collect()
+    (0..32u8)
+        .map(|i| i.wrapping_mul(7).wrapping_add(seed))
+        .collect()
 }
 
 pub fn secret(name: &str, pairs: &[(&str, &str)]) -> Secret {
