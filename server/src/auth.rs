@@ -138,7 +138,14 @@ impl Authenticator {
         // Exactly one algorithm: a token whose header names another one
         // (alg none, HS256 signed with an RSA public key, ...) is refused.
         let mut validation = Validation::new(algorithm(cfg.algorithm));
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if cfg.issuer.is_some() {
+            required.push("iss");
+        }
+        if cfg.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         // Tokens are short-lived and issued by the same deployment; an exact

@@ -1,1 +1,303 @@
+//! JWT checks with real keys (fixed PEM test keys under tests/keys) and the
+//! coturn REST credential against a vector computed with `openssl dgst`.
 
+use super::*;
+use crate::config::{JwtAlgorithm, JwtConfig, JwtKey, Secret};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+
+const RSA_PRIVATE: &str = include_str!("../tests/keys/rsa_private.pem");
+const RSA_PUBLIC: &str = include_str!("../tests/keys/rsa_public.pem");
+const EC_PRIVATE: &str = include_str!("../tests/keys/ec_private.pem");
+const EC_PUBLIC: &str = include_str!("../tests/keys/ec_public.pem");
+
+fn hs(secret: &str) -> JwtConfig {
+    JwtConfig {
+        algorithm: JwtAlgorithm::Hs256,
+        key: JwtKey::Secret(Secret::new(secret)),
+        issuer: None,
+        audience: None,
+    }
+}
+
+fn rs() -> JwtConfig {
+    JwtConfig {
+        algorithm: JwtAlgorithm::Rs256,
+        key: JwtKey::PublicKeyPem(RSA_PUBLIC.into()),
+        issuer: None,
+        audience: None,
+    }
+}
+
+fn sign_hs(claims: &serde_json::Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn later() -> u64 {
+    now_unix() + 600
+}
+
+fn room(r: &str) -> RoomId {
+    RoomId::parse(r).unwrap()
+}
+
+#[test]
+fn valid_hs256_token() {
+    let auth = Authenticator::new(&hs("s3cret")).unwrap();
+    let t = sign_hs(
+        &json!({"sub":"alice","name":"Alice","exp":later(),"rooms":["a","b"]}),
+        b"s3cret",
+    );
+    let id = auth.verify(&t).unwrap();
+    assert_eq!(id.user_id, "alice");
+    assert_eq!(id.username, "Alice");
+    assert_eq!(id.rooms, RoomAccess::Only(vec!["a".into(), "b".into()]));
+    assert!(id.may_join(&room("a")));
+    assert_eq!(
+        auth.authorize(Some(&t), &room("c")),
+        Err(AuthError::RoomForbidden)
+    );
+    assert!(auth.authorize(Some(&t), &room("b")).is_ok());
+}
+
+#[test]
+fn name_defaults_to_sub_and_rooms_to_all() {
+    let auth = Authenticator::new(&hs("k")).unwrap();
+    let id = auth
+        .verify(&sign_hs(&json!({"sub":"bob","exp":later()}), b"k"))
+        .unwrap();
+    assert_eq!(id.username, "bob");
+    assert_eq!(id.rooms, RoomAccess::All);
+    let id = auth
+        .verify(&sign_hs(
+            &json!({"sub":"bob","exp":later(),"rooms":["x","*"]}),
+            b"k",
+        ))
+        .unwrap();
+    assert_eq!(id.rooms, RoomAccess::All);
+    let id = auth
+        .verify(&sign_hs(
+            &json!({"sub":"bob","exp":later(),"rooms":"*"}),
+            b"k",
+        ))
+        .unwrap();
+    assert_eq!(id.rooms, RoomAccess::All);
+}
+
+#[test]
+fn refusals() {
+    let auth = Authenticator::new(&hs("right")).unwrap();
+    let good = sign_hs(&json!({"sub":"a","exp":later()}), b"right");
+    let (head, rest) = good.split_once('.').unwrap();
+    let (body, _sig) = rest.split_once('.').unwrap();
+    let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let cases: Vec<(&str, String, AuthError)> = vec![
+        ("empty", String::new(), AuthError::MissingToken),
+        ("garbage", "not.a.jwt".into(), AuthError::InvalidToken),
+        (
+            "wrong secret",
+            sign_hs(&json!({"sub":"a","exp":later()}), b"wrong"),
+            AuthError::InvalidToken,
+        ),
+        (
+            "expired",
+            sign_hs(&json!({"sub":"a","exp":now_unix() - 5}), b"right"),
+            AuthError::TokenExpired,
+        ),
+        (
+            "no exp",
+            sign_hs(&json!({"sub":"a"}), b"right"),
+            AuthError::InvalidToken,
+        ),
+        (
+            "no sub",
+            sign_hs(&json!({"exp":later()}), b"right"),
+            AuthError::InvalidToken,
+        ),
+        (
+            "empty sub",
+            sign_hs(&json!({"sub":"","exp":later()}), b"right"),
+            AuthError::InvalidToken,
+        ),
+        (
+            "alg none, no signature",
+            format!("{none_header}.{body}."),
+            AuthError::InvalidToken,
+        ),
+        (
+            "alg none, old signature",
+            format!("{none_header}.{body}.{}", rest.split_once('.').unwrap().1),
+            AuthError::InvalidToken,
+        ),
+        (
+            "tampered body",
+            format!(
+                "{head}.{}.{}",
+                URL_SAFE_NO_PAD.encode(br#"{"sub":"root","exp":9999999999}"#),
+                rest.split_once('.').unwrap().1
+            ),
+            AuthError::InvalidToken,
+        ),
+        (
+            "not yet valid",
+            sign_hs(&json!({"sub":"a","exp":later(),"nbf":later()}), b"right"),
+            AuthError::InvalidToken,
+        ),
+    ];
+    for (name, token, want) in cases {
+        assert_eq!(auth.verify(&token), Err(want), "{name}");
+    }
+    assert_eq!(
+        auth.authorize(None, &room("r")),
+        Err(AuthError::MissingToken)
+    );
+}
+
+#[test]
+fn issuer_and_audience_checked_when_configured() {
+    let mut cfg = hs("k");
+    cfg.issuer = Some("https://issuer".into());
+    cfg.audience = Some("switchboard".into());
+    let auth = Authenticator::new(&cfg).unwrap();
+    let ok = sign_hs(
+        &json!({"sub":"a","exp":later(),"iss":"https://issuer","aud":"switchboard"}),
+        b"k",
+    );
+    assert!(auth.verify(&ok).is_ok());
+    let cases = [
+        (
+            json!({"sub":"a","exp":later(),"iss":"https://issuer","aud":"other"}),
+            AuthError::InvalidAudience,
+        ),
+        (
+            json!({"sub":"a","exp":later(),"iss":"https://issuer"}),
+            AuthError::InvalidAudience,
+        ),
+        (
+            json!({"sub":"a","exp":later(),"iss":"https://evil","aud":"switchboard"}),
+            AuthError::InvalidToken,
+        ),
+        (
+            json!({"sub":"a","exp":later(),"aud":"switchboard"}),
+            AuthError::InvalidToken,
+        ),
+    ];
+    for (claims, want) in cases {
+        assert_eq!(auth.verify(&sign_hs(&claims, b"k")), Err(want), "{claims}");
+    }
+    // Not configured: whatever iss/aud the token carries is accepted.
+    let open = Authenticator::new(&hs("k")).unwrap();
+    assert!(open
+        .verify(&sign_hs(
+            &json!({"sub":"a","exp":later(),"iss":"x","aud":"y"}),
+            b"k"
+        ))
+        .is_ok());
+}
+
+#[test]
+fn rs256_accepts_rsa_and_refuses_hs_confusion() {
+    let auth = Authenticator::new(&rs()).unwrap();
+    let claims = json!({"sub":"a","exp":later()});
+    let good = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(auth.verify(&good).unwrap().user_id, "a");
+    // The classic confusion attack: HS256 "signed" with the public key text.
+    let confused = sign_hs(&claims, RSA_PUBLIC.as_bytes());
+    assert_eq!(auth.verify(&confused), Err(AuthError::InvalidToken));
+    // ES256 token for an RS256 server.
+    let es = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(auth.verify(&es), Err(AuthError::InvalidToken));
+}
+
+#[test]
+fn es256_accepts_ec_and_refuses_others() {
+    let cfg = JwtConfig {
+        algorithm: JwtAlgorithm::Es256,
+        key: JwtKey::PublicKeyPem(EC_PUBLIC.into()),
+        issuer: None,
+        audience: None,
+    };
+    let auth = Authenticator::new(&cfg).unwrap();
+    let claims = json!({"sub":"a","exp":later()});
+    let good = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert!(auth.verify(&good).is_ok());
+    assert_eq!(
+        auth.verify(&sign_hs(&claims, EC_PUBLIC.as_bytes())),
+        Err(AuthError::InvalidToken)
+    );
+}
+
+#[test]
+fn hs256_server_refuses_rs256_tokens() {
+    let auth = Authenticator::new(&hs("k")).unwrap();
+    let claims = json!({"sub":"a","exp":later()});
+    let rs = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(auth.verify(&rs), Err(AuthError::InvalidToken));
+}
+
+#[test]
+fn key_kind_must_match_algorithm() {
+    let mut cfg = rs();
+    cfg.key = JwtKey::Secret(Secret::new("k"));
+    assert!(Authenticator::new(&cfg).is_err());
+    cfg.algorithm = JwtAlgorithm::Es256;
+    cfg.key = JwtKey::PublicKeyPem(RSA_PUBLIC.into());
+    assert!(Authenticator::new(&cfg).is_err());
+}
+
+#[test]
+fn dev_token_verifies_and_allows_every_room() {
+    let cfg = hs("devsecret");
+    let t = dev_token(&cfg, "dev", now_unix(), Duration::from_secs(86400)).unwrap();
+    let id = Authenticator::new(&cfg).unwrap().verify(&t).unwrap();
+    assert_eq!(id.user_id, "dev");
+    assert_eq!(id.rooms, RoomAccess::All);
+    assert!(id.expires_at >= now_unix() + 86000);
+}
+
+#[test]
+fn turn_credential_known_vector() {
+    // printf '%s' "1600000000:alice" | openssl dgst -sha1 -hmac north -binary | base64
+    let c = turn_credential(
+        b"north",
+        "alice",
+        1_599_999_000,
+        Duration::from_secs(1000),
+        u64::MAX,
+    );
+    assert_eq!(c.username, "1600000000:alice");
+    assert_eq!(c.credential, "gq98pTOhhHaAu0we9aV79kOVVv0=");
+    assert_eq!(c.expires_at, 1_600_000_000);
+}
+
+#[test]
+fn turn_credential_never_outlives_the_token() {
+    let c = turn_credential(b"north", "alice", 1_000, Duration::from_secs(86400), 1_600);
+    assert_eq!(c.expires_at, 1_600);
+    assert!(c.username.starts_with("1600:"));
+}

@@ -714,12 +714,13 @@ impl Reader<'_> {
         let inline = self.text(inline_key);
         let file = self.text(file_key);
         match (inline, file) {
-            (Some(_), Some(_)) => {
+            (Some(v), Some(_)) => {
                 self.err(
                     file_key,
                     format!("set either {inline_key} or {file_key}, not both"),
                 );
-                None
+                // Keep going with one of them so this is the only error reported.
+                Some(Secret(v))
             }
             (Some(v), None) => Some(Secret(v)),
             (None, Some(path)) => match self.files.read(&path) {
@@ -773,9 +774,18 @@ fn parse_args(
         }
         let setting = SETTINGS.iter().find(|s| s.flag == name);
         if setting.is_none() && name != CONFIG_FLAG {
+            let message = if name.starts_with('-') {
+                // Skip what looks like its value so it is not reported too.
+                if inline.is_none() && args.get(i).is_some_and(|v| !v.starts_with('-')) {
+                    i += 1;
+                }
+                "unknown flag (see --help)"
+            } else {
+                "unexpected argument (settings are given as --flag value)"
+            };
             errors.push(ConfigError {
                 setting: format!("command line argument {name:?}"),
-                message: "unknown flag (see --help)".into(),
+                message: message.into(),
             });
             continue;
         }

@@ -1,1 +1,389 @@
+//! Config loading through in-memory env and files: defaults, precedence,
+//! every error at once, secrets from files.
 
+use super::*;
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(a: &[&str], e: &[(&str, &str)], files: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+    match Config::load(&args(a), &env(e), &env(files)) {
+        Ok(Command::Run(c)) => Ok(*c),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(errs) => Err(errs.0.iter().map(ToString::to_string).collect()),
+    }
+}
+
+#[test]
+fn defaults() {
+    let c = load(&[], &[("JWT_SECRET", "s")], &[]).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.log_format, LogFormat::Pretty);
+    assert!(!c.instance_id.is_empty());
+    assert_eq!(c.jwt.algorithm, JwtAlgorithm::Hs256);
+    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("s")));
+    assert_eq!(c.jwt.issuer, None);
+    assert_eq!(c.ice.stun_urls, vec!["stun:stun.l.google.com:19302"]);
+    assert!(c.ice.turn_urls.is_empty());
+    assert_eq!(c.ice.turn_credential_ttl, Duration::from_secs(86400));
+    assert_eq!(
+        (
+            c.ice.ice_transport_policy.as_str(),
+            c.ice.bundle_policy.as_str(),
+            c.ice.rtcp_mux_policy.as_str()
+        ),
+        ("all", "balanced", "require")
+    );
+    assert_eq!(
+        c.rooms,
+        RoomsConfig {
+            max_participants: 50,
+            presence_ttl: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_message_bytes: 65536,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 200,
+            outbound_queue_messages: 256,
+            outbound_queue_bytes: 1_048_576,
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(20),
+        }
+    );
+    assert_eq!(c.allowed_origins, None);
+    assert_eq!(
+        c.redis,
+        RedisConfig {
+            url: None,
+            key_prefix: "switchboard".into()
+        }
+    );
+    assert_eq!(
+        c.shutdown,
+        ShutdownConfig {
+            drain_delay: Duration::from_millis(2000),
+            drain_window: Duration::from_millis(10000),
+            drain_timeout: Duration::from_millis(25000),
+        }
+    );
+    assert!(!c.dev);
+}
+
+#[test]
+fn precedence_flag_env_file_default() {
+    let yaml = "listen: 127.0.0.1:1111\nlimits:\n  max_message_bytes: 1000\n  rate_limit_burst: 7\nrooms:\n  max_participants: 3\njwt:\n  secret: fromfile\n";
+    let files = [("/c.yaml", yaml)];
+    // file only
+    let c = load(&["--config", "/c.yaml"], &[], &files).unwrap();
+    assert_eq!(c.listen.port(), 1111);
+    assert_eq!(c.limits.max_message_bytes, 1000);
+    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("fromfile")));
+    // env beats file, flag beats env; untouched keys keep the file value, then the default
+    let c = load(
+        &["--config=/c.yaml", "--max-message-bytes", "3000"],
+        &[
+            ("WEBRTC_MAX_MESSAGE_BYTES", "2000"),
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:2222"),
+            ("JWT_SECRET", "fromenv"),
+        ],
+        &files,
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_message_bytes, 3000);
+    assert_eq!(c.listen.port(), 2222);
+    assert_eq!(c.limits.rate_limit_burst, 7);
+    assert_eq!(c.rooms.max_participants, 3);
+    assert_eq!(c.limits.rate_limit_per_second, 50);
+    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("fromenv")));
+    // SWITCHBOARD_CONFIG names the file too
+    let c = load(&[], &[("SWITCHBOARD_CONFIG", "/c.yaml")], &files).unwrap();
+    assert_eq!(c.listen.port(), 1111);
+}
+
+#[test]
+fn every_error_reported_once_naming_the_setting() {
+    let errs = load(
+        &[
+            "--max-message-bytes",
+            "lots",
+            "--log-format",
+            "xml",
+            "--bogus-flag",
+            "1",
+        ],
+        &[
+            ("WEBRTC_RATE_LIMIT_BURST", "0"),
+            ("WEBRTC_ICE_TRANSPORT_POLICY", "nope"),
+            ("REDIS_URL", "http://x"),
+            ("SWITCHBOARD_LISTEN", "nowhere"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    let expect = [
+        "SWITCHBOARD_LISTEN",
+        "SWITCHBOARD_LOG_FORMAT",
+        "JWT_SECRET",
+        "WEBRTC_ICE_TRANSPORT_POLICY",
+        "WEBRTC_MAX_MESSAGE_BYTES",
+        "WEBRTC_RATE_LIMIT_BURST",
+        "REDIS_URL",
+        "--bogus-flag",
+    ];
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    for name in expect {
+        assert_eq!(
+            errs.iter().filter(|e| e.contains(name)).count(),
+            1,
+            "{name} in {errs:#?}"
+        );
+    }
+    for e in &errs {
+        assert!(!e.contains('\n'), "one line each: {e}");
+        assert!(e.starts_with("config error: "), "{e}");
+    }
+    assert!(
+        !errs.iter().any(|e| e.contains("http://x")),
+        "URLs may hold passwords: {errs:#?}"
+    );
+}
+
+#[test]
+fn missing_key_is_exactly_one_error() {
+    let errs = load(&[], &[], &[]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("JWT_SECRET") && errs[0].contains("jwt.secret"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn secret_files_are_read_and_trimmed() {
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET_FILE", "/s"),
+            ("WEBRTC_TURN_SECRET_FILE", "/t"),
+            ("REDIS_URL_FILE", "/r"),
+        ],
+        &[
+            ("/s", "topsecret\n"),
+            ("/t", "turn\n"),
+            ("/r", "redis://:pw@h:6379/0\n"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("topsecret")));
+    assert_eq!(c.ice.turn_secret, Some(Secret::new("turn")));
+    assert_eq!(c.redis.url, Some(Secret::new("redis://:pw@h:6379/0")));
+    let errs = load(
+        &[],
+        &[("JWT_SECRET_FILE", "/missing"), ("JWT_SECRET", "x")],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("JWT_SECRET_FILE") && errs[0].contains("not both"));
+    let errs = load(&[], &[("JWT_SECRET_FILE", "/missing")], &[]).unwrap_err();
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("JWT_SECRET_FILE") && e.contains("/missing")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn lists_from_env_flags_and_yaml() {
+    let c = load(
+        &["--turn-urls", "turn:a:3478, turns:b:5349"],
+        &[
+            ("JWT_SECRET", "s"),
+            ("WEBRTC_STUN_URLS", "stun:x:1,stun:y:2"),
+            (
+                "WEBRTC_ALLOWED_ORIGINS",
+                "https://a.example, http://b.example/",
+            ),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.ice.stun_urls, vec!["stun:x:1", "stun:y:2"]);
+    assert_eq!(c.ice.turn_urls, vec!["turn:a:3478", "turns:b:5349"]);
+    assert_eq!(
+        c.allowed_origins,
+        Some(vec![
+            "https://a.example".to_string(),
+            "http://b.example".to_string()
+        ])
+    );
+    let yaml = "jwt: {secret: s}\nice:\n  stun_urls: [\"stun:z:3\"]\nallowed_origins:\n  - https://c.example\n";
+    let c = load(&["--config", "/c"], &[], &[("/c", yaml)]).unwrap();
+    assert_eq!(c.ice.stun_urls, vec!["stun:z:3"]);
+    assert_eq!(
+        c.allowed_origins,
+        Some(vec!["https://c.example".to_string()])
+    );
+    let errs = load(
+        &[],
+        &[("JWT_SECRET", "s"), ("WEBRTC_TURN_URLS", "http://nope")],
+        &[],
+    )
+    .unwrap_err();
+    assert!(errs[0].contains("WEBRTC_TURN_URLS"), "{errs:#?}");
+}
+
+#[test]
+fn yaml_errors() {
+    let errs = load(
+        &["--config", "/c"],
+        &[],
+        &[(
+            "/c",
+            "jwt:\n  secret: s\n  secrt: typo\nlimits: {max_message_bytes: [1]}\nnonsense: 1\n",
+        )],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(errs
+        .iter()
+        .any(|e| e.contains("jwt.secrt") && e.contains("unknown setting")));
+    assert!(errs.iter().any(|e| e.contains("nonsense")));
+    assert!(errs.iter().any(|e| e.contains("limits.max_message_bytes")));
+    let errs = load(
+        &["--config", "/c"],
+        &[("JWT_SECRET", "s")],
+        &[("/c", "listen: [")],
+    )
+    .unwrap_err();
+    assert!(
+        errs[0].contains("invalid YAML") && errs[0].contains("SWITCHBOARD_CONFIG"),
+        "{errs:#?}"
+    );
+    let errs = load(&["--config", "/nope"], &[("JWT_SECRET", "s")], &[]).unwrap_err();
+    assert!(errs[0].contains("/nope"), "{errs:#?}");
+}
+
+#[test]
+fn public_key_algorithms() {
+    let pem = include_str!("../tests/keys/rsa_public.pem");
+    let c = load(
+        &[
+            "--jwt-algorithm",
+            "RS256",
+            "--jwt-public-key-file",
+            "/k.pem",
+        ],
+        &[],
+        &[("/k.pem", pem)],
+    )
+    .unwrap();
+    assert_eq!(c.jwt.algorithm, JwtAlgorithm::Rs256);
+    assert_eq!(c.jwt.key, JwtKey::PublicKeyPem(pem.into()));
+    // An RSA key is not an EC key.
+    let errs = load(
+        &[
+            "--jwt-algorithm",
+            "ES256",
+            "--jwt-public-key-file",
+            "/k.pem",
+        ],
+        &[],
+        &[("/k.pem", pem)],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("JWT_PUBLIC_KEY_FILE"), "{errs:#?}");
+    // A secret with RS256 is a mistake worth reporting.
+    let errs = load(
+        &[
+            "--jwt-algorithm",
+            "RS256",
+            "--jwt-public-key-file",
+            "/k.pem",
+        ],
+        &[("JWT_SECRET", "s")],
+        &[("/k.pem", pem)],
+    )
+    .unwrap_err();
+    assert!(errs[0].contains("JWT_SECRET"), "{errs:#?}");
+}
+
+#[test]
+fn dev_mode_needs_no_key_and_uses_the_in_process_bus() {
+    let c = load(&["--dev"], &[("REDIS_URL", "redis://h:6379")], &[]).unwrap();
+    assert!(c.dev);
+    assert_eq!(c.jwt.algorithm, JwtAlgorithm::Hs256);
+    match &c.jwt.key {
+        JwtKey::Secret(s) => assert_eq!(s.expose().len(), 64),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.redis.url, None);
+    let other = load(&["--dev"], &[], &[]).unwrap();
+    assert_ne!(other.jwt.key, c.jwt.key, "a fresh secret each start");
+}
+
+#[test]
+fn help_version_and_missing_flag_values() {
+    assert!(matches!(
+        Config::load(&args(&["--help"]), &env(&[]), &env(&[])),
+        Ok(Command::Help)
+    ));
+    assert!(matches!(
+        Config::load(&args(&["--version"]), &env(&[]), &env(&[])),
+        Ok(Command::Version)
+    ));
+    let errs = load(&["--listen"], &[("JWT_SECRET", "s")], &[]).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("--listen needs a value"), "{errs:#?}");
+    let u = usage();
+    for s in SETTINGS {
+        assert!(
+            u.contains(s.flag) && u.contains(s.env),
+            "{} missing from --help",
+            s.flag
+        );
+    }
+}
+
+#[test]
+fn secrets_do_not_leak_through_debug() {
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", "hunter2"),
+            ("WEBRTC_TURN_SECRET", "turnpw"),
+            ("REDIS_URL", "redis://:pw123@h"),
+        ],
+        &[],
+    )
+    .unwrap();
+    let dbg = format!("{c:?}");
+    for s in ["hunter2", "turnpw", "pw123"] {
+        assert!(!dbg.contains(s), "{s} leaked");
+    }
+}
+
+#[test]
+fn settings_table_is_consistent() {
+    let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), SETTINGS.len(), "duplicate YAML keys");
+    for s in SETTINGS {
+        assert!(s.flag.starts_with("--"));
+        assert_eq!(find(s.key).key, s.key);
+    }
+}

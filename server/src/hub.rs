@@ -164,6 +164,17 @@ impl Outbox {
         }
     }
 
+    /// Takes every queued frame (used to flush replies such as
+    /// `error rate_limited` before a close frame) and refuses further pushes.
+    pub fn take_all(&self) -> Vec<Frame> {
+        let mut st = self.lock();
+        st.bytes = 0;
+        if st.close.is_none() {
+            st.close = Some(CloseCause::Draining);
+        }
+        st.queue.drain(..).collect()
+    }
+
     /// Messages currently queued.
     pub fn len(&self) -> usize {
         self.lock().queue.len()

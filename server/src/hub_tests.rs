@@ -1,1 +1,272 @@
+//! Outbox bounds and hub fan-out, without sockets.
 
+use super::*;
+use crate::protocol::RelayKind;
+use serde_json::Value;
+
+fn frame(n: usize) -> Frame {
+    Frame::from_json_text(format!("{{\"type\":\"x\",\"pad\":\"{}\"}}", "a".repeat(n)))
+}
+
+fn try_next(o: &Outbox) -> Option<Next> {
+    futures_util::FutureExt::now_or_never(o.next())
+}
+
+fn json(next: Option<Next>) -> Value {
+    match next {
+        Some(Next::Frame(f)) => serde_json::from_str(f.as_str()).unwrap(),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn outbox_bounds_messages() {
+    let o = Outbox::new(2, 1_000_000);
+    assert_eq!(o.push(frame(1), Delivery::Must), Push::Queued);
+    assert_eq!(o.push(frame(1), Delivery::Must), Push::Queued);
+    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
+    assert_eq!(o.len(), 2);
+    assert_eq!(o.push(frame(1), Delivery::Must), Push::Overflow);
+    // A slow consumer is closed at once, queued frames are not flushed.
+    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::SlowConsumer)));
+    assert_eq!(o.push(frame(1), Delivery::Must), Push::Dropped);
+}
+
+#[test]
+fn outbox_bounds_bytes_but_always_takes_one() {
+    let o = Outbox::new(100, 100);
+    let big = frame(200);
+    assert_eq!(
+        o.push(big.clone(), Delivery::Must),
+        Push::Queued,
+        "an empty queue takes any frame"
+    );
+    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
+    assert_eq!(try_next(&o), Some(Next::Frame(big)));
+    let small = frame(10);
+    assert_eq!(o.push(small.clone(), Delivery::Must), Push::Queued);
+    assert_eq!(o.push(small.clone(), Delivery::Must), Push::Queued);
+    assert_eq!(o.push(frame(30), Delivery::Must), Push::Overflow);
+}
+
+#[test]
+fn outbox_drain_flushes_then_closes() {
+    let o = Outbox::new(1, 1000);
+    let a = frame(1);
+    o.push(a.clone(), Delivery::Must);
+    let last = frame(2);
+    o.close_after(Some(last.clone()), CloseCause::Draining);
+    assert_eq!(try_next(&o), Some(Next::Frame(a)));
+    assert_eq!(try_next(&o), Some(Next::Frame(last)));
+    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::Draining)));
+    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::Draining)));
+}
+
+#[tokio::test]
+async fn outbox_wakes_a_waiting_writer() {
+    let o = Arc::new(Outbox::new(4, 1000));
+    let waiter = tokio::spawn({
+        let o = o.clone();
+        async move { o.next().await }
+    });
+    tokio::task::yield_now().await;
+    let f = frame(3);
+    o.push(f.clone(), Delivery::Must);
+    assert_eq!(waiter.await.unwrap(), Next::Frame(f));
+}
+
+fn info(id: &str, instance: &str) -> ParticipantInfo {
+    ParticipantInfo {
+        participant_id: id.into(),
+        user_id: format!("u-{id}"),
+        username: id.into(),
+        joined_at: "2026-11-28T16:30:27.123Z".into(),
+        instance_id: instance.into(),
+    }
+}
+
+fn room() -> RoomId {
+    RoomId::parse("r").unwrap()
+}
+
+fn relay(sender: &str, to: Option<&str>) -> RelayMessage {
+    let payload = serde_json::value::RawValue::from_string("{\"n\":1}".into()).unwrap();
+    RelayMessage {
+        room_id: room(),
+        kind: RelayKind::Offer,
+        sender_id: sender.into(),
+        to: to.map(Into::into),
+        frame: protocol::encode_relay(RelayKind::Offer, &payload, sender, "r", to),
+    }
+}
+
+fn hub() -> Hub {
+    Hub::new(Arc::new(Metrics::default()))
+}
+
+fn outbox() -> Arc<Outbox> {
+    Arc::new(Outbox::new(16, 1 << 20))
+}
+
+#[test]
+fn register_sends_room_state_first_and_announces() {
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    h.register(&room(), &info("a", "i1"), a.clone(), &[info("a", "i1")]);
+    h.register(
+        &room(),
+        &info("b", "i1"),
+        b.clone(),
+        &[info("a", "i1"), info("b", "i1")],
+    );
+    let v = json(try_next(&a));
+    assert_eq!(v["type"], "room-state");
+    let v = json(try_next(&a));
+    assert_eq!(v["type"], "user-joined");
+    assert_eq!(v["payload"]["participant_id"], "b");
+    let v = json(try_next(&b));
+    assert_eq!(v["type"], "room-state");
+    assert_eq!(v["payload"]["participant_count"], 2);
+    assert!(try_next(&b).is_none(), "no self announcement");
+    assert_eq!(h.counts(), (1, 2));
+
+    h.unregister(&room(), "b", LeaveReason::Timeout);
+    let v = json(try_next(&a));
+    assert_eq!(v["type"], "user-left");
+    assert_eq!(v["payload"]["reason"], "timeout");
+    h.unregister(&room(), "a", LeaveReason::Closed);
+    assert_eq!(h.counts(), (0, 0));
+}
+
+#[test]
+fn relay_routes() {
+    let h = hub();
+    let (a, b, c) = (outbox(), outbox(), outbox());
+    let everyone = [info("a", "i1"), info("b", "i1"), info("c", "i1")];
+    h.register(&room(), &everyone[0], a.clone(), &everyone[..1]);
+    h.register(&room(), &everyone[1], b.clone(), &everyone[..2]);
+    h.register(&room(), &everyone[2], c.clone(), &everyone);
+    for o in [&a, &b, &c] {
+        while try_next(o).is_some() {}
+    }
+    assert_eq!(h.relay_local(&relay("a", Some("c"))), Route::LocalOnly);
+    assert!(
+        try_next(&b).is_none(),
+        "targeted message reaches only its target"
+    );
+    let v = json(try_next(&c));
+    assert_eq!(
+        (v["sender_id"].as_str(), v["to"].as_str()),
+        (Some("a"), Some("c"))
+    );
+    assert_eq!(
+        h.relay_local(&relay("a", Some("zzz"))),
+        Route::TargetNotFound
+    );
+    assert_eq!(h.relay_local(&relay("a", None)), Route::LocalOnly);
+    assert!(try_next(&a).is_none(), "broadcast skips the sender");
+    assert_eq!(json(try_next(&b))["to"], Value::Null);
+    assert_eq!(json(try_next(&c))["to"], Value::Null);
+}
+
+#[test]
+fn remote_members_and_events() {
+    let h = hub();
+    let a = outbox();
+    // The bus reported a participant on another instance.
+    h.register(
+        &room(),
+        &info("a", "i1"),
+        a.clone(),
+        &[info("x", "i2"), info("a", "i1")],
+    );
+    while try_next(&a).is_some() {}
+    assert_eq!(h.relay_local(&relay("a", Some("x"))), Route::Publish);
+    assert_eq!(h.relay_local(&relay("a", None)), Route::Publish);
+    assert!(try_next(&a).is_none());
+
+    // Remote relay to a local target, then a remote broadcast.
+    h.deliver(RemoteEvent::Relay(relay("x", Some("a"))));
+    assert_eq!(json(try_next(&a))["sender_id"], "x");
+    h.deliver(RemoteEvent::Relay(relay("x", None)));
+    assert_eq!(json(try_next(&a))["sender_id"], "x");
+
+    // Presence from other instances; duplicates are ignored.
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: info("y", "i3"),
+    });
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: info("y", "i3"),
+    });
+    assert_eq!(json(try_next(&a))["type"], "user-joined");
+    assert!(try_next(&a).is_none());
+    h.deliver(RemoteEvent::Left {
+        room_id: room(),
+        participant: info("x", "i2"),
+        reason: LeaveReason::InstanceLost,
+    });
+    h.deliver(RemoteEvent::Left {
+        room_id: room(),
+        participant: info("x", "i2"),
+        reason: LeaveReason::InstanceLost,
+    });
+    let v = json(try_next(&a));
+    assert_eq!(
+        (v["type"].as_str(), v["payload"]["reason"].as_str()),
+        (Some("user-left"), Some("instance_lost"))
+    );
+    assert!(try_next(&a).is_none());
+    // A remote Left for a local participant is not ours to act on.
+    h.deliver(RemoteEvent::Left {
+        room_id: room(),
+        participant: info("a", "i1"),
+        reason: LeaveReason::Closed,
+    });
+    assert_eq!(h.counts(), (1, 1));
+    assert_eq!(h.relay_local(&relay("a", Some("x"))), Route::TargetNotFound);
+
+    // Events for rooms without local participants are ignored.
+    h.deliver(RemoteEvent::Joined {
+        room_id: RoomId::parse("other").unwrap(),
+        participant: info("z", "i2"),
+    });
+    assert_eq!(h.counts(), (1, 1));
+    let snap = h.local_snapshot();
+    assert_eq!(snap, vec![(room(), vec![info("a", "i1")])]);
+}
+
+#[test]
+fn slow_reader_is_marked_and_others_keep_receiving() {
+    let h = hub();
+    let slow = Arc::new(Outbox::new(3, 1 << 20));
+    let fast = outbox();
+    h.register(&room(), &info("s", "i1"), slow.clone(), &[info("s", "i1")]);
+    h.register(
+        &room(),
+        &info("f", "i1"),
+        fast.clone(),
+        &[info("s", "i1"), info("f", "i1")],
+    );
+    while try_next(&fast).is_some() {}
+    for _ in 0..5 {
+        h.relay_local(&relay("x", Some("s")));
+        h.relay_local(&relay("s", Some("f")));
+        assert_eq!(json(try_next(&fast))["type"], "offer");
+    }
+    assert_eq!(try_next(&slow), Some(Next::Close(CloseCause::SlowConsumer)));
+}
+
+#[test]
+fn drain_sends_reconnect_within_window() {
+    let h = hub();
+    let a = outbox();
+    h.register(&room(), &info("a", "i1"), a.clone(), &[info("a", "i1")]);
+    h.drain(Duration::from_millis(500));
+    assert_eq!(json(try_next(&a))["type"], "room-state");
+    let v = json(try_next(&a));
+    assert_eq!(v["type"], "reconnect");
+    assert!(v["payload"]["after_ms"].as_u64().unwrap() < 500);
+    assert_eq!(try_next(&a), Some(Next::Close(CloseCause::Draining)));
+}

@@ -251,6 +251,8 @@ impl Metrics {
             "switchboard_join_duration_seconds",
             "Time from upgrade to room-state.",
         );
+        // Redis bus: publish latency, reconnects, presence cleanups (zero without Redis).
+        crate::bus::redis::metrics::render(&mut out);
         out
     }
 

@@ -127,7 +127,8 @@ mod tests {
     #[test]
     fn time_going_backwards_does_not_panic_or_refill() {
         let t0 = Instant::now() + Duration::from_secs(5);
-        let mut rl = RateLimiter::new(100, 1, t0);
+        let mut rl = RateLimiter::new(100, 2, t0);
+        assert_eq!(rl.check(t0), Verdict::Allow);
         assert_eq!(rl.check(t0), Verdict::Allow);
         assert_eq!(rl.check(t0 - Duration::from_secs(1)), Verdict::Reject);
     }

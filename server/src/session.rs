@@ -225,6 +225,18 @@ where
     ctx.metrics.connection_closed(end.metric_label());
     tracing::info!(reason = end.metric_label(), "left");
     if let Some((code, text)) = end.close_frame() {
+        if matches!(end, End::TooBig | End::RateLimited) {
+            // The client should see the errors queued before its close frame.
+            let pending = outbox.take_all();
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+                for frame in pending {
+                    if sink.feed(text_message(frame)).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
         send_close(&mut sink, code, text).await;
     }
     drop(guard);

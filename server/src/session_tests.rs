@@ -1,1 +1,390 @@
+//! The participant state machine driven through channels instead of sockets.
 
+use super::*;
+use crate::auth::RoomAccess;
+use crate::bus::InProcessBus;
+use futures_channel::mpsc;
+use serde_json::{json, Value};
+
+struct World {
+    hub: Arc<Hub>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<Shutdown>,
+    limits: Limits,
+    max_participants: usize,
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_message_bytes: 1024,
+        rate_limit_per_second: 1000,
+        rate_limit_burst: 1000,
+        outbound_queue_messages: 64,
+        outbound_queue_bytes: 1 << 20,
+        ping_interval: Duration::from_secs(20),
+        ping_timeout: Duration::from_secs(20),
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let metrics = Arc::new(Metrics::default());
+        World {
+            hub: Arc::new(Hub::new(metrics.clone())),
+            bus: Arc::new(InProcessBus::new()),
+            metrics,
+            shutdown: Arc::new(Shutdown::new(Duration::from_millis(100))),
+            limits: limits(),
+            max_participants: 50,
+        }
+    }
+
+    fn ctx(&self, user: &str) -> SessionContext {
+        SessionContext {
+            room: RoomId::parse("room").unwrap(),
+            identity: Identity {
+                user_id: user.into(),
+                username: user.into(),
+                expires_at: u64::MAX,
+                rooms: RoomAccess::All,
+            },
+            hub: self.hub.clone(),
+            bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
+            limits: self.limits.clone(),
+            max_participants: self.max_participants,
+            instance_id: "test".into(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Starts a session; returns the client's ends of both channels.
+    fn join(&self, user: &str) -> Client {
+        let (to_client, from_server) = mpsc::unbounded::<Message>();
+        let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+        let guard = self.shutdown.guard().unwrap();
+        let task = tokio::spawn(run(self.ctx(user), guard, to_client, from_client));
+        Client {
+            rx: from_server,
+            tx: to_server,
+            task,
+        }
+    }
+}
+
+struct Client {
+    rx: mpsc::UnboundedReceiver<Message>,
+    tx: mpsc::UnboundedSender<Result<Message, ReadError>>,
+    task: tokio::task::JoinHandle<Option<End>>,
+}
+
+impl Client {
+    async fn next(&mut self) -> Message {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), self.rx.next())
+                .await
+                .expect("no message within 60 s")
+                .expect("session ended without a close frame");
+            if !matches!(m, Message::Ping(_)) {
+                return m;
+            }
+        }
+    }
+
+    async fn json(&mut self) -> Value {
+        match self.next().await {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    async fn expect(&mut self, ty: &str) -> Value {
+        let v = self.json().await;
+        assert_eq!(v["type"], ty, "{v}");
+        v
+    }
+
+    async fn expect_close(&mut self, code: u16, reason: &str) {
+        match self.next().await {
+            Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (code, reason)),
+            other => panic!("expected close {code} {reason}, got {other:?}"),
+        }
+    }
+
+    fn send(&self, v: Value) {
+        self.send_text(&v.to_string());
+    }
+
+    fn send_text(&self, t: &str) {
+        self.tx
+            .unbounded_send(Ok(Message::Text(t.to_owned().into())))
+            .unwrap();
+    }
+
+    async fn joined(&mut self) -> String {
+        let v = self.expect("room-state").await;
+        v["payload"]["self"]["participant_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn relay_presence_and_leave() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    let pa = a.joined().await;
+    let mut b = w.join("bob");
+    let pb = b.joined().await;
+    let j = a.expect("user-joined").await;
+    assert_eq!(j["payload"]["participant_id"], pb.as_str());
+    assert_eq!(j["payload"]["user_id"], "bob");
+
+    a.send(json!({"type":"offer","to":pb,"payload":{"sdp":"x"},"sender_id":"spoofed"}));
+    let o = b.expect("offer").await;
+    assert_eq!(o["sender_id"], pa.as_str());
+    assert_eq!(o["to"], pb.as_str());
+    assert_eq!(o["room_id"], "room");
+    assert_eq!(o["payload"], json!({"sdp":"x"}));
+
+    b.send(json!({"type":"chat-message","payload":"hi"}));
+    let c = a.expect("chat-message").await;
+    assert_eq!(
+        (c["sender_id"].as_str(), &c["to"]),
+        (Some(pb.as_str()), &Value::Null)
+    );
+
+    a.send(json!({"type":"answer","to":"nobody","payload":{}}));
+    assert_eq!(
+        a.expect("error").await["payload"]["code"],
+        "target_not_found"
+    );
+
+    b.tx.unbounded_send(Ok(Message::Close(None))).unwrap();
+    assert_eq!(b.task.await.unwrap(), Some(End::ClientClosed));
+    let left = a.expect("user-left").await;
+    assert_eq!(
+        (
+            left["payload"]["participant_id"].as_str(),
+            left["payload"]["reason"].as_str()
+        ),
+        (Some(pb.as_str()), Some("closed"))
+    );
+    assert_eq!(
+        w.bus
+            .participants(&RoomId::parse("room").unwrap())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_and_the_connection_stays() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    a.send_text("not json");
+    assert_eq!(
+        a.expect("error").await["payload"]["code"],
+        "invalid_message"
+    );
+    a.send(json!({"type":"teleport","payload":{}}));
+    assert_eq!(a.expect("error").await["payload"]["code"], "unknown_type");
+    a.send(json!({"type":"offer","payload":{}}));
+    assert_eq!(
+        a.expect("error").await["payload"]["code"],
+        "invalid_message"
+    );
+    a.tx.unbounded_send(Ok(Message::Binary(bytes::Bytes::from_static(b"\x00\x01"))))
+        .unwrap();
+    assert_eq!(
+        a.expect("error").await["payload"]["code"],
+        "invalid_message"
+    );
+    a.send(json!({"type":"ping","payload":{"t":1}}));
+    assert_eq!(a.expect("pong").await["payload"], json!({"t":1}));
+}
+
+#[tokio::test]
+async fn too_big_closes_1009() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    let mut b = w.join("bob");
+    b.joined().await;
+    a.expect("user-joined").await;
+    b.send_text(&format!(
+        "{{\"type\":\"chat-message\",\"payload\":\"{}\"}}",
+        "x".repeat(2000)
+    ));
+    b.expect_close(1009, "message_too_big").await;
+    assert_eq!(a.expect("user-left").await["payload"]["reason"], "closed");
+    // The transport's own limit maps the same way.
+    let mut c = w.join("carol");
+    c.joined().await;
+    c.tx.unbounded_send(Err(ReadError::TooBig)).unwrap();
+    c.expect_close(1009, "message_too_big").await;
+}
+
+#[tokio::test]
+async fn room_full_closes_1013() {
+    let mut w = World::new();
+    w.max_participants = 1;
+    let mut a = w.join("alice");
+    a.joined().await;
+    let mut b = w.join("bob");
+    b.expect_close(1013, "room_full").await;
+    assert_eq!(b.task.await.unwrap(), None);
+    a.send(json!({"type":"ping"}));
+    a.expect("pong").await;
+}
+
+#[tokio::test]
+async fn flooding_is_rejected_then_closed() {
+    let mut w = World::new();
+    w.limits.rate_limit_per_second = 1;
+    w.limits.rate_limit_burst = 3;
+    let mut a = w.join("alice");
+    a.joined().await;
+    let mut b = w.join("bob");
+    b.joined().await;
+    a.expect("user-joined").await;
+    for _ in 0..10 {
+        b.send(json!({"type":"chat-message","payload":1}));
+    }
+    let mut relayed = 0;
+    loop {
+        match a.json().await {
+            v if v["type"] == "chat-message" => relayed += 1,
+            v if v["type"] == "user-left" => {
+                assert_eq!(v["payload"]["reason"], "rate_limited");
+                break;
+            }
+            v => panic!("{v}"),
+        }
+    }
+    assert!((1..=3).contains(&relayed), "{relayed}");
+    let mut errors = 0;
+    loop {
+        match b.next().await {
+            Message::Text(t) if t.as_str().contains("rate_limited") => errors += 1,
+            Message::Text(_) => {}
+            Message::Close(Some(f)) => {
+                assert_eq!((f.code, f.reason.as_str()), (1008, "rate_limited"));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(errors >= 1, "excess messages get error rate_limited first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_peer_times_out() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    let mut b = w.join("bob");
+    b.joined().await;
+    a.expect("user-joined").await;
+    // Alice answers pings (any inbound frame counts); Bob never does.
+    let keepalive = {
+        let tx = a.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if tx
+                    .unbounded_send(Ok(Message::Pong(bytes::Bytes::new())))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    b.expect_close(1001, "timeout").await;
+    assert_eq!(a.expect("user-left").await["payload"]["reason"], "timeout");
+    keepalive.abort();
+}
+
+#[tokio::test]
+async fn slow_reader_is_closed_and_the_room_keeps_going() {
+    let mut w = World::new();
+    w.limits.outbound_queue_messages = 4;
+    let mut a = w.join("alice");
+    let pa = a.joined().await;
+    // Bob's socket accepts nothing: a bounded channel nobody reads.
+    let (to_client, _unread) = mpsc::channel::<Message>(0);
+    let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+    let bob = tokio::spawn(run(
+        w.ctx("bob"),
+        w.shutdown.guard().unwrap(),
+        to_client,
+        from_client,
+    ));
+    let pb = a.expect("user-joined").await["payload"]["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut c = w.join("carol");
+    c.joined().await;
+    a.expect("user-joined").await;
+    for i in 0..50 {
+        a.send(json!({"type":"ice-candidate","to":pb,"payload":{"i":i}}));
+        a.send(json!({"type":"ice-candidate","to":"CAROL","payload":{"i":i}}));
+    }
+    let left = loop {
+        let v = a.json().await;
+        if v["type"] == "user-left" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (
+            left["payload"]["participant_id"].as_str(),
+            left["payload"]["reason"].as_str()
+        ),
+        (Some(pb.as_str()), Some("slow_consumer"))
+    );
+    // Carol still gets messages from Alice.
+    c.expect("user-left").await;
+    a.send(json!({"type":"chat-message","payload":"still here"}));
+    let m = c.expect("chat-message").await;
+    assert_eq!(m["sender_id"], pa.as_str());
+    drop(to_server);
+    let end = tokio::time::timeout(Duration::from_secs(30), bob)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, Some(End::SlowConsumer));
+}
+
+#[tokio::test]
+async fn drain_sends_reconnect_then_closes_1001() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    let shutdown = w.shutdown.clone();
+    let hub = w.hub.clone();
+    let drain = tokio::spawn(async move { shutdown.drain(&hub, Duration::from_millis(10)).await });
+    let r = a.expect("reconnect").await;
+    assert!(r["payload"]["after_ms"].as_u64().unwrap() < 100);
+    a.expect_close(1001, "server draining").await;
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(w.shutdown.guard().is_none());
+    assert!(
+        w.bus
+            .participants(&RoomId::parse("room").unwrap())
+            .await
+            .unwrap()
+            .is_empty(),
+        "presence removed"
+    );
+}
