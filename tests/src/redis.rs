@@ -2,12 +2,15 @@
 //! tests, plus a tiny synchronous RESP client to poke it (PING, CLIENT KILL, KEYS).
 //!
 //! It never touches the Redis on the default port 6379: every instance gets a fresh free port,
-//! no persistence (`--save "" --appendonly no`) and is killed when dropped.
+//! no persistence (`--save "" --appendonly no`) and is killed when dropped. [`RedisProxy`] sits
+//! in front of one to wedge subscriber connections on demand.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long we wait for a freshly started redis-server to answer PING.
@@ -141,6 +144,125 @@ impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of a Redis that can wedge subscriber connections: after
+/// [`freeze_subscribers`](Self::freeze_subscribers), every connection that had sent a
+/// SUBSCRIBE stays open but never again delivers a byte from Redis to the client, the way a
+/// half-dead NAT entry or proxy would. Connections opened later work normally.
+pub struct RedisProxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<ProxiedConn>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxiedConn {
+    subscriber: AtomicBool,
+    frozen: AtomicBool,
+}
+
+impl RedisProxy {
+    /// Listens on a free loopback port and forwards to `127.0.0.1:<upstream_port>`.
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap_or_else(|e| panic!("proxy bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("proxy addr: {e}"));
+        let conns: Arc<Mutex<Vec<Arc<ProxiedConn>>>> = Arc::default();
+        let registry = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let state = Arc::new(ProxiedConn::default());
+                registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(state.clone());
+                tokio::spawn(proxy_connection(client, upstream_port, state));
+            }
+        });
+        RedisProxy { addr, conns, task }
+    }
+
+    /// `redis://127.0.0.1:<proxy port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// Wedges every subscriber connection open now; returns how many.
+    pub fn freeze_subscribers(&self) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for c in conns.iter() {
+            if c.subscriber.load(Ordering::SeqCst) {
+                c.frozen.store(true, Ordering::SeqCst);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+impl Drop for RedisProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    upstream_port: u16,
+    state: Arc<ProxiedConn>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(upstream) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await
+    else {
+        return;
+    };
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut up_rd, mut up_wr) = upstream.into_split();
+    let to_redis_state = state.clone();
+    let to_redis = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+            {
+                to_redis_state.subscriber.store(true, Ordering::SeqCst);
+            }
+            if up_wr.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let to_client = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match up_rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Frozen: swallow everything, keep the socket open.
+            if state.frozen.load(Ordering::SeqCst) {
+                continue;
+            }
+            if client_wr.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Either side closing ends the proxied connection.
+    tokio::select! {
+        () = to_redis => {}
+        () = to_client => {}
     }
 }
 

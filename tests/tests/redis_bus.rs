@@ -349,3 +349,45 @@ async fn a_killed_subscriber_is_repaired_and_prefixes_isolate() {
         "another prefix never sees our rooms"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_declared_lost_while_alive_comes_back_with_user_joined() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "sb", "a", TTL).await;
+    let b = node(&redis, "sb", "b", TTL).await;
+    let r = room("stall");
+    let pa = participant("pa", "a");
+    join(&a, &r, &pa, 50).await;
+    join(&b, &r, &participant("pb", "b"), 50).await;
+    // What a long stall looks like from outside: a's heartbeat stays gone (a renews it every
+    // second, so keep deleting it) until b has declared a lost.
+    let lost_on_b = |ev: &[RemoteEvent]| {
+        ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "pa"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lost_on_b(&b.hub.events()) {
+        assert!(Instant::now() < deadline, "b never declared a lost");
+        redis.command(&["DEL", "sb:instance:{a}:alive"]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // a hears about its own "loss", ignores it, re-registers and re-announces pa.
+    b.hub
+        .wait_for("pa re-joined on b", Duration::from_secs(5), |ev| {
+            ev.iter().any(|e| matches!(e, RemoteEvent::Joined { participant, .. } if participant.participant_id == "pa"))
+        })
+        .await;
+    assert!(a
+        .hub
+        .events()
+        .iter()
+        .all(|e| !matches!(e, RemoteEvent::Left { .. })));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.bus.participants(&r).await.unwrap().len() != 2 {
+        assert!(Instant::now() < deadline, "pa not re-registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        redis.command(&["EXISTS", "sb:instance:{a}:lost"]),
+        switchboard_e2e::redis::Reply::Integer(0)
+    );
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use switchboard_e2e::client::{ws_path, Client, ConnectOptions, Event};
 use switchboard_e2e::http;
-use switchboard_e2e::redis::RedisProcess;
+use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
 
@@ -472,5 +472,51 @@ async fn key_prefixes_isolate_clusters_on_one_redis() {
         keys.iter()
             .all(|k| k.starts_with("team-one:") || k.starts_with("team-two:")),
         "every key carries its cluster's prefix: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_subscriber_turns_readiness_false_and_is_replaced() {
+    let redis = RedisProcess::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let through_proxy = |instance: &str| {
+        ServerOptions::with_secret(SECRET)
+            .env("REDIS_URL", proxy.url())
+            .env("SWITCHBOARD_INSTANCE_ID", instance)
+            .env("WEBRTC_ROOM_PRESENCE_TTL", TTL_SECS.to_string())
+            .start()
+    };
+    let servers = [through_proxy("wedge-0"), through_proxy("wedge-1")];
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(10)).await;
+    }
+    let room = "wedged";
+    let mut a = join(&servers[0], room, "alice", &mut []).await;
+    let mut b = join(&servers[1], room, "bob", &mut [&mut a]).await;
+
+    // The subscriber connections stay open but deliver nothing: no error anywhere, only the
+    // canary notices. Readiness must drop, then the instance replaces the connection.
+    assert_eq!(proxy.freeze_subscribers(), 2);
+    for s in &servers {
+        wait_ready(s, false, Duration::from_secs(10)).await;
+    }
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(15)).await;
+    }
+    a.send_msg("offer", Some(&b.pid()), json!({"sdp": "after repair"}))
+        .await;
+    let offer = next_of(&mut b, "offer", Duration::from_secs(5)).await;
+    assert_eq!(offer["payload"]["sdp"], "after repair");
+    b.send_msg("chat-message", None, json!({"text": "back"}))
+        .await;
+    let chat = next_of(&mut a, "chat-message", Duration::from_secs(5)).await;
+    assert_eq!(chat["sender_id"], b.pid().as_str());
+    a.assert_alive_and_idle().await;
+    let metrics = http::get(servers[0].addr(), "/metrics").await.text();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("switchboard_bus_reconnects_total{connection=\"subscriber\"}")
+            && !l.ends_with(" 0")),
+        "subscriber reconnect counted:\n{metrics}"
     );
 }
