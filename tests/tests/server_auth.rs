@@ -254,19 +254,12 @@ async fn unroutable_room_paths_get_404() {
     let server = hs_server();
     let token = Claims::user("mallory").hs256(SECRET);
     let opts = ConnectOptions::default();
-    assert_eq!(
-        expect_http_refusal(server.addr(), &format!("/webrtc/ws/?token={token}"), &opts).await,
-        404
-    );
-    assert_eq!(
-        expect_http_refusal(
-            server.addr(),
-            &format!("/webrtc/ws/a/b?token={token}"),
-            &opts
-        )
-        .await,
-        404
-    );
+    // Empty id, an id with a slash, and a literal `../x` do not route at all.
+    for room in ["", "a/b", "../x"] {
+        let path = format!("/webrtc/ws/{room}?token={token}");
+        let status = expect_http_refusal(server.addr(), &path, &opts).await;
+        assert_eq!(status, 404, "{room:?}");
+    }
 }
 
 #[tokio::test]
@@ -281,12 +274,16 @@ async fn disallowed_origin_gets_403_before_upgrade() {
     let path = ws_path(ROOM, &token);
     let evil = ConnectOptions::default().header("Origin", "https://evil.example");
     assert_eq!(expect_http_refusal(server.addr(), &path, &evil).await, 403);
+    let mut allowed = Vec::new();
     for origin in ["https://app.example", "https://other.example"] {
         let opts = ConnectOptions::default().header("Origin", origin);
         let mut client = Client::connect_with(server.addr(), ROOM, &path, &opts).await;
         client.read_room_state().await;
-        client.assert_alive_and_idle().await;
+        allowed.push(client);
     }
+    let (first, second) = allowed.split_at_mut(1);
+    first[0].expect_type("user-joined").await;
+    assert_pair_relays(&mut first[0], &mut second[0]).await;
 }
 
 #[tokio::test]
