@@ -10,6 +10,8 @@ use kube::core::ObjectMeta;
 use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::resources::{desired_generated_secret, generated_secrets_needed};
 
+pub mod openapi;
+
 pub const NAMESPACE: &str = "media";
 pub const UID: &str = "0f9c6a52-6a1e-4f0e-9d55-4a3b2c1d0e9f";
 
