@@ -248,15 +248,14 @@ def grant(group, resources, verbs, names=(None,)):
         for v in verbs:
             for n in names:
                 want_main.add((group, res, v, n))
-grant("switchboard.dev", ["signalingclusters"], ["get", "list", "watch", "patch"])
-grant("switchboard.dev", ["signalingclusters/status"], ["get", "patch", "update"])
+grant("switchboard.dev", ["signalingclusters"], ["get", "list", "watch"])
+grant("switchboard.dev", ["signalingclusters/status"], ["get", "patch"])
 grant("", ["secrets"], ["get", "list", "watch", "create", "patch"])
 grant("", ["services"], CHILD)
 grant("apps", ["deployments", "statefulsets"], CHILD)
 grant("networking.k8s.io", ["ingresses", "networkpolicies"], CHILD)
 grant("autoscaling", ["horizontalpodautoscalers"], CHILD)
 grant("policy", ["poddisruptionbudgets"], CHILD)
-grant("", ["events"], ["create", "patch"])
 grant("events.k8s.io", ["events"], ["create", "patch"])
 got_main = flatten(rules_of(main_role_kind, fullname, scope == "namespace"))
 if got_main != want_main:
@@ -491,9 +490,10 @@ rbac_cluster_scope() {
   local sa="system:serviceaccount:sb-cluster:sbc-switchboard-operator"
   expect_can "$sa" "
 yes watch signalingclusters.switchboard.dev -n elsewhere
-yes patch signalingclusters.switchboard.dev -n elsewhere
+no patch signalingclusters.switchboard.dev -n elsewhere
 no update signalingclusters.switchboard.dev -n elsewhere
 yes patch signalingclusters.switchboard.dev -n elsewhere --subresource=status
+no update signalingclusters.switchboard.dev -n elsewhere --subresource=status
 no create signalingclusters.switchboard.dev -n elsewhere
 no delete signalingclusters.switchboard.dev -n elsewhere
 yes create secrets -n elsewhere
@@ -505,7 +505,7 @@ yes patch statefulsets.apps -n elsewhere
 yes create ingresses.networking.k8s.io -n elsewhere
 yes delete horizontalpodautoscalers.autoscaling -n elsewhere
 yes delete poddisruptionbudgets.policy -n elsewhere
-yes create events -n elsewhere
+no create events -n elsewhere
 yes create events.events.k8s.io -n elsewhere
 no list pods -n elsewhere
 no create pods/exec -n elsewhere
