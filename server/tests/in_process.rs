@@ -1,0 +1,366 @@
+//! In-process checks through real sockets: `serve` on 127.0.0.1:0 with a
+//! oneshot shutdown. The full bad-input matrix lives in the top-level e2e
+//! crate; these cover what is easiest to see from inside.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard_server::config::{Command, Config};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "in-process-secret";
+
+fn config(extra: &[(&str, &str)]) -> Config {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("JWT_SECRET".into(), SECRET.into());
+    env.insert("SWITCHBOARD_DRAIN_DELAY_MS".into(), "300".into());
+    env.insert("SWITCHBOARD_DRAIN_WINDOW_MS".into(), "200".into());
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    let files: HashMap<String, String> = HashMap::new();
+    match Config::load(&["--listen".into(), "127.0.0.1:0".into()], &env, &files) {
+        Ok(Command::Run(c)) => *c,
+        other => panic!("config: {other:?}"),
+    }
+}
+
+fn token(user: &str, rooms: &[&str]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "name": user, "exp": exp, "rooms": rooms}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), switchboard_server::ServeError>>,
+}
+
+async fn start(extra: &[(&str, &str)]) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(switchboard_server::serve(config(extra), listener, async {
+        let _ = rx.await;
+    }));
+    Server {
+        addr,
+        stop: Some(tx),
+        task,
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no message within 10 s")
+            .expect("stream ended")
+            .unwrap();
+        if let Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+async fn next_close(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no close within 10 s");
+        match m {
+            Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hdrs = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    (status, hdrs, body.to_owned())
+}
+
+#[tokio::test]
+async fn subprotocol_token_relay_and_participants_endpoint() {
+    let server = start(&[]).await;
+    let alice = token("alice", &["room1"]);
+    let mut req = format!("ws://{}/webrtc/ws/room1", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!("switchboard.v1, bearer.{alice}").parse().unwrap(),
+    );
+    let (mut a, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "switchboard.v1",
+        "never echoes the token"
+    );
+    let state = next_json(&mut a).await;
+    assert_eq!(state["type"], "room-state");
+    let pa = state["payload"]["self"]["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let bob = token("bob", &["*"]);
+    let (mut b, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/webrtc/ws/room1?token={bob}",
+        server.addr
+    ))
+    .await
+    .unwrap();
+    let state_b = next_json(&mut b).await;
+    let pb = state_b["payload"]["self"]["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(next_json(&mut a).await["type"], "user-joined");
+
+    a.send(Message::text(
+        json!({"type":"offer","to":pb,"payload":{"sdp":"v=0"},"sender_id":"evil"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let offer = next_json(&mut b).await;
+    assert_eq!(
+        (offer["type"].as_str(), offer["sender_id"].as_str()),
+        (Some("offer"), Some(pa.as_str()))
+    );
+
+    let (status, headers, body) = http_get(
+        server.addr,
+        "/webrtc/rooms/room1/participants",
+        &[("Authorization", &format!("Bearer {alice}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers.get("cache-control").map(String::as_str),
+        Some("no-store")
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["room_id"], "room1");
+    assert_eq!(v["participant_count"], 2);
+    assert_eq!(
+        v["participants"], state_b["payload"]["participants"],
+        "REST agrees with room-state"
+    );
+
+    let (status, _, body) = http_get(
+        server.addr,
+        "/webrtc/rooms/other/participants",
+        &[("Authorization", &format!("Bearer {alice}"))],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "room_forbidden"
+    );
+    let (status, _, body) = http_get(server.addr, "/webrtc/rooms/room1/participants", &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "missing_token"
+    );
+
+    // A frame far above the limit is refused by the transport and still gets 1009.
+    b.send(Message::text("x".repeat(200_000))).await.unwrap();
+    assert_eq!(next_close(&mut b).await, (1009, "message_too_big".into()));
+    assert_eq!(next_json(&mut a).await["type"], "user-left");
+    drop(server.stop);
+}
+
+#[tokio::test]
+async fn config_endpoint_issues_turn_rest_credentials() {
+    let server = start(&[
+        ("WEBRTC_TURN_URLS", "turn:turn.example:3478"),
+        ("WEBRTC_TURN_SECRET", "north"),
+        ("WEBRTC_TURN_CREDENTIAL_TTL", "3600"),
+    ])
+    .await;
+    let t = token("carol", &["*"]);
+    let (status, headers, body) =
+        http_get(server.addr, &format!("/webrtc/config?token={t}"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers.get("cache-control").map(String::as_str),
+        Some("no-store")
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["iceServers"][0]["urls"],
+        json!(["stun:stun.l.google.com:19302"])
+    );
+    let turn = &v["iceServers"][1];
+    assert_eq!(turn["urls"], json!(["turn:turn.example:3478"]));
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "carol");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry: u64 = expiry.parse().unwrap();
+    // The TTL is an hour but the token expires in ten minutes: the token wins.
+    assert!(
+        expiry <= now + 600 && expiry + 30 >= now + 600,
+        "{expiry} vs {now}"
+    );
+    let want = switchboard_server::auth::turn_credential(
+        b"north",
+        "carol",
+        expiry,
+        Duration::ZERO,
+        u64::MAX,
+    );
+    assert_eq!(want.username, username);
+    assert_eq!(turn["credential"], want.credential);
+    assert_eq!(
+        (
+            v["iceTransportPolicy"].as_str(),
+            v["bundlePolicy"].as_str(),
+            v["rtcpMuxPolicy"].as_str()
+        ),
+        (Some("all"), Some("balanced"), Some("require"))
+    );
+    drop(server.stop);
+}
+
+#[tokio::test]
+async fn origins_routes_and_refusals() {
+    let server = start(&[("WEBRTC_ALLOWED_ORIGINS", "https://app.example")]).await;
+    let t = token("dave", &["r"]);
+    let mut req = format!("ws://{}/webrtc/ws/r?token={t}", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let mut req = format!("ws://{}/webrtc/ws/r?token={t}", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Origin", "https://app.example".parse().unwrap());
+    let (mut ok, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next_json(&mut ok).await["type"], "room-state");
+
+    let (mut forbidden, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/webrtc/ws/other?token={t}", server.addr))
+            .await
+            .unwrap();
+    assert_eq!(
+        next_close(&mut forbidden).await,
+        (1008, "room_forbidden".into())
+    );
+    let (mut bad, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/webrtc/ws/a%2Fb?token={t}", server.addr))
+            .await
+            .unwrap();
+    assert_eq!(next_close(&mut bad).await, (1008, "invalid_room_id".into()));
+    let (mut none, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/webrtc/ws/r", server.addr))
+            .await
+            .unwrap();
+    assert_eq!(next_close(&mut none).await, (1008, "missing_token".into()));
+    assert_eq!(http_get(server.addr, "/webrtc/ws/", &[]).await.0, 404);
+
+    let (status, headers, body) = http_get(server.addr, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].starts_with("text/plain"));
+    assert!(
+        body.contains("switchboard_closes_total{reason=\"room_forbidden\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("switchboard_connections 1\n"), "{body}");
+    drop(server.stop);
+}
+
+#[tokio::test]
+async fn drain_flips_readiness_refuses_upgrades_and_sends_reconnect() {
+    let mut server = start(&[]).await;
+    let t = token("erin", &["*"]);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/webrtc/ws/d?token={t}", server.addr))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "room-state");
+    assert_eq!(
+        http_get(server.addr, "/webrtc/health/ready", &[]).await.0,
+        200
+    );
+    server.stop.take().unwrap().send(()).unwrap();
+    // Readiness is false at once, before the drain delay has passed.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _, body) = http_get(server.addr, "/webrtc/health/ready", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    let (_, _, body) = http_get(server.addr, "/webrtc/health", &[]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "draining"
+    );
+    match tokio_tungstenite::connect_async(format!("ws://{}/webrtc/ws/d?token={t}", server.addr))
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    let r = next_json(&mut ws).await;
+    assert_eq!(r["type"], "reconnect");
+    assert!(r["payload"]["after_ms"].as_u64().unwrap() < 200);
+    assert_eq!(next_close(&mut ws).await, (1001, "server draining".into()));
+    tokio::time::timeout(Duration::from_secs(10), &mut server.task)
+        .await
+        .expect("serve returns after the drain")
+        .unwrap()
+        .unwrap();
+}
