@@ -301,6 +301,22 @@ fn bad_settings_in_file_and_flags_are_reported_together() {
 }
 
 #[test]
+fn rs256_without_a_usable_public_key_exits_78() {
+    let out = ServerOptions::new()
+        .env("JWT_ALGORITHM", "RS256")
+        .run_to_exit(EXIT_TIMEOUT);
+    assert_reported(&out, &[&["JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"]]);
+
+    let mut garbage = tempfile::NamedTempFile::new().expect("temp file");
+    writeln!(garbage, "this is not a PEM key").expect("write");
+    let out = ServerOptions::new()
+        .env("JWT_ALGORITHM", "RS256")
+        .env("JWT_PUBLIC_KEY_FILE", garbage.path().to_string_lossy())
+        .run_to_exit(EXIT_TIMEOUT);
+    assert_reported(&out, &[&["JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"]]);
+}
+
+#[test]
 fn unreadable_config_file_exits_78() {
     let out = ServerOptions::with_secret(SECRET)
         .arg("--config")

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use switchboard_e2e::client::{assert_error, assert_pair_relays, ws_path, Client, ConnectOptions};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "e2e-limits-secret-0123456789abcdef";
@@ -405,4 +407,66 @@ async fn peer_that_stops_answering_pings_leaves_with_reason_timeout() {
     alice.expect_type("user-joined").await;
     assert_pair_relays(&mut alice, &mut carol).await;
     drop(mute);
+}
+
+/// Sends `text` as `parts` text-frame fragments (first text, then continuations).
+async fn send_fragmented(client: &mut Client, text: &str, parts: usize) {
+    let bytes = text.as_bytes();
+    let chunk = bytes.len().div_ceil(parts);
+    let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(piece.to_vec(), opcode, i + 1 == pieces.len());
+        client.send(Message::Frame(frame)).await;
+    }
+}
+
+#[tokio::test]
+async fn fragmented_message_is_limited_by_its_total_size() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_MAX_MESSAGE_BYTES", "4096")
+        .start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    // Under the limit in three fragments: relayed as one message.
+    let (small, text_len) = chat_of_size(3000);
+    send_fragmented(&mut clients[0], &small, 3).await;
+    for receiver in clients.iter_mut().skip(1) {
+        let msg = receiver.recv_json().await;
+        assert_eq!(msg["type"], "chat-message");
+        assert_eq!(
+            msg["payload"]["text"].as_str().map(str::len),
+            Some(text_len)
+        );
+    }
+    // Every fragment is under the limit, the message is not.
+    let alice = clients[0].pid();
+    send_fragmented(&mut clients[0], &chat_of_size(6000).0, 3).await;
+    let (messages, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
+    assert_eq!(close, (1009, "message_too_big".to_string()));
+    assert!(
+        messages.is_empty(),
+        "nothing before the close: {messages:?}"
+    );
+    others_see_leave_and_relay(&mut clients, &alice, None).await;
+}
+
+#[tokio::test]
+async fn oversized_binary_frame_closes_1009() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_MAX_MESSAGE_BYTES", "4096")
+        .start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    let alice = clients[0].pid();
+    clients[0].send(Message::binary(vec![7u8; 5000])).await;
+    let (messages, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
+    assert_eq!(close, (1009, "message_too_big".to_string()));
+    assert!(
+        messages.is_empty(),
+        "nothing before the close: {messages:?}"
+    );
+    others_see_leave_and_relay(&mut clients, &alice, None).await;
 }

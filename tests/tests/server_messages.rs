@@ -239,6 +239,17 @@ async fn spoofed_sender_id_is_replaced_by_the_real_one() {
     let msg = clients[2].recv_json().await;
     assert_eq!(msg["sender_id"], clients[0].pid().as_str());
     assert_eq!(msg["payload"], json!({"t": 1}));
+    // room_id and timestamp are the server's too.
+    clients[0]
+        .send_json(
+            &json!({"type": "chat-message", "to": carol, "room_id": "elsewhere",
+            "timestamp": "1999-01-01T00:00:00.000Z", "payload": {"t": 2}}),
+        )
+        .await;
+    let msg = clients[2].recv_json().await;
+    assert_envelope(&msg, "chat-message", ROOM);
+    assert_eq!(msg["payload"], json!({"t": 2}));
+    assert_ne!(msg["timestamp"], "1999-01-01T00:00:00.000Z");
     // A broadcast with a spoofed sender_id as well.
     clients[0]
         .send_json(&json!({"type": "chat-message", "sender_id": "server", "payload": "p"}))

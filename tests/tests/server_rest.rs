@@ -2,6 +2,8 @@
 //! and coturn REST TURN credentials (HMAC checked here), participants agreeing with room-state,
 //! health/live/ready, stats, and the Prometheus `/metrics` text.
 
+use std::io::Write;
+
 use serde_json::{json, Value};
 use switchboard_e2e::client::Client;
 use switchboard_e2e::http::{get, get_bearer, HttpResponse};
@@ -202,6 +204,20 @@ async fn config_with_coturn_secret_issues_time_limited_credentials() {
         (before + 3600..=after + 3600).contains(&expiry),
         "expiry {expiry} should be now + 3600 ({before}..{after})"
     );
+}
+
+#[tokio::test]
+async fn turn_secret_file_is_read() {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    // A trailing newline (as `echo` writes it) is not part of the secret.
+    writeln!(file, "{TURN_SECRET}").expect("write");
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_TURN_URLS", TURN_URLS.join(","))
+        .env("WEBRTC_TURN_SECRET_FILE", file.path().to_string_lossy())
+        .start();
+    let resp = get_bearer(server.addr(), "/webrtc/config", &token("alice")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    check_coturn(&resp.json(), &TURN_URLS, "alice");
 }
 
 #[tokio::test]
