@@ -21,6 +21,8 @@ pub struct RedisProcess {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisProcess {
@@ -29,6 +31,13 @@ impl RedisProcess {
     /// Panics with an instruction when `redis-server` is not installed: these tests must never
     /// be skipped silently.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra `redis-server` arguments (TLS, ACL files, ...).
+    /// The plain port stays enabled for [`command`](Self::command).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         // Another process may grab the free port between our probe and redis' bind: retry.
         for _ in 0..5 {
             let port = free_port();
@@ -39,9 +48,10 @@ impl RedisProcess {
                 panic!("cannot create {}: {e}", dir.display());
             }
             let mut redis = RedisProcess {
-                child: Some(spawn_child(port, &dir)),
+                child: Some(spawn_child(port, &dir, &extra)),
                 port,
                 dir,
+                extra: extra.clone(),
             };
             if redis.try_wait_ready(START_TIMEOUT) {
                 return redis;
@@ -75,7 +85,7 @@ impl RedisProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             // The port may linger briefly; redis-server exits at once if it cannot bind.
-            self.child = Some(spawn_child(self.port, &self.dir));
+            self.child = Some(spawn_child(self.port, &self.dir, &self.extra));
             if self.try_wait_ready(Duration::from_secs(2)) {
                 return;
             }
@@ -276,7 +286,7 @@ pub enum Reply {
     Array(Vec<Reply>),
 }
 
-fn spawn_child(port: u16, dir: &std::path::Path) -> Child {
+fn spawn_child(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -292,6 +302,7 @@ fn spawn_child(port: u16, dir: &std::path::Path) -> Child {
             "--loglevel",
             "warning",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
