@@ -520,3 +520,45 @@ async fn a_wedged_subscriber_turns_readiness_false_and_is_replaced() {
         "subscriber reconnect counted:\n{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_with_draining_not_instance_lost_and_removes_the_instance() {
+    let redis = RedisProcess::start();
+    let quick_drain = |instance: &str| {
+        options(&redis, instance)
+            .env("SWITCHBOARD_DRAIN_DELAY_MS", "100")
+            .env("SWITCHBOARD_DRAIN_WINDOW_MS", "200")
+            .env("SWITCHBOARD_DRAIN_TIMEOUT_MS", "5000")
+            .start()
+    };
+    let stays = quick_drain("stays");
+    let mut goes = quick_drain("goes");
+    wait_ready(&stays, true, Duration::from_secs(10)).await;
+    wait_ready(&goes, true, Duration::from_secs(10)).await;
+    let room = "drain";
+    let mut a = join(&stays, room, "alice", &mut []).await;
+    let b = join(&goes, room, "bob", &mut [&mut a]).await;
+
+    goes.sigterm();
+    let left = next_of(&mut a, "user-left", Duration::from_secs(10)).await;
+    assert_eq!(left["payload"]["participant_id"], b.pid().as_str());
+    assert_eq!(left["payload"]["reason"], "draining");
+    assert!(
+        goes.wait_exit(Duration::from_secs(10)).await.is_some(),
+        "drained instance exits"
+    );
+    assert_eq!(participants(stays.addr(), room).await, vec![a.pid()]);
+    assert_eq!(
+        redis.keys("switchboard:instance:{goes}:*"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        redis.command(&["SMEMBERS", "switchboard:instances"]),
+        switchboard_e2e::redis::Reply::Array(vec![switchboard_e2e::redis::Reply::Bulk(Some(
+            "stays".into()
+        ))])
+    );
+    // A clean exit is not a crash: nobody is announced lost later.
+    tokio::time::sleep(Duration::from_secs(TTL_SECS + 1)).await;
+    a.assert_alive_and_idle().await;
+}
