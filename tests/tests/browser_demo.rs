@@ -400,3 +400,110 @@ fn the_page_reports_a_refused_token_and_the_library_helpers_behave() {
         fail(&format!("{e}; event log: {log}"), &both, &server, &driver);
     }
 }
+
+/// Own participant id of the page's client (`window.switchboard` is the demo's handle).
+const SELF_ID_JS: &str =
+    "return window.switchboard && window.switchboard.self ? window.switchboard.self.participant_id : null;";
+
+/// SIGTERM drains the server: each page gets `reconnect` (after_ms), sees close 1001, keeps
+/// retrying, and rejoins a new server on the same address, as behind a load balancer; the peers
+/// reconnect with fresh participant ids and the data channel works again.
+#[test]
+fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
+    let _one = serialize();
+    let options = |listen: &str| {
+        ServerOptions::with_secret(SECRET)
+            .env("WEBRTC_STUN_URLS", "")
+            .env("SWITCHBOARD_DRAIN_DELAY_MS", "0")
+            .env("SWITCHBOARD_DRAIN_WINDOW_MS", "1000")
+            .env("SWITCHBOARD_DRAIN_TIMEOUT_MS", "5000")
+            .without_listen_flag()
+            .args(["--listen", listen])
+    };
+    let mut old_server = options("127.0.0.1:0").start();
+    let addr = old_server.addr().to_string();
+    let alice_token = Claims::user("alice").hs256(SECRET);
+    let bob_token = Claims::user("bob").hs256(SECRET);
+    let driver = ChromeDriver::start();
+    let alice = driver.new_browser("alice");
+    let bob = driver.new_browser("bob");
+    let both = [&alice, &bob];
+
+    let mut before = Vec::new();
+    for (browser, token) in [(&alice, &alice_token), (&bob, &bob_token)] {
+        let url = old_server.http_url(&format!("/?room={ROOM}&token={token}&autostart=1"));
+        if let Err(e) = browser.goto(&url) {
+            fail(
+                &format!("{}: cannot open the demo page: {e}", browser.name()),
+                &both,
+                &old_server,
+                &driver,
+            );
+        }
+    }
+    for browser in both {
+        if let Err(e) = browser.wait_for(
+            "connected before the drain",
+            "return document.body.dataset.state === 'connected';",
+            CONNECT_TIMEOUT,
+        ) {
+            fail(&e, &both, &old_server, &driver);
+        }
+        before.push(browser.execute(SELF_ID_JS, &[]).unwrap_or_default());
+    }
+
+    old_server.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old_server.try_exit().is_none() {
+        if Instant::now() >= deadline {
+            fail(
+                "the draining server did not exit within 10 s",
+                &both,
+                &old_server,
+                &driver,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each page heard the hint and the 1001 close, and is retrying.
+    for browser in both {
+        if let Err(e) = browser.wait_for(
+            "reconnect hint and close 1001 in the event log",
+            "const log = document.getElementById('log').textContent;
+             return log.includes('server asks to reconnect in') && log.includes('websocket closed 1001')
+                 && ['reconnecting', 'connecting'].includes(document.body.dataset.state);",
+            UPDATE_TIMEOUT,
+        ) {
+            fail(&e, &both, &old_server, &driver);
+        }
+    }
+
+    let new_server = options(&addr).start();
+    for (i, browser) in both.iter().enumerate() {
+        if let Err(e) = browser.wait_for(
+            "connected again through the new server",
+            "return document.body.dataset.state === 'connected';",
+            CONNECT_TIMEOUT,
+        ) {
+            fail(&e, &both, &new_server, &driver);
+        }
+        let after = browser.execute(SELF_ID_JS, &[]).unwrap_or_default();
+        if after.is_null() || after == before[i] {
+            fail(
+                &format!(
+                    "{}: participant id before {} and after {after}: expected a new one",
+                    browser.name(),
+                    before[i]
+                ),
+                &both,
+                &new_server,
+                &driver,
+            );
+        }
+    }
+    let text = "after the drain";
+    if let Err(e) = send_message(&alice, text).and_then(|()| wait_received(&bob, text).map(|_| ()))
+    {
+        fail(&e, &both, &new_server, &driver);
+    }
+}
