@@ -188,10 +188,10 @@ if dep is not None:
         ports = {p["name"]: p["containerPort"] for p in c.get("ports") or []}
         if "metrics" not in ports:
             err("container has no port named metrics")
-        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        for probe, want_path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             hg = (c.get(probe) or {}).get("httpGet") or {}
-            if hg.get("path") != path or hg.get("port") not in ("metrics", ports.get("metrics")):
-                err(f"{probe} is not GET {path} on the metrics port: {hg}")
+            if hg.get("path") != want_path or hg.get("port") not in ("metrics", ports.get("metrics")):
+                err(f"{probe} is not GET {want_path} on the metrics port: {hg}")
         args = c.get("args") or []
         if not args or args[0] != "run":
             err(f"container args do not start with 'run': {args}")
@@ -200,8 +200,9 @@ if dep is not None:
             err(f"namespace scope: expected --namespace={ns} in args, got {ns_args}")
         if scope == "cluster" and ns_args:
             err(f"cluster scope: unexpected {ns_args} in args")
-        if expect_leader != ("--leader-elect" in args):
-            err(f"--leader-elect presence {('--leader-elect' in args)} != expected {expect_leader}")
+        want_le = "--leader-elect=true" if expect_leader else "--leader-elect=false"
+        if [a for a in args if a.startswith("--leader-elect")] != [want_le]:
+            err(f"expected exactly {want_le} in args (the operator elects by default): {args}")
         if not any(a.startswith("--metrics-addr=") and a.endswith(f":{ports.get('metrics')}") for a in args):
             err(f"--metrics-addr does not match the metrics port: {args}")
     svc = get("Service", f"{fullname}-metrics")
@@ -378,6 +379,34 @@ notes_show_wait() {
     || { echo "NOTES.txt does not show 'kubectl wait --for=condition=Ready sigc/<name>':"; echo "$out" | sed -n '/NOTES:/,$p'; return 1; }
   grep -qF "kind: SignalingCluster" <<<"$out" \
     || { echo "NOTES.txt does not show a first SignalingCluster example"; return 1; }
+}
+
+# The operator binary accepts exactly the args the chart renders (clap parses and validates
+# every flag before it acts on --help, so an unknown or misspelt flag fails here).
+operator_bin() {
+  if [ -n "${SWITCHBOARD_OPERATOR_BIN:-}" ]; then echo "$SWITCHBOARD_OPERATOR_BIN"; return; fi
+  local dir="${CARGO_TARGET_DIR:-target}" newest="" f
+  for f in "$dir/debug/switchboard-operator" "$dir/release/switchboard-operator"; do
+    if [ -x "$f" ] && { [ -z "$newest" ] || [ "$f" -nt "$newest" ]; }; then newest="$f"; fi
+  done
+  echo "$newest"
+}
+args_parse_with_binary() {
+  local bin render
+  bin="$(operator_bin)"
+  [ -n "$bin" ] || { echo "no switchboard-operator binary under ${CARGO_TARGET_DIR:-target}/{debug,release}: cargo build -p switchboard-operator (or set SWITCHBOARD_OPERATOR_BIN)"; return 1; }
+  for render in default namespaced noleader; do
+    local args=()
+    mapfile -t args < <(python3 - "$WORK/$render.yaml" <<'PY'
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d["kind"] == "Deployment":
+        print("\n".join(d["spec"]["template"]["spec"]["containers"][0]["args"]))
+PY
+)
+    [ "${#args[@]}" -gt 0 ] || { echo "$render: no Deployment args rendered"; return 1; }
+    "$bin" "${args[@]}" --help >/dev/null || { echo "$render: '$bin ${args[*]}' is refused by the binary"; return 1; }
+  done
 }
 
 # Every value the schema knows is documented in docs/deployment.md's table (as `key`).
@@ -627,6 +656,7 @@ check "template refuses a ServiceMonitor without the metrics Service" \
   --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
 check "NOTES.txt shows kubectl wait and a first SignalingCluster" notes_show_wait
 check "every chart value is documented in docs/deployment.md" values_documented
+check "switchboard-operator accepts the rendered args (default, namespace, no leader election)" args_parse_with_binary
 
 if [ "${SWITCHBOARD_CHART_NO_APISERVER:-0}" = 1 ]; then
   echo "NOTE API-server checks not run (SWITCHBOARD_CHART_NO_APISERVER=1)"
