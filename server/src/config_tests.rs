@@ -387,3 +387,41 @@ fn settings_table_is_consistent() {
         assert_eq!(find(s.key).key, s.key);
     }
 }
+
+const CONFIG_DOC: &str = include_str!("../../docs/configuration.md");
+
+#[test]
+fn docs_list_every_setting() {
+    for s in SETTINGS {
+        let row = CONFIG_DOC
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", s.key)))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for {}", s.key));
+        assert!(
+            row.contains(&format!("`{}`", s.env)) && row.contains(&format!("`{}`", s.flag)),
+            "row for {} names the wrong env/flag: {row}",
+            s.key
+        );
+    }
+}
+
+#[test]
+fn docs_example_file_loads() {
+    let start = CONFIG_DOC.find("```yaml\n").expect("example block") + "```yaml\n".len();
+    let end = start + CONFIG_DOC[start..].find("```").expect("end of block");
+    let yaml = &CONFIG_DOC[start..end];
+    let c = load(
+        &["--config", "/etc/switchboard/config.yaml"],
+        &[],
+        &[
+            ("/etc/switchboard/config.yaml", yaml),
+            ("/etc/switchboard/jwt-secret", "s\n"),
+            ("/etc/switchboard/turn-secret", "t\n"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.jwt.audience.as_deref(), Some("switchboard"));
+    assert_eq!(c.ice.turn_urls.len(), 2);
+    assert!(c.redis.url.is_some());
+}

@@ -388,3 +388,48 @@ async fn drain_sends_reconnect_then_closes_1001() {
         "presence removed"
     );
 }
+
+#[test]
+fn docs_list_every_close_code_and_error_code() {
+    let doc = include_str!("../../docs/protocol.md");
+    let ends = [
+        End::TooBig,
+        End::RateLimited,
+        End::SlowConsumer,
+        End::Timeout,
+        End::Draining,
+    ];
+    for end in ends {
+        let (code, reason) = end.close_frame().unwrap();
+        assert!(
+            doc.contains(&format!("| {code} | `{reason}` |")),
+            "close {code} {reason} missing from docs/protocol.md"
+        );
+    }
+    for e in [
+        crate::auth::AuthError::MissingToken,
+        crate::auth::AuthError::InvalidToken,
+        crate::auth::AuthError::TokenExpired,
+        crate::auth::AuthError::InvalidAudience,
+        crate::auth::AuthError::RoomForbidden,
+    ] {
+        assert!(
+            doc.contains(&format!("| 1008 | `{}` |", e.reason())),
+            "{} missing",
+            e.reason()
+        );
+    }
+    for reason in ["room_full", "bus_unavailable"] {
+        assert!(
+            doc.contains(&format!("| 1013 | `{reason}` |")),
+            "{reason} missing"
+        );
+    }
+    for code in crate::protocol::ErrorCode::ALL {
+        assert!(
+            doc.contains(&format!("| `{}` |", code.as_str())),
+            "error code {} missing",
+            code.as_str()
+        );
+    }
+}
