@@ -249,6 +249,22 @@ fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
         }
     }
 
+    // Nothing went wrong on the way (peer_failed, target_not_found, invalid_message ...).
+    for browser in both {
+        match browser.execute(
+            "return document.getElementById('log').textContent.split('\\n').filter((l) => /^\\S+ error /.test(l));",
+            &[],
+        ) {
+            Ok(Value::Array(errors)) if errors.is_empty() => {}
+            other => fail(
+                &format!("{}: errors in the page's event log: {other:?}", browser.name()),
+                &both,
+                &server,
+                &driver,
+            ),
+        }
+    }
+
     // Alice leaves: Bob's list drops to himself (user-left) and his page falls back to `joined`.
     if let Err(e) = alice.execute(
         "document.getElementById('leave-button').click(); return true;",
