@@ -391,3 +391,71 @@ async fn an_instance_declared_lost_while_alive_comes_back_with_user_joined() {
         switchboard_e2e::redis::Reply::Integer(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_before_redis_becomes_ready_when_redis_appears() {
+    let mut redis = RedisProcess::start();
+    redis.kill();
+    let hub = Arc::new(Recorder::default());
+    let bus = RedisBus::start(
+        RedisSettings {
+            url: redis.url(),
+            key_prefix: "sb".into(),
+            instance_id: "early".into(),
+            presence_ttl: TTL,
+        },
+        hub.clone(),
+    )
+    .await
+    .expect("starting does not need Redis yet");
+    let early = Node {
+        bus: Arc::new(bus),
+        hub,
+        id: "early".into(),
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!early.bus.is_ready());
+    assert!(early
+        .bus
+        .join(&room("r"), &participant("p", "early"), 5)
+        .await
+        .is_err());
+    redis.restart_same_port();
+    wait_ready(&early, true, Duration::from_secs(10)).await;
+    assert!(matches!(
+        join(&early, &room("r"), &participant("p", "early"), 5).await,
+        JoinOutcome::Joined { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_restarted_with_the_same_id_cleans_up_its_past() {
+    let redis = RedisProcess::start();
+    let b = node(&redis, "sb", "b", TTL).await;
+    let r = room("again");
+    join(&b, &r, &participant("pb", "b"), 50).await;
+    let a = node(&redis, "sb", "a", TTL).await;
+    join(&a, &r, &participant("old", "a"), 50).await;
+    drop(a);
+    // Back at once, same id: its heartbeat never lapses, so nobody else would clean up.
+    let a2 = node(&redis, "sb", "a", TTL).await;
+    join(&a2, &r, &participant("new", "a"), 50).await;
+    b.hub
+        .wait_for("old announced gone", Duration::from_secs(5), |ev| {
+            ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "old"))
+        })
+        .await;
+    let ids: Vec<String> = b
+        .bus
+        .participants(&r)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.participant_id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids.contains(&"pb".to_string()) && ids.contains(&"new".to_string()),
+        "{ids:?}"
+    );
+}

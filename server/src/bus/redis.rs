@@ -493,11 +493,13 @@ impl Inner {
                 .iter()
                 .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
             {
+                // No recorded leave: a record of an earlier incarnation of this instance
+                // (restarted with the same id before anyone cleaned up after it).
                 let reason = self
                     .local()
                     .pending_left
                     .remove(&info.participant_id)
-                    .unwrap_or(LeaveReason::Closed);
+                    .unwrap_or(LeaveReason::InstanceLost);
                 let event = RemoteEvent::Left {
                     room_id: room.clone(),
                     participant: info,
@@ -829,7 +831,7 @@ impl Bus for RedisBus {
         capacity: usize,
     ) -> Result<JoinOutcome, BusError> {
         let inner = &self.inner;
-        let _gate = inner.gate.read().await;
+        let gate = inner.gate.read().await;
         inner.acquire_room(room).await?;
         let info = serde_json::to_string(participant).unwrap_or_default();
         let mut invocation = inner.join_script.key(inner.keys.room_participants(room));
@@ -847,7 +849,15 @@ impl Bus for RedisBus {
         let values = match reply {
             Ok(values) => values,
             Err(e) => {
-                inner.local().dirty.insert(room.clone());
+                // The script may have run before the reply was lost: a resync removes the
+                // record and announces it as a plain leave.
+                {
+                    let mut local = inner.local();
+                    local.dirty.insert(room.clone());
+                    local
+                        .pending_left
+                        .insert(participant.participant_id.clone(), LeaveReason::Closed);
+                }
                 inner.release_room(room).await;
                 return Err(e);
             }
@@ -868,7 +878,7 @@ impl Bus for RedisBus {
         };
         if let Err(e) = inner.publish_event(room, &event).await {
             // Registered but not announced: undo (a resync finishes it if Redis is gone).
-            drop(_gate);
+            drop(gate);
             let _ = self.leave(room, participant, LeaveReason::Closed).await;
             return Err(e);
         }
