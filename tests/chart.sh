@@ -8,7 +8,8 @@
 #     uninstall and equal to crds/;
 #   - values.schema.json and the template guards reject bad values;
 #   - NOTES.txt tells the user how to wait for a SignalingCluster;
-#   - every value is documented in docs/deployment.md.
+#   - every value is documented in docs/deployment.md; the Dockerfiles build real packages'
+#     binaries as non-root; the built switchboard-operator binary accepts the rendered args.
 #   - against a private kube-apiserver (tests/k8s-rig.sh, must be built): the renders are
 #     accepted, and `kubectl auth can-i --as=<operator ServiceAccount>` matches the promised
 #     access in both scopes (SWITCHBOARD_CHART_NO_APISERVER=1 leaves this part out, loudly).
@@ -409,6 +410,51 @@ PY
   done
 }
 
+# The Dockerfiles build a real package's binary and run it as non-root (no Docker engine is
+# needed for this; the images themselves are not built by the tests).
+dockerfiles_consistent() {
+  python3 - <<'PY'
+import re, sys, tomllib
+problems = []
+for df, pkg, port in (("Dockerfile.server", "switchboard-server", "8080"),
+                      ("Dockerfile.operator", "switchboard-operator", "8080")):
+    try:
+        text = open(df).read()
+    except OSError as e:
+        problems.append(f"{df}: {e}")
+        continue
+    crate_dir = {"switchboard-server": "server", "switchboard-operator": "operator"}[pkg]
+    manifest = tomllib.load(open(f"{crate_dir}/Cargo.toml", "rb"))
+    if manifest["package"]["name"] != pkg:
+        problems.append(f"{crate_dir}/Cargo.toml is not package {pkg}")
+    bins = [b["name"] for b in manifest.get("bin", [])]
+    if pkg not in bins:
+        problems.append(f"{crate_dir}/Cargo.toml has no [[bin]] {pkg}")
+    if not re.search(rf"cargo build --release --locked -p {re.escape(pkg)}\s", text):
+        problems.append(f"{df}: does not build -p {pkg} with --release --locked")
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    if len(stages) < 2:
+        problems.append(f"{df}: not multi-stage")
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append(f"{df}: final USER is missing or root: {users}")
+    if f"/usr/local/bin/{pkg}" not in re.findall(r'^ENTRYPOINT\s+\["([^"]+)"', text, re.M):
+        problems.append(f"{df}: ENTRYPOINT is not /usr/local/bin/{pkg}")
+    if port not in re.findall(r"^EXPOSE\s+(\d+)", text, re.M):
+        problems.append(f"{df}: does not EXPOSE {port}")
+# The server image's uid must be the one the operator's pod template runs as.
+rs = open("operator/src/resources/deployment.rs").read()
+m = re.search(r"SERVER_UID: i64 = (\d+)", rs)
+if not m:
+    problems.append("operator/src/resources/deployment.rs: SERVER_UID not found")
+elif not re.search(rf"^USER\s+{m.group(1)}(:|$)", open("Dockerfile.server").read(), re.M):
+    problems.append(f"Dockerfile.server USER is not the operator's SERVER_UID {m.group(1)}")
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+PY
+}
+
 # Every value the schema knows is documented in docs/deployment.md's table (as `key`).
 values_documented() {
   python3 - "$CHART/values.schema.json" docs/deployment.md <<'PY'
@@ -656,6 +702,7 @@ check "template refuses a ServiceMonitor without the metrics Service" \
   --set metrics.serviceMonitor.enabled=true --set metrics.service.enabled=false
 check "NOTES.txt shows kubectl wait and a first SignalingCluster" notes_show_wait
 check "every chart value is documented in docs/deployment.md" values_documented
+check "Dockerfiles build real binaries, multi-stage, non-root" dockerfiles_consistent
 check "switchboard-operator accepts the rendered args (default, namespace, no leader election)" args_parse_with_binary
 
 if [ "${SWITCHBOARD_CHART_NO_APISERVER:-0}" = 1 ]; then
