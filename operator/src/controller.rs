@@ -364,6 +364,95 @@ pub async fn run_operator(
 mod tests {
     use super::*;
 
+    fn cluster(ns: &str, name: &str, spec: serde_json::Value) -> SignalingCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn secret_meta(ns: &str, name: &str, owner: Option<&str>) -> PartialObjectMeta<Secret> {
+        let mut meta = PartialObjectMeta::<Secret>::default();
+        meta.metadata.name = Some(name.to_owned());
+        meta.metadata.namespace = Some(ns.to_owned());
+        meta.metadata.owner_references = owner.map(|o| {
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "switchboard.dev/v1alpha1".into(),
+                    kind: "SignalingCluster".into(),
+                    name: o.into(),
+                    uid: format!("uid-{o}"),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]
+        });
+        meta
+    }
+
+    #[test]
+    fn secrets_map_to_the_clusters_that_reference_or_own_them() {
+        use kube::runtime::reflector;
+        let (store, mut writer) = reflector::store::<SignalingCluster>();
+        for sc in [
+            cluster(
+                "a",
+                "one",
+                serde_json::json!({"ice": {"turnUrls": ["turn:t:3478"], "turnSecretRef": {"name": "shared-turn"}}}),
+            ),
+            cluster(
+                "a",
+                "two",
+                serde_json::json!({"ice": {"turnUrls": ["turn:t:3478"], "turnSecretRef": {"name": "shared-turn"}}}),
+            ),
+            cluster(
+                "b",
+                "one",
+                serde_json::json!({"ice": {"turnUrls": ["turn:t:3478"], "turnSecretRef": {"name": "shared-turn"}}}),
+            ),
+            cluster("a", "three", serde_json::json!({})),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(sc));
+        }
+        let names = |refs: Vec<ObjectRef<SignalingCluster>>| {
+            let mut v: Vec<String> = refs
+                .iter()
+                .map(|r| format!("{}/{}", r.namespace.clone().unwrap_or_default(), r.name))
+                .collect();
+            v.sort();
+            v
+        };
+        // A user Secret referenced by two clusters in its namespace (not the one in "b").
+        assert_eq!(
+            names(clusters_for_secret(
+                &store,
+                &secret_meta("a", "shared-turn", None)
+            )),
+            vec!["a/one", "a/two"]
+        );
+        // A generated Secret maps to its cluster by name and by owner reference.
+        assert_eq!(
+            names(clusters_for_secret(
+                &store,
+                &secret_meta("a", "three-jwt", Some("three"))
+            )),
+            vec!["a/three"]
+        );
+        // Owned but under an unexpected name (e.g. the config Secret): the owner reference.
+        assert_eq!(
+            names(clusters_for_secret(
+                &store,
+                &secret_meta("a", "three-config", Some("three"))
+            )),
+            vec!["a/three"]
+        );
+        // Unrelated Secrets trigger nothing.
+        assert!(clusters_for_secret(&store, &secret_meta("a", "other", None)).is_empty());
+        assert!(clusters_for_secret(&store, &secret_meta("c", "shared-turn", None)).is_empty());
+    }
+
     #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff_delay(1), Duration::from_secs(1));
