@@ -144,13 +144,17 @@ async fn targeted_offer_reaches_only_its_target_and_broadcast_all_but_sender() {
     clients[0]
         .send_msg("chat-message", None, json!({"text": "hi all"}))
         .await;
+    let mut copies = Vec::new();
     for receiver in 1..3 {
         let msg = clients[receiver].recv_json().await;
         assert_envelope(&msg, "chat-message", ROOM);
         assert_eq!(msg["payload"], json!({"text": "hi all"}));
         assert_eq!(msg["sender_id"], clients[0].pid().as_str());
         assert_eq!(msg["to"], Value::Null);
+        copies.push(msg);
     }
+    // One message, serialized once: every recipient gets the same envelope (same timestamp).
+    assert_eq!(copies[0], copies[1]);
     // The sender gets neither its broadcast nor anything else.
     clients[0].assert_alive_and_idle().await;
 
@@ -357,4 +361,62 @@ async fn left_participant_is_no_longer_a_target() {
         .send_msg("offer", Some(&bob_pid), json!({}))
         .await;
     assert_error(&clients[0].recv_json().await, "target_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_sender_order_is_preserved_for_a_reading_receiver_at_default_limits() {
+    // Three senders each send 150 messages (within the default burst of 200) to one receiver
+    // who reads all the time: 450 messages, more than the default queue of 256 if the server
+    // could not keep up with a healthy reader.
+    const PER_SENDER: u64 = 150;
+    let server = start();
+    let mut clients = room_of(&server, ROOM, &["bob", "alice", "carol", "dave"]).await;
+    let mut senders = clients.split_off(1);
+    let mut bob = clients.pop().unwrap();
+    let bob_pid = bob.pid();
+    let reader = tokio::spawn(async move {
+        let mut got: Vec<(String, u64)> = Vec::new();
+        while got.len() < 3 * PER_SENDER as usize {
+            let msg = bob.recv_json().await;
+            let sender = msg["sender_id"].as_str().unwrap_or_default().to_string();
+            got.push((
+                sender,
+                msg["payload"]["n"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{msg}")),
+            ));
+        }
+        (bob, got)
+    });
+    let mut tasks = Vec::new();
+    for mut sender in senders.drain(..) {
+        let to = bob_pid.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..PER_SENDER {
+                // Alternate types: order holds across message types too.
+                let ty = if n.is_multiple_of(2) {
+                    "chat-message"
+                } else {
+                    "ice-candidate"
+                };
+                sender.send_msg(ty, Some(&to), json!({"n": n})).await;
+            }
+            sender
+        }));
+    }
+    let mut senders = Vec::new();
+    for task in tasks {
+        senders.push(task.await.expect("sender task"));
+    }
+    let (mut bob, got) = reader.await.expect("bob's reader");
+    for sender in &senders {
+        let pid = sender.pid();
+        let ns: Vec<u64> = got
+            .iter()
+            .filter(|(s, _)| *s == pid)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(ns, (0..PER_SENDER).collect::<Vec<_>>(), "order from {pid}");
+    }
+    bob.assert_alive_and_idle().await;
 }
