@@ -285,6 +285,31 @@ impl Browser<'_> {
             .map(|_| ())
     }
 
+    /// Opens a new tab in this browser (same profile) and returns its window handle; the
+    /// current tab stays current.
+    pub fn new_tab(&self) -> Result<String, WebDriverError> {
+        let value = self.command("POST", "/window/new", Some(json!({ "type": "tab" })))?;
+        value["handle"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| WebDriverError(format!("new window answer has no handle: {value}")))
+    }
+
+    /// The handle of the current tab.
+    pub fn current_tab(&self) -> Result<String, WebDriverError> {
+        let value = self.command("GET", "/window", None)?;
+        value
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| WebDriverError(format!("window handle is not a string: {value}")))
+    }
+
+    /// Makes `handle` the tab that later commands (navigation, scripts, screenshots) act on.
+    pub fn switch_to_tab(&self, handle: &str) -> Result<(), WebDriverError> {
+        self.command("POST", "/window", Some(json!({ "handle": handle })))
+            .map(|_| ())
+    }
+
     /// Runs `script` as a function body (use `return`), `arguments` available as `arguments[i]`.
     pub fn execute(&self, script: &str, args: &[Value]) -> Result<Value, WebDriverError> {
         self.command(

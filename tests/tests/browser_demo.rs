@@ -523,3 +523,85 @@ fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
         fail(&e, &both, &new_server, &driver);
     }
 }
+
+/// The README promise: `--dev` prints a demo URL, and two tabs of one browser on that URL
+/// (one user, two participants) connect to each other.
+#[test]
+fn two_tabs_on_the_dev_mode_demo_url_connect() {
+    let _one = serialize();
+    let mut server = ServerOptions::new()
+        .arg("--dev")
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let line = server.wait_stdout_line("demo: ", Duration::from_secs(5));
+    let url = format!("{}&autostart=1", line.trim_start_matches("demo: ").trim());
+    let driver = ChromeDriver::start();
+    let browser = driver.new_browser("dev-tabs");
+    let both = [&browser];
+
+    let tabs = (|| {
+        let first = browser.current_tab()?;
+        browser.goto(&url)?;
+        let second = browser.new_tab()?;
+        browser.switch_to_tab(&second)?;
+        browser.goto(&url)?;
+        Ok::<_, switchboard_e2e::browser::WebDriverError>([first, second])
+    })()
+    .unwrap_or_else(|e| {
+        fail(
+            &format!("cannot open two tabs on {url}: {e}"),
+            &both,
+            &server,
+            &driver,
+        )
+    });
+
+    // Poll both tabs in turn: each must reach `connected` and list two participants named `dev`.
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let mut last = Vec::new();
+    loop {
+        last.clear();
+        for tab in &tabs {
+            let seen = browser.switch_to_tab(tab).and_then(|()| {
+                browser.execute(
+                    "return [document.body.dataset.state,
+                        Array.from(document.querySelectorAll('#participants li.participant .name'), (e) => e.textContent)];",
+                    &[],
+                )
+            });
+            last.push(seen.map_err(|e| e.to_string()));
+        }
+        let want = json!(["connected", ["dev", "dev"]]);
+        if last
+            .iter()
+            .all(|seen| seen.as_ref().is_ok_and(|v| *v == want))
+        {
+            break;
+        }
+        if Instant::now() >= deadline {
+            fail(
+                &format!("two tabs on the --dev demo URL: want both {want} within {CONNECT_TIMEOUT:?}, last seen {last:?}"),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A message typed in the second tab shows up in the first.
+    let text = "from the other tab";
+    let sent = browser
+        .switch_to_tab(&tabs[1])
+        .map_err(|e| e.to_string())
+        .and_then(|()| send_message(&browser, text));
+    let received = sent.and_then(|()| {
+        browser
+            .switch_to_tab(&tabs[0])
+            .map_err(|e| e.to_string())
+            .and_then(|()| wait_received(&browser, text))
+    });
+    if let Err(e) = received {
+        fail(&e, &both, &server, &driver);
+    }
+}
