@@ -334,17 +334,6 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives within `quiet` (used only where an ordering check is impossible).
-    pub async fn expect_silence(&mut self, quiet: Duration) {
-        let event = self.next_event(quiet).await;
-        assert_eq!(
-            event,
-            Event::Timeout,
-            "room {}: expected nothing",
-            self.room
-        );
-    }
-
     /// Sends `ping` and expects `pong` as the next message: proves the connection is open and
     /// that nothing else was queued for this client before it.
     pub async fn assert_alive_and_idle(&mut self) {
@@ -362,11 +351,6 @@ impl Client {
         let _ = tokio::time::timeout(RECV_TIMEOUT, self.ws.close(None)).await;
         let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
         while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
-    }
-
-    /// The underlying stream, for raw frame tests.
-    pub fn ws_mut(&mut self) -> &mut WsStream {
-        &mut self.ws
     }
 }
 
