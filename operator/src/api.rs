@@ -24,6 +24,29 @@ pub const DEFAULT_REDIS_IMAGE: &str = "redis:7-alpine";
 /// STUN server the server advertises unless the spec names others.
 pub const DEFAULT_STUN_URL: &str = "stun:stun.l.google.com:19302";
 
+// Messages of the CEL rules below, shared with `resolve::check_spec`, which enforces the same
+// rules where the API server does not (Kubernetes before 1.25 ignores CEL).
+/// CEL message.
+pub const MSG_REDIS_EXACTLY_ONE: &str =
+    "redis: set exactly one of redis.managed and redis.external";
+/// CEL message.
+pub const MSG_EXTERNAL_REDIS_SECRET: &str = "redis.external.secretRef is required: name the Secret (and key, default \"url\") holding the redis:// or rediss:// URL";
+/// CEL message.
+pub const MSG_TURN_URL_SCHEME: &str = "ice.turnUrls: every TURN URL must start with turn: or turns: (e.g. turns:turn.example.com:5349)";
+/// CEL message.
+pub const MSG_TURN_SECRET_WITHOUT_URLS: &str =
+    "ice.turnSecretRef is set but ice.turnUrls is empty: add the TURN server URLs";
+/// CEL message.
+pub const MSG_PUBLIC_KEY_REQUIRED: &str = "auth.secretRef is required for RS256/ES256: name the Secret holding the PEM public key (key default \"public.pem\")";
+/// CEL message.
+pub const MSG_INGRESS_HOST: &str = "ingress.host is required when ingress.enabled is true";
+/// CEL message.
+pub const MSG_AUTOSCALING_RANGE: &str =
+    "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas";
+/// CEL message.
+pub const MSG_PDB_ONE_BOUND: &str =
+    "podDisruptionBudget: set only one of minAvailable and maxUnavailable";
+
 /// The server image matching this operator's version; the default for `spec.image`.
 pub fn default_server_image() -> String {
     format!(
@@ -231,7 +254,7 @@ impl SecretKeyRef {
 #[x_kube(
     cel,
     validation = Rule::new("has(self.managed) != has(self.external)")
-        .message("redis: set exactly one of redis.managed and redis.external")
+        .message(MSG_REDIS_EXACTLY_ONE)
 )]
 pub struct RedisSpec {
     /// A Redis StatefulSet run by the operator, with a generated password.
@@ -314,7 +337,7 @@ fn default_persistence_size() -> String {
 #[x_kube(
     cel,
     validation = Rule::new("has(self.secretRef)")
-        .message("redis.external.secretRef is required: name the Secret (and key, default \"url\") holding the redis:// or rediss:// URL")
+        .message(MSG_EXTERNAL_REDIS_SECRET)
 )]
 pub struct ExternalRedisSpec {
     /// Secret key holding the Redis URL (`redis://` or `rediss://`, password included);
@@ -329,9 +352,9 @@ pub struct ExternalRedisSpec {
 #[x_kube(
     cel,
     validation = Rule::new("self.turnUrls.all(u, u.startsWith('turn:') || u.startsWith('turns:'))")
-        .message("ice.turnUrls: every TURN URL must start with turn: or turns: (e.g. turns:turn.example.com:5349)"),
+        .message(MSG_TURN_URL_SCHEME),
     validation = Rule::new("!has(self.turnSecretRef) || size(self.turnUrls) > 0")
-        .message("ice.turnSecretRef is set but ice.turnUrls is empty: add the TURN server URLs")
+        .message(MSG_TURN_SECRET_WITHOUT_URLS)
 )]
 pub struct IceSpec {
     /// STUN server URLs (`stun:` or `stuns:`).
@@ -479,7 +502,7 @@ impl JwtAlgorithm {
 #[x_kube(
     cel,
     validation = Rule::new("self.algorithm == 'HS256' || has(self.secretRef)")
-        .message("auth.secretRef is required for RS256/ES256: name the Secret holding the PEM public key (key default \"public.pem\")")
+        .message(MSG_PUBLIC_KEY_REQUIRED)
 )]
 pub struct AuthSpec {
     /// `HS256`, `RS256` or `ES256`.
@@ -589,7 +612,7 @@ impl ServiceType {
 #[x_kube(
     cel,
     validation = Rule::new("!self.enabled || has(self.host)")
-        .message("ingress.host is required when ingress.enabled is true")
+        .message(MSG_INGRESS_HOST)
 )]
 pub struct IngressSpec {
     /// Create the Ingress.
@@ -620,7 +643,7 @@ pub struct IngressSpec {
 #[x_kube(
     cel,
     validation = Rule::new("self.minReplicas <= self.maxReplicas")
-        .message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas")
+        .message(MSG_AUTOSCALING_RANGE)
 )]
 pub struct AutoscalingSpec {
     /// Create the HPA (spec.replicas is then ignored).
@@ -670,7 +693,7 @@ fn default_target_cpu() -> i32 {
 #[x_kube(
     cel,
     validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))")
-        .message("podDisruptionBudget: set only one of minAvailable and maxUnavailable")
+        .message(MSG_PDB_ONE_BOUND)
 )]
 pub struct PodDisruptionBudgetSpec {
     /// Create the PDB.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::api::{JwtAlgorithm, SignalingCluster};
+use crate::api::{self, JwtAlgorithm, SignalingCluster, SignalingClusterSpec};
 use crate::resources::{names, GeneratedSecret, REDIS_PORT};
 
 /// Default key of an external Redis URL Secret.
@@ -129,13 +129,62 @@ pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
     out
 }
 
-/// Resolves the cluster's secret references against `secrets` (the Secrets of the cluster's
-/// namespace, by name; a name absent from the map does not exist). Reports the first problem
-/// in the order JWT, TURN, Redis.
+/// Checks the cross-field rules the CRD states as CEL, for API servers that do not enforce CEL
+/// (Kubernetes before 1.25) and for objects stored before a rule existed. Reports the first
+/// violation with the same message the API server would give.
+pub fn check_spec(spec: &SignalingClusterSpec) -> Result<(), ConfigError> {
+    let violated = |msg: &str| {
+        Err(ConfigError::new(
+            ConfigErrorReason::InvalidSpec,
+            msg.to_owned(),
+        ))
+    };
+    if spec.redis.managed.is_some() == spec.redis.external.is_some() {
+        return violated(api::MSG_REDIS_EXACTLY_ONE);
+    }
+    if spec
+        .redis
+        .external
+        .as_ref()
+        .is_some_and(|e| e.secret_ref.is_none())
+    {
+        return violated(api::MSG_EXTERNAL_REDIS_SECRET);
+    }
+    if !spec
+        .ice
+        .turn_urls
+        .iter()
+        .all(|u| u.starts_with("turn:") || u.starts_with("turns:"))
+    {
+        return violated(api::MSG_TURN_URL_SCHEME);
+    }
+    if spec.ice.turn_secret_ref.is_some() && spec.ice.turn_urls.is_empty() {
+        return violated(api::MSG_TURN_SECRET_WITHOUT_URLS);
+    }
+    if spec.auth.algorithm != JwtAlgorithm::HS256 && spec.auth.secret_ref.is_none() {
+        return violated(api::MSG_PUBLIC_KEY_REQUIRED);
+    }
+    if spec.ingress.enabled && spec.ingress.host.is_none() {
+        return violated(api::MSG_INGRESS_HOST);
+    }
+    if spec.autoscaling.min_replicas > spec.autoscaling.max_replicas {
+        return violated(api::MSG_AUTOSCALING_RANGE);
+    }
+    let pdb = &spec.pod_disruption_budget;
+    if pdb.min_available.is_some() && pdb.max_unavailable.is_some() {
+        return violated(api::MSG_PDB_ONE_BOUND);
+    }
+    Ok(())
+}
+
+/// Checks the spec ([`check_spec`]), then resolves the cluster's secret references against
+/// `secrets` (the Secrets of the cluster's namespace, by name; a name absent from the map does
+/// not exist). Reports the first problem in the order spec, JWT, TURN, Redis.
 pub fn resolve(
     sc: &SignalingCluster,
     secrets: &BTreeMap<String, Secret>,
 ) -> Result<Resolved, ConfigError> {
+    check_spec(&sc.spec)?;
     let name = sc.name_any();
     let namespace = sc.namespace().unwrap_or_default();
     let lookup = Lookup {

@@ -208,3 +208,25 @@ fn every_rule_compiles_is_in_scope_and_within_the_cost_budget() {
     // One per CEL rule declared in api.rs; update when adding a rule (and add a CASE above).
     assert_eq!(rules, 8);
 }
+
+/// The operator enforces the same rules itself (Kubernetes before 1.25 ignores CEL), with the
+/// same messages.
+#[test]
+fn check_spec_mirrors_every_cel_rule() {
+    let typed = |spec: &str| -> SignalingCluster {
+        serde_yaml::from_str(&format!(
+            "apiVersion: switchboard.dev/v1alpha1\nkind: SignalingCluster\nmetadata: {{name: demo}}\nspec:\n{spec}"
+        ))
+        .expect("parses")
+    };
+    for (what, good, bad, message) in CASES {
+        assert_eq!(
+            switchboard_operator::resolve::check_spec(&typed(good).spec),
+            Ok(()),
+            "{what}"
+        );
+        let err = switchboard_operator::resolve::check_spec(&typed(bad).spec).unwrap_err();
+        assert_eq!(err.reason.as_str(), "InvalidSpec", "{what}");
+        assert_eq!(err.message, *message, "{what}");
+    }
+}
