@@ -164,6 +164,18 @@ impl Outbox {
         }
     }
 
+    /// The next queued frame if there is one and the connection is not
+    /// being closed as a slow consumer (never waits).
+    pub fn try_pop(&self) -> Option<Frame> {
+        let mut st = self.lock();
+        if st.close == Some(CloseCause::SlowConsumer) {
+            return None;
+        }
+        let frame = st.queue.pop_front()?;
+        st.bytes -= frame.len();
+        Some(frame)
+    }
+
     /// Takes every queued frame (used to flush replies such as
     /// `error rate_limited` before a close frame) and refuses further pushes.
     pub fn take_all(&self) -> Vec<Frame> {

@@ -39,6 +39,9 @@ pub mod close {
 /// How long we try to get a close frame out to a peer that is not reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most frames written per flush.
+const WRITE_BATCH: usize = 64;
+
 /// A read error from the transport, classified for the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadError {
@@ -398,8 +401,20 @@ where
         };
         // A peer that stops reading blocks this send; overflow of its queue
         // must still end the session at once.
+        // Frames already queued go out in the same write: one flush per
+        // batch lets an active reader keep up with a burst from the room.
+        let batch = async {
+            sink.feed(message).await?;
+            for _ in 0..WRITE_BATCH {
+                match outbox.try_pop() {
+                    Some(frame) => sink.feed(text_message(frame)).await?,
+                    None => break,
+                }
+            }
+            sink.flush().await
+        };
         tokio::select! {
-            sent = sink.send(message) => if sent.is_err() { return End::Transport },
+            sent = batch => if sent.is_err() { return End::Transport },
             () = outbox.slow_consumer() => return End::SlowConsumer,
         }
     }

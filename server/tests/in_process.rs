@@ -72,8 +72,10 @@ async fn next_json(ws: &mut Ws) -> Value {
             .expect("no message within 10 s")
             .expect("stream ended")
             .unwrap();
-        if let Message::Text(t) = m {
-            return serde_json::from_str(t.as_str()).unwrap();
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(f) => panic!("expected JSON, got close {f:?}"),
+            _ => {}
         }
     }
 }
@@ -363,4 +365,58 @@ async fn drain_flips_readiness_refuses_upgrades_and_sends_reconnect() {
         .expect("serve returns after the drain")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_reader_keeps_up_with_a_burst_in_order() {
+    const COUNT: u64 = 2000;
+    // A burst larger than the outbound queue would (by design) close the
+    // reader as a slow consumer; the rate limit normally prevents such bursts.
+    let server = start(&[
+        ("WEBRTC_RATE_LIMIT_PER_SECOND", "100000"),
+        ("WEBRTC_RATE_LIMIT_BURST", "100000"),
+        ("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "4096"),
+    ])
+    .await;
+    let t = token("u", &["*"]);
+    let url = format!("ws://{}/webrtc/ws/burst?token={t}", server.addr);
+    let (mut a, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    next_json(&mut a).await;
+    let (mut b, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let pb = next_json(&mut b).await["payload"]["self"]["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(next_json(&mut a).await["type"], "user-joined");
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < COUNT as usize {
+            let v = next_json(&mut b).await;
+            got.push(v["payload"]["n"].as_u64().unwrap_or_else(|| panic!("{v}")));
+        }
+        got
+    });
+    for n in 0..COUNT {
+        let ty = if n % 2 == 0 {
+            "chat-message"
+        } else {
+            "ice-candidate"
+        };
+        a.feed(Message::text(
+            json!({"type": ty, "to": pb, "payload": {"n": n}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    a.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("bob got everything")
+        .unwrap();
+    assert_eq!(got, (0..COUNT).collect::<Vec<_>>());
+    drop(server.stop);
 }
