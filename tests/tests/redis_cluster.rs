@@ -153,6 +153,9 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
     let mut c = join(&servers[2], room, "carol", &mut [&mut a, &mut b]).await;
     let mut d = join(&servers[0], room, "dave", &mut [&mut a, &mut b, &mut c]).await;
 
+    // One subscription per instance, however many local participants it has there.
+    wait_subscribers(&redis, room, 3).await;
+
     // room-state counts everyone, cluster-wide.
     let state = d.room_state.clone().unwrap();
     assert_eq!(state["payload"]["participant_count"], 4);
@@ -213,6 +216,32 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
         Duration::from_secs(5),
     )
     .await;
+    // Instance 2 has nobody left in the room: it unsubscribed from the room's channel.
+    wait_subscribers(&redis, room, 2).await;
+}
+
+/// Waits until exactly `want` connections subscribe to the room's channel (one per instance
+/// with local participants there).
+async fn wait_subscribers(redis: &RedisProcess, room: &str, want: i64) {
+    let channel = format!("switchboard:room:{{{room}}}:events");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = match redis.command(&["PUBSUB", "NUMSUB", &channel]) {
+            switchboard_e2e::redis::Reply::Array(items) => match items.get(1) {
+                Some(switchboard_e2e::redis::Reply::Integer(n)) => *n,
+                other => panic!("NUMSUB count: {other:?}"),
+            },
+            other => panic!("NUMSUB: {other:?}"),
+        };
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel} has {got} subscribers, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,11 +432,11 @@ async fn a_killed_subscriber_connection_is_repaired_by_the_instance() {
     let room = "killed-sub";
     let mut a = join(&servers[0], room, "alice", &mut []).await;
     let mut b = join(&servers[1], room, "bob", &mut [&mut a]).await;
+    let a2 = join(&servers[0], room, "alice-tab-2", &mut [&mut a, &mut b]).await;
+    let _elsewhere = Client::join(servers[1].addr(), "other-room", &token("eve")).await;
 
-    assert!(
-        redis.client_kill_pubsub() >= 2,
-        "each instance holds a subscriber connection"
-    );
+    // One subscriber connection per instance, not per WebSocket or per room.
+    assert_eq!(redis.client_kill_pubsub(), 2);
     // Whatever readiness said in between, it is true again within a few seconds…
     for s in &servers {
         wait_ready(s, true, Duration::from_secs(10)).await;
@@ -435,7 +464,7 @@ async fn a_killed_subscriber_connection_is_repaired_by_the_instance() {
     wait_participants(
         &[&servers[0], &servers[1]],
         room,
-        &[a.pid(), b.pid()],
+        &[a.pid(), a2.pid(), b.pid()],
         Duration::from_secs(5),
     )
     .await;
