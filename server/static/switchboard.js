@@ -529,7 +529,14 @@
         if (ev.candidate) this.sb.signal("ice-candidate", ev.candidate.toJSON(), this.id);
       };
       pc.onnegotiationneeded = () => this.negotiate();
-      pc.onconnectionstatechange = () => this.sb._emitPeer(this);
+      pc.onconnectionstatechange = () => {
+        // A failed path (network change, NAT timeout) may come back with new candidates; the
+        // offering side restarts ICE, which renegotiates through `negotiationneeded`.
+        if (pc.connectionState === "failed" && this.initiator && typeof pc.restartIce === "function") {
+          pc.restartIce();
+        }
+        this.sb._emitPeer(this);
+      };
       pc.ontrack = (ev) => {
         if (!this.remoteStream) this.remoteStream = new MediaStream();
         if (!this.remoteStream.getTracks().includes(ev.track)) this.remoteStream.addTrack(ev.track);
