@@ -354,6 +354,21 @@ impl Client {
     }
 }
 
+/// Joins one client per token into `room`, in order. Every earlier client must get the
+/// newcomer's `user-joined` (consumed here), so the returned clients have nothing pending.
+pub async fn join_all(addr: SocketAddr, room: &str, tokens: &[String]) -> Vec<Client> {
+    let mut clients: Vec<Client> = Vec::new();
+    for token in tokens {
+        let client = Client::join(addr, room, token).await;
+        for earlier in clients.iter_mut() {
+            let msg = earlier.expect_type("user-joined").await;
+            assert_eq!(msg["payload"]["participant_id"], client.pid().as_str());
+        }
+        clients.push(client);
+    }
+    clients
+}
+
 /// A readable description of a handshake error (the HTTP status and body for refusals).
 pub fn describe_ws_error(error: &WsError) -> String {
     match error {

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::{
-    assert_envelope, assert_error, assert_pair_relays, assert_relays, Client,
+    assert_envelope, assert_error, assert_pair_relays, assert_relays, join_all, Client,
 };
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -21,18 +21,10 @@ fn token(user: &str) -> String {
     Claims::user(user).hs256(SECRET)
 }
 
-/// Joins `users` in order into `room`, consuming the `user-joined` each earlier one receives.
+/// Joins `users` in order; nothing is left pending for any of them.
 async fn room_of(server: &ServerProcess, room: &str, users: &[&str]) -> Vec<Client> {
-    let mut clients: Vec<Client> = Vec::new();
-    for user in users {
-        let client = Client::join(server.addr(), room, &token(user)).await;
-        for earlier in clients.iter_mut() {
-            let msg = earlier.expect_type("user-joined").await;
-            assert_eq!(msg["payload"]["participant_id"], client.pid().as_str());
-        }
-        clients.push(client);
-    }
-    clients
+    let tokens: Vec<String> = users.iter().map(|u| token(u)).collect();
+    join_all(server.addr(), room, &tokens).await
 }
 
 fn pids(participants: &Value) -> Vec<String> {
