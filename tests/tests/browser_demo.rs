@@ -605,3 +605,88 @@ fn two_tabs_on_the_dev_mode_demo_url_connect() {
         fail(&e, &both, &server, &driver);
     }
 }
+
+/// Videos playing on a page: `figure data-key` (participant id or `local`) of each `<video>`
+/// that has decoded frames.
+const PLAYING_VIDEOS_JS: &str = "return Array.from(document.querySelectorAll('#videos video'))
+    .filter((v) => v.readyState >= 2 && v.videoWidth > 0)
+    .map((v) => v.parentElement.dataset.key).sort();";
+
+/// Camera (Chromium's fake device): Alice joins with `camera=1`, Bob without; Bob sees Alice's
+/// video. Then Bob ticks the checkbox, which renegotiates, and Alice sees his.
+#[test]
+fn camera_video_reaches_the_other_page_and_a_late_camera_renegotiates() {
+    let _one = serialize();
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let driver = ChromeDriver::start();
+    let alice = driver.new_browser("alice");
+    let bob = driver.new_browser("bob");
+    let both = [&alice, &bob];
+    for (browser, camera) in [(&alice, "&camera=1"), (&bob, "")] {
+        let token = Claims::user(browser.name()).hs256(SECRET);
+        let url = server.http_url(&format!("/?room={ROOM}&token={token}&autostart=1{camera}"));
+        if let Err(e) = browser.goto(&url) {
+            fail(
+                &format!("{}: cannot open the demo page: {e}", browser.name()),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+    }
+    let mut ids = Vec::new();
+    for browser in both {
+        if let Err(e) = browser.wait_for(
+            "connected",
+            "return document.body.dataset.state === 'connected';",
+            CONNECT_TIMEOUT,
+        ) {
+            fail(&e, &both, &server, &driver);
+        }
+        ids.push(browser.execute(SELF_ID_JS, &[]).unwrap_or_default());
+    }
+    let (alice_id, bob_id) = (ids[0].clone(), ids[1].clone());
+
+    let expect_videos = |browser: &Browser<'_>, want: Value| {
+        let script = format!(
+            "const got = (function() {{ {PLAYING_VIDEOS_JS} }})(); return JSON.stringify(got) === {} ? got : null;",
+            json!(want.to_string())
+        );
+        if let Err(e) = browser.wait_for(&format!("playing videos {want}"), &script, UPDATE_TIMEOUT)
+        {
+            let got = browser
+                .execute(PLAYING_VIDEOS_JS, &[])
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            fail(&format!("{e}; playing now: {got}"), &both, &server, &driver);
+        }
+    };
+    expect_videos(&alice, json!(["local"]));
+    expect_videos(&bob, json!([alice_id.clone()]));
+
+    if let Err(e) = bob.execute(
+        "document.getElementById('camera').click(); return true;",
+        &[],
+    ) {
+        fail(
+            &format!("bob: cannot tick the camera box: {e}"),
+            &both,
+            &server,
+            &driver,
+        );
+    }
+    // The page sorts the keys as JavaScript does (UTF-16 code units; ASCII here, so bytes).
+    let sorted = |id: &Value| {
+        let mut keys = vec![
+            "local".to_string(),
+            id.as_str().unwrap_or_default().to_string(),
+        ];
+        keys.sort();
+        json!(keys)
+    };
+    let (with_bob, with_alice) = (sorted(&bob_id), sorted(&alice_id));
+    expect_videos(&alice, with_bob);
+    expect_videos(&bob, with_alice);
+}
