@@ -1,6 +1,8 @@
-//! Two headless Chromium instances open the demo page of a real server, connect to each other
-//! over WebRTC (data channel, host candidates on this machine, no STUN), and exchange messages.
-//! Needs the Debian packages `chromium` and `chromium-driver`; fails (never skips) without them.
+//! The demo page and `switchboard.js` in real headless Chromium against a real server: two
+//! browsers connect over WebRTC (data channel, host candidates on this machine, no STUN) and
+//! exchange messages; they follow a drain to a new server; two tabs on the `--dev` URL connect;
+//! fake-camera video flows; a forged token ends in `error`. Needs the Debian packages
+//! `chromium` and `chromium-driver`; fails (never skips) without them.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
