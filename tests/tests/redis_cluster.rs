@@ -268,19 +268,21 @@ async fn order_is_preserved_over_1000_messages_across_instances() {
             got.push(msg["payload"]["n"].as_u64().unwrap_or(u64::MAX));
         }
         receiver.assert_alive_and_idle().await;
-        got
+        (got, receiver)
     });
     for n in 0..1000u64 {
         sender
             .send_msg("chat-message", Some(&to), json!({ "n": n }))
             .await;
     }
-    let got = tokio::time::timeout(Duration::from_secs(30), reader)
+    let (got, receiver) = tokio::time::timeout(Duration::from_secs(30), reader)
         .await
         .expect("1000 messages within 30 s")
         .expect("reader task");
     assert_eq!(got, (0..1000).collect::<Vec<u64>>());
+    // The receiver stays connected until the sender was checked (else: its user-left).
     sender.assert_alive_and_idle().await;
+    drop(receiver);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,8 @@ struct Link {
     subscribed_since: Option<Instant>,
     /// When the last canary came back.
     last_canary: Option<Instant>,
+    /// When a command last failed: only a canary after it proves the path works again.
+    last_failure: Option<Instant>,
 }
 
 /// Readiness, pure: commands work, the subscriber is up and a canary came back recently over
@@ -91,9 +93,10 @@ fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
     let Some(since) = link.subscribed_since else {
         return false;
     };
+    let after = link.last_failure.map_or(since, |f| f.max(since));
     link.commands_ok
         && link.last_canary.is_some_and(|t| {
-            t >= since && now.saturating_duration_since(t) <= timing.canary_deadline
+            t >= after && now.saturating_duration_since(t) <= timing.canary_deadline
         })
 }
 
@@ -103,7 +106,12 @@ fn subscriber_wedged(link: &Link, now: Instant, timing: &Timing) -> bool {
     let Some(since) = link.subscribed_since else {
         return false;
     };
-    let last = link.last_canary.map_or(since, |t| t.max(since));
+    // Measured from the latest of: connection, last command failure, last canary.
+    let last = [Some(since), link.last_failure, link.last_canary]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(since);
     link.commands_ok && now.saturating_duration_since(last) > timing.canary_deadline
 }
 
@@ -290,7 +298,7 @@ impl Inner {
                 let was_ok = {
                     let mut link = self.link();
                     // Readiness needs a canary that made the full trip after this failure.
-                    link.last_canary = None;
+                    link.last_failure = Some(Instant::now());
                     std::mem::replace(&mut link.commands_ok, false)
                 };
                 self.local().needs_sync = true;
@@ -1049,6 +1057,7 @@ mod tests {
             commands_ok: true,
             subscribed_since: Some(t0),
             last_canary: Some(t0),
+            last_failure: None,
         };
         assert!(ready_at(&healthy, t0 + Duration::from_secs(1), &timing));
         assert!(!ready_at(&healthy, t0 + Duration::from_secs(3), &timing));
@@ -1070,11 +1079,30 @@ mod tests {
         // A canary that came back over the previous subscriber connection proves nothing.
         let resubscribed = Link {
             subscribed_since: Some(t0 + Duration::from_millis(10)),
-            ..healthy
+            ..healthy.clone()
         };
         assert!(!ready_at(
             &resubscribed,
             t0 + Duration::from_millis(20),
+            &timing
+        ));
+        // Nor does one from before a command failure, once commands work again.
+        let failed_since = Link {
+            last_failure: Some(t0 + Duration::from_millis(10)),
+            ..healthy.clone()
+        };
+        assert!(!ready_at(
+            &failed_since,
+            t0 + Duration::from_millis(20),
+            &timing
+        ));
+        let canary_after_failure = Link {
+            last_canary: Some(t0 + Duration::from_millis(30)),
+            ..failed_since
+        };
+        assert!(ready_at(
+            &canary_after_failure,
+            t0 + Duration::from_millis(40),
             &timing
         ));
     }
@@ -1087,6 +1115,7 @@ mod tests {
             commands_ok: true,
             subscribed_since: Some(t0),
             last_canary: None,
+            last_failure: None,
         };
         assert!(!subscriber_wedged(
             &fresh,
@@ -1107,6 +1136,23 @@ mod tests {
         assert!(!subscriber_wedged(
             &reconnected,
             t0 + Duration::from_secs(11),
+            &timing
+        ));
+        // A command failure restarts the clock: the canary gets a full deadline to come back
+        // before a long-connected, healthy subscriber is declared wedged.
+        let recovered = Link {
+            last_canary: Some(t0),
+            last_failure: Some(t0 + Duration::from_secs(60)),
+            ..fresh.clone()
+        };
+        assert!(!subscriber_wedged(
+            &recovered,
+            t0 + Duration::from_secs(61),
+            &timing
+        ));
+        assert!(subscriber_wedged(
+            &recovered,
+            t0 + Duration::from_secs(63),
             &timing
         ));
         // Redis down: not the subscriber's fault, reconnecting it would not help.
