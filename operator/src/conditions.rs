@@ -146,6 +146,8 @@ pub fn compute_status(
 
     if facts.paused {
         let mut status = previous.cloned().unwrap_or_default();
+        // The pause itself is the change we observed (setting it bumps the generation).
+        status.observed_generation = facts.generation;
         status.conditions.retain(|c| c.type_ != types::PAUSED);
         status.conditions.push(cond(
             types::PAUSED,
