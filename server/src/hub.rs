@@ -94,8 +94,16 @@ impl Outbox {
         if st.close.is_some() {
             return Push::Dropped;
         }
+        // Presence and replies get twice the room: a reader that is only
+        // briefly behind should not lose a user-joined; one that stays
+        // behind is closed by the next relayed message anyway.
+        let factor = match delivery {
+            Delivery::Must => 1,
+            Delivery::Droppable => 2,
+        };
         let fits = st.queue.is_empty()
-            || (st.queue.len() < self.max_messages && st.bytes + frame.len() <= self.max_bytes);
+            || (st.queue.len() < self.max_messages * factor
+                && st.bytes + frame.len() <= self.max_bytes.saturating_mul(factor));
         if fits {
             st.bytes += frame.len();
             st.queue.push_back(frame);

@@ -24,8 +24,11 @@ fn outbox_bounds_messages() {
     let o = Outbox::new(2, 1_000_000);
     assert_eq!(o.push(frame(1), Delivery::Must), Push::Queued);
     assert_eq!(o.push(frame(1), Delivery::Must), Push::Queued);
+    // Presence gets headroom up to twice the bound, then is dropped.
+    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Queued);
+    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Queued);
     assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
-    assert_eq!(o.len(), 2);
+    assert_eq!(o.len(), 4);
     assert_eq!(o.push(frame(1), Delivery::Must), Push::Overflow);
     // A slow consumer is closed at once, queued frames are not flushed.
     assert_eq!(try_next(&o), Some(Next::Close(CloseCause::SlowConsumer)));
@@ -41,7 +44,15 @@ fn outbox_bounds_bytes_but_always_takes_one() {
         Push::Queued,
         "an empty queue takes any frame"
     );
-    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
+    assert_eq!(o.push(frame(1), Delivery::Must), Push::Overflow);
+    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::SlowConsumer)));
+    let o = Outbox::new(100, 100);
+    assert_eq!(o.push(big.clone(), Delivery::Must), Push::Queued);
+    assert_eq!(
+        o.push(frame(1), Delivery::Droppable),
+        Push::Dropped,
+        "over twice the byte bound"
+    );
     assert_eq!(try_next(&o), Some(Next::Frame(big)));
     let small = frame(10);
     assert_eq!(o.push(small.clone(), Delivery::Must), Push::Queued);

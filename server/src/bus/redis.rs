@@ -85,6 +85,18 @@ struct Link {
     last_canary: Option<Instant>,
     /// When a command last failed: only a canary after it proves the path works again.
     last_failure: Option<Instant>,
+    /// Since when commands have been working without a failure.
+    commands_ok_since: Option<Instant>,
+}
+
+/// Whether this instance may judge others dead: its own commands have worked for a full TTL.
+/// Right after an outage every heartbeat may have lapsed at once; the others get one TTL to
+/// renew theirs before anyone is declared lost.
+fn may_sweep(link: &Link, now: Instant, timing: &Timing) -> bool {
+    link.commands_ok
+        && link
+            .commands_ok_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= timing.ttl)
 }
 
 /// Readiness, pure: commands work, the subscriber is up and a canary came back recently over
@@ -282,15 +294,23 @@ impl Inner {
         };
         match result {
             Ok(value) => {
-                let recovered = {
+                let (recovered, after_failure) = {
                     let mut link = self.link();
-                    !std::mem::replace(&mut link.commands_ok, true)
+                    let recovered = !std::mem::replace(&mut link.commands_ok, true);
+                    if recovered {
+                        link.commands_ok_since = Some(Instant::now());
+                    }
+                    (recovered, link.last_failure.is_some())
                 };
                 if recovered {
                     // Whatever happened while we could not reach Redis, make presence whole.
                     self.local().needs_sync = true;
-                    metrics::reconnected("commands");
-                    tracing::info!(instance = %self.instance(), "redis commands work again");
+                    if after_failure {
+                        metrics::reconnected("commands");
+                        tracing::info!(instance = %self.instance(), "redis commands work again");
+                    } else {
+                        tracing::info!(instance = %self.instance(), "redis commands connected");
+                    }
                 }
                 Ok(value)
             }
@@ -809,6 +829,10 @@ async fn heartbeat_task(inner: Arc<Inner>) {
                 continue;
             }
         }
+        let settled = may_sweep(&inner.link(), Instant::now(), &inner.timing);
+        if !settled {
+            continue;
+        }
         if let Err(e) = inner.sweep().await {
             tracing::debug!(error = %e, "dead-instance sweep failed; retrying");
         }
@@ -1058,6 +1082,7 @@ mod tests {
             subscribed_since: Some(t0),
             last_canary: Some(t0),
             last_failure: None,
+            commands_ok_since: Some(t0),
         };
         assert!(ready_at(&healthy, t0 + Duration::from_secs(1), &timing));
         assert!(!ready_at(&healthy, t0 + Duration::from_secs(3), &timing));
@@ -1116,6 +1141,7 @@ mod tests {
             subscribed_since: Some(t0),
             last_canary: None,
             last_failure: None,
+            commands_ok_since: Some(t0),
         };
         assert!(!subscriber_wedged(
             &fresh,
@@ -1165,6 +1191,25 @@ mod tests {
             t0 + Duration::from_secs(30),
             &timing
         ));
+    }
+
+    #[test]
+    fn dead_instances_are_judged_only_after_a_full_ttl_of_working_commands() {
+        let timing = Timing::from_ttl(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let link = Link {
+            commands_ok: true,
+            commands_ok_since: Some(t0),
+            ..Link::default()
+        };
+        assert!(!may_sweep(&link, t0 + Duration::from_secs(2), &timing));
+        assert!(may_sweep(&link, t0 + Duration::from_secs(3), &timing));
+        let down = Link {
+            commands_ok: false,
+            ..link
+        };
+        assert!(!may_sweep(&down, t0 + Duration::from_secs(30), &timing));
+        assert!(!may_sweep(&Link::default(), t0, &timing));
     }
 
     #[test]
