@@ -653,6 +653,35 @@ YAML
   "$KUBECTL" -n elsewhere get sigc demo
 }
 
+# helm install / upgrade / uninstall on the rig: uninstall removes the operator but keeps the
+# CRD and so every SignalingCluster. Kubernetes 1.20 predates x-kubernetes-validations, so
+# helm's OpenAPI check and server-side apply are turned off here (docs/deployment.md).
+helm_lifecycle_keeps_crd() {
+  local h=("$HELM" --namespace sb-helm) flags=(--disable-openapi-validation --server-side=false)
+  "${h[@]}" install sbh "$CHART" --create-namespace "${flags[@]}" >/dev/null || return 1
+  "$KUBECTL" get crd signalingclusters.switchboard.dev -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}' \
+    | grep -qx keep || { echo "installed CRD lacks helm.sh/resource-policy=keep"; return 1; }
+  "$KUBECTL" -n sb-helm create -f - >/dev/null <<'YAML' || return 1
+apiVersion: switchboard.dev/v1alpha1
+kind: SignalingCluster
+metadata:
+  name: survivor
+spec: {}
+YAML
+  "${h[@]}" upgrade sbh "$CHART" "${flags[@]}" --set replicaCount=2 >/dev/null || return 1
+  [ "$("$KUBECTL" -n sb-helm get deploy sbh-switchboard-operator -o jsonpath='{.spec.replicas}')" = 2 ] \
+    || { echo "helm upgrade did not scale the operator to 2"; return 1; }
+  "${h[@]}" uninstall sbh >/dev/null || return 1
+  "$KUBECTL" get crd signalingclusters.switchboard.dev >/dev/null \
+    || { echo "helm uninstall deleted the CRD"; return 1; }
+  "$KUBECTL" -n sb-helm get sigc survivor >/dev/null \
+    || { echo "helm uninstall deleted a SignalingCluster"; return 1; }
+  if "$KUBECTL" -n sb-helm get deploy sbh-switchboard-operator >/dev/null 2>&1 \
+     || "$KUBECTL" get clusterrole sbh-switchboard-operator >/dev/null 2>&1; then
+    echo "helm uninstall left the operator's Deployment or ClusterRole behind"; return 1
+  fi
+}
+
 apiserver_checks() {
   KUBECTL="$(bash tests/tools.sh kubectl)" || die "could not install kubectl (tests/tools.sh)"
   if ! check "start a private kube-apiserver (tests/k8s-rig.sh)" start_rig; then
@@ -666,6 +695,7 @@ apiserver_checks() {
   "$HELM" template sbc "$CHART" --namespace sb-cluster >"$WORK/api-cluster.yaml" || die "helm template failed"
   "$HELM" template sbn "$CHART" --namespace sb-ns --set rbac.scope=namespace --set crds.create=false \
     >"$WORK/api-ns.yaml" || die "helm template failed"
+  check "helm install/upgrade/uninstall: uninstall keeps the CRD and SignalingClusters" helm_lifecycle_keeps_crd
   check "API server accepts the default render (CRD established)" apply_render "$WORK/api-cluster.yaml"
   check "API server accepts the rbac.scope=namespace render" apply_render "$WORK/api-ns.yaml"
   check "RBAC (cluster scope): exactly the promised access, as the ServiceAccount" rbac_cluster_scope
