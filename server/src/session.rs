@@ -363,6 +363,10 @@ where
                         }
                     }
                 }
+                // Many messages arrive in one socket read; yielding after each
+                // relay lets the recipients' writers run, so a burst from
+                // several senders does not outrun a reader that keeps up.
+                tokio::task::yield_now().await;
             }
         }
     }
