@@ -24,8 +24,11 @@
 //! * Remote events reach local participants through the [`LocalHub`] handed
 //!   to [`from_config`]: `deliver` never blocks (it only pushes to bounded
 //!   per-connection queues), so a subscriber task may call it inline.
-//! * After a Redis restart a bus re-registers live local participants from
-//!   [`LocalHub::local_snapshot`] and resubscribes their rooms.
+//! * After its store lost state (a Redis restart) a bus re-registers the live
+//!   local participants and resubscribes their rooms by itself. The Redis bus
+//!   keeps its own record (successful `join`s minus `leave`s, which the
+//!   session layer guarantees to pair); [`LocalHub::local_snapshot`] is the
+//!   hub's view for buses or diagnostics that need it.
 //! * Any failure to reach the backing store is [`BusError::Unavailable`];
 //!   senders then get an `error` with code `bus_unavailable`, joins are
 //!   refused with close 1013 `bus_unavailable`, and readiness is false while
