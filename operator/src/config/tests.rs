@@ -210,3 +210,22 @@ fn config_path_is_mount_dir_plus_file() {
         format!("{MOUNT_DIR}/{CONFIG_FILE}")
     );
 }
+
+#[test]
+fn secrets_that_look_like_other_yaml_scalars_stay_strings() {
+    // Generated secrets are hex: some look like numbers. User secrets can be anything.
+    for secret in [
+        "123e4567", "0x1F", "1234", "true", "null", "~", "yes", "- a", "a: b", "#x", "'q'",
+    ] {
+        let mut r = resolved();
+        r.jwt = JwtKey::Hs256Secret(secret.to_owned());
+        let out = render(&cluster(SignalingClusterSpec::default()), &r).unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&out.yaml).unwrap();
+        assert_eq!(
+            v["jwt"]["secret"],
+            serde_yaml::Value::String(secret.to_owned()),
+            "{secret:?} in\n{}",
+            out.yaml
+        );
+    }
+}
