@@ -428,6 +428,7 @@ pub fn assert_error(msg: &Value, code: &str) -> String {
     assert_eq!(msg["type"], "error", "expected an error message, got {msg}");
     assert_eq!(msg["payload"]["code"], code, "error code: {msg}");
     assert_eq!(msg["sender_id"], Value::Null, "error sender_id: {msg}");
+    assert_eq!(msg["to"], Value::Null, "error to: {msg}");
     msg["payload"]["message"]
         .as_str()
         .unwrap_or_else(|| panic!("error payload.message is not a string: {msg}"))

@@ -180,6 +180,9 @@ async fn wrong_audience_is_closed_invalid_audience() {
         .audience("another-service")
         .hs256(SECRET);
     assert_refused(&server, &wrong, "invalid_audience", &mut b, &mut c).await;
+    // With an audience configured, a token without `aud` is refused the same way.
+    let missing = Claims::user("mallory").hs256(SECRET);
+    assert_refused(&server, &missing, "invalid_audience", &mut b, &mut c).await;
 }
 
 #[tokio::test]
@@ -199,6 +202,9 @@ async fn wrong_issuer_is_closed_invalid_token() {
         .issuer("https://evil.example")
         .hs256(SECRET);
     assert_refused(&server, &wrong, "invalid_token", &mut b, &mut c).await;
+    // With an issuer configured, a token without `iss` is refused.
+    let missing = Claims::user("mallory").hs256(SECRET);
+    assert_refused(&server, &missing, "invalid_token", &mut b, &mut c).await;
 }
 
 #[tokio::test]
@@ -274,6 +280,12 @@ async fn disallowed_origin_gets_403_before_upgrade() {
     let path = ws_path(ROOM, &token);
     let evil = ConnectOptions::default().header("Origin", "https://evil.example");
     assert_eq!(expect_http_refusal(server.addr(), &path, &evil).await, 403);
+    // A lookalike that only shares a prefix is not allowed either.
+    let lookalike = ConnectOptions::default().header("Origin", "https://app.example.evil.example");
+    assert_eq!(
+        expect_http_refusal(server.addr(), &path, &lookalike).await,
+        403
+    );
     let mut allowed = Vec::new();
     for origin in ["https://app.example", "https://other.example"] {
         let opts = ConnectOptions::default().header("Origin", origin);

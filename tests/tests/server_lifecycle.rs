@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
-use switchboard_e2e::client::{assert_pair_relays, ws_path, Client, ConnectOptions, Event};
+use switchboard_e2e::client::{
+    assert_pair_relays, expect_http_refusal, ws_path, Client, ConnectOptions, Event,
+};
 use switchboard_e2e::http::{get, get_bearer};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::{now_secs, Claims};
@@ -92,29 +94,10 @@ async fn sigterm_drains_with_reconnect_hints_then_exits_zero() {
     }
     assert_eq!(get(addr, "/webrtc/health/live").await.status, 200);
 
-    // A new upgrade is refused: either an HTTP error or an immediate close 1001, never a join.
-    match switchboard_e2e::client::open(
-        addr,
-        &ws_path(ROOM, &token("late")),
-        &ConnectOptions::default(),
-    )
-    .await
-    {
-        Err(WsError::Http(resp)) => assert!(
-            resp.status().is_client_error() || resp.status().is_server_error(),
-            "late upgrade got HTTP {}",
-            resp.status()
-        ),
-        Err(e) => panic!("late upgrade: expected an HTTP refusal or a close, got {e}"),
-        Ok((ws, response)) => {
-            let mut late = Client::from_parts(ws, response, ROOM);
-            assert_eq!(
-                late.next_event(Duration::from_secs(5)).await,
-                Event::Close(Some((1001, "server draining".to_string()))),
-                "an upgrade accepted while draining must be closed at once"
-            );
-        }
-    }
+    // A new upgrade is refused with 503 before upgrading.
+    let late = ws_path(ROOM, &token("late"));
+    let status = expect_http_refusal(addr, &late, &ConnectOptions::default()).await;
+    assert_eq!(status, 503, "upgrade while draining");
 
     // Every client: a reconnect hint within the window, then close 1001 "server draining".
     let mut hint_delays = Vec::new();
@@ -314,6 +297,17 @@ fn rs256_without_a_usable_public_key_exits_78() {
         .env("JWT_PUBLIC_KEY_FILE", garbage.path().to_string_lossy())
         .run_to_exit(EXIT_TIMEOUT);
     assert_reported(&out, &[&["JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"]]);
+}
+
+#[test]
+fn unknown_yaml_key_is_a_config_error() {
+    // A typo in a key must not silently fall back to a default.
+    let file = config_file("jwt:\n  secret: e2e-file-secret-0123456789abcdef\n  audeince: typo\n");
+    let out = ServerOptions::new()
+        .arg("--config")
+        .arg(file.path().to_string_lossy())
+        .run_to_exit(EXIT_TIMEOUT);
+    assert_reported(&out, &[&["audeince"]]);
 }
 
 #[test]

@@ -45,6 +45,7 @@ async fn room_state_describes_self_and_everyone_present() {
     let state = alice.room_state.clone().unwrap();
     assert_envelope(&state, "room-state", ROOM);
     assert_eq!(state["sender_id"], Value::Null);
+    assert_eq!(state["to"], Value::Null);
     let me = &state["payload"]["self"];
     assert_eq!(me["user_id"], "alice");
     assert_eq!(me["username"], "User alice");
@@ -219,6 +220,7 @@ async fn ping_gets_pong() {
     let pong = alice.recv_json().await;
     assert_envelope(&pong, "pong", ROOM);
     assert_eq!(pong["sender_id"], Value::Null);
+    assert_eq!(pong["to"], Value::Null);
 }
 
 #[tokio::test]
@@ -289,6 +291,9 @@ async fn non_json_and_wrong_shapes_get_invalid_message() {
         json!({"type": 5, "payload": {}}).to_string(),
         json!({"type": "chat-message", "to": 5, "payload": {}}).to_string(),
         json!({"type": "offer", "to": ["a"], "payload": {}}).to_string(),
+        json!({"type": "offer", "to": "", "payload": {}}).to_string(),
+        // `payload` is required (any JSON value, null included).
+        json!({"type": "chat-message"}).to_string(),
     ] {
         assert_rejected(&mut clients, Message::text(bad), "invalid_message").await;
     }
