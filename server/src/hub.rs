@@ -269,8 +269,9 @@ impl Hub {
     }
 
     /// Registers a local participant after the bus accepted its join:
-    /// queues `room-state` (always its first message), records the members
-    /// the bus reported and tells the other local members `user-joined`.
+    /// records the members of other instances the bus reported, queues
+    /// `room-state` (always its first message) and tells the other local
+    /// members `user-joined`.
     pub fn register(
         &self,
         room_id: &RoomId,
@@ -280,13 +281,12 @@ impl Hub {
     ) {
         let mut rooms = self.rooms();
         let room = rooms.entry(room_id.clone()).or_default();
-        // Under the lock, so nothing can be queued ahead of room-state.
-        outbox.push(
-            protocol::encode_room_state(room_id.as_str(), me, participants),
-            Delivery::Must,
-        );
+        // Participants of this instance are known exactly here: one that the
+        // bus listed but that is not registered yet (joining concurrently)
+        // announces itself when it registers, and one that already left must
+        // not reappear. So only other instances' entries come from the bus.
         for p in participants {
-            if p.participant_id != me.participant_id {
+            if p.participant_id != me.participant_id && p.instance_id != me.instance_id {
                 room.members
                     .entry(p.participant_id.clone())
                     .or_insert_with(|| Member {
@@ -299,8 +299,20 @@ impl Hub {
             me.participant_id.clone(),
             Member {
                 info: me.clone(),
-                outbox: Some(outbox),
+                outbox: Some(outbox.clone()),
             },
+        );
+        let mut everyone: Vec<ParticipantInfo> =
+            room.members.values().map(|m| m.info.clone()).collect();
+        // RFC 3339 UTC timestamps of equal precision sort chronologically.
+        everyone.sort_by(|a, b| {
+            (a.joined_at.as_str(), a.participant_id.as_str())
+                .cmp(&(b.joined_at.as_str(), b.participant_id.as_str()))
+        });
+        // Still under the lock, so nothing can be queued ahead of room-state.
+        outbox.push(
+            protocol::encode_room_state(room_id.as_str(), me, &everyone),
+            Delivery::Must,
         );
         let frame = protocol::encode_user_joined(room_id.as_str(), me);
         self.announce(room, &me.participant_id, &frame);

@@ -281,3 +281,43 @@ fn drain_sends_reconnect_within_window() {
     assert!(v["payload"]["after_ms"].as_u64().unwrap() < 500);
     assert_eq!(try_next(&a), Some(Next::Close(CloseCause::Draining)));
 }
+
+#[test]
+fn concurrent_joins_on_one_instance_stay_consistent() {
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    let mut ia = info("a", "i1");
+    ia.joined_at = "2026-11-28T16:30:27.100Z".into();
+    let ib = info("b", "i1");
+    // Both passed the bus; b registers first while a is still in flight.
+    h.register(&room(), &ib, b.clone(), &[ia.clone(), ib.clone()]);
+    let v = json(try_next(&b));
+    assert_eq!(
+        v["payload"]["participant_count"], 1,
+        "a is not registered yet: {v}"
+    );
+    h.register(&room(), &ia, a.clone(), &[ia.clone(), ib.clone()]);
+    let v = json(try_next(&a));
+    assert_eq!(v["payload"]["participant_count"], 2);
+    assert_eq!(
+        v["payload"]["participants"][0]["participant_id"], "a",
+        "ordered by joined_at"
+    );
+    let v = json(try_next(&b));
+    assert_eq!(
+        (v["type"].as_str(), v["payload"]["participant_id"].as_str()),
+        (Some("user-joined"), Some("a"))
+    );
+
+    // A participant that left before a stale bus list was read does not come back.
+    h.unregister(&room(), "b", LeaveReason::Closed);
+    let c = outbox();
+    h.register(
+        &room(),
+        &info("c", "i1"),
+        c.clone(),
+        &[ia.clone(), ib.clone(), info("c", "i1")],
+    );
+    let v = json(try_next(&c));
+    assert_eq!(v["payload"]["participant_count"], 2, "{v}");
+}
