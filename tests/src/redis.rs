@@ -164,6 +164,10 @@ impl Drop for RedisProcess {
 pub struct RedisProxy {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<Arc<ProxiedConn>>>>,
+    /// While set, new connections are closed at once (a partition).
+    refusing: Arc<AtomicBool>,
+    /// Ends every proxied connection open now.
+    cut: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -183,18 +187,35 @@ impl RedisProxy {
             .local_addr()
             .unwrap_or_else(|e| panic!("proxy addr: {e}"));
         let conns: Arc<Mutex<Vec<Arc<ProxiedConn>>>> = Arc::default();
-        let registry = conns.clone();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (registry, refuse, cut_all) = (conns.clone(), refusing.clone(), cut.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if refuse.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let state = Arc::new(ProxiedConn::default());
                 registry
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(state.clone());
-                tokio::spawn(proxy_connection(client, upstream_port, state));
+                tokio::spawn(proxy_connection(
+                    client,
+                    upstream_port,
+                    state,
+                    cut_all.clone(),
+                ));
             }
         });
-        RedisProxy { addr, conns, task }
+        RedisProxy {
+            addr,
+            conns,
+            refusing,
+            cut,
+            task,
+        }
     }
 
     /// `redis://127.0.0.1:<proxy port>/`.
@@ -216,6 +237,20 @@ impl RedisProxy {
     }
 }
 
+impl RedisProxy {
+    /// Cuts every connection and refuses new ones until [`heal`](Self::heal): Redis keeps
+    /// running (and expiring keys) but nobody behind the proxy can reach it.
+    pub fn partition(&self) {
+        self.refusing.store(true, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    /// Accepts connections again.
+    pub fn heal(&self) {
+        self.refusing.store(false, Ordering::SeqCst);
+    }
+}
+
 impl Drop for RedisProxy {
     fn drop(&mut self) {
         self.task.abort();
@@ -226,8 +261,11 @@ async fn proxy_connection(
     client: tokio::net::TcpStream,
     upstream_port: u16,
     state: Arc<ProxiedConn>,
+    cut: Arc<tokio::sync::Notify>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Created before any await, so a cut during the upstream connect is not missed.
+    let cut = cut.notified();
     let Ok(upstream) = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await
     else {
         return;
@@ -273,6 +311,7 @@ async fn proxy_connection(
     tokio::select! {
         () = to_redis => {}
         () = to_client => {}
+        () = cut => {}
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchboard_e2e::redis::RedisProcess;
+use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_server::bus::redis::{RedisBus, RedisSettings};
 use switchboard_server::bus::{Bus, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
 use switchboard_server::protocol::{Frame, RelayKind};
@@ -458,4 +458,67 @@ async fn a_crashed_instance_restarted_with_the_same_id_cleans_up_its_past() {
         ids.contains(&"pb".to_string()) && ids.contains(&"new".to_string()),
         "{ids:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_partition_longer_than_the_ttl_nobody_is_declared_lost() {
+    let redis = RedisProcess::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    let behind_proxy = |id: &'static str| {
+        let url = proxy.url();
+        async move {
+            let hub = Arc::new(Recorder::default());
+            let bus = RedisBus::start(
+                RedisSettings {
+                    url,
+                    key_prefix: "sb".into(),
+                    instance_id: id.into(),
+                    presence_ttl: TTL,
+                },
+                hub.clone(),
+            )
+            .await
+            .expect("bus starts");
+            Node {
+                bus: Arc::new(bus),
+                hub,
+                id: id.into(),
+            }
+        }
+    };
+    let a = behind_proxy("a").await;
+    // Heartbeats half a period apart: whoever renews first could judge the other dead.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = behind_proxy("b").await;
+    wait_ready(&a, true, Duration::from_secs(10)).await;
+    wait_ready(&b, true, Duration::from_secs(10)).await;
+    let r = room("partitioned");
+    join(&a, &r, &participant("pa", "a"), 50).await;
+    join(&b, &r, &participant("pb", "b"), 50).await;
+    tokio::time::sleep(TTL).await;
+    // Both instances lose Redis while it keeps running: every heartbeat expires meanwhile.
+    proxy.partition();
+    wait_ready(&a, false, Duration::from_secs(5)).await;
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    assert!(
+        redis.keys("sb:instance:*:alive").is_empty(),
+        "heartbeats expired"
+    );
+    proxy.heal();
+    wait_ready(&a, true, Duration::from_secs(10)).await;
+    wait_ready(&b, true, Duration::from_secs(10)).await;
+    // Whoever came back first gave the other a TTL to renew before judging it.
+    tokio::time::sleep(TTL * 2).await;
+    for n in [&a, &b] {
+        assert!(
+            n.hub
+                .events()
+                .iter()
+                .all(|e| !matches!(e, RemoteEvent::Left { .. })),
+            "{} saw a spurious leave: {:?}",
+            n.id,
+            n.hub.events()
+        );
+    }
+    assert_eq!(a.bus.participants(&r).await.unwrap().len(), 2);
 }
