@@ -34,7 +34,7 @@ use redis::{AsyncCommands, RedisResult, Script};
 use tokio::sync::{Notify, RwLock};
 use tokio::task::JoinHandle;
 
-pub use keys::{escape_instance_id, Keys, PrefixError};
+pub use keys::{escape_instance_id, Keys, PrefixError, MAX_PREFIX_LEN};
 
 use super::{Bus, BusError, BusHealth, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
