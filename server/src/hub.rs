@@ -137,6 +137,7 @@ impl Outbox {
         st.close = Some(cause);
         drop(st);
         self.notify.notify_one();
+        self.kill.notify_one();
     }
 
     /// Waits for the next frame to write or the close decision. A slow
@@ -162,11 +163,11 @@ impl Outbox {
         }
     }
 
-    /// Completes once the outbox was declared a slow consumer.
-    pub async fn slow_consumer(&self) {
+    /// Completes once the outbox is marked closing, with the cause.
+    pub async fn closing(&self) -> CloseCause {
         loop {
-            if self.lock().close == Some(CloseCause::SlowConsumer) {
-                return;
+            if let Some(cause) = self.lock().close {
+                return cause;
             }
             self.kill.notified().await;
         }

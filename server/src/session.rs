@@ -39,6 +39,10 @@ pub mod close {
 /// How long we try to get a close frame out to a peer that is not reading.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a draining writer may stay blocked on its socket before the
+/// participant is removed anyway.
+const DRAIN_STUCK_GRACE: Duration = Duration::from_secs(2);
+
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 64;
 
@@ -417,9 +421,21 @@ where
             }
             sink.flush().await
         };
+        let stuck = async {
+            match outbox.closing().await {
+                CloseCause::SlowConsumer => End::SlowConsumer,
+                CloseCause::Draining => {
+                    // A healthy writer finishes its batch (and then sends the
+                    // queued `reconnect`) long before this; a blocked one
+                    // must not keep the participant in the room.
+                    tokio::time::sleep(DRAIN_STUCK_GRACE).await;
+                    End::Draining
+                }
+            }
+        };
         tokio::select! {
             sent = batch => if sent.is_err() { return End::Transport },
-            () = outbox.slow_consumer() => return End::SlowConsumer,
+            end = stuck => return end,
         }
     }
 }

@@ -442,3 +442,39 @@ fn docs_list_every_close_code_and_error_code() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn drain_removes_a_participant_whose_socket_is_stuck() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    // Bob's socket takes one frame (room-state) and then blocks forever.
+    let (to_client, _unread) = mpsc::channel::<Message>(0);
+    let (_to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+    let bob = tokio::spawn(run(
+        w.ctx("bob"),
+        w.shutdown.guard().unwrap(),
+        to_client,
+        from_client,
+    ));
+    a.expect("user-joined").await;
+    // Fill bob's socket so his writer is blocked when the drain starts.
+    a.send(json!({"type":"chat-message","payload":1}));
+    a.send(json!({"type":"chat-message","payload":2}));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let shutdown = w.shutdown.clone();
+    let hub = w.hub.clone();
+    let drain = tokio::spawn(async move { shutdown.drain(&hub, Duration::ZERO).await });
+    assert_eq!(bob.await.unwrap(), Some(End::Draining));
+    a.expect("reconnect").await;
+    tokio::time::timeout(Duration::from_secs(60), drain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(w
+        .bus
+        .participants(&RoomId::parse("room").unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -521,18 +521,19 @@ impl Inner {
                 .iter()
                 .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
             {
-                // No recorded leave: a record of an earlier incarnation of this instance
-                // (restarted with the same id before anyone cleaned up after it).
-                let reason = self
-                    .local()
-                    .pending_left
-                    .remove(&info.participant_id)
-                    .unwrap_or(LeaveReason::InstanceLost);
+                let pending = self.local().pending_left.remove(&info.participant_id);
                 let event = RemoteEvent::Left {
                     room_id: room.clone(),
                     participant: info,
-                    reason,
+                    // No recorded leave: a record of an earlier incarnation of this instance
+                    // (restarted with the same id before anyone cleaned up after it).
+                    reason: pending.unwrap_or(LeaveReason::InstanceLost),
                 };
+                // Local participants heard about a leave of their own instance already; a
+                // past incarnation's participant is news to them too (our echo is dropped).
+                if pending.is_none() && snapshot.contains_key(room) {
+                    self.hub.deliver(event.clone());
+                }
                 self.publish_event(room, &event).await?;
             }
             if was_lost.is_some() {
