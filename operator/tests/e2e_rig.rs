@@ -640,6 +640,30 @@ async fn make_pods_ready(client: &Client) -> Result<usize> {
     Ok(n)
 }
 
+/// Events about sc1 as (type, reason, occurrences).
+async fn cluster_events(client: &Client) -> Result<Vec<(String, String, i32)>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let mut out: Vec<(String, String, i32)> = api
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("SignalingCluster") && r.name.as_deref() == Some("sc1")
+            })
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.series.map(|s| s.count).unwrap_or(1),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 fn config_hash(d: &Deployment) -> Option<String> {
     d.spec
         .as_ref()?
@@ -813,14 +837,21 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         ops[li].name == leader,
         "lease held by unknown identity {leader}"
     );
-    ensure!(
-        ops[li]
-            .metric("switchboard_operator_reconciles_total")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0,
-        "the leader has not reconciled"
-    );
+    // The counter moves when a reconcile ends (after status and events), a little after the
+    // children appear.
+    eventually(
+        "the leader's reconcile counter",
+        Duration::from_secs(10),
+        || async {
+            Ok((ops[li]
+                .metric("switchboard_operator_reconciles_total")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0)
+                .then_some(()))
+        },
+    )
+    .await?;
     ensure!(
         ops[fi]
             .metric("switchboard_operator_reconciles_total")
@@ -912,6 +943,13 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     //    released), reconciles everything again and writes nothing; generated Secrets survive.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = snapshot(&admin).await?;
+    let events_before = cluster_events(&admin).await?;
+    ensure!(
+        events_before
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "Applied"),
+        "no Applied event: {events_before:?}"
+    );
     let jwt_before = secrets.get("sc1-jwt").await?.data;
     ops[li].terminate()?;
     let new_leader = ops[fi].name.clone();
@@ -950,6 +988,11 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         secrets.get("sc1-jwt").await?.data == jwt_before,
         "generated JWT secret changed across restart"
     );
+    let events_after = cluster_events(&admin).await?;
+    ensure!(
+        events_after == events_before,
+        "a reconcile without transitions published events:\nbefore {events_before:?}\nafter {events_after:?}"
+    );
     step(
         &format!("SIGTERM {leader} → {new_leader} took over; re-reconcile wrote nothing"),
         t0,
@@ -964,6 +1007,14 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         &log_dir,
     )?);
     let ri = ops.len() - 1;
+    let standby_ready = eventually("the standby's /readyz", Duration::from_secs(15), || async {
+        Ok(http_get(ops[ri].metrics, "/readyz")
+            .await
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1 200")))
+    });
+    standby_ready.await?;
+    // Two election rounds: a standby that wrongly took the Lease would have reconciled by now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
         ops[ri]
@@ -1113,9 +1164,16 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         secrets.get("sc1-config").await?.resource_version() == cfg_before.resource_version(),
         "the config Secret was changed while the config is invalid"
     );
+    let events = cluster_events(&admin).await?;
+    ensure!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "SecretNotFound"),
+        "no Warning SecretNotFound event: {events:?}"
+    );
     step(
         &format!(
-            "missing Secret → ConfigValid=False ({}): {}",
+            "missing Secret → ConfigValid=False ({}) + Warning event: {}",
             invalid.reason, invalid.message
         ),
         t0,
@@ -1153,7 +1211,66 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     );
     step("the user's Secret was never modified", t0);
 
-    // 15. Deleting the cluster garbage-collects every child (KCM's garbage collector).
+    // 15. spec.paused: Paused condition, nothing is reconciled (a deleted Deployment stays
+    //     gone) until unpaused.
+    clusters
+        .patch(
+            "sc1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": true}})),
+        )
+        .await?;
+    eventually("Paused=True", Duration::from_secs(30), || async {
+        let sc = clusters.get("sc1").await?;
+        Ok(condition(&sc, "Paused")
+            .filter(|c| c.status == "True")
+            .map(|_| ()))
+    })
+    .await?;
+    deployments
+        .delete("sc1-server", &DeleteParams::background())
+        .await?;
+    eventually(
+        "the Deployment to be gone",
+        Duration::from_secs(30),
+        || async {
+            Ok(deployments
+                .get_opt("sc1-server")
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(
+        deployments.get_opt("sc1-server").await?.is_none(),
+        "a paused cluster was reconciled (Deployment recreated)"
+    );
+    clusters
+        .patch(
+            "sc1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await?;
+    eventually(
+        "the Deployment back and Paused gone after unpausing",
+        Duration::from_secs(30),
+        || async {
+            let sc = clusters.get("sc1").await?;
+            Ok((deployments.get_opt("sc1-server").await?.is_some()
+                && condition(&sc, "Paused").is_none())
+            .then_some(()))
+        },
+    )
+    .await?;
+    step(
+        "paused: Paused=True, no reconcile; unpaused: Deployment back",
+        t0,
+    );
+
+    // 16. Deleting the cluster garbage-collects every child (KCM's garbage collector).
     clusters.delete("sc1", &DeleteParams::background()).await?;
     eventually(
         "every child to be garbage-collected",
@@ -1186,7 +1303,7 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         }
     }
 
-    // 16. Every example manifest is accepted by the API server (server-side dry run).
+    // 17. Every example manifest is accepted by the API server (server-side dry run).
     let examples = dry_run_examples(&admin).await?;
     step(
         &format!("{examples} docs/examples documents accepted (server-side dry run)"),
