@@ -439,7 +439,20 @@ async fn a_crashed_instance_restarted_with_the_same_id_cleans_up_its_past() {
     drop(a);
     // Back at once, same id: its heartbeat never lapses, so nobody else would clean up.
     let a2 = node(&redis, "sb", "a", TTL).await;
-    join(&a2, &r, &participant("new", "a"), 50).await;
+    let JoinOutcome::Joined { participants } = join(&a2, &r, &participant("new", "a"), 50).await
+    else {
+        panic!("new refused");
+    };
+    let new_saw_old = participants.iter().any(|p| p.participant_id == "old");
+    // Whoever saw "old" in a room-state hears it leave: the other instance always, the new
+    // incarnation's participant when it joined before the cleanup ran.
+    if new_saw_old {
+        a2.hub
+            .wait_for("old announced gone on a2", Duration::from_secs(5), |ev| {
+                ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "old"))
+            })
+            .await;
+    }
     b.hub
         .wait_for("old announced gone", Duration::from_secs(5), |ev| {
             ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "old"))
