@@ -144,10 +144,7 @@ fn authenticate(
     query: &HashMap<String, String>,
 ) -> Result<Identity, ApiError> {
     let token = rest_token(headers, query).ok_or(AuthError::MissingToken)?;
-    state.auth.verify(token).map_err(|e| {
-        state.metrics.refused(e.metric_label());
-        ApiError::from(e)
-    })
+    state.auth.verify(token).map_err(ApiError::from)
 }
 
 fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
