@@ -484,7 +484,7 @@ enum Raw {
 /// Usage text for `--help`.
 pub fn usage() -> String {
     let mut out = String::from(
-        "switchboard-server: WebRTC signaling server\n\nUSAGE: switchboard-server [--dev] [--config FILE] [--FLAG VALUE]...\n\n  --dev                    in-process bus, random JWT secret, prints a token and the demo URL\n  --config FILE            YAML config file (SWITCHBOARD_CONFIG)\n",
+        "switchboard-server: WebRTC signaling server\n\nUSAGE: switchboard-server [--dev] [--config FILE] [--FLAG VALUE]...\n\n  --dev                          in-process bus, random JWT secret, prints a token and the demo URL\n  --config FILE                  YAML config file (SWITCHBOARD_CONFIG)\n",
     );
     for st in SETTINGS {
         out.push_str(&format!(
