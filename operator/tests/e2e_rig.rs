@@ -161,6 +161,12 @@ impl Operator {
             })
             .chain([format!("--lease-duration-secs={LEASE_SECS}")])
             .collect();
+        // The chart sets POD_NAMESPACE from the downward API: the release namespace.
+        let pod_namespace = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--lease-namespace="))
+            .unwrap_or(OPERATOR_NS)
+            .to_owned();
         let log = log_dir.join(format!(
             "operator-{name}-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -173,7 +179,7 @@ impl Operator {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
-            .env("POD_NAMESPACE", OPERATOR_NS)
+            .env("POD_NAMESPACE", pod_namespace)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
@@ -349,12 +355,20 @@ where
 }
 
 /// Renders the chart, creates its ServiceAccount and RBAC, returns the operator container args.
-async fn install_chart_rbac(client: &Client) -> Result<(String, Vec<String>)> {
+async fn install_chart_rbac(
+    client: &Client,
+    release: &str,
+    namespace: &str,
+    sets: &[&str],
+) -> Result<(String, Vec<String>)> {
     let chart = repo_root().join("charts/switchboard-operator");
-    let out = Command::new(helm()?)
-        .args(["template", RELEASE])
-        .arg(&chart)
-        .args(["-n", OPERATOR_NS, "--show-only", "templates/rbac.yaml"])
+    let mut helm_cmd = Command::new(helm()?);
+    helm_cmd.args(["template", release]).arg(&chart);
+    for s in sets {
+        helm_cmd.args(["--set", s]);
+    }
+    let out = helm_cmd
+        .args(["-n", namespace, "--show-only", "templates/rbac.yaml"])
         .args(["--show-only", "templates/serviceaccount.yaml"])
         .args(["--show-only", "templates/deployment.yaml"])
         .output()
@@ -371,7 +385,7 @@ async fn install_chart_rbac(client: &Client) -> Result<(String, Vec<String>)> {
         match kind.as_str() {
             "ServiceAccount" => {
                 sa_name = doc["metadata"]["name"].as_str().map(str::to_owned);
-                create::<ServiceAccount>(client, OPERATOR_NS, doc).await?;
+                create::<ServiceAccount>(client, namespace, doc).await?;
             }
             "ClusterRole" => create_cluster_scoped::<ClusterRole>(client, doc).await?,
             "ClusterRoleBinding" => {
@@ -380,14 +394,14 @@ async fn install_chart_rbac(client: &Client) -> Result<(String, Vec<String>)> {
             "Role" => {
                 let ns = doc["metadata"]["namespace"]
                     .as_str()
-                    .unwrap_or(OPERATOR_NS)
+                    .unwrap_or(namespace)
                     .to_owned();
                 create::<Role>(client, &ns, doc).await?
             }
             "RoleBinding" => {
                 let ns = doc["metadata"]["namespace"]
                     .as_str()
-                    .unwrap_or(OPERATOR_NS)
+                    .unwrap_or(namespace)
                     .to_owned();
                 create::<RoleBinding>(client, &ns, doc).await?
             }
@@ -411,12 +425,17 @@ async fn install_chart_rbac(client: &Client) -> Result<(String, Vec<String>)> {
 
 /// A kubeconfig that authenticates as the ServiceAccount (1.20: a legacy token Secret the
 /// token controller fills).
-async fn service_account_kubeconfig(client: &Client, rig: &Rig, sa: &str) -> Result<PathBuf> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NS);
+async fn service_account_kubeconfig(
+    client: &Client,
+    rig: &Rig,
+    sa: &str,
+    namespace: &str,
+) -> Result<PathBuf> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let name = format!("{sa}-e2e-token");
     create::<Secret>(
         client,
-        OPERATOR_NS,
+        namespace,
         json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": name, "annotations": {"kubernetes.io/service-account.name": sa}},
@@ -451,7 +470,7 @@ async fn service_account_kubeconfig(client: &Client, rig: &Rig, sa: &str) -> Res
         "contexts": [{"name": "sa", "context": {"cluster": "rig", "user": sa}}],
         "current-context": "sa"
     });
-    let path = rig.run_dir.join("operator-sa.kubeconfig");
+    let path = rig.run_dir.join(format!("{sa}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&doc)?)?;
     Ok(path)
 }
@@ -744,13 +763,13 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     step("CRD installed", t0);
 
     // 3. The chart's ServiceAccount + RBAC; two operators with the chart's args as that SA.
-    let (sa, args) = install_chart_rbac(&admin).await?;
+    let (sa, args) = install_chart_rbac(&admin, RELEASE, OPERATOR_NS, &[]).await?;
     let lease_name = args
         .iter()
         .find_map(|a| a.strip_prefix("--lease-name="))
         .ok_or_else(|| anyhow!("chart args have no --lease-name=: {args:?}"))?
         .to_owned();
-    let sa_kubeconfig = service_account_kubeconfig(&admin, rig, &sa).await?;
+    let sa_kubeconfig = service_account_kubeconfig(&admin, rig, &sa, OPERATOR_NS).await?;
     step("chart RBAC installed, ServiceAccount token ready", t0);
 
     // The user's TURN secret and the cluster (HPA/PDB off: 1.20 lacks their APIs).
@@ -1303,7 +1322,63 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         }
     }
 
-    // 17. Every example manifest is accepted by the API server (server-side dry run).
+    // 17. The chart's namespace scope: Role-only RBAC, the operator watches its namespace only.
+    let scoped_ns = "e2e-scoped";
+    create_cluster_scoped::<Namespace>(
+        &admin,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": scoped_ns}}),
+    )
+    .await?;
+    let (ns_sa, ns_args) =
+        install_chart_rbac(&admin, "sbns", scoped_ns, &["rbac.scope=namespace"]).await?;
+    ensure!(
+        ns_args
+            .iter()
+            .any(|a| a == &format!("--namespace={scoped_ns}")),
+        "namespace-scoped chart does not pass --namespace={scoped_ns}: {ns_args:?}"
+    );
+    let ns_kubeconfig = service_account_kubeconfig(&admin, rig, &ns_sa, scoped_ns).await?;
+    let scoped: Api<SignalingCluster> = Api::namespaced(admin.clone(), scoped_ns);
+    let outside = clusters.clone();
+    for (api, ns) in [(&scoped, scoped_ns), (&outside, NS)] {
+        let sc: SignalingCluster = serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
+            "metadata": {"name": "scoped", "namespace": ns},
+            "spec": {"replicas": 1}
+        }))?;
+        api.create(&PostParams::default(), &sc).await?;
+    }
+    ops.push(Operator::spawn(
+        "ns-op",
+        &ns_kubeconfig,
+        &ns_args,
+        &log_dir,
+    )?);
+    let scoped_deployments: Api<Deployment> = Api::namespaced(admin.clone(), scoped_ns);
+    eventually(
+        "the namespace-scoped operator to reconcile its namespace",
+        Duration::from_secs(60),
+        || async {
+            let sc = scoped.get("scoped").await?;
+            let valid = condition(&sc, "ConfigValid").is_some_and(|c| c.status == "True");
+            let deployed = scoped_deployments.get_opt("scoped-server").await?.is_some();
+            Ok((valid && deployed).then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        outside.get("scoped").await?.status.is_none()
+            && deployments.get_opt("scoped-server").await?.is_none(),
+        "the namespace-scoped operator touched a cluster outside its namespace"
+    );
+    let last = ops.len() - 1;
+    ops[last].terminate()?;
+    step(
+        "namespace scope: Role-only RBAC suffices, other namespaces untouched",
+        t0,
+    );
+
+    // 18. Every example manifest is accepted by the API server (server-side dry run).
     let examples = dry_run_examples(&admin).await?;
     step(
         &format!("{examples} docs/examples documents accepted (server-side dry run)"),
