@@ -999,28 +999,30 @@ fn build(r: &mut Reader<'_>, dev: bool) -> Config {
     let redis_url = r.secret("redis.url", "redis.url_file");
     if let Some(url) = &redis_url {
         let u = url.expose();
+        // Never echo the URL: it may carry a password.
         if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-            // Never echo the URL: it may carry a password.
             r.err("redis.url", "expected a redis:// or rediss:// URL");
+        } else if redis::Client::open(u).is_err() {
+            // Parsing only; no connection is made here.
+            r.err(
+                "redis.url",
+                "not a valid Redis URL (check host, port and database)",
+            );
         }
     }
     let redis = RedisConfig {
         // --dev always uses the in-process bus.
         url: if dev { None } else { redis_url },
         key_prefix: match r.text("redis.key_prefix") {
-            Some(p)
-                if p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) =>
-            {
-                p
-            }
-            Some(p) => {
-                r.err(
-                    "redis.key_prefix",
-                    format!("expected letters, digits, '-', '_', '.', ':', got {p:?}"),
-                );
-                String::new()
-            }
+            // The Redis bus owns the prefix rules; checking them here turns a
+            // bad prefix into exit 78 instead of a start-up failure.
+            Some(p) => match crate::bus::redis::Keys::new(&p, "config-check") {
+                Ok(_) => p,
+                Err(e) => {
+                    r.err("redis.key_prefix", format!("{e}, got {p:?}"));
+                    String::new()
+                }
+            },
             None => "switchboard".to_owned(),
         },
     };

@@ -425,3 +425,43 @@ fn docs_example_file_loads() {
     assert_eq!(c.ice.turn_urls.len(), 2);
     assert!(c.redis.url.is_some());
 }
+
+#[test]
+fn redis_settings_are_checked_at_load() {
+    let long = "p".repeat(65);
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", "s"),
+            ("REDIS_KEY_PREFIX", &long),
+            ("REDIS_URL", "redis://:hunter2@host:notaport/"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.contains("REDIS_KEY_PREFIX")),
+        "{errs:#?}"
+    );
+    assert!(errs.iter().any(|e| e.contains("REDIS_URL")), "{errs:#?}");
+    assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:#?}");
+    let errs = load(
+        &[],
+        &[("JWT_SECRET", "s"), ("REDIS_KEY_PREFIX", "a b")],
+        &[],
+    )
+    .unwrap_err();
+    assert!(errs[0].contains("REDIS_KEY_PREFIX"), "{errs:#?}");
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", "s"),
+            ("REDIS_KEY_PREFIX", "team-a:prod"),
+            ("REDIS_URL", "rediss://:pw@redis.example:6380/2"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.redis.key_prefix, "team-a:prod");
+}
