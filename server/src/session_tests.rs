@@ -311,7 +311,9 @@ async fn silent_peer_times_out() {
     keepalive.abort();
 }
 
-#[tokio::test]
+// Paused time: bob's close frame can never be flushed, and the bounded
+// flush wait should not cost the suite real seconds.
+#[tokio::test(start_paused = true)]
 async fn slow_reader_is_closed_and_the_room_keeps_going() {
     let w = World::new();
     let mut a = w.join("alice");
