@@ -151,7 +151,7 @@ async fn presence_relay_and_order_across_instances_without_echo() {
     assert_eq!(participants, vec![pa.clone(), pb.clone()]);
     // A hears B's join; B never hears its own.
     a.hub
-        .wait_for("user-joined of pb on a", Duration::from_secs(5), |ev| {
+        .wait_for("user-joined of pb on a", Duration::from_secs(10), |ev| {
             ev.iter().any(|e| matches!(e, RemoteEvent::Joined { participant, .. } if participant.participant_id == "pb"))
         })
         .await;
@@ -180,7 +180,7 @@ async fn presence_relay_and_order_across_instances_without_echo() {
 
     b.bus.leave(&r, &pb, LeaveReason::Closed).await.unwrap();
     a.hub
-        .wait_for("user-left of pb", Duration::from_secs(5), |ev| {
+        .wait_for("user-left of pb", Duration::from_secs(10), |ev| {
             ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::Closed, .. } if participant.participant_id == "pb"))
         })
         .await;
@@ -297,7 +297,7 @@ async fn redis_restart_loses_nothing_that_is_alive() {
     }
     a.bus.publish(chat(&r, "pa", None, 2)).await.unwrap();
     b.hub
-        .wait_for("relay after restart", Duration::from_secs(5), |ev| {
+        .wait_for("relay after restart", Duration::from_secs(10), |ev| {
             relays(ev).iter().any(|f| f.contains("\"n\":2"))
         })
         .await;
@@ -372,7 +372,7 @@ async fn an_instance_declared_lost_while_alive_comes_back_with_user_joined() {
     }
     // a hears about its own "loss", ignores it, re-registers and re-announces pa.
     b.hub
-        .wait_for("pa re-joined on b", Duration::from_secs(5), |ev| {
+        .wait_for("pa re-joined on b", Duration::from_secs(10), |ev| {
             ev.iter().any(|e| matches!(e, RemoteEvent::Joined { participant, .. } if participant.participant_id == "pa"))
         })
         .await;
@@ -381,7 +381,7 @@ async fn an_instance_declared_lost_while_alive_comes_back_with_user_joined() {
         .events()
         .iter()
         .all(|e| !matches!(e, RemoteEvent::Left { .. })));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while b.bus.participants(&r).await.unwrap().len() != 2 {
         assert!(Instant::now() < deadline, "pa not re-registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -448,13 +448,13 @@ async fn a_crashed_instance_restarted_with_the_same_id_cleans_up_its_past() {
     // incarnation's participant when it joined before the cleanup ran.
     if new_saw_old {
         a2.hub
-            .wait_for("old announced gone on a2", Duration::from_secs(5), |ev| {
+            .wait_for("old announced gone on a2", Duration::from_secs(10), |ev| {
                 ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "old"))
             })
             .await;
     }
     b.hub
-        .wait_for("old announced gone", Duration::from_secs(5), |ev| {
+        .wait_for("old announced gone", Duration::from_secs(10), |ev| {
             ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "old"))
         })
         .await;
