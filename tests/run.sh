@@ -20,6 +20,7 @@ want chromium-driver chromedriver
 want unzip unzip
 want curl curl
 want npm npm
+want openssl openssl
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing Debian packages: ${need_pkgs[*]}"
   [ "$(id -u)" = 0 ] || die "need root (or sudo) to apt-get install ${need_pkgs[*]}"
