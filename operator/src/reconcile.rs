@@ -623,6 +623,9 @@ async fn config_invalid(
 }
 
 #[cfg(test)]
+mod fake_api_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
