@@ -242,9 +242,24 @@ pub async fn run_controller(
         .graceful_shutdown_on(stop)
         .run(reconcile_measured, error_policy, ctx)
         .for_each(|res| {
+            use kube::runtime::controller::Error as CtrlError;
             match res {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "controller event"),
+                // Counted and logged by reconcile_measured / error_policy.
+                Err(CtrlError::ReconcilerFailed(..)) => {}
+                // A cluster deleted while a retry was queued: expected.
+                Err(CtrlError::ObjectNotFound(obj)) => {
+                    tracing::debug!(object = %obj, "queued object is gone")
+                }
+                Err(CtrlError::QueueError(e)) => {
+                    // Watch errors (RBAC, API restarts): the watcher retries with backoff.
+                    metrics.observe_failure("watch");
+                    tracing::warn!(error = %e, "watch error");
+                }
+                Err(e) => {
+                    metrics.observe_failure("controller");
+                    tracing::warn!(error = %e, "controller error");
+                }
             }
             futures::future::ready(())
         })
