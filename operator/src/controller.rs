@@ -270,7 +270,14 @@ pub async fn run_controller(
 
 async fn reconcile_measured(sc: Arc<SignalingCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile::reconcile(&sc, &ctx).await;
+    // Every log line of this reconcile carries the cluster (a span, not an entered guard:
+    // the future moves between threads across awaits).
+    let span = tracing::info_span!(
+        "reconcile",
+        cluster = %sc.name_any(),
+        namespace = sc.namespace().as_deref().unwrap_or("")
+    );
+    let result = tracing::Instrument::instrument(reconcile::reconcile(&sc, &ctx), span).await;
     ctx.metrics.observe_reconcile(
         started.elapsed(),
         result.as_ref().err().map(Error::metric_label),

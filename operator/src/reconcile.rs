@@ -448,8 +448,6 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(String, String,
 pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, Error> {
     let ns = sc.namespace().ok_or(Error::NoNamespace)?;
     let name = sc.name_any();
-    let span = tracing::info_span!("reconcile", cluster = %name, namespace = %ns);
-    let _enter = span.enter();
     let clusters: Api<SignalingCluster> = Api::namespaced(ctx.client.clone(), &ns);
 
     if sc.spec.paused {
