@@ -28,7 +28,7 @@ use crate::conditions::{self, DeploymentFacts, Facts, RedisFacts};
 use crate::config::{self, sha256_hex};
 use crate::controller::{ApiSupport, Backoff};
 use crate::metrics::Metrics;
-use crate::resolve::{self, ConfigError};
+use crate::resolve::{self, ConfigError, ConfigErrorReason};
 use crate::resources::{self, BuildError, GeneratedSecret, FIELD_MANAGER};
 
 /// Annotation on each child's own metadata (never on the pod template): sha256 of the object
@@ -362,6 +362,26 @@ fn facts(
     }
 }
 
+/// An optional part the API server cannot serve (autoscaling/v2 needs Kubernetes 1.23+,
+/// policy/v1 1.21+) is a user error to report, not a transient failure to retry forever.
+pub fn unsupported_api(children: &resources::Children, support: ApiSupport) -> Option<ConfigError> {
+    let missing = |field: &str, api: &str, since: &str| {
+        ConfigError {
+        reason: ConfigErrorReason::InvalidSpec,
+        message: format!(
+            "{field} is enabled but this API server does not serve {api} (Kubernetes {since}+); disable it or upgrade the cluster"
+        ),
+    }
+    };
+    if children.hpa.is_some() && !support.hpa_v2 {
+        return Some(missing("spec.autoscaling", "autoscaling/v2", "1.23"));
+    }
+    if children.pdb.is_some() && !support.pdb_v1 {
+        return Some(missing("spec.podDisruptionBudget", "policy/v1", "1.21"));
+    }
+    None
+}
+
 /// Kubernetes `Time` now.
 fn now() -> Time {
     Time(Timestamp::now())
@@ -471,6 +491,9 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
     };
     let rendered = config::render(sc, &resolved)?;
     let children = resources::desired_children(sc, &rendered)?;
+    if let Some(error) = unsupported_api(&children, ctx.support) {
+        return config_invalid(ctx, sc, &clusters, error).await;
+    }
     let uid = sc.uid().ok_or(BuildError::MissingMetadata("uid"))?;
     let client = &ctx.client;
 

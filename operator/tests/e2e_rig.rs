@@ -1198,12 +1198,49 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         t0,
     );
 
+    // An HPA on 1.20 (no autoscaling/v2): a readable InvalidSpec, not a retry loop.
+    clusters
+        .patch(
+            "sc1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "ice": {"turnSecretRef": {"name": "turn-user"}},
+                "autoscaling": {"enabled": true}
+            }})),
+        )
+        .await?;
+    let no_hpa = eventually(
+        "ConfigValid=False/InvalidSpec for autoscaling",
+        Duration::from_secs(30),
+        || async {
+            let sc = clusters.get("sc1").await?;
+            Ok(condition(&sc, "ConfigValid")
+                .filter(|c| {
+                    c.reason == "InvalidSpec" && c.observed_generation == sc.metadata.generation
+                })
+                .cloned())
+        },
+    )
+    .await?;
+    ensure!(
+        no_hpa.message.contains("autoscaling/v2"),
+        "{}",
+        no_hpa.message
+    );
+    step(
+        &format!(
+            "autoscaling on 1.20 → ConfigValid=False (InvalidSpec): {}",
+            no_hpa.message
+        ),
+        t0,
+    );
+
     // Back to valid.
     clusters
         .patch(
             "sc1",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"ice": {"turnSecretRef": {"name": "turn-user"}}}})),
+            &Patch::Merge(json!({"spec": {"autoscaling": {"enabled": false}}})),
         )
         .await?;
     eventually(

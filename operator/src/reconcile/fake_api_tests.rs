@@ -479,3 +479,26 @@ async fn turned_off_parts_are_deleted_only_when_owned() {
         .iter()
         .any(|w| w.starts_with("DELETE") && w.contains("/secrets/")));
 }
+
+#[tokio::test]
+async fn an_api_the_server_lacks_is_a_config_error_not_a_retry_loop() {
+    let fake = FakeApi::default();
+    let ctx = context(&fake); // ApiSupport::default(): neither autoscaling/v2 nor policy/v1
+    let sc = cluster(
+        &fake,
+        json!({"autoscaling": {"enabled": true}, "podDisruptionBudget": {"enabled": true}}),
+    );
+    let action = reconcile(&sc, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(CONFIG_ERROR_REQUEUE));
+    let sc = reread(&fake);
+    let c = condition(&sc, "ConfigValid").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(c.message.contains("autoscaling/v2"), "{}", c.message);
+    assert!(fake
+        .writes()
+        .iter()
+        .all(|w| !w.contains("/deployments/") && !w.contains("horizontalpodautoscalers")));
+}
