@@ -15,7 +15,6 @@ use switchboard_e2e::client::{
 use switchboard_e2e::http::{get, get_bearer};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::{now_secs, Claims};
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 const SECRET: &str = "e2e-lifecycle-secret-0123456789abcdef";
 const ROOM: &str = "life-room";
