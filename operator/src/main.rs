@@ -201,3 +201,70 @@ async fn main() -> ExitCode {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from(["switchboard-operator", "run"].iter().chain(args).copied())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Run(a) => a,
+            Command::Crd => panic!("parsed as crd"),
+        }
+    }
+
+    #[test]
+    fn defaults_elect_a_leader_and_watch_all_namespaces() {
+        let a = run_args(&[]);
+        assert!(a.leader_elect);
+        assert_eq!(a.lease_name, "switchboard-operator");
+        assert_eq!(a.metrics_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(a.lease_duration_secs, 15);
+    }
+
+    #[test]
+    fn the_charts_arguments_parse() {
+        let a = run_args(&[
+            "--namespace=rtc",
+            "--metrics-addr=0.0.0.0:8080",
+            "--leader-elect",
+            "--lease-name=sb-switchboard-operator",
+            "--lease-namespace=rtc",
+            "--log-format=json",
+        ]);
+        assert_eq!(a.namespace.as_deref(), Some("rtc"));
+        assert!(a.leader_elect);
+        assert_eq!(a.lease_name, "sb-switchboard-operator");
+        assert_eq!(a.lease_namespace.as_deref(), Some("rtc"));
+        assert!(matches!(a.log_format, LogFormat::Json));
+    }
+
+    #[test]
+    fn leader_election_can_be_turned_off() {
+        assert!(!run_args(&["--leader-elect=false"]).leader_elect);
+        assert!(run_args(&["--leader-elect=true"]).leader_elect);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["--metrics-addr=nope"][..],
+            &["--lease-duration-secs=1"],
+            &["--log-format=xml"],
+            &["--leader-elect=maybe"],
+        ] {
+            let argv = ["switchboard-operator", "run"].iter().chain(bad).copied();
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn crd_subcommand_parses() {
+        assert!(matches!(
+            Cli::try_parse_from(["switchboard-operator", "crd"]).map(|c| c.command),
+            Ok(Command::Crd)
+        ));
+    }
+}
