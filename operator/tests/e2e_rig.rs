@@ -705,7 +705,16 @@ async fn operator_against_a_real_api_server() -> Result<()> {
     let rig = Rig::start()?;
     step("rig started", started);
     let mut operators: Vec<Operator> = Vec::new();
-    let result = scenario(&rig, &mut operators, started).await;
+    // Every wait inside is bounded; this bounds the whole run too (a hung API call included).
+    let result = match tokio::time::timeout(
+        Duration::from_secs(300),
+        scenario(&rig, &mut operators, started),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("the e2e scenario did not finish within 300 s")),
+    };
     if result.is_err() {
         for op in &operators {
             eprintln!(
