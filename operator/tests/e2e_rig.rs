@@ -96,6 +96,8 @@ impl Rig {
             ("RIG_ETCD_PORT".to_owned(), free_port_pair()?.to_string()),
             ("RIG_KCM_PORT".to_owned(), free_port()?.to_string()),
             ("RIG_WITH_KCM".to_owned(), "1".to_owned()),
+            // The rig is thrown away: no graceful shutdowns needed.
+            ("RIG_FAST_STOP".to_owned(), "1".to_owned()),
         ];
         let mut rig = Rig {
             env,
