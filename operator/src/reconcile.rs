@@ -77,6 +77,10 @@ pub enum Error {
     Random(String),
     #[error("SignalingCluster has no namespace")]
     NoNamespace,
+    /// A child's name is taken by an object this cluster does not own (a user's, or a
+    /// previous cluster's awaiting garbage collection): never taken over.
+    #[error("{kind} {name} already exists and is not owned by this SignalingCluster")]
+    NotOwned { kind: &'static str, name: String },
 }
 
 impl Error {
@@ -97,6 +101,7 @@ impl Error {
             Self::Render(_) => "render",
             Self::Random(_) => "random",
             Self::NoNamespace => "no_namespace",
+            Self::NotOwned { .. } => "not_owned",
         }
     }
 }
@@ -165,13 +170,33 @@ pub enum Applied {
     Updated,
 }
 
+/// Whether an existing object is this cluster's: it carries our owner reference, or (owner
+/// references removed by hand) we applied it before and no other controller owns it.
+pub fn is_ours(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    owner_uid: &str,
+) -> bool {
+    let refs = meta.owner_references.as_deref().unwrap_or_default();
+    if refs.iter().any(|o| o.uid == owner_uid) {
+        return true;
+    }
+    let other_controller = refs.iter().any(|o| o.controller == Some(true));
+    let applied_by_us = meta
+        .managed_fields
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER));
+    !other_controller && applied_by_us
+}
+
 /// Server-side applies `desired` unless the live object is already up to date, and returns
-/// the live object afterwards.
-async fn apply<K>(api: &Api<K>, desired: &K) -> Result<(K, Applied), Error>
+/// the live object afterwards. An existing object that is not ours is left alone.
+async fn apply<K>(api: &Api<K>, desired: &K, owner_uid: &str) -> Result<(K, Applied), Error>
 where
     K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
 {
-    let kind = leak_kind::<K>();
+    let kind = kind_of::<K>();
     let name = desired.name_any();
     let ser = |source| Error::Serialize {
         kind,
@@ -184,6 +209,12 @@ where
         .await
         .map_err(kube_err("get", kind, &name))?;
     if let Some(cur) = &current {
+        if !is_ours(cur.meta(), owner_uid) {
+            return Err(Error::NotOwned {
+                kind,
+                name: name.clone(),
+            });
+        }
         if up_to_date(&body, &serde_json::to_value(cur).map_err(ser)?) {
             return Ok((cur.clone(), Applied::Unchanged));
         }
@@ -203,7 +234,7 @@ where
     Ok((after, outcome))
 }
 
-fn leak_kind<K: Resource<DynamicType = ()>>() -> &'static str {
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     // Kinds of k8s-openapi types are static strings already; `Resource::kind` returns a Cow.
     match K::kind(&()) {
         std::borrow::Cow::Borrowed(s) => s,
@@ -217,7 +248,7 @@ async fn delete_owned<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bo
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug,
 {
-    let kind = leak_kind::<K>();
+    let kind = kind_of::<K>();
     let Some(current) = api
         .get_opt(name)
         .await
@@ -497,96 +528,114 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
     let uid = sc.uid().ok_or(BuildError::MissingMetadata("uid"))?;
     let client = &ctx.client;
 
-    let mut changed: Vec<String> = Vec::new();
-    let mut note = |kind: &str, name: String, a: Applied| {
-        if a != Applied::Unchanged {
-            changed.push(format!(
-                "{} {kind} {name}",
-                if a == Applied::Created {
-                    "created"
-                } else {
-                    "updated"
-                }
-            ));
+    // `?` inside leaves this block only, so a name conflict can become a condition below.
+    let applied = async {
+        let mut changed: Vec<String> = Vec::new();
+        let mut note = |kind: &str, name: String, a: Applied| {
+            if a != Applied::Unchanged {
+                changed.push(format!(
+                    "{} {kind} {name}",
+                    if a == Applied::Created {
+                        "created"
+                    } else {
+                        "updated"
+                    }
+                ));
+            }
+        };
+
+        let (_, a) = apply(&secrets, &children.config_secret, &uid).await?;
+        note("Secret", children.config_secret.name_any(), a);
+
+        let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+        let svc_api: Api<Service> = Api::namespaced(client.clone(), &ns);
+        let redis_sts = match &children.redis_statefulset {
+            Some(d) => {
+                let (live, a) = apply(&sts_api, d, &uid).await?;
+                note("StatefulSet", d.name_any(), a);
+                Some(live)
+            }
+            None => {
+                delete_owned(&sts_api, &resources::names::redis(&name), &uid).await?;
+                None
+            }
+        };
+        match &children.redis_service {
+            Some(d) => {
+                let (_, a) = apply(&svc_api, d, &uid).await?;
+                note("Service", d.name_any(), a);
+            }
+            None => {
+                delete_owned(&svc_api, &resources::names::redis(&name), &uid).await?;
+            }
         }
+        let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        match &children.network_policy {
+            Some(d) => {
+                let (_, a) = apply(&np_api, d, &uid).await?;
+                note("NetworkPolicy", d.name_any(), a);
+            }
+            None => {
+                delete_owned(&np_api, &resources::names::redis(&name), &uid).await?;
+            }
+        }
+
+        let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let (deployment, a) = apply(&deploy_api, &children.deployment, &uid).await?;
+        note("Deployment", children.deployment.name_any(), a);
+        let (_, a) = apply(&svc_api, &children.service, &uid).await?;
+        note("Service", children.service.name_any(), a);
+
+        let server = resources::names::server(&name);
+        let ing_api: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+        match &children.ingress {
+            Some(d) => {
+                let (_, a) = apply(&ing_api, d, &uid).await?;
+                note("Ingress", d.name_any(), a);
+            }
+            None => {
+                delete_owned(&ing_api, &server, &uid).await?;
+            }
+        }
+        let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+        match &children.hpa {
+            Some(d) => {
+                let (_, a) = apply(&hpa_api, d, &uid).await?;
+                note("HorizontalPodAutoscaler", d.name_any(), a);
+            }
+            // Without autoscaling/v2 nothing of that kind can exist.
+            None if ctx.support.hpa_v2 => {
+                delete_owned(&hpa_api, &server, &uid).await?;
+            }
+            None => {}
+        }
+        let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+        match &children.pdb {
+            Some(d) => {
+                let (_, a) = apply(&pdb_api, d, &uid).await?;
+                note("PodDisruptionBudget", d.name_any(), a);
+            }
+            None if ctx.support.pdb_v1 => {
+                delete_owned(&pdb_api, &server, &uid).await?;
+            }
+            None => {}
+        }
+        Ok::<_, Error>((deployment, redis_sts, changed))
+    }
+    .await;
+    let (deployment, redis_sts, changed) = match applied {
+        Ok(v) => v,
+        Err(Error::NotOwned { kind, name }) => {
+            let error = ConfigError {
+                reason: ConfigErrorReason::InvalidSpec,
+                message: format!(
+                    "{kind} {name} already exists and is not owned by this SignalingCluster; delete or rename it (the operator never takes over objects it did not create)"
+                ),
+            };
+            return config_invalid(ctx, sc, &clusters, error).await;
+        }
+        Err(e) => return Err(e),
     };
-
-    let (_, a) = apply(&secrets, &children.config_secret).await?;
-    note("Secret", children.config_secret.name_any(), a);
-
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let svc_api: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let redis_sts = match &children.redis_statefulset {
-        Some(d) => {
-            let (live, a) = apply(&sts_api, d).await?;
-            note("StatefulSet", d.name_any(), a);
-            Some(live)
-        }
-        None => {
-            delete_owned(&sts_api, &resources::names::redis(&name), &uid).await?;
-            None
-        }
-    };
-    match &children.redis_service {
-        Some(d) => {
-            let (_, a) = apply(&svc_api, d).await?;
-            note("Service", d.name_any(), a);
-        }
-        None => {
-            delete_owned(&svc_api, &resources::names::redis(&name), &uid).await?;
-        }
-    }
-    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-    match &children.network_policy {
-        Some(d) => {
-            let (_, a) = apply(&np_api, d).await?;
-            note("NetworkPolicy", d.name_any(), a);
-        }
-        None => {
-            delete_owned(&np_api, &resources::names::redis(&name), &uid).await?;
-        }
-    }
-
-    let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let (deployment, a) = apply(&deploy_api, &children.deployment).await?;
-    note("Deployment", children.deployment.name_any(), a);
-    let (_, a) = apply(&svc_api, &children.service).await?;
-    note("Service", children.service.name_any(), a);
-
-    let server = resources::names::server(&name);
-    let ing_api: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-    match &children.ingress {
-        Some(d) => {
-            let (_, a) = apply(&ing_api, d).await?;
-            note("Ingress", d.name_any(), a);
-        }
-        None => {
-            delete_owned(&ing_api, &server, &uid).await?;
-        }
-    }
-    let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-    match &children.hpa {
-        Some(d) => {
-            let (_, a) = apply(&hpa_api, d).await?;
-            note("HorizontalPodAutoscaler", d.name_any(), a);
-        }
-        // Without autoscaling/v2 nothing of that kind can exist.
-        None if ctx.support.hpa_v2 => {
-            delete_owned(&hpa_api, &server, &uid).await?;
-        }
-        None => {}
-    }
-    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-    match &children.pdb {
-        Some(d) => {
-            let (_, a) = apply(&pdb_api, d).await?;
-            note("PodDisruptionBudget", d.name_any(), a);
-        }
-        None if ctx.support.pdb_v1 => {
-            delete_owned(&pdb_api, &server, &uid).await?;
-        }
-        None => {}
-    }
 
     if !changed.is_empty() {
         tracing::info!(changes = %changed.join(", "), "applied");
@@ -750,6 +799,37 @@ mod tests {
             ]
         );
         assert!(transitions(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn ownership_by_reference_or_by_our_earlier_apply() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            ManagedFieldsEntry, ObjectMeta, OwnerReference,
+        };
+        let owner = |uid: &str, controller| OwnerReference {
+            uid: uid.into(),
+            controller: Some(controller),
+            ..OwnerReference::default()
+        };
+        let managed = |m: &str| ManagedFieldsEntry {
+            manager: Some(m.into()),
+            ..ManagedFieldsEntry::default()
+        };
+        let meta = |refs: Vec<OwnerReference>, managers: Vec<ManagedFieldsEntry>| ObjectMeta {
+            owner_references: Some(refs),
+            managed_fields: Some(managers),
+            ..ObjectMeta::default()
+        };
+        assert!(is_ours(&meta(vec![owner("me", true)], vec![]), "me"));
+        // Owner reference removed by hand, but we applied it: ours again.
+        assert!(is_ours(&meta(vec![], vec![managed(FIELD_MANAGER)]), "me"));
+        // A user's object, or another controller's, or a previous cluster's (old uid).
+        assert!(!is_ours(&meta(vec![], vec![managed("kubectl")]), "me"));
+        assert!(!is_ours(
+            &meta(vec![owner("old", true)], vec![managed(FIELD_MANAGER)]),
+            "me"
+        ));
+        assert!(!is_ours(&ObjectMeta::default(), "me"));
     }
 
     #[test]

@@ -502,3 +502,41 @@ async fn an_api_the_server_lacks_is_a_config_error_not_a_retry_loop() {
         .iter()
         .all(|w| !w.contains("/deployments/") && !w.contains("horizontalpodautoscalers")));
 }
+
+#[tokio::test]
+async fn a_name_taken_by_someone_elses_object_is_reported_not_taken_over() {
+    let fake = FakeApi::default();
+    let ctx = context(&fake);
+    let dpath = "/apis/apps/v1/namespaces/ns/deployments/sc-server";
+    let users = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "sc-server", "namespace": NS, "uid": "user-uid"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "mine"}},
+                 "template": {"metadata": {"labels": {"app": "mine"}},
+                              "spec": {"containers": [{"name": "c", "image": "mine"}]}}}});
+    fake.put(dpath, users);
+    let before = fake.get(dpath).unwrap();
+    let sc = cluster(&fake, json!({}));
+
+    let action = reconcile(&sc, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(CONFIG_ERROR_REQUEUE));
+    assert_eq!(
+        fake.get(dpath).unwrap(),
+        before,
+        "the user's Deployment was modified"
+    );
+    assert!(!fake
+        .writes()
+        .iter()
+        .any(|w| w.ends_with("/deployments/sc-server")));
+    let c = condition(&reread(&fake), "ConfigValid").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(
+        c.message
+            .contains("Deployment sc-server already exists and is not owned"),
+        "{}",
+        c.message
+    );
+}
