@@ -595,6 +595,27 @@ async fn lease_holder(client: &Client, lease: &str) -> Result<Option<String>> {
         .filter(|h| !h.is_empty()))
 }
 
+/// Writes the Lease as another candidate would (`None` releases it), retrying on conflicts
+/// with the operator's own renewals.
+async fn set_lease_holder(client: &Client, lease: &str, holder: Option<&str>) -> Result<()> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    eventually("writing the Lease", Duration::from_secs(10), || async {
+        let mut l = api.get(lease).await?;
+        let spec = l.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = holder.map(str::to_owned);
+        spec.lease_duration_seconds = Some(if holder.is_some() { 3600 } else { 1 });
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        match api.replace(lease, &PostParams::default(), &l).await {
+            Ok(_) => Ok(Some(())),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
 /// Resource versions of the cluster and everything it owns (plus the user's TURN Secret).
 async fn snapshot(client: &Client) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -1071,6 +1092,54 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
             "SIGKILL {new_leader} → {restarted} took over in {:.1}s",
             took.elapsed().as_secs_f64()
         ),
+        t0,
+    );
+
+    // 9b. Leadership taken away (another holder writes the Lease): the leader stops its
+    //     controller at its next round and reconciles nothing; given back, it resumes.
+    set_lease_holder(&admin, &lease_name, Some("intruder")).await?;
+    eventually(
+        "the ousted leader to report leader=0",
+        Duration::from_secs(10),
+        || async {
+            Ok((ops[ri].metric("switchboard_operator_leader").await == Some(0.0)).then_some(()))
+        },
+    )
+    .await?;
+    let count = ops[ri]
+        .metric("switchboard_operator_reconciles_total")
+        .await;
+    clusters
+        .patch(
+            "sc1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        ops[ri]
+            .metric("switchboard_operator_reconciles_total")
+            .await
+            == count,
+        "a replica that lost the Lease still reconciles"
+    );
+    set_lease_holder(&admin, &lease_name, None).await?;
+    eventually(
+        "the replica to lead again",
+        Duration::from_secs(10),
+        || async {
+            Ok(
+                (ops[ri].metric("switchboard_operator_leader").await == Some(1.0)
+                    && lease_holder(&admin, &lease_name).await?.as_deref()
+                        == Some(restarted.as_str()))
+                .then_some(()),
+            )
+        },
+    )
+    .await?;
+    step(
+        "Lease taken away → controller stopped; given back → leading again",
         t0,
     );
 
