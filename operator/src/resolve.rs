@@ -83,6 +83,12 @@ pub enum ConfigErrorReason {
     SecretValueInvalid,
     /// The spec is inconsistent in a way the schema did not catch (e.g. CEL not enforced).
     InvalidSpec,
+    /// A child's name is taken by an object this cluster does not own (the runtime never
+    /// takes such objects over).
+    ObjectNotOwned,
+    /// The spec enables a part whose API this cluster's API server does not serve (e.g.
+    /// autoscaling/v2 before Kubernetes 1.23).
+    ApiUnavailable,
 }
 
 impl ConfigErrorReason {
@@ -93,6 +99,8 @@ impl ConfigErrorReason {
             Self::SecretKeyMissing => "SecretKeyMissing",
             Self::SecretValueInvalid => "SecretValueInvalid",
             Self::InvalidSpec => "InvalidSpec",
+            Self::ObjectNotOwned => "ObjectNotOwned",
+            Self::ApiUnavailable => "ApiUnavailable",
         }
     }
 }

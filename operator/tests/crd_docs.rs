@@ -127,6 +127,8 @@ fn every_condition_reason_is_documented() {
         Some(ConfigErrorReason::SecretKeyMissing),
         Some(ConfigErrorReason::SecretValueInvalid),
         Some(ConfigErrorReason::InvalidSpec),
+        Some(ConfigErrorReason::ObjectNotOwned),
+        Some(ConfigErrorReason::ApiUnavailable),
     ];
     let redis = [
         RedisFacts::External,
