@@ -217,9 +217,13 @@ where
     }
 
     let last_seen = AtomicU64::new(0);
+    // Liveness is its own branch, not part of the writer: a writer blocked on
+    // a peer that stopped reading (full TCP window) must not keep that peer
+    // in the room.
     let end = tokio::select! {
         end = read_loop(&ctx, &me, &outbox, &mut stream, &last_seen, started) => end,
-        end = write_loop(&ctx, &outbox, &mut sink, &last_seen, started) => end,
+        end = write_loop(&ctx, &outbox, &mut sink) => end,
+        end = watch_liveness(&ctx.limits, &last_seen, started) => end,
     };
 
     // Leave first so the room learns at once, even if the close frame below
@@ -377,19 +381,40 @@ where
     End::ClientClosed
 }
 
-async fn write_loop<S>(
-    ctx: &SessionContext,
-    outbox: &Outbox,
-    sink: &mut S,
-    last_seen: &AtomicU64,
-    started: Instant,
-) -> End
+/// Whether a peer last heard from at `last_seen_ms` (since the session
+/// started) is dead at `now_ms`: silent for longer than one ping interval plus
+/// the ping timeout.
+fn is_dead(limits: &Limits, last_seen_ms: u64, now_ms: u64) -> bool {
+    let dead_after =
+        u64::try_from((limits.ping_interval + limits.ping_timeout).as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_sub(last_seen_ms) > dead_after
+}
+
+/// Completes with [`End::Timeout`] once the peer has been silent (no frame,
+/// no pong) for longer than [`is_dead`] allows. Runs beside the writer, so it
+/// fires even while the writer is blocked on a full socket.
+async fn watch_liveness(limits: &Limits, last_seen: &AtomicU64, started: Instant) -> End {
+    let interval = limits.ping_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if is_dead(
+            limits,
+            last_seen.load(Ordering::Relaxed),
+            millis_since(started),
+        ) {
+            tracing::info!("peer silent past the ping timeout");
+            return End::Timeout;
+        }
+    }
+}
+
+async fn write_loop<S>(ctx: &SessionContext, outbox: &Outbox, sink: &mut S) -> End
 where
     S: Sink<Message> + Unpin,
 {
     let interval = ctx.limits.ping_interval;
-    let dead_after =
-        u64::try_from((interval + ctx.limits.ping_timeout).as_millis()).unwrap_or(u64::MAX);
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -399,13 +424,7 @@ where
                 Next::Close(CloseCause::SlowConsumer) => return End::SlowConsumer,
                 Next::Close(CloseCause::Draining) => return End::Draining,
             },
-            _ = ping.tick() => {
-                let silent = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
-                if silent > dead_after {
-                    return End::Timeout;
-                }
-                Message::Ping(bytes::Bytes::from_static(b"sb"))
-            }
+            _ = ping.tick() => Message::Ping(bytes::Bytes::from_static(b"sb")),
         };
         // A peer that stops reading blocks this send; overflow of its queue
         // must still end the session at once.

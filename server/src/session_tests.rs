@@ -480,3 +480,58 @@ async fn drain_removes_a_participant_whose_socket_is_stuck() {
         .unwrap()
         .is_empty());
 }
+
+// A peer that stopped reading with its socket full: the writer is blocked in
+// `feed`/`flush` and the queue never overflows. The keep-alive must still
+// remove it (it used to live in the writer's select and never ran).
+#[tokio::test(start_paused = true)]
+async fn keepalive_removes_a_peer_whose_socket_is_full() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    // Bob's socket takes one frame (room-state) and then blocks forever.
+    let (to_client, _unread) = mpsc::channel::<Message>(0);
+    let (_to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+    let bob = tokio::spawn(run(
+        w.ctx("bob"),
+        w.shutdown.guard().unwrap(),
+        to_client,
+        from_client,
+    ));
+    a.expect("user-joined").await;
+    // Alice keeps answering pings so only bob is silent.
+    let keepalive = {
+        let tx = a.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if tx
+                    .unbounded_send(Ok(Message::Pong(bytes::Bytes::new())))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    // A few chats block bob's writer; far fewer than his queue bound (64).
+    for n in 0..3 {
+        a.send(json!({"type":"chat-message","payload":n}));
+    }
+    let end = tokio::time::timeout(Duration::from_secs(120), bob)
+        .await
+        .expect("bob still in the room 120 s after he stopped reading")
+        .unwrap();
+    assert_eq!(end, Some(End::Timeout));
+    assert_eq!(a.expect("user-left").await["payload"]["reason"], "timeout");
+    keepalive.abort();
+}
+
+#[test]
+fn is_dead_after_interval_plus_timeout() {
+    let l = limits();
+    // 20 s interval + 20 s timeout.
+    assert!(!is_dead(&l, 1_000, 41_000));
+    assert!(is_dead(&l, 1_000, 41_001));
+    assert!(!is_dead(&l, 50_000, 10_000), "clock order never underflows");
+}

@@ -403,6 +403,65 @@ async fn peer_that_stops_answering_pings_leaves_with_reason_timeout() {
     drop(mute);
 }
 
+/// A peer that stops reading with a full socket must still leave: the keep-alive used to run only
+/// in the writer, which was blocked writing to it, so with ~60 messages of 60 KB (enough to fill
+/// the kernel buffers, not enough to overflow the default 1 MiB queue) it stayed forever.
+#[tokio::test]
+async fn peer_that_stops_reading_with_a_full_socket_still_leaves() {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_PING_INTERVAL", "1")
+        .env("WEBRTC_PING_TIMEOUT", "1")
+        .start();
+    let mut alice = Client::join(server.addr(), ROOM, &token("alice")).await;
+    // A tiny receive buffer so the kernel does not absorb megabytes for the stuck client.
+    let stuck_opts = ConnectOptions {
+        recv_buffer: Some(4096),
+        ..ConnectOptions::default()
+    };
+    let mut stuck = Client::connect_with(
+        server.addr(),
+        ROOM,
+        &ws_path(ROOM, &token("stuck")),
+        &stuck_opts,
+    )
+    .await;
+    stuck.read_room_state().await;
+    let stuck_pid = stuck.pid();
+    alice.expect_type("user-joined").await;
+    // Never read from `stuck` again: no pongs, and its window closes.
+    let text = "a".repeat(60_000);
+    for n in 0..60 {
+        alice
+            .send_msg(
+                "chat-message",
+                Some(&stuck_pid),
+                json!({"n": n, "text": text}),
+            )
+            .await;
+    }
+    let (skipped, left) = alice
+        .recv_until_type("user-left", Duration::from_secs(20))
+        .await;
+    for m in &skipped {
+        assert_eq!(m["type"], "pong", "alice: unexpected {m}");
+    }
+    assert_eq!(left["payload"]["participant_id"], stuck_pid.as_str());
+    let reason = left["payload"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason == "timeout" || reason == "slow_consumer",
+        "reason {reason:?}: {left}"
+    );
+    // The seat is free again: a newcomer sees only alice.
+    let mut carol = Client::join(server.addr(), ROOM, &token("carol")).await;
+    assert_eq!(
+        carol.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        2
+    );
+    alice.expect_type("user-joined").await;
+    assert_pair_relays(&mut alice, &mut carol).await;
+    drop(stuck);
+}
+
 /// Sends `text` as `parts` text-frame fragments (first text, then continuations).
 async fn send_fragmented(client: &mut Client, text: &str, parts: usize) {
     let bytes = text.as_bytes();
