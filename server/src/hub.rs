@@ -30,7 +30,8 @@ pub enum CloseCause {
 pub enum Push {
     Queued,
     /// A droppable message (presence) did not fit and was dropped, or the
-    /// connection is already closing.
+    /// connection's writer has already taken its close (the participant is
+    /// leaving and reads nothing more).
     Dropped,
     /// A must-deliver message did not fit: the connection is now marked
     /// [`CloseCause::SlowConsumer`].
@@ -58,6 +59,9 @@ struct OutboxState {
     queue: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseCause>,
+    /// The writer has taken the close decision (or gave up on the socket):
+    /// nothing pushed now would ever be written.
+    sealed: bool,
 }
 
 /// A per-connection outbound queue bounded in messages and bytes. Many
@@ -91,7 +95,11 @@ impl Outbox {
     /// a single frame larger than the byte budget still gets through.
     pub fn push(&self, frame: Frame, delivery: Delivery) -> Push {
         let mut st = self.lock();
-        if st.close.is_some() {
+        // A draining connection keeps taking messages until its writer has
+        // flushed the queue and taken the close: during a drain every local
+        // outbox is marked at once, and an offer sent in that window must
+        // still arrive (after the `reconnect` hint), not vanish.
+        if st.sealed || st.close == Some(CloseCause::SlowConsumer) {
             return Push::Dropped;
         }
         // Presence and replies get twice the room: a reader that is only
@@ -147,6 +155,7 @@ impl Outbox {
             {
                 let mut st = self.lock();
                 if st.close == Some(CloseCause::SlowConsumer) {
+                    st.sealed = true;
                     return Next::Close(CloseCause::SlowConsumer);
                 }
                 if let Some(frame) = st.queue.pop_front() {
@@ -154,6 +163,7 @@ impl Outbox {
                     return Next::Frame(frame);
                 }
                 if let Some(cause) = st.close {
+                    st.sealed = true;
                     return Next::Close(cause);
                 }
             }
@@ -193,7 +203,18 @@ impl Outbox {
         if st.close.is_none() {
             st.close = Some(CloseCause::Draining);
         }
+        st.sealed = true;
         st.queue.drain(..).collect()
+    }
+
+    /// Refuses every further push: the session has ended and nothing queued
+    /// now would be written. Relays to it then report the target as gone.
+    pub fn seal(&self) {
+        let mut st = self.lock();
+        if st.close.is_none() {
+            st.close = Some(CloseCause::Draining);
+        }
+        st.sealed = true;
     }
 
     /// Messages currently queued.
@@ -348,11 +369,16 @@ impl Hub {
                 Some(Member {
                     outbox: Some(outbox),
                     ..
-                }) => {
-                    outbox.push(msg.frame.clone(), Delivery::Must);
-                    self.metrics.relayed(msg.kind.as_str(), 1);
-                    Route::LocalOnly
-                }
+                }) => match outbox.push(msg.frame.clone(), Delivery::Must) {
+                    // The target's connection has already closed and it is
+                    // about to leave: tell the sender rather than lose the
+                    // message silently.
+                    Push::Dropped => Route::TargetNotFound,
+                    Push::Queued | Push::Overflow => {
+                        self.metrics.relayed(msg.kind.as_str(), 1);
+                        Route::LocalOnly
+                    }
+                },
                 Some(Member { outbox: None, .. }) => {
                     self.metrics.relayed(msg.kind.as_str(), 0);
                     Route::Publish

@@ -283,6 +283,46 @@ fn drain_sends_reconnect_within_window() {
 }
 
 #[test]
+fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
+    let h = hub();
+    let (s, t) = (outbox(), outbox());
+    h.register(&room(), &info("s", "i1"), s.clone(), &[info("s", "i1")]);
+    h.register(
+        &room(),
+        &info("t", "i1"),
+        t.clone(),
+        &[info("s", "i1"), info("t", "i1")],
+    );
+    while try_next(&s).is_some_and(|n| matches!(n, Next::Frame(_))) {}
+    h.drain(Duration::ZERO);
+    // Every outbox is now marked draining, but t's writer has not flushed:
+    // an offer sent now still reaches t, after the reconnect hint.
+    assert_eq!(h.relay_local(&relay("s", Some("t"))), Route::LocalOnly);
+    assert_eq!(json(try_next(&t))["type"], "room-state");
+    assert_eq!(json(try_next(&t))["type"], "reconnect");
+    let v = json(try_next(&t));
+    assert_eq!(
+        (v["type"].as_str(), v["sender_id"].as_str()),
+        (Some("offer"), Some("s"))
+    );
+    // t's writer has taken the close: the next offer is refused, so the
+    // sender hears `target_not_found` instead of losing it.
+    assert_eq!(try_next(&t), Some(Next::Close(CloseCause::Draining)));
+    assert_eq!(h.relay_local(&relay("s", Some("t"))), Route::TargetNotFound);
+    // The sender's own error reply still fits its draining outbox.
+    assert_eq!(s.push(frame(1), Delivery::Droppable), Push::Queued);
+}
+
+#[test]
+fn a_sealed_outbox_refuses_everything() {
+    let o = Outbox::new(4, 1000);
+    o.push(frame(1), Delivery::Must);
+    o.seal();
+    assert_eq!(o.push(frame(1), Delivery::Must), Push::Dropped);
+    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
+}
+
+#[test]
 fn concurrent_joins_on_one_instance_stay_consistent() {
     let h = hub();
     let (a, b) = (outbox(), outbox());

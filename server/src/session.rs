@@ -225,6 +225,9 @@ where
         end = write_loop(&ctx, &outbox, &mut sink) => end,
         end = watch_liveness(&ctx.limits, &last_seen, started) => end,
     };
+    // From here on nothing queued would be written: a relay to this
+    // participant now gets `target_not_found` instead of vanishing.
+    outbox.seal();
 
     // Leave first so the room learns at once, even if the close frame below
     // takes long to reach a peer that is not reading.
