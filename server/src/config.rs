@@ -622,6 +622,21 @@ fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
     }
 }
 
+/// What a secret setting (inline or `_file`) came to.
+enum SecretSetting {
+    /// Neither key is set.
+    Unset,
+    /// Set, but unusable; the error is already recorded.
+    Failed,
+    /// The secret and the key that supplied it.
+    Set(Secret, &'static str),
+}
+
+/// The shortest HS256 secret accepted outside `--dev`: RFC 7518 3.2 wants a
+/// key at least as long as the hash output (256 bits); a shorter one can be
+/// brute-forced from any token.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// Typed access to the winning values, recording errors as it goes.
 struct Reader<'a> {
     sources: &'a Sources,
@@ -710,7 +725,20 @@ impl Reader<'_> {
     }
 
     /// A secret given inline or through a file; both at once is an error.
-    fn secret(&mut self, inline_key: &str, file_key: &str) -> Option<Secret> {
+    fn secret(&mut self, inline_key: &'static str, file_key: &'static str) -> Option<Secret> {
+        match self.sourced_secret(inline_key, file_key) {
+            SecretSetting::Set(secret, _) => Some(secret),
+            SecretSetting::Unset | SecretSetting::Failed => None,
+        }
+    }
+
+    /// Like [`Reader::secret`], also saying which key supplied the value, or
+    /// that an error about it has already been reported.
+    fn sourced_secret(
+        &mut self,
+        inline_key: &'static str,
+        file_key: &'static str,
+    ) -> SecretSetting {
         let inline = self.text(inline_key);
         let file = self.text(file_key);
         match (inline, file) {
@@ -720,25 +748,25 @@ impl Reader<'_> {
                     format!("set either {inline_key} or {file_key}, not both"),
                 );
                 // Keep going with one of them so this is the only error reported.
-                Some(Secret(v))
+                SecretSetting::Set(Secret(v), inline_key)
             }
-            (Some(v), None) => Some(Secret(v)),
+            (Some(v), None) => SecretSetting::Set(Secret(v), inline_key),
             (None, Some(path)) => match self.files.read(&path) {
                 Ok(content) => {
                     let v = content.trim().to_owned();
                     if v.is_empty() {
                         self.err(file_key, format!("file {path} is empty"));
-                        None
+                        SecretSetting::Failed
                     } else {
-                        Some(Secret(v))
+                        SecretSetting::Set(Secret(v), file_key)
                     }
                 }
                 Err(e) => {
                     self.err(file_key, format!("cannot read {path}: {e}"));
-                    None
+                    SecretSetting::Failed
                 }
             },
-            (None, None) => None,
+            (None, None) => SecretSetting::Unset,
         }
     }
 }
@@ -1070,7 +1098,7 @@ fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
         "ES256" => JwtAlgorithm::Es256,
         _ => JwtAlgorithm::Hs256,
     };
-    let secret = r.secret("jwt.secret", "jwt.secret_file");
+    let secret = r.sourced_secret("jwt.secret", "jwt.secret_file");
     let public_key_path = r.text("jwt.public_key_file");
     let issuer = r.text("jwt.issuer");
     let audience = r.text("jwt.audience");
@@ -1091,15 +1119,28 @@ fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
                 r.err("jwt.public_key_file", "only used with jwt.algorithm RS256 or ES256; HS256 needs jwt.secret or jwt.secret_file");
             }
             match secret {
-                Some(s) => JwtKey::Secret(s),
-                None => {
+                SecretSetting::Set(s, key) => {
+                    let len = s.expose().len();
+                    if len < MIN_HS256_SECRET_BYTES {
+                        // The length only: never the secret itself.
+                        r.err(
+                            key,
+                            format!(
+                                "HS256 secret too short ({len} bytes): use at least {MIN_HS256_SECRET_BYTES} random bytes, e.g. `openssl rand -base64 48`"
+                            ),
+                        );
+                    }
+                    JwtKey::Secret(s)
+                }
+                SecretSetting::Failed => placeholder,
+                SecretSetting::Unset => {
                     r.err("jwt.secret", "no JWT key configured: set jwt.secret (JWT_SECRET) or jwt.secret_file (JWT_SECRET_FILE), or jwt.algorithm RS256/ES256 with jwt.public_key_file; or run with --dev");
                     placeholder
                 }
             }
         }
         JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
-            if secret.is_some() {
+            if matches!(secret, SecretSetting::Set(..)) {
                 r.err(
                     "jwt.secret",
                     format!(

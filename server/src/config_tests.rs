@@ -14,6 +14,9 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// A JWT secret long enough for the HS256 minimum.
+const S: &str = "test-secret-0123456789abcdef0123456789";
+
 fn load(a: &[&str], e: &[(&str, &str)], files: &[(&str, &str)]) -> Result<Config, Vec<String>> {
     match Config::load(&args(a), &env(e), &env(files)) {
         Ok(Command::Run(c)) => Ok(*c),
@@ -24,12 +27,12 @@ fn load(a: &[&str], e: &[(&str, &str)], files: &[(&str, &str)]) -> Result<Config
 
 #[test]
 fn defaults() {
-    let c = load(&[], &[("JWT_SECRET", "s")], &[]).unwrap();
+    let c = load(&[], &[("JWT_SECRET", S)], &[]).unwrap();
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.log_format, LogFormat::Pretty);
     assert!(!c.instance_id.is_empty());
     assert_eq!(c.jwt.algorithm, JwtAlgorithm::Hs256);
-    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("s")));
+    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new(S)));
     assert_eq!(c.jwt.issuer, None);
     assert_eq!(c.ice.stun_urls, vec!["stun:stun.l.google.com:19302"]);
     assert!(c.ice.turn_urls.is_empty());
@@ -82,20 +85,23 @@ fn defaults() {
 
 #[test]
 fn precedence_flag_env_file_default() {
-    let yaml = "listen: 127.0.0.1:1111\nlimits:\n  max_message_bytes: 1000\n  rate_limit_burst: 7\nrooms:\n  max_participants: 3\njwt:\n  secret: fromfile\n";
+    let yaml = "listen: 127.0.0.1:1111\nlimits:\n  max_message_bytes: 1000\n  rate_limit_burst: 7\nrooms:\n  max_participants: 3\njwt:\n  secret: fromfile-0123456789abcdef0123456789\n";
     let files = [("/c.yaml", yaml)];
     // file only
     let c = load(&["--config", "/c.yaml"], &[], &files).unwrap();
     assert_eq!(c.listen.port(), 1111);
     assert_eq!(c.limits.max_message_bytes, 1000);
-    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("fromfile")));
+    assert_eq!(
+        c.jwt.key,
+        JwtKey::Secret(Secret::new("fromfile-0123456789abcdef0123456789"))
+    );
     // env beats file, flag beats env; untouched keys keep the file value, then the default
     let c = load(
         &["--config=/c.yaml", "--max-message-bytes", "3000"],
         &[
             ("WEBRTC_MAX_MESSAGE_BYTES", "2000"),
             ("SWITCHBOARD_LISTEN", "127.0.0.1:2222"),
-            ("JWT_SECRET", "fromenv"),
+            ("JWT_SECRET", "fromenv-0123456789abcdef0123456789"),
         ],
         &files,
     )
@@ -105,7 +111,10 @@ fn precedence_flag_env_file_default() {
     assert_eq!(c.limits.rate_limit_burst, 7);
     assert_eq!(c.rooms.max_participants, 3);
     assert_eq!(c.limits.rate_limit_per_second, 50);
-    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("fromenv")));
+    assert_eq!(
+        c.jwt.key,
+        JwtKey::Secret(Secret::new("fromenv-0123456789abcdef0123456789"))
+    );
     // SWITCHBOARD_CONFIG names the file too
     let c = load(&[], &[("SWITCHBOARD_CONFIG", "/c.yaml")], &files).unwrap();
     assert_eq!(c.listen.port(), 1111);
@@ -180,18 +189,21 @@ fn secret_files_are_read_and_trimmed() {
             ("REDIS_URL_FILE", "/r"),
         ],
         &[
-            ("/s", "topsecret\n"),
+            ("/s", "topsecret-0123456789abcdef0123456789\n"),
             ("/t", "turn\n"),
             ("/r", "redis://:pw@h:6379/0\n"),
         ],
     )
     .unwrap();
-    assert_eq!(c.jwt.key, JwtKey::Secret(Secret::new("topsecret")));
+    assert_eq!(
+        c.jwt.key,
+        JwtKey::Secret(Secret::new("topsecret-0123456789abcdef0123456789"))
+    );
     assert_eq!(c.ice.turn_secret, Some(Secret::new("turn")));
     assert_eq!(c.redis.url, Some(Secret::new("redis://:pw@h:6379/0")));
     let errs = load(
         &[],
-        &[("JWT_SECRET_FILE", "/missing"), ("JWT_SECRET", "x")],
+        &[("JWT_SECRET_FILE", "/missing"), ("JWT_SECRET", S)],
         &[],
     )
     .unwrap_err();
@@ -206,11 +218,38 @@ fn secret_files_are_read_and_trimmed() {
 }
 
 #[test]
+fn short_hs256_secrets_are_refused_outside_dev() {
+    let short = "x".repeat(MIN_HS256_SECRET_BYTES - 1);
+    let errs = load(&[], &[("JWT_SECRET", short.as_str())], &[]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("jwt.secret (JWT_SECRET")
+            && errs[0].contains("31 bytes")
+            && errs[0].contains("at least 32"),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        !errs[0].contains(&short),
+        "never echo the secret: {}",
+        errs[0]
+    );
+    // From a file, the error names the file setting.
+    let errs = load(&[], &[("JWT_SECRET_FILE", "/s")], &[("/s", "short\n")]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("JWT_SECRET_FILE"), "{}", errs[0]);
+    // Exactly 32 bytes is enough; --dev ignores the setting.
+    let ok = "x".repeat(MIN_HS256_SECRET_BYTES);
+    assert!(load(&[], &[("JWT_SECRET", ok.as_str())], &[]).is_ok());
+    assert!(load(&["--dev"], &[("JWT_SECRET", "short")], &[]).is_ok());
+}
+
+#[test]
 fn lists_from_env_flags_and_yaml() {
     let c = load(
         &["--turn-urls", "turn:a:3478, turns:b:5349"],
         &[
-            ("JWT_SECRET", "s"),
+            ("JWT_SECRET", S),
             ("WEBRTC_STUN_URLS", "stun:x:1,stun:y:2"),
             (
                 "WEBRTC_ALLOWED_ORIGINS",
@@ -229,7 +268,7 @@ fn lists_from_env_flags_and_yaml() {
             "http://b.example".to_string()
         ])
     );
-    let yaml = "jwt: {secret: s}\nice:\n  stun_urls: [\"stun:z:3\"]\nallowed_origins:\n  - https://c.example\n";
+    let yaml = "jwt: {secret: test-secret-0123456789abcdef0123456789}\nice:\n  stun_urls: [\"stun:z:3\"]\nallowed_origins:\n  - https://c.example\n";
     let c = load(&["--config", "/c"], &[], &[("/c", yaml)]).unwrap();
     assert_eq!(c.ice.stun_urls, vec!["stun:z:3"]);
     assert_eq!(
@@ -238,7 +277,7 @@ fn lists_from_env_flags_and_yaml() {
     );
     let errs = load(
         &[],
-        &[("JWT_SECRET", "s"), ("WEBRTC_TURN_URLS", "http://nope")],
+        &[("JWT_SECRET", S), ("WEBRTC_TURN_URLS", "http://nope")],
         &[],
     )
     .unwrap_err();
@@ -252,7 +291,7 @@ fn yaml_errors() {
         &[],
         &[(
             "/c",
-            "jwt:\n  secret: s\n  secrt: typo\nlimits: {max_message_bytes: [1]}\nnonsense: 1\n",
+            "jwt:\n  secret: test-secret-0123456789abcdef0123456789\n  secrt: typo\nlimits: {max_message_bytes: [1]}\nnonsense: 1\n",
         )],
     )
     .unwrap_err();
@@ -264,7 +303,7 @@ fn yaml_errors() {
     assert!(errs.iter().any(|e| e.contains("limits.max_message_bytes")));
     let errs = load(
         &["--config", "/c"],
-        &[("JWT_SECRET", "s")],
+        &[("JWT_SECRET", S)],
         &[("/c", "listen: [")],
     )
     .unwrap_err();
@@ -272,7 +311,7 @@ fn yaml_errors() {
         errs[0].contains("invalid YAML") && errs[0].contains("SWITCHBOARD_CONFIG"),
         "{errs:#?}"
     );
-    let errs = load(&["--config", "/nope"], &[("JWT_SECRET", "s")], &[]).unwrap_err();
+    let errs = load(&["--config", "/nope"], &[("JWT_SECRET", S)], &[]).unwrap_err();
     assert!(errs[0].contains("/nope"), "{errs:#?}");
 }
 
@@ -314,7 +353,7 @@ fn public_key_algorithms() {
             "--jwt-public-key-file",
             "/k.pem",
         ],
-        &[("JWT_SECRET", "s")],
+        &[("JWT_SECRET", S)],
         &[("/k.pem", pem)],
     )
     .unwrap_err();
@@ -345,7 +384,7 @@ fn help_version_and_missing_flag_values() {
         Config::load(&args(&["--version"]), &env(&[]), &env(&[])),
         Ok(Command::Version)
     ));
-    let errs = load(&["--listen"], &[("JWT_SECRET", "s")], &[]).unwrap_err();
+    let errs = load(&["--listen"], &[("JWT_SECRET", S)], &[]).unwrap_err();
     assert_eq!(errs.len(), 1);
     assert!(errs[0].contains("--listen needs a value"), "{errs:#?}");
     let u = usage();
@@ -363,7 +402,7 @@ fn secrets_do_not_leak_through_debug() {
     let c = load(
         &[],
         &[
-            ("JWT_SECRET", "hunter2"),
+            ("JWT_SECRET", "hunter2-hunter2-hunter2-hunter2-hunter2"),
             ("WEBRTC_TURN_SECRET", "turnpw"),
             ("REDIS_URL", "redis://:pw123@h"),
         ],
@@ -415,7 +454,7 @@ fn docs_example_file_loads() {
         &[],
         &[
             ("/etc/switchboard/config.yaml", yaml),
-            ("/etc/switchboard/jwt-secret", "s\n"),
+            ("/etc/switchboard/jwt-secret", "docs-example-secret-0123456789abcdef\n"),
             ("/etc/switchboard/turn-secret", "t\n"),
         ],
     )
@@ -432,7 +471,7 @@ fn redis_settings_are_checked_at_load() {
     let errs = load(
         &[],
         &[
-            ("JWT_SECRET", "s"),
+            ("JWT_SECRET", S),
             ("REDIS_KEY_PREFIX", &long),
             ("REDIS_URL", "redis://:hunter2@host:notaport/"),
         ],
@@ -446,17 +485,12 @@ fn redis_settings_are_checked_at_load() {
     );
     assert!(errs.iter().any(|e| e.contains("REDIS_URL")), "{errs:#?}");
     assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:#?}");
-    let errs = load(
-        &[],
-        &[("JWT_SECRET", "s"), ("REDIS_KEY_PREFIX", "a b")],
-        &[],
-    )
-    .unwrap_err();
+    let errs = load(&[], &[("JWT_SECRET", S), ("REDIS_KEY_PREFIX", "a b")], &[]).unwrap_err();
     assert!(errs[0].contains("REDIS_KEY_PREFIX"), "{errs:#?}");
     let c = load(
         &[],
         &[
-            ("JWT_SECRET", "s"),
+            ("JWT_SECRET", S),
             ("REDIS_KEY_PREFIX", "team-a:prod"),
             ("REDIS_URL", "rediss://:pw@redis.example:6380/2"),
         ],

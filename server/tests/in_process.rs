@@ -11,7 +11,7 @@ use switchboard_server::config::{Command, Config};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "in-process-secret";
+const SECRET: &str = "in-process-secret-0123456789abcdef";
 
 fn config(extra: &[(&str, &str)]) -> Config {
     let mut env: HashMap<String, String> = HashMap::new();

@@ -223,6 +223,26 @@ fn no_jwt_key_without_dev_exits_78_naming_jwt_secret() {
     );
 }
 
+#[test]
+fn short_jwt_secret_exits_78_naming_jwt_secret() {
+    let out = ServerOptions::with_secret("only-twenty-five-bytes!!!").run_to_exit(EXIT_TIMEOUT);
+    assert_eq!(out.code, Some(78), "stderr: {:?}", out.stderr);
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "exactly one stderr line: {lines:?}");
+    assert!(
+        lines[0].contains("jwt.secret")
+            && lines[0].contains("JWT_SECRET")
+            && lines[0].contains("32"),
+        "{:?}",
+        lines[0]
+    );
+    assert!(
+        !lines[0].contains("only-twenty-five"),
+        "secret echoed: {:?}",
+        lines[0]
+    );
+}
+
 /// Each bad setting (named in the error however it was given) must get its own stderr line.
 fn assert_reported(out: &switchboard_e2e::server::ExitOutput, names: &[&[&str]]) {
     assert_eq!(out.code, Some(78), "stderr: {:?}", out.stderr);
@@ -361,7 +381,7 @@ async fn flag_overrides_env_overrides_file() {
     );
     let path = file.path().to_string_lossy().to_string();
     let file_token = Claims::user("u").hs256("e2e-file-secret-0123456789abcdef");
-    let env_token = Claims::user("u").hs256("e2e-env-secret-0123456789abcdef");
+    let env_token = Claims::user("u").hs256("e2e-env-secret-0123456789abcdefg");
     let flag_token = Claims::user("u").hs256("e2e-flag-secret-0123456789abcdef");
 
     // File only; the harness's --listen 127.0.0.1:0 beats the file's unbindable TEST-NET address.
@@ -378,7 +398,7 @@ async fn flag_overrides_env_overrides_file() {
         .arg("--config")
         .arg(&path)
         .env("WEBRTC_STUN_URLS", "stun:env.example:3478")
-        .env("JWT_SECRET", "e2e-env-secret-0123456789abcdef")
+        .env("JWT_SECRET", "e2e-env-secret-0123456789abcdefg")
         .start();
     assert_eq!(
         stun_urls(&server, &env_token).await,
@@ -397,7 +417,7 @@ async fn flag_overrides_env_overrides_file() {
         .arg("--config")
         .arg(&path)
         .env("WEBRTC_STUN_URLS", "stun:env.example:3478")
-        .env("JWT_SECRET", "e2e-env-secret-0123456789abcdef")
+        .env("JWT_SECRET", "e2e-env-secret-0123456789abcdefg")
         .args(["--stun-urls", "stun:flag.example:3478"])
         .args(["--jwt-secret", "e2e-flag-secret-0123456789abcdef"])
         .start();
