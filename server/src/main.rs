@@ -85,7 +85,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Duration::from_secs(24 * 3600),
         )?;
         banner(&format!("dev token: {token}"))?;
-        banner(&format!("demo: http://{addr}/?room=demo&token={token}"))?;
+        // `autostart=1`: opening the URL in two tabs connects them without
+        // pressing Join, as the README promises.
+        banner(&format!(
+            "demo: http://{addr}/?room=demo&token={token}&autostart=1"
+        ))?;
         tracing::warn!("--dev: in-process bus and a random JWT secret; not for production");
     }
     switchboard_server::serve(config, listener, shutdown_signal()).await?;

@@ -531,12 +531,13 @@ fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
 #[test]
 fn two_tabs_on_the_dev_mode_demo_url_connect() {
     let _one = serialize();
-    let mut server = ServerOptions::new()
-        .arg("--dev")
-        .env("WEBRTC_STUN_URLS", "")
-        .start();
+    // The README command as is: default STUN server (unreachable here, which only delays
+    // server-reflexive candidates; host candidates on loopback still connect) and the exact URL
+    // printed, which carries `autostart=1` so nobody has to press Join.
+    let mut server = ServerOptions::new().arg("--dev").start();
     let line = server.wait_stdout_line("demo: ", Duration::from_secs(5));
-    let url = format!("{}&autostart=1", line.trim_start_matches("demo: ").trim());
+    let url = line.trim_start_matches("demo: ").trim().to_owned();
+    assert!(url.ends_with("&autostart=1"), "{url}");
     let driver = ChromeDriver::start();
     let browser = driver.new_browser("dev-tabs");
     let both = [&browser];

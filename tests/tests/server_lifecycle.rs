@@ -467,7 +467,7 @@ async fn dev_mode_prints_a_working_token_and_demo_url() {
     let demo_line = server.wait_stdout_line("demo: ", Duration::from_secs(5));
     assert_eq!(
         demo_line.trim(),
-        format!("demo: http://{addr}/?room=demo&token={dev_token}")
+        format!("demo: http://{addr}/?room=demo&token={dev_token}&autostart=1")
     );
     let claims = claims_of(&dev_token);
     assert_eq!(claims["sub"], "dev");
