@@ -1074,6 +1074,16 @@ fn build(r: &mut Reader<'_>, dev: bool) -> Config {
             |_| true,
         )),
     };
+    if shutdown.drain_timeout < shutdown.drain_delay {
+        // The hard exit would come before any client was told to reconnect.
+        r.err(
+            "shutdown.drain_timeout_ms",
+            format!(
+                "must be at least shutdown.drain_delay_ms ({} ms), or the process exits before telling clients to reconnect",
+                shutdown.drain_delay.as_millis()
+            ),
+        );
+    }
     Config {
         listen,
         log_format,
@@ -1236,6 +1246,14 @@ fn build_ice(r: &mut Reader<'_>) -> IceConfig {
         "seconds >= 1",
         |v| *v >= 1,
     ));
+    let ice_transport_policy = r.choice("ice.ice_transport_policy", "all", &["all", "relay"]);
+    if ice_transport_policy == "relay" && turn_urls.is_empty() {
+        // Browsers would gather no candidate at all: every call would fail.
+        r.err(
+            "ice.ice_transport_policy",
+            "relay needs at least one TURN URL in ice.turn_urls (WEBRTC_TURN_URLS); without one no peer connection can be made",
+        );
+    }
     IceConfig {
         stun_urls,
         turn_urls,
@@ -1243,7 +1261,7 @@ fn build_ice(r: &mut Reader<'_>) -> IceConfig {
         turn_credential,
         turn_secret,
         turn_credential_ttl,
-        ice_transport_policy: r.choice("ice.ice_transport_policy", "all", &["all", "relay"]),
+        ice_transport_policy,
         bundle_policy: r.choice(
             "ice.bundle_policy",
             "balanced",

@@ -209,12 +209,16 @@ fn secret_files_are_read_and_trimmed() {
     .unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].contains("JWT_SECRET_FILE") && errs[0].contains("not both"));
+    // Exactly one line: the unreadable file, not also "no JWT key configured".
     let errs = load(&[], &[("JWT_SECRET_FILE", "/missing")], &[]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(
-        errs.iter()
-            .any(|e| e.contains("JWT_SECRET_FILE") && e.contains("/missing")),
+        errs[0].contains("JWT_SECRET_FILE") && errs[0].contains("/missing"),
         "{errs:#?}"
     );
+    let errs = load(&[], &[("JWT_SECRET_FILE", "/empty")], &[("/empty", "\n")]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("is empty"), "{errs:#?}");
 }
 
 #[test]
@@ -242,6 +246,64 @@ fn short_hs256_secrets_are_refused_outside_dev() {
     let ok = "x".repeat(MIN_HS256_SECRET_BYTES);
     assert!(load(&[], &[("JWT_SECRET", ok.as_str())], &[]).is_ok());
     assert!(load(&["--dev"], &[("JWT_SECRET", "short")], &[]).is_ok());
+}
+
+#[test]
+fn relay_policy_needs_a_turn_url() {
+    let errs = load(
+        &[],
+        &[("JWT_SECRET", S), ("WEBRTC_ICE_TRANSPORT_POLICY", "relay")],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("WEBRTC_ICE_TRANSPORT_POLICY") && errs[0].contains("WEBRTC_TURN_URLS"),
+        "{}",
+        errs[0]
+    );
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("WEBRTC_ICE_TRANSPORT_POLICY", "relay"),
+            ("WEBRTC_TURN_URLS", "turn:t.example:3478"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.ice.ice_transport_policy, "relay");
+}
+
+#[test]
+fn drain_timeout_must_cover_the_drain_delay() {
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("SWITCHBOARD_DRAIN_DELAY_MS", "3000"),
+            ("SWITCHBOARD_DRAIN_TIMEOUT_MS", "2999"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("SWITCHBOARD_DRAIN_TIMEOUT_MS") && errs[0].contains("3000 ms"),
+        "{}",
+        errs[0]
+    );
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("SWITCHBOARD_DRAIN_DELAY_MS", "3000"),
+            ("SWITCHBOARD_DRAIN_TIMEOUT_MS", "3000"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.shutdown.drain_timeout, Duration::from_millis(3000));
 }
 
 #[test]
@@ -454,7 +516,10 @@ fn docs_example_file_loads() {
         &[],
         &[
             ("/etc/switchboard/config.yaml", yaml),
-            ("/etc/switchboard/jwt-secret", "docs-example-secret-0123456789abcdef\n"),
+            (
+                "/etc/switchboard/jwt-secret",
+                "docs-example-secret-0123456789abcdef\n",
+            ),
             ("/etc/switchboard/turn-secret", "t\n"),
         ],
     )
