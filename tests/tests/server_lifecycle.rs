@@ -223,6 +223,27 @@ fn no_jwt_key_without_dev_exits_78_naming_jwt_secret() {
     );
 }
 
+#[tokio::test]
+async fn pretty_logs_to_a_pipe_have_no_colour_codes() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    // A join logs at info level.
+    let _alice = Client::join(server.addr(), ROOM, &Claims::user("alice").hs256(SECRET)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stderr_lines().iter().any(|l| l.contains("joined")) {
+        assert!(
+            Instant::now() < deadline,
+            "no `joined` log line within 10 s:\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = server.stderr_lines();
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "ANSI escape codes in piped stderr: {lines:?}"
+    );
+}
+
 #[test]
 fn short_jwt_secret_exits_78_naming_jwt_secret() {
     let out = ServerOptions::with_secret("only-twenty-five-bytes!!!").run_to_exit(EXIT_TIMEOUT);
