@@ -79,6 +79,12 @@ enum RoomsClaim {
     Many(Vec<String>),
 }
 
+/// Longest `sub` / `name` accepted, in characters. Both are copied into
+/// every presence frame and every `room-state`; unbounded, one token could
+/// make each room-state megabytes long (past the outbound queue bound, which
+/// always takes one message).
+pub const MAX_IDENTITY_CHARS: usize = 256;
+
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
@@ -176,7 +182,8 @@ impl Authenticator {
             },
         )?;
         let c = data.claims;
-        if c.sub.is_empty() {
+        let too_long = |s: &str| s.chars().count() > MAX_IDENTITY_CHARS;
+        if c.sub.is_empty() || too_long(&c.sub) || c.name.as_deref().is_some_and(too_long) {
             return Err(AuthError::InvalidToken);
         }
         let rooms = match c.rooms {

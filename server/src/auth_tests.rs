@@ -301,3 +301,22 @@ fn turn_credential_never_outlives_the_token() {
     assert_eq!(c.expires_at, 1_600);
     assert!(c.username.starts_with("1600:"));
 }
+
+#[test]
+fn overlong_sub_or_name_is_invalid_token() {
+    let auth = Authenticator::new(&hs("s3cret")).unwrap();
+    let at_limit = "é".repeat(MAX_IDENTITY_CHARS);
+    let over = "é".repeat(MAX_IDENTITY_CHARS + 1);
+    let ok = sign_hs(
+        &json!({"sub": at_limit, "name": at_limit, "exp": later()}),
+        b"s3cret",
+    );
+    assert_eq!(auth.verify(&ok).unwrap().username, at_limit);
+    for claims in [
+        json!({"sub": over, "exp": later()}),
+        json!({"sub": "alice", "name": over, "exp": later()}),
+    ] {
+        let t = sign_hs(&claims, b"s3cret");
+        assert_eq!(auth.verify(&t), Err(AuthError::InvalidToken));
+    }
+}

@@ -86,6 +86,39 @@ async fn bad_signatures_and_garbage_are_closed_invalid_token() {
 }
 
 #[tokio::test]
+async fn overlong_name_or_sub_is_closed_invalid_token() {
+    let server = hs_server();
+    let (mut b, mut c) = bystanders(&server, ROOM, SECRET).await;
+    let mut long_name = Claims::user("mallory");
+    long_name.name = Some("n".repeat(257));
+    assert_refused(
+        &server,
+        &long_name.hs256(SECRET),
+        "invalid_token",
+        &mut b,
+        &mut c,
+    )
+    .await;
+    let long_sub = Claims::user(&"s".repeat(257));
+    assert_refused(
+        &server,
+        &long_sub.hs256(SECRET),
+        "invalid_token",
+        &mut b,
+        &mut c,
+    )
+    .await;
+    // 256 characters are fine.
+    let mut at_limit = Claims::user(&"s".repeat(256));
+    at_limit.name = Some("n".repeat(256));
+    let d = Client::join(server.addr(), ROOM, &at_limit.hs256(SECRET)).await;
+    assert_eq!(
+        d.room_state.as_ref().expect("room-state")["payload"]["self"]["username"],
+        "n".repeat(256)
+    );
+}
+
+#[tokio::test]
 async fn expired_token_is_closed_token_expired() {
     let server = hs_server();
     let (mut b, mut c) = bystanders(&server, ROOM, SECRET).await;
