@@ -344,6 +344,15 @@ where
                 );
             }
             ClientMessage::Relay { kind, to, payload } => {
+                if to.as_deref() == Some(me.participant_id.as_str()) {
+                    // Signaling with yourself is a client bug; echoing it
+                    // back would only hide it.
+                    reply_error(
+                        ErrorCode::InvalidMessage,
+                        "`to` names yourself; address another participant",
+                    );
+                    continue;
+                }
                 let frame = protocol::encode_relay(
                     kind,
                     &payload,

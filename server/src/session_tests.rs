@@ -186,7 +186,7 @@ async fn relay_presence_and_leave() {
 async fn bad_input_gets_errors_and_the_connection_stays() {
     let w = World::new();
     let mut a = w.join("alice");
-    a.joined().await;
+    let me = a.joined().await;
     a.send_text("not json");
     assert_eq!(
         a.expect("error").await["payload"]["code"],
@@ -201,6 +201,12 @@ async fn bad_input_gets_errors_and_the_connection_stays() {
     );
     a.tx.unbounded_send(Ok(Message::Binary(bytes::Bytes::from_static(b"\x00\x01"))))
         .unwrap();
+    assert_eq!(
+        a.expect("error").await["payload"]["code"],
+        "invalid_message"
+    );
+    // An offer to yourself is not echoed back.
+    a.send(json!({"type":"offer","to":me,"payload":{}}));
     assert_eq!(
         a.expect("error").await["payload"]["code"],
         "invalid_message"

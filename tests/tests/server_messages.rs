@@ -339,6 +339,19 @@ async fn target_naming_nobody_is_target_not_found() {
 }
 
 #[tokio::test]
+async fn addressing_yourself_or_an_overlong_to_is_invalid_message() {
+    let server = start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    let me = clients[0].pid();
+    for ty in ["offer", "answer", "ice-candidate", "chat-message"] {
+        let bad = json!({"type": ty, "to": me, "payload": {}}).to_string();
+        assert_rejected(&mut clients, Message::text(bad), "invalid_message").await;
+    }
+    let bad = json!({"type": "offer", "to": "x".repeat(129), "payload": {}}).to_string();
+    assert_rejected(&mut clients, Message::text(bad), "invalid_message").await;
+}
+
+#[tokio::test]
 async fn binary_frame_is_invalid_message_and_connection_stays() {
     let server = start();
     let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
