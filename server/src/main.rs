@@ -78,6 +78,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Before the banner: whoever reads `listening on` may signal at once, and
+    // a signal that arrives before the handler exists kills the process
+    // instead of draining it.
+    let shutdown = shutdown_signal()?;
     banner(&format!("listening on {addr}"))?;
     if config.dev {
         let token = switchboard_server::auth::dev_token(
@@ -94,30 +98,33 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ))?;
         tracing::warn!("--dev: in-process bus and a random JWT secret; not for production");
     }
-    switchboard_server::serve(config, listener, shutdown_signal()).await?;
+    switchboard_server::serve(config, listener, shutdown).await?;
     Ok(())
 }
 
-/// Completes on SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
+/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers now and
+/// returns a future that completes on the first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("Ctrl-C received"),
+        }
+    })
+}
+
+/// Ctrl-C only where there is no SIGTERM.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("Ctrl-C received");
+        } else {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("Ctrl-C received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }

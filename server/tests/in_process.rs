@@ -341,10 +341,21 @@ async fn drain_flips_readiness_refuses_upgrades_and_sends_reconnect() {
         200
     );
     server.stop.take().unwrap().send(()).unwrap();
-    // Readiness is false at once, before the drain delay has passed.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, _, body) = http_get(server.addr, "/webrtc/health/ready", &[]).await;
-    assert_eq!(status, 503, "{body}");
+    // Readiness turns false as soon as the shutdown future completes (the
+    // drain delay only holds back the reconnect hints): poll, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = http_get(server.addr, "/webrtc/health/ready", &[]).await;
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness still 200 10 s after shutdown: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (_, _, body) = http_get(server.addr, "/webrtc/health", &[]).await;
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["status"],
