@@ -428,17 +428,29 @@ impl Inner {
             return;
         }
         if let RemoteEvent::Left {
+            room_id,
             participant,
             reason: LeaveReason::InstanceLost,
-            ..
         } = &envelope.event
         {
             if participant.instance_id == self.instance() {
-                // Another instance believed us dead (our heartbeat lapsed) and removed our
-                // participants, who are alive here: put them back.
-                tracing::warn!(instance = %self.instance(), "our presence was cleaned up by another instance; re-registering");
-                self.local().needs_sync = true;
-                return;
+                // Another instance believed us dead (our heartbeat lapsed, e.g. a stall or a
+                // slow restart with the same id) and removed every record carrying our id.
+                let live = {
+                    let mut local = self.local();
+                    local.needs_sync = true;
+                    is_live_local(&local, room_id, &participant.participant_id)
+                };
+                if live {
+                    // Alive here: the resync puts it back and re-announces it.
+                    tracing::warn!(instance = %self.instance(), "our presence was cleaned up by another instance; re-registering");
+                    return;
+                }
+                // A record of an earlier incarnation of this instance: that participant really
+                // is gone, and our local participants may have it in their room-state. (A
+                // participant whose join is still under way is not in `local` yet; the hub
+                // ignores a leave of a local participant, and the resync re-registers it.)
+                tracing::info!(instance = %self.instance(), "a past incarnation's participant was cleaned up by another instance");
             }
         }
         self.hub.deliver(envelope.event);
@@ -840,6 +852,14 @@ async fn heartbeat_task(inner: Arc<Inner>) {
     }
 }
 
+/// Whether `participant_id` is one of this instance's live local participants in `room`.
+fn is_live_local(local: &Local, room: &RoomId, participant_id: &str) -> bool {
+    local
+        .rooms
+        .get(room)
+        .is_some_and(|members| members.contains_key(participant_id))
+}
+
 fn sorted(mut participants: Vec<ParticipantInfo>) -> Vec<ParticipantInfo> {
     participants.sort_by(|a, b| {
         (a.joined_at.as_str(), a.participant_id.as_str())
@@ -1211,6 +1231,33 @@ mod tests {
         };
         assert!(!may_sweep(&down, t0 + Duration::from_secs(30), &timing));
         assert!(!may_sweep(&Link::default(), t0, &timing));
+    }
+
+    #[test]
+    fn only_live_local_participants_count_as_ours_when_we_are_declared_lost() {
+        let room = RoomId::parse("r").unwrap();
+        let info = ParticipantInfo {
+            participant_id: "new".into(),
+            user_id: "u".into(),
+            username: "u".into(),
+            joined_at: "2026-01-01T00:00:00.000Z".into(),
+            instance_id: "a".into(),
+        };
+        let mut local = Local::default();
+        assert!(!is_live_local(&local, &room, "new"));
+        local
+            .rooms
+            .entry(room.clone())
+            .or_default()
+            .insert("new".into(), info);
+        assert!(is_live_local(&local, &room, "new"));
+        // A participant of an earlier incarnation with the same instance id is not live here.
+        assert!(!is_live_local(&local, &room, "old"));
+        assert!(!is_live_local(
+            &local,
+            &RoomId::parse("other").unwrap(),
+            "new"
+        ));
     }
 
     #[test]
