@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,15 @@ pub struct RedisProcess {
     dir: PathBuf,
     /// Extra `redis-server` arguments, kept for restarts.
     extra: Vec<String>,
+    /// While killed: a socket bound (not listening) to the port, so nothing else in this or
+    /// another process gets it before [`restart_same_port`](Self::restart_same_port); a client
+    /// still sees "connection refused", exactly like a stopped Redis.
+    reservation: Option<tokio::net::TcpSocket>,
 }
+
+/// Makes working directories unique per `RedisProcess`: two in one process can get the same
+/// port one after the other (after a kill freed it), and one's drop must not delete the other's.
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
 impl RedisProcess {
     /// Starts `redis-server` from PATH on a free 127.0.0.1 port and waits until it answers PING.
@@ -41,8 +49,11 @@ impl RedisProcess {
         // Another process may grab the free port between our probe and redis' bind: retry.
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir()
-                .join(format!("switchboard-redis-{}-{port}", std::process::id()));
+            let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "switchboard-redis-{}-{n}-{port}",
+                std::process::id()
+            ));
             // The working directory keeps any stray dump file out of the repository.
             if let Err(e) = std::fs::create_dir_all(&dir) {
                 panic!("cannot create {}: {e}", dir.display());
@@ -52,6 +63,7 @@ impl RedisProcess {
                 port,
                 dir,
                 extra: extra.clone(),
+                reservation: None,
             };
             if redis.try_wait_ready(START_TIMEOUT) {
                 return redis;
@@ -71,7 +83,15 @@ impl RedisProcess {
     }
 
     /// SIGKILLs the server (all data is lost: it never persists) and waits until it has exited.
+    /// The port stays reserved for [`restart_same_port`](Self::restart_same_port).
     pub fn kill(&mut self) {
+        self.stop();
+        if self.reservation.is_none() {
+            self.reservation = reserve_port(self.port);
+        }
+    }
+
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -85,6 +105,7 @@ impl RedisProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             // The port may linger briefly; redis-server exits at once if it cannot bind.
+            self.reservation = None;
             self.child = Some(spawn_child(self.port, &self.dir, &self.extra));
             if self.try_wait_ready(Duration::from_secs(2)) {
                 return;
@@ -152,7 +173,7 @@ impl RedisProcess {
 
 impl Drop for RedisProcess {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -364,6 +385,18 @@ pub fn free_port() -> u16 {
         Ok(addr) => addr.port(),
         Err(e) => panic!("cannot read the ephemeral port: {e}"),
     }
+}
+
+/// Binds (without listening) a socket to `127.0.0.1:port`, best effort: ephemeral port
+/// allocation skips a bound port, and a connect to it is refused.
+fn reserve_port(port: u16) -> Option<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    // Redis' own listener used SO_REUSEADDR; ours must be allowed next to its TIME_WAITs.
+    socket.set_reuseaddr(true).ok()?;
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .ok()?;
+    Some(socket)
 }
 
 /// Sends one command over a fresh connection and reads one reply.
