@@ -37,6 +37,8 @@ pub const MSG_TURN_URL_SCHEME: &str = "ice.turnUrls: every TURN URL must start w
 pub const MSG_TURN_SECRET_WITHOUT_URLS: &str =
     "ice.turnSecretRef is set but ice.turnUrls is empty: add the TURN server URLs";
 /// CEL message.
+pub const MSG_RELAY_NEEDS_TURN: &str = "ice.iceTransportPolicy relay needs ice.turnUrls: with relay only, clients can connect only through TURN";
+/// CEL message.
 pub const MSG_PUBLIC_KEY_REQUIRED: &str = "auth.secretRef is required for RS256/ES256: name the Secret holding the PEM public key (key default \"public.pem\")";
 /// CEL message.
 pub const MSG_INGRESS_HOST: &str = "ingress.host is required when ingress.enabled is true";
@@ -354,7 +356,9 @@ pub struct ExternalRedisSpec {
     validation = Rule::new("self.turnUrls.all(u, u.startsWith('turn:') || u.startsWith('turns:'))")
         .message(MSG_TURN_URL_SCHEME),
     validation = Rule::new("!has(self.turnSecretRef) || size(self.turnUrls) > 0")
-        .message(MSG_TURN_SECRET_WITHOUT_URLS)
+        .message(MSG_TURN_SECRET_WITHOUT_URLS),
+    validation = Rule::new("self.iceTransportPolicy != 'relay' || size(self.turnUrls) > 0")
+        .message(MSG_RELAY_NEEDS_TURN)
 )]
 pub struct IceSpec {
     /// STUN server URLs (`stun:` or `stuns:`).
@@ -373,7 +377,7 @@ pub struct IceSpec {
     #[serde(default = "default_credential_ttl")]
     #[schemars(range(min = 60, max = 604800))]
     pub credential_ttl_seconds: i64,
-    /// `all` or `relay` (TURN only).
+    /// `all` or `relay` (TURN only; needs `turnUrls`).
     #[serde(default)]
     pub ice_transport_policy: IceTransportPolicy,
     /// `balanced`, `max-compat` or `max-bundle`.

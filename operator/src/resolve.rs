@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use crate::api::{self, JwtAlgorithm, SignalingCluster, SignalingClusterSpec};
+use crate::api::{self, IceTransportPolicy, JwtAlgorithm, SignalingCluster, SignalingClusterSpec};
 use crate::resources::{names, GeneratedSecret, REDIS_PORT};
 
 /// Default key of an external Redis URL Secret.
@@ -16,6 +16,8 @@ pub const REDIS_URL_KEY: &str = "url";
 pub const SECRET_KEY: &str = "secret";
 /// Default key of an RS256/ES256 public key Secret.
 pub const PUBLIC_KEY_KEY: &str = "public.pem";
+/// Shortest HS256 secret the server accepts (bytes, after trimming whitespace).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// Key of the generated Redis password.
 pub const PASSWORD_KEY: &str = "password";
 
@@ -169,6 +171,9 @@ pub fn check_spec(spec: &SignalingClusterSpec) -> Result<(), ConfigError> {
     if spec.ice.turn_secret_ref.is_some() && spec.ice.turn_urls.is_empty() {
         return violated(api::MSG_TURN_SECRET_WITHOUT_URLS);
     }
+    if spec.ice.ice_transport_policy == IceTransportPolicy::Relay && spec.ice.turn_urls.is_empty() {
+        return violated(api::MSG_RELAY_NEEDS_TURN);
+    }
     if spec.auth.algorithm != JwtAlgorithm::HS256 && spec.auth.secret_ref.is_none() {
         return violated(api::MSG_PUBLIC_KEY_REQUIRED);
     }
@@ -202,14 +207,28 @@ pub fn resolve(
     let spec = &sc.spec;
 
     let jwt = match (spec.auth.algorithm, &spec.auth.secret_ref) {
-        (JwtAlgorithm::HS256, Some(r)) => {
-            JwtKey::Hs256Secret(lookup.value(r.name.as_str(), r.key_or(SECRET_KEY), "auth.secretRef")?)
+        (JwtAlgorithm::HS256, r) => {
+            let (secret, key, what) = match r {
+                Some(r) => (r.name.clone(), r.key_or(SECRET_KEY), "auth.secretRef"),
+                None => (
+                    GeneratedSecret::Jwt.secret_name(&name),
+                    GeneratedSecret::Jwt.key(),
+                    "the generated JWT key",
+                ),
+            };
+            let value = lookup.value(&secret, key, what)?;
+            // The server refuses shorter HS256 keys at start-up (exit 78): say so here instead
+            // of letting the pods crash-loop.
+            if value.trim().len() < MIN_HS256_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    ConfigErrorReason::SecretValueInvalid,
+                    format!(
+                        "secret {secret:?} key {key:?} in namespace {namespace:?} (referenced by {what}) is shorter than {MIN_HS256_SECRET_BYTES} bytes, too short for an HS256 key"
+                    ),
+                ));
+            }
+            JwtKey::Hs256Secret(value)
         }
-        (JwtAlgorithm::HS256, None) => JwtKey::Hs256Secret(lookup.value(
-            &GeneratedSecret::Jwt.secret_name(&name),
-            GeneratedSecret::Jwt.key(),
-            "the generated JWT key",
-        )?),
         (alg, Some(r)) => {
             let pem = lookup.value(&r.name, r.key_or(PUBLIC_KEY_KEY), "auth.secretRef")?;
             if !pem.contains("-----BEGIN") {

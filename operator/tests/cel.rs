@@ -73,6 +73,12 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "ice.turnSecretRef is set but ice.turnUrls is empty: add the TURN server URLs",
     ),
     (
+        "relay needs TURN URLs",
+        "  ice: {iceTransportPolicy: relay, turnUrls: ['turns:t.example.com:5349']}\n",
+        "  ice: {iceTransportPolicy: relay}\n",
+        "ice.iceTransportPolicy relay needs ice.turnUrls: with relay only, clients can connect only through TURN",
+    ),
+    (
         "RS256 needs a secretRef",
         "  auth: {algorithm: RS256, secretRef: {name: jwt-public-key}}\n",
         "  auth: {algorithm: RS256}\n",
@@ -206,7 +212,7 @@ fn every_rule_compiles_is_in_scope_and_within_the_cost_budget() {
         }
     }
     // One per CEL rule declared in api.rs; update when adding a rule (and add a CASE above).
-    assert_eq!(rules, 8);
+    assert_eq!(rules, 9);
 }
 
 /// The operator enforces the same rules itself (Kubernetes before 1.25 ignores CEL), with the

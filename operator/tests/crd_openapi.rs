@@ -32,7 +32,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("STUN URL pattern", "  ice: {stunUrls: ['stuns:s.example.com:5349']}\n", "  ice: {stunUrls: ['turn:s.example.com']}\n", "does not match"),
     ("TURN URL count", "  ice: {turnUrls: ['turn:a']}\n", "  ice: {turnUrls: [turn:1,turn:2,turn:3,turn:4,turn:5,turn:6,turn:7,turn:8,turn:9,turn:10,turn:11,turn:12,turn:13,turn:14,turn:15,turn:16,turn:17]}\n", "more than 16 items"),
     ("credential TTL range", "  ice: {credentialTtlSeconds: 60}\n", "  ice: {credentialTtlSeconds: 59}\n", "below the minimum"),
-    ("ICE transport policy enum", "  ice: {iceTransportPolicy: relay}\n", "  ice: {iceTransportPolicy: turn-only}\n", "is not one of"),
+    ("ICE transport policy enum", "  ice: {iceTransportPolicy: all}\n", "  ice: {iceTransportPolicy: turn-only}\n", "is not one of"),
     ("bundle policy enum", "  ice: {bundlePolicy: max-compat}\n", "  ice: {bundlePolicy: max}\n", "is not one of"),
     ("rtcp mux enum", "  ice: {rtcpMuxPolicy: negotiate}\n", "  ice: {rtcpMuxPolicy: off}\n", "is not one of"),
     ("JWT algorithm enum", "  auth: {algorithm: HS256}\n", "  auth: {algorithm: HS512}\n", "is not one of"),

@@ -39,9 +39,12 @@ fn secret(name: &str, pairs: &[(&str, &[u8])]) -> (String, Secret) {
     )
 }
 
+/// A generated-looking HS256 key (the server wants at least 32 bytes).
+const JWT: &str = "jwt-secret-0123456789abcdef012345";
+
 fn generated() -> BTreeMap<String, Secret> {
     BTreeMap::from([
-        secret("demo-jwt", &[("secret", b"jwt-secret")]),
+        secret("demo-jwt", &[("secret", JWT.as_bytes())]),
         secret("demo-turn", &[("secret", b"turn-secret")]),
         secret("demo-redis-auth", &[("password", b"p@ss/word")]),
     ])
@@ -63,7 +66,7 @@ fn with_turn(mut spec: SignalingClusterSpec, r: Option<SecretKeyRef>) -> Signali
 #[test]
 fn bare_spec_uses_the_generated_secrets() {
     let r = resolve(&cluster(SignalingClusterSpec::default()), &generated()).unwrap();
-    assert_eq!(r.jwt, JwtKey::Hs256Secret("jwt-secret".into()));
+    assert_eq!(r.jwt, JwtKey::Hs256Secret(JWT.into()));
     // No TURN URLs: no TURN secret even though one exists.
     assert_eq!(r.turn_secret, None);
     // The password is percent-encoded into the URL of the managed Redis Service.
@@ -163,17 +166,23 @@ fn string_data_is_read_when_data_lacks_the_key() {
     let (_, mut s) = secret("demo-jwt", &[]);
     s.string_data = Some(BTreeMap::from([(
         "secret".to_owned(),
-        "from-string".to_owned(),
+        "from-string-data-0123456789abcdef".to_owned(),
     )]));
     secrets.insert("demo-jwt".into(), s);
     let r = resolve(&cluster(SignalingClusterSpec::default()), &secrets).unwrap();
-    assert_eq!(r.jwt, JwtKey::Hs256Secret("from-string".into()));
+    assert_eq!(
+        r.jwt,
+        JwtKey::Hs256Secret("from-string-data-0123456789abcdef".into())
+    );
 }
 
 #[test]
 fn hs256_with_user_secret_ignores_the_generated_one() {
     let mut secrets = generated();
-    secrets.extend([secret("mine", &[("key", b"user-secret")])]);
+    secrets.extend([secret(
+        "mine",
+        &[("key", b"user-secret-0123456789abcdef01234")],
+    )]);
     let spec = SignalingClusterSpec {
         auth: AuthSpec {
             secret_ref: Some(sref("mine", Some("key"))),
@@ -182,7 +191,10 @@ fn hs256_with_user_secret_ignores_the_generated_one() {
         ..SignalingClusterSpec::default()
     };
     let r = resolve(&cluster(spec), &secrets).unwrap();
-    assert_eq!(r.jwt, JwtKey::Hs256Secret("user-secret".into()));
+    assert_eq!(
+        r.jwt,
+        JwtKey::Hs256Secret("user-secret-0123456789abcdef01234".into())
+    );
 }
 
 const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n";
@@ -295,8 +307,34 @@ fn referenced_secret_names_cover_refs_and_generated_ones() {
 fn debug_output_redacts_secrets() {
     let r = resolve(&cluster(SignalingClusterSpec::default()), &generated()).unwrap();
     let shown = format!("{r:?}");
-    assert!(
-        !shown.contains("jwt-secret") && !shown.contains("p%40ss"),
-        "{shown}"
+    assert!(!shown.contains(JWT) && !shown.contains("p%40ss"), "{shown}");
+}
+
+#[test]
+fn hs256_secret_shorter_than_32_bytes_is_refused_before_the_server_would() {
+    let mut secrets = generated();
+    // 31 bytes plus whitespace the server trims.
+    secrets.extend([secret(
+        "mine",
+        &[("secret", b"0123456789012345678901234567890\n")],
+    )]);
+    let spec = SignalingClusterSpec {
+        auth: AuthSpec {
+            secret_ref: Some(sref("mine", None)),
+            ..AuthSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let err = resolve(&cluster(spec.clone()), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid);
+    assert_eq!(
+        err.message,
+        r#"secret "mine" key "secret" in namespace "x" (referenced by auth.secretRef) is shorter than 32 bytes, too short for an HS256 key"#
     );
+    // Exactly 32 bytes is enough.
+    secrets.extend([secret(
+        "mine",
+        &[("secret", b"01234567890123456789012345678901")],
+    )]);
+    assert!(resolve(&cluster(spec), &secrets).is_ok());
 }
