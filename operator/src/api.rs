@@ -143,9 +143,16 @@ pub struct SignalingClusterSpec {
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
 
-    /// Browser origins allowed to open WebSockets (e.g. `https://app.example.com`); empty = any.
+    /// Browser origins allowed to open WebSockets (e.g. `https://app.example.com`); empty or
+    /// `*` = any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    #[schemars(
+        length(max = 64),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^(\*|https?://[^\s/]+/?)$")
+        )
+    )]
     pub allowed_origins: Vec<String>,
 
     /// Node labels the server pods must match.

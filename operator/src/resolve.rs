@@ -288,7 +288,12 @@ pub fn resolve(
             })?;
             let url = lookup.value(&r.name, r.key_or(REDIS_URL_KEY), "redis.external.secretRef")?;
             let url = url.trim().to_owned();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            let rest = url
+                .strip_prefix("redis://")
+                .or_else(|| url.strip_prefix("rediss://"));
+            // The server parses the URL at start-up and exits on a bad one: catch the obvious
+            // cases (wrong scheme, no host, embedded whitespace) here.
+            if !rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace)) {
                 // Never echo the value: it usually carries a password.
                 return Err(ConfigError::new(
                     ConfigErrorReason::SecretValueInvalid,

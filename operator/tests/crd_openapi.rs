@@ -47,6 +47,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("persistence size quantity", "  redis: {managed: {persistence: {size: 10Gi}}}\n", "  redis: {managed: {persistence: {size: ten}}}\n", "does not match"),
     ("secret ref needs a name", "  auth: {secretRef: {name: k}}\n", "  auth: {secretRef: {key: k}}\n", "missing required field \"name\""),
     ("PDB int-or-string", "  podDisruptionBudget: {maxUnavailable: '10%'}\n", "  podDisruptionBudget: {maxUnavailable: [1]}\n", "integer or a string"),
+    ("allowed origin pattern", "  allowedOrigins: ['https://app.example.com', 'http://localhost:3000', '*']\n", "  allowedOrigins: ['app.example.com']\n", "does not match"),
     ("unknown field (typo)", "  allowedOrigins: ['https://a.example']\n", "  allowedOrigin: ['https://a.example']\n", ".spec.allowedOrigin: unknown field"),
 ];
 

@@ -275,6 +275,16 @@ fn external_redis_value_that_is_not_a_url_is_invalid_and_not_echoed() {
 }
 
 #[test]
+fn external_redis_url_without_host_or_with_spaces_is_invalid() {
+    for bad in [&b"redis://"[..], b"rediss://  ", b"redis://a b:6379"] {
+        let mut secrets = generated();
+        secrets.extend([secret("redis", &[("url", bad)])]);
+        let err = resolve(&cluster(external(Some(sref("redis", None)))), &secrets).unwrap_err();
+        assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid, "{bad:?}");
+    }
+}
+
+#[test]
 fn inconsistent_redis_spec_is_invalid_spec() {
     let err = resolve(&cluster(external(None)), &generated()).unwrap_err();
     assert_eq!(err.reason, ConfigErrorReason::InvalidSpec);
