@@ -158,8 +158,9 @@ pub fn compute_status(
         return status;
     }
 
+    // Server pods only: the instance label alone would also list the Redis pod.
     let selector = format!(
-        "-n {} -l app.kubernetes.io/instance={}",
+        "-n {} -l app.kubernetes.io/instance={},app.kubernetes.io/component=server",
         facts.namespace, facts.name
     );
 

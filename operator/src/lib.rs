@@ -18,8 +18,12 @@ use kube::CustomResourceExt;
 
 /// The CRD manifest for `SignalingCluster`, as YAML (what `switchboard-operator crd` prints and
 /// what is committed at `crds/switchboard.dev_signalingclusters.yaml`).
+pub fn try_crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&api::SignalingCluster::crd())
+}
+
+/// [`try_crd_yaml`] for callers that cannot report an error; empty if serialization failed
+/// (it does not for a derived CRD). Prefer `try_crd_yaml`, which lets `crd` exit non-zero.
 pub fn crd_yaml() -> String {
-    let crd = api::SignalingCluster::crd();
-    // Serializing a typed CRD cannot fail: it has no maps with non-string keys.
-    serde_yaml::to_string(&crd).unwrap_or_default()
+    try_crd_yaml().unwrap_or_default()
 }

@@ -140,55 +140,85 @@ pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
 }
 
 /// Checks the cross-field rules the CRD states as CEL, for API servers that do not enforce CEL
-/// (Kubernetes before 1.25) and for objects stored before a rule existed. Reports the first
-/// violation with the same message the API server would give.
+/// (Kubernetes before 1.25) and for objects stored before a rule existed. Reports every
+/// violation at once (joined with "; "), each with the message the API server would give.
 pub fn check_spec(spec: &SignalingClusterSpec) -> Result<(), ConfigError> {
-    let violated = |msg: &str| {
+    let pdb = &spec.pod_disruption_budget;
+    let rules: [(bool, &str); 10] = [
+        (
+            spec.redis.managed.is_some() == spec.redis.external.is_some(),
+            api::MSG_REDIS_EXACTLY_ONE,
+        ),
+        (
+            spec.redis
+                .external
+                .as_ref()
+                .is_some_and(|e| e.secret_ref.is_none()),
+            api::MSG_EXTERNAL_REDIS_SECRET,
+        ),
+        (
+            !spec
+                .ice
+                .turn_urls
+                .iter()
+                .all(|u| u.starts_with("turn:") || u.starts_with("turns:")),
+            api::MSG_TURN_URL_SCHEME,
+        ),
+        (
+            spec.ice.turn_secret_ref.is_some() && spec.ice.turn_urls.is_empty(),
+            api::MSG_TURN_SECRET_WITHOUT_URLS,
+        ),
+        (
+            spec.ice.ice_transport_policy == IceTransportPolicy::Relay
+                && spec.ice.turn_urls.is_empty(),
+            api::MSG_RELAY_NEEDS_TURN,
+        ),
+        (
+            spec.auth.algorithm != JwtAlgorithm::HS256 && spec.auth.secret_ref.is_none(),
+            api::MSG_PUBLIC_KEY_REQUIRED,
+        ),
+        (
+            spec.ingress.enabled && spec.ingress.host.is_none(),
+            api::MSG_INGRESS_HOST,
+        ),
+        (
+            spec.autoscaling.min_replicas > spec.autoscaling.max_replicas,
+            api::MSG_AUTOSCALING_RANGE,
+        ),
+        (
+            pdb.min_available.is_some() && pdb.max_unavailable.is_some(),
+            api::MSG_PDB_ONE_BOUND,
+        ),
+        // Not a CEL rule (the schema's pattern covers it), but the server refuses a prefix
+        // it cannot use, and objects stored before the pattern existed may carry one.
+        (
+            !spec
+                .redis
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+                || spec.redis.key_prefix.is_empty()
+                || spec.redis.key_prefix.len() > 64,
+            MSG_KEY_PREFIX,
+        ),
+    ];
+    let violations: Vec<&str> = rules
+        .iter()
+        .filter(|(violated, _)| *violated)
+        .map(|(_, msg)| *msg)
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
         Err(ConfigError::new(
             ConfigErrorReason::InvalidSpec,
-            msg.to_owned(),
+            violations.join("; "),
         ))
-    };
-    if spec.redis.managed.is_some() == spec.redis.external.is_some() {
-        return violated(api::MSG_REDIS_EXACTLY_ONE);
     }
-    if spec
-        .redis
-        .external
-        .as_ref()
-        .is_some_and(|e| e.secret_ref.is_none())
-    {
-        return violated(api::MSG_EXTERNAL_REDIS_SECRET);
-    }
-    if !spec
-        .ice
-        .turn_urls
-        .iter()
-        .all(|u| u.starts_with("turn:") || u.starts_with("turns:"))
-    {
-        return violated(api::MSG_TURN_URL_SCHEME);
-    }
-    if spec.ice.turn_secret_ref.is_some() && spec.ice.turn_urls.is_empty() {
-        return violated(api::MSG_TURN_SECRET_WITHOUT_URLS);
-    }
-    if spec.ice.ice_transport_policy == IceTransportPolicy::Relay && spec.ice.turn_urls.is_empty() {
-        return violated(api::MSG_RELAY_NEEDS_TURN);
-    }
-    if spec.auth.algorithm != JwtAlgorithm::HS256 && spec.auth.secret_ref.is_none() {
-        return violated(api::MSG_PUBLIC_KEY_REQUIRED);
-    }
-    if spec.ingress.enabled && spec.ingress.host.is_none() {
-        return violated(api::MSG_INGRESS_HOST);
-    }
-    if spec.autoscaling.min_replicas > spec.autoscaling.max_replicas {
-        return violated(api::MSG_AUTOSCALING_RANGE);
-    }
-    let pdb = &spec.pod_disruption_budget;
-    if pdb.min_available.is_some() && pdb.max_unavailable.is_some() {
-        return violated(api::MSG_PDB_ONE_BOUND);
-    }
-    Ok(())
 }
+
+const MSG_KEY_PREFIX: &str =
+    "redis.keyPrefix must be 1-64 characters of letters, digits, '_', '-', '.' and ':'";
 
 /// Checks the spec ([`check_spec`]), then resolves the cluster's secret references against
 /// `secrets` (the Secrets of the cluster's namespace, by name; a name absent from the map does

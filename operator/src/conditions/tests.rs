@@ -98,7 +98,7 @@ fn pending_pods_give_an_actionable_servers_ready_false() {
     );
     assert!(
         c.message
-            .contains("kubectl describe pods -n x -l app.kubernetes.io/instance=demo"),
+            .contains("kubectl describe pods -n x -l app.kubernetes.io/instance=demo,app.kubernetes.io/component=server"),
         "{}",
         c.message
     );

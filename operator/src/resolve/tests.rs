@@ -348,3 +348,26 @@ fn hs256_secret_shorter_than_32_bytes_is_refused_before_the_server_would() {
     )]);
     assert!(resolve(&cluster(spec), &secrets).is_ok());
 }
+
+#[test]
+fn check_spec_reports_every_violation_at_once() {
+    let mut spec = SignalingClusterSpec::default();
+    spec.ice.turn_urls = vec!["stun:x".into()];
+    spec.ingress.enabled = true;
+    spec.redis.key_prefix = "{room}".into();
+    let err = check_spec(&spec).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::InvalidSpec);
+    assert_eq!(
+        err.message,
+        [
+            crate::api::MSG_TURN_URL_SCHEME,
+            crate::api::MSG_INGRESS_HOST,
+            MSG_KEY_PREFIX
+        ]
+        .join("; ")
+    );
+    // resolve() stops at the spec check and reports the same list.
+    let sc = cluster(spec);
+    assert_eq!(resolve(&sc, &generated()).unwrap_err(), err);
+    assert_eq!(check_spec(&SignalingClusterSpec::default()), Ok(()));
+}
