@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -45,7 +45,8 @@ pub const CONFIG_ERROR_REQUEUE: Duration = Duration::from_secs(120);
 /// Shared state of all reconciles.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// Who publishes events. Each event gets a fresh `Recorder` (see `publish`).
+    pub reporter: Reporter,
     pub metrics: std::sync::Arc<Metrics>,
     pub backoff: Backoff,
     pub support: ApiSupport,
@@ -298,8 +299,12 @@ async fn publish(
         action: action.to_owned(),
         secondary: None,
     };
+    // A fresh Recorder per event: a long-lived one folds events into a series keyed without
+    // the note (for minutes), so a later transition would show the first transition's note.
+    // Events are emitted only on transitions, so there is nothing worth folding.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     // Events are best effort: a failed event must not fail (and so repeat) the reconcile.
-    if let Err(e) = ctx.recorder.publish(&event, &sc.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&event, &sc.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "could not publish event");
     }
 }

@@ -682,10 +682,19 @@ async fn make_pods_ready(client: &Client) -> Result<usize> {
     Ok(n)
 }
 
-/// Events about sc1 as (type, reason, occurrences).
-async fn cluster_events(client: &Client) -> Result<Vec<(String, String, i32)>> {
+/// One Event about sc1.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ClusterEvent {
+    type_: String,
+    reason: String,
+    note: String,
+    count: i32,
+}
+
+/// Events about sc1, sorted.
+async fn cluster_events(client: &Client) -> Result<Vec<ClusterEvent>> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    let mut out: Vec<(String, String, i32)> = api
+    let mut out: Vec<ClusterEvent> = api
         .list(&ListParams::default())
         .await?
         .into_iter()
@@ -694,16 +703,31 @@ async fn cluster_events(client: &Client) -> Result<Vec<(String, String, i32)>> {
                 r.kind.as_deref() == Some("SignalingCluster") && r.name.as_deref() == Some("sc1")
             })
         })
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.series.map(|s| s.count).unwrap_or(1),
-            )
+        .map(|e| ClusterEvent {
+            type_: e.type_.unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            note: e.note.unwrap_or_default(),
+            count: e.series.map(|s| s.count).unwrap_or(1),
         })
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// Waits until an event of this type and reason whose note contains `needle` exists.
+async fn expect_event(client: &Client, type_: &str, reason: &str, needle: &str) -> Result<()> {
+    eventually(
+        &format!("a {type_} {reason} event whose note contains {needle:?}"),
+        Duration::from_secs(20),
+        || async {
+            Ok(cluster_events(client)
+                .await?
+                .iter()
+                .any(|e| e.type_ == type_ && e.reason == reason && e.note.contains(needle))
+                .then_some(()))
+        },
+    )
+    .await
 }
 
 fn config_hash(d: &Deployment) -> Option<String> {
@@ -998,9 +1022,19 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     ensure!(
         events_before
             .iter()
-            .any(|(t, r, _)| t == "Normal" && r == "Applied"),
+            .any(|e| e.type_ == "Normal" && e.reason == "Applied"),
         "no Applied event: {events_before:?}"
     );
+    // Each generated Secret has its own event, with its own note (not folded into the first).
+    for secret in ["sc1-jwt", "sc1-redis-auth"] {
+        let note = format!("generated Secret {secret}");
+        ensure!(
+            events_before
+                .iter()
+                .any(|e| e.reason == "SecretGenerated" && e.note == note),
+            "no SecretGenerated event with note {note:?}: {events_before:?}"
+        );
+    }
     let jwt_before = secrets.get("sc1-jwt").await?.data;
     ops[li].terminate()?;
     let new_leader = ops[fi].name.clone();
@@ -1181,7 +1215,11 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         .then_some(()))
     })
     .await?;
-    step("spec.replicas=3 applied to the Deployment", t0);
+    expect_event(&admin, "Normal", "Applied", "updated Deployment sc1-server").await?;
+    step(
+        "spec.replicas=3 applied to the Deployment (+ Applied event: updated Deployment)",
+        t0,
+    );
 
     // 12. Rotating the referenced TURN Secret rolls the pods (config hash changes).
     let hash_before = config_hash(&deployments.get("sc1-server").await?)
@@ -1263,13 +1301,7 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         secrets.get("sc1-config").await?.resource_version() == cfg_before.resource_version(),
         "the config Secret was changed while the config is invalid"
     );
-    let events = cluster_events(&admin).await?;
-    ensure!(
-        events
-            .iter()
-            .any(|(t, r, _)| t == "Warning" && r == "SecretNotFound"),
-        "no Warning SecretNotFound event: {events:?}"
-    );
+    expect_event(&admin, "Warning", "SecretNotFound", "does-not-exist").await?;
     step(
         &format!(
             "missing Secret → ConfigValid=False ({}) + Warning event: {}",

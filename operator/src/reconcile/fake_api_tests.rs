@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -214,13 +214,10 @@ impl FakeApi {
 fn context(fake: &FakeApi) -> Context {
     let client = fake.client();
     Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some("test".into()),
-            },
-        ),
+        reporter: Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some("test".into()),
+        },
         client,
         metrics: std::sync::Arc::new(Metrics::new()),
         backoff: Backoff::default(),
@@ -346,7 +343,7 @@ async fn a_lost_create_race_uses_the_winners_secret() {
     // Another writer created sc-jwt between our GET (404) and our POST (409).
     let theirs = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "sc-jwt", "namespace": NS},
-        "data": {"secret": "dGhlaXItd2lubmluZy1rZXk="}}); // "their-winning-key"
+        "data": {"secret": "dGhlaXItd2lubmluZy1rZXktb2YtYXQtbGVhc3QtMzItYnl0ZXM="}}); // "their-winning-key-of-at-least-32-bytes"
     fake.put(&secret_path("sc-jwt"), theirs.clone());
     fake.fault(Method::GET, "/secrets/sc-jwt", 404, 1);
 
@@ -365,7 +362,7 @@ async fn a_lost_create_race_uses_the_winners_secret() {
     assert!(
         String::from_utf8(yaml)
             .unwrap()
-            .contains("their-winning-key"),
+            .contains("their-winning-key-of-at-least-32-bytes"),
         "config does not use the existing secret"
     );
 }
@@ -538,5 +535,51 @@ async fn a_name_taken_by_someone_elses_object_is_reported_not_taken_over() {
             .contains("Deployment sc-server already exists and is not owned"),
         "{}",
         c.message
+    );
+}
+
+/// Notes of the stored events with this reason, sorted.
+fn event_notes(fake: &FakeApi, reason: &str) -> Vec<String> {
+    let mut notes: Vec<String> = fake
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    notes.sort();
+    notes
+}
+
+#[tokio::test]
+async fn every_event_shows_its_own_note() {
+    let fake = FakeApi::default();
+    let ctx = context(&fake);
+    let sc = cluster(&fake, json!({}));
+    reconcile(&sc, &ctx).await.unwrap();
+    assert_eq!(
+        event_notes(&fake, "SecretGenerated"),
+        vec![
+            "generated Secret sc-jwt".to_owned(),
+            "generated Secret sc-redis-auth".to_owned()
+        ]
+    );
+    let applied = event_notes(&fake, "Applied");
+    assert_eq!(applied.len(), 1, "{applied:#?}");
+    assert!(
+        applied[0].starts_with("created Secret sc-config, "),
+        "{applied:#?}"
+    );
+
+    // A replicas change: a second Applied event, with its own note.
+    let mut stored = fake.get(SC_PATH).unwrap();
+    stored["spec"]["replicas"] = json!(3);
+    stored["metadata"]["generation"] = json!(2);
+    fake.put(SC_PATH, stored);
+    reconcile(&reread(&fake), &ctx).await.unwrap();
+    let applied = event_notes(&fake, "Applied");
+    assert_eq!(applied.len(), 2, "{applied:#?}");
+    assert!(
+        applied.contains(&"updated Deployment sc-server".to_owned()),
+        "{applied:#?}"
     );
 }
