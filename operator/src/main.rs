@@ -115,6 +115,11 @@ fn identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The one line printed when the CRD is missing: the commands of docs/operator.md "Install"
+/// (server-side apply needs Kubernetes 1.25+, where the CRD's CEL rules are known; before
+/// that only a create without client validation accepts the file).
+const MISSING_CRD: &str = "the SignalingCluster CRD (signalingclusters.switchboard.dev) is not installed; install it with: kubectl apply --server-side -f crds/switchboard.dev_signalingclusters.yaml (Kubernetes < 1.25: kubectl create --validate=false -f crds/switchboard.dev_signalingclusters.yaml), or install the Helm chart (crds.create=true, the default); see docs/operator.md#install";
+
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_format);
     let client = kube::Client::try_default().await.context(
@@ -124,9 +129,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     match controller::crd_state(&client, args.namespace.as_deref()).await {
         Ok(CrdState::Installed) => {}
         Ok(CrdState::Missing) => {
-            eprintln!(
-                "the SignalingCluster CRD (signalingclusters.switchboard.dev) is not installed; install it with: kubectl apply -f crds/switchboard.dev_signalingclusters.yaml (or: switchboard-operator crd | kubectl apply -f -, or helm install with crds.create=true)"
-            );
+            eprintln!("{}", MISSING_CRD);
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(e).context("cannot reach the Kubernetes API server"),

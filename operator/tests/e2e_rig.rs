@@ -802,7 +802,11 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         out.status
     );
     ensure!(
-        stderr.contains("kubectl apply -f crds/switchboard.dev_signalingclusters.yaml"),
+        stderr.contains("kubectl apply --server-side -f crds/switchboard.dev_signalingclusters.yaml")
+            && stderr.contains(
+                "Kubernetes < 1.25: kubectl create --validate=false -f crds/switchboard.dev_signalingclusters.yaml"
+            )
+            && stderr.lines().count() == 1,
         "stderr without CRD does not name the install command: {stderr}"
     );
     step("missing CRD: exit 1 with the install command", t0);

@@ -69,3 +69,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true: the ServiceMonitor scrapes through that Service" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Removes every `x-kubernetes-validations` key from a parsed object, in place (dicts are
+references), at any depth. Outputs nothing. For CRDs on Kubernetes < 1.25 (see crd.yaml).
+*/}}
+{{- define "switchboard-operator.stripCelRules" -}}
+{{- if kindIs "map" . -}}
+{{- $_ := unset . "x-kubernetes-validations" -}}
+{{- range $_, $v := . -}}
+{{- include "switchboard-operator.stripCelRules" $v -}}
+{{- end -}}
+{{- else if kindIs "slice" . -}}
+{{- range . -}}
+{{- include "switchboard-operator.stripCelRules" . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
