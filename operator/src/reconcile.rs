@@ -403,7 +403,7 @@ fn facts(
 pub fn unsupported_api(children: &resources::Children, support: ApiSupport) -> Option<ConfigError> {
     let missing = |field: &str, api: &str, since: &str| {
         ConfigError {
-        reason: ConfigErrorReason::InvalidSpec,
+        reason: ConfigErrorReason::ApiUnavailable,
         message: format!(
             "{field} is enabled but this API server does not serve {api} (Kubernetes {since}+); disable it or upgrade the cluster"
         ),
@@ -632,7 +632,7 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
         Ok(v) => v,
         Err(Error::NotOwned { kind, name }) => {
             let error = ConfigError {
-                reason: ConfigErrorReason::InvalidSpec,
+                reason: ConfigErrorReason::ObjectNotOwned,
                 message: format!(
                     "{kind} {name} already exists and is not owned by this SignalingCluster; delete or rename it (the operator never takes over objects it did not create)"
                 ),

@@ -1314,7 +1314,7 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         t0,
     );
 
-    // An HPA on 1.20 (no autoscaling/v2): a readable InvalidSpec, not a retry loop.
+    // An HPA on 1.20 (no autoscaling/v2): a readable ApiUnavailable, not a retry loop.
     clusters
         .patch(
             "sc1",
@@ -1326,13 +1326,13 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         )
         .await?;
     let no_hpa = eventually(
-        "ConfigValid=False/InvalidSpec for autoscaling",
+        "ConfigValid=False/ApiUnavailable for autoscaling",
         Duration::from_secs(30),
         || async {
             let sc = clusters.get("sc1").await?;
             Ok(condition(&sc, "ConfigValid")
                 .filter(|c| {
-                    c.reason == "InvalidSpec" && c.observed_generation == sc.metadata.generation
+                    c.reason == "ApiUnavailable" && c.observed_generation == sc.metadata.generation
                 })
                 .cloned())
         },
@@ -1345,7 +1345,7 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     );
     step(
         &format!(
-            "autoscaling on 1.20 → ConfigValid=False (InvalidSpec): {}",
+            "autoscaling on 1.20 → ConfigValid=False (ApiUnavailable): {}",
             no_hpa.message
         ),
         t0,

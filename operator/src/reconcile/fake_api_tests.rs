@@ -491,7 +491,7 @@ async fn an_api_the_server_lacks_is_a_config_error_not_a_retry_loop() {
     let c = condition(&sc, "ConfigValid").unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
-        ("False", "InvalidSpec")
+        ("False", "ApiUnavailable")
     );
     assert!(c.message.contains("autoscaling/v2"), "{}", c.message);
     assert!(fake
@@ -528,7 +528,7 @@ async fn a_name_taken_by_someone_elses_object_is_reported_not_taken_over() {
     let c = condition(&reread(&fake), "ConfigValid").unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
-        ("False", "InvalidSpec")
+        ("False", "ObjectNotOwned")
     );
     assert!(
         c.message
