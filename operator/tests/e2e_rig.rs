@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -1370,6 +1370,53 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         },
     )
     .await?;
+
+    // Turning optional parts off deletes them: an Ingress switched on, then off together with
+    // the Redis NetworkPolicy (on by default) — both objects go.
+    let ingresses: Api<Ingress> = Api::namespaced(admin.clone(), NS);
+    clusters
+        .patch(
+            "sc1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"ingress": {"enabled": true, "host": "signal.example.com"}}}),
+            ),
+        )
+        .await?;
+    eventually(
+        "the Ingress sc1-server",
+        Duration::from_secs(30),
+        || async { Ok(ingresses.get_opt("sc1-server").await?.map(|_| ())) },
+    )
+    .await?;
+    ensure!(
+        netpols.get_opt("sc1-redis").await?.is_some(),
+        "no NetworkPolicy sc1-redis before turning it off"
+    );
+    clusters
+        .patch(
+            "sc1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "ingress": {"enabled": false},
+                "networkPolicy": {"enabled": false}
+            }})),
+        )
+        .await?;
+    eventually(
+        "the Ingress and the NetworkPolicy to be deleted",
+        Duration::from_secs(30),
+        || async {
+            Ok((ingresses.get_opt("sc1-server").await?.is_none()
+                && netpols.get_opt("sc1-redis").await?.is_none())
+            .then_some(()))
+        },
+    )
+    .await?;
+    step(
+        "ingress on → Ingress created; ingress and networkPolicy off → both deleted",
+        t0,
+    );
 
     // 14. The user's Secret was never written by the operator.
     let user = secrets.get("turn-user").await?;
