@@ -484,13 +484,19 @@ async fn update_status(
 }
 
 /// Conditions whose status is new or changed: (type, reason, message, is-good). For `Paused`
-/// "True" is reported as a plain Normal event too.
+/// "True" is reported as a plain Normal event too. A `ConfigValid` that stays False but names
+/// another problem (reason or message changed, e.g. a second missing Secret) is a new user
+/// error and is reported as well; other conditions' messages (replica counts) change while
+/// False without being news.
 pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(String, String, String, bool)> {
     new.iter()
         .filter(|n| {
-            old.iter()
-                .find(|o| o.type_ == n.type_)
-                .is_none_or(|o| o.status != n.status)
+            old.iter().find(|o| o.type_ == n.type_).is_none_or(|o| {
+                o.status != n.status
+                    || (n.type_ == "ConfigValid"
+                        && n.status == "False"
+                        && (o.reason != n.reason || o.message != n.message))
+            })
         })
         .map(|n| {
             let good = n.status == "True" || n.type_ == "Paused";
@@ -804,6 +810,40 @@ mod tests {
             ]
         );
         assert!(transitions(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn a_new_config_error_while_config_valid_stays_false_is_a_transition() {
+        let error = |reason: &str, message: &str| Condition {
+            reason: reason.into(),
+            message: message.into(),
+            ..cond("ConfigValid", "False")
+        };
+        let old = vec![
+            error("SecretNotFound", "Secret a not found"),
+            cond("ServersReady", "False"),
+        ];
+        // Another reason, or the same reason naming another Secret: reported.
+        let new = vec![
+            error("SecretKeyMissing", "key x missing"),
+            cond("ServersReady", "False"),
+        ];
+        assert_eq!(
+            transitions(&old, &new),
+            vec![(
+                "ConfigValid".into(),
+                "SecretKeyMissing".into(),
+                "key x missing".into(),
+                false
+            )]
+        );
+        let new = vec![error("SecretNotFound", "Secret b not found")];
+        assert_eq!(transitions(&old, &new).len(), 1);
+        // Unchanged error, or another condition's message changing while False: nothing.
+        assert!(transitions(&old, &old).is_empty());
+        let mut servers = cond("ServersReady", "False");
+        servers.message = "1/2 ready".into();
+        assert!(transitions(&old, &[old[0].clone(), servers]).is_empty());
     }
 
     #[test]

@@ -1343,6 +1343,8 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         "{}",
         no_hpa.message
     );
+    // ConfigValid stayed False (SecretNotFound → ApiUnavailable): still a Warning event.
+    expect_event(&admin, "Warning", "ApiUnavailable", "autoscaling/v2").await?;
     step(
         &format!(
             "autoscaling on 1.20 → ConfigValid=False (ApiUnavailable): {}",

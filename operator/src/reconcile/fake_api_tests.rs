@@ -583,3 +583,35 @@ async fn every_event_shows_its_own_note() {
         "{applied:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_second_user_error_while_config_valid_stays_false_gets_its_own_warning() {
+    let fake = FakeApi::default();
+    let ctx = context(&fake);
+    let missing = |secret: &str| json!({"ice": {"turnUrls": ["turn:t.example.com:3478"], "turnSecretRef": {"name": secret}}});
+    let sc = cluster(&fake, missing("first-missing"));
+    reconcile(&sc, &ctx).await.unwrap();
+    let mut stored = fake.get(SC_PATH).unwrap();
+    stored["spec"] = missing("second-missing");
+    stored["metadata"]["generation"] = json!(2);
+    fake.put(SC_PATH, stored);
+    let sc = reread(&fake);
+    reconcile(&sc, &ctx).await.unwrap();
+    let c = condition(&reread(&fake), "ConfigValid").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    let notes = event_notes(&fake, "SecretNotFound");
+    assert_eq!(notes.len(), 2, "{notes:#?}");
+    assert!(notes[0].contains("\"first-missing\""), "{notes:#?}");
+    assert!(notes[1].contains("\"second-missing\""), "{notes:#?}");
+    assert!(fake
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "SecretNotFound")
+        .all(|e| e["type"] == "Warning"));
+    // The same error again: no event.
+    reconcile(&reread(&fake), &ctx).await.unwrap();
+    assert_eq!(event_notes(&fake, "SecretNotFound").len(), 2);
+}
