@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use switchboard_e2e::client::{ws_path, Client, ConnectOptions, Event};
+use switchboard_e2e::client::{assert_pair_relays, ws_path, Client, ConnectOptions, Event};
 use switchboard_e2e::http;
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
@@ -425,6 +425,182 @@ async fn redis_restart_recovers_presence_and_relay_without_reconnects() {
     // Nobody was told anyone left, nobody was disconnected.
     a.assert_alive_and_idle().await;
     b.assert_alive_and_idle().await;
+}
+
+/// Joins `user` on `server` as soon as the instance admits joins again (it refuses them with
+/// 1013 `bus_unavailable` until its Redis connections are back), within `timeout`.
+async fn join_when_admitted(
+    server: &ServerProcess,
+    room: &str,
+    user: &str,
+    timeout: Duration,
+) -> Client {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut client = Client::connect(server.addr(), room, &token(user)).await;
+        match client.next_event(Duration::from_secs(5)).await {
+            Event::Json(msg) if msg["type"] == "room-state" => {
+                client.room_state = Some(msg);
+                return client;
+            }
+            Event::Close(Some((1013, reason))) if reason == "bus_unavailable" => {}
+            other => panic!("joining {room} on {}: {other:?}", server.addr()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not admit joins within {timeout:?}",
+            server.addr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads presence until `client` has heard of `pid` (room-state or `user-joined`); panics on
+/// anything else or at `deadline`.
+async fn wait_heard_of(client: &mut Client, pid: &str, deadline: Instant, what: &str) {
+    let state = client.room_state.as_ref().expect("joined");
+    if ids(&state["payload"]["participants"])
+        .iter()
+        .any(|p| p == pid)
+    {
+        return;
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.next_event(left).await {
+            Event::Json(msg)
+                if msg["type"] == "user-joined" && msg["payload"]["participant_id"] == pid =>
+            {
+                return
+            }
+            Event::Json(msg) if msg["type"] == "user-joined" => {}
+            Event::Timeout => panic!("{what}: never heard of {pid}"),
+            other => panic!("{what}: waiting for user-joined {pid}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_right_after_redis_returns_empty_sees_who_was_already_there() {
+    // A TTL long enough to tell the two repairs apart: the re-registering instance must
+    // announce its members at its next heartbeat (every TTL/3 = 4 s); the reconciliation
+    // of missed events only runs after a full TTL (12 s) of working Redis commands.
+    const LONG_TTL: Duration = Duration::from_secs(12);
+    let mut redis = RedisProcess::start();
+    let servers: Vec<ServerProcess> = (0..3)
+        .map(|i| {
+            options(&redis, &format!("empty-{i}"))
+                .env("WEBRTC_ROOM_PRESENCE_TTL", LONG_TTL.as_secs().to_string())
+                .start()
+        })
+        .collect();
+    for s in &servers {
+        wait_ready(s, true, Duration::from_secs(15)).await;
+    }
+    let room = "came-back-empty";
+    let mut a = join(&servers[0], room, "alice", &mut []).await;
+
+    // Alice's instance is paused so it cannot re-register before bob joins: bob's
+    // room-state comes from an empty Redis (the reviewer hit this 0.24 s after a restart).
+    servers[0].signal(nix::sys::signal::Signal::SIGSTOP);
+    redis.restart_same_port();
+    let mut b = join_when_admitted(&servers[2], room, "bob", Duration::from_secs(10)).await;
+    assert_eq!(
+        ids(&b.room_state.as_ref().unwrap()["payload"]["participants"]),
+        vec![b.pid()],
+        "scenario: Redis forgot alice"
+    );
+    servers[0].signal(nix::sys::signal::Signal::SIGCONT);
+    let resumed = Instant::now();
+
+    // Bob hears of alice once her instance re-registers her (one heartbeat), long before a
+    // reconciliation could do it.
+    wait_heard_of(
+        &mut b,
+        &a.pid(),
+        resumed + Duration::from_secs(8),
+        "bob on the third instance",
+    )
+    .await;
+    // Alice's instance missed bob's user-joined (it was paused, its subscriber connection
+    // died with Redis): the reconciliation after resubscribing tells her.
+    wait_heard_of(
+        &mut a,
+        &b.pid(),
+        resumed + LONG_TTL * 2,
+        "alice on the first instance",
+    )
+    .await;
+    assert_pair_relays(&mut a, &mut b).await;
+    wait_participants(
+        &[&servers[0], &servers[1], &servers[2]],
+        room,
+        &[a.pid(), b.pid()],
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_missed_while_the_subscriber_was_wedged_is_reconciled() {
+    let redis = RedisProcess::start();
+    let proxy = RedisProxy::start(redis.port()).await;
+    // Alice's instance reaches Redis through a proxy that can wedge its subscriber; bob's
+    // and carol's instance talks to Redis directly.
+    let behind_proxy = ServerOptions::with_secret(SECRET)
+        .env("REDIS_URL", proxy.url())
+        .env("SWITCHBOARD_INSTANCE_ID", "wedge-a")
+        .env("WEBRTC_ROOM_PRESENCE_TTL", "6")
+        .start();
+    let direct = options(&redis, "direct-b")
+        .env("WEBRTC_ROOM_PRESENCE_TTL", "6")
+        .start();
+    wait_ready(&behind_proxy, true, Duration::from_secs(10)).await;
+    wait_ready(&direct, true, Duration::from_secs(10)).await;
+    let room = "gap";
+    let mut a = join(&behind_proxy, room, "alice", &mut []).await;
+    let b = join(&direct, room, "bob", &mut [&mut a]).await;
+    let bob = b.pid();
+
+    // While alice's instance hears nothing, bob leaves and carol joins: both events are
+    // published once and lost for alice's instance.
+    assert_eq!(proxy.freeze_subscribers(), 1);
+    b.close().await;
+    let mut c = Client::join(direct.addr(), room, &token("carol")).await;
+    assert_eq!(
+        ids(&c.room_state.as_ref().unwrap()["payload"]["participants"]),
+        {
+            let mut want = vec![a.pid(), c.pid()];
+            want.sort();
+            want
+        }
+    );
+    // The instance replaces its wedged subscriber and reconciles: alice learns both.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut left = None;
+    let mut joined = None;
+    while left.is_none() || joined.is_none() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match a.next_event(wait).await {
+            Event::Json(msg) if msg["type"] == "user-left" => left = Some(msg),
+            Event::Json(msg) if msg["type"] == "user-joined" => joined = Some(msg),
+            other => panic!("alice waiting for bob's leave and carol's join: {other:?}"),
+        }
+    }
+    let left = left.unwrap();
+    assert_eq!(left["payload"]["participant_id"], bob.as_str());
+    assert_eq!(left["payload"]["reason"], "closed");
+    assert_eq!(
+        joined.unwrap()["payload"]["participant_id"],
+        c.pid().as_str()
+    );
+    // No ghost: a targeted message to bob is refused out loud, not published into nothing.
+    a.send_msg("offer", Some(&bob), json!({"sdp": "to a ghost"}))
+        .await;
+    let err = a.recv_json().await;
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["payload"]["code"], "target_not_found");
+    assert_pair_relays(&mut a, &mut c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

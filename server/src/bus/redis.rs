@@ -23,7 +23,7 @@ mod scripts;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,14 @@ struct Inner {
     gate: RwLock<()>,
     /// Wakes the subscriber task to replace its connection.
     repair: Notify,
+    /// What this bus has told the hub about other instances' members, per subscribed room
+    /// (join results plus delivered joins minus leaves): the view reconciled with Redis.
+    remote: Mutex<HashMap<RoomId, HashMap<String, ParticipantInfo>>>,
+    /// Events may have been missed (subscriber gap, Redis outage): reconcile the hub's view
+    /// of remote members with Redis presence once presence has settled.
+    reconcile_pending: AtomicBool,
+    /// Wakes the subscriber task to run the reconciliation between two messages.
+    reconcile: Notify,
     join_script: Script,
     remove_instance_script: Script,
     sync_script: Script,
@@ -243,6 +251,9 @@ impl RedisBus {
             }),
             gate: RwLock::new(()),
             repair: Notify::new(),
+            remote: Mutex::new(HashMap::new()),
+            reconcile_pending: AtomicBool::new(false),
+            reconcile: Notify::new(),
             join_script: Script::new(scripts::JOIN),
             remove_instance_script: Script::new(scripts::REMOVE_INSTANCE),
             sync_script: Script::new(scripts::SYNC_INSTANCE),
@@ -281,6 +292,39 @@ impl Inner {
         self.keys.instance()
     }
 
+    fn remote(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<RoomId, HashMap<String, ParticipantInfo>>> {
+        self.remote.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands an event to the hub, keeping the record of remote members the hub was told about.
+    fn deliver(&self, event: RemoteEvent) {
+        match &event {
+            RemoteEvent::Joined {
+                room_id,
+                participant,
+            } if participant.instance_id != self.instance() => {
+                self.remote()
+                    .entry(room_id.clone())
+                    .or_default()
+                    .insert(participant.participant_id.clone(), participant.clone());
+            }
+            RemoteEvent::Left {
+                room_id,
+                participant,
+                ..
+            } => {
+                let mut remote = self.remote();
+                if let Some(members) = remote.get_mut(room_id) {
+                    members.remove(&participant.participant_id);
+                }
+            }
+            _ => {}
+        }
+        self.hub.deliver(event);
+    }
+
     /// Runs one Redis operation with the command timeout and records whether Redis works.
     async fn redis<T>(
         &self,
@@ -306,6 +350,8 @@ impl Inner {
                     // Whatever happened while we could not reach Redis, make presence whole.
                     self.local().needs_sync = true;
                     if after_failure {
+                        // Events published while we were cut off may be lost.
+                        self.reconcile_pending.store(true, Ordering::Relaxed);
                         metrics::reconnected("commands");
                         tracing::info!(instance = %self.instance(), "redis commands work again");
                     } else {
@@ -390,6 +436,7 @@ impl Inner {
             return;
         }
         subs.refs.remove(room);
+        self.remote().remove(room);
         if let Some(sink) = subs.sink.as_mut() {
             let channel = self.keys.room_channel(room);
             // A failure leaves a stale subscription whose messages find no local recipient;
@@ -453,7 +500,7 @@ impl Inner {
                 tracing::info!(instance = %self.instance(), "a past incarnation's participant was cleaned up by another instance");
             }
         }
-        self.hub.deliver(envelope.event);
+        self.deliver(envelope.event);
     }
 
     /// Makes Redis hold exactly this instance's live presence (after a Redis restart, an
@@ -544,21 +591,22 @@ impl Inner {
                 // Local participants heard about a leave of their own instance already; a
                 // past incarnation's participant is news to them too (our echo is dropped).
                 if pending.is_none() && snapshot.contains_key(room) {
-                    self.hub.deliver(event.clone());
+                    self.deliver(event.clone());
                 }
                 self.publish_event(room, &event).await?;
             }
-            if was_lost.is_some() {
-                for info in added
-                    .iter()
-                    .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
-                {
-                    let event = RemoteEvent::Joined {
-                        room_id: room.clone(),
-                        participant: info,
-                    };
-                    self.publish_event(room, &event).await?;
-                }
+            // Re-added records are news to whoever joined since Redis lost them (their
+            // room-state came from Redis without them) and to instances told we were lost;
+            // the others already know these members and ignore the repeat.
+            for info in added
+                .iter()
+                .filter_map(|j| serde_json::from_str::<ParticipantInfo>(j).ok())
+            {
+                let event = RemoteEvent::Joined {
+                    room_id: room.clone(),
+                    participant: info,
+                };
+                self.publish_event(room, &event).await?;
             }
             if !snapshot.contains_key(room) {
                 let mut conn = self.conn.clone();
@@ -579,6 +627,71 @@ impl Inner {
                 removed = removed_total,
                 was_declared_lost = was_lost.is_some(),
                 "presence re-synchronized with redis"
+            );
+        }
+        Ok(())
+    }
+
+    /// Compares what the hub was told about other instances' members of each subscribed room
+    /// with Redis presence and delivers the joins and leaves it missed (a subscriber gap loses
+    /// the events published meanwhile for good). Runs on the subscriber task between two
+    /// messages: an event published after a room's HVALS is handled after its differences, so
+    /// the two cannot cross (a leave read before a stale made-up join would leave a ghost).
+    async fn reconcile_remote(&self) -> Result<(), BusError> {
+        let rooms: Vec<RoomId> = self.subs.lock().await.refs.keys().cloned().collect();
+        let me = self.instance().to_owned();
+        let mut joined_total = 0usize;
+        let mut left_total = 0usize;
+        for room in rooms {
+            let mut conn = self.conn.clone();
+            let key = self.keys.room_participants(&room);
+            let values: Vec<String> = self
+                .redis("reconcile presence", async move { conn.hvals(key).await })
+                .await?;
+            let present: HashMap<String, ParticipantInfo> = parse_infos(&values)
+                .into_iter()
+                .filter(|p| p.instance_id != me)
+                .map(|p| (p.participant_id.clone(), p))
+                .collect();
+            let known = self.remote().get(&room).cloned().unwrap_or_default();
+            let (joined, gone) = remote_differences(&known, &present);
+            for participant in gone {
+                let mut conn = self.conn.clone();
+                let alive_key = self.keys.instance_alive(&participant.instance_id);
+                let alive: bool = self
+                    .redis(
+                        "check heartbeat",
+                        async move { conn.exists(alive_key).await },
+                    )
+                    .await?;
+                // A missed leave of a live instance was a plain leave; a dead instance's
+                // participants are what an instance_lost cleanup would have announced.
+                let reason = if alive {
+                    LeaveReason::Closed
+                } else {
+                    LeaveReason::InstanceLost
+                };
+                left_total += 1;
+                self.deliver(RemoteEvent::Left {
+                    room_id: room.clone(),
+                    participant,
+                    reason,
+                });
+            }
+            for participant in joined {
+                joined_total += 1;
+                self.deliver(RemoteEvent::Joined {
+                    room_id: room.clone(),
+                    participant,
+                });
+            }
+        }
+        if joined_total > 0 || left_total > 0 {
+            tracing::info!(
+                instance = %me,
+                joined = joined_total,
+                left = left_total,
+                "remote members reconciled with redis presence"
             );
         }
         Ok(())
@@ -697,7 +810,7 @@ impl Inner {
                 };
                 // Our own echo is ignored, so serve local participants directly.
                 if self.local().rooms.contains_key(&room) {
-                    self.hub.deliver(event.clone());
+                    self.deliver(event.clone());
                 }
                 self.publish_event(&room, &event).await?;
             }
@@ -778,6 +891,7 @@ async fn subscriber_task(inner: Arc<Inner>) {
             // Messages published while we were away are gone (at-most-once); presence is
             // re-checked so the room lists converge.
             inner.local().needs_sync = true;
+            inner.reconcile_pending.store(true, Ordering::Relaxed);
             metrics::reconnected("subscriber");
             tracing::info!(instance = %inner.instance(), "redis subscriber reconnected and resubscribed");
         }
@@ -796,6 +910,14 @@ async fn subscriber_task(inner: Arc<Inner>) {
                 () = inner.repair.notified() => {
                     tracing::warn!(instance = %inner.instance(), "replacing the redis subscriber connection");
                     break;
+                }
+                () = inner.reconcile.notified() => {
+                    if inner.reconcile_pending.swap(false, Ordering::Relaxed) {
+                        if let Err(e) = inner.reconcile_remote().await {
+                            tracing::debug!(error = %e, "remote member reconciliation failed; retrying");
+                            inner.reconcile_pending.store(true, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
         }
@@ -846,10 +968,34 @@ async fn heartbeat_task(inner: Arc<Inner>) {
         if !settled {
             continue;
         }
+        // Only once every live instance had a full TTL to re-register after an outage: a
+        // member missing from Redis before that may merely not be back yet.
+        if inner.reconcile_pending.load(Ordering::Relaxed) {
+            inner.reconcile.notify_one();
+        }
         if let Err(e) = inner.sweep().await {
             tracing::debug!(error = %e, "dead-instance sweep failed; retrying");
         }
     }
+}
+
+/// (members in Redis the hub was not told about, members the hub was told about that are no
+/// longer in Redis), each in a stable order.
+fn remote_differences(
+    known: &HashMap<String, ParticipantInfo>,
+    present: &HashMap<String, ParticipantInfo>,
+) -> (Vec<ParticipantInfo>, Vec<ParticipantInfo>) {
+    let joined = present
+        .iter()
+        .filter(|(id, _)| !known.contains_key(*id))
+        .map(|(_, p)| p.clone())
+        .collect();
+    let gone = known
+        .iter()
+        .filter(|(id, _)| !present.contains_key(*id))
+        .map(|(_, p)| p.clone())
+        .collect();
+    (sorted(joined), sorted(gone))
 }
 
 /// Whether `participant_id` is one of this instance's live local participants in `room`.
@@ -935,9 +1081,21 @@ impl Bus for RedisBus {
             let _ = self.leave(room, participant, LeaveReason::Closed).await;
             return Err(e);
         }
-        Ok(JoinOutcome::Joined {
-            participants: sorted(parse_infos(&values[1..])),
-        })
+        let participants = sorted(parse_infos(&values[1..]));
+        {
+            // The hub records exactly these other instances' members from the join result.
+            let mut remote = inner.remote();
+            let members = remote.entry(room.clone()).or_default();
+            for p in participants
+                .iter()
+                .filter(|p| p.instance_id != inner.instance())
+            {
+                members
+                    .entry(p.participant_id.clone())
+                    .or_insert_with(|| p.clone());
+            }
+        }
+        Ok(JoinOutcome::Joined { participants })
     }
 
     async fn leave(
@@ -1258,6 +1416,30 @@ mod tests {
             &RoomId::parse("other").unwrap(),
             "new"
         ));
+    }
+
+    #[test]
+    fn reconciliation_finds_missed_joins_and_leaves() {
+        let p = |id: &str| ParticipantInfo {
+            participant_id: id.into(),
+            user_id: id.into(),
+            username: id.into(),
+            joined_at: format!("2026-01-01T00:00:0{}.000Z", id.len()),
+            instance_id: "other".into(),
+        };
+        let map = |ids: &[&str]| -> HashMap<String, ParticipantInfo> {
+            ids.iter().map(|id| (id.to_string(), p(id))).collect()
+        };
+        let (joined, gone) = remote_differences(&map(&["a", "ghost"]), &map(&["a", "bb"]));
+        let ids = |v: &[ParticipantInfo]| {
+            v.iter()
+                .map(|p| p.participant_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&joined), ["bb"]);
+        assert_eq!(ids(&gone), ["ghost"]);
+        let (joined, gone) = remote_differences(&map(&["a"]), &map(&["a"]));
+        assert!(joined.is_empty() && gone.is_empty());
     }
 
     #[test]
