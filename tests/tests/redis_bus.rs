@@ -547,3 +547,53 @@ async fn after_a_partition_longer_than_the_ttl_nobody_is_declared_lost() {
     }
     assert_eq!(a.bus.participants(&r).await.unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_participants_still_registered_leaves_them_to_the_sweep() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "sb", "a", TTL).await;
+    let b = node(&redis, "sb", "b", TTL).await;
+    let r = room("stuck");
+    join(&a, &r, &participant("a1", "a"), 50).await;
+    join(&b, &r, &participant("b1", "b"), 50).await;
+    // The drain timed out: a1's session never left, yet the process shuts its bus down.
+    a.bus.shutdown().await;
+    // Its record is still there, so the rooms set and the instance entry must be too (or no
+    // sweeper would ever find the record again: a ghost seat forever)…
+    assert_eq!(
+        redis.command(&["SMEMBERS", "sb:instance:{a}:rooms"]),
+        switchboard_e2e::redis::Reply::Array(vec![switchboard_e2e::redis::Reply::Bulk(Some(
+            "stuck".into()
+        ))])
+    );
+    assert_eq!(
+        redis.command(&["SISMEMBER", "sb:instances", "a"]),
+        switchboard_e2e::redis::Reply::Integer(1)
+    );
+    // …and a live instance removes it as lost.
+    b.hub
+        .wait_for("a1 lost on b", TTL + Duration::from_secs(5), |ev| {
+            ev.iter().any(|e| matches!(e, RemoteEvent::Left { participant, reason: LeaveReason::InstanceLost, .. } if participant.participant_id == "a1"))
+        })
+        .await;
+    assert_eq!(
+        b.bus.participants(&r).await.unwrap(),
+        vec![participant("b1", "b")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_forgets_the_instance() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "sb", "a", TTL).await;
+    let r = room("clean");
+    let p = participant("a1", "a");
+    join(&a, &r, &p, 50).await;
+    a.bus.leave(&r, &p, LeaveReason::Draining).await.unwrap();
+    a.bus.shutdown().await;
+    assert_eq!(redis.keys("sb:instance:{a}:*"), Vec::<String>::new());
+    assert_eq!(
+        redis.command(&["SISMEMBER", "sb:instances", "a"]),
+        switchboard_e2e::redis::Reply::Integer(0)
+    );
+}

@@ -1006,6 +1006,14 @@ fn is_live_local(local: &Local, room: &RoomId, participant_id: &str) -> bool {
         .is_some_and(|members| members.contains_key(participant_id))
 }
 
+/// The instance may forget its rooms set and instance entry at shutdown: nothing it registered
+/// can still be in Redis (every participant left, every failed write was reconciled).
+fn may_deregister(local: &Local) -> bool {
+    local.rooms.values().all(HashMap::is_empty)
+        && local.dirty.is_empty()
+        && local.pending_left.is_empty()
+}
+
 fn sorted(mut participants: Vec<ParticipantInfo>) -> Vec<ParticipantInfo> {
     participants.sort_by(|a, b| {
         (a.joined_at.as_str(), a.participant_id.as_str())
@@ -1207,6 +1215,19 @@ impl Bus for RedisBus {
         let alive = inner.keys.instance_alive(&me);
         let rooms = inner.keys.instance_rooms(&me);
         let instances = inner.keys.instances();
+        if !may_deregister(&inner.local()) {
+            // A drain that timed out or a leave that failed left records behind. Without the
+            // rooms set and the instance entry no sweeper would ever find them (ghost seats):
+            // end the heartbeat instead, so a live instance removes them as instance_lost.
+            tracing::warn!(instance = %me, "participants still registered at shutdown; leaving their cleanup to another instance");
+            let _ = inner
+                .redis(
+                    "end heartbeat",
+                    async move { conn.del::<_, i64>(alive).await },
+                )
+                .await;
+            return;
+        }
         // Participants left one by one already; forget the instance itself.
         let _ = inner
             .redis("deregister instance", async move {
@@ -1440,6 +1461,32 @@ mod tests {
         assert_eq!(ids(&gone), ["ghost"]);
         let (joined, gone) = remote_differences(&map(&["a"]), &map(&["a"]));
         assert!(joined.is_empty() && gone.is_empty());
+    }
+
+    #[test]
+    fn shutdown_deregisters_only_without_registered_presence() {
+        let room = RoomId::parse("r").unwrap();
+        let mut local = Local::default();
+        assert!(may_deregister(&local));
+        local.rooms.entry(room.clone()).or_default();
+        assert!(may_deregister(&local), "an emptied room holds nothing");
+        local.rooms.get_mut(&room).unwrap().insert(
+            "p".into(),
+            ParticipantInfo {
+                participant_id: "p".into(),
+                user_id: "u".into(),
+                username: "u".into(),
+                joined_at: "2026-01-01T00:00:00.000Z".into(),
+                instance_id: "a".into(),
+            },
+        );
+        assert!(!may_deregister(&local), "a session still open");
+        let mut failed_leave = Local::default();
+        failed_leave.dirty.insert(room);
+        failed_leave
+            .pending_left
+            .insert("p".into(), LeaveReason::Closed);
+        assert!(!may_deregister(&failed_leave), "a leave Redis never saw");
     }
 
     #[test]
