@@ -17,7 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -96,12 +96,36 @@ pub fn backoff_delay(failures: u32) -> Duration {
 impl Backoff {
     /// Records one more failure and returns how long to wait.
     pub fn fail(&self, obj: &ObjectRef<SignalingCluster>) -> Duration {
+        self.record_failure(obj).1
+    }
+
+    /// Records one more failure: the consecutive failures so far (1 = this failure starts
+    /// the backoff) and how long to wait.
+    pub fn record_failure(&self, obj: &ObjectRef<SignalingCluster>) -> (u32, Duration) {
         let Ok(mut map) = self.failures.lock() else {
-            return BACKOFF_MAX;
+            return (u32::MAX, BACKOFF_MAX);
         };
         let n = map.entry(obj.clone()).or_insert(0);
         *n = n.saturating_add(1);
-        backoff_delay(*n)
+        (*n, backoff_delay(*n))
+    }
+
+    /// Drops the entry of a cluster that no longer exists (deleted while failing), so the map
+    /// does not grow with every cluster ever deleted mid-outage.
+    pub fn forget(&self, name: &str, namespace: Option<&str>) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.retain(|k, _| !(k.name == name && k.namespace.as_deref() == namespace));
+        }
+    }
+
+    /// Objects currently backing off.
+    pub fn len(&self) -> usize {
+        self.failures.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no object is backing off.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A success resets the object's backoff.
@@ -238,6 +262,7 @@ pub async fn run_controller(
         backoff: Backoff::default(),
         support,
     });
+    let backoff_ctx = ctx.clone();
     controller
         .graceful_shutdown_on(stop)
         .run(reconcile_measured, error_policy, ctx)
@@ -249,6 +274,9 @@ pub async fn run_controller(
                 Err(CtrlError::ReconcilerFailed(..)) => {}
                 // A cluster deleted while a retry was queued: expected.
                 Err(CtrlError::ObjectNotFound(obj)) => {
+                    backoff_ctx
+                        .backoff
+                        .forget(&obj.name, obj.namespace.as_deref());
                     tracing::debug!(object = %obj, "queued object is gone")
                 }
                 Err(CtrlError::QueueError(e)) => {
@@ -288,8 +316,27 @@ async fn reconcile_measured(sc: Arc<SignalingCluster>, ctx: Arc<Context>) -> Res
     result
 }
 
-fn error_policy(sc: Arc<SignalingCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff.fail(&ObjectRef::from_obj(sc.as_ref()));
+pub(crate) fn error_policy(sc: Arc<SignalingCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let (failures, delay) = ctx
+        .backoff
+        .record_failure(&ObjectRef::from_obj(sc.as_ref()));
+    if failures == 1 {
+        // One Warning per outage, when the backoff starts (not on every retry; a success
+        // resets the count). error_policy is synchronous: publish from a task.
+        let note = error.event_note();
+        let (sc, ctx) = (sc.clone(), ctx.clone());
+        tokio::spawn(async move {
+            reconcile::publish(
+                &ctx,
+                &sc,
+                EventType::Warning,
+                "ReconcileFailed",
+                note,
+                "Reconcile",
+            )
+            .await;
+        });
+    }
     tracing::warn!(
         cluster = %sc.name_any(),
         namespace = sc.namespace().as_deref().unwrap_or(""),
@@ -496,5 +543,25 @@ mod tests {
         assert_eq!(b.fail(&c), Duration::from_secs(1));
         b.reset(&a);
         assert_eq!(b.fail(&a), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn record_failure_counts_and_forget_prunes_deleted_clusters() {
+        let b = Backoff::default();
+        let a = ObjectRef::<SignalingCluster>::new("a").within("ns");
+        let other_ns = ObjectRef::<SignalingCluster>::new("a").within("other");
+        assert_eq!(b.record_failure(&a), (1, Duration::from_secs(1)));
+        assert_eq!(b.record_failure(&a), (2, Duration::from_secs(2)));
+        assert_eq!(b.record_failure(&other_ns), (1, Duration::from_secs(1)));
+        assert_eq!(b.len(), 2);
+        b.forget("a", Some("ns"));
+        assert_eq!(b.len(), 1);
+        assert_eq!(
+            b.record_failure(&other_ns).0,
+            2,
+            "another namespace's entry was dropped"
+        );
+        b.forget("a", Some("other"));
+        assert!(b.is_empty());
     }
 }

@@ -107,6 +107,24 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The note of the Warning event when a transient failure starts the backoff: the
+    /// bounded label and the object, never an API server's message (the logs have it).
+    pub fn event_note(&self) -> String {
+        let object = match self {
+            Self::Kube {
+                verb, kind, name, ..
+            } => format!(" ({verb} {kind} {name})"),
+            Self::Serialize { kind, name, .. } => format!(" (serializing {kind} {name})"),
+            _ => String::new(),
+        };
+        format!(
+            "reconcile failed: {}{object}; retrying with backoff (the operator's log has the details)",
+            self.metric_label()
+        )
+    }
+}
+
 fn kube_err(
     verb: &'static str,
     kind: &'static str,
@@ -284,7 +302,7 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
     Ok(buf)
 }
 
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     sc: &SignalingCluster,
     type_: EventType,

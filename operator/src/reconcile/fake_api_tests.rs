@@ -615,3 +615,52 @@ async fn a_second_user_error_while_config_valid_stays_false_gets_its_own_warning
     reconcile(&reread(&fake), &ctx).await.unwrap();
     assert_eq!(event_notes(&fake, "SecretNotFound").len(), 2);
 }
+
+/// Waits (bounded) for the events published by error_policy's task.
+async fn wait_for_events(fake: &FakeApi, reason: &str, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        if event_notes(fake, reason).len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    event_notes(fake, reason)
+}
+
+#[tokio::test]
+async fn a_transient_failure_emits_one_reconcile_failed_event_per_outage() {
+    let fake = FakeApi::default();
+    let ctx = Arc::new(context(&fake));
+    let sc = Arc::new(cluster(&fake, json!({})));
+    fake.fault(Method::PATCH, "/deployments/sc-server", 500, 3);
+    for _ in 0..3 {
+        let err = reconcile(&sc, &ctx).await.unwrap_err();
+        crate::controller::error_policy(sc.clone(), &err, ctx.clone());
+    }
+    let notes = wait_for_events(&fake, "ReconcileFailed", 1).await;
+    // Let any (wrong) further event tasks run before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        event_notes(&fake, "ReconcileFailed"),
+        vec!["reconcile failed: server_error (apply Deployment sc-server); retrying with backoff (the operator's log has the details)".to_owned()],
+        "{notes:#?}"
+    );
+    assert!(fake
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "ReconcileFailed")
+        .all(|e| e["type"] == "Warning"));
+
+    // A success ends the outage; the next failure starts a new one: a second event.
+    reconcile(&sc, &ctx).await.unwrap();
+    ctx.backoff
+        .reset(&kube::runtime::reflector::ObjectRef::from_obj(sc.as_ref()));
+    fake.fault(Method::PATCH, "/deployments/sc-server", 500, 1);
+    let mut changed = fake.get(SC_PATH).unwrap();
+    changed["spec"]["replicas"] = json!(4);
+    fake.put(SC_PATH, changed);
+    let sc = Arc::new(reread(&fake));
+    let err = reconcile(&sc, &ctx).await.unwrap_err();
+    crate::controller::error_policy(sc.clone(), &err, ctx.clone());
+    assert_eq!(wait_for_events(&fake, "ReconcileFailed", 2).await.len(), 2);
+}
