@@ -470,9 +470,14 @@ async fn update_status(
             map.entry(key).or_insert(Value::Null);
         }
     }
+    // Under the operator's field manager, so managedFields name it (not the client's agent).
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
     api.patch_status(
         &name,
-        &PatchParams::default(),
+        &params,
         &Patch::Merge(serde_json::json!({ "status": status })),
     )
     .await

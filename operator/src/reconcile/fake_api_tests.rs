@@ -29,6 +29,8 @@ struct State {
     rv: u64,
     /// Every request as "METHOD path".
     log: Vec<String>,
+    /// Every request as "METHOD path?query".
+    uris: Vec<String>,
     faults: Vec<Fault>,
 }
 
@@ -198,6 +200,11 @@ impl FakeApi {
             async move {
                 let (parts, body) = req.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
+                fake.0.lock().unwrap().uris.push(format!(
+                    "{} {}",
+                    parts.method,
+                    parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+                ));
                 let (code, value) = fake.handle(parts.method, parts.uri.path().to_owned(), bytes);
                 let resp = Response::builder()
                     .status(StatusCode::from_u16(code).unwrap())
@@ -663,4 +670,29 @@ async fn a_transient_failure_emits_one_reconcile_failed_event_per_outage() {
     let err = reconcile(&sc, &ctx).await.unwrap_err();
     crate::controller::error_policy(sc.clone(), &err, ctx.clone());
     assert_eq!(wait_for_events(&fake, "ReconcileFailed", 2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn every_write_names_the_operators_field_manager() {
+    let fake = FakeApi::default();
+    let ctx = context(&fake);
+    let sc = cluster(&fake, json!({}));
+    reconcile(&sc, &ctx).await.unwrap();
+    let uris = fake.0.lock().unwrap().uris.clone();
+    let writes: Vec<&String> = uris
+        .iter()
+        .filter(|u| !u.starts_with("GET ") && !u.contains("/events"))
+        .collect();
+    assert!(
+        writes
+            .iter()
+            .any(|u| u.starts_with(&format!("PATCH {SC_PATH}/status?"))),
+        "{writes:#?}"
+    );
+    for w in &writes {
+        assert!(
+            w.contains("fieldManager=switchboard-operator"),
+            "write without the operator's field manager: {w}"
+        );
+    }
 }
