@@ -417,6 +417,11 @@ notes_show_wait() {
     || { echo "NOTES.txt does not show 'kubectl wait --for=condition=Ready sigc/<name>':"; echo "$out" | sed -n '/NOTES:/,$p'; return 1; }
   grep -qF "kind: SignalingCluster" <<<"$out" \
     || { echo "NOTES.txt does not show a first SignalingCluster example"; return 1; }
+  # The example is `spec: {}`: no turnUrls, so no TURN secret is generated; never promise one.
+  if grep -qiF "TURN secrets" <<<"$out" || ! grep -qF "no TURN server" <<<"$out"; then
+    echo "NOTES.txt promises TURN secrets for spec: {} (or does not say it has no TURN server):"
+    echo "$out" | sed -n '/NOTES:/,$p'; return 1
+  fi
 }
 
 # The operator binary accepts exactly the args the chart renders (clap parses and validates
