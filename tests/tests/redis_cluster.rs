@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use switchboard_e2e::client::{assert_pair_relays, ws_path, Client, ConnectOptions, Event};
+use switchboard_e2e::client::{
+    assert_pair_relays, assert_relays, ws_path, Client, ConnectOptions, Event,
+};
 use switchboard_e2e::http;
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
@@ -176,8 +178,11 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
     assert_eq!(offer["sender_id"], a.pid().as_str());
     assert_eq!(offer["to"], c.pid().as_str());
     assert_eq!(offer["payload"]["sdp"], "v=0");
+    // Nothing reached b (remote) or d (local): a marker sent by a after the offer, through
+    // the same path, is the next thing each reads (a local pong could overtake a leak that
+    // comes in over Redis).
     for other in [&mut b, &mut d] {
-        other.assert_alive_and_idle().await;
+        assert_relays(&mut a, other).await;
     }
 
     // Broadcast from b (instance 1): every other participant exactly once, local and remote.
@@ -187,9 +192,10 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
         let msg = next_of(other, "chat-message", Duration::from_secs(5)).await;
         assert_eq!(msg["sender_id"], b.pid().as_str());
         assert_eq!(msg["to"], Value::Null);
-        other.assert_alive_and_idle().await;
+        assert_relays(&mut b, other).await;
     }
-    b.assert_alive_and_idle().await;
+    // No echo of its own broadcast came back to b over Redis before a later remote marker.
+    assert_relays(&mut a, &mut b).await;
 
     // Broadcast from a reaches its local neighbour d and the remote b and c, once each.
     a.send_msg("media-control", None, json!({"muted": true}))
@@ -197,7 +203,7 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
     for other in [&mut b, &mut c, &mut d] {
         let msg = next_of(other, "media-control", Duration::from_secs(5)).await;
         assert_eq!(msg["sender_id"], a.pid().as_str());
-        other.assert_alive_and_idle().await;
+        assert_relays(&mut a, other).await;
     }
 
     // A leave on instance 2 reaches everyone, and every instance forgets c.
@@ -267,7 +273,6 @@ async fn order_is_preserved_over_1000_messages_across_instances() {
             let msg = next_of(&mut receiver, "chat-message", Duration::from_secs(20)).await;
             got.push(msg["payload"]["n"].as_u64().unwrap_or(u64::MAX));
         }
-        receiver.assert_alive_and_idle().await;
         (got, receiver)
     });
     for n in 0..1000u64 {
@@ -275,14 +280,14 @@ async fn order_is_preserved_over_1000_messages_across_instances() {
             .send_msg("chat-message", Some(&to), json!({ "n": n }))
             .await;
     }
-    let (got, receiver) = tokio::time::timeout(Duration::from_secs(30), reader)
+    let (got, mut receiver) = tokio::time::timeout(Duration::from_secs(30), reader)
         .await
         .expect("1000 messages within 30 s")
         .expect("reader task");
     assert_eq!(got, (0..1000).collect::<Vec<u64>>());
-    // The receiver stays connected until the sender was checked (else: its user-left).
-    sender.assert_alive_and_idle().await;
-    drop(receiver);
+    // No duplicate for the receiver, no echo for the sender: a marker through Redis after
+    // the run is the next message each reads.
+    assert_pair_relays(&mut sender, &mut receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,9 +427,9 @@ async fn redis_restart_recovers_presence_and_relay_without_reconnects() {
         .await;
     let answer = next_of(&mut a, "answer", Duration::from_secs(5)).await;
     assert_eq!(answer["payload"]["sdp"], "ok");
-    // Nobody was told anyone left, nobody was disconnected.
-    a.assert_alive_and_idle().await;
-    b.assert_alive_and_idle().await;
+    // Nobody was told anyone left, nobody was disconnected: a marker through Redis is the
+    // next thing each reads.
+    assert_pair_relays(&mut a, &mut b).await;
 }
 
 /// Joins `user` on `server` as soon as the instance admits joins again (it refuses them with
@@ -651,27 +656,65 @@ async fn a_killed_subscriber_connection_is_repaired_by_the_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_prefixes_isolate_clusters_on_one_redis() {
     let redis = RedisProcess::start();
-    let one = options(&redis, "one-0")
-        .env("REDIS_KEY_PREFIX", "team-one")
-        .start();
-    let two = options(&redis, "two-0")
-        .env("REDIS_KEY_PREFIX", "team-two")
-        .start();
-    wait_ready(&one, true, Duration::from_secs(10)).await;
-    wait_ready(&two, true, Duration::from_secs(10)).await;
+    let start = |prefix: &str, instance: &str| {
+        options(&redis, instance)
+            .env("REDIS_KEY_PREFIX", prefix)
+            .start()
+    };
+    // Two clusters of two instances each: a participant on each instance, so every relay
+    // inside a cluster really goes through Redis (a local-only relay proves nothing).
+    let one = [start("team-one", "one-0"), start("team-one", "one-1")];
+    let two = [start("team-two", "two-0"), start("team-two", "two-1")];
+    for s in one.iter().chain(&two) {
+        wait_ready(s, true, Duration::from_secs(10)).await;
+    }
     let room = "same-name";
-    let mut a = Client::join(one.addr(), room, &token("alice")).await;
-    let mut b = Client::join(two.addr(), room, &token("bob")).await;
+    let mut a1 = join(&one[0], room, "alice", &mut []).await;
+    let mut a2 = join(&one[1], room, "alan", &mut [&mut a1]).await;
+    let mut b1 = join(&two[0], room, "bob", &mut []).await;
+    let mut b2 = join(&two[1], room, "bea", &mut [&mut b1]).await;
     assert_eq!(
-        b.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        a2.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        2
+    );
+    assert_eq!(
+        b1.room_state.as_ref().unwrap()["payload"]["participant_count"],
         1
     );
-    assert_eq!(participants(one.addr(), room).await, vec![a.pid()]);
-    assert_eq!(participants(two.addr(), room).await, vec![b.pid()]);
-    b.send_msg("chat-message", None, json!({"text": "anyone?"}))
+    assert_eq!(
+        b2.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        2
+    );
+    let mut team_one = vec![a1.pid(), a2.pid()];
+    team_one.sort();
+    let mut team_two = vec![b1.pid(), b2.pid()];
+    team_two.sort();
+    for s in &one {
+        assert_eq!(participants(s.addr(), room).await, team_one);
+    }
+    for s in &two {
+        assert_eq!(participants(s.addr(), room).await, team_two);
+    }
+
+    // Broadcasts and targeted messages cross instances inside each cluster.
+    b1.send_msg("chat-message", None, json!({"text": "team two only"}))
         .await;
-    a.assert_alive_and_idle().await;
-    b.assert_alive_and_idle().await;
+    let chat = next_of(&mut b2, "chat-message", Duration::from_secs(5)).await;
+    assert_eq!(chat["sender_id"], b1.pid().as_str());
+    b2.send_msg("offer", Some(&b1.pid()), json!({"sdp": "two"}))
+        .await;
+    let offer = next_of(&mut b1, "offer", Duration::from_secs(5)).await;
+    assert_eq!(offer["payload"]["sdp"], "two");
+    a1.send_msg("chat-message", None, json!({"text": "team one only"}))
+        .await;
+    let chat = next_of(&mut a2, "chat-message", Duration::from_secs(5)).await;
+    assert_eq!(chat["sender_id"], a1.pid().as_str());
+
+    // Nothing crossed: markers published after everything above, over the same subscriber
+    // connections, are the next thing every participant reads.
+    assert_pair_relays(&mut a1, &mut a2).await;
+    assert_pair_relays(&mut b1, &mut b2).await;
+
     let keys = redis.keys("*");
     assert!(keys.iter().any(|k| k.starts_with("team-one:")), "{keys:?}");
     assert!(keys.iter().any(|k| k.starts_with("team-two:")), "{keys:?}");
@@ -680,6 +723,17 @@ async fn key_prefixes_isolate_clusters_on_one_redis() {
             .all(|k| k.starts_with("team-one:") || k.starts_with("team-two:")),
         "every key carries its cluster's prefix: {keys:?}"
     );
+    // Channels too: each cluster's room channel has exactly its own two instances.
+    for prefix in ["team-one", "team-two"] {
+        let channel = format!("{prefix}:room:{{{room}}}:events");
+        assert_eq!(
+            redis.command(&["PUBSUB", "NUMSUB", &channel]),
+            switchboard_e2e::redis::Reply::Array(vec![
+                switchboard_e2e::redis::Reply::Bulk(Some(channel.clone())),
+                switchboard_e2e::redis::Reply::Integer(2),
+            ])
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,7 +772,7 @@ async fn a_wedged_subscriber_turns_readiness_false_and_is_replaced() {
         .await;
     let chat = next_of(&mut a, "chat-message", Duration::from_secs(5)).await;
     assert_eq!(chat["sender_id"], b.pid().as_str());
-    a.assert_alive_and_idle().await;
+    assert_pair_relays(&mut a, &mut b).await;
     let metrics = http::get(servers[0].addr(), "/metrics").await.text();
     assert!(
         metrics.lines().any(|l| l
