@@ -89,6 +89,16 @@ fn ids(list: &Value) -> Vec<String> {
     ids
 }
 
+/// The value of the sample named exactly `name` (with labels, if any) in an instance's
+/// `/metrics`; panics if it is missing.
+async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = http::get(addr, "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics of {addr}:\n{text}"))
+}
+
 /// Polls until every instance reports exactly `want` (sorted) in `room`.
 async fn wait_participants(
     servers: &[&ServerProcess],
@@ -321,9 +331,50 @@ async fn sigkill_of_an_instance_is_announced_as_instance_lost_within_ttl() {
                 .to_owned();
             assert!(lost.insert(pid.clone()), "user-left for {pid} twice");
         }
-        survivor.assert_alive_and_idle().await;
     }
     assert!(killed_at.elapsed() < bound);
+    // Exactly one survivor cleaned up, and its /metrics says so (the bus metrics are
+    // process-wide, so a process per instance is what tells them apart).
+    let survivors = [servers[0].addr(), servers[2].addr()];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut cleanups = 0.0;
+        for addr in survivors {
+            cleanups += metric(addr, "switchboard_bus_presence_cleanups_total").await;
+        }
+        if cleanups >= 1.0 {
+            assert_eq!(cleanups, 1.0, "one cleaner");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cleanup counted within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut publishes = 0.0;
+    for addr in survivors {
+        let cleaner = metric(addr, "switchboard_bus_presence_cleanups_total").await == 1.0;
+        let removed = metric(addr, "switchboard_bus_presence_cleanup_participants_total").await;
+        assert_eq!(removed, if cleaner { 2.0 } else { 0.0 }, "{addr}");
+        // Its participant's join, plus one user-left per removed participant if it cleaned.
+        let count = metric(addr, "switchboard_bus_publish_duration_seconds_count").await;
+        assert_eq!(count, 1.0 + removed, "publishes of {addr}");
+        let inf = metric(
+            addr,
+            "switchboard_bus_publish_duration_seconds_bucket{le=\"+Inf\"}",
+        )
+        .await;
+        assert_eq!(
+            inf, count,
+            "every publish lands in the +Inf bucket of {addr}"
+        );
+        assert!(
+            metric(addr, "switchboard_bus_publish_duration_seconds_sum").await > 0.0,
+            "publish latency summed on {addr}"
+        );
+        publishes += count;
+    }
+    assert_eq!(publishes, 4.0);
+    // Neither survivor got a duplicate user-left over Redis before a later marker.
+    assert_pair_relays(&mut a, &mut c).await;
     let alive = [a.pid(), c.pid()];
     wait_participants(
         &[&servers[0], &servers[2]],
