@@ -3,6 +3,7 @@
 //! in the library.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -76,6 +77,18 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Writes the CRD YAML for `crd`. A reader that closed the pipe early (`crd | head`) got
+/// what it wanted: that is success, not a panic. A CRD that cannot be serialized is an error
+/// (exit 1), never an empty success.
+fn write_crd(out: &mut impl Write, yaml: Result<String, serde_yaml::Error>) -> Result<(), String> {
+    let yaml = yaml.map_err(|e| format!("cannot serialize the CRD: {e}"))?;
+    match out.write_all(yaml.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("cannot write the CRD to stdout: {e}")),
     }
 }
 
@@ -192,8 +205,16 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
-            print!("{}", switchboard_operator::crd_yaml());
-            ExitCode::SUCCESS
+            match write_crd(
+                &mut std::io::stdout().lock(),
+                switchboard_operator::try_crd_yaml(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Run(args) => match run(args).await {
             Ok(code) => code,
@@ -261,6 +282,44 @@ mod tests {
             let argv = ["switchboard-operator", "run"].iter().chain(bad).copied();
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn crd_output_to_a_closed_pipe_is_success_and_a_failed_crd_is_an_error() {
+        struct Closed(std::io::ErrorKind);
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(self.0.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let yaml = || switchboard_operator::try_crd_yaml();
+        let mut out = Vec::new();
+        assert_eq!(write_crd(&mut out, yaml()), Ok(()));
+        assert_eq!(String::from_utf8(out).ok(), yaml().ok());
+        assert_eq!(
+            write_crd(&mut Closed(std::io::ErrorKind::BrokenPipe), yaml()),
+            Ok(())
+        );
+        let other = write_crd(&mut Closed(std::io::ErrorKind::PermissionDenied), yaml());
+        assert!(
+            other
+                .as_ref()
+                .is_err_and(|e| e.starts_with("cannot write the CRD to stdout")),
+            "{other:?}"
+        );
+        let broken = serde_yaml::from_str::<u32>("not a number").map(|_| String::new());
+        let mut out = Vec::new();
+        let failed = write_crd(&mut out, broken);
+        assert!(
+            failed
+                .as_ref()
+                .is_err_and(|e| e.starts_with("cannot serialize the CRD")),
+            "{failed:?}"
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
