@@ -822,6 +822,50 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     }
     step("CRD installed", t0);
 
+    // Pretty logs to a pipe (not a terminal) carry no ANSI colour codes.
+    let mut pretty = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-operator"))
+        .args([
+            "run",
+            "--metrics-addr=127.0.0.1:0",
+            "--leader-elect=false",
+            "--log-format=pretty",
+        ])
+        .env("KUBECONFIG", &rig.kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning switchboard-operator")?;
+    let mut pretty_err = pretty
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let mut logged = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&logged).contains("serving /metrics") {
+            let n = pretty_err.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            logged.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let _ = pretty.kill().await;
+    let logged = String::from_utf8_lossy(&logged).into_owned();
+    ensure!(
+        matches!(read, Ok(Ok(()))) && logged.contains("serving /metrics"),
+        "the operator logged no 'serving /metrics' line within 20 s: {logged}"
+    );
+    ensure!(
+        !logged.contains('\u{1b}'),
+        "pretty logs to a pipe contain ANSI escape codes: {logged:?}"
+    );
+    step("pretty logs to a pipe: no ANSI colour codes", t0);
+
     // 3. The chart's ServiceAccount + RBAC; two operators with the chart's args as that SA.
     let (sa, args) = install_chart_rbac(&admin, RELEASE, OPERATOR_NS, &[]).await?;
     let lease_name = args
