@@ -23,6 +23,27 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Every value of the `error` label: `reconcile::Error::metric_label()` plus the failures
+/// counted outside a reconcile (`watch`, `controller`). Registered at 0 on start, so
+/// `rate()` and alerts work before the first failure of each kind.
+pub const FAILURE_LABELS: &[&str] = &[
+    "conflict",
+    "forbidden",
+    "not_found",
+    "invalid",
+    "server_error",
+    "api_error",
+    "transport",
+    "serialize",
+    "build",
+    "render",
+    "random",
+    "no_namespace",
+    "not_owned",
+    "watch",
+    "controller",
+];
+
 /// All operator metrics, registered in one registry.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +76,11 @@ impl Metrics {
             "Reconciliations that failed, by error kind",
             failures.clone(),
         );
+        for label in FAILURE_LABELS {
+            failures.get_or_create(&ErrorLabels {
+                error: (*label).to_owned(),
+            });
+        }
         // 5 ms .. ~20 s: a reconcile is a handful of API round trips.
         let duration = Histogram::new([
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -192,6 +218,20 @@ mod tests {
             ),
             Some("switchboard_operator_reconcile_duration_seconds_bucket{le=\"0.025\"} 0")
         );
+    }
+
+    #[test]
+    fn every_failure_label_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for label in FAILURE_LABELS {
+            let series =
+                format!("switchboard_operator_reconcile_failures_total{{error=\"{label}\"}}");
+            assert_eq!(
+                line(&text, &series),
+                Some(format!("{series} 0").as_str()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -836,6 +836,58 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_label_is_registered_up_front() {
+        let api = |code: u16| Error::Kube {
+            verb: "get",
+            kind: "Secret",
+            name: "x".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("m", "r")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        };
+        let json_error = serde_json::from_str::<u32>("x").unwrap_err();
+        let yaml_error = serde_yaml::from_str::<u32>("x").unwrap_err();
+        let errors = vec![
+            api(409),
+            api(403),
+            api(404),
+            api(422),
+            api(500),
+            api(400),
+            Error::Kube {
+                verb: "get",
+                kind: "Secret",
+                name: "x".into(),
+                source: kube::Error::LinesCodecMaxLineLengthExceeded,
+            },
+            Error::Serialize {
+                kind: "Secret",
+                name: "x".into(),
+                source: json_error,
+            },
+            Error::Build(BuildError::MissingMetadata("uid")),
+            Error::Render(config::RenderError::from(yaml_error)),
+            Error::Random("x".into()),
+            Error::NoNamespace,
+            Error::NotOwned {
+                kind: "Deployment",
+                name: "x".into(),
+            },
+        ];
+        let labels: std::collections::BTreeSet<&str> =
+            errors.iter().map(Error::metric_label).collect();
+        assert_eq!(labels.len(), errors.len(), "two errors share a label");
+        for label in labels {
+            assert!(
+                crate::metrics::FAILURE_LABELS.contains(&label),
+                "{label} is not pre-registered"
+            );
+        }
+    }
+
+    #[test]
     fn a_new_config_error_while_config_valid_stays_false_is_a_transition() {
         let error = |reason: &str, message: &str| Condition {
             reason: reason.into(),
