@@ -21,9 +21,3 @@ use kube::CustomResourceExt;
 pub fn try_crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&api::SignalingCluster::crd())
 }
-
-/// [`try_crd_yaml`] for callers that cannot report an error; empty if serialization failed
-/// (it does not for a derived CRD). Prefer `try_crd_yaml`, which lets `crd` exit non-zero.
-pub fn crd_yaml() -> String {
-    try_crd_yaml().unwrap_or_default()
-}
