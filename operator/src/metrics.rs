@@ -77,9 +77,10 @@ impl Metrics {
             failures.clone(),
         );
         for label in FAILURE_LABELS {
-            failures.get_or_create(&ErrorLabels {
+            // The guard is dropped at once: creating the series is the point.
+            drop(failures.get_or_create(&ErrorLabels {
                 error: (*label).to_owned(),
-            });
+            }));
         }
         // 5 ms .. ~20 s: a reconcile is a handful of API round trips.
         let duration = Histogram::new([
