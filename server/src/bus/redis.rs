@@ -304,7 +304,11 @@ impl Inner {
             RemoteEvent::Joined {
                 room_id,
                 participant,
-            } if participant.instance_id != self.instance() => {
+            } if participant.instance_id != self.instance()
+                && self.local().rooms.contains_key(room_id) =>
+            {
+                // Only rooms with local participants: the hub ignores the others, and a
+                // stale subscription must not grow this record.
                 self.remote()
                     .entry(room_id.clone())
                     .or_default()
@@ -678,8 +682,11 @@ impl Inner {
                     reason,
                 });
             }
-            for participant in joined {
-                joined_total += 1;
+            joined_total += joined.len();
+            // Every member in Redis, not only those missing from our record: the hub ignores
+            // members it knows, and one whose join event it dropped (it arrived before the
+            // hub registered the room's first local participant) is added too.
+            for participant in sorted(present.into_values().collect()) {
                 self.deliver(RemoteEvent::Joined {
                     room_id: room.clone(),
                     participant,
