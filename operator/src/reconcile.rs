@@ -253,6 +253,35 @@ where
     Ok((after, outcome))
 }
 
+/// Applies `desired` when the spec asks for the object (noting the outcome under its kind),
+/// else deletes our object `name`; `kind_served` false skips the delete, since nothing of a
+/// kind the cluster does not serve can exist. Returns the live object when applied.
+async fn apply_or_delete<K>(
+    api: &Api<K>,
+    desired: Option<&K>,
+    name: &str,
+    owner_uid: &str,
+    kind_served: bool,
+    note: &mut impl FnMut(&str, String, Applied),
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    match desired {
+        Some(d) => {
+            let (live, a) = apply(api, d, owner_uid).await?;
+            note(kind_of::<K>(), d.name_any(), a);
+            Ok(Some(live))
+        }
+        None => {
+            if kind_served {
+                delete_owned(api, name, owner_uid).await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     // Kinds of k8s-openapi types are static strings already; `Resource::kind` returns a Cow.
     match K::kind(&()) {
@@ -583,36 +612,21 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
 
         let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
         let svc_api: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let redis_sts = match &children.redis_statefulset {
-            Some(d) => {
-                let (live, a) = apply(&sts_api, d, &uid).await?;
-                note("StatefulSet", d.name_any(), a);
-                Some(live)
-            }
-            None => {
-                delete_owned(&sts_api, &resources::names::redis(&name), &uid).await?;
-                None
-            }
-        };
-        match &children.redis_service {
-            Some(d) => {
-                let (_, a) = apply(&svc_api, d, &uid).await?;
-                note("Service", d.name_any(), a);
-            }
-            None => {
-                delete_owned(&svc_api, &resources::names::redis(&name), &uid).await?;
-            }
-        }
         let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-        match &children.network_policy {
-            Some(d) => {
-                let (_, a) = apply(&np_api, d, &uid).await?;
-                note("NetworkPolicy", d.name_any(), a);
-            }
-            None => {
-                delete_owned(&np_api, &resources::names::redis(&name), &uid).await?;
-            }
-        }
+        let redis = resources::names::redis(&name);
+        let redis_sts = apply_or_delete(
+            &sts_api,
+            children.redis_statefulset.as_ref(),
+            &redis,
+            &uid,
+            true,
+            &mut note,
+        )
+        .await?;
+        let redis_svc = children.redis_service.as_ref();
+        apply_or_delete(&svc_api, redis_svc, &redis, &uid, true, &mut note).await?;
+        let np = children.network_policy.as_ref();
+        apply_or_delete(&np_api, np, &redis, &uid, true, &mut note).await?;
 
         let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let (deployment, a) = apply(&deploy_api, &children.deployment, &uid).await?;
@@ -622,38 +636,15 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
 
         let server = resources::names::server(&name);
         let ing_api: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-        match &children.ingress {
-            Some(d) => {
-                let (_, a) = apply(&ing_api, d, &uid).await?;
-                note("Ingress", d.name_any(), a);
-            }
-            None => {
-                delete_owned(&ing_api, &server, &uid).await?;
-            }
-        }
+        let ingress = children.ingress.as_ref();
+        apply_or_delete(&ing_api, ingress, &server, &uid, true, &mut note).await?;
+        // Without autoscaling/v2 (policy/v1) nothing of that kind can exist to delete.
         let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
-        match &children.hpa {
-            Some(d) => {
-                let (_, a) = apply(&hpa_api, d, &uid).await?;
-                note("HorizontalPodAutoscaler", d.name_any(), a);
-            }
-            // Without autoscaling/v2 nothing of that kind can exist.
-            None if ctx.support.hpa_v2 => {
-                delete_owned(&hpa_api, &server, &uid).await?;
-            }
-            None => {}
-        }
+        let (hpa, hpa_v2) = (children.hpa.as_ref(), ctx.support.hpa_v2);
+        apply_or_delete(&hpa_api, hpa, &server, &uid, hpa_v2, &mut note).await?;
         let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-        match &children.pdb {
-            Some(d) => {
-                let (_, a) = apply(&pdb_api, d, &uid).await?;
-                note("PodDisruptionBudget", d.name_any(), a);
-            }
-            None if ctx.support.pdb_v1 => {
-                delete_owned(&pdb_api, &server, &uid).await?;
-            }
-            None => {}
-        }
+        let (pdb, pdb_v1) = (children.pdb.as_ref(), ctx.support.pdb_v1);
+        apply_or_delete(&pdb_api, pdb, &server, &uid, pdb_v1, &mut note).await?;
         Ok::<_, Error>((deployment, redis_sts, changed))
     }
     .await;
