@@ -212,6 +212,7 @@ const fn s(
     }
 }
 
+/// A list setting: like `s` but comma-separated in env vars and flags.
 const fn l(
     key: &'static str,
     env: &'static str,
@@ -219,11 +220,8 @@ const fn l(
     help: &'static str,
 ) -> Setting {
     Setting {
-        key,
-        env,
-        flag,
         list: true,
-        help,
+        ..s(key, env, flag, help)
     }
 }
 
