@@ -24,20 +24,39 @@ end
 return out
 "#;
 
+/// Lua shared by the two scripts that drop one instance's entries: removes from the
+/// participants hash `KEYS[1]` every entry whose info names instance `ARGV[1]` and whose
+/// participant id is not a key of `keep`; returns the removed info JSON values. A macro (not
+/// a const) because `concat!` takes literals only.
+macro_rules! remove_instance_fn {
+    () => {
+        r#"
+local function remove_instance(keep)
+  local removed = {}
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if not keep[all[i]] then
+      local ok, info = pcall(cjson.decode, all[i + 1])
+      if ok and type(info) == 'table' and info['instance_id'] == ARGV[1] then
+        redis.call('HDEL', KEYS[1], all[i])
+        removed[#removed + 1] = all[i + 1]
+      end
+    end
+  end
+  return removed
+end
+"#
+    };
+}
+
 /// Removes every participant of one instance from one room: `KEYS[1]` participants hash,
 /// `ARGV[1]` instance id. Returns the removed info JSON values (to announce `user-left`).
-pub const REMOVE_INSTANCE: &str = r#"
-local removed = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local ok, info = pcall(cjson.decode, all[i + 1])
-  if ok and type(info) == 'table' and info['instance_id'] == ARGV[1] then
-    redis.call('HDEL', KEYS[1], all[i])
-    removed[#removed + 1] = all[i + 1]
-  end
-end
-return removed
-"#;
+pub const REMOVE_INSTANCE: &str = concat!(
+    remove_instance_fn!(),
+    r#"
+return remove_instance({})
+"#
+);
 
 /// Makes one room's presence of one instance equal to its live local participants (after a
 /// Redis restart, an outage, or a lapsed heartbeat): `KEYS[1]` participants hash, `ARGV[1]`
@@ -45,22 +64,14 @@ return removed
 /// not live any more are removed (they left while Redis was unreachable); live ones are
 /// written. Returns `{added, removed}`, two lists of info JSON values. No capacity check: these
 /// participants were admitted already.
-pub const SYNC_INSTANCE: &str = r#"
+pub const SYNC_INSTANCE: &str = concat!(
+    remove_instance_fn!(),
+    r#"
 local live = {}
 for i = 2, #ARGV, 2 do
   live[ARGV[i]] = true
 end
-local removed = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  if not live[all[i]] then
-    local ok, info = pcall(cjson.decode, all[i + 1])
-    if ok and type(info) == 'table' and info['instance_id'] == ARGV[1] then
-      redis.call('HDEL', KEYS[1], all[i])
-      removed[#removed + 1] = all[i + 1]
-    end
-  end
-end
+local removed = remove_instance(live)
 local added = {}
 for i = 2, #ARGV, 2 do
   if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
@@ -68,4 +79,5 @@ for i = 2, #ARGV, 2 do
   end
 end
 return {added, removed}
-"#;
+"#
+);
