@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
 use serde_json::json;
+use switchboard_e2e::redis::RedisProcess;
 use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::config::{self, RenderedConfig};
 use switchboard_operator::resolve;
@@ -49,10 +50,6 @@ fn server_bin() -> Result<PathBuf> {
     Ok(candidate)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -60,38 +57,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A private redis-server on a free port (never the machine's shared one).
-fn start_redis(dir: &Path) -> Result<(Killed, u16)> {
-    let port = free_port()?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server (apt-get install redis-server)")?;
-    let guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            Instant::now() < deadline,
-            "redis-server did not listen on {port} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((guard, port))
 }
 
 fn secret(name: &str, key: &str, value: &str) -> Secret {
@@ -238,7 +203,8 @@ fn temp_dir(tag: &str) -> Result<PathBuf> {
 #[tokio::test]
 async fn rendered_config_with_external_redis_starts_a_ready_server() -> Result<()> {
     let dir = temp_dir("external")?;
-    let (_redis, redis_port) = start_redis(&dir)?;
+    let redis = RedisProcess::start();
+    let redis_port = redis.port();
     // Everything the renderer knows about, so every key reaches the server's parser.
     let sc = cluster(json!({
         "replicas": 2,
@@ -286,7 +252,8 @@ async fn rendered_config_with_external_redis_starts_a_ready_server() -> Result<(
 #[tokio::test]
 async fn rendered_config_with_an_rs256_public_key_starts() -> Result<()> {
     let dir = temp_dir("rs256")?;
-    let (_redis, redis_port) = start_redis(&dir)?;
+    let redis = RedisProcess::start();
+    let redis_port = redis.port();
     // A real RSA public key, made by openssl for this test.
     let key = dir.join("k.pem");
     let ok = Command::new("openssl")
