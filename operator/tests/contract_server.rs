@@ -21,7 +21,8 @@ use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::config::{self, RenderedConfig};
 use switchboard_operator::resolve;
 use switchboard_operator::resources::{self, GeneratedSecret};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 /// `switchboard-server` next to this test's target dir (`target/<profile>/deps/<test>` →
 /// `target/<profile>/switchboard-server`), or `SWITCHBOARD_SERVER_BIN`.
@@ -93,27 +94,6 @@ fn render(sc: &SignalingCluster, user: Vec<Secret>) -> Result<RenderedConfig> {
     Ok(config::render(sc, &resolved)?)
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP response: {out:?}"))?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
 /// Starts the server with the rendered files laid out as the pod mounts them (the mount dir
 /// replaced by a temp dir) and returns it with its address. Only `--listen` is overridden:
 /// the rendered `0.0.0.0:8080` would collide on a shared machine.
@@ -170,7 +150,7 @@ fn redact(yaml: &str) -> String {
 async fn wait_ready(addr: SocketAddr, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let last = http_get(addr, "/webrtc/health/ready").await;
+        let last = common::http::get(addr, "/webrtc/health/ready").await;
         if let Ok((200, _)) = last {
             return Ok(());
         }
@@ -237,13 +217,13 @@ async fn rendered_config_with_external_redis_starts_a_ready_server() -> Result<(
     wait_ready(addr, &log).await?;
 
     // The server runs with what the operator meant: Redis bus, auth enforced.
-    let (code, body) = http_get(addr, "/webrtc/health").await?;
+    let (code, body) = common::http::get(addr, "/webrtc/health").await?;
     ensure!(code == 200, "/webrtc/health: {code} {body}");
     ensure!(
         body.contains("redis"),
         "/webrtc/health does not report the Redis bus: {body}"
     );
-    let (code, body) = http_get(addr, "/webrtc/config").await?;
+    let (code, body) = common::http::get(addr, "/webrtc/config").await?;
     ensure!(code == 401, "/webrtc/config without a token: {code} {body}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

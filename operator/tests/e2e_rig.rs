@@ -28,7 +28,9 @@ use kube::{Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use switchboard_operator::api::SignalingCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
+
+mod common;
 
 const OPERATOR_NS: &str = "switchboard-system";
 const NS: &str = "e2e";
@@ -196,7 +198,7 @@ impl Operator {
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
-        let text = http_get(self.metrics, "/metrics").await.ok()?;
+        let (_, text) = common::http::get(self.metrics, "/metrics").await.ok()?;
         text.lines().find_map(|l| {
             l.strip_prefix(&format!("{name} "))
                 .and_then(|v| v.trim().parse().ok())
@@ -268,18 +270,6 @@ fn unique(p: PathBuf) -> PathBuf {
         }
         i += 1;
     }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await??;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
-    Ok(out)
 }
 
 /// Polls `f` every 250 ms until it returns `Some`, or fails after `limit` with what it saw last.
@@ -987,9 +977,7 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
         "follower reports leader=1"
     );
     ensure!(
-        http_get(ops[fi].metrics, "/readyz")
-            .await?
-            .starts_with("HTTP/1.1 200"),
+        common::http::get(ops[fi].metrics, "/readyz").await?.0 == 200,
         "follower is not ready"
     );
     step(&format!("{leader} leads and alone reconciles"), t0);
@@ -1141,10 +1129,10 @@ async fn scenario(rig: &Rig, ops: &mut Vec<Operator>, t0: Instant) -> Result<()>
     )?);
     let ri = ops.len() - 1;
     let standby_ready = eventually("the standby's /readyz", Duration::from_secs(15), || async {
-        Ok(http_get(ops[ri].metrics, "/readyz")
+        Ok(common::http::get(ops[ri].metrics, "/readyz")
             .await
             .ok()
-            .filter(|r| r.starts_with("HTTP/1.1 200")))
+            .filter(|(code, _)| *code == 200))
     });
     standby_ready.await?;
     // Two election rounds: a standby that wrongly took the Lease would have reconciled by now.

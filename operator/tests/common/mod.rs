@@ -10,6 +10,7 @@ use kube::core::ObjectMeta;
 use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::resources::{desired_generated_secret, generated_secrets_needed};
 
+pub mod http;
 pub mod openapi;
 
 pub const NAMESPACE: &str = "media";
