@@ -45,6 +45,18 @@ async fn assert_refused(
     assert_refused_at(server, &ws_path(ROOM, token), reason, b, c).await;
 }
 
+/// [`assert_refused`] for each `(token, reason)` in turn, the bystanders checked after each.
+async fn assert_all_refused(
+    server: &ServerProcess,
+    cases: &[(String, &str)],
+    b: &mut Client,
+    c: &mut Client,
+) {
+    for (token, reason) in cases {
+        assert_refused(server, token, reason, b, c).await;
+    }
+}
+
 fn hs_server() -> ServerProcess {
     ServerOptions::with_secret(SECRET).start()
 }
@@ -67,22 +79,22 @@ async fn missing_token_is_closed_1008_missing_token() {
 async fn bad_signatures_and_garbage_are_closed_invalid_token() {
     let server = hs_server();
     let (mut b, mut c) = bystanders(&server, ROOM, SECRET).await;
-    let other_secret = Claims::user("mallory").hs256("some-other-secret-0123456789");
-    assert_refused(&server, &other_secret, "invalid_token", &mut b, &mut c).await;
-    let tampered = tamper_signature(&Claims::user("mallory").hs256(SECRET));
-    assert_refused(&server, &tampered, "invalid_token", &mut b, &mut c).await;
-    assert_refused(&server, "not-a-jwt", "invalid_token", &mut b, &mut c).await;
     // exp is required.
     let mut no_exp = Claims::user("mallory");
     no_exp.exp = None;
-    assert_refused(
-        &server,
-        &no_exp.hs256(SECRET),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
+    let cases = [
+        (
+            Claims::user("mallory").hs256("some-other-secret-0123456789"),
+            "invalid_token",
+        ),
+        (
+            tamper_signature(&Claims::user("mallory").hs256(SECRET)),
+            "invalid_token",
+        ),
+        ("not-a-jwt".to_owned(), "invalid_token"),
+        (no_exp.hs256(SECRET), "invalid_token"),
+    ];
+    assert_all_refused(&server, &cases, &mut b, &mut c).await;
 }
 
 #[tokio::test]
@@ -91,23 +103,12 @@ async fn overlong_name_or_sub_is_closed_invalid_token() {
     let (mut b, mut c) = bystanders(&server, ROOM, SECRET).await;
     let mut long_name = Claims::user("mallory");
     long_name.name = Some("n".repeat(257));
-    assert_refused(
-        &server,
-        &long_name.hs256(SECRET),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
     let long_sub = Claims::user(&"s".repeat(257));
-    assert_refused(
-        &server,
-        &long_sub.hs256(SECRET),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
+    let cases = [
+        (long_name.hs256(SECRET), "invalid_token"),
+        (long_sub.hs256(SECRET), "invalid_token"),
+    ];
+    assert_all_refused(&server, &cases, &mut b, &mut c).await;
     // 256 characters are fine.
     let mut at_limit = Claims::user(&"s".repeat(256));
     at_limit.name = Some("n".repeat(256));
@@ -151,25 +152,16 @@ async fn rs256_server_refuses_hs256_signed_with_its_public_key() {
     let mut b = Client::join(server.addr(), ROOM, &Claims::user("bob").rs256()).await;
     let mut c = Client::join(server.addr(), ROOM, &Claims::user("carol").rs256()).await;
     b.expect_type("user-joined").await;
-    let confused = Claims::user("mallory").hs256_with_rsa_public_key();
-    assert_refused(&server, &confused, "invalid_token", &mut b, &mut c).await;
-    // A token with the right algorithm but another key (the EC key) is refused as well.
-    assert_refused(
-        &server,
-        &Claims::user("mallory").es256(),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
-    assert_refused(
-        &server,
-        &Claims::user("mallory").alg_none(),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
+    let cases = [
+        (
+            Claims::user("mallory").hs256_with_rsa_public_key(),
+            "invalid_token",
+        ),
+        // A token with the right algorithm but another key (the EC key) is refused as well.
+        (Claims::user("mallory").es256(), "invalid_token"),
+        (Claims::user("mallory").alg_none(), "invalid_token"),
+    ];
+    assert_all_refused(&server, &cases, &mut b, &mut c).await;
 }
 
 #[tokio::test]
@@ -182,22 +174,11 @@ async fn es256_server_accepts_es256_and_refuses_other_algorithms() {
     let mut b = Client::join(server.addr(), ROOM, &Claims::user("bob").es256()).await;
     let mut c = Client::join(server.addr(), ROOM, &Claims::user("carol").es256()).await;
     b.expect_type("user-joined").await;
-    assert_refused(
-        &server,
-        &Claims::user("mallory").rs256(),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
-    assert_refused(
-        &server,
-        &Claims::user("mallory").hs256("x"),
-        "invalid_token",
-        &mut b,
-        &mut c,
-    )
-    .await;
+    let cases = [
+        (Claims::user("mallory").rs256(), "invalid_token"),
+        (Claims::user("mallory").hs256("x"), "invalid_token"),
+    ];
+    assert_all_refused(&server, &cases, &mut b, &mut c).await;
 }
 
 #[tokio::test]
@@ -209,13 +190,17 @@ async fn wrong_audience_is_closed_invalid_audience() {
     let mut b = Client::join(server.addr(), ROOM, &good("bob")).await;
     let mut c = Client::join(server.addr(), ROOM, &good("carol")).await;
     b.expect_type("user-joined").await;
-    let wrong = Claims::user("mallory")
-        .audience("another-service")
-        .hs256(SECRET);
-    assert_refused(&server, &wrong, "invalid_audience", &mut b, &mut c).await;
-    // With an audience configured, a token without `aud` is refused the same way.
-    let missing = Claims::user("mallory").hs256(SECRET);
-    assert_refused(&server, &missing, "invalid_audience", &mut b, &mut c).await;
+    let cases = [
+        (
+            Claims::user("mallory")
+                .audience("another-service")
+                .hs256(SECRET),
+            "invalid_audience",
+        ),
+        // With an audience configured, a token without `aud` is refused the same way.
+        (Claims::user("mallory").hs256(SECRET), "invalid_audience"),
+    ];
+    assert_all_refused(&server, &cases, &mut b, &mut c).await;
 }
 
 #[tokio::test]
@@ -231,13 +216,17 @@ async fn wrong_issuer_is_closed_invalid_token() {
     let mut b = Client::join(server.addr(), ROOM, &good("bob")).await;
     let mut c = Client::join(server.addr(), ROOM, &good("carol")).await;
     b.expect_type("user-joined").await;
-    let wrong = Claims::user("mallory")
-        .issuer("https://evil.example")
-        .hs256(SECRET);
-    assert_refused(&server, &wrong, "invalid_token", &mut b, &mut c).await;
-    // With an issuer configured, a token without `iss` is refused.
-    let missing = Claims::user("mallory").hs256(SECRET);
-    assert_refused(&server, &missing, "invalid_token", &mut b, &mut c).await;
+    let cases = [
+        (
+            Claims::user("mallory")
+                .issuer("https://evil.example")
+                .hs256(SECRET),
+            "invalid_token",
+        ),
+        // With an issuer configured, a token without `iss` is refused.
+        (Claims::user("mallory").hs256(SECRET), "invalid_token"),
+    ];
+    assert_all_refused(&server, &cases, &mut b, &mut c).await;
 }
 
 #[tokio::test]
