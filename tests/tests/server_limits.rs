@@ -61,13 +61,8 @@ async fn others_see_leave_and_relay(clients: &mut [Client], leaver: &str, reason
     assert_pair_relays(&mut bob[0], &mut carol[0]).await;
 }
 
-#[tokio::test]
-async fn oversized_message_closes_1009_at_default_limit() {
-    let server = ServerOptions::with_secret(SECRET).start();
-    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
-    // Just under the 64 KiB default is relayed.
-    let (msg, text_len) = chat_of_size(65_000);
-    clients[0].send_text(&msg).await;
+/// Every client after the first (the sender) receives its chat message with the whole text.
+async fn others_receive_chat(clients: &mut [Client], text_len: usize) {
     for receiver in clients.iter_mut().skip(1) {
         let msg = receiver.recv_json().await;
         assert_eq!(msg["type"], "chat-message");
@@ -76,15 +71,31 @@ async fn oversized_message_closes_1009_at_default_limit() {
             Some(text_len)
         );
     }
-    let alice = clients[0].pid();
-    clients[0].send_text(&chat_of_size(65_537).0).await;
+}
+
+/// The first client has just sent more than the limit: it is closed 1009 `message_too_big`
+/// with nothing read before the close, and the others see it leave and still relay.
+async fn first_closed_too_big(clients: &mut [Client]) {
+    let sender = clients[0].pid();
     let (messages, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
     assert_eq!(close, (1009, "message_too_big".to_string()));
     assert!(
         messages.is_empty(),
         "nothing before the close: {messages:?}"
     );
-    others_see_leave_and_relay(&mut clients, &alice, None).await;
+    others_see_leave_and_relay(clients, &sender, None).await;
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009_at_default_limit() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
+    // Just under the 64 KiB default is relayed.
+    let (msg, text_len) = chat_of_size(65_000);
+    clients[0].send_text(&msg).await;
+    others_receive_chat(&mut clients, text_len).await;
+    clients[0].send_text(&chat_of_size(65_537).0).await;
+    first_closed_too_big(&mut clients).await;
 }
 
 #[tokio::test]
@@ -487,24 +498,10 @@ async fn fragmented_message_is_limited_by_its_total_size() {
     // Under the limit in three fragments: relayed as one message.
     let (small, text_len) = chat_of_size(3000);
     send_fragmented(&mut clients[0], &small, 3).await;
-    for receiver in clients.iter_mut().skip(1) {
-        let msg = receiver.recv_json().await;
-        assert_eq!(msg["type"], "chat-message");
-        assert_eq!(
-            msg["payload"]["text"].as_str().map(str::len),
-            Some(text_len)
-        );
-    }
+    others_receive_chat(&mut clients, text_len).await;
     // Every fragment is under the limit, the message is not.
-    let alice = clients[0].pid();
     send_fragmented(&mut clients[0], &chat_of_size(6000).0, 3).await;
-    let (messages, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
-    assert_eq!(close, (1009, "message_too_big".to_string()));
-    assert!(
-        messages.is_empty(),
-        "nothing before the close: {messages:?}"
-    );
-    others_see_leave_and_relay(&mut clients, &alice, None).await;
+    first_closed_too_big(&mut clients).await;
 }
 
 #[tokio::test]
@@ -513,13 +510,6 @@ async fn oversized_binary_frame_closes_1009() {
         .env("WEBRTC_MAX_MESSAGE_BYTES", "4096")
         .start();
     let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
-    let alice = clients[0].pid();
     clients[0].send(Message::binary(vec![7u8; 5000])).await;
-    let (messages, close) = clients[0].collect_until_close(Duration::from_secs(5)).await;
-    assert_eq!(close, (1009, "message_too_big".to_string()));
-    assert!(
-        messages.is_empty(),
-        "nothing before the close: {messages:?}"
-    );
-    others_see_leave_and_relay(&mut clients, &alice, None).await;
+    first_closed_too_big(&mut clients).await;
 }
