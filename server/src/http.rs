@@ -301,7 +301,7 @@ async fn participants(
     if !identity.may_join(&room) {
         return Err(AuthError::RoomForbidden.into());
     }
-    let list = state.bus.participants(&room).await.map_err(|e| {
+    let mut list = state.bus.participants(&room).await.map_err(|e| {
         tracing::warn!(error = %e, room = %room, "participants lookup failed");
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -309,6 +309,8 @@ async fn participants(
             message: "the participant list is temporarily unavailable",
         }
     })?;
+    // Same order as room-state, whatever order the bus keeps.
+    crate::room::sort_by_join(&mut list);
     let body = json!({
         "room_id": room,
         "participants": protocol::public_participants(&list),

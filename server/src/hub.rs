@@ -326,11 +326,7 @@ impl Hub {
         );
         let mut everyone: Vec<ParticipantInfo> =
             room.members.values().map(|m| m.info.clone()).collect();
-        // RFC 3339 UTC timestamps of equal precision sort chronologically.
-        everyone.sort_by(|a, b| {
-            (a.joined_at.as_str(), a.participant_id.as_str())
-                .cmp(&(b.joined_at.as_str(), b.participant_id.as_str()))
-        });
+        crate::room::sort_by_join(&mut everyone);
         // Still under the lock, so nothing can be queued ahead of room-state.
         outbox.push(
             protocol::encode_room_state(room_id.as_str(), me, &everyone),

@@ -79,6 +79,17 @@ pub struct ParticipantInfo {
     pub instance_id: String,
 }
 
+/// Puts a participant list in the one order every client-facing listing uses
+/// (room-state and the REST endpoint): by `joined_at`, then `participant_id`.
+/// RFC 3339 UTC timestamps of equal precision sort chronologically as strings.
+/// Bus implementations may return members in any order, so listings sort here.
+pub fn sort_by_join(list: &mut [ParticipantInfo]) {
+    list.sort_by(|a, b| {
+        (a.joined_at.as_str(), a.participant_id.as_str())
+            .cmp(&(b.joined_at.as_str(), b.participant_id.as_str()))
+    });
+}
+
 /// Why a participant left a room; sent as `payload.reason` of `user-left`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1022,10 +1022,7 @@ fn may_deregister(local: &Local) -> bool {
 }
 
 fn sorted(mut participants: Vec<ParticipantInfo>) -> Vec<ParticipantInfo> {
-    participants.sort_by(|a, b| {
-        (a.joined_at.as_str(), a.participant_id.as_str())
-            .cmp(&(b.joined_at.as_str(), b.participant_id.as_str()))
-    });
+    crate::room::sort_by_join(&mut participants);
     participants
 }
 
