@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::{SignalingCluster, SignalingClusterStatus};
+use crate::api::SignalingCluster;
 use crate::conditions::{self, DeploymentFacts, Facts, RedisFacts};
 use crate::config::{self, sha256_hex};
 use crate::controller::{ApiSupport, Backoff};
@@ -470,14 +470,16 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// Patches the status if it differs from the stored one, then publishes an Event for every
-/// condition whose status flipped (and only then).
+/// Computes the status from `facts` (against the stored one, at the current time), patches
+/// it if it differs, then publishes an Event for every condition whose status flipped (and
+/// only then). Every reconcile path ends here, so the status is derived in one place.
 async fn update_status(
     ctx: &Context,
     sc: &SignalingCluster,
     api: &Api<SignalingCluster>,
-    new: SignalingClusterStatus,
+    facts: &Facts,
 ) -> Result<(), Error> {
+    let new = conditions::compute_status(sc.status.as_ref(), facts, &now());
     let name = sc.name_any();
     if sc.status.as_ref() == Some(&new) {
         return Ok(());
@@ -566,13 +568,7 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
 
     if sc.spec.paused {
         let facts = facts(sc, true, None, None, None);
-        update_status(
-            ctx,
-            sc,
-            &clusters,
-            conditions::compute_status(sc.status.as_ref(), &facts, &now()),
-        )
-        .await?;
+        update_status(ctx, sc, &clusters, &facts).await?;
         // Unpausing is a spec change, which triggers the next reconcile.
         return Ok(Action::await_change());
     }
@@ -676,13 +672,7 @@ pub async fn reconcile(sc: &SignalingCluster, ctx: &Context) -> Result<Action, E
     }
 
     let facts = facts(sc, false, None, Some(&deployment), redis_sts.as_ref());
-    update_status(
-        ctx,
-        sc,
-        &clusters,
-        conditions::compute_status(sc.status.as_ref(), &facts, &now()),
-    )
-    .await?;
+    update_status(ctx, sc, &clusters, &facts).await?;
     Ok(Action::requeue(DRIFT_REQUEUE))
 }
 
@@ -707,13 +697,7 @@ async fn config_invalid(
         .await
         .map_err(kube_err("get", "StatefulSet", &name))?;
     let facts = facts(sc, false, Some(error), deployment.as_ref(), redis.as_ref());
-    update_status(
-        ctx,
-        sc,
-        clusters,
-        conditions::compute_status(sc.status.as_ref(), &facts, &now()),
-    )
-    .await?;
+    update_status(ctx, sc, clusters, &facts).await?;
     Ok(Action::requeue(CONFIG_ERROR_REQUEUE))
 }
 
