@@ -421,6 +421,18 @@ async fn yaml_config_file_is_used() {
     }
 }
 
+/// The layer that won serves its STUN URL to its token; the overridden layer's secret no
+/// longer verifies.
+async fn assert_winner(server: &ServerProcess, token: &str, stun: &str, overridden: &str) {
+    assert_eq!(stun_urls(server, token).await, vec![stun]);
+    assert_eq!(
+        get_bearer(server.addr(), "/webrtc/config", overridden)
+            .await
+            .status,
+        401
+    );
+}
+
 #[tokio::test]
 async fn flag_overrides_env_overrides_file() {
     let file = config_file(
@@ -441,43 +453,23 @@ async fn flag_overrides_env_overrides_file() {
     drop(server);
 
     // Env beats file.
-    let server = ServerOptions::new()
-        .arg("--config")
-        .arg(&path)
-        .env("WEBRTC_STUN_URLS", "stun:env.example:3478")
-        .env("JWT_SECRET", "e2e-env-secret-0123456789abcdefg")
-        .start();
-    assert_eq!(
-        stun_urls(&server, &env_token).await,
-        vec!["stun:env.example:3478"]
-    );
-    assert_eq!(
-        get_bearer(server.addr(), "/webrtc/config", &file_token)
-            .await
-            .status,
-        401
-    );
+    let file_and_env = || {
+        ServerOptions::new()
+            .arg("--config")
+            .arg(&path)
+            .env("WEBRTC_STUN_URLS", "stun:env.example:3478")
+            .env("JWT_SECRET", "e2e-env-secret-0123456789abcdefg")
+    };
+    let server = file_and_env().start();
+    assert_winner(&server, &env_token, "stun:env.example:3478", &file_token).await;
     drop(server);
 
     // Flag beats env.
-    let server = ServerOptions::new()
-        .arg("--config")
-        .arg(&path)
-        .env("WEBRTC_STUN_URLS", "stun:env.example:3478")
-        .env("JWT_SECRET", "e2e-env-secret-0123456789abcdefg")
+    let server = file_and_env()
         .args(["--stun-urls", "stun:flag.example:3478"])
         .args(["--jwt-secret", "e2e-flag-secret-0123456789abcdef"])
         .start();
-    assert_eq!(
-        stun_urls(&server, &flag_token).await,
-        vec!["stun:flag.example:3478"]
-    );
-    assert_eq!(
-        get_bearer(server.addr(), "/webrtc/config", &env_token)
-            .await
-            .status,
-        401
-    );
+    assert_winner(&server, &flag_token, "stun:flag.example:3478", &env_token).await;
     let mut refused = Client::connect(server.addr(), ROOM, &env_token).await;
     refused.expect_close(1008, "invalid_token").await;
 }
