@@ -451,21 +451,40 @@ fn docs_list_every_close_code_and_error_code() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn drain_removes_a_participant_whose_socket_is_stuck() {
+/// A session whose socket never drains; the client's channel ends are held so it never
+/// sees a closed socket either.
+struct StuckClient {
+    task: tokio::task::JoinHandle<Option<End>>,
+    _unread: mpsc::Receiver<Message>,
+    _to_server: mpsc::UnboundedSender<Result<Message, ReadError>>,
+}
+
+/// Alice joins normally; bob's socket takes one frame (room-state) and then blocks forever.
+/// Returns once alice has seen bob join.
+async fn alice_and_stuck_bob() -> (World, Client, StuckClient) {
     let w = World::new();
     let mut a = w.join("alice");
     a.joined().await;
-    // Bob's socket takes one frame (room-state) and then blocks forever.
-    let (to_client, _unread) = mpsc::channel::<Message>(0);
-    let (_to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
-    let bob = tokio::spawn(run(
+    let (to_client, unread) = mpsc::channel::<Message>(0);
+    let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+    let task = tokio::spawn(run(
         w.ctx("bob"),
         w.shutdown.guard().unwrap(),
         to_client,
         from_client,
     ));
     a.expect("user-joined").await;
+    let bob = StuckClient {
+        task,
+        _unread: unread,
+        _to_server: to_server,
+    };
+    (w, a, bob)
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_removes_a_participant_whose_socket_is_stuck() {
+    let (w, mut a, bob) = alice_and_stuck_bob().await;
     // Fill bob's socket so his writer is blocked when the drain starts.
     a.send(json!({"type":"chat-message","payload":1}));
     a.send(json!({"type":"chat-message","payload":2}));
@@ -473,7 +492,7 @@ async fn drain_removes_a_participant_whose_socket_is_stuck() {
     let shutdown = w.shutdown.clone();
     let hub = w.hub.clone();
     let drain = tokio::spawn(async move { shutdown.drain(&hub, Duration::ZERO).await });
-    assert_eq!(bob.await.unwrap(), Some(End::Draining));
+    assert_eq!(bob.task.await.unwrap(), Some(End::Draining));
     a.expect("reconnect").await;
     tokio::time::timeout(Duration::from_secs(60), drain)
         .await
@@ -492,19 +511,7 @@ async fn drain_removes_a_participant_whose_socket_is_stuck() {
 // remove it (it used to live in the writer's select and never ran).
 #[tokio::test(start_paused = true)]
 async fn keepalive_removes_a_peer_whose_socket_is_full() {
-    let w = World::new();
-    let mut a = w.join("alice");
-    a.joined().await;
-    // Bob's socket takes one frame (room-state) and then blocks forever.
-    let (to_client, _unread) = mpsc::channel::<Message>(0);
-    let (_to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
-    let bob = tokio::spawn(run(
-        w.ctx("bob"),
-        w.shutdown.guard().unwrap(),
-        to_client,
-        from_client,
-    ));
-    a.expect("user-joined").await;
+    let (_w, mut a, bob) = alice_and_stuck_bob().await;
     // Alice keeps answering pings so only bob is silent.
     let keepalive = {
         let tx = a.tx.clone();
@@ -524,7 +531,7 @@ async fn keepalive_removes_a_peer_whose_socket_is_full() {
     for n in 0..3 {
         a.send(json!({"type":"chat-message","payload":n}));
     }
-    let end = tokio::time::timeout(Duration::from_secs(120), bob)
+    let end = tokio::time::timeout(Duration::from_secs(120), bob.task)
         .await
         .expect("bob still in the room 120 s after he stopped reading")
         .unwrap();
