@@ -120,6 +120,27 @@ fn participant_names(browser: &Browser<'_>) -> Result<Vec<String>, String> {
         .map_err(|e| format!("{}: participant names {value}: {e}", browser.name()))
 }
 
+/// Opens the demo page (joining `ROOM` at once) in each browser with its token; a page that
+/// cannot be opened fails the test with diagnostics from `browsers`.
+fn open_autostarted(
+    pages: &[(&Browser<'_>, &str)],
+    browsers: &[&Browser<'_>],
+    server: &ServerProcess,
+    driver: &ChromeDriver,
+) {
+    for (browser, token) in pages {
+        let url = server.http_url(&format!("/?room={ROOM}&token={token}&autostart=1"));
+        if let Err(e) = browser.goto(&url) {
+            fail(
+                &format!("{}: cannot open the demo page: {e}", browser.name()),
+                browsers,
+                server,
+                driver,
+            );
+        }
+    }
+}
+
 /// `GET /webrtc/rooms/{room}/participants` as the server sees it.
 fn server_participant_count(server: &ServerProcess, token: &str) -> Result<u64, String> {
     let url = server.http_url(&format!("/webrtc/rooms/{ROOM}/participants"));
@@ -171,17 +192,8 @@ fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
         ),
     }
 
-    for (browser, token) in [(&alice, &alice_token), (&bob, &bob_token)] {
-        let url = server.http_url(&format!("/?room={ROOM}&token={token}&autostart=1"));
-        if let Err(e) = browser.goto(&url) {
-            fail(
-                &format!("{}: cannot open the demo page: {e}", browser.name()),
-                &both,
-                &server,
-                &driver,
-            );
-        }
-    }
+    let pages = [(&alice, alice_token.as_str()), (&bob, bob_token.as_str())];
+    open_autostarted(&pages, &both, &server, &driver);
 
     // Both reach `connected`: joined the room and one data channel open.
     for browser in both {
@@ -448,17 +460,8 @@ fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
     let both = [&alice, &bob];
 
     let mut before = Vec::new();
-    for (browser, token) in [(&alice, &alice_token), (&bob, &bob_token)] {
-        let url = old_server.http_url(&format!("/?room={ROOM}&token={token}&autostart=1"));
-        if let Err(e) = browser.goto(&url) {
-            fail(
-                &format!("{}: cannot open the demo page: {e}", browser.name()),
-                &both,
-                &old_server,
-                &driver,
-            );
-        }
-    }
+    let pages = [(&alice, alice_token.as_str()), (&bob, bob_token.as_str())];
+    open_autostarted(&pages, &both, &old_server, &driver);
     for browser in both {
         if let Err(e) = browser.wait_for(
             "connected before the drain",
