@@ -7,6 +7,8 @@ pub mod conditions;
 pub mod config;
 pub mod resolve;
 pub mod resources;
+#[cfg(test)]
+mod test_support;
 // runtime (operator-runtime)
 pub mod controller;
 pub mod http;

@@ -1,21 +1,10 @@
-use kube::core::ObjectMeta;
-
 use super::*;
 use crate::api::{
-    AuthSpec, BundlePolicy, IceTransportPolicy, JwtAlgorithm, RtcpMuxPolicy, SignalingCluster,
-    SignalingClusterSpec,
+    AuthSpec, BundlePolicy, IceTransportPolicy, JwtAlgorithm, RtcpMuxPolicy, SignalingClusterSpec,
 };
 use crate::resolve::{JwtKey, Resolved};
 
-fn cluster(spec: SignalingClusterSpec) -> SignalingCluster {
-    let mut sc = SignalingCluster::new("demo", spec);
-    sc.metadata = ObjectMeta {
-        name: Some("demo".into()),
-        namespace: Some("x".into()),
-        ..ObjectMeta::default()
-    };
-    sc
-}
+use crate::test_support::demo_cluster as cluster;
 
 fn resolved() -> Resolved {
     Resolved {

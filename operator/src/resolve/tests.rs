@@ -6,20 +6,10 @@ use kube::core::ObjectMeta;
 
 use super::*;
 use crate::api::{
-    AuthSpec, ExternalRedisSpec, JwtAlgorithm, RedisSpec, SecretKeyRef, SignalingCluster,
-    SignalingClusterSpec,
+    AuthSpec, ExternalRedisSpec, JwtAlgorithm, RedisSpec, SecretKeyRef, SignalingClusterSpec,
 };
 
-fn cluster(spec: SignalingClusterSpec) -> SignalingCluster {
-    let mut sc = SignalingCluster::new("demo", spec);
-    sc.metadata = ObjectMeta {
-        name: Some("demo".into()),
-        namespace: Some("x".into()),
-        uid: Some("uid-1".into()),
-        ..ObjectMeta::default()
-    };
-    sc
-}
+use crate::test_support::demo_cluster as cluster;
 
 fn secret(name: &str, pairs: &[(&str, &[u8])]) -> (String, Secret) {
     let data = pairs
