@@ -1,0 +1,256 @@
+//! Builds the typed [`Config`] from a [`Reader`]: reads every setting
+//! constant and checks the rules that span settings (a JWT key that matches
+//! the algorithm, `relay` needs a TURN URL, drain timeout covers the delay).
+
+use rand::Rng;
+
+use super::reader::{Reader, SecretSetting};
+use super::settings::*;
+use super::{
+    Config, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig, RoomsConfig, Secret,
+    ShutdownConfig,
+};
+
+/// The shortest HS256 secret accepted outside `--dev`: RFC 7518 3.2 wants a
+/// key at least as long as the hash output (256 bits); a shorter one can be
+/// brute-forced from any token.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
+    let listen = r.get(&LISTEN);
+    let log_format = r.get(&LOG_FORMAT);
+    let instance_id = r.opt(&INSTANCE_ID).unwrap_or_else(default_instance_id);
+    let jwt = build_jwt(r, dev);
+    let ice = build_ice(r);
+    let rooms = RoomsConfig {
+        max_participants: r.get(&MAX_PARTICIPANTS),
+        presence_ttl: r.get(&PRESENCE_TTL),
+    };
+    let limits = Limits {
+        max_message_bytes: r.get(&MAX_MESSAGE_BYTES),
+        rate_limit_per_second: r.get(&RATE_LIMIT_PER_SECOND),
+        rate_limit_burst: r.get(&RATE_LIMIT_BURST),
+        outbound_queue_messages: r.get(&OUTBOUND_QUEUE_MESSAGES),
+        outbound_queue_bytes: r.get(&OUTBOUND_QUEUE_BYTES),
+        ping_interval: r.get(&PING_INTERVAL),
+        ping_timeout: r.get(&PING_TIMEOUT),
+    };
+    let allowed_origins = r.opt(&ALLOWED_ORIGINS).flatten();
+    let redis = build_redis(r, dev);
+    let shutdown = ShutdownConfig {
+        drain_delay: r.get(&DRAIN_DELAY),
+        drain_window: r.get(&DRAIN_WINDOW),
+        drain_timeout: r.get(&DRAIN_TIMEOUT),
+    };
+    if shutdown.drain_timeout < shutdown.drain_delay {
+        // The hard exit would come before any client was told to reconnect.
+        r.err(
+            &DRAIN_TIMEOUT.meta,
+            format!(
+                "must be at least {} ({} ms), or the process exits before telling clients to reconnect",
+                DRAIN_DELAY.meta.key,
+                shutdown.drain_delay.as_millis()
+            ),
+        );
+    }
+    Config {
+        listen,
+        log_format,
+        instance_id,
+        dev,
+        jwt,
+        ice,
+        rooms,
+        limits,
+        allowed_origins,
+        redis,
+        shutdown,
+    }
+}
+
+/// A random instance id suffix keeps two pods with the same hostname apart.
+fn default_instance_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || *c == '_')
+        .collect();
+    let host = if host.is_empty() {
+        "switchboard".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{:06x}", rand::rng().random_range(0..0x100_0000u32))
+}
+
+/// A fresh random HS256 secret for `--dev`.
+pub fn random_secret() -> Secret {
+    let bytes: [u8; 32] = rand::rng().random();
+    Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn build_redis(r: &mut Reader<'_>, dev: bool) -> RedisConfig {
+    let url = r.secret(&REDIS_URL, &REDIS_URL_FILE);
+    if let Some(url) = &url {
+        let u = url.expose();
+        // Never echo the URL: it may carry a password.
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            r.err(&REDIS_URL.meta, "expected a redis:// or rediss:// URL");
+        } else if redis::Client::open(u).is_err() {
+            // Parsing only; no connection is made here.
+            r.err(
+                &REDIS_URL.meta,
+                "not a valid Redis URL (check host, port and database)",
+            );
+        }
+    }
+    RedisConfig {
+        // --dev always uses the in-process bus.
+        url: if dev { None } else { url },
+        key_prefix: r.get(&REDIS_KEY_PREFIX),
+    }
+}
+
+fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
+    let algorithm = r.get(&JWT_ALGORITHM);
+    let secret = r.sourced_secret(&JWT_SECRET, &JWT_SECRET_FILE);
+    let public_key_path = r.opt(&JWT_PUBLIC_KEY_FILE);
+    let issuer = r.opt(&JWT_ISSUER);
+    let audience = r.opt(&JWT_AUDIENCE);
+    if dev {
+        // --dev pins HS256 with a secret nobody else knows; the token printed
+        // at start-up is the way in.
+        return JwtConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            key: JwtKey::Secret(random_secret()),
+            issuer,
+            audience,
+        };
+    }
+    let key = match algorithm {
+        JwtAlgorithm::Hs256 => {
+            if public_key_path.is_some() {
+                r.err(&JWT_PUBLIC_KEY_FILE.meta, "only used with jwt.algorithm RS256 or ES256; HS256 needs jwt.secret or jwt.secret_file");
+            }
+            hs256_key(r, secret)
+        }
+        JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+            if matches!(secret, SecretSetting::Set(..)) {
+                r.err(
+                    &JWT_SECRET.meta,
+                    format!(
+                        "not used with jwt.algorithm {}; set jwt.public_key_file",
+                        algorithm.as_str()
+                    ),
+                );
+            }
+            public_key(r, algorithm, public_key_path)
+        }
+    };
+    JwtConfig {
+        algorithm,
+        key,
+        issuer,
+        audience,
+    }
+}
+
+/// Stands in for a key that failed; its error is already recorded.
+fn placeholder() -> JwtKey {
+    JwtKey::Secret(Secret::new(String::new()))
+}
+
+fn hs256_key(r: &mut Reader<'_>, secret: SecretSetting) -> JwtKey {
+    match secret {
+        SecretSetting::Set(s, from) => {
+            let len = s.expose().len();
+            if len < MIN_HS256_SECRET_BYTES {
+                // The length only: never the secret itself.
+                r.err(
+                    &from,
+                    format!(
+                        "HS256 secret too short ({len} bytes): use at least {MIN_HS256_SECRET_BYTES} random bytes, e.g. `openssl rand -base64 48`"
+                    ),
+                );
+            }
+            JwtKey::Secret(s)
+        }
+        SecretSetting::Failed => placeholder(),
+        SecretSetting::Unset => {
+            r.err(&JWT_SECRET.meta, "no JWT key configured: set jwt.secret (JWT_SECRET) or jwt.secret_file (JWT_SECRET_FILE), or jwt.algorithm RS256/ES256 with jwt.public_key_file; or run with --dev");
+            placeholder()
+        }
+    }
+}
+
+fn public_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: Option<String>) -> JwtKey {
+    let setting = &JWT_PUBLIC_KEY_FILE.meta;
+    let Some(path) = path else {
+        r.err(
+            setting,
+            format!(
+                "no JWT key configured: jwt.algorithm {} needs a PEM public key file",
+                algorithm.as_str()
+            ),
+        );
+        return placeholder();
+    };
+    let pem = match r.files.read(&path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            r.err(setting, format!("cannot read {path}: {e}"));
+            return placeholder();
+        }
+    };
+    let parsed = match algorithm {
+        JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map(|_| ()),
+        _ => jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).map(|_| ()),
+    };
+    if parsed.is_ok() {
+        return JwtKey::PublicKeyPem(pem);
+    }
+    let kind = if algorithm == JwtAlgorithm::Rs256 {
+        "an RSA"
+    } else {
+        "an EC P-256"
+    };
+    r.err(
+        setting,
+        format!("{path} is not {kind} public key in PEM format"),
+    );
+    placeholder()
+}
+
+fn build_ice(r: &mut Reader<'_>) -> IceConfig {
+    let stun_urls = r.get(&STUN_URLS);
+    let turn_urls = r.get(&TURN_URLS);
+    let turn_username = r.opt(&TURN_USERNAME);
+    let turn_credential = r.opt(&TURN_CREDENTIAL);
+    let turn_secret = r.secret(&TURN_SECRET, &TURN_SECRET_FILE);
+    if turn_username.is_some() != turn_credential.is_some() {
+        r.err(
+            &TURN_CREDENTIAL.meta,
+            "ice.turn_username and ice.turn_credential must be set together",
+        );
+    }
+    let turn_credential_ttl = r.get(&TURN_CREDENTIAL_TTL);
+    let ice_transport_policy = r.get(&ICE_TRANSPORT_POLICY);
+    if ice_transport_policy == "relay" && turn_urls.is_empty() {
+        // Browsers would gather no candidate at all: every call would fail.
+        r.err(
+            &ICE_TRANSPORT_POLICY.meta,
+            "relay needs at least one TURN URL in ice.turn_urls (WEBRTC_TURN_URLS); without one no peer connection can be made",
+        );
+    }
+    IceConfig {
+        stun_urls,
+        turn_urls,
+        turn_username,
+        turn_credential,
+        turn_secret,
+        turn_credential_ttl,
+        ice_transport_policy: ice_transport_policy.to_owned(),
+        bundle_policy: r.get(&BUNDLE_POLICY).to_owned(),
+        rtcp_mux_policy: r.get(&RTCP_MUX_POLICY).to_owned(),
+    }
+}

@@ -1,0 +1,294 @@
+//! Typed settings from CLI flags, environment variables and a YAML file
+//! (precedence in that order, then defaults). Every problem is collected and
+//! reported at once, one line per setting; nothing here starts the server.
+//! Inputs come through the small [`Env`] and [`Files`] traits so tests pass
+//! maps instead of touching the process environment.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `settings.rs` | the table: one typed constant per setting (YAML key, env var, flag, default, parser, help) |
+//! | `values.rs` | the value parsers the table uses (pure: text in, value or message out) |
+//! | `sources.rs` | [`Env`], [`Files`], the YAML file, and which source wins |
+//! | `cli.rs` | the command line (clap): `--dev`, `--config`, one flag per setting, `--help`, `--version` |
+//! | `reader.rs` | typed reads of a setting constant, recording every error |
+//! | `build.rs` | [`Config`] from the reader, and the rules that span settings |
+//!
+//! # Adding a setting
+//!
+//! 1. Add one constant to the `settings!` block in `settings.rs`, where it
+//!    belongs in the documentation order:
+//!    ```ignore
+//!    MAX_ROOMS: Setting<usize> = Setting::new(
+//!        "rooms.max_rooms", "WEBRTC_MAX_ROOMS", "--max-rooms", "1000",
+//!        Parse::Text(|v| at_least(v, 1)), "rooms per instance");
+//!    ```
+//!    `Setting<T>` always has a value (the default is text in the env var's
+//!    syntax, parsed by the same parser; `--help` shows it); `Optional<T>`
+//!    may stay unset (`None`) and its fourth argument says what unset means.
+//!    Parsers: `Parse::Text(fn(&str) -> Result<T, String>)` (trimmed, empty =
+//!    unset), `Parse::List(fn(Vec<String>) -> Result<T, String>)`
+//!    (comma-separated in env/flags, a YAML sequence), `Parse::OneOf(&[("word",
+//!    value), ..])`. Reusable parsers live in `values.rs`; an `Err` is the text
+//!    after the setting's name (`expected an integer >= 1, got "0"`) and never
+//!    echoes a secret. That one constant gives the YAML key (a dotted key is a
+//!    section: `rooms.max_rooms` is `rooms: {max_rooms: ..}`), the env var, the
+//!    flag and its `--help` line.
+//! 2. Add the typed field to its struct below and read it in `build.rs`:
+//!    `max_rooms: r.get(&MAX_ROOMS)` (`r.opt(&X)` for an `Optional`,
+//!    `r.secret(&X, &X_FILE)` for a secret with a `_file` twin). A rule that
+//!    spans settings goes there too: `r.err(&X.meta, "...")` records it.
+//! 3. Add its row to the settings table in docs/configuration.md (YAML key,
+//!    env var, flag, default, meaning); a test fails until the row exists and
+//!    names the same env var, flag and default.
+//!
+//! A misspelt constant does not compile; an unknown YAML key or flag is a
+//! configuration error.
+
+mod build;
+mod cli;
+mod reader;
+mod settings;
+mod sources;
+mod values;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use build::{random_secret, MIN_HS256_SECRET_BYTES};
+pub use cli::usage;
+pub use settings::{DefaultText, Meta, SETTINGS};
+pub use sources::{Env, Files, ProcessEnv, RealFiles};
+
+/// Exit code for bad configuration (EX_CONFIG from sysexits.h).
+pub const EXIT_CONFIG: i32 = 78;
+
+const CONFIG_FLAG: &str = "--config";
+const CONFIG_ENV: &str = "SWITCHBOARD_CONFIG";
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    Es256,
+}
+
+impl JwtAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Hs256 => "HS256",
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Es256 => "ES256",
+        }
+    }
+}
+
+/// The key tokens are verified with; its kind always matches the algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// HS256 shared secret.
+    Secret(Secret),
+    /// RS256/ES256 public key, PEM text (validated at load time).
+    PublicKeyPem(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    pub algorithm: JwtAlgorithm,
+    pub key: JwtKey,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceConfig {
+    pub stun_urls: Vec<String>,
+    pub turn_urls: Vec<String>,
+    /// Static TURN credentials (used when no TURN secret is set).
+    pub turn_username: Option<String>,
+    pub turn_credential: Option<Secret>,
+    /// coturn REST API shared secret (`use-auth-secret`).
+    pub turn_secret: Option<Secret>,
+    pub turn_credential_ttl: Duration,
+    pub ice_transport_policy: String,
+    pub bundle_policy: String,
+    pub rtcp_mux_policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomsConfig {
+    pub max_participants: usize,
+    pub presence_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub outbound_queue_messages: usize,
+    pub outbound_queue_bytes: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL, possibly with a password: a secret.
+    pub url: Option<Secret>,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    pub drain_delay: Duration,
+    pub drain_window: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// The complete, validated server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub instance_id: String,
+    /// `--dev`: in-process bus and a random HS256 secret.
+    pub dev: bool,
+    pub jwt: JwtConfig,
+    pub ice: IceConfig,
+    pub rooms: RoomsConfig,
+    pub limits: Limits,
+    /// `None` = any origin.
+    pub allowed_origins: Option<Vec<String>>,
+    pub redis: RedisConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+/// One configuration problem; `Display` is a single line naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &Meta, message: impl Into<String>) -> Self {
+        ConfigError {
+            setting: Self::label(setting),
+            message: message.into(),
+        }
+    }
+
+    /// How an error names a setting: all three of its names.
+    fn label(st: &Meta) -> String {
+        format!("{} ({} / {})", st.key, st.env, st.flag)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config error: {}: {}", self.setting, self.message)
+    }
+}
+
+/// Every problem found, in settings order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Loads the configuration from `args` (without the program name), the
+    /// environment and the files they name.
+    pub fn load(
+        args: &[String],
+        env: &dyn Env,
+        files: &dyn Files,
+    ) -> Result<Command, ConfigErrors> {
+        let mut errors = Vec::new();
+        let args = cli::parse(args, &mut errors);
+        if args.help {
+            return Ok(Command::Help);
+        }
+        if args.version {
+            return Ok(Command::Version);
+        }
+        let config_path = args
+            .config
+            .or_else(|| env.var(CONFIG_ENV).filter(|v| !v.trim().is_empty()));
+        let file = match &config_path {
+            None => Default::default(),
+            Some(path) => sources::read_file(path, files, &mut errors),
+        };
+        let sources = sources::Sources {
+            flags: args.flags,
+            env,
+            file,
+        };
+        let mut r = reader::Reader::new(&sources, files, errors);
+        let config = build::build(&mut r, args.dev);
+        if r.errors.is_empty() {
+            Ok(Command::Run(Box::new(config)))
+        } else {
+            Err(ConfigErrors(r.errors))
+        }
+    }
+}
+
+/// The table entry for a YAML key, for tests that walk the table.
+#[cfg(test)]
+fn find(key: &str) -> &'static Meta {
+    settings::lookup(key).unwrap_or_else(|| panic!("no setting {key}"))
+}
+
+#[cfg(test)]
+use std::collections::HashMap;
+
+#[cfg(test)]
+#[path = "../config_tests.rs"]
+mod tests;

@@ -1,0 +1,111 @@
+//! Value parsers for the settings table: text in, typed value or a one-line
+//! message out. Pure functions; they never echo a secret.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::Secret;
+
+pub fn text(v: &str) -> Result<String, String> {
+    Ok(v.to_owned())
+}
+
+pub fn secret(v: &str) -> Result<Secret, String> {
+    Ok(Secret::new(v))
+}
+
+pub fn addr(v: &str) -> Result<SocketAddr, String> {
+    v.parse()
+        .map_err(|_| format!("expected an address like 127.0.0.1:8080, got {v:?}"))
+}
+
+/// An integer no smaller than `min`.
+pub fn at_least<T: FromStr + PartialOrd + Display>(v: &str, min: T) -> Result<T, String> {
+    match v.parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!("expected an integer >= {min}, got {v:?}")),
+    }
+}
+
+pub fn seconds_at_least(v: &str, min: u64) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= min => Ok(Duration::from_secs(n)),
+        _ => Err(format!("expected seconds >= {min}, got {v:?}")),
+    }
+}
+
+pub fn milliseconds(v: &str) -> Result<Duration, String> {
+    v.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("expected milliseconds, got {v:?}"))
+}
+
+pub fn instance_id(v: &str) -> Result<String, String> {
+    if v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(v.to_owned())
+    } else {
+        Err(format!(
+            "expected up to 128 printable ASCII characters without spaces, got {v:?}"
+        ))
+    }
+}
+
+/// The Redis bus owns the prefix rules; checking them here turns a bad
+/// prefix into exit 78 instead of a start-up failure.
+pub fn key_prefix(v: &str) -> Result<String, String> {
+    match crate::bus::redis::Keys::new(v, "config-check") {
+        Ok(_) => Ok(v.to_owned()),
+        Err(e) => Err(format!("{e}, got {v:?}")),
+    }
+}
+
+/// URLs that must each start with one of `schemes`.
+pub fn url_list(
+    urls: Vec<String>,
+    schemes: &[&str],
+    expected: &str,
+) -> Result<Vec<String>, String> {
+    match bad_items(&urls, |u| schemes.iter().any(|s| u.starts_with(s))) {
+        None => Ok(urls),
+        Some(bad) => Err(format!("{expected}, got {bad}")),
+    }
+}
+
+/// Allowed origins; an empty list or `*` means any origin (`None`).
+pub fn origins(list: Vec<String>) -> Result<Option<Vec<String>>, String> {
+    if list.is_empty() || list.iter().any(|o| o == "*") {
+        return Ok(None);
+    }
+    if let Some(bad) = bad_items(&list, |o| {
+        o.starts_with("http://") || o.starts_with("https://")
+    }) {
+        return Err(format!(
+            "expected origins like https://example.com, got {bad}"
+        ));
+    }
+    Ok(Some(
+        list.into_iter()
+            .map(|o| o.trim_end_matches('/').to_owned())
+            .collect(),
+    ))
+}
+
+/// The items failing `ok`, quoted and comma-separated, or `None`.
+fn bad_items(items: &[String], ok: impl Fn(&str) -> bool) -> Option<String> {
+    let bad: Vec<String> = items
+        .iter()
+        .filter(|i| !ok(i))
+        .map(|i| format!("{i:?}"))
+        .collect();
+    (!bad.is_empty()).then(|| bad.join(", "))
+}
+
+/// Comma-separated text as a list: items trimmed, empty items dropped.
+pub fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
