@@ -1,6 +1,8 @@
 //! The local registry: which participants of which rooms this instance
 //! holds, each with a bounded outbound queue ([`Outbox`]), plus what it knows
-//! of remote members. Fan-out pushes to queues and never waits on a reader;
+//! of remote members — the one record of who is in a room on other instances,
+//! which the bus updates through [`LocalHub`] and asks for when it reconciles
+//! with its store. Fan-out pushes to queues and never waits on a reader;
 //! the hub does no I/O and never talks to the bus (the bus talks to it
 //! through [`LocalHub`]).
 
@@ -492,19 +494,20 @@ impl LocalHub for Hub {
         }
     }
 
-    fn local_snapshot(&self) -> Vec<(RoomId, Vec<ParticipantInfo>)> {
-        self.rooms()
-            .iter()
-            .map(|(id, room)| {
-                let locals = room
-                    .members
+    fn remote_members(&self, room: &RoomId) -> Vec<ParticipantInfo> {
+        let mut remote: Vec<ParticipantInfo> = self
+            .rooms()
+            .get(room)
+            .map(|r| {
+                r.members
                     .values()
-                    .filter(|m| m.outbox.is_some())
+                    .filter(|m| m.outbox.is_none())
                     .map(|m| m.info.clone())
-                    .collect();
-                (id.clone(), locals)
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default();
+        crate::room::sort_by_join(&mut remote);
+        remote
     }
 }
 

@@ -213,6 +213,11 @@ fn remote_members_and_events() {
     });
     assert_eq!(json(try_next(&a))["type"], "user-joined");
     assert!(try_next(&a).is_none());
+    // The record a bus reconciles: other instances' members only, in join order.
+    assert_eq!(
+        h.remote_members(&room()),
+        vec![info("x", "i2"), info("y", "i3")]
+    );
     h.deliver(RemoteEvent::Left {
         room_id: room(),
         participant: info("x", "i2"),
@@ -244,8 +249,8 @@ fn remote_members_and_events() {
         participant: info("z", "i2"),
     });
     assert_eq!(h.counts(), (1, 1));
-    let snap = h.local_snapshot();
-    assert_eq!(snap, vec![(room(), vec![info("a", "i1")])]);
+    assert_eq!(h.remote_members(&RoomId::parse("other").unwrap()), vec![]);
+    assert_eq!(h.remote_members(&room()), vec![info("y", "i3")]);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! crash cleanup, Redis restart and a killed subscriber connection. The same behaviours
 //! through real server processes and WebSockets are in `redis_cluster.rs`.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,23 +13,67 @@ use switchboard_server::bus::{Bus, JoinOutcome, LocalHub, RelayMessage, RemoteEv
 use switchboard_server::protocol::{Frame, RelayKind};
 use switchboard_server::room::{LeaveReason, ParticipantInfo, RoomId};
 
-/// Records every event an instance's bus delivers to its local side.
+/// Records every event an instance's bus delivers to its local side, and keeps what the hub
+/// keeps: the other instances' members of each room (from join results and delivered
+/// events), the record the bus reconciles with Redis.
 #[derive(Default)]
 struct Recorder {
     events: Mutex<Vec<RemoteEvent>>,
+    remote: Mutex<HashMap<RoomId, Vec<ParticipantInfo>>>,
 }
 
 impl LocalHub for Recorder {
     fn deliver(&self, event: RemoteEvent) {
+        {
+            let mut remote = self.remote.lock().unwrap();
+            match &event {
+                RemoteEvent::Joined {
+                    room_id,
+                    participant,
+                } => {
+                    let members = remote.entry(room_id.clone()).or_default();
+                    if !members.contains(participant) {
+                        members.push(participant.clone());
+                    }
+                }
+                RemoteEvent::Left {
+                    room_id,
+                    participant,
+                    ..
+                } => {
+                    if let Some(members) = remote.get_mut(room_id) {
+                        members.retain(|m| m.participant_id != participant.participant_id);
+                    }
+                }
+                RemoteEvent::Relay(_) => {}
+            }
+        }
         self.events.lock().unwrap().push(event);
     }
 
-    fn local_snapshot(&self) -> Vec<(RoomId, Vec<ParticipantInfo>)> {
-        Vec::new()
+    fn remote_members(&self, room: &RoomId) -> Vec<ParticipantInfo> {
+        self.remote
+            .lock()
+            .unwrap()
+            .get(room)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 impl Recorder {
+    /// What the hub records when it registers `me` with a join result: the members of other
+    /// instances.
+    fn registered(&self, room_id: &RoomId, me: &ParticipantInfo, participants: &[ParticipantInfo]) {
+        let mut remote = self.remote.lock().unwrap();
+        let members = remote.entry(room_id.clone()).or_default();
+        for p in participants {
+            if p.instance_id != me.instance_id && !members.contains(p) {
+                members.push(p.clone());
+            }
+        }
+    }
+
     fn events(&self) -> Vec<RemoteEvent> {
         self.events.lock().unwrap().clone()
     }
@@ -118,7 +163,11 @@ fn chat(room_id: &RoomId, from: &str, to: Option<&str>, n: usize) -> RelayMessag
 }
 
 async fn join(node: &Node, room_id: &RoomId, p: &ParticipantInfo, cap: usize) -> JoinOutcome {
-    node.bus.join(room_id, p, cap).await.expect("join")
+    let outcome = node.bus.join(room_id, p, cap).await.expect("join");
+    if let JoinOutcome::Joined { participants } = &outcome {
+        node.hub.registered(room_id, p, participants);
+    }
+    outcome
 }
 
 fn relays(events: &[RemoteEvent]) -> Vec<String> {

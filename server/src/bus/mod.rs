@@ -24,13 +24,16 @@
 //! * Remote events reach local participants through the [`LocalHub`] handed
 //!   to [`from_config`]: `deliver` never blocks (it only pushes to bounded
 //!   per-connection queues), so a subscriber task may call it inline.
-//! * After its store lost state (a Redis restart) a bus re-registers the live
-//!   local participants and resubscribes their rooms by itself. The Redis bus
-//!   keeps its own record (successful `join`s minus `leave`s, which the
-//!   session layer guarantees to pair); [`LocalHub::local_snapshot`] is the
-//!   hub's view for buses or diagnostics that need it.
-//! * Any failure to reach the backing store is [`BusError::Unavailable`];
-//!   senders then get an `error` with code `bus_unavailable`, joins are
+//! * The hub is the one record of who is in a room on other instances: it
+//!   learns them from [`JoinOutcome::Joined`] (handed to it at registration)
+//!   and from [`RemoteEvent`]s, and a bus asks it through
+//!   [`LocalHub::remote_members`] instead of keeping a second copy that could
+//!   drift. After its store lost state (a Redis restart) a bus re-registers
+//!   the live local participants (the Redis bus keeps its own record of what
+//!   it registered: successful `join`s minus `leave`s, which the session layer
+//!   guarantees to pair) and resubscribes their rooms by itself.
+//! * Any failure to reach the backing store is a [`BusError`] (every variant
+//!   but [`BusError::Config`], which only start-up reports); senders then get an `error` with code `bus_unavailable`, joins are
 //!   refused with close 1013 `bus_unavailable`, and readiness is false while
 //!   [`Bus::is_ready`] is false.
 //!
@@ -50,18 +53,37 @@ use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
 pub mod redis;
 
-/// Errors a bus reports. Every variant maps to the `bus_unavailable` error code.
+/// Errors a bus reports. At run time every variant maps to the
+/// `bus_unavailable` error code; [`BusError::Config`] only stops start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// The backing store (Redis) cannot be reached or answered with an error.
-    #[error("bus unavailable: {0}")]
-    Unavailable(String),
+    /// Redis answered `op` with an error or the connection failed under it.
+    #[error("bus unavailable: redis {op} failed")]
+    Redis {
+        op: &'static str,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    /// Redis did not answer `op` within the command timeout.
+    #[error("bus unavailable: redis {op} timed out")]
+    Timeout { op: &'static str },
+    /// The subscriber connection is being replaced: nothing can be subscribed now.
+    #[error("bus unavailable: redis subscriber reconnecting")]
+    SubscriberDown,
+    /// The bus settings cannot be used. The text never holds credentials: for
+    /// a URL it names only scheme, host and port and the kind of error (the
+    /// driver's own message may repeat the URL).
+    #[error("invalid bus configuration: {0}")]
+    Config(String),
 }
 
 impl BusError {
     /// Label for the `errors` metric and the client-facing error code.
     pub fn metric_label(&self) -> &'static str {
-        "bus_unavailable"
+        match self {
+            BusError::Config(_) => "bus_config",
+            _ => "bus_unavailable",
+        }
     }
 }
 
@@ -133,9 +155,10 @@ pub trait LocalHub: Send + Sync + 'static {
     /// local participants are ignored.
     fn deliver(&self, event: RemoteEvent);
 
-    /// Every live local participant, grouped by room: what a bus re-registers
-    /// after its store lost state (e.g. a Redis restart).
-    fn local_snapshot(&self) -> Vec<(RoomId, Vec<ParticipantInfo>)>;
+    /// The members of `room` this hub knows on *other* instances (empty for
+    /// a room without local participants): the one record a bus reconciles
+    /// with its store after it may have missed events.
+    fn remote_members(&self, room: &RoomId) -> Vec<ParticipantInfo>;
 }
 
 /// Health of the bus for `/webrtc/health` and readiness.

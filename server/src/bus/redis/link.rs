@@ -1,0 +1,424 @@
+//! Link state and readiness of the Redis bus: whether commands work, whether the subscriber
+//! connection is up and when the readiness canary last came back over it ([`Link`]), the
+//! intervals derived from the presence TTL ([`Timing`]) and the pure rules read from them
+//! (readiness, wedge detection, whether this instance may judge others dead, the health line).
+//! Every Redis command goes through [`Inner::redis`], which keeps [`Link`] current. Room
+//! subscriptions and presence are not kept here.
+
+use std::time::{Duration, Instant};
+
+use redis::RedisResult;
+
+use super::{metrics, Inner};
+use crate::bus::BusError;
+
+/// Intervals derived from the presence TTL (a short TTL in tests makes everything fast).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: Duration,
+    /// Heartbeat renewal, resync and dead-instance sweep period.
+    pub heartbeat: Duration,
+    /// Canary publication period.
+    pub canary: Duration,
+    /// Not ready once the last canary came back longer ago than this.
+    pub canary_deadline: Duration,
+    /// Upper bound for one Redis command; a stuck Redis becomes `bus_unavailable`.
+    pub command_timeout: Duration,
+}
+
+impl Timing {
+    /// Heartbeat every TTL/3 (three renewals per TTL survive one lost beat), canary every
+    /// TTL/6 capped at 5 s, deadline two canary periods plus a second of slack.
+    pub fn from_ttl(ttl: Duration) -> Self {
+        let ttl = ttl.max(Duration::from_secs(1));
+        let heartbeat = (ttl / 3).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        let canary = (ttl / 6).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        Timing {
+            ttl,
+            heartbeat,
+            canary,
+            canary_deadline: canary * 2 + Duration::from_secs(1),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Connection state that readiness is computed from.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Link {
+    /// The last command succeeded.
+    pub(super) commands_ok: bool,
+    /// The subscriber connection is up and subscribed (since when).
+    pub(super) subscribed_since: Option<Instant>,
+    /// When the last canary came back.
+    pub(super) last_canary: Option<Instant>,
+    /// When a command last failed: only a canary after it proves the path works again.
+    pub(super) last_failure: Option<Instant>,
+    /// Since when commands have been working without a failure.
+    pub(super) commands_ok_since: Option<Instant>,
+}
+
+/// What one command's outcome changed about the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Nothing: commands worked before and still do, or failed before and still do.
+    Steady,
+    /// The first command that ever worked.
+    Connected,
+    /// Commands work again after a failure: events published meanwhile may be lost.
+    Recovered,
+    /// The first failure after commands worked.
+    Lost,
+}
+
+impl Link {
+    /// Records a command that succeeded at `now`.
+    pub(super) fn command_ok(&mut self, now: Instant) -> Change {
+        if std::mem::replace(&mut self.commands_ok, true) {
+            return Change::Steady;
+        }
+        self.commands_ok_since = Some(now);
+        if self.last_failure.is_some() {
+            Change::Recovered
+        } else {
+            Change::Connected
+        }
+    }
+
+    /// Records a command that failed at `now`.
+    pub(super) fn command_failed(&mut self, now: Instant) -> Change {
+        // Readiness needs a canary that made the full trip after this failure.
+        self.last_failure = Some(now);
+        if std::mem::replace(&mut self.commands_ok, false) {
+            Change::Lost
+        } else {
+            Change::Steady
+        }
+    }
+}
+
+/// Whether this instance may judge others dead: its own commands have worked for a full TTL.
+/// Right after an outage every heartbeat may have lapsed at once; the others get one TTL to
+/// renew theirs before anyone is declared lost.
+pub(super) fn may_sweep(link: &Link, now: Instant, timing: &Timing) -> bool {
+    link.commands_ok
+        && link
+            .commands_ok_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= timing.ttl)
+}
+
+/// Readiness, pure: commands work, the subscriber is up and a canary came back recently over
+/// the current subscriber connection.
+pub(super) fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
+    let Some(since) = link.subscribed_since else {
+        return false;
+    };
+    let after = link.last_failure.map_or(since, |f| f.max(since));
+    link.commands_ok
+        && link.last_canary.is_some_and(|t| {
+            t >= after && now.saturating_duration_since(t) <= timing.canary_deadline
+        })
+}
+
+/// The subscriber connection looks wedged: connected long enough for a canary to come back,
+/// but none did within the deadline (while commands, hence the canary publish, work).
+pub(super) fn subscriber_wedged(link: &Link, now: Instant, timing: &Timing) -> bool {
+    let Some(since) = link.subscribed_since else {
+        return false;
+    };
+    // Measured from the latest of: connection, last command failure, last canary.
+    let last = [Some(since), link.last_failure, link.last_canary]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(since);
+    link.commands_ok && now.saturating_duration_since(last) > timing.canary_deadline
+}
+
+/// Readiness and the short health line for `/webrtc/health` (never holds credentials).
+pub(super) fn health_at(link: &Link, now: Instant, timing: &Timing) -> (bool, String) {
+    let ready = ready_at(link, now, timing);
+    let detail = if !link.commands_ok {
+        "redis unreachable".to_owned()
+    } else if link.subscribed_since.is_none() {
+        "redis subscriber reconnecting".to_owned()
+    } else {
+        match link.last_canary {
+            None => "waiting for the first canary".to_owned(),
+            Some(t) if !ready => format!(
+                "canary late ({} ms since the last one)",
+                now.saturating_duration_since(t).as_millis()
+            ),
+            Some(_) => "ok".to_owned(),
+        }
+    };
+    (ready, detail)
+}
+
+impl Inner {
+    /// Runs one Redis operation with the command timeout and records whether Redis works.
+    pub(super) async fn redis<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T, BusError> {
+        let result = match tokio::time::timeout(self.timing.command_timeout, fut).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(BusError::Redis { op, source }),
+            Err(_) => Err(BusError::Timeout { op }),
+        };
+        let now = Instant::now();
+        // Taken and released before anything else is locked (see the lock order).
+        let change = match &result {
+            Ok(_) => self.link().command_ok(now),
+            Err(_) => self.link().command_failed(now),
+        };
+        match (&result, change) {
+            (Ok(_), Change::Connected) => {
+                // Whatever happened before we could reach Redis, make presence whole.
+                self.presence.request_sync();
+                tracing::info!(parent: &self.span, "redis commands connected");
+            }
+            (Ok(_), Change::Recovered) => {
+                self.presence.request_sync();
+                // Events published while we were cut off may be lost.
+                self.reconcile.request();
+                metrics::reconnected("commands");
+                tracing::info!(parent: &self.span, "redis commands work again");
+            }
+            (Err(e), change) => {
+                self.presence.request_sync();
+                if change == Change::Lost {
+                    tracing::warn!(parent: &self.span, error = e as &dyn std::error::Error, "redis unreachable");
+                }
+            }
+            (Ok(_), _) => {}
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_scales_with_the_ttl() {
+        let t = Timing::from_ttl(Duration::from_secs(30));
+        assert_eq!(t.heartbeat, Duration::from_secs(10));
+        assert_eq!(t.canary, Duration::from_secs(5));
+        assert_eq!(t.canary_deadline, Duration::from_secs(11));
+        let t = Timing::from_ttl(Duration::from_secs(3));
+        assert_eq!(t.heartbeat, Duration::from_secs(1));
+        assert_eq!(t.canary, Duration::from_millis(500));
+        assert_eq!(t.canary_deadline, Duration::from_secs(2));
+        let t = Timing::from_ttl(Duration::from_millis(10));
+        assert_eq!(t.ttl, Duration::from_secs(1));
+        assert_eq!(t.heartbeat, Duration::from_secs(1) / 3);
+        assert_eq!(t.canary, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn command_outcomes_report_each_transition_once() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut link = Link::default();
+        // Never connected: failures are not a loss, the first success is a connect.
+        assert_eq!(link.command_failed(at(0)), Change::Steady);
+        let mut fresh = Link::default();
+        assert_eq!(fresh.command_ok(at(0)), Change::Connected);
+        assert_eq!(fresh.command_ok(at(1)), Change::Steady);
+        assert_eq!(fresh.commands_ok_since, Some(at(0)));
+        // A success after a failure is a recovery, and restarts the working-since clock.
+        assert_eq!(link.command_ok(at(10)), Change::Recovered);
+        assert_eq!(link.commands_ok_since, Some(at(10)));
+        assert_eq!(link.command_failed(at(20)), Change::Lost);
+        assert_eq!(link.command_failed(at(30)), Change::Steady);
+        assert_eq!(link.last_failure, Some(at(30)));
+        assert!(!link.commands_ok);
+        assert_eq!(link.command_ok(at(40)), Change::Recovered);
+        assert_eq!(link.command_ok(at(50)), Change::Steady);
+        assert_eq!(link.commands_ok_since, Some(at(40)));
+    }
+
+    #[test]
+    fn ready_only_while_commands_subscriber_and_canary_work() {
+        let timing = Timing::from_ttl(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let healthy = Link {
+            commands_ok: true,
+            subscribed_since: Some(t0),
+            last_canary: Some(t0),
+            last_failure: None,
+            commands_ok_since: Some(t0),
+        };
+        assert!(ready_at(&healthy, t0 + Duration::from_secs(1), &timing));
+        assert!(!ready_at(&healthy, t0 + Duration::from_secs(3), &timing));
+        let no_canary_yet = Link {
+            last_canary: None,
+            ..healthy.clone()
+        };
+        assert!(!ready_at(&no_canary_yet, t0, &timing));
+        let down = Link {
+            commands_ok: false,
+            ..healthy.clone()
+        };
+        assert!(!ready_at(&down, t0, &timing));
+        let unsubscribed = Link {
+            subscribed_since: None,
+            ..healthy.clone()
+        };
+        assert!(!ready_at(&unsubscribed, t0, &timing));
+        // A canary that came back over the previous subscriber connection proves nothing.
+        let resubscribed = Link {
+            subscribed_since: Some(t0 + Duration::from_millis(10)),
+            ..healthy.clone()
+        };
+        assert!(!ready_at(
+            &resubscribed,
+            t0 + Duration::from_millis(20),
+            &timing
+        ));
+        // Nor does one from before a command failure, once commands work again.
+        let failed_since = Link {
+            last_failure: Some(t0 + Duration::from_millis(10)),
+            ..healthy.clone()
+        };
+        assert!(!ready_at(
+            &failed_since,
+            t0 + Duration::from_millis(20),
+            &timing
+        ));
+        let canary_after_failure = Link {
+            last_canary: Some(t0 + Duration::from_millis(30)),
+            ..failed_since
+        };
+        assert!(ready_at(
+            &canary_after_failure,
+            t0 + Duration::from_millis(40),
+            &timing
+        ));
+    }
+
+    #[test]
+    fn health_names_what_is_missing() {
+        let timing = Timing::from_ttl(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let healthy = Link {
+            commands_ok: true,
+            subscribed_since: Some(t0),
+            last_canary: Some(t0),
+            last_failure: None,
+            commands_ok_since: Some(t0),
+        };
+        assert_eq!(health_at(&healthy, t0, &timing), (true, "ok".to_owned()));
+        let down = Link {
+            commands_ok: false,
+            ..healthy.clone()
+        };
+        assert_eq!(
+            health_at(&down, t0, &timing),
+            (false, "redis unreachable".to_owned())
+        );
+        let unsubscribed = Link {
+            subscribed_since: None,
+            ..healthy.clone()
+        };
+        assert_eq!(
+            health_at(&unsubscribed, t0, &timing),
+            (false, "redis subscriber reconnecting".to_owned())
+        );
+        let no_canary = Link {
+            last_canary: None,
+            ..healthy.clone()
+        };
+        assert_eq!(
+            health_at(&no_canary, t0, &timing),
+            (false, "waiting for the first canary".to_owned())
+        );
+        assert_eq!(
+            health_at(&healthy, t0 + Duration::from_millis(2500), &timing),
+            (false, "canary late (2500 ms since the last one)".to_owned())
+        );
+    }
+
+    #[test]
+    fn wedged_means_subscribed_but_no_canary_within_the_deadline() {
+        let timing = Timing::from_ttl(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let fresh = Link {
+            commands_ok: true,
+            subscribed_since: Some(t0),
+            last_canary: None,
+            last_failure: None,
+            commands_ok_since: Some(t0),
+        };
+        assert!(!subscriber_wedged(
+            &fresh,
+            t0 + Duration::from_secs(1),
+            &timing
+        ));
+        assert!(subscriber_wedged(
+            &fresh,
+            t0 + Duration::from_secs(3),
+            &timing
+        ));
+        // A canary from before the current connection does not count as recent.
+        let reconnected = Link {
+            last_canary: Some(t0),
+            subscribed_since: Some(t0 + Duration::from_secs(10)),
+            ..fresh.clone()
+        };
+        assert!(!subscriber_wedged(
+            &reconnected,
+            t0 + Duration::from_secs(11),
+            &timing
+        ));
+        // A command failure restarts the clock: the canary gets a full deadline to come back
+        // before a long-connected, healthy subscriber is declared wedged.
+        let recovered = Link {
+            last_canary: Some(t0),
+            last_failure: Some(t0 + Duration::from_secs(60)),
+            ..fresh.clone()
+        };
+        assert!(!subscriber_wedged(
+            &recovered,
+            t0 + Duration::from_secs(61),
+            &timing
+        ));
+        assert!(subscriber_wedged(
+            &recovered,
+            t0 + Duration::from_secs(63),
+            &timing
+        ));
+        // Redis down: not the subscriber's fault, reconnecting it would not help.
+        let down = Link {
+            commands_ok: false,
+            ..fresh
+        };
+        assert!(!subscriber_wedged(
+            &down,
+            t0 + Duration::from_secs(30),
+            &timing
+        ));
+    }
+
+    #[test]
+    fn dead_instances_are_judged_only_after_a_full_ttl_of_working_commands() {
+        let timing = Timing::from_ttl(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let link = Link {
+            commands_ok: true,
+            commands_ok_since: Some(t0),
+            ..Link::default()
+        };
+        assert!(!may_sweep(&link, t0 + Duration::from_secs(2), &timing));
+        assert!(may_sweep(&link, t0 + Duration::from_secs(3), &timing));
+        let down = Link {
+            commands_ok: false,
+            ..link
+        };
+        assert!(!may_sweep(&down, t0 + Duration::from_secs(30), &timing));
+        assert!(!may_sweep(&Link::default(), t0, &timing));
+    }
+}

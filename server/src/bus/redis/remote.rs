@@ -1,0 +1,215 @@
+//! What crosses from the Redis bus to the hub: every remote join, leave and relay reaches it
+//! through [`Inner::deliver`], and after events may have been missed (a subscriber gap, a
+//! Redis outage) [`Inner::reconcile_remote`] compares the hub's record of other instances'
+//! members — the only such record, asked for through [`LocalHub::remote_members`] — with
+//! Redis presence and delivers the joins and leaves the hub missed. The bus keeps no copy of
+//! remote membership.
+//!
+//! [`LocalHub::remote_members`]: crate::bus::LocalHub::remote_members
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::AsyncCommands;
+use tokio::sync::Notify;
+
+use super::{parse_infos, sorted, Inner};
+use crate::bus::{BusError, RemoteEvent};
+use crate::room::{LeaveReason, ParticipantInfo};
+
+/// A pending reconciliation: requested when events may have been missed, run by the
+/// subscriber task between two messages once presence has settled.
+#[derive(Default)]
+pub(super) struct Reconcile {
+    pending: AtomicBool,
+    wake: Notify,
+}
+
+impl Reconcile {
+    /// Events may have been missed: reconcile once presence has settled.
+    pub(super) fn request(&self) {
+        self.pending.store(true, Ordering::Relaxed);
+    }
+
+    /// Presence has settled: wake the subscriber task if a reconciliation is pending.
+    pub(super) fn wake_if_pending(&self) {
+        if self.pending.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Completes when [`wake_if_pending`](Self::wake_if_pending) found work.
+    pub(super) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    fn take(&self) -> bool {
+        self.pending.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// What the hub missed about one room: (members in Redis it does not know, members it knows
+/// that are no longer in Redis), each in join order. Only other instances' members count on
+/// either side: this instance's own are known exactly by the hub.
+pub(super) fn missed(
+    me: &str,
+    known: Vec<ParticipantInfo>,
+    present: Vec<ParticipantInfo>,
+) -> (Vec<ParticipantInfo>, Vec<ParticipantInfo>) {
+    let others = |list: Vec<ParticipantInfo>| -> HashMap<String, ParticipantInfo> {
+        list.into_iter()
+            .filter(|p| p.instance_id != me)
+            .map(|p| (p.participant_id.clone(), p))
+            .collect()
+    };
+    let (known, present) = (others(known), others(present));
+    let joined = present
+        .iter()
+        .filter(|(id, _)| !known.contains_key(*id))
+        .map(|(_, p)| p.clone())
+        .collect();
+    let gone = known
+        .iter()
+        .filter(|(id, _)| !present.contains_key(*id))
+        .map(|(_, p)| p.clone())
+        .collect();
+    (sorted(joined), sorted(gone))
+}
+
+impl Inner {
+    /// Hands an event to the hub: the one place remote membership crosses over.
+    pub(super) fn deliver(&self, event: RemoteEvent) {
+        self.hub.deliver(event);
+    }
+
+    /// Runs a requested reconciliation; a failed one stays requested.
+    pub(super) async fn reconcile_if_pending(&self) {
+        if self.reconcile.take() {
+            if let Err(e) = self.reconcile_remote().await {
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    "remote member reconciliation failed; retrying"
+                );
+                self.reconcile.request();
+            }
+        }
+    }
+
+    /// Compares the hub's record of other instances' members of each subscribed room with
+    /// Redis presence and delivers the joins and leaves it missed (a subscriber gap loses the
+    /// events published meanwhile for good). Runs on the subscriber task between two messages:
+    /// an event published after a room's HVALS is handled after its differences, so the two
+    /// cannot cross (a leave read before a stale made-up join would leave a ghost).
+    async fn reconcile_remote(&self) -> Result<(), BusError> {
+        let rooms = self.subscribed_rooms().await;
+        let mut joined_total = 0usize;
+        let mut left_total = 0usize;
+        for room in rooms {
+            let mut conn = self.conn.clone();
+            let key = self.keys.room_participants(&room);
+            let values: Vec<String> = self
+                .redis("reconcile presence", async move { conn.hvals(key).await })
+                .await?;
+            let known = self.hub.remote_members(&room);
+            let (joined, gone) = missed(self.instance(), known, parse_infos(&values));
+            for participant in gone {
+                let reason = self.missed_leave_reason(&participant).await?;
+                left_total += 1;
+                self.deliver(RemoteEvent::Left {
+                    room_id: room.clone(),
+                    participant,
+                    reason,
+                });
+            }
+            joined_total += joined.len();
+            for participant in joined {
+                self.deliver(RemoteEvent::Joined {
+                    room_id: room.clone(),
+                    participant,
+                });
+            }
+        }
+        if joined_total > 0 || left_total > 0 {
+            tracing::info!(
+                joined = joined_total,
+                left = left_total,
+                "remote members reconciled with redis presence"
+            );
+        }
+        Ok(())
+    }
+
+    /// A missed leave of a live instance was a plain leave; a dead instance's participants
+    /// are what an instance_lost cleanup would have announced.
+    async fn missed_leave_reason(&self, gone: &ParticipantInfo) -> Result<LeaveReason, BusError> {
+        let mut conn = self.conn.clone();
+        let alive_key = self.keys.instance_alive(&gone.instance_id);
+        let alive: bool = self
+            .redis(
+                "check heartbeat",
+                async move { conn.exists(alive_key).await },
+            )
+            .await?;
+        Ok(if alive {
+            LeaveReason::Closed
+        } else {
+            LeaveReason::InstanceLost
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str, instance: &str) -> ParticipantInfo {
+        ParticipantInfo {
+            participant_id: id.into(),
+            user_id: id.into(),
+            username: id.into(),
+            joined_at: format!("2026-01-01T00:00:0{}.000Z", id.len()),
+            instance_id: instance.into(),
+        }
+    }
+
+    fn ids(v: &[ParticipantInfo]) -> Vec<&str> {
+        v.iter().map(|p| p.participant_id.as_str()).collect()
+    }
+
+    #[test]
+    fn reconciliation_finds_missed_joins_and_leaves() {
+        let (joined, gone) = missed(
+            "me",
+            vec![p("a", "other"), p("ghost", "other")],
+            vec![p("a", "other"), p("bb", "other")],
+        );
+        assert_eq!(ids(&joined), ["bb"]);
+        assert_eq!(ids(&gone), ["ghost"]);
+        let (joined, gone) = missed("me", vec![p("a", "other")], vec![p("a", "other")]);
+        assert!(joined.is_empty() && gone.is_empty());
+    }
+
+    #[test]
+    fn this_instances_own_members_are_never_reconciled() {
+        // Our own records in Redis (live, or a past incarnation's that the resync removes)
+        // are not remote members, whatever the hub or Redis hold.
+        let (joined, gone) = missed(
+            "me",
+            vec![p("stale", "me")],
+            vec![p("mine", "me"), p("x", "other")],
+        );
+        assert_eq!(ids(&joined), ["x"]);
+        assert!(gone.is_empty());
+    }
+
+    #[test]
+    fn results_come_in_join_order() {
+        let (joined, gone) = missed(
+            "me",
+            vec![p("ccc", "o"), p("a", "o")],
+            vec![p("dddd", "o"), p("bb", "o")],
+        );
+        assert_eq!(ids(&joined), ["bb", "dddd"]);
+        assert_eq!(ids(&gone), ["a", "ccc"]);
+    }
+}
