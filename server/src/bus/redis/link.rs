@@ -202,6 +202,17 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// Commands work, subscribed and a canary back, all since `t0`.
+    fn healthy(t0: Instant) -> Link {
+        Link {
+            commands_ok: true,
+            subscribed_since: Some(t0),
+            last_canary: Some(t0),
+            last_failure: None,
+            commands_ok_since: Some(t0),
+        }
+    }
+
     #[test]
     fn timing_scales_with_the_ttl() {
         let t = Timing::from_ttl(Duration::from_secs(30));
@@ -245,13 +256,7 @@ mod tests {
     fn ready_only_while_commands_subscriber_and_canary_work() {
         let timing = Timing::from_ttl(Duration::from_secs(3));
         let t0 = Instant::now();
-        let healthy = Link {
-            commands_ok: true,
-            subscribed_since: Some(t0),
-            last_canary: Some(t0),
-            last_failure: None,
-            commands_ok_since: Some(t0),
-        };
+        let healthy = healthy(t0);
         assert!(ready_at(&healthy, t0 + Duration::from_secs(1), &timing));
         assert!(!ready_at(&healthy, t0 + Duration::from_secs(3), &timing));
         let no_canary_yet = Link {
@@ -304,13 +309,7 @@ mod tests {
     fn health_names_what_is_missing() {
         let timing = Timing::from_ttl(Duration::from_secs(3));
         let t0 = Instant::now();
-        let healthy = Link {
-            commands_ok: true,
-            subscribed_since: Some(t0),
-            last_canary: Some(t0),
-            last_failure: None,
-            commands_ok_since: Some(t0),
-        };
+        let healthy = healthy(t0);
         assert_eq!(health_at(&healthy, t0, &timing), (true, "ok".to_owned()));
         let down = Link {
             commands_ok: false,
@@ -347,11 +346,8 @@ mod tests {
         let timing = Timing::from_ttl(Duration::from_secs(3));
         let t0 = Instant::now();
         let fresh = Link {
-            commands_ok: true,
-            subscribed_since: Some(t0),
             last_canary: None,
-            last_failure: None,
-            commands_ok_since: Some(t0),
+            ..healthy(t0)
         };
         assert!(!subscriber_wedged(
             &fresh,
