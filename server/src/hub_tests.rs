@@ -1,89 +1,16 @@
-//! Outbox bounds and hub fan-out, without sockets.
+//! Hub fan-out and presence, without sockets.
 
 use super::*;
+use crate::outbox::tests::{frame, try_next};
+use crate::outbox::Next;
 use crate::protocol::RelayKind;
 use serde_json::Value;
-
-fn frame(n: usize) -> Frame {
-    Frame::from_json_text(format!("{{\"type\":\"x\",\"pad\":\"{}\"}}", "a".repeat(n)))
-}
-
-fn try_next(o: &Outbox) -> Option<Next> {
-    futures_util::FutureExt::now_or_never(o.next())
-}
 
 fn json(next: Option<Next>) -> Value {
     match next {
         Some(Next::Frame(f)) => serde_json::from_str(f.as_str()).unwrap(),
         other => panic!("expected a frame, got {other:?}"),
     }
-}
-
-#[test]
-fn outbox_bounds_messages() {
-    let o = Outbox::new(2, 1_000_000);
-    assert_eq!(o.push(frame(1), Delivery::Must), Push::Queued);
-    assert_eq!(o.push(frame(1), Delivery::Must), Push::Queued);
-    // Presence gets headroom up to twice the bound, then is dropped.
-    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Queued);
-    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Queued);
-    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
-    assert_eq!(o.len(), 4);
-    assert_eq!(o.push(frame(1), Delivery::Must), Push::Overflow);
-    // A slow consumer is closed at once, queued frames are not flushed.
-    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::SlowConsumer)));
-    assert_eq!(o.push(frame(1), Delivery::Must), Push::Dropped);
-}
-
-#[test]
-fn outbox_bounds_bytes_but_always_takes_one() {
-    let o = Outbox::new(100, 100);
-    let big = frame(200);
-    assert_eq!(
-        o.push(big.clone(), Delivery::Must),
-        Push::Queued,
-        "an empty queue takes any frame"
-    );
-    assert_eq!(o.push(frame(1), Delivery::Must), Push::Overflow);
-    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::SlowConsumer)));
-    let o = Outbox::new(100, 100);
-    assert_eq!(o.push(big.clone(), Delivery::Must), Push::Queued);
-    assert_eq!(
-        o.push(frame(1), Delivery::Droppable),
-        Push::Dropped,
-        "over twice the byte bound"
-    );
-    assert_eq!(try_next(&o), Some(Next::Frame(big)));
-    let small = frame(10);
-    assert_eq!(o.push(small.clone(), Delivery::Must), Push::Queued);
-    assert_eq!(o.push(small.clone(), Delivery::Must), Push::Queued);
-    assert_eq!(o.push(frame(30), Delivery::Must), Push::Overflow);
-}
-
-#[test]
-fn outbox_drain_flushes_then_closes() {
-    let o = Outbox::new(1, 1000);
-    let a = frame(1);
-    o.push(a.clone(), Delivery::Must);
-    let last = frame(2);
-    o.close_after(Some(last.clone()), CloseCause::Draining);
-    assert_eq!(try_next(&o), Some(Next::Frame(a)));
-    assert_eq!(try_next(&o), Some(Next::Frame(last)));
-    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::Draining)));
-    assert_eq!(try_next(&o), Some(Next::Close(CloseCause::Draining)));
-}
-
-#[tokio::test]
-async fn outbox_wakes_a_waiting_writer() {
-    let o = Arc::new(Outbox::new(4, 1000));
-    let waiter = tokio::spawn({
-        let o = o.clone();
-        async move { o.next().await }
-    });
-    tokio::task::yield_now().await;
-    let f = frame(3);
-    o.push(f.clone(), Delivery::Must);
-    assert_eq!(waiter.await.unwrap(), Next::Frame(f));
 }
 
 fn info(id: &str, instance: &str) -> ParticipantInfo {
@@ -316,15 +243,6 @@ fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
     assert_eq!(h.relay_local(&relay("s", Some("t"))), Route::TargetNotFound);
     // The sender's own error reply still fits its draining outbox.
     assert_eq!(s.push(frame(1), Delivery::Droppable), Push::Queued);
-}
-
-#[test]
-fn a_sealed_outbox_refuses_everything() {
-    let o = Outbox::new(4, 1000);
-    o.push(frame(1), Delivery::Must);
-    o.seal();
-    assert_eq!(o.push(frame(1), Delivery::Must), Push::Dropped);
-    assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
 }
 
 #[test]

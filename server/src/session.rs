@@ -17,8 +17,9 @@ use tracing::Instrument;
 use crate::auth::Identity;
 use crate::bus::{Bus, JoinOutcome, RelayMessage};
 use crate::config::Limits;
-use crate::hub::{CloseCause, Delivery, Hub, Next, Outbox, Route};
+use crate::hub::{Hub, Route};
 use crate::metrics::Metrics;
+use crate::outbox::{CloseCause, Delivery, Next, Outbox};
 use crate::protocol::{self, ClientMessage, ErrorCode, Frame};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
@@ -176,207 +177,259 @@ where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
-    let started = Instant::now();
-
-    let participants = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
-        Ok(JoinOutcome::Joined { participants }) => participants,
-        Ok(JoinOutcome::RoomFull) => {
-            tracing::info!("join refused: room full");
-            ctx.metrics.refused("room_full");
-            send_close(&mut sink, close::TRY_AGAIN_LATER, "room_full").await;
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "join refused: bus unavailable");
-            ctx.metrics.refused("bus_unavailable");
-            ctx.metrics.error(e.metric_label());
-            send_close(&mut sink, close::TRY_AGAIN_LATER, "bus_unavailable").await;
-            return None;
-        }
-    };
-
-    let outbox = Arc::new(Outbox::new(
-        ctx.limits.outbound_queue_messages,
-        ctx.limits.outbound_queue_bytes,
-    ));
-    ctx.hub
-        .register(&ctx.room, &me, outbox.clone(), &participants);
-    ctx.metrics.connection_opened();
-    ctx.metrics.join_duration(started.elapsed().as_secs_f64());
-    tracing::info!(participants = participants.len(), "joined");
-    if ctx.shutdown.is_reconnecting() {
-        // Joined while the drain was already telling everyone to leave.
-        let window = u64::try_from(ctx.shutdown.window().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let after_ms = rand::rng().random_range(0..window);
-        outbox.close_after(
-            Some(protocol::encode_reconnect(ctx.room.as_str(), after_ms)),
-            CloseCause::Draining,
-        );
-    }
-
-    let last_seen = AtomicU64::new(0);
-    // Liveness is its own branch, not part of the writer: a writer blocked on
-    // a peer that stopped reading (full TCP window) must not keep that peer
-    // in the room.
-    let end = tokio::select! {
-        end = read_loop(&ctx, &me, &outbox, &mut stream, &last_seen, started) => end,
-        end = write_loop(&ctx, &outbox, &mut sink) => end,
-        end = watch_liveness(&ctx.limits, &last_seen, started) => end,
-    };
-    // From here on nothing queued would be written: a relay to this
-    // participant now gets `target_not_found` instead of vanishing.
-    outbox.seal();
-
-    // Leave first so the room learns at once, even if the close frame below
-    // takes long to reach a peer that is not reading.
-    let reason = end.leave_reason();
-    ctx.hub.unregister(&ctx.room, &me.participant_id, reason);
-    if let Err(e) = ctx.bus.leave(&ctx.room, &me, reason).await {
-        tracing::warn!(error = %e, "leave not recorded on the bus");
-    }
-    ctx.metrics.connection_closed(end.metric_label());
-    tracing::info!(reason = end.metric_label(), "left");
-    if let Some((code, text)) = end.close_frame() {
-        if matches!(end, End::TooBig | End::RateLimited) {
-            // The client should see the errors queued before its close frame.
-            let pending = outbox.take_all();
-            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-                for frame in pending {
-                    if sink.feed(text_message(frame)).await.is_err() {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-        send_close(&mut sink, code, text).await;
-    }
+    let session = Session::join(ctx, me, &mut sink).await?;
+    let end = session.serve(&mut sink, &mut stream).await;
+    session.finish(end, &mut sink).await;
     drop(guard);
     Some(end)
 }
 
-fn millis_since(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// One joined participant's connection: what its reader, writer and liveness
+/// watch share (mini-redis's per-connection `Handler`). The three run
+/// concurrently on `&Session`, so what they change is atomic or behind the
+/// outbox's lock. State that later features add per connection goes here.
+struct Session {
+    ctx: SessionContext,
+    me: ParticipantInfo,
+    /// This participant's queue in the hub; the writer drains it.
+    outbox: Arc<Outbox>,
+    /// When the join began; `last_seen` counts from here.
+    started: Instant,
+    /// Milliseconds since `started` when the peer was last heard from.
+    last_seen: AtomicU64,
 }
 
-async fn read_loop<R>(
-    ctx: &SessionContext,
-    me: &ParticipantInfo,
-    outbox: &Outbox,
-    stream: &mut R,
-    last_seen: &AtomicU64,
-    started: Instant,
-) -> End
-where
-    R: Stream<Item = Result<Message, ReadError>> + Unpin,
-{
-    let mut limiter = RateLimiter::new(
-        ctx.limits.rate_limit_per_second,
-        ctx.limits.rate_limit_burst,
-        Instant::now().into_std(),
-    );
-    let reply_error = |code: ErrorCode, message: &str| {
-        ctx.metrics.error(code.as_str());
-        outbox.push(
-            protocol::encode_error(ctx.room.as_str(), code, message),
+impl Session {
+    /// Joins through the bus and registers in the hub (which queues
+    /// `room-state`). A refused join gets its close frame here and yields
+    /// `None`.
+    async fn join<S>(ctx: SessionContext, me: ParticipantInfo, sink: &mut S) -> Option<Session>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let started = Instant::now();
+        let participants = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
+            Ok(JoinOutcome::Joined { participants }) => participants,
+            Ok(JoinOutcome::RoomFull) => {
+                tracing::info!("join refused: room full");
+                ctx.metrics.refused("room_full");
+                send_close(sink, close::TRY_AGAIN_LATER, "room_full").await;
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "join refused: bus unavailable");
+                ctx.metrics.refused("bus_unavailable");
+                ctx.metrics.error(e.metric_label());
+                send_close(sink, close::TRY_AGAIN_LATER, "bus_unavailable").await;
+                return None;
+            }
+        };
+
+        let outbox = Arc::new(Outbox::new(
+            ctx.limits.outbound_queue_messages,
+            ctx.limits.outbound_queue_bytes,
+        ));
+        ctx.hub
+            .register(&ctx.room, &me, outbox.clone(), &participants);
+        ctx.metrics.connection_opened();
+        ctx.metrics.join_duration(started.elapsed().as_secs_f64());
+        tracing::info!(participants = participants.len(), "joined");
+        if ctx.shutdown.is_reconnecting() {
+            // Joined while the drain was already telling everyone to leave.
+            let window = u64::try_from(ctx.shutdown.window().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let after_ms = rand::rng().random_range(0..window);
+            outbox.close_after(
+                Some(protocol::encode_reconnect(ctx.room.as_str(), after_ms)),
+                CloseCause::Draining,
+            );
+        }
+        Some(Session {
+            ctx,
+            me,
+            outbox,
+            started,
+            last_seen: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads, writes and watches liveness until one of them ends the session.
+    async fn serve<S, R>(&self, sink: &mut S, stream: &mut R) -> End
+    where
+        S: Sink<Message> + Unpin,
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    {
+        // Liveness is its own branch, not part of the writer: a writer blocked
+        // on a peer that stopped reading (full TCP window) must not keep that
+        // peer in the room.
+        tokio::select! {
+            end = self.read_loop(stream) => end,
+            end = self.write_loop(sink) => end,
+            end = self.watch_liveness() => end,
+        }
+    }
+
+    /// Leaves the room and the bus, then sends the close frame `end` calls for.
+    async fn finish<S>(self, end: End, sink: &mut S)
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let Session {
+            ctx, me, outbox, ..
+        } = self;
+        // From here on nothing queued would be written: a relay to this
+        // participant now gets `target_not_found` instead of vanishing.
+        outbox.seal();
+
+        // Leave first so the room learns at once, even if the close frame below
+        // takes long to reach a peer that is not reading.
+        let reason = end.leave_reason();
+        ctx.hub.unregister(&ctx.room, &me.participant_id, reason);
+        if let Err(e) = ctx.bus.leave(&ctx.room, &me, reason).await {
+            tracing::warn!(error = %e, "leave not recorded on the bus");
+        }
+        ctx.metrics.connection_closed(end.metric_label());
+        tracing::info!(reason = end.metric_label(), "left");
+        if let Some((code, text)) = end.close_frame() {
+            if matches!(end, End::TooBig | End::RateLimited) {
+                // The client should see the errors queued before its close frame.
+                let pending = outbox.take_all();
+                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+                    for frame in pending {
+                        if sink.feed(text_message(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            send_close(sink, code, text).await;
+        }
+    }
+
+    /// Notes that the peer was heard from (any frame counts, pongs included).
+    fn mark_seen(&self) {
+        self.last_seen
+            .store(millis_since(self.started), Ordering::Relaxed);
+    }
+
+    /// Queues an `error` reply to this participant (dropped if its queue is full).
+    fn reply_error(&self, code: ErrorCode, message: &str) {
+        self.ctx.metrics.error(code.as_str());
+        self.outbox.push(
+            protocol::encode_error(self.ctx.room.as_str(), code, message),
             Delivery::Droppable,
         );
-    };
-    while let Some(item) = stream.next().await {
-        last_seen.store(millis_since(started), Ordering::Relaxed);
-        let text = match item {
-            Err(ReadError::TooBig) => return End::TooBig,
-            Err(ReadError::Transport) => return End::Transport,
-            Ok(Message::Close(_)) => return End::ClientClosed,
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Binary(data)) => {
-                if data.len() > ctx.limits.max_message_bytes {
-                    return End::TooBig;
+    }
+
+    async fn read_loop<R>(&self, stream: &mut R) -> End
+    where
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    {
+        let limits = &self.ctx.limits;
+        let mut limiter = RateLimiter::new(
+            limits.rate_limit_per_second,
+            limits.rate_limit_burst,
+            Instant::now().into_std(),
+        );
+        while let Some(item) = stream.next().await {
+            self.mark_seen();
+            let text = match item {
+                Err(ReadError::TooBig) => return End::TooBig,
+                Err(ReadError::Transport) => return End::Transport,
+                Ok(Message::Close(_)) => return End::ClientClosed,
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Binary(data)) => {
+                    if data.len() > limits.max_message_bytes {
+                        return End::TooBig;
+                    }
+                    Err(data.len())
                 }
-                Err(data.len())
-            }
-            Ok(Message::Text(text)) => {
-                if text.len() > ctx.limits.max_message_bytes {
-                    return End::TooBig;
+                Ok(Message::Text(text)) => {
+                    if text.len() > limits.max_message_bytes {
+                        return End::TooBig;
+                    }
+                    Ok(text)
                 }
-                Ok(text)
+            };
+            self.ctx.metrics.message_received(match &text {
+                Ok(t) => t.len(),
+                Err(n) => *n,
+            });
+            match limiter.check(Instant::now().into_std()) {
+                Verdict::Allow => {}
+                Verdict::Reject => {
+                    self.reply_error(
+                        ErrorCode::RateLimited,
+                        "rate limit exceeded; message not relayed",
+                    );
+                    continue;
+                }
+                Verdict::Abuse => return End::RateLimited,
             }
-        };
-        ctx.metrics.message_received(match &text {
-            Ok(t) => t.len(),
-            Err(n) => *n,
-        });
-        match limiter.check(Instant::now().into_std()) {
-            Verdict::Allow => {}
-            Verdict::Reject => {
-                reply_error(
-                    ErrorCode::RateLimited,
-                    "rate limit exceeded; message not relayed",
-                );
-                continue;
-            }
-            Verdict::Abuse => return End::RateLimited,
-        }
-        let text = match text {
-            Ok(t) => t,
-            Err(_) => {
-                reply_error(
+            match text {
+                Ok(text) => self.handle_text(text.as_str()).await,
+                Err(_) => self.reply_error(
                     ErrorCode::InvalidMessage,
                     "binary frames are not supported; send JSON text",
-                );
-                continue;
+                ),
             }
-        };
-        let msg = match protocol::decode_client(text.as_str()) {
+        }
+        End::ClientClosed
+    }
+
+    /// Decodes one client message that passed the size and rate checks and acts on it.
+    async fn handle_text(&self, text: &str) {
+        let ctx = &self.ctx;
+        let msg = match protocol::decode_client(text) {
             Ok(m) => m,
             Err(e) => {
-                reply_error(e.code, &e.message);
-                continue;
+                self.reply_error(e.code, &e.message);
+                return;
             }
         };
         match msg {
             ClientMessage::Ping { payload } => {
-                outbox.push(
+                self.outbox.push(
                     protocol::encode_pong(ctx.room.as_str(), payload.as_deref()),
                     Delivery::Droppable,
                 );
             }
             ClientMessage::Relay { kind, to, payload } => {
-                if to.as_deref() == Some(me.participant_id.as_str()) {
+                if to.as_deref() == Some(self.me.participant_id.as_str()) {
                     // Signaling with yourself is a client bug; echoing it
                     // back would only hide it.
-                    reply_error(
+                    self.reply_error(
                         ErrorCode::InvalidMessage,
                         "`to` names yourself; address another participant",
                     );
-                    continue;
+                    return;
                 }
                 let frame = protocol::encode_relay(
                     kind,
                     &payload,
-                    &me.participant_id,
+                    &self.me.participant_id,
                     ctx.room.as_str(),
                     to.as_deref(),
                 );
                 let relay = RelayMessage {
                     room_id: ctx.room.clone(),
                     kind,
-                    sender_id: me.participant_id.clone(),
+                    sender_id: self.me.participant_id.clone(),
                     to,
                     frame,
                 };
                 match ctx.hub.relay_local(&relay) {
                     Route::LocalOnly => {}
-                    Route::TargetNotFound => reply_error(
+                    Route::TargetNotFound => self.reply_error(
                         ErrorCode::TargetNotFound,
                         "no participant with that id in this room",
                     ),
                     Route::Publish => {
                         if let Err(e) = ctx.bus.publish(relay).await {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not published");
-                            reply_error(
+                            self.reply_error(
                                 ErrorCode::BusUnavailable,
                                 "message could not be delivered to other servers; retry",
                             );
@@ -390,7 +443,81 @@ where
             }
         }
     }
-    End::ClientClosed
+
+    /// Completes with [`End::Timeout`] once the peer has been silent (no
+    /// frame, no pong) for longer than [`is_dead`] allows. Runs beside the
+    /// writer, so it fires even while the writer is blocked on a full socket.
+    async fn watch_liveness(&self) -> End {
+        let limits = &self.ctx.limits;
+        let interval = limits.ping_interval;
+        let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if is_dead(
+                limits,
+                self.last_seen.load(Ordering::Relaxed),
+                millis_since(self.started),
+            ) {
+                tracing::info!("peer silent past the ping timeout");
+                return End::Timeout;
+            }
+        }
+    }
+
+    async fn write_loop<S>(&self, sink: &mut S) -> End
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let outbox = &self.outbox;
+        let interval = self.ctx.limits.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let message = tokio::select! {
+                next = outbox.next() => match next {
+                    Next::Frame(frame) => text_message(frame),
+                    Next::Close(CloseCause::SlowConsumer) => return End::SlowConsumer,
+                    Next::Close(CloseCause::Draining) => return End::Draining,
+                },
+                _ = ping.tick() => Message::Ping(bytes::Bytes::from_static(b"sb")),
+            };
+            // A peer that stops reading blocks this send; overflow of its queue
+            // must still end the session at once.
+            // Frames already queued go out in the same write: one flush per
+            // batch lets an active reader keep up with a burst from the room.
+            let batch = async {
+                sink.feed(message).await?;
+                for _ in 0..WRITE_BATCH {
+                    match outbox.try_pop() {
+                        Some(frame) => sink.feed(text_message(frame)).await?,
+                        None => break,
+                    }
+                }
+                sink.flush().await
+            };
+            let stuck = async {
+                match outbox.closing().await {
+                    CloseCause::SlowConsumer => End::SlowConsumer,
+                    CloseCause::Draining => {
+                        // A healthy writer finishes its batch (and then sends
+                        // the queued `reconnect`) long before this; a blocked
+                        // one must not keep the participant in the room.
+                        tokio::time::sleep(DRAIN_STUCK_GRACE).await;
+                        End::Draining
+                    }
+                }
+            };
+            tokio::select! {
+                sent = batch => if sent.is_err() { return End::Transport },
+                end = stuck => return end,
+            }
+        }
+    }
+}
+
+fn millis_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether a peer last heard from at `last_seen_ms` (since the session
@@ -400,75 +527,6 @@ fn is_dead(limits: &Limits, last_seen_ms: u64, now_ms: u64) -> bool {
     let dead_after =
         u64::try_from((limits.ping_interval + limits.ping_timeout).as_millis()).unwrap_or(u64::MAX);
     now_ms.saturating_sub(last_seen_ms) > dead_after
-}
-
-/// Completes with [`End::Timeout`] once the peer has been silent (no frame,
-/// no pong) for longer than [`is_dead`] allows. Runs beside the writer, so it
-/// fires even while the writer is blocked on a full socket.
-async fn watch_liveness(limits: &Limits, last_seen: &AtomicU64, started: Instant) -> End {
-    let interval = limits.ping_interval;
-    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if is_dead(
-            limits,
-            last_seen.load(Ordering::Relaxed),
-            millis_since(started),
-        ) {
-            tracing::info!("peer silent past the ping timeout");
-            return End::Timeout;
-        }
-    }
-}
-
-async fn write_loop<S>(ctx: &SessionContext, outbox: &Outbox, sink: &mut S) -> End
-where
-    S: Sink<Message> + Unpin,
-{
-    let interval = ctx.limits.ping_interval;
-    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let message = tokio::select! {
-            next = outbox.next() => match next {
-                Next::Frame(frame) => text_message(frame),
-                Next::Close(CloseCause::SlowConsumer) => return End::SlowConsumer,
-                Next::Close(CloseCause::Draining) => return End::Draining,
-            },
-            _ = ping.tick() => Message::Ping(bytes::Bytes::from_static(b"sb")),
-        };
-        // A peer that stops reading blocks this send; overflow of its queue
-        // must still end the session at once.
-        // Frames already queued go out in the same write: one flush per
-        // batch lets an active reader keep up with a burst from the room.
-        let batch = async {
-            sink.feed(message).await?;
-            for _ in 0..WRITE_BATCH {
-                match outbox.try_pop() {
-                    Some(frame) => sink.feed(text_message(frame)).await?,
-                    None => break,
-                }
-            }
-            sink.flush().await
-        };
-        let stuck = async {
-            match outbox.closing().await {
-                CloseCause::SlowConsumer => End::SlowConsumer,
-                CloseCause::Draining => {
-                    // A healthy writer finishes its batch (and then sends the
-                    // queued `reconnect`) long before this; a blocked one
-                    // must not keep the participant in the room.
-                    tokio::time::sleep(DRAIN_STUCK_GRACE).await;
-                    End::Draining
-                }
-            }
-        };
-        tokio::select! {
-            sent = batch => if sent.is_err() { return End::Transport },
-            end = stuck => return end,
-        }
-    }
 }
 
 #[cfg(test)]

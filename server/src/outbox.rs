@@ -1,0 +1,227 @@
+//! A connection's bounded outbound queue: many producers (hub fan-out, the
+//! bus, the session's own replies) push frames, the session's writer pops
+//! them. It decides what fits, what may be dropped (presence, replies) and
+//! when a reader is too slow and must be closed; it does no I/O and knows
+//! nothing about rooms.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::protocol::Frame;
+
+/// Why the hub wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// A message that must not be dropped did not fit the queue: close 1013 at once.
+    SlowConsumer,
+    /// The server is draining: flush the queue (it ends with `reconnect`), then close 1001.
+    Draining,
+}
+
+/// Result of [`Outbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// A droppable message (presence) did not fit and was dropped, or the
+    /// connection's writer has already taken its close (the participant is
+    /// leaving and reads nothing more).
+    Dropped,
+    /// A must-deliver message did not fit: the connection is now marked
+    /// [`CloseCause::SlowConsumer`].
+    Overflow,
+}
+
+/// Whether a message may be dropped for a slow reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Relayed messages: never dropped silently; overflow closes the reader.
+    Must,
+    /// Presence and replies to the reader itself: dropped when the queue is full.
+    Droppable,
+}
+
+/// What the writer side of a session gets next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Frame(Frame),
+    Close(CloseCause),
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Frame>,
+    bytes: usize,
+    close: Option<CloseCause>,
+    /// The writer has taken the close decision (or gave up on the socket):
+    /// nothing pushed now would ever be written.
+    sealed: bool,
+}
+
+/// A per-connection outbound queue bounded in messages and bytes. Many
+/// producers (fan-out from any task), one consumer (the session's writer).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    notify: Notify,
+    /// Wakes a writer blocked on a socket when its reader is declared slow.
+    kill: Notify,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            notify: Notify::new(),
+            kill: Notify::new(),
+            max_messages: max_messages.max(1),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `frame` if it fits. An empty queue always takes one message, so
+    /// a single frame larger than the byte budget still gets through.
+    pub fn push(&self, frame: Frame, delivery: Delivery) -> Push {
+        let mut st = self.lock();
+        // A draining connection keeps taking messages until its writer has
+        // flushed the queue and taken the close: during a drain every local
+        // outbox is marked at once, and an offer sent in that window must
+        // still arrive (after the `reconnect` hint), not vanish.
+        if st.sealed || st.close == Some(CloseCause::SlowConsumer) {
+            return Push::Dropped;
+        }
+        // Presence and replies get twice the room: a reader that is only
+        // briefly behind should not lose a user-joined; one that stays
+        // behind is closed by the next relayed message anyway.
+        let factor = match delivery {
+            Delivery::Must => 1,
+            Delivery::Droppable => 2,
+        };
+        let fits = st.queue.is_empty()
+            || (st.queue.len() < self.max_messages * factor
+                && st.bytes + frame.len() <= self.max_bytes.saturating_mul(factor));
+        if fits {
+            st.bytes += frame.len();
+            st.queue.push_back(frame);
+            drop(st);
+            self.notify.notify_one();
+            return Push::Queued;
+        }
+        match delivery {
+            Delivery::Droppable => Push::Dropped,
+            Delivery::Must => {
+                st.close = Some(CloseCause::SlowConsumer);
+                drop(st);
+                self.notify.notify_one();
+                self.kill.notify_one();
+                Push::Overflow
+            }
+        }
+    }
+
+    /// Queues a last frame regardless of the bounds and marks the outbox
+    /// closing with `cause` (used for `reconnect` before a drain close).
+    pub fn close_after(&self, frame: Option<Frame>, cause: CloseCause) {
+        let mut st = self.lock();
+        if st.close.is_some() {
+            return;
+        }
+        if let Some(frame) = frame {
+            st.bytes += frame.len();
+            st.queue.push_back(frame);
+        }
+        st.close = Some(cause);
+        drop(st);
+        self.notify.notify_one();
+        self.kill.notify_one();
+    }
+
+    /// Waits for the next frame to write or the close decision. A slow
+    /// consumer is closed at once; a draining one gets its queue first.
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut st = self.lock();
+                if st.close == Some(CloseCause::SlowConsumer) {
+                    st.sealed = true;
+                    return Next::Close(CloseCause::SlowConsumer);
+                }
+                if let Some(frame) = st.queue.pop_front() {
+                    st.bytes -= frame.len();
+                    return Next::Frame(frame);
+                }
+                if let Some(cause) = st.close {
+                    st.sealed = true;
+                    return Next::Close(cause);
+                }
+            }
+            // One consumer: `notify_one` stores a permit when nobody waits,
+            // so a push between the check above and this await is not lost.
+            self.notify.notified().await;
+        }
+    }
+
+    /// Completes once the outbox is marked closing, with the cause.
+    pub async fn closing(&self) -> CloseCause {
+        loop {
+            if let Some(cause) = self.lock().close {
+                return cause;
+            }
+            self.kill.notified().await;
+        }
+    }
+
+    /// The next queued frame if there is one and the connection is not
+    /// being closed as a slow consumer (never waits).
+    pub fn try_pop(&self) -> Option<Frame> {
+        let mut st = self.lock();
+        if st.close == Some(CloseCause::SlowConsumer) {
+            return None;
+        }
+        let frame = st.queue.pop_front()?;
+        st.bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// Takes every queued frame (used to flush replies such as
+    /// `error rate_limited` before a close frame) and refuses further pushes.
+    pub fn take_all(&self) -> Vec<Frame> {
+        let mut st = self.lock();
+        st.bytes = 0;
+        if st.close.is_none() {
+            st.close = Some(CloseCause::Draining);
+        }
+        st.sealed = true;
+        st.queue.drain(..).collect()
+    }
+
+    /// Refuses every further push: the session has ended and nothing queued
+    /// now would be written. Relays to it then report the target as gone.
+    pub fn seal(&self) {
+        let mut st = self.lock();
+        if st.close.is_none() {
+            st.close = Some(CloseCause::Draining);
+        }
+        st.sealed = true;
+    }
+
+    /// Messages currently queued.
+    pub fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+pub(crate) mod tests;
