@@ -874,3 +874,80 @@ async fn sigterm_drains_with_draining_not_instance_lost_and_removes_the_instance
     tokio::time::sleep(Duration::from_secs(TTL_SECS + 1)).await;
     a.assert_alive_and_idle().await;
 }
+
+/// The server's JSON log lines whose message is `message`.
+fn log_events(server: &ServerProcess, message: &str) -> Vec<Value> {
+    server
+        .stderr_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == message)
+        .collect()
+}
+
+/// Waits (bounded) until the server logged `message` at least once.
+async fn wait_logged(server: &ServerProcess, message: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while log_events(server, message).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no {message:?} logged within {timeout:?}; stderr tail:\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_logged_when_it_starts_while_it_lasts_and_when_it_ends() {
+    let mut redis = RedisProcess::start();
+    let server = options(&redis, "sb-log")
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .start();
+    wait_ready(&server, true, Duration::from_secs(10)).await;
+    assert!(log_events(&server, "redis unreachable").is_empty());
+
+    redis.kill();
+    wait_logged(&server, "redis unreachable", Duration::from_secs(10)).await;
+    // Reminders come every presence TTL while the outage lasts.
+    wait_logged(
+        &server,
+        "redis still unreachable",
+        Duration::from_secs(TTL_SECS + 5),
+    )
+    .await;
+    redis.restart_same_port();
+    wait_logged(&server, "redis reachable again", Duration::from_secs(10)).await;
+    wait_ready(&server, true, Duration::from_secs(10)).await;
+
+    let started = log_events(&server, "redis unreachable");
+    assert_eq!(started.len(), 1, "the start is logged once: {started:?}");
+    let start = &started[0];
+    assert_eq!(
+        (start["level"].as_str(), start["span"]["instance"].as_str()),
+        (Some("WARN"), Some("sb-log"))
+    );
+    // The reason names the failed command and what went wrong: the driver's error behind
+    // it, or the command timeout.
+    let reason = start["fields"]["reason"].as_str().unwrap_or_default();
+    let detail = reason
+        .strip_prefix("bus unavailable: redis ")
+        .unwrap_or_else(|| panic!("reason: {reason:?}"));
+    assert!(
+        detail.contains(" failed: ") || detail.ends_with(" timed out"),
+        "reason: {reason:?}"
+    );
+    let reminders = log_events(&server, "redis still unreachable");
+    let longest = reminders
+        .iter()
+        .map(|r| r["fields"]["down_for_ms"].as_u64().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest >= TTL_SECS * 1000,
+        "a reminder comes a TTL into the outage, not before: {reminders:?}"
+    );
+    let ended = log_events(&server, "redis reachable again");
+    assert_eq!(ended.len(), 1, "the end is logged once: {ended:?}");
+    assert!(ended[0]["fields"]["down_for_ms"].as_u64().unwrap_or(0) >= longest);
+}

@@ -24,11 +24,14 @@ pub struct Timing {
     pub canary_deadline: Duration,
     /// Upper bound for one Redis command; a stuck Redis becomes `bus_unavailable`.
     pub command_timeout: Duration,
+    /// While Redis stays unreachable, how often the outage is logged again.
+    pub outage_reminder: Duration,
 }
 
 impl Timing {
     /// Heartbeat every TTL/3 (three renewals per TTL survive one lost beat), canary every
-    /// TTL/6 capped at 5 s, deadline two canary periods plus a second of slack.
+    /// TTL/6 capped at 5 s, deadline two canary periods plus a second of slack; an outage is
+    /// logged again every TTL (at most every minute).
     pub fn from_ttl(ttl: Duration) -> Self {
         let ttl = ttl.max(Duration::from_secs(1));
         let heartbeat = (ttl / 3).clamp(Duration::from_millis(250), Duration::from_secs(10));
@@ -39,6 +42,7 @@ impl Timing {
             canary,
             canary_deadline: canary * 2 + Duration::from_secs(1),
             command_timeout: Duration::from_secs(2),
+            outage_reminder: ttl.min(Duration::from_secs(60)),
         }
     }
 }
@@ -56,43 +60,72 @@ pub(super) struct Link {
     pub(super) last_failure: Option<Instant>,
     /// Since when commands have been working without a failure.
     pub(super) commands_ok_since: Option<Instant>,
+    /// The current outage of the command connection, for its log lines.
+    pub(super) outage: Option<Outage>,
+}
+
+/// An outage of the command connection: from its first failed command until one works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Outage {
+    since: Instant,
+    /// When it was last logged.
+    reported: Instant,
 }
 
 /// What one command's outcome changed about the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Change {
-    /// Nothing: commands worked before and still do, or failed before and still do.
+    /// Nothing to act on: commands worked before and still do, or fail again within an
+    /// outage that was logged recently.
     Steady,
-    /// The first command that ever worked.
+    /// The first command that ever worked, without a failure before it.
     Connected,
-    /// Commands work again after a failure: events published meanwhile may be lost.
-    Recovered,
-    /// The first failure after commands worked.
+    /// Commands work again after failing for `down_for`: events published meanwhile may be
+    /// lost.
+    Recovered { down_for: Duration },
+    /// The first failure of an outage: after commands worked, or at start-up.
     Lost,
+    /// Still failing, `down_for` into the outage, and a reminder is due.
+    StillDown { down_for: Duration },
 }
 
 impl Link {
     /// Records a command that succeeded at `now`.
     pub(super) fn command_ok(&mut self, now: Instant) -> Change {
+        let outage = self.outage.take();
         if std::mem::replace(&mut self.commands_ok, true) {
             return Change::Steady;
         }
         self.commands_ok_since = Some(now);
         if self.last_failure.is_some() {
-            Change::Recovered
+            Change::Recovered {
+                down_for: outage.map_or(Duration::ZERO, |o| now.saturating_duration_since(o.since)),
+            }
         } else {
             Change::Connected
         }
     }
 
-    /// Records a command that failed at `now`.
-    pub(super) fn command_failed(&mut self, now: Instant) -> Change {
+    /// Records a command that failed at `now`; a reminder is due every `reminder`.
+    pub(super) fn command_failed(&mut self, now: Instant, reminder: Duration) -> Change {
         // Readiness needs a canary that made the full trip after this failure.
         self.last_failure = Some(now);
-        if std::mem::replace(&mut self.commands_ok, false) {
-            Change::Lost
-        } else {
-            Change::Steady
+        self.commands_ok = false;
+        match &mut self.outage {
+            None => {
+                self.outage = Some(Outage {
+                    since: now,
+                    reported: now,
+                });
+                Change::Lost
+            }
+            Some(outage) if now.saturating_duration_since(outage.reported) >= reminder => {
+                outage.reported = now;
+                Change::StillDown {
+                    down_for: now.saturating_duration_since(outage.since),
+                }
+            }
+            Some(_) => Change::Steady,
         }
     }
 }
@@ -171,31 +204,69 @@ impl Inner {
         // Taken and released before anything else is locked (see the lock order).
         let change = match &result {
             Ok(_) => self.link().command_ok(now),
-            Err(_) => self.link().command_failed(now),
+            Err(_) => self.link().command_failed(now, self.timing.outage_reminder),
         };
+        // One line when an outage starts (with the reason), one per reminder period while it
+        // lasts, one when it ends: whichever caller saw the change logs it.
         match (&result, change) {
             (Ok(_), Change::Connected) => {
                 // Whatever happened before we could reach Redis, make presence whole.
                 self.presence.request_sync();
                 tracing::info!(parent: &self.span, "redis commands connected");
             }
-            (Ok(_), Change::Recovered) => {
+            (Ok(_), Change::Recovered { down_for }) => {
                 self.presence.request_sync();
                 // Events published while we were cut off may be lost.
                 self.reconcile.request();
                 metrics::reconnected("commands");
-                tracing::info!(parent: &self.span, "redis commands work again");
+                tracing::info!(
+                    parent: &self.span,
+                    down_for_ms = millis(down_for),
+                    "redis reachable again"
+                );
             }
             (Err(e), change) => {
                 self.presence.request_sync();
-                if change == Change::Lost {
-                    tracing::warn!(parent: &self.span, error = e as &dyn std::error::Error, "redis unreachable");
+                match change {
+                    Change::Lost => tracing::warn!(
+                        parent: &self.span,
+                        reason = %with_sources(e),
+                        "redis unreachable"
+                    ),
+                    Change::StillDown { down_for } => tracing::warn!(
+                        parent: &self.span,
+                        reason = %with_sources(e),
+                        down_for_ms = millis(down_for),
+                        "redis still unreachable"
+                    ),
+                    _ => {}
                 }
             }
             (Ok(_), _) => {}
         }
         result
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An error and its sources in one line, so the reason survives every log format (the JSON
+/// format records only an error's own message). A source whose text its error already
+/// shows (the Redis driver repeats its I/O error) is not repeated.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -210,6 +281,7 @@ mod tests {
             last_canary: Some(t0),
             last_failure: None,
             commands_ok_since: Some(t0),
+            outage: None,
         }
     }
 
@@ -219,10 +291,16 @@ mod tests {
         assert_eq!(t.heartbeat, Duration::from_secs(10));
         assert_eq!(t.canary, Duration::from_secs(5));
         assert_eq!(t.canary_deadline, Duration::from_secs(11));
+        assert_eq!(t.outage_reminder, Duration::from_secs(30));
         let t = Timing::from_ttl(Duration::from_secs(3));
         assert_eq!(t.heartbeat, Duration::from_secs(1));
         assert_eq!(t.canary, Duration::from_millis(500));
         assert_eq!(t.canary_deadline, Duration::from_secs(2));
+        assert_eq!(t.outage_reminder, Duration::from_secs(3));
+        assert_eq!(
+            Timing::from_ttl(Duration::from_secs(300)).outage_reminder,
+            Duration::from_secs(60)
+        );
         let t = Timing::from_ttl(Duration::from_millis(10));
         assert_eq!(t.ttl, Duration::from_secs(1));
         assert_eq!(t.heartbeat, Duration::from_secs(1) / 3);
@@ -233,23 +311,88 @@ mod tests {
     fn command_outcomes_report_each_transition_once() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut link = Link::default();
-        // Never connected: failures are not a loss, the first success is a connect.
-        assert_eq!(link.command_failed(at(0)), Change::Steady);
+        let reminder = Duration::from_millis(100);
         let mut fresh = Link::default();
         assert_eq!(fresh.command_ok(at(0)), Change::Connected);
         assert_eq!(fresh.command_ok(at(1)), Change::Steady);
         assert_eq!(fresh.commands_ok_since, Some(at(0)));
+        // Unreachable at start-up is an outage too, logged at its first failure.
+        let mut link = Link::default();
+        assert_eq!(link.command_failed(at(0), reminder), Change::Lost);
+        assert_eq!(
+            link.command_ok(at(10)),
+            Change::Recovered {
+                down_for: Duration::from_millis(10)
+            }
+        );
         // A success after a failure is a recovery, and restarts the working-since clock.
-        assert_eq!(link.command_ok(at(10)), Change::Recovered);
         assert_eq!(link.commands_ok_since, Some(at(10)));
-        assert_eq!(link.command_failed(at(20)), Change::Lost);
-        assert_eq!(link.command_failed(at(30)), Change::Steady);
+        assert_eq!(link.command_failed(at(20), reminder), Change::Lost);
+        assert_eq!(link.command_failed(at(30), reminder), Change::Steady);
         assert_eq!(link.last_failure, Some(at(30)));
         assert!(!link.commands_ok);
-        assert_eq!(link.command_ok(at(40)), Change::Recovered);
+        assert_eq!(
+            link.command_ok(at(40)),
+            Change::Recovered {
+                down_for: Duration::from_millis(20)
+            }
+        );
         assert_eq!(link.command_ok(at(50)), Change::Steady);
         assert_eq!(link.commands_ok_since, Some(at(40)));
+    }
+
+    #[test]
+    fn a_long_outage_is_reported_again_once_per_reminder_period() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let reminder = Duration::from_millis(100);
+        let mut link = healthy(t0);
+        let outcomes: Vec<Change> = [0, 50, 99, 100, 150, 210, 299, 300]
+            .into_iter()
+            .map(|ms| link.command_failed(at(1000 + ms), reminder))
+            .collect();
+        let down = |ms| Change::StillDown {
+            down_for: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            outcomes,
+            [
+                Change::Lost,
+                Change::Steady,
+                Change::Steady,
+                down(100),
+                Change::Steady,
+                down(210),
+                Change::Steady,
+                Change::Steady,
+            ],
+            "reminders count from the last report, not from the start"
+        );
+        assert_eq!(
+            link.command_ok(at(1400)),
+            Change::Recovered {
+                down_for: Duration::from_millis(400)
+            }
+        );
+        // The next outage starts afresh.
+        assert_eq!(link.command_failed(at(1500), reminder), Change::Lost);
+    }
+
+    #[test]
+    fn a_logged_reason_carries_the_whole_chain() {
+        let e = crate::bus::BusError::Redis {
+            op: "canary",
+            source: ::redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            )),
+        };
+        let text = with_sources(&e);
+        assert!(
+            text.starts_with("bus unavailable: redis canary failed: ")
+                && text.matches("connection refused").count() == 1,
+            "{text}"
+        );
     }
 
     #[test]
