@@ -564,3 +564,181 @@ fn redis_settings_are_checked_at_load() {
     .unwrap();
     assert_eq!(c.redis.key_prefix, "team-a:prod");
 }
+
+fn load_token(
+    a: &[&str],
+    e: &[(&str, &str)],
+    files: &[(&str, &str)],
+) -> Result<TokenCommand, Vec<String>> {
+    match Config::load(&args(a), &env(e), &env(files)) {
+        Ok(Command::Token(c)) => Ok(*c),
+        Ok(other) => panic!("unexpected {other:?}"),
+        Err(errs) => Err(errs.0.iter().map(ToString::to_string).collect()),
+    }
+}
+
+#[test]
+fn token_reads_the_same_sources_and_keeps_its_arguments() {
+    let yaml = "jwt:\n  secret: fromfile-0123456789abcdef0123456789\n  issuer: backend\n";
+    let c = load_token(
+        &[
+            "--config",
+            "/c.yaml",
+            "--jwt-audience",
+            "before",
+            "token",
+            "--sub",
+            "alice",
+            "--room",
+            "a",
+            "--room",
+            "b",
+            "--jwt-audience",
+            "after",
+        ],
+        &[],
+        &[("/c.yaml", yaml)],
+    )
+    .unwrap();
+    assert_eq!(
+        c.args,
+        TokenArgs {
+            sub: Some("alice".into()),
+            rooms: vec!["a".into(), "b".into()],
+            ..TokenArgs::default()
+        }
+    );
+    let secret = Secret::new("fromfile-0123456789abcdef0123456789");
+    assert_eq!(c.signing.key, SigningKey::Secret(secret.clone()));
+    assert_eq!(c.signing.issuer.as_deref(), Some("backend"));
+    // A flag after `token` beats the same flag before it.
+    assert_eq!(c.signing.audience.as_deref(), Some("after"));
+    assert_eq!(
+        c.signing.verify,
+        Some(JwtConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            key: JwtKey::Secret(secret),
+            issuer: Some("backend".into()),
+            audience: Some("after".into()),
+        })
+    );
+    // Only the jwt settings matter to `token`.
+    assert!(load_token(
+        &["token", "--sub", "a"],
+        &[("JWT_SECRET", S), ("WEBRTC_RATE_LIMIT_BURST", "0")],
+        &[]
+    )
+    .is_ok());
+}
+
+#[test]
+fn token_needs_a_signing_key() {
+    let pem = include_str!("../tests/keys/rsa_public.pem");
+    let private = include_str!("../tests/keys/rsa_private.pem");
+    let rs256 = [
+        ("JWT_ALGORITHM", "RS256"),
+        ("JWT_PUBLIC_KEY_FILE", "/pub.pem"),
+    ];
+    let files = [
+        ("/pub.pem", pem),
+        ("/key.pem", private),
+        ("/bad.pem", "not a key"),
+    ];
+    // The server holds only the public key: one line naming the private key setting.
+    let errs = load_token(&["token", "--sub", "a"], &rs256, &files).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("config error: jwt.private_key_file (JWT_PRIVATE_KEY_FILE / --jwt-private-key-file): no signing key"),
+        "{errs:#?}"
+    );
+    let c = load_token(
+        &["token", "--sub", "a", "--jwt-private-key-file", "/key.pem"],
+        &rs256,
+        &files,
+    )
+    .unwrap();
+    assert_eq!(
+        c.signing.key,
+        SigningKey::PrivateKeyPem(Secret::new(private))
+    );
+    assert_eq!(
+        c.signing.verify.map(|v| v.key),
+        Some(JwtKey::PublicKeyPem(pem.into()))
+    );
+    // Without the public key there is nothing to check against, which is fine.
+    let c = load_token(
+        &["token", "--sub", "a"],
+        &[
+            ("JWT_ALGORITHM", "RS256"),
+            ("JWT_PRIVATE_KEY_FILE", "/key.pem"),
+        ],
+        &files,
+    )
+    .unwrap();
+    assert_eq!(c.signing.verify, None);
+    let errs = load_token(
+        &["token", "--sub", "a", "--jwt-private-key-file", "/bad.pem"],
+        &rs256,
+        &files,
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("/bad.pem is not an RSA private key"),
+        "{errs:#?}"
+    );
+    // HS256 without a secret: one line, pointing at the private key for RS256/ES256.
+    let errs = load_token(&["token", "--sub", "a"], &[], &[]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("JWT_SECRET") && errs[0].contains("jwt.private_key_file"),
+        "{errs:#?}"
+    );
+    let errs =
+        load_token(&["--dev", "token", "--sub", "a"], &[("JWT_SECRET", S)], &[]).unwrap_err();
+    assert_eq!(errs, ["config error: --dev: not used with token: it would sign with a random secret no server knows"]);
+    // The server itself never reads the private key.
+    assert!(load(
+        &[],
+        &[("JWT_SECRET", S), ("JWT_PRIVATE_KEY_FILE", "/missing")],
+        &[]
+    )
+    .is_ok());
+}
+
+#[test]
+fn token_help_and_bad_token_flags() {
+    assert!(matches!(
+        Config::load(&args(&["token", "--help"]), &env(&[]), &env(&[])),
+        Ok(Command::TokenHelp)
+    ));
+    assert!(matches!(
+        Config::load(&args(&["-h", "token"]), &env(&[]), &env(&[])),
+        Ok(Command::Help)
+    ));
+    let help = token_usage();
+    for flag in [
+        "--sub",
+        "--name",
+        "--room",
+        "--ttl",
+        "--grant",
+        "--metadata",
+        "--jwt-private-key-file",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from token --help");
+    }
+    let errs = load_token(
+        &["token", "--sub", "a", "--bogus", "--ttl"],
+        &[("JWT_SECRET", S)],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(
+        errs,
+        [
+            "config error: command line argument \"--bogus\": unknown flag (see --help)",
+            "config error: command line argument \"--ttl\": --ttl needs a value",
+        ]
+    );
+}

@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod room;
 pub mod session;
 pub mod shutdown;
+pub mod token;
 
 use std::future::Future;
 use std::sync::Arc;

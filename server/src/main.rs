@@ -1,6 +1,6 @@
 //! `switchboard-server` binary: parse configuration, set up logging, bind,
 //! print the stdout banner, and run [`switchboard_server::serve`] until
-//! SIGTERM or Ctrl-C.
+//! SIGTERM or Ctrl-C; or, for `token`, print one signed token.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal as _, Write as _};
@@ -9,13 +9,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_server::config::{self, Command, Config, LogFormat};
+use switchboard_server::token;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::load(&args, &config::ProcessEnv, &config::RealFiles) {
         Ok(Command::Run(config)) => *config,
+        Ok(Command::Token(cmd)) => return token(&cmd),
         Ok(Command::Help) => {
             print!("{}", config::usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::TokenHelp) => {
+            print!("{}", config::token_usage());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
@@ -45,6 +51,33 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "exiting");
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchboard-server token ...`: the token alone on stdout, or one line
+/// per bad argument on stderr (exit 64).
+fn token(cmd: &config::TokenCommand) -> ExitCode {
+    let request = match token::request(&cmd.args) {
+        Ok(request) => request,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(token::EXIT_USAGE as u8);
+        }
+    };
+    match token::mint(&request, &cmd.signing, switchboard_server::auth::now_unix()) {
+        Ok(t) => match banner(&t) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the token to stdout: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

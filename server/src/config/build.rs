@@ -8,7 +8,7 @@ use super::reader::{Reader, SecretSetting};
 use super::settings::*;
 use super::{
     Config, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig, RoomsConfig, Secret,
-    ShutdownConfig,
+    ShutdownConfig, SigningConfig, SigningKey,
 };
 
 /// The shortest HS256 secret accepted outside `--dev`: RFC 7518 3.2 wants a
@@ -132,35 +132,105 @@ fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
             if public_key_path.is_some() {
                 r.err(&JWT_PUBLIC_KEY_FILE.meta, "only used with jwt.algorithm RS256 or ES256; HS256 needs jwt.secret or jwt.secret_file");
             }
-            hs256_key(r, secret)
+            hs256_secret(r, secret, "jwt.public_key_file; or run with --dev").map(JwtKey::Secret)
         }
         JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
-            if matches!(secret, SecretSetting::Set(..)) {
-                r.err(
-                    &JWT_SECRET.meta,
-                    format!(
-                        "not used with jwt.algorithm {}; set jwt.public_key_file",
-                        algorithm.as_str()
-                    ),
-                );
+            refuse_secret(r, &secret, algorithm, "jwt.public_key_file");
+            match public_key_path {
+                Some(path) => public_key(r, algorithm, &path).map(JwtKey::PublicKeyPem),
+                None => {
+                    r.err(
+                        &JWT_PUBLIC_KEY_FILE.meta,
+                        format!(
+                            "no JWT key configured: jwt.algorithm {} needs a PEM public key file",
+                            algorithm.as_str()
+                        ),
+                    );
+                    None
+                }
             }
-            public_key(r, algorithm, public_key_path)
         }
     };
     JwtConfig {
         algorithm,
-        key,
+        // Stands in for a key that failed; its error is already recorded.
+        key: key.unwrap_or_else(|| JwtKey::Secret(Secret::new(String::new()))),
         issuer,
         audience,
     }
 }
 
-/// Stands in for a key that failed; its error is already recorded.
-fn placeholder() -> JwtKey {
-    JwtKey::Secret(Secret::new(String::new()))
+/// The signing side of the JWT settings, for `switchboard-server token`.
+/// Only the `jwt.*` settings are read: minting needs nothing else.
+pub fn build_signing(r: &mut Reader<'_>) -> SigningConfig {
+    let algorithm = r.get(&JWT_ALGORITHM);
+    let secret = r.sourced_secret(&JWT_SECRET, &JWT_SECRET_FILE);
+    let public_key_path = r.opt(&JWT_PUBLIC_KEY_FILE);
+    let private_key_path = r.opt(&JWT_PRIVATE_KEY_FILE);
+    let issuer = r.opt(&JWT_ISSUER);
+    let audience = r.opt(&JWT_AUDIENCE);
+    let verify = |key| JwtConfig {
+        algorithm,
+        key,
+        issuer: issuer.clone(),
+        audience: audience.clone(),
+    };
+    let (key, verify) = match algorithm {
+        JwtAlgorithm::Hs256 => {
+            if private_key_path.is_some() {
+                r.err(&JWT_PRIVATE_KEY_FILE.meta, "only used with jwt.algorithm RS256 or ES256; HS256 signs with jwt.secret or jwt.secret_file");
+            }
+            let secret = hs256_secret(r, secret, "jwt.private_key_file");
+            let check = secret.clone().map(|s| verify(JwtKey::Secret(s)));
+            (secret.map(SigningKey::Secret), check)
+        }
+        JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
+            refuse_secret(r, &secret, algorithm, "jwt.private_key_file");
+            let check = public_key_path
+                .and_then(|path| public_key(r, algorithm, &path))
+                .map(|pem| verify(JwtKey::PublicKeyPem(pem)));
+            let key = match private_key_path {
+                Some(path) => private_key(r, algorithm, &path),
+                None => {
+                    r.err(
+                        &JWT_PRIVATE_KEY_FILE.meta,
+                        format!(
+                            "no signing key: jwt.algorithm {} signs with a PEM private key; the server itself only needs the public key",
+                            algorithm.as_str()
+                        ),
+                    );
+                    None
+                }
+            };
+            (key.map(SigningKey::PrivateKeyPem), check)
+        }
+    };
+    SigningConfig {
+        algorithm,
+        // Stands in for a key that failed; its error is already recorded.
+        key: key.unwrap_or_else(|| SigningKey::Secret(Secret::new(String::new()))),
+        issuer,
+        audience,
+        verify,
+    }
 }
 
-fn hs256_key(r: &mut Reader<'_>, secret: SecretSetting) -> JwtKey {
+/// A secret with RS256/ES256 is a mistake worth reporting.
+fn refuse_secret(r: &mut Reader<'_>, secret: &SecretSetting, algorithm: JwtAlgorithm, need: &str) {
+    if matches!(secret, SecretSetting::Set(..)) {
+        r.err(
+            &JWT_SECRET.meta,
+            format!(
+                "not used with jwt.algorithm {}; set {need}",
+                algorithm.as_str()
+            ),
+        );
+    }
+}
+
+/// The HS256 secret, at least [`MIN_HS256_SECRET_BYTES`] long; `other_key`
+/// names the RS256/ES256 alternative when none is configured.
+fn hs256_secret(r: &mut Reader<'_>, secret: SecretSetting, other_key: &str) -> Option<Secret> {
     match secret {
         SecretSetting::Set(s, from) => {
             let len = s.expose().len();
@@ -173,52 +243,77 @@ fn hs256_key(r: &mut Reader<'_>, secret: SecretSetting) -> JwtKey {
                     ),
                 );
             }
-            JwtKey::Secret(s)
+            Some(s)
         }
-        SecretSetting::Failed => placeholder(),
+        SecretSetting::Failed => None,
         SecretSetting::Unset => {
-            r.err(&JWT_SECRET.meta, "no JWT key configured: set jwt.secret (JWT_SECRET) or jwt.secret_file (JWT_SECRET_FILE), or jwt.algorithm RS256/ES256 with jwt.public_key_file; or run with --dev");
-            placeholder()
+            r.err(&JWT_SECRET.meta, format!("no JWT key configured: set jwt.secret (JWT_SECRET) or jwt.secret_file (JWT_SECRET_FILE), or jwt.algorithm RS256/ES256 with {other_key}"));
+            None
         }
     }
 }
 
-fn public_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: Option<String>) -> JwtKey {
-    let setting = &JWT_PUBLIC_KEY_FILE.meta;
-    let Some(path) = path else {
-        r.err(
-            setting,
-            format!(
-                "no JWT key configured: jwt.algorithm {} needs a PEM public key file",
-                algorithm.as_str()
-            ),
-        );
-        return placeholder();
+/// The PEM public key at `path`, checked to be one `algorithm` can use.
+fn public_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option<String> {
+    let usable = |pem: &[u8]| match algorithm {
+        JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem).is_ok(),
+        _ => jsonwebtoken::DecodingKey::from_ec_pem(pem).is_ok(),
     };
-    let pem = match r.files.read(&path) {
-        Ok(pem) => pem,
+    pem_file(
+        r,
+        &JWT_PUBLIC_KEY_FILE.meta,
+        path,
+        algorithm,
+        "public",
+        usable,
+    )
+}
+
+/// The PEM private key at `path`, checked to be one `algorithm` can sign with.
+fn private_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option<Secret> {
+    let usable = |pem: &[u8]| match algorithm {
+        JwtAlgorithm::Rs256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem).is_ok(),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(pem).is_ok(),
+    };
+    pem_file(
+        r,
+        &JWT_PRIVATE_KEY_FILE.meta,
+        path,
+        algorithm,
+        "private",
+        usable,
+    )
+    .map(Secret::new)
+}
+
+/// Reads the key file `setting` names; an unreadable or unusable one is an error.
+fn pem_file(
+    r: &mut Reader<'_>,
+    setting: &Meta,
+    path: &str,
+    algorithm: JwtAlgorithm,
+    side: &str,
+    usable: impl Fn(&[u8]) -> bool,
+) -> Option<String> {
+    match r.files.read(path) {
+        Ok(pem) if usable(pem.as_bytes()) => Some(pem),
+        Ok(_) => {
+            let kind = if algorithm == JwtAlgorithm::Rs256 {
+                "an RSA"
+            } else {
+                "an EC P-256"
+            };
+            r.err(
+                setting,
+                format!("{path} is not {kind} {side} key in PEM format"),
+            );
+            None
+        }
         Err(e) => {
             r.err(setting, format!("cannot read {path}: {e}"));
-            return placeholder();
+            None
         }
-    };
-    let parsed = match algorithm {
-        JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).map(|_| ()),
-        _ => jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).map(|_| ()),
-    };
-    if parsed.is_ok() {
-        return JwtKey::PublicKeyPem(pem);
     }
-    let kind = if algorithm == JwtAlgorithm::Rs256 {
-        "an RSA"
-    } else {
-        "an EC P-256"
-    };
-    r.err(
-        setting,
-        format!("{path} is not {kind} public key in PEM format"),
-    );
-    placeholder()
 }
 
 fn build_ice(r: &mut Reader<'_>) -> IceConfig {

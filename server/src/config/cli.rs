@@ -23,9 +23,13 @@ const BIN: &str = "switchboard-server";
     version,
     about = "WebRTC signaling server",
     after_help = "Precedence: flag > environment > config file > default.",
-    args_override_self = true
+    args_override_self = true,
+    disable_help_flag = true,
+    disable_help_subcommand = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// in-process bus and a random JWT secret; prints a token and the demo URL
     #[arg(long)]
     dev: bool,
@@ -33,12 +37,54 @@ struct Cli {
     config: ConfigArgs,
 }
 
-/// `--config` and the settings flags.
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Print a token signed with the configured key (same config sources as the server)
+    #[command(
+        args_override_self = true,
+        disable_help_flag = true,
+        after_help = "The token goes to stdout, nothing else. See docs/tokens.md for the claims."
+    )]
+    Token {
+        #[command(flatten)]
+        token: TokenArgs,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// The `token` subcommand's own arguments, as given; `crate::token` checks them.
+#[derive(clap::Args, Debug, Default, Clone, PartialEq, Eq)]
+pub struct TokenArgs {
+    /// user id (`sub` claim); required
+    #[arg(long, value_name = "USER_ID", allow_hyphen_values = true)]
+    pub sub: Option<String>,
+    /// display name (`name` claim) [default: the user id]
+    #[arg(long, allow_hyphen_values = true)]
+    pub name: Option<String>,
+    /// a room the token may join; repeat for several [default: every room]
+    #[arg(long = "room", value_name = "ROOM_ID", allow_hyphen_values = true)]
+    pub rooms: Vec<String>,
+    /// lifetime, e.g. 90s, 15m, 1h, 7d [default: 1h]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub ttl: Option<String>,
+    /// a grant for the server API (room_admin); repeat for several
+    #[arg(long = "grant", value_name = "GRANT", allow_hyphen_values = true)]
+    pub grants: Vec<String>,
+    /// a JSON object carried as the `metadata` claim
+    #[arg(long, value_name = "JSON", allow_hyphen_values = true)]
+    pub metadata: Option<String>,
+}
+
+/// `--help`, `--config` and the settings flags, on the server and on `token`.
 #[derive(clap::Args, Debug)]
 struct ConfigArgs {
     /// YAML config file
     #[arg(long, value_name = "FILE", env = CONFIG_ENV, hide_env_values = true, allow_hyphen_values = true)]
     config: Option<String>,
+    /// print help
+    #[arg(short = 'h', long, action = ArgAction::SetTrue)]
+    help: bool,
     #[command(flatten)]
     flags: Flags,
 }
@@ -93,12 +139,23 @@ fn flag_arg(st: &'static Meta) -> Arg {
 /// What the command line asks for, before any setting is typed.
 #[derive(Debug, Default)]
 pub struct Args {
-    pub help: bool,
+    pub help: Help,
     pub version: bool,
     pub dev: bool,
+    /// `Some` for the `token` subcommand.
+    pub token: Option<TokenArgs>,
     pub config: Option<String>,
     /// Settings flags by YAML key.
     pub flags: HashMap<&'static str, String>,
+}
+
+/// Which `--help` was asked for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Help {
+    #[default]
+    No,
+    Server,
+    Token,
 }
 
 /// `--help` text.
@@ -106,10 +163,23 @@ pub fn usage() -> String {
     Cli::command().render_help().to_string()
 }
 
+/// `token --help` text.
+pub fn token_usage() -> String {
+    let mut cmd = Cli::command();
+    // Building sets the subcommand's name in its usage line.
+    cmd.build();
+    match cmd.find_subcommand_mut("token") {
+        Some(sub) => sub.render_help().to_string(),
+        None => usage(),
+    }
+}
+
 /// Parses `args` (without the program name); every bad argument is one error.
 pub fn parse(args: &[String], errors: &mut Vec<ConfigError>) -> Args {
     // The environment is read through `Env`, never by clap.
-    let mut cmd = Cli::command().mut_args(|a| a.env(None));
+    let mut cmd = Cli::command()
+        .mut_args(|a| a.env(None))
+        .mut_subcommands(|s| s.mut_args(|a| a.env(None)));
     let mut args: Vec<String> = args.to_vec();
     // Each round either succeeds or removes at least one argument.
     loop {
@@ -117,12 +187,7 @@ pub fn parse(args: &[String], errors: &mut Vec<ConfigError>) -> Args {
         let err = match cmd.try_get_matches_from_mut(argv) {
             Ok(m) => {
                 return match Cli::from_arg_matches(&m) {
-                    Ok(cli) => Args {
-                        dev: cli.dev,
-                        config: cli.config.config,
-                        flags: cli.config.flags.0,
-                        ..Args::default()
-                    },
+                    Ok(cli) => from_cli(cli),
                     Err(e) => {
                         errors.push(command_line_error(&e));
                         Args::default()
@@ -131,20 +196,11 @@ pub fn parse(args: &[String], errors: &mut Vec<ConfigError>) -> Args {
             }
             Err(e) => e,
         };
-        match err.kind() {
-            ErrorKind::DisplayHelp => {
-                return Args {
-                    help: true,
-                    ..Args::default()
-                }
-            }
-            ErrorKind::DisplayVersion => {
-                return Args {
-                    version: true,
-                    ..Args::default()
-                }
-            }
-            _ => {}
+        if err.kind() == ErrorKind::DisplayVersion {
+            return Args {
+                version: true,
+                ..Args::default()
+            };
         }
         match recover(&err, &mut args) {
             Some(e) => errors.push(e),
@@ -154,6 +210,30 @@ pub fn parse(args: &[String], errors: &mut Vec<ConfigError>) -> Args {
             }
         }
     }
+}
+
+/// Flattens what clap matched; flags after `token` override those before it.
+fn from_cli(cli: Cli) -> Args {
+    let mut args = Args {
+        help: if cli.config.help {
+            Help::Server
+        } else {
+            Help::No
+        },
+        dev: cli.dev,
+        config: cli.config.config,
+        flags: cli.config.flags.0,
+        ..Args::default()
+    };
+    if let Some(Sub::Token { token, config }) = cli.command {
+        if config.help {
+            args.help = Help::Token;
+        }
+        args.config = config.config.or(args.config);
+        args.flags.extend(config.flags.0);
+        args.token = Some(token);
+    }
+    args
 }
 
 fn context(err: &clap::Error, kind: ContextKind) -> Option<&str> {
@@ -201,7 +281,10 @@ fn recover(err: &clap::Error, args: &mut Vec<String>) -> Option<ConfigError> {
             args.pop();
             let setting = match SETTINGS.iter().find(|s| s.flag == flag) {
                 Some(st) => ConfigError::label(st),
-                None => format!("config file ({CONFIG_ENV} / {CONFIG_FLAG})"),
+                None if flag == CONFIG_FLAG => {
+                    format!("config file ({CONFIG_ENV} / {CONFIG_FLAG})")
+                }
+                None => format!("command line argument {flag:?}"),
             };
             Some(ConfigError {
                 setting,

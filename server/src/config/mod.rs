@@ -9,9 +9,9 @@
 //! | `settings.rs` | the table: one typed constant per setting (YAML key, env var, flag, default, parser, help) |
 //! | `values.rs` | the value parsers the table uses (pure: text in, value or message out) |
 //! | `sources.rs` | [`Env`], [`Files`], the YAML file, and which source wins |
-//! | `cli.rs` | the command line (clap): `--dev`, `--config`, one flag per setting, `--help`, `--version` |
+//! | `cli.rs` | the command line (clap): `--dev`, `--config`, one flag per setting, `--help`, `--version`, and the `token` subcommand's arguments as given |
 //! | `reader.rs` | typed reads of a setting constant, recording every error |
-//! | `build.rs` | [`Config`] from the reader, and the rules that span settings |
+//! | `build.rs` | [`Config`] (or, for `token`, [`SigningConfig`]) from the reader, and the rules that span settings |
 //!
 //! # Adding a setting
 //!
@@ -56,7 +56,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use build::{random_secret, MIN_HS256_SECRET_BYTES};
-pub use cli::usage;
+pub use cli::{token_usage, usage, TokenArgs};
 pub use settings::{DefaultText, Meta, SETTINGS};
 pub use sources::{Env, Files, ProcessEnv, RealFiles};
 
@@ -189,11 +189,45 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
+/// The key tokens are signed with, for `switchboard-server token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SigningKey {
+    /// HS256 shared secret.
+    Secret(Secret),
+    /// RS256/ES256 private key, PEM text (validated at load time).
+    PrivateKeyPem(Secret),
+}
+
+/// What `switchboard-server token` signs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningConfig {
+    pub algorithm: JwtAlgorithm,
+    pub key: SigningKey,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// The server's side of the key when configured (HS256: the same
+    /// secret; RS256/ES256: `jwt.public_key_file`): each minted token is
+    /// checked against it, so a key pair that does not match is caught.
+    pub verify: Option<JwtConfig>,
+}
+
+/// `switchboard-server token ...`: the arguments as given and the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCommand {
+    pub args: TokenArgs,
+    pub signing: SigningConfig,
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
     Run(Box<Config>),
+    /// Mint a token (`token` subcommand).
+    Token(Box<TokenCommand>),
+    /// Print [`usage`].
     Help,
+    /// Print [`token_usage`].
+    TokenHelp,
     Version,
 }
 
@@ -252,8 +286,10 @@ impl Config {
     ) -> Result<Command, ConfigErrors> {
         let mut errors = Vec::new();
         let args = cli::parse(args, &mut errors);
-        if args.help {
-            return Ok(Command::Help);
+        match args.help {
+            cli::Help::Server => return Ok(Command::Help),
+            cli::Help::Token => return Ok(Command::TokenHelp),
+            cli::Help::No => {}
         }
         if args.version {
             return Ok(Command::Version);
@@ -271,9 +307,23 @@ impl Config {
             file,
         };
         let mut r = reader::Reader::new(&sources, files, errors);
-        let config = build::build(&mut r, args.dev);
+        let command = match args.token {
+            None => Command::Run(Box::new(build::build(&mut r, args.dev))),
+            Some(token_args) => {
+                if args.dev {
+                    r.errors.push(ConfigError {
+                        setting: "--dev".into(),
+                        message: "not used with token: it would sign with a random secret no server knows".into(),
+                    });
+                }
+                Command::Token(Box::new(TokenCommand {
+                    args: token_args,
+                    signing: build::build_signing(&mut r),
+                }))
+            }
+        };
         if r.errors.is_empty() {
-            Ok(Command::Run(Box::new(config)))
+            Ok(command)
         } else {
             Err(ConfigErrors(r.errors))
         }

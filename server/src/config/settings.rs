@@ -154,6 +154,10 @@ settings! {
     JWT_PUBLIC_KEY_FILE: Optional<String> = Optional::new(
         "jwt.public_key_file", "JWT_PUBLIC_KEY_FILE", "--jwt-public-key-file", "",
         Parse::Text(text), "PEM public key for RS256/ES256");
+    /// Read only by `switchboard-server token`; the server verifies with the public key.
+    JWT_PRIVATE_KEY_FILE: Optional<String> = Optional::new(
+        "jwt.private_key_file", "JWT_PRIVATE_KEY_FILE", "--jwt-private-key-file", "",
+        Parse::Text(text), "PEM private key for RS256/ES256; only `token` reads it");
     JWT_ISSUER: Optional<String> = Optional::new(
         "jwt.issuer", "JWT_ISSUER", "--jwt-issuer", "not checked",
         Parse::Text(text), "required iss claim");
