@@ -459,7 +459,7 @@ dockerfiles_consistent() {
 import re, sys, tomllib
 problems = []
 for df, pkg, port in (("Dockerfile.server", "switchboard-server", "8080"),
-                      ("Dockerfile.operator", "switchboard-operator", "8080")):
+                      ("Dockerfile.operator", "switchboard-operator", "8090")):
     try:
         text = open(df).read()
     except OSError as e:

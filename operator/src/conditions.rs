@@ -2,11 +2,13 @@
 //! `SignalingClusterStatus` with actionable conditions out. It reads no API and no clock: the
 //! caller passes `now`, and `lastTransitionTime` only moves when a condition's status flips, so
 //! an unchanged cluster yields an identical status (and the runtime writes nothing).
+//! [`transitions`] tells which conditions changed between two statuses (what gets an Event).
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::SignalingClusterStatus;
+use crate::names;
 use crate::resolve::ConfigError;
 
 /// Condition types, in the order they appear in the status.
@@ -193,21 +195,28 @@ pub fn compute_status(
             types::REDIS_READY,
             false,
             "StatefulSetMissing",
-            format!("StatefulSet {}-redis does not exist yet", facts.name),
+            format!(
+                "StatefulSet {} does not exist yet",
+                names::redis(&facts.name)
+            ),
         ),
         RedisFacts::Managed { ready_replicas } if *ready_replicas > 0 => cond(
             types::REDIS_READY,
             true,
             "RedisReady",
-            format!("managed Redis pod {}-redis-0 is ready", facts.name),
+            format!(
+                "managed Redis pod {} is ready",
+                names::redis_pod(&facts.name)
+            ),
         ),
         RedisFacts::Managed { .. } => cond(
             types::REDIS_READY,
             false,
             "RedisNotReady",
             format!(
-                "managed Redis pod {}-redis-0 is not ready; see kubectl describe pod {}-redis-0 -n {}",
-                facts.name, facts.name, facts.namespace
+                "managed Redis pod {pod} is not ready; see kubectl describe pod {pod} -n {}",
+                facts.namespace,
+                pod = names::redis_pod(&facts.name)
             ),
         ),
     };
@@ -267,7 +276,10 @@ fn servers_condition(
             t,
             false,
             "DeploymentMissing",
-            format!("Deployment {}-server does not exist yet{why}", facts.name),
+            format!(
+                "Deployment {} does not exist yet{why}",
+                names::server(&facts.name)
+            ),
         );
     };
     if let Some((reason, message)) = &d.failure {
@@ -276,8 +288,10 @@ fn servers_condition(
             false,
             reason,
             format!(
-                "{}/{} server pods ready; Deployment {}-server reports {reason}: {message}",
-                d.ready, d.desired, facts.name
+                "{}/{} server pods ready; Deployment {} reports {reason}: {message}",
+                d.ready,
+                d.desired,
+                names::server(&facts.name)
             ),
         );
     }
@@ -344,6 +358,28 @@ fn condition(
         last_transition_time,
         observed_generation: generation,
     }
+}
+
+/// Conditions whose status is new or changed: (type, reason, message, is-good). For `Paused`
+/// "True" is reported as a plain Normal event too. A `ConfigValid` that stays False but names
+/// another problem (reason or message changed, e.g. a second missing Secret) is a new user
+/// error and is reported as well; other conditions' messages (replica counts) change while
+/// False without being news.
+pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(String, String, String, bool)> {
+    new.iter()
+        .filter(|n| {
+            old.iter().find(|o| o.type_ == n.type_).is_none_or(|o| {
+                o.status != n.status
+                    || (n.type_ == types::CONFIG_VALID
+                        && n.status == "False"
+                        && (o.reason != n.reason || o.message != n.message))
+            })
+        })
+        .map(|n| {
+            let good = n.status == "True" || n.type_ == types::PAUSED;
+            (n.type_.clone(), n.reason.clone(), n.message.clone(), good)
+        })
+        .collect()
 }
 
 /// The condition of `type_` in `status`, if present.

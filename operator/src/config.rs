@@ -8,6 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::api::SignalingCluster;
+use crate::names::SERVER_PORT;
 use crate::resolve::{JwtKey, Resolved};
 
 /// Where the config Secret is mounted in server pods (a directory mount, so updates reach
@@ -17,8 +18,6 @@ pub const MOUNT_DIR: &str = "/etc/switchboard";
 pub const CONFIG_FILE: &str = "config.yaml";
 /// Key of the JWT public key file in the config Secret (RS256/ES256 only).
 pub const JWT_PUBLIC_KEY_FILE: &str = "jwt-public-key.pem";
-/// Address the server listens on inside the pod.
-pub const LISTEN: &str = "0.0.0.0:8080";
 
 /// The rendered config: the files of the config Secret and the hash pods are annotated with.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,7 +47,7 @@ pub struct RenderError(#[from] serde_yaml::Error);
 
 #[derive(Serialize)]
 struct File<'a> {
-    listen: &'a str,
+    listen: String,
     log_format: &'a str,
     jwt: Jwt<'a>,
     ice: Ice<'a>,
@@ -108,7 +107,8 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
         }
     };
     let file = File {
-        listen: LISTEN,
+        // Inside the pod: every interface, on the port the Deployment declares.
+        listen: format!("0.0.0.0:{SERVER_PORT}"),
         log_format: "json",
         jwt: Jwt {
             algorithm: spec.auth.algorithm.as_str(),

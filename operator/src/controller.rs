@@ -1,12 +1,11 @@
 //! The controller around `reconcile`: which objects are watched and how they map back to a
-//! `SignalingCluster`, the error policy (per-object exponential backoff), the CRD check at
-//! startup, and the leader-election loop that runs the controller only while leading.
-//! The reconcile steps themselves live in `reconcile`.
+//! `SignalingCluster`, the error policy (per-object exponential backoff, see `backoff`), API
+//! discovery and the CRD check at startup, and the leader-election loop that runs the
+//! controller only while leading. The reconcile steps themselves live in `reconcile`.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -24,11 +23,14 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::api::SignalingCluster;
+use crate::backoff::Backoff;
+use crate::context::{ApiSupport, Context};
+use crate::error::Error;
 use crate::leader::{LeaderElector, LeaseSettings};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, Error};
+use crate::names::FIELD_MANAGER;
+use crate::reconcile;
 use crate::resolve::referenced_secret_names;
-use crate::resources::FIELD_MANAGER;
 
 /// Full name of the CRD, for the startup check.
 pub const CRD_NAME: &str = "signalingclusters.switchboard.dev";
@@ -74,74 +76,6 @@ pub struct OperatorSettings {
     pub namespace: Option<String>,
     /// Leader election; `None` runs the controller unconditionally.
     pub lease: Option<LeaseSettings>,
-}
-
-/// Failures counted per object; the delay doubles with each consecutive failure.
-#[derive(Default)]
-pub struct Backoff {
-    failures: Mutex<HashMap<ObjectRef<SignalingCluster>, u32>>,
-}
-
-/// First retry after a transient error.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest retry delay after transient errors.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
-
-/// Delay before retry number `failures` (1 = first failure): 1 s, 2 s, 4 s, ... capped.
-pub fn backoff_delay(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
-}
-
-impl Backoff {
-    /// Records one more failure and returns how long to wait.
-    pub fn fail(&self, obj: &ObjectRef<SignalingCluster>) -> Duration {
-        self.record_failure(obj).1
-    }
-
-    /// Records one more failure: the consecutive failures so far (1 = this failure starts
-    /// the backoff) and how long to wait.
-    pub fn record_failure(&self, obj: &ObjectRef<SignalingCluster>) -> (u32, Duration) {
-        let Ok(mut map) = self.failures.lock() else {
-            return (u32::MAX, BACKOFF_MAX);
-        };
-        let n = map.entry(obj.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        (*n, backoff_delay(*n))
-    }
-
-    /// Drops the entry of a cluster that no longer exists (deleted while failing), so the map
-    /// does not grow with every cluster ever deleted mid-outage.
-    pub fn forget(&self, name: &str, namespace: Option<&str>) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.retain(|k, _| !(k.name == name && k.namespace.as_deref() == namespace));
-        }
-    }
-
-    /// Objects currently backing off.
-    pub fn len(&self) -> usize {
-        self.failures.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether no object is backing off.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A success resets the object's backoff.
-    pub fn reset(&self, obj: &ObjectRef<SignalingCluster>) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(obj);
-        }
-    }
-}
-
-/// Which optional APIs the server offers (1.20 has neither autoscaling/v2 nor policy/v1);
-/// only those are watched.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ApiSupport {
-    pub hpa_v2: bool,
-    pub pdb_v1: bool,
 }
 
 async fn api_support(client: &Client) -> ApiSupport {
@@ -326,8 +260,7 @@ pub(crate) fn error_policy(sc: Arc<SignalingCluster>, error: &Error, ctx: Arc<Co
         let note = error.event_note();
         let (sc, ctx) = (sc.clone(), ctx.clone());
         tokio::spawn(async move {
-            reconcile::publish(
-                &ctx,
+            ctx.publish(
                 &sc,
                 EventType::Warning,
                 "ReconcileFailed",
@@ -520,48 +453,5 @@ mod tests {
         // Unrelated Secrets trigger nothing.
         assert!(clusters_for_secret(&store, &secret_meta("a", "other", None)).is_empty());
         assert!(clusters_for_secret(&store, &secret_meta("c", "shared-turn", None)).is_empty());
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff_delay(1), Duration::from_secs(1));
-        assert_eq!(backoff_delay(2), Duration::from_secs(2));
-        assert_eq!(backoff_delay(5), Duration::from_secs(16));
-        assert_eq!(backoff_delay(9), Duration::from_secs(256));
-        assert_eq!(backoff_delay(10), BACKOFF_MAX);
-        assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
-    }
-
-    #[test]
-    fn backoff_is_per_object_and_resets_on_success() {
-        let b = Backoff::default();
-        let a = ObjectRef::<SignalingCluster>::new("a").within("ns");
-        let c = ObjectRef::<SignalingCluster>::new("c").within("ns");
-        assert_eq!(b.fail(&a), Duration::from_secs(1));
-        assert_eq!(b.fail(&a), Duration::from_secs(2));
-        assert_eq!(b.fail(&a), Duration::from_secs(4));
-        assert_eq!(b.fail(&c), Duration::from_secs(1));
-        b.reset(&a);
-        assert_eq!(b.fail(&a), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn record_failure_counts_and_forget_prunes_deleted_clusters() {
-        let b = Backoff::default();
-        let a = ObjectRef::<SignalingCluster>::new("a").within("ns");
-        let other_ns = ObjectRef::<SignalingCluster>::new("a").within("other");
-        assert_eq!(b.record_failure(&a), (1, Duration::from_secs(1)));
-        assert_eq!(b.record_failure(&a), (2, Duration::from_secs(2)));
-        assert_eq!(b.record_failure(&other_ns), (1, Duration::from_secs(1)));
-        assert_eq!(b.len(), 2);
-        b.forget("a", Some("ns"));
-        assert_eq!(b.len(), 1);
-        assert_eq!(
-            b.record_failure(&other_ns).0,
-            2,
-            "another namespace's entry was dropped"
-        );
-        b.forget("a", Some("other"));
-        assert!(b.is_empty());
     }
 }

@@ -5,12 +5,17 @@
 pub mod api;
 pub mod conditions;
 pub mod config;
+pub mod names;
 pub mod resolve;
 pub mod resources;
 #[cfg(test)]
 mod test_support;
 // runtime (operator-runtime)
+pub mod apply;
+pub mod backoff;
+pub mod context;
 pub mod controller;
+pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;

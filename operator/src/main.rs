@@ -48,8 +48,9 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Address of /metrics, /healthz and /readyz. Not 8080: that is the server's default
+    /// port, and both often run on one developer machine.
+    #[arg(long, default_value = "0.0.0.0:8090")]
     metrics_addr: SocketAddr,
     /// Elect a leader through a Lease so that only one replica reconciles.
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -246,7 +247,7 @@ mod tests {
         let a = run_args(&[]);
         assert!(a.leader_elect);
         assert_eq!(a.lease_name, "switchboard-operator");
-        assert_eq!(a.metrics_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(a.metrics_addr, "0.0.0.0:8090".parse().unwrap());
         assert_eq!(a.lease_duration_secs, 15);
     }
 
@@ -254,7 +255,7 @@ mod tests {
     fn the_charts_arguments_parse() {
         let a = run_args(&[
             "--namespace=rtc",
-            "--metrics-addr=0.0.0.0:8080",
+            "--metrics-addr=0.0.0.0:8090",
             "--leader-elect",
             "--lease-name=sb-switchboard-operator",
             "--lease-namespace=rtc",

@@ -8,18 +8,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use crate::api::{self, IceTransportPolicy, JwtAlgorithm, SignalingCluster, SignalingClusterSpec};
-use crate::resources::{names, GeneratedSecret, REDIS_PORT};
+use crate::names::{self, generated_secrets_needed, GeneratedSecret, REDIS_PORT, SECRET_KEY};
 
 /// Default key of an external Redis URL Secret.
 pub const REDIS_URL_KEY: &str = "url";
-/// Default key of a TURN shared secret and of an HS256 JWT secret.
-pub const SECRET_KEY: &str = "secret";
 /// Default key of an RS256/ES256 public key Secret.
 pub const PUBLIC_KEY_KEY: &str = "public.pem";
 /// Shortest HS256 secret the server accepts (bytes, after trimming whitespace).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
-/// Key of the generated Redis password.
-pub const PASSWORD_KEY: &str = "password";
 
 /// Everything secret the rendered server config needs.
 #[derive(Clone, PartialEq, Eq)]
@@ -133,7 +129,7 @@ pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
     {
         out.insert(r.name.clone());
     }
-    for g in crate::resources::generated_secrets_needed(sc) {
+    for g in generated_secrets_needed(sc) {
         out.insert(g.secret_name(&name));
     }
     out

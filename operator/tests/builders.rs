@@ -10,13 +10,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::config::{self, RenderedConfig};
+use switchboard_operator::names::{self, generated_secrets_needed, GeneratedSecret, FIELD_MANAGER};
 use switchboard_operator::resolve;
 use switchboard_operator::resources::{
     desired_children, desired_config_secret, desired_deployment, desired_generated_secret,
     desired_hpa, desired_ingress, desired_network_policy, desired_pdb, desired_redis_service,
-    desired_redis_statefulset, desired_service, endpoint, generated_secrets_needed, names,
-    BuildError, Children, GeneratedSecret, CONFIG_HASH_ANNOTATION, FIELD_MANAGER,
-    GENERATED_ANNOTATION,
+    desired_redis_statefulset, desired_service, endpoint, BuildError, Children,
+    CONFIG_HASH_ANNOTATION, GENERATED_ANNOTATION,
 };
 
 fn rendered(sc: &SignalingCluster) -> RenderedConfig {

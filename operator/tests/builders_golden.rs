@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use common::{cluster_from_yaml, secret, secrets_for};
 use serde::Serialize;
-use switchboard_operator::resources::{desired_children, endpoint, generated_secrets_needed};
+use switchboard_operator::names::generated_secrets_needed;
+use switchboard_operator::resources::{desired_children, endpoint};
 use switchboard_operator::{config, resolve};
 
 fn doc<T: Serialize>(out: &mut String, obj: &T) {

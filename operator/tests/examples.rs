@@ -14,7 +14,7 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 use switchboard_operator::api::{JwtAlgorithm, SignalingCluster};
 use switchboard_operator::resources::desired_children;
-use switchboard_operator::{config, resolve};
+use switchboard_operator::{config, names, resolve};
 
 fn examples() -> Vec<(String, String)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
@@ -83,7 +83,7 @@ fn every_example_builds_its_children_once_its_secrets_exist() {
         let mut extra = Vec::new();
         if let Some(r) = &sc.spec.auth.secret_ref {
             let key = r.key_or(match sc.spec.auth.algorithm {
-                JwtAlgorithm::HS256 => resolve::SECRET_KEY,
+                JwtAlgorithm::HS256 => names::SECRET_KEY,
                 _ => resolve::PUBLIC_KEY_KEY,
             });
             extra.push(secret(
@@ -95,7 +95,7 @@ fn every_example_builds_its_children_once_its_secrets_exist() {
             ));
         }
         if let Some(r) = &sc.spec.ice.turn_secret_ref {
-            extra.push(secret(&r.name, &[(r.key_or(resolve::SECRET_KEY), "turn")]));
+            extra.push(secret(&r.name, &[(r.key_or(names::SECRET_KEY), "turn")]));
         }
         if let Some(r) = sc
             .spec

@@ -396,3 +396,72 @@ fn redis_facts_from_a_statefulset() {
         RedisFacts::Managed { ready_replicas: 0 }
     );
 }
+
+fn cond(t: &str, s: &str) -> Condition {
+    Condition {
+        type_: t.into(),
+        status: s.into(),
+        reason: format!("R{t}{s}"),
+        message: format!("m {t}"),
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        observed_generation: Some(1),
+    }
+}
+
+#[test]
+fn transitions_only_for_flips() {
+    let old = vec![cond("Ready", "False"), cond("ConfigValid", "True")];
+    let new = vec![
+        cond("Ready", "True"),
+        cond("ConfigValid", "True"),
+        cond("ServersReady", "False"),
+    ];
+    let t = transitions(&old, &new);
+    assert_eq!(
+        t,
+        vec![
+            ("Ready".into(), "RReadyTrue".into(), "m Ready".into(), true),
+            (
+                "ServersReady".into(),
+                "RServersReadyFalse".into(),
+                "m ServersReady".into(),
+                false
+            ),
+        ]
+    );
+    assert!(transitions(&new, &new).is_empty());
+}
+
+#[test]
+fn a_new_config_error_while_config_valid_stays_false_is_a_transition() {
+    let error = |reason: &str, message: &str| Condition {
+        reason: reason.into(),
+        message: message.into(),
+        ..cond("ConfigValid", "False")
+    };
+    let old = vec![
+        error("SecretNotFound", "Secret a not found"),
+        cond("ServersReady", "False"),
+    ];
+    // Another reason, or the same reason naming another Secret: reported.
+    let new = vec![
+        error("SecretKeyMissing", "key x missing"),
+        cond("ServersReady", "False"),
+    ];
+    assert_eq!(
+        transitions(&old, &new),
+        vec![(
+            "ConfigValid".into(),
+            "SecretKeyMissing".into(),
+            "key x missing".into(),
+            false
+        )]
+    );
+    let new = vec![error("SecretNotFound", "Secret b not found")];
+    assert_eq!(transitions(&old, &new).len(), 1);
+    // Unchanged error, or another condition's message changing while False: nothing.
+    assert!(transitions(&old, &old).is_empty());
+    let mut servers = cond("ServersReady", "False");
+    servers.message = "1/2 ready".into();
+    assert!(transitions(&old, &[old[0].clone(), servers]).is_empty());
+}

@@ -1,257 +1,18 @@
-//! Reconcile against an in-memory API server behind a real `kube::Client`: the error paths a
-//! real server rarely produces on demand (a lost create race, a 500 on apply), and exact
-//! accounting of the writes a reconcile makes. The real-server layer is operator/tests/e2e_rig.rs.
+//! Reconcile scenarios against an in-memory API server behind a real `kube::Client`
+//! (`fake_api`): each test states the API calls a reconcile makes, in order, and what the
+//! stored objects look like afterwards; plus the error paths a real server rarely produces on
+//! demand (a lost create race, a 500 on apply). The real-server layer is
+//! operator/tests/e2e_rig.rs.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use kube::runtime::events::Reporter;
-use kube::Client;
-use serde_json::{json, Value};
+use http::Method;
+use serde_json::json;
 
+use super::fake_api::{
+    deployment, ingress, network_policy, secret, service, statefulset, Expect, FakeApi, NS, SC_PATH,
+};
 use super::*;
-
-/// A fault injected for requests whose method matches and whose path contains `path`.
-struct Fault {
-    method: Method,
-    path: String,
-    status: u16,
-    times: usize,
-}
-
-#[derive(Default)]
-struct State {
-    objects: BTreeMap<String, Value>,
-    rv: u64,
-    /// Every request as "METHOD path".
-    log: Vec<String>,
-    /// Every request as "METHOD path?query".
-    uris: Vec<String>,
-    faults: Vec<Fault>,
-}
-
-#[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<State>>);
-
-const NS: &str = "ns";
-const SC_PATH: &str = "/apis/switchboard.dev/v1alpha1/namespaces/ns/signalingclusters/sc";
-
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-           "message": message, "reason": reason, "code": code})
-}
-
-/// Deep merge used for apply and merge patches: objects merge key by key, null deletes,
-/// everything else replaces.
-fn merge(into: &mut Value, patch: &Value) {
-    match (into, patch) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                if v.is_null() {
-                    a.remove(k);
-                } else {
-                    merge(a.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (slot, v) => *slot = v.clone(),
-    }
-}
-
-impl FakeApi {
-    fn put(&self, path: &str, obj: Value) {
-        let mut s = self.0.lock().unwrap();
-        s.rv += 1;
-        let mut obj = obj;
-        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-        s.objects.insert(path.to_owned(), obj);
-    }
-
-    fn get(&self, path: &str) -> Option<Value> {
-        self.0.lock().unwrap().objects.get(path).cloned()
-    }
-
-    fn fault(&self, method: Method, path: &str, status: u16, times: usize) {
-        self.0.lock().unwrap().faults.push(Fault {
-            method,
-            path: path.to_owned(),
-            status,
-            times,
-        });
-    }
-
-    /// Requests other than GET, ignoring Events (they are best effort and asserted apart).
-    fn writes(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .log
-            .iter()
-            .filter(|l| !l.starts_with("GET ") && !l.contains("/events"))
-            .cloned()
-            .collect()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .objects
-            .iter()
-            .filter(|(k, _)| k.contains("/events/"))
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    fn clear_log(&self) {
-        self.0.lock().unwrap().log.clear();
-    }
-
-    fn handle(&self, method: Method, path: String, body: Bytes) -> (u16, Value) {
-        let mut s = self.0.lock().unwrap();
-        s.log.push(format!("{method} {path}"));
-        if let Some(f) = s
-            .faults
-            .iter_mut()
-            .find(|f| f.times > 0 && f.method == method && path.contains(&f.path))
-        {
-            f.times -= 1;
-            let code = f.status;
-            let reason = match code {
-                404 => "NotFound",
-                409 => "Conflict",
-                _ => "InternalError",
-            };
-            return (code, status_body(code, reason, "injected fault"));
-        }
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        match method {
-            Method::GET => match s.objects.get(&path) {
-                Some(o) => (200, o.clone()),
-                None => (404, status_body(404, "NotFound", "not found")),
-            },
-            Method::POST => {
-                let name = body["metadata"]["name"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .or_else(|| {
-                        body["metadata"]["generateName"]
-                            .as_str()
-                            .map(|g| format!("{g}x"))
-                    })
-                    .unwrap_or_default();
-                let item = format!("{path}/{name}");
-                if s.objects.contains_key(&item) {
-                    return (409, status_body(409, "AlreadyExists", "already exists"));
-                }
-                s.rv += 1;
-                let mut obj = body;
-                obj["metadata"]["name"] = json!(name);
-                obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-                obj["metadata"]["uid"] = json!(format!("uid-{}", s.rv));
-                s.objects.insert(item, obj.clone());
-                (201, obj)
-            }
-            Method::PATCH => {
-                let (item, sub) = match path.strip_suffix("/status") {
-                    Some(p) if p.contains("/signalingclusters/") => (p.to_owned(), true),
-                    _ => (path.clone(), false),
-                };
-                let current = s.objects.get(&item).cloned();
-                if current.is_none() && sub {
-                    return (404, status_body(404, "NotFound", "not found"));
-                }
-                let mut obj = current.clone().unwrap_or_else(|| json!({"metadata": {}}));
-                let patch = if sub {
-                    json!({"status": body["status"]})
-                } else {
-                    body
-                };
-                merge(&mut obj, &patch);
-                if Some(&obj) != current.as_ref() {
-                    s.rv += 1;
-                    obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-                    if current.is_none() {
-                        obj["metadata"]["uid"] = json!(format!("uid-{}", s.rv));
-                    }
-                }
-                s.objects.insert(item, obj.clone());
-                (200, obj)
-            }
-            Method::DELETE => match s.objects.remove(&path) {
-                Some(_) => (
-                    200,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
-                ),
-                None => (404, status_body(404, "NotFound", "not found")),
-            },
-            _ => (405, status_body(405, "MethodNotAllowed", "")),
-        }
-    }
-
-    fn client(&self) -> Client {
-        let fake = self.clone();
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let fake = fake.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let bytes = body.collect_bytes().await.unwrap_or_default();
-                fake.0.lock().unwrap().uris.push(format!(
-                    "{} {}",
-                    parts.method,
-                    parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
-                ));
-                let (code, value) = fake.handle(parts.method, parts.uri.path().to_owned(), bytes);
-                let resp = Response::builder()
-                    .status(StatusCode::from_u16(code).unwrap())
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(value.to_string())))
-                    .unwrap();
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        Client::new(service, NS)
-    }
-}
-
-fn context(fake: &FakeApi) -> Context {
-    let client = fake.client();
-    Context {
-        reporter: Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some("test".into()),
-        },
-        client,
-        metrics: std::sync::Arc::new(Metrics::new()),
-        backoff: Backoff::default(),
-        support: ApiSupport::default(),
-    }
-}
-
-/// Stores the cluster in the fake and returns it as read back (with resourceVersion).
-fn cluster(fake: &FakeApi, spec: Value) -> SignalingCluster {
-    fake.put(
-        SC_PATH,
-        json!({
-            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
-            "metadata": {"name": "sc", "namespace": NS, "uid": "sc-uid", "generation": 1},
-            "spec": spec
-        }),
-    );
-    reread(fake)
-}
-
-fn reread(fake: &FakeApi) -> SignalingCluster {
-    serde_json::from_value(fake.get(SC_PATH).unwrap()).unwrap()
-}
-
-fn secret_path(name: &str) -> String {
-    format!("/api/v1/namespaces/ns/secrets/{name}")
-}
 
 fn condition(sc: &SignalingCluster, t: &str) -> Option<Condition> {
     sc.status
@@ -262,88 +23,136 @@ fn condition(sc: &SignalingCluster, t: &str) -> Option<Condition> {
         .cloned()
 }
 
+// Parts of scenarios, chained with `Expect::then`.
+
+/// Both generated Secrets of a bare cluster: looked for, created, announced.
+fn generated_secrets_created(e: Expect) -> Expect {
+    e.get_missing(&secret("sc-jwt"))
+        .create(&secret("sc-jwt"))
+        .event("SecretGenerated")
+        .get_missing(&secret("sc-redis-auth"))
+        .create(&secret("sc-redis-auth"))
+        .event("SecretGenerated")
+}
+
+/// The config Secret and the managed Redis (StatefulSet, Service, NetworkPolicy) created.
+fn config_and_redis_created(e: Expect) -> Expect {
+    e.get_missing(&secret("sc-config"))
+        .apply(&secret("sc-config"))
+        .get_missing(&statefulset("sc-redis"))
+        .apply(&statefulset("sc-redis"))
+        .get_missing(&service("sc-redis"))
+        .apply(&service("sc-redis"))
+        .get_missing(&network_policy("sc-redis"))
+        .apply(&network_policy("sc-redis"))
+}
+
+/// The server Deployment and Service created; no Ingress found to delete.
+fn servers_created(e: Expect) -> Expect {
+    e.get_missing(&deployment("sc-server"))
+        .apply(&deployment("sc-server"))
+        .get_missing(&service("sc-server"))
+        .apply(&service("sc-server"))
+        .get_missing(&ingress("sc-server"))
+}
+
+/// The first status of a bare cluster whose pods are not ready: one event per (new)
+/// condition, in status order (Ready, ConfigValid, RedisReady, ServersReady).
+fn first_status(e: Expect) -> Expect {
+    e.apply_status()
+        .event("RedisNotReady")
+        .event("Resolved")
+        .event("RedisNotReady")
+        .event("PodsPending")
+}
+
+/// Reads of a bare cluster's Secrets and managed Redis, all there and up to date.
+fn secrets_and_redis_read(e: Expect) -> Expect {
+    e.get(&secret("sc-jwt"))
+        .get(&secret("sc-redis-auth"))
+        .get(&secret("sc-config"))
+        .get(&statefulset("sc-redis"))
+        .get(&service("sc-redis"))
+        .get(&network_policy("sc-redis"))
+}
+
+/// The first reconcile of a bare `spec: {}` cluster: everything created, one Applied event,
+/// then the status.
+fn first_reconcile_of_a_bare_cluster(fake: &FakeApi) -> Expect {
+    fake.expect()
+        .then(generated_secrets_created)
+        .then(config_and_redis_created)
+        .then(servers_created)
+        .event("Applied")
+        .then(first_status)
+}
+
+/// A reconcile of the bare cluster when everything is up to date: reads only.
+fn up_to_date_reads(fake: &FakeApi) -> Expect {
+    fake.expect()
+        .then(secrets_and_redis_read)
+        .get(&deployment("sc-server"))
+        .get(&service("sc-server"))
+        .get_missing(&ingress("sc-server"))
+}
+
 #[tokio::test]
-async fn first_reconcile_creates_everything_and_the_second_writes_nothing() {
+async fn first_reconcile_creates_everything_and_the_second_only_reads() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(&fake, json!({}));
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
 
     let action = reconcile(&sc, &ctx).await.unwrap();
     assert_eq!(action, Action::requeue(DRIFT_REQUEUE));
-    let writes = fake.writes();
-    for expected in [
-        "POST /api/v1/namespaces/ns/secrets", // generated: jwt, redis-auth
-        "PATCH /api/v1/namespaces/ns/secrets/sc-config",
-        "PATCH /apis/apps/v1/namespaces/ns/statefulsets/sc-redis",
-        "PATCH /api/v1/namespaces/ns/services/sc-redis",
-        "PATCH /apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/sc-redis",
-        "PATCH /apis/apps/v1/namespaces/ns/deployments/sc-server",
-        "PATCH /api/v1/namespaces/ns/services/sc-server",
-        "PATCH /apis/switchboard.dev/v1alpha1/namespaces/ns/signalingclusters/sc/status",
-    ] {
-        assert!(
-            writes.iter().any(|w| w == expected),
-            "missing {expected} in {writes:#?}"
-        );
-    }
-    assert_eq!(
-        writes.iter().filter(|w| w.starts_with("POST ")).count(),
-        2,
-        "{writes:#?}"
-    );
-    assert!(fake.get(&secret_path("sc-jwt")).is_some());
-    assert!(fake.get(&secret_path("sc-redis-auth")).is_some());
-    let sc = reread(&fake);
+    first_reconcile_of_a_bare_cluster(&fake).done();
+    assert!(fake.get(&secret("sc-jwt")).is_some());
+    assert!(fake.get(&secret("sc-redis-auth")).is_some());
+    let sc = fake.reread();
     assert_eq!(sc.status.as_ref().unwrap().observed_generation, Some(1));
     assert_eq!(condition(&sc, "ConfigValid").unwrap().status, "True");
-    assert!(
-        !fake.events().is_empty(),
-        "no events on the first transitions"
-    );
 
-    // Nothing changed: the second reconcile only reads.
-    fake.clear_log();
+    // Nothing changed: the second reconcile only reads (no apply, no status, no event).
     let events_before = fake.events().len();
     reconcile(&sc, &ctx).await.unwrap();
-    assert_eq!(fake.writes(), Vec::<String>::new());
-    assert_eq!(
-        fake.events().len(),
-        events_before,
-        "events without a transition"
-    );
+    up_to_date_reads(&fake).done();
+    assert_eq!(fake.events().len(), events_before);
 }
 
 #[tokio::test]
 async fn drift_is_reapplied_and_generated_secrets_are_never_rewritten() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(&fake, json!({}));
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
     reconcile(&sc, &ctx).await.unwrap();
-    let sc = reread(&fake);
-    let jwt = fake.get(&secret_path("sc-jwt")).unwrap();
+    first_reconcile_of_a_bare_cluster(&fake).done();
+    let sc = fake.reread();
+    let jwt = fake.get(&secret("sc-jwt")).unwrap();
 
-    // Someone scales the Deployment by hand.
-    let dpath = "/apis/apps/v1/namespaces/ns/deployments/sc-server";
-    let mut d = fake.get(dpath).unwrap();
+    // Someone scales the Deployment by hand: only it is applied again.
+    let dpath = deployment("sc-server");
+    let mut d = fake.get(&dpath).unwrap();
     d["spec"]["replicas"] = json!(7);
-    fake.put(dpath, d);
-    fake.clear_log();
+    fake.put(&dpath, d);
     reconcile(&sc, &ctx).await.unwrap();
-    assert_eq!(fake.writes(), vec![format!("PATCH {dpath}")]);
-    assert_eq!(fake.get(dpath).unwrap()["spec"]["replicas"], json!(2));
-    assert_eq!(fake.get(&secret_path("sc-jwt")).unwrap(), jwt);
+    fake.expect()
+        .then(secrets_and_redis_read)
+        .get(&dpath)
+        .apply(&dpath)
+        .get(&service("sc-server"))
+        .get_missing(&ingress("sc-server"))
+        .event("Applied")
+        .done();
+    assert_eq!(fake.get(&dpath).unwrap()["spec"]["replicas"], json!(2));
+    assert_eq!(fake.get(&secret("sc-jwt")).unwrap(), jwt);
 }
 
 #[tokio::test]
 async fn a_lost_create_race_uses_the_winners_secret() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(
-        &fake,
-        json!({"redis": {"external": {"secretRef": {"name": "redis"}}}}),
-    );
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({"redis": {"external": {"secretRef": {"name": "redis"}}}}));
     fake.put(
-        &secret_path("redis"),
+        &secret("redis"),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": NS},
                "data": {"url": "cmVkaXM6Ly9yZWRpczo2Mzc5"}}),
     );
@@ -351,17 +160,38 @@ async fn a_lost_create_race_uses_the_winners_secret() {
     let theirs = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "sc-jwt", "namespace": NS},
         "data": {"secret": "dGhlaXItd2lubmluZy1rZXktb2YtYXQtbGVhc3QtMzItYnl0ZXM="}}); // "their-winning-key-of-at-least-32-bytes"
-    fake.put(&secret_path("sc-jwt"), theirs.clone());
+    fake.put(&secret("sc-jwt"), theirs.clone());
     fake.fault(Method::GET, "/secrets/sc-jwt", 404, 1);
 
     reconcile(&sc, &ctx).await.unwrap();
-    let stored = fake.get(&secret_path("sc-jwt")).unwrap();
+    fake.expect()
+        .get_missing(&secret("sc-jwt"))
+        .create(&secret("sc-jwt"))
+        .fails(409)
+        // No SecretGenerated event: theirs is read and used.
+        .get(&secret("sc-jwt"))
+        .get(&secret("redis"))
+        .get_missing(&secret("sc-config"))
+        .apply(&secret("sc-config"))
+        // External Redis: the managed Redis objects are looked for, to delete, not applied.
+        .get_missing(&statefulset("sc-redis"))
+        .get_missing(&service("sc-redis"))
+        .get_missing(&network_policy("sc-redis"))
+        .get_missing(&deployment("sc-server"))
+        .apply(&deployment("sc-server"))
+        .get_missing(&service("sc-server"))
+        .apply(&service("sc-server"))
+        .get_missing(&ingress("sc-server"))
+        .event("Applied")
+        .apply_status()
+        .event("ServersNotReady")
+        .event("Resolved")
+        .event("External")
+        .event("PodsPending")
+        .done();
+    let stored = fake.get(&secret("sc-jwt")).unwrap();
     assert_eq!(stored["data"], theirs["data"]);
-    assert!(fake
-        .writes()
-        .iter()
-        .all(|w| !w.ends_with("/secrets/sc-jwt")));
-    let config = fake.get(&secret_path("sc-config")).unwrap();
+    let config = fake.get(&secret("sc-config")).unwrap();
     let yaml = config["data"]["config.yaml"].as_str().unwrap();
     let yaml: Vec<u8> = serde_json::from_value::<k8s_openapi::ByteString>(json!(yaml))
         .unwrap()
@@ -377,49 +207,61 @@ async fn a_lost_create_race_uses_the_winners_secret() {
 #[tokio::test]
 async fn a_server_error_fails_the_reconcile_with_a_bounded_label() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(&fake, json!({}));
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
     fake.fault(Method::PATCH, "/deployments/sc-server", 500, 1);
 
     let err = reconcile(&sc, &ctx).await.unwrap_err();
     assert_eq!(err.metric_label(), "server_error");
     assert!(err.to_string().contains("Deployment sc-server"), "{err}");
-    // The retry (after backoff) succeeds.
+    // The reconcile stops at the failed apply: no Applied event, no status.
+    fake.expect()
+        .then(generated_secrets_created)
+        .then(config_and_redis_created)
+        .get_missing(&deployment("sc-server"))
+        .apply(&deployment("sc-server"))
+        .fails(500)
+        .done();
+
+    // The retry (after backoff) picks up where it failed.
     reconcile(&sc, &ctx).await.unwrap();
-    assert!(fake
-        .get("/apis/apps/v1/namespaces/ns/deployments/sc-server")
-        .is_some());
+    fake.expect()
+        .then(secrets_and_redis_read)
+        .then(servers_created)
+        .event("Applied")
+        .then(first_status)
+        .done();
+    assert!(fake.get(&deployment("sc-server")).is_some());
 }
 
 #[tokio::test]
 async fn a_missing_user_secret_only_writes_status() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(&fake, json!({}));
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
     reconcile(&sc, &ctx).await.unwrap();
-    let dpath = "/apis/apps/v1/namespaces/ns/deployments/sc-server";
-    let deployment = fake.get(dpath).unwrap();
+    first_reconcile_of_a_bare_cluster(&fake).done();
+    let dpath = deployment("sc-server");
+    let before = fake.get(&dpath).unwrap();
 
-    fake.put(
-        SC_PATH,
-        json!({
-            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
-            "metadata": {"name": "sc", "namespace": NS, "uid": "sc-uid", "generation": 2},
-            "spec": {"ice": {"turnUrls": ["turn:t.example.com:3478"], "turnSecretRef": {"name": "nope"}}},
-            "status": reread(&fake).status
-        }),
+    let sc = fake.edit_spec(
+        json!({"ice": {"turnUrls": ["turn:t.example.com:3478"], "turnSecretRef": {"name": "nope"}}}),
     );
-    let sc = reread(&fake);
-    fake.clear_log();
     let action = reconcile(&sc, &ctx).await.unwrap();
     assert_eq!(action, Action::requeue(CONFIG_ERROR_REQUEUE));
-    assert_eq!(
-        fake.writes(),
-        vec![format!("PATCH {SC_PATH}/status")],
-        "only the status may change"
-    );
-    assert_eq!(fake.get(dpath).unwrap(), deployment);
-    let sc = reread(&fake);
+    // Only the status may change; the running children are read, never written.
+    fake.expect()
+        .get(&secret("sc-jwt"))
+        .get(&secret("sc-redis-auth"))
+        .get_missing(&secret("nope"))
+        .get(&dpath)
+        .get(&statefulset("sc-redis"))
+        .apply_status()
+        // ConfigValid flips; Ready was False already.
+        .event("SecretNotFound")
+        .done();
+    assert_eq!(fake.get(&dpath).unwrap(), before);
+    let sc = fake.reread();
     let c = condition(&sc, "ConfigValid").unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
@@ -435,104 +277,119 @@ async fn a_missing_user_secret_only_writes_status() {
 #[tokio::test]
 async fn turned_off_parts_are_deleted_only_when_owned() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(
-        &fake,
-        json!({"ingress": {"enabled": true, "host": "signal.example.com"}}),
-    );
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({"ingress": {"enabled": true, "host": "signal.example.com"}}));
     reconcile(&sc, &ctx).await.unwrap();
-    let ing = "/apis/networking.k8s.io/v1/namespaces/ns/ingresses/sc-server";
-    assert!(fake.get(ing).is_some(), "ingress not created");
+    let ing = ingress("sc-server");
+    assert!(fake.get(&ing).is_some(), "ingress not created");
+    fake.clear_calls();
 
     // Ingress off, and Redis external: the managed Redis objects go, but a NetworkPolicy with
     // that name that the user made (no owner reference) stays.
-    let np = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/sc-redis";
-    let mut user_np = fake.get(np).unwrap();
-    user_np["metadata"]["ownerReferences"] = Value::Null;
+    let np = network_policy("sc-redis");
+    let mut user_np = fake.get(&np).unwrap();
     user_np["metadata"]
         .as_object_mut()
         .unwrap()
         .remove("ownerReferences");
-    fake.put(np, user_np.clone());
+    fake.put(&np, user_np);
     fake.put(
-        &secret_path("redis"),
+        &secret("redis"),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": NS},
                "data": {"url": "cmVkaXM6Ly9yZWRpczo2Mzc5"}}),
     );
-    fake.put(
-        SC_PATH,
-        json!({
-            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
-            "metadata": {"name": "sc", "namespace": NS, "uid": "sc-uid", "generation": 2},
-            "spec": {"redis": {"external": {"secretRef": {"name": "redis"}}}}
-        }),
-    );
-    let sc = reread(&fake);
-    fake.clear_log();
+    let sc = fake.edit_spec(json!({"redis": {"external": {"secretRef": {"name": "redis"}}}}));
     reconcile(&sc, &ctx).await.unwrap();
-    let writes = fake.writes();
-    assert!(writes.contains(&format!("DELETE {ing}")), "{writes:#?}");
-    assert!(writes.contains(&"DELETE /apis/apps/v1/namespaces/ns/statefulsets/sc-redis".to_owned()));
-    assert!(writes.contains(&"DELETE /api/v1/namespaces/ns/services/sc-redis".to_owned()));
-    assert!(!writes
-        .iter()
-        .any(|w| w.starts_with("DELETE") && w.ends_with("/networkpolicies/sc-redis")));
-    assert!(fake.get(np).is_some());
+    fake.expect()
+        .get(&secret("sc-jwt"))
+        .get(&secret("redis"))
+        .get(&secret("sc-config"))
+        .apply(&secret("sc-config"))
+        .get(&statefulset("sc-redis"))
+        .delete(&statefulset("sc-redis"))
+        .get(&service("sc-redis"))
+        .delete(&service("sc-redis"))
+        // The user's NetworkPolicy: read, left alone.
+        .get(&np)
+        .get(&deployment("sc-server"))
+        .apply(&deployment("sc-server"))
+        .get(&service("sc-server"))
+        .get(&ing)
+        .delete(&ing)
+        .event("Applied")
+        .apply_status()
+        .event("External")
+        .done();
+    assert!(fake.get(&np).is_some());
+    assert!(fake.get(&statefulset("sc-redis")).is_none());
     // Generated secrets are never deleted by the operator (garbage collection does that).
-    assert!(!writes
-        .iter()
-        .any(|w| w.starts_with("DELETE") && w.contains("/secrets/")));
+    assert!(fake.get(&secret("sc-redis-auth")).is_some());
 }
 
 #[tokio::test]
 async fn an_api_the_server_lacks_is_a_config_error_not_a_retry_loop() {
     let fake = FakeApi::default();
-    let ctx = context(&fake); // ApiSupport::default(): neither autoscaling/v2 nor policy/v1
-    let sc = cluster(
-        &fake,
+    let ctx = fake.context(); // neither autoscaling/v2 nor policy/v1
+    let sc = fake.cluster(
         json!({"autoscaling": {"enabled": true}, "podDisruptionBudget": {"enabled": true}}),
     );
     let action = reconcile(&sc, &ctx).await.unwrap();
     assert_eq!(action, Action::requeue(CONFIG_ERROR_REQUEUE));
-    let sc = reread(&fake);
+    // Nothing is applied: the workloads are only read for the status.
+    fake.expect()
+        .then(generated_secrets_created)
+        .get_missing(&deployment("sc-server"))
+        .get_missing(&statefulset("sc-redis"))
+        .apply_status()
+        .event("ConfigInvalid")
+        .event("ApiUnavailable")
+        .event("StatefulSetMissing")
+        .event("DeploymentMissing")
+        .done();
+    let sc = fake.reread();
     let c = condition(&sc, "ConfigValid").unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "ApiUnavailable")
     );
     assert!(c.message.contains("autoscaling/v2"), "{}", c.message);
-    assert!(fake
-        .writes()
-        .iter()
-        .all(|w| !w.contains("/deployments/") && !w.contains("horizontalpodautoscalers")));
 }
 
 #[tokio::test]
 async fn a_name_taken_by_someone_elses_object_is_reported_not_taken_over() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let dpath = "/apis/apps/v1/namespaces/ns/deployments/sc-server";
+    let ctx = fake.context();
+    let dpath = deployment("sc-server");
     let users = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "sc-server", "namespace": NS, "uid": "user-uid"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "mine"}},
                  "template": {"metadata": {"labels": {"app": "mine"}},
                               "spec": {"containers": [{"name": "c", "image": "mine"}]}}}});
-    fake.put(dpath, users);
-    let before = fake.get(dpath).unwrap();
-    let sc = cluster(&fake, json!({}));
+    fake.put(&dpath, users);
+    let before = fake.get(&dpath).unwrap();
+    let sc = fake.cluster(json!({}));
 
     let action = reconcile(&sc, &ctx).await.unwrap();
     assert_eq!(action, Action::requeue(CONFIG_ERROR_REQUEUE));
+    fake.expect()
+        .then(generated_secrets_created)
+        .then(config_and_redis_created)
+        // The user's Deployment: read, never applied; the reconcile stops there.
+        .get(&dpath)
+        .get(&dpath)
+        .get(&statefulset("sc-redis"))
+        .apply_status()
+        .event("ConfigInvalid")
+        .event("ObjectNotOwned")
+        .event("RedisNotReady")
+        .event("PodsPending")
+        .done();
     assert_eq!(
-        fake.get(dpath).unwrap(),
+        fake.get(&dpath).unwrap(),
         before,
         "the user's Deployment was modified"
     );
-    assert!(!fake
-        .writes()
-        .iter()
-        .any(|w| w.ends_with("/deployments/sc-server")));
-    let c = condition(&reread(&fake), "ConfigValid").unwrap();
+    let c = condition(&fake.reread(), "ConfigValid").unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "ObjectNotOwned")
@@ -543,6 +400,41 @@ async fn a_name_taken_by_someone_elses_object_is_reported_not_taken_over() {
         "{}",
         c.message
     );
+}
+
+#[tokio::test]
+async fn status_is_applied_whole_so_a_cleared_condition_goes() {
+    let fake = FakeApi::default();
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
+    reconcile(&sc, &ctx).await.unwrap();
+    first_reconcile_of_a_bare_cluster(&fake).done();
+
+    // Paused: only the status is written, with a Paused condition.
+    let sc = fake.edit_spec(json!({"paused": true}));
+    assert_eq!(reconcile(&sc, &ctx).await.unwrap(), Action::await_change());
+    fake.expect().apply_status().event("Paused").done();
+    assert_eq!(
+        condition(&fake.reread(), "Paused").map(|c| c.status),
+        Some("True".to_owned())
+    );
+
+    // Unpaused: the applied status leaves Paused out, and (applied, not merged) it is gone.
+    let sc = fake.edit_spec(json!({}));
+    reconcile(&sc, &ctx).await.unwrap();
+    up_to_date_reads(&fake).apply_status().done();
+    let status = fake.get(SC_PATH).unwrap()["status"].clone();
+    let types: Vec<&str> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["Ready", "ConfigValid", "RedisReady", "ServersReady"]
+    );
+    assert_eq!(status["observedGeneration"], json!(3));
 }
 
 /// Notes of the stored events with this reason, sorted.
@@ -560,8 +452,8 @@ fn event_notes(fake: &FakeApi, reason: &str) -> Vec<String> {
 #[tokio::test]
 async fn every_event_shows_its_own_note() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(&fake, json!({}));
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
     reconcile(&sc, &ctx).await.unwrap();
     assert_eq!(
         event_notes(&fake, "SecretGenerated"),
@@ -578,11 +470,8 @@ async fn every_event_shows_its_own_note() {
     );
 
     // A replicas change: a second Applied event, with its own note.
-    let mut stored = fake.get(SC_PATH).unwrap();
-    stored["spec"]["replicas"] = json!(3);
-    stored["metadata"]["generation"] = json!(2);
-    fake.put(SC_PATH, stored);
-    reconcile(&reread(&fake), &ctx).await.unwrap();
+    let sc = fake.edit_spec(json!({"replicas": 3}));
+    reconcile(&sc, &ctx).await.unwrap();
     let applied = event_notes(&fake, "Applied");
     assert_eq!(applied.len(), 2, "{applied:#?}");
     assert!(
@@ -594,17 +483,24 @@ async fn every_event_shows_its_own_note() {
 #[tokio::test]
 async fn a_second_user_error_while_config_valid_stays_false_gets_its_own_warning() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
+    let ctx = fake.context();
     let missing = |secret: &str| json!({"ice": {"turnUrls": ["turn:t.example.com:3478"], "turnSecretRef": {"name": secret}}});
-    let sc = cluster(&fake, missing("first-missing"));
+    let sc = fake.cluster(missing("first-missing"));
     reconcile(&sc, &ctx).await.unwrap();
-    let mut stored = fake.get(SC_PATH).unwrap();
-    stored["spec"] = missing("second-missing");
-    stored["metadata"]["generation"] = json!(2);
-    fake.put(SC_PATH, stored);
-    let sc = reread(&fake);
+    let sc = fake.edit_spec(missing("second-missing"));
+    fake.clear_calls();
     reconcile(&sc, &ctx).await.unwrap();
-    let c = condition(&reread(&fake), "ConfigValid").unwrap();
+    // Still ConfigValid=False, but another Secret: a new Warning.
+    fake.expect()
+        .get(&secret("sc-jwt"))
+        .get(&secret("sc-redis-auth"))
+        .get_missing(&secret("second-missing"))
+        .get_missing(&deployment("sc-server"))
+        .get_missing(&statefulset("sc-redis"))
+        .apply_status()
+        .event("SecretNotFound")
+        .done();
+    let c = condition(&fake.reread(), "ConfigValid").unwrap();
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
         ("False", "SecretNotFound")
@@ -618,8 +514,15 @@ async fn a_second_user_error_while_config_valid_stays_false_gets_its_own_warning
         .iter()
         .filter(|e| e["reason"] == "SecretNotFound")
         .all(|e| e["type"] == "Warning"));
-    // The same error again: no event.
-    reconcile(&reread(&fake), &ctx).await.unwrap();
+    // The same error again: neither a status write nor an event.
+    reconcile(&fake.reread(), &ctx).await.unwrap();
+    fake.expect()
+        .get(&secret("sc-jwt"))
+        .get(&secret("sc-redis-auth"))
+        .get_missing(&secret("second-missing"))
+        .get_missing(&deployment("sc-server"))
+        .get_missing(&statefulset("sc-redis"))
+        .done();
     assert_eq!(event_notes(&fake, "SecretNotFound").len(), 2);
 }
 
@@ -637,8 +540,8 @@ async fn wait_for_events(fake: &FakeApi, reason: &str, n: usize) -> Vec<String> 
 #[tokio::test]
 async fn a_transient_failure_emits_one_reconcile_failed_event_per_outage() {
     let fake = FakeApi::default();
-    let ctx = Arc::new(context(&fake));
-    let sc = Arc::new(cluster(&fake, json!({})));
+    let ctx = Arc::new(fake.context());
+    let sc = Arc::new(fake.cluster(json!({})));
     fake.fault(Method::PATCH, "/deployments/sc-server", 500, 3);
     for _ in 0..3 {
         let err = reconcile(&sc, &ctx).await.unwrap_err();
@@ -663,10 +566,7 @@ async fn a_transient_failure_emits_one_reconcile_failed_event_per_outage() {
     ctx.backoff
         .reset(&kube::runtime::reflector::ObjectRef::from_obj(sc.as_ref()));
     fake.fault(Method::PATCH, "/deployments/sc-server", 500, 1);
-    let mut changed = fake.get(SC_PATH).unwrap();
-    changed["spec"]["replicas"] = json!(4);
-    fake.put(SC_PATH, changed);
-    let sc = Arc::new(reread(&fake));
+    let sc = Arc::new(fake.edit_spec(json!({"replicas": 4})));
     let err = reconcile(&sc, &ctx).await.unwrap_err();
     crate::controller::error_policy(sc.clone(), &err, ctx.clone());
     assert_eq!(wait_for_events(&fake, "ReconcileFailed", 2).await.len(), 2);
@@ -675,10 +575,10 @@ async fn a_transient_failure_emits_one_reconcile_failed_event_per_outage() {
 #[tokio::test]
 async fn every_write_names_the_operators_field_manager() {
     let fake = FakeApi::default();
-    let ctx = context(&fake);
-    let sc = cluster(&fake, json!({}));
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
     reconcile(&sc, &ctx).await.unwrap();
-    let uris = fake.0.lock().unwrap().uris.clone();
+    let uris = fake.uris();
     let writes: Vec<&String> = uris
         .iter()
         .filter(|u| !u.starts_with("GET ") && !u.contains("/events"))

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 
-use super::{names, BuildError, Component, Owner};
+use super::{BuildError, Component, Owner};
 use crate::api::SignalingCluster;
 use crate::config::{RenderedConfig, CONFIG_FILE};
+use crate::names;
 
 /// The config Secret for `sc`.
 pub fn desired_config_secret(

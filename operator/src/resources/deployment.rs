@@ -16,14 +16,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{labels, names, selector_labels, BuildError, Component, Owner};
+use super::{labels, selector_labels, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
 use crate::config::{RenderedConfig, MOUNT_DIR};
+use crate::names::{self, SERVER_PORT};
 
 /// Pod template annotation carrying the sha256 of `config.yaml`.
 pub const CONFIG_HASH_ANNOTATION: &str = "switchboard.dev/config-hash";
-/// Port the server listens on in the pod (named `http`).
-pub const SERVER_PORT: i32 = 8080;
 /// Path of the config file in the server container.
 pub const CONFIG_PATH: &str = "/etc/switchboard/config.yaml";
 /// UID/GID the server runs as (the distroless "nonroot" user; the image uses the same).

@@ -5,8 +5,9 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 
-use super::{names, BuildError, Component, Owner};
+use super::{BuildError, Component, Owner};
 use crate::api::SignalingCluster;
+use crate::names;
 
 /// The HPA for `sc`, or `None` when `autoscaling.enabled` is false.
 pub fn desired_hpa(sc: &SignalingCluster) -> Result<Option<HorizontalPodAutoscaler>, BuildError> {

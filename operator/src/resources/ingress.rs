@@ -8,8 +8,9 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 
-use super::{names, BuildError, Component, Owner};
+use super::{BuildError, Component, Owner};
 use crate::api::SignalingCluster;
+use crate::names;
 
 /// Annotations the operator adds unless the spec sets the same keys: ingress-nginx closes
 /// proxied connections idle for 60 s by default, which would cut quiet WebSockets (pings run

@@ -1,5 +1,5 @@
 //! Pure `desired_*` builders for every object a `SignalingCluster` owns, one file per kind,
-//! plus the names, labels and owner reference they share. Nothing here talks to the API.
+//! plus the labels and owner reference they share (names live in `crate::names`). Nothing here talks to the API.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::SignalingCluster;
 use crate::config::RenderedConfig;
+use crate::names::FIELD_MANAGER;
 
 mod config_secret;
 mod deployment;
@@ -20,17 +21,15 @@ mod secrets;
 mod service;
 
 pub use config_secret::desired_config_secret;
-pub use deployment::{desired_deployment, CONFIG_HASH_ANNOTATION, CONFIG_PATH, SERVER_PORT};
+pub use deployment::{desired_deployment, CONFIG_HASH_ANNOTATION, CONFIG_PATH};
 pub use hpa::desired_hpa;
 pub use ingress::{desired_ingress, WEBSOCKET_TIMEOUT_ANNOTATIONS};
 pub use network_policy::desired_network_policy;
 pub use pdb::desired_pdb;
-pub use redis::{desired_redis_service, desired_redis_statefulset, REDIS_PORT};
-pub use secrets::{desired_generated_secret, generated_secrets_needed, GeneratedSecret};
+pub use redis::{desired_redis_service, desired_redis_statefulset};
+pub use secrets::desired_generated_secret;
 pub use service::{desired_service, endpoint};
 
-/// Field manager for every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "switchboard-operator";
 /// Annotation marking a Secret the operator generated (and may therefore own).
 pub const GENERATED_ANNOTATION: &str = "switchboard.dev/generated";
 
@@ -48,34 +47,6 @@ impl Component {
             Self::Server => "server",
             Self::Redis => "redis",
         }
-    }
-}
-
-/// Names of the children of cluster `name` (BRIEF.md's operator contract).
-pub mod names {
-    /// Deployment, Service, HPA, PDB and Ingress of the servers.
-    pub fn server(name: &str) -> String {
-        format!("{name}-server")
-    }
-    /// Secret holding `config.yaml`.
-    pub fn config(name: &str) -> String {
-        format!("{name}-config")
-    }
-    /// Managed Redis StatefulSet, Service and NetworkPolicy.
-    pub fn redis(name: &str) -> String {
-        format!("{name}-redis")
-    }
-    /// Generated Redis password Secret (key `password`).
-    pub fn redis_auth(name: &str) -> String {
-        format!("{name}-redis-auth")
-    }
-    /// Generated JWT HS256 key Secret (key `secret`).
-    pub fn jwt(name: &str) -> String {
-        format!("{name}-jwt")
-    }
-    /// Generated TURN shared secret Secret (key `secret`).
-    pub fn turn(name: &str) -> String {
-        format!("{name}-turn")
     }
 }
 

@@ -8,8 +8,9 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{names, selector_labels, BuildError, Component, Owner, REDIS_PORT};
+use super::{selector_labels, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
+use crate::names::{self, REDIS_PORT};
 
 /// The NetworkPolicy for `sc`, or `None` when it is disabled or Redis is external.
 pub fn desired_network_policy(sc: &SignalingCluster) -> Result<Option<NetworkPolicy>, BuildError> {

@@ -4,8 +4,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{names, selector_labels, BuildError, Component, Owner};
+use super::{selector_labels, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
+use crate::names;
 
 /// The PDB for `sc`, or `None` when `podDisruptionBudget.enabled` is false. With neither bound
 /// set it allows one pod down at a time.

@@ -19,11 +19,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::deployment::{
     container_security_context, default_resources, non_empty, runtime_default_seccomp,
 };
-use super::{labels, names, selector_labels, BuildError, Component, GeneratedSecret, Owner};
+use super::{labels, selector_labels, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
+use crate::names::{self, GeneratedSecret, REDIS_PORT};
 
-/// Port of the managed Redis (named `redis`).
-pub const REDIS_PORT: i32 = 6379;
 /// UID/GID of the `redis` user in the official images.
 pub const REDIS_UID: i64 = 999;
 

@@ -7,63 +7,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 
-use super::{names, BuildError, Component, Owner, GENERATED_ANNOTATION};
-use crate::api::{JwtAlgorithm, SignalingCluster};
+use super::{BuildError, Component, Owner, GENERATED_ANNOTATION};
+use crate::api::SignalingCluster;
+use crate::names::GeneratedSecret;
 
-/// One of the Secrets the operator generates when the spec does not reference one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum GeneratedSecret {
-    /// `<name>-jwt`, key `secret`: the HS256 signing key (when `auth.secretRef` is unset).
-    Jwt,
-    /// `<name>-turn`, key `secret`: the TURN REST shared secret (TURN URLs without a ref).
-    Turn,
-    /// `<name>-redis-auth`, key `password`: the managed Redis password.
-    RedisPassword,
-}
-
-impl GeneratedSecret {
-    /// How many random bytes the runtime should pass to [`desired_generated_secret`].
-    pub const RANDOM_BYTES: usize = 32;
-
-    /// Name of this Secret for cluster `cluster`.
-    pub fn secret_name(self, cluster: &str) -> String {
-        match self {
-            Self::Jwt => names::jwt(cluster),
-            Self::Turn => names::turn(cluster),
-            Self::RedisPassword => names::redis_auth(cluster),
-        }
+/// The pod component a generated Secret belongs to (its labels).
+fn component(kind: GeneratedSecret) -> Component {
+    match kind {
+        GeneratedSecret::Jwt | GeneratedSecret::Turn => Component::Server,
+        GeneratedSecret::RedisPassword => Component::Redis,
     }
-
-    /// The key holding the value.
-    pub fn key(self) -> &'static str {
-        match self {
-            Self::Jwt | Self::Turn => "secret",
-            Self::RedisPassword => "password",
-        }
-    }
-
-    fn component(self) -> Component {
-        match self {
-            Self::Jwt | Self::Turn => Component::Server,
-            Self::RedisPassword => Component::Redis,
-        }
-    }
-}
-
-/// The Secrets this spec needs generated, in a stable order.
-pub fn generated_secrets_needed(sc: &SignalingCluster) -> Vec<GeneratedSecret> {
-    let spec = &sc.spec;
-    let mut out = Vec::new();
-    if spec.auth.algorithm == JwtAlgorithm::HS256 && spec.auth.secret_ref.is_none() {
-        out.push(GeneratedSecret::Jwt);
-    }
-    if !spec.ice.turn_urls.is_empty() && spec.ice.turn_secret_ref.is_none() {
-        out.push(GeneratedSecret::Turn);
-    }
-    if spec.redis.managed.is_some() {
-        out.push(GeneratedSecret::RedisPassword);
-    }
-    out
 }
 
 /// The generated Secret `kind` of this cluster holding `random` (hex-encoded, so the value is
@@ -75,7 +28,7 @@ pub fn desired_generated_secret(
     random: &[u8],
 ) -> Result<Secret, BuildError> {
     let owner = Owner::of(sc)?;
-    let mut meta = owner.meta(kind.secret_name(&owner.name), kind.component());
+    let mut meta = owner.meta(kind.secret_name(&owner.name), component(kind));
     meta.annotations = Some(BTreeMap::from([(
         GENERATED_ANNOTATION.to_owned(),
         "true".to_owned(),

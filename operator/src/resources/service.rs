@@ -3,8 +3,9 @@
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{names, selector_labels, BuildError, Component, Owner};
+use super::{selector_labels, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
+use crate::names;
 
 /// The server Service for `sc`.
 pub fn desired_service(sc: &SignalingCluster) -> Result<Service, BuildError> {

@@ -1,6 +1,6 @@
-//! A bare HTTP/1.1 GET for the operator's integration tests that start real processes (the
-//! server in the contract test, the operator's metrics port in the rig test). Fallible rather
-//! than panicking, since callers poll endpoints that may not be up yet.
+//! A bare HTTP/1.1 GET of the operator's metrics port in the rig test. Fallible rather than
+//! panicking (as `switchboard_e2e::http` does), since callers poll endpoints that may not be
+//! up yet.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Fixtures shared by the operator's integration tests: clusters "read back from the API"
-//! (name, namespace, uid set) and the Secrets the runtime would have fetched.
+//! (name, namespace, uid set) and the Secrets the runtime would have fetched. `rig.rs`,
+//! `operator.rs` and `observe.rs` next to this file are the e2e's (declared by `e2e_rig.rs`
+//! only, so the other test binaries do not compile them).
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeMap;
@@ -8,7 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::core::ObjectMeta;
 use switchboard_operator::api::SignalingCluster;
-use switchboard_operator::resources::{desired_generated_secret, generated_secrets_needed};
+use switchboard_operator::names::generated_secrets_needed;
+use switchboard_operator::resources::desired_generated_secret;
 
 pub mod http;
 pub mod openapi;

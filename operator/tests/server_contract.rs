@@ -1,6 +1,6 @@
-//! Contract test: the config file the operator renders is fed to the real `switchboard-server`
-//! binary (with a real `redis-server`), which must accept every key, start, become ready and
-//! serve exactly the ICE settings and JWT rules of the spec.
+//! Contract between the operator and the server: the config files the operator renders are
+//! fed to the real `switchboard-server` binary (with a real `redis-server`), which must accept
+//! every key, start, become ready and serve exactly the ICE settings and JWT rules of the spec.
 //!
 //! Needs the server binary (`cargo build -p switchboard-server` into the same target directory,
 //! or `SWITCHBOARD_SERVER_BIN=/path/to/switchboard-server`) and `redis-server` on PATH; it fails
@@ -10,14 +10,24 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster_from_yaml;
+use common::{cluster_from_yaml, secret, secrets_for};
+use k8s_openapi::api::core::v1::Secret;
 use serde_json::{json, Value};
 use switchboard_e2e::http::{get, get_bearer};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
-use switchboard_e2e::token::{ec_public_key_path, Claims};
+use switchboard_e2e::token::{ec_public_key_path, rsa_public_key_path, Claims};
+use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::config::{self, RenderedConfig, MOUNT_DIR};
-use switchboard_operator::resolve::{JwtKey, Resolved};
+use switchboard_operator::resolve::{self, JwtKey, Resolved};
+
+/// The config as a reconcile renders it: the generated Secrets (deterministic bytes), the
+/// user's Secrets as given, then `resolve` + `render`.
+fn render_as_reconciled(sc: &SignalingCluster, user: Vec<Secret>) -> RenderedConfig {
+    let fetched = secrets_for(sc, user);
+    let resolved = resolve::resolve(sc, &fetched).unwrap_or_else(|e| panic!("resolve: {e}"));
+    config::render(sc, &resolved).expect("renders")
+}
 
 /// Writes the config Secret's files into a directory standing in for the pod's mount and starts
 /// the server on it. The rendered file names the mount directory (`/etc/switchboard`) for the
@@ -34,7 +44,7 @@ fn start(rendered: &RenderedConfig) -> (tempfile::TempDir, ServerProcess) {
     }
     let path = dir.path().join(config::CONFIG_FILE);
     // `--listen 127.0.0.1:0` (added by ServerOptions) overrides the file's 0.0.0.0:8080, so the
-    // test learns the port; everything else comes from the file.
+    // test learns the port; everything else comes from the file (the environment is cleared).
     let server = ServerOptions::new()
         .arg("--config")
         .arg(path.to_str().expect("utf-8 path"))
@@ -93,6 +103,102 @@ async fn bare_spec_config_starts_a_ready_server_on_redis() {
     let forged = Claims::user("mallory").hs256("another-secret-another-secret!!");
     assert_eq!(
         get_bearer(server.addr(), "/webrtc/config", &forged)
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rendered_config_with_external_redis_starts_a_ready_server() {
+    let redis = RedisProcess::start();
+    // Everything the renderer knows about, so every key reaches the server's parser; the
+    // Secrets resolved as a reconcile resolves them (the JWT key generated).
+    let sc = cluster_from_yaml(
+        &json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
+            "metadata": {"name": "signal"},
+            "spec": {
+                "replicas": 2,
+                "redis": {"external": {"secretRef": {"name": "redis-url"}}, "keyPrefix": "contract"},
+                "ice": {
+                    "stunUrls": ["stun:stun.example.com:3478"],
+                    "turnUrls": ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349"],
+                    "credentialTtlSeconds": 3600,
+                    "iceTransportPolicy": "relay",
+                    "bundlePolicy": "max-bundle",
+                    "rtcpMuxPolicy": "require"
+                },
+                "auth": {"issuer": "https://auth.example.com", "audience": "switchboard"},
+                "rooms": {"maxParticipants": 8, "presenceTtlSeconds": 45},
+                "allowedOrigins": ["https://app.example.com"]
+            }
+        })
+        .to_string(),
+    );
+    let rendered = render_as_reconciled(
+        &sc,
+        vec![secret(
+            "redis-url",
+            &[("url", &format!("redis://127.0.0.1:{}/0", redis.port()))],
+        )],
+    );
+    assert_eq!(
+        rendered.hash,
+        config::sha256_hex(rendered.yaml.as_bytes()),
+        "hash is not the sha256 of the YAML"
+    );
+    let (_dir, server) = start(&rendered);
+    wait_ready(&server).await;
+
+    // The server runs with what the operator meant: Redis bus, auth enforced.
+    let health = get(server.addr(), "/webrtc/health").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert!(
+        health.text().contains("redis"),
+        "/webrtc/health does not report the Redis bus: {}",
+        health.text()
+    );
+    let cfg = get(server.addr(), "/webrtc/config").await;
+    assert_eq!(
+        cfg.status,
+        401,
+        "/webrtc/config without a token: {}",
+        cfg.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rendered_config_with_an_rs256_public_key_starts_and_verifies_with_it() {
+    let redis = RedisProcess::start();
+    let pem = std::fs::read_to_string(rsa_public_key_path()).expect("RSA test key");
+    let sc = cluster_from_yaml(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: SignalingCluster\nmetadata: {name: signal}\nspec:\n  redis: {external: {secretRef: {name: redis-url, key: address}}}\n  auth: {algorithm: RS256, secretRef: {name: jwt-pub}}\n",
+    );
+    let rendered = render_as_reconciled(
+        &sc,
+        vec![
+            secret("redis-url", &[("address", &redis.url())]),
+            secret("jwt-pub", &[("public.pem", &pem)]),
+        ],
+    );
+    assert!(
+        !rendered.extra_files.is_empty(),
+        "RS256 rendered no public key file"
+    );
+    let (_dir, server) = start(&rendered);
+    wait_ready(&server).await;
+    let cfg = get_bearer(
+        server.addr(),
+        "/webrtc/config",
+        &Claims::user("alice").rs256(),
+    )
+    .await;
+    assert_eq!(cfg.status, 200, "{}", cfg.text());
+    // The algorithm is pinned: an HS256 token is refused.
+    let hs = Claims::user("alice").hs256("whatever-secret-whatever-secret!");
+    assert_eq!(
+        get_bearer(server.addr(), "/webrtc/config", &hs)
             .await
             .status,
         401
