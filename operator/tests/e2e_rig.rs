@@ -34,9 +34,9 @@ mod operator;
 mod rig;
 
 use observe::{
-    base64, cluster_events, condition, config_hash, expect_event, lease_holder, make_pods_ready,
-    managed_by_operator, operator_fields, owned_by, sc1_children, set_lease_holder, snapshot,
-    status_applied_by_operator,
+    base64, cluster_events, condition, config_hash, ensure_status_applied, expect_event,
+    lease_holder, make_pods_ready, managed_by_operator, operator_fields, owned_by, sc1_children,
+    set_lease_holder, snapshot,
 };
 use operator::Operator;
 use rig::{
@@ -445,11 +445,7 @@ async fn servers_ready_is_false_while_pods_are_pending(w: &mut World<'_>) -> Res
         "Ready while pods Pending"
     );
     // The status is the operator's server-side apply (not an update), on 1.20 too.
-    ensure!(
-        status_applied_by_operator(&sc_now.metadata),
-        "sc1's status has no Apply managedFields entry of {FIELD_MANAGER}: {}",
-        operator_fields(&sc_now.metadata)
-    );
+    ensure_status_applied(&sc_now)?;
     Ok("ServersReady=False (PodsPending) while pods are Pending; status applied".to_owned())
 }
 
@@ -927,11 +923,7 @@ async fn paused_reconciles_nothing_and_unpausing_clears_paused(
         types == ["Ready", "ConfigValid", "RedisReady", "ServersReady"],
         "conditions after unpausing: {types:?}"
     );
-    ensure!(
-        status_applied_by_operator(&sc.metadata),
-        "sc1's status is not the operator's server-side apply: {}",
-        operator_fields(&sc.metadata)
-    );
+    ensure_status_applied(&sc)?;
     Ok("paused: Paused=True, no reconcile; unpaused: Deployment back, Paused removed".to_owned())
 }
 

@@ -70,6 +70,12 @@ async fn wait_ready(server: &ServerProcess) {
     }
 }
 
+/// Asserts that `/webrtc/config` refuses `token` with 401.
+async fn assert_refused(server: &ServerProcess, token: &str) {
+    let r = get_bearer(server.addr(), "/webrtc/config", token).await;
+    assert_eq!(r.status, 401, "token accepted: {}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bare_spec_config_starts_a_ready_server_on_redis() {
     let redis = RedisProcess::start();
@@ -101,12 +107,7 @@ async fn bare_spec_config_starts_a_ready_server_on_redis() {
     assert_eq!(body["rtcpMuxPolicy"], "require");
     // A token signed with another key is refused: the rendered secret is the one in use.
     let forged = Claims::user("mallory").hs256("another-secret-another-secret!!");
-    assert_eq!(
-        get_bearer(server.addr(), "/webrtc/config", &forged)
-            .await
-            .status,
-        401
-    );
+    assert_refused(&server, &forged).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,12 +198,7 @@ async fn rendered_config_with_an_rs256_public_key_starts_and_verifies_with_it() 
     assert_eq!(cfg.status, 200, "{}", cfg.text());
     // The algorithm is pinned: an HS256 token is refused.
     let hs = Claims::user("alice").hs256("whatever-secret-whatever-secret!");
-    assert_eq!(
-        get_bearer(server.addr(), "/webrtc/config", &hs)
-            .await
-            .status,
-        401
-    );
+    assert_refused(&server, &hs).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,21 +273,7 @@ spec:
     let wrong_aud = Claims::user("bob")
         .issuer("https://auth.example.com")
         .audience("other");
-    assert_eq!(
-        get_bearer(server.addr(), "/webrtc/config", &wrong_aud.es256())
-            .await
-            .status,
-        401
-    );
+    assert_refused(&server, &wrong_aud.es256()).await;
     // The algorithm is pinned: an HS256 token is refused.
-    assert_eq!(
-        get_bearer(
-            server.addr(),
-            "/webrtc/config",
-            &good.hs256("whatever-secret")
-        )
-        .await
-        .status,
-        401
-    );
+    assert_refused(&server, &good.hs256("whatever-secret")).await;
 }

@@ -66,10 +66,14 @@ fn first_status(e: Expect) -> Expect {
         .event("PodsPending")
 }
 
+/// Reads of a bare cluster's generated Secrets, both there.
+fn generated_secrets_read(e: Expect) -> Expect {
+    e.get(&secret("sc-jwt")).get(&secret("sc-redis-auth"))
+}
+
 /// Reads of a bare cluster's Secrets and managed Redis, all there and up to date.
 fn secrets_and_redis_read(e: Expect) -> Expect {
-    e.get(&secret("sc-jwt"))
-        .get(&secret("sc-redis-auth"))
+    e.then(generated_secrets_read)
         .get(&secret("sc-config"))
         .get(&statefulset("sc-redis"))
         .get(&service("sc-redis"))
@@ -85,6 +89,16 @@ fn first_reconcile_of_a_bare_cluster(fake: &FakeApi) -> Expect {
         .then(servers_created)
         .event("Applied")
         .then(first_status)
+}
+
+/// A fake holding a bare cluster after its first reconcile (checked step by step).
+async fn reconciled_bare_cluster() -> (FakeApi, Context) {
+    let fake = FakeApi::default();
+    let ctx = fake.context();
+    let sc = fake.cluster(json!({}));
+    reconcile(&sc, &ctx).await.unwrap();
+    first_reconcile_of_a_bare_cluster(&fake).done();
+    (fake, ctx)
 }
 
 /// A reconcile of the bare cluster when everything is up to date: reads only.
@@ -120,11 +134,7 @@ async fn first_reconcile_creates_everything_and_the_second_only_reads() {
 
 #[tokio::test]
 async fn drift_is_reapplied_and_generated_secrets_are_never_rewritten() {
-    let fake = FakeApi::default();
-    let ctx = fake.context();
-    let sc = fake.cluster(json!({}));
-    reconcile(&sc, &ctx).await.unwrap();
-    first_reconcile_of_a_bare_cluster(&fake).done();
+    let (fake, ctx) = reconciled_bare_cluster().await;
     let sc = fake.reread();
     let jwt = fake.get(&secret("sc-jwt")).unwrap();
 
@@ -236,11 +246,7 @@ async fn a_server_error_fails_the_reconcile_with_a_bounded_label() {
 
 #[tokio::test]
 async fn a_missing_user_secret_only_writes_status() {
-    let fake = FakeApi::default();
-    let ctx = fake.context();
-    let sc = fake.cluster(json!({}));
-    reconcile(&sc, &ctx).await.unwrap();
-    first_reconcile_of_a_bare_cluster(&fake).done();
+    let (fake, ctx) = reconciled_bare_cluster().await;
     let dpath = deployment("sc-server");
     let before = fake.get(&dpath).unwrap();
 
@@ -251,8 +257,7 @@ async fn a_missing_user_secret_only_writes_status() {
     assert_eq!(action, Action::requeue(CONFIG_ERROR_REQUEUE));
     // Only the status may change; the running children are read, never written.
     fake.expect()
-        .get(&secret("sc-jwt"))
-        .get(&secret("sc-redis-auth"))
+        .then(generated_secrets_read)
         .get_missing(&secret("nope"))
         .get(&dpath)
         .get(&statefulset("sc-redis"))
@@ -404,11 +409,7 @@ async fn a_name_taken_by_someone_elses_object_is_reported_not_taken_over() {
 
 #[tokio::test]
 async fn status_is_applied_whole_so_a_cleared_condition_goes() {
-    let fake = FakeApi::default();
-    let ctx = fake.context();
-    let sc = fake.cluster(json!({}));
-    reconcile(&sc, &ctx).await.unwrap();
-    first_reconcile_of_a_bare_cluster(&fake).done();
+    let (fake, ctx) = reconciled_bare_cluster().await;
 
     // Paused: only the status is written, with a Paused condition.
     let sc = fake.edit_spec(json!({"paused": true}));
@@ -490,13 +491,16 @@ async fn a_second_user_error_while_config_valid_stays_false_gets_its_own_warning
     let sc = fake.edit_spec(missing("second-missing"));
     fake.clear_calls();
     reconcile(&sc, &ctx).await.unwrap();
+    // The Secrets are read, the second one is missing; nothing runs, which is read too.
+    let reads = |e: Expect| {
+        e.then(generated_secrets_read)
+            .get_missing(&secret("second-missing"))
+            .get_missing(&deployment("sc-server"))
+            .get_missing(&statefulset("sc-redis"))
+    };
     // Still ConfigValid=False, but another Secret: a new Warning.
     fake.expect()
-        .get(&secret("sc-jwt"))
-        .get(&secret("sc-redis-auth"))
-        .get_missing(&secret("second-missing"))
-        .get_missing(&deployment("sc-server"))
-        .get_missing(&statefulset("sc-redis"))
+        .then(reads)
         .apply_status()
         .event("SecretNotFound")
         .done();
@@ -516,13 +520,7 @@ async fn a_second_user_error_while_config_valid_stays_false_gets_its_own_warning
         .all(|e| e["type"] == "Warning"));
     // The same error again: neither a status write nor an event.
     reconcile(&fake.reread(), &ctx).await.unwrap();
-    fake.expect()
-        .get(&secret("sc-jwt"))
-        .get(&secret("sc-redis-auth"))
-        .get_missing(&secret("second-missing"))
-        .get_missing(&deployment("sc-server"))
-        .get_missing(&statefulset("sc-redis"))
-        .done();
+    fake.expect().then(reads).done();
     assert_eq!(event_notes(&fake, "SecretNotFound").len(), 2);
 }
 

@@ -110,14 +110,7 @@ pub fn desired_deployment(
         // Service links would inject `<SERVICE>_PORT`-style env vars, and env vars beat the
         // config file in the server's precedence order.
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(SERVER_UID),
-            run_as_group: Some(SERVER_UID),
-            fs_group: Some(SERVER_UID),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(non_root_pod_security(SERVER_UID)),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         image_pull_secrets: non_empty(spec.image_pull_secrets.clone()),
         node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
@@ -208,6 +201,18 @@ pub(crate) fn container_security_context() -> SecurityContext {
         }),
         seccomp_profile: Some(runtime_default_seccomp()),
         ..SecurityContext::default()
+    }
+}
+
+/// Pod security context of the `restricted` Pod Security Standard, running as `uid`.
+pub(crate) fn non_root_pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..PodSecurityContext::default()
     }
 }
 

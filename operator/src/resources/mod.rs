@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
 use crate::api::SignalingCluster;
@@ -118,6 +118,14 @@ pub fn selector_labels(instance: &str, component: Component) -> BTreeMap<String,
             component.as_str().to_owned(),
         ),
     ])
+}
+
+/// A selector on the [`selector_labels`] of cluster `instance`'s `component` pods.
+pub fn pod_selector(instance: &str, component: Component) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(instance, component)),
+        ..LabelSelector::default()
+    }
 }
 
 /// Name, namespace and controller owner reference of a cluster read from the API.

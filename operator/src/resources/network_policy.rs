@@ -5,10 +5,9 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{selector_labels, BuildError, Component, Owner};
+use super::{pod_selector, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
 use crate::names::{self, REDIS_PORT};
 
@@ -21,18 +20,12 @@ pub fn desired_network_policy(sc: &SignalingCluster) -> Result<Option<NetworkPol
     Ok(Some(NetworkPolicy {
         metadata: owner.meta(names::redis(&owner.name), Component::Redis),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&owner.name, Component::Redis)),
-                ..LabelSelector::default()
-            }),
+            pod_selector: Some(pod_selector(&owner.name, Component::Redis)),
             policy_types: Some(vec!["Ingress".to_owned()]),
             // A peer with only a podSelector matches pods in the policy's own namespace.
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(selector_labels(&owner.name, Component::Server)),
-                        ..LabelSelector::default()
-                    }),
+                    pod_selector: Some(pod_selector(&owner.name, Component::Server)),
                     ..NetworkPolicyPeer::default()
                 }]),
                 ports: Some(vec![NetworkPolicyPort {

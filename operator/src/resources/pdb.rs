@@ -1,10 +1,9 @@
 //! The optional `<name>-server` PodDisruptionBudget (policy/v1).
 
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{selector_labels, BuildError, Component, Owner};
+use super::{pod_selector, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
 use crate::names;
 
@@ -23,10 +22,7 @@ pub fn desired_pdb(sc: &SignalingCluster) -> Result<Option<PodDisruptionBudget>,
     Ok(Some(PodDisruptionBudget {
         metadata: owner.meta(names::server(&owner.name), Component::Server),
         spec: Some(PodDisruptionBudgetSpec {
-            selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&owner.name, Component::Server)),
-                ..LabelSelector::default()
-            }),
+            selector: Some(pod_selector(&owner.name, Component::Server)),
             min_available,
             max_unavailable,
             ..PodDisruptionBudgetSpec::default()

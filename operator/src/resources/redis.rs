@@ -8,16 +8,16 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::deployment::{
-    container_security_context, default_resources, non_empty, runtime_default_seccomp,
+    container_security_context, default_resources, non_empty, non_root_pod_security,
 };
 use super::{labels, selector_labels, BuildError, Component, Owner};
 use crate::api::SignalingCluster;
@@ -159,14 +159,7 @@ pub fn desired_redis_statefulset(sc: &SignalingCluster) -> Result<Option<Statefu
                     containers: vec![container],
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(REDIS_UID),
-                        run_as_group: Some(REDIS_UID),
-                        fs_group: Some(REDIS_UID),
-                        seccomp_profile: Some(runtime_default_seccomp()),
-                        ..PodSecurityContext::default()
-                    }),
+                    security_context: Some(non_root_pod_security(REDIS_UID)),
                     image_pull_secrets: non_empty(sc.spec.image_pull_secrets.clone()),
                     volumes,
                     ..PodSpec::default()

@@ -51,20 +51,27 @@ pub fn operator_fields(meta: &ObjectMeta) -> Value {
         .collect()
 }
 
-/// Whether the operator's managedFields on a cluster show its status written by a
+/// Fails unless the operator's managedFields on the cluster show its status written by a
 /// server-side apply, and by nothing else of its own (no Update entry owning status).
-pub fn status_applied_by_operator(meta: &ObjectMeta) -> bool {
-    let status: Vec<&ManagedFieldsEntry> = operator_entries(meta)
+pub fn ensure_status_applied(sc: &SignalingCluster) -> Result<()> {
+    let status: Vec<&ManagedFieldsEntry> = operator_entries(&sc.metadata)
         .filter(|m| {
             m.fields_v1
                 .as_ref()
                 .is_some_and(|f| f.0.get("f:status").is_some())
         })
         .collect();
-    !status.is_empty()
+    let applied = !status.is_empty()
         && status
             .iter()
-            .all(|m| m.operation.as_deref() == Some("Apply"))
+            .all(|m| m.operation.as_deref() == Some("Apply"));
+    anyhow::ensure!(
+        applied,
+        "{}'s status is not (only) the operator's server-side apply: {}",
+        sc.name_any(),
+        operator_fields(&sc.metadata)
+    );
+    Ok(())
 }
 
 pub fn condition<'a>(sc: &'a SignalingCluster, type_: &str) -> Option<&'a Condition> {

@@ -177,14 +177,20 @@ pub fn helm() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// What [`create`] needs of an object type.
+pub trait Object:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug
+{
+}
+impl<K> Object for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug
+{
+}
+
 /// Creates the object `v` (JSON of a `K`) in namespace `ns`.
 pub async fn create<K>(client: &Client, ns: &str, v: Value) -> Result<()>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
+    K: Object + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
     create_with(Api::<K>::namespaced(client.clone(), ns), v).await
 }
@@ -192,19 +198,12 @@ where
 /// Creates the cluster-scoped object `v` (JSON of a `K`).
 pub async fn create_cluster_scoped<K>(client: &Client, v: Value) -> Result<()>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
+    K: Object + Resource<Scope = k8s_openapi::ClusterResourceScope>,
 {
     create_with(Api::<K>::all(client.clone()), v).await
 }
 
-async fn create_with<K>(api: Api<K>, v: Value) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
+async fn create_with<K: Object>(api: Api<K>, v: Value) -> Result<()> {
     let obj: K = serde_json::from_value(v)?;
     api.create(&PostParams::default(), &obj)
         .await
@@ -240,6 +239,11 @@ pub async fn install_chart_rbac(
     let mut args = None;
     for doc in yaml_docs(&String::from_utf8_lossy(&out.stdout))? {
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        // Roles may name their own namespace (the Lease's); everything else is the release's.
+        let ns = doc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(namespace)
+            .to_owned();
         match kind.as_str() {
             "ServiceAccount" => {
                 sa_name = doc["metadata"]["name"].as_str().map(str::to_owned);
@@ -249,20 +253,8 @@ pub async fn install_chart_rbac(
             "ClusterRoleBinding" => {
                 create_cluster_scoped::<ClusterRoleBinding>(client, doc).await?
             }
-            "Role" => {
-                let ns = doc["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or(namespace)
-                    .to_owned();
-                create::<Role>(client, &ns, doc).await?
-            }
-            "RoleBinding" => {
-                let ns = doc["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or(namespace)
-                    .to_owned();
-                create::<RoleBinding>(client, &ns, doc).await?
-            }
+            "Role" => create::<Role>(client, &ns, doc).await?,
+            "RoleBinding" => create::<RoleBinding>(client, &ns, doc).await?,
             "Deployment" => {
                 let a = doc["spec"]["template"]["spec"]["containers"][0]["args"]
                     .as_array()
