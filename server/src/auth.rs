@@ -11,6 +11,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{JwtAlgorithm, JwtConfig, JwtKey};
+use crate::protocol::ErrorCode;
 use crate::room::RoomId;
 
 /// Why a token (or its use for a room) was refused. `reason()` is the exact
@@ -212,6 +213,47 @@ impl Authenticator {
             Ok(identity)
         } else {
             Err(AuthError::RoomForbidden)
+        }
+    }
+
+    /// Checks a token offered over the socket (`refresh-token`) to extend a
+    /// session of `user_id` in `room`: it must be valid now, name the same
+    /// user and allow the room.
+    pub fn verify_refresh(
+        &self,
+        token: &str,
+        user_id: &str,
+        room: &RoomId,
+    ) -> Result<Identity, RefreshError> {
+        let identity = self.authorize(Some(token), room)?;
+        if identity.user_id != user_id {
+            return Err(RefreshError::UserMismatch);
+        }
+        Ok(identity)
+    }
+}
+
+/// Why a `refresh-token` was refused; the session goes on until the token
+/// it already has expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the token names another user")]
+    UserMismatch,
+}
+
+impl RefreshError {
+    /// The `error` code sent back.
+    pub fn error_code(self) -> ErrorCode {
+        match self {
+            RefreshError::Auth(AuthError::TokenExpired) => ErrorCode::TokenExpired,
+            RefreshError::Auth(AuthError::InvalidAudience) => ErrorCode::InvalidAudience,
+            RefreshError::Auth(AuthError::RoomForbidden) => ErrorCode::RoomForbidden,
+            RefreshError::Auth(AuthError::MissingToken | AuthError::InvalidToken) => {
+                ErrorCode::InvalidToken
+            }
+            RefreshError::UserMismatch => ErrorCode::UserMismatch,
         }
     }
 }

@@ -320,3 +320,46 @@ fn overlong_sub_or_name_is_invalid_token() {
         assert_eq!(auth.verify(&t), Err(AuthError::InvalidToken));
     }
 }
+
+#[test]
+fn refresh_needs_a_valid_token_of_the_same_user_for_the_room() {
+    let auth = Authenticator::new(&hs("s3cret")).unwrap();
+    let good = json!({"sub":"alice","exp":later() + 60,"rooms":["a"]});
+    let id = auth
+        .verify_refresh(&sign_hs(&good, b"s3cret"), "alice", &room("a"))
+        .unwrap();
+    assert_eq!(id.expires_at, later() + 60);
+    let cases: &[(String, ErrorCode)] = &[
+        (
+            sign_hs(
+                &json!({"sub":"mallory","exp":later(),"rooms":["a"]}),
+                b"s3cret",
+            ),
+            ErrorCode::UserMismatch,
+        ),
+        (
+            sign_hs(
+                &json!({"sub":"alice","exp":later(),"rooms":["b"]}),
+                b"s3cret",
+            ),
+            ErrorCode::RoomForbidden,
+        ),
+        (
+            sign_hs(&json!({"sub":"alice","exp":now_unix() - 1}), b"s3cret"),
+            ErrorCode::TokenExpired,
+        ),
+        (
+            sign_hs(&json!({"sub":"alice","exp":later()}), b"other-secret"),
+            ErrorCode::InvalidToken,
+        ),
+        ("not-a-jwt".to_string(), ErrorCode::InvalidToken),
+        (String::new(), ErrorCode::InvalidToken),
+    ];
+    for (token, want) in cases {
+        let got = auth
+            .verify_refresh(token, "alice", &room("a"))
+            .map(|_| ())
+            .map_err(RefreshError::error_code);
+        assert_eq!(got, Err(*want), "token {token:?}");
+    }
+}

@@ -76,10 +76,50 @@ impl Hub {
     /// Pushes a presence frame to every local member except `except`.
     fn announce(&self, room: &RoomMembers, except: &str, frame: &Frame) {
         for (id, outbox) in room.locals() {
-            if id != except && outbox.push(frame.clone(), Delivery::Droppable) == Push::Dropped {
+            if id != except && outbox.push(frame.clone(), Delivery::Presence) == Push::Dropped {
                 self.metrics.presence_dropped();
             }
         }
+    }
+
+    /// Every member of a room (local and remote), in room-state order.
+    fn everyone(room: &RoomMembers) -> Vec<ParticipantInfo> {
+        let mut everyone: Vec<ParticipantInfo> =
+            room.members.values().map(|m| m.info.clone()).collect();
+        crate::room::sort_by_join(&mut everyone);
+        everyone
+    }
+
+    /// Queues a fresh `room-state` for a local participant whose presence
+    /// updates were dropped ([`Next::Resync`]). Built and queued under the
+    /// room lock, so every later presence update is queued after it and
+    /// every earlier one is reflected in it.
+    pub fn resync(&self, room_id: &RoomId, participant_id: &str) {
+        let rooms = self.rooms();
+        let Some(room) = rooms.get(room_id) else {
+            return;
+        };
+        let Some(Member {
+            info,
+            outbox: Some(outbox),
+        }) = room.members.get(participant_id)
+        else {
+            return;
+        };
+        let frame = protocol::encode_room_state(room_id.as_str(), info, &Self::everyone(room));
+        // Dropped again (the queue filled up meanwhile): the flag is set
+        // again and the next catch-up retries.
+        if outbox.push(frame, Delivery::Presence) == Push::Queued {
+            self.metrics.presence_resynced();
+        } else {
+            self.metrics.presence_dropped();
+        }
+    }
+
+    /// Members of a room this instance knows of, local and remote: the
+    /// recipients of a broadcast are this minus its sender.
+    pub fn member_count(&self, room_id: &RoomId) -> usize {
+        self.rooms().get(room_id).map_or(0, |r| r.members.len())
     }
 
     /// Registers a local participant after the bus accepted its join:
@@ -116,12 +156,9 @@ impl Hub {
                 outbox: Some(outbox.clone()),
             },
         );
-        let mut everyone: Vec<ParticipantInfo> =
-            room.members.values().map(|m| m.info.clone()).collect();
-        crate::room::sort_by_join(&mut everyone);
         // Still under the lock, so nothing can be queued ahead of room-state.
         outbox.push(
-            protocol::encode_room_state(room_id.as_str(), me, &everyone),
+            protocol::encode_room_state(room_id.as_str(), me, &Self::everyone(room)),
             Delivery::Must,
         );
         let frame = protocol::encode_user_joined(room_id.as_str(), me);

@@ -284,3 +284,52 @@ fn concurrent_joins_on_one_instance_stay_consistent() {
     let v = json(try_next(&c));
     assert_eq!(v["payload"]["participant_count"], 2, "{v}");
 }
+
+#[test]
+fn a_reader_that_missed_presence_gets_a_fresh_room_state_after_catching_up() {
+    let h = hub();
+    // The reader holds 2 presence updates (twice its bound of 1).
+    let reader = Arc::new(Outbox::new(1, 1 << 20));
+    h.register(
+        &room(),
+        &info("r", "i1"),
+        reader.clone(),
+        &[info("r", "i1")],
+    );
+    let others: Vec<Arc<Outbox>> = (0..4).map(|_| outbox()).collect();
+    for (i, o) in others.iter().enumerate() {
+        h.register(&room(), &info(&format!("p{i}"), "i1"), o.clone(), &[]);
+    }
+    h.unregister(&room(), "p0", LeaveReason::Closed);
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: info("remote", "i2"),
+    });
+    // room-state, then the one presence update that fitted beside it; the
+    // other five were dropped.
+    assert_eq!(json(try_next(&reader))["type"], "room-state");
+    assert_eq!(json(try_next(&reader))["payload"]["participant_id"], "p0");
+    assert_eq!(try_next(&reader), Some(Next::Resync));
+    h.resync(&room(), "r");
+    // Later presence is queued behind the fresh room-state.
+    h.unregister(&room(), "p1", LeaveReason::Closed);
+    let v = json(try_next(&reader));
+    assert_eq!(v["type"], "room-state");
+    assert_eq!(v["payload"]["self"]["participant_id"], "r");
+    let mut ids: Vec<&str> = v["payload"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["participant_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["p1", "p2", "p3", "r", "remote"]);
+    assert_eq!(v["payload"]["participant_count"], 5);
+    let v = json(try_next(&reader));
+    assert_eq!(
+        (v["type"].as_str(), v["payload"]["participant_id"].as_str()),
+        (Some("user-left"), Some("p1"))
+    );
+    assert_eq!(try_next(&reader), None, "in sync: no second resync");
+    assert_eq!(h.member_count(&room()), 4);
+}

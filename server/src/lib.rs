@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod lifetime;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

@@ -82,6 +82,7 @@ pub struct Metrics {
     connections_active: AtomicI64,
     messages_received: AtomicU64,
     presence_dropped: AtomicU64,
+    presence_resyncs: AtomicU64,
     relayed: LabeledCounter,
     errors: LabeledCounter,
     closes: LabeledCounter,
@@ -97,6 +98,7 @@ impl Default for Metrics {
             connections_active: AtomicI64::new(0),
             messages_received: AtomicU64::new(0),
             presence_dropped: AtomicU64::new(0),
+            presence_resyncs: AtomicU64::new(0),
             relayed: LabeledCounter::default(),
             errors: LabeledCounter::default(),
             closes: LabeledCounter::default(),
@@ -148,6 +150,11 @@ impl Metrics {
 
     pub fn presence_dropped(&self) {
         self.presence_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fresh `room-state` was queued for a reader that had missed presence.
+    pub fn presence_resynced(&self) {
+        self.presence_resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn join_duration(&self, seconds: f64) {
@@ -218,6 +225,12 @@ impl Metrics {
             "Presence updates dropped for slow readers.",
             self.presence_dropped.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "switchboard_presence_resyncs_total",
+            "Fresh room-state messages sent to readers that had missed presence updates.",
+            self.presence_resyncs.load(Ordering::Relaxed),
+        );
         self.relayed.render(
             &mut out,
             "switchboard_messages_relayed_total",
@@ -267,6 +280,7 @@ impl Metrics {
             "draining": g.draining,
             "messages_received_total": self.messages_received.load(Ordering::Relaxed),
             "presence_dropped_total": self.presence_dropped.load(Ordering::Relaxed),
+            "presence_resyncs_total": self.presence_resyncs.load(Ordering::Relaxed),
             "messages_relayed_total": self.relayed.snapshot(),
             "errors_total": self.errors.snapshot(),
             "closes_total": self.closes.snapshot(),

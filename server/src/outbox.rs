@@ -38,8 +38,13 @@ pub enum Push {
 pub enum Delivery {
     /// Relayed messages: never dropped silently; overflow closes the reader.
     Must,
-    /// Presence and replies to the reader itself: dropped when the queue is full.
+    /// Replies to the reader itself: dropped when the queue is full.
     Droppable,
+    /// Presence (`user-joined`, `user-left`, a re-sent `room-state`): dropped
+    /// like [`Delivery::Droppable`], but a drop marks the reader's view of the
+    /// room stale, and the writer asks for a fresh `room-state` once the
+    /// queue has drained ([`Next::Resync`]).
+    Presence,
 }
 
 /// What the writer side of a session gets next.
@@ -47,6 +52,9 @@ pub enum Delivery {
 pub enum Next {
     Frame(Frame),
     Close(CloseCause),
+    /// Presence was dropped for this reader and it has caught up: queue a
+    /// fresh `room-state` (`Hub::resync`).
+    Resync,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +65,8 @@ struct OutboxState {
     /// The writer has taken the close decision (or gave up on the socket):
     /// nothing pushed now would ever be written.
     sealed: bool,
+    /// A presence update was dropped since the last `room-state`.
+    presence_stale: bool,
 }
 
 /// A per-connection outbound queue bounded in messages and bytes. Many
@@ -102,7 +112,7 @@ impl Outbox {
         // behind is closed by the next relayed message anyway.
         let factor = match delivery {
             Delivery::Must => 1,
-            Delivery::Droppable => 2,
+            Delivery::Droppable | Delivery::Presence => 2,
         };
         let fits = st.queue.is_empty()
             || (st.queue.len() < self.max_messages * factor
@@ -116,6 +126,10 @@ impl Outbox {
         }
         match delivery {
             Delivery::Droppable => Push::Dropped,
+            Delivery::Presence => {
+                st.presence_stale = true;
+                Push::Dropped
+            }
             Delivery::Must => {
                 st.close = Some(CloseCause::SlowConsumer);
                 drop(st);
@@ -160,6 +174,12 @@ impl Outbox {
                 if let Some(cause) = st.close {
                     st.sealed = true;
                     return Next::Close(cause);
+                }
+                // Caught up: everything queued has been written, so a
+                // room-state queued now is the next thing the reader sees.
+                if st.presence_stale {
+                    st.presence_stale = false;
+                    return Next::Resync;
                 }
             }
             // One consumer: `notify_one` stores a permit when nobody waits,

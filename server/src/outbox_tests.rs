@@ -88,3 +88,21 @@ fn a_sealed_outbox_refuses_everything() {
     assert_eq!(o.push(frame(1), Delivery::Must), Push::Dropped);
     assert_eq!(o.push(frame(1), Delivery::Droppable), Push::Dropped);
 }
+
+#[test]
+fn dropped_replies_do_not_ask_for_a_resync_but_dropped_presence_does() {
+    let o = Outbox::new(1, 1_000_000);
+    for _ in 0..3 {
+        o.push(frame(1), Delivery::Droppable);
+    }
+    while let Some(Next::Frame(_)) = try_next(&o) {}
+    assert_eq!(try_next(&o), None, "a dropped pong needs no room-state");
+    for _ in 0..3 {
+        o.push(frame(1), Delivery::Presence);
+    }
+    // The resync comes only once the queue has drained, then once.
+    assert!(matches!(try_next(&o), Some(Next::Frame(_))));
+    assert!(matches!(try_next(&o), Some(Next::Frame(_))));
+    assert_eq!(try_next(&o), Some(Next::Resync));
+    assert_eq!(try_next(&o), None);
+}

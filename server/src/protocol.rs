@@ -125,15 +125,30 @@ pub enum ErrorCode {
     TargetNotFound,
     RateLimited,
     BusUnavailable,
+    /// `refresh-token`: the new token is malformed, badly signed or not acceptable.
+    InvalidToken,
+    /// `refresh-token`: the new token has already expired.
+    TokenExpired,
+    /// `refresh-token`: the new token is not meant for this service.
+    InvalidAudience,
+    /// `refresh-token`: the new token does not allow this room.
+    RoomForbidden,
+    /// `refresh-token`: the new token names another user (`sub`).
+    UserMismatch,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UnknownType,
         ErrorCode::TargetNotFound,
         ErrorCode::RateLimited,
         ErrorCode::BusUnavailable,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::InvalidAudience,
+        ErrorCode::RoomForbidden,
+        ErrorCode::UserMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +158,11 @@ impl ErrorCode {
             ErrorCode::TargetNotFound => "target_not_found",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BusUnavailable => "bus_unavailable",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidAudience => "invalid_audience",
+            ErrorCode::RoomForbidden => "room_forbidden",
+            ErrorCode::UserMismatch => "user_mismatch",
         }
     }
 }
@@ -158,6 +178,9 @@ pub enum ClientMessage {
     },
     /// `ping`; the optional payload is echoed in the `pong`.
     Ping { payload: Option<Box<RawValue>> },
+    /// `refresh-token`: a new JWT that extends this session past the
+    /// current token's `exp` (verified by the session, not here).
+    RefreshToken { token: String },
 }
 
 /// Why a client message was refused; the connection stays open.
@@ -193,14 +216,61 @@ fn present_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawV
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
+/// `refresh-token` payload.
+#[derive(Deserialize)]
+struct RefreshPayload {
+    token: Option<serde_json::Value>,
+}
+
 /// Longest participant id we accept in `to`; ours are 36-character UUIDs.
 const MAX_TARGET_LEN: usize = 128;
 
-/// Decodes one text frame from a client.
-pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
+/// Whether arrays and objects in `text` nest deeper than `max_depth` levels,
+/// the outermost counting as level 1 (`{"payload":{}}` is 2 deep). A linear
+/// scan without recursion that stops at the first level too deep, so it is
+/// safe on any input; text that is not JSON is left to the parser.
+pub fn nests_deeper_than(text: &str, max_depth: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Decodes one text frame from a client. JSON nesting deeper than
+/// `max_depth` levels (see [`nests_deeper_than`]) is refused before parsing:
+/// relayed payloads are forwarded verbatim and must not carry a structure
+/// that overflows the recursion of a recipient's JSON parser.
+pub fn decode_client(text: &str, max_depth: usize) -> Result<ClientMessage, DecodeError> {
     let trimmed = text.trim_start();
     if !trimmed.starts_with('{') {
         return Err(DecodeError::invalid("message must be a JSON object"));
+    }
+    if nests_deeper_than(text, max_depth) {
+        return Err(DecodeError::invalid(format!(
+            "message nests deeper than {max_depth} levels of arrays and objects"
+        )));
     }
     let wire: WireClientMessage = serde_json::from_str(text)
         .map_err(|_| DecodeError::invalid("message is not valid JSON of the expected shape"))?;
@@ -223,6 +293,9 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
             payload: wire.payload,
         });
     }
+    if kind == "refresh-token" {
+        return decode_refresh(wire.payload.as_deref());
+    }
     let Some(kind) = RelayKind::from_wire(&kind) else {
         return Err(DecodeError {
             code: ErrorCode::UnknownType,
@@ -239,6 +312,18 @@ pub fn decode_client(text: &str) -> Result<ClientMessage, DecodeError> {
         return Err(DecodeError::invalid("\"payload\" is required"));
     };
     Ok(ClientMessage::Relay { kind, to, payload })
+}
+
+fn decode_refresh(payload: Option<&RawValue>) -> Result<ClientMessage, DecodeError> {
+    let refused = || DecodeError::invalid("\"refresh-token\" needs payload {\"token\": \"<jwt>\"}");
+    let payload = payload.ok_or_else(refused)?;
+    let parsed: RefreshPayload = serde_json::from_str(payload.get()).map_err(|_| refused())?;
+    match parsed.token {
+        Some(serde_json::Value::String(token)) if !token.is_empty() => {
+            Ok(ClientMessage::RefreshToken { token })
+        }
+        _ => Err(refused()),
+    }
 }
 
 /// The current time as RFC 3339 UTC with milliseconds (`2026-11-28T16:30:27.123Z`).
@@ -413,6 +498,23 @@ pub fn encode_reconnect(room_id: &str, after_ms: u64) -> Frame {
     encode(
         "reconnect",
         &Reconnect { after_ms },
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
+}
+
+/// `token-refreshed`: the answer to an accepted `refresh-token`; the session
+/// now lasts until `expires_at` (Unix seconds).
+pub fn encode_token_refreshed(room_id: &str, expires_at: u64) -> Frame {
+    #[derive(Serialize)]
+    struct Refreshed {
+        expires_at: u64,
+    }
+    encode(
+        "token-refreshed",
+        &Refreshed { expires_at },
         None,
         room_id,
         &now_timestamp(),

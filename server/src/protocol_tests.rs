@@ -3,8 +3,11 @@
 use super::*;
 use proptest::prelude::*;
 
+/// The default `limits.max_json_depth`.
+const DEPTH: usize = 32;
+
 fn decode_err(text: &str) -> ErrorCode {
-    match decode_client(text) {
+    match decode_client(text, DEPTH) {
         Err(e) => e.code,
         Ok(m) => panic!("{text:?} decoded as {m:?}"),
     }
@@ -70,7 +73,7 @@ fn invalid_inputs_map_to_error_codes() {
 
 #[test]
 fn valid_relays_decode() {
-    let m = decode_client(r#"{"type":"offer","payload":{"sdp":"v=0"},"to":"p2","sender_id":"spoof","room_id":"x","timestamp":"t"}"#).unwrap();
+    let m = decode_client(r#"{"type":"offer","payload":{"sdp":"v=0"},"to":"p2","sender_id":"spoof","room_id":"x","timestamp":"t"}"#, DEPTH).unwrap();
     match m {
         ClientMessage::Relay { kind, to, payload } => {
             assert_eq!(kind, RelayKind::Offer);
@@ -81,7 +84,7 @@ fn valid_relays_decode() {
     }
     for kind in ["media-control", "screen-share-control", "chat-message"] {
         let text = format!(r#"{{"type":"{kind}","payload":{{"a":1}}}}"#);
-        match decode_client(&text).unwrap() {
+        match decode_client(&text, DEPTH).unwrap() {
             ClientMessage::Relay { kind: k, to, .. } => {
                 assert_eq!(k.as_str(), kind);
                 assert_eq!(to, None);
@@ -90,11 +93,11 @@ fn valid_relays_decode() {
         }
     }
     // Any JSON value is a payload, including null, and is kept verbatim.
-    match decode_client(r#"{"type":"chat-message","payload":null}"#).unwrap() {
+    match decode_client(r#"{"type":"chat-message","payload":null}"#, DEPTH).unwrap() {
         ClientMessage::Relay { payload, .. } => assert_eq!(payload.get(), "null"),
         other => panic!("{other:?}"),
     }
-    match decode_client(r#"  {"type":"ping"}"#).unwrap() {
+    match decode_client(r#"  {"type":"ping"}"#, DEPTH).unwrap() {
         ClientMessage::Ping { payload } => assert!(payload.is_none()),
         other => panic!("{other:?}"),
     }
@@ -205,13 +208,148 @@ fn error_codes_have_wire_names() {
     }
 }
 
+/// `depth` levels of alternating arrays and objects: `[{"a":[{"a":...}]}]`.
+fn nested(depth: usize, leaf: &str) -> String {
+    let mut open = String::new();
+    let mut close = String::new();
+    for level in 0..depth {
+        if level % 2 == 0 {
+            open.push('[');
+            close.insert(0, ']');
+        } else {
+            open.push_str("{\"a\":");
+            close.insert(0, '}');
+        }
+    }
+    format!("{open}{leaf}{close}")
+}
+
+/// The nesting depth serde_json sees (the reference the scanner must match).
+fn reference_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(reference_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(reference_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[test]
+fn nesting_depth_table() {
+    let cases: &[(&str, usize, bool)] = &[
+        ("{}", 1, false),
+        ("{}", 0, true),
+        (r#"{"payload":{}}"#, 2, false),
+        (r#"{"payload":{}}"#, 1, true),
+        (r#"{"payload":[[[]]]}"#, 4, false),
+        (r#"{"payload":[[[]]]}"#, 3, true),
+        // Siblings do not add up; only the deepest path counts.
+        (r#"{"a":[1],"b":{"c":[]},"d":[]}"#, 3, false),
+        // Brackets inside strings are text, including after escaped quotes.
+        (r#"{"payload":"[[[[{{{{"}"#, 1, false),
+        (r#"{"payload":"\"[[[[\\"}"#, 1, false),
+        (r#"{"payload":"\\\"[[[["}"#, 1, false),
+        (r#"{"p":"\\","q":[[]]}"#, 3, false),
+        (r#"{"p":"\\","q":[[]]}"#, 2, true),
+    ];
+    for (text, max, want) in cases {
+        assert_eq!(
+            nests_deeper_than(text, *max),
+            *want,
+            "{text} with max {max}"
+        );
+    }
+}
+
+#[test]
+fn deep_payloads_are_invalid_messages() {
+    // The envelope is level 1: a payload may nest DEPTH - 1 levels.
+    let ok = format!(
+        r#"{{"type":"chat-message","payload":{}}}"#,
+        nested(DEPTH - 1, "1")
+    );
+    assert!(matches!(
+        decode_client(&ok, DEPTH),
+        Ok(ClientMessage::Relay { .. })
+    ));
+    for depth in [DEPTH, 100, 10_000, 200_000] {
+        let deep = format!(
+            r#"{{"type":"chat-message","payload":{}}}"#,
+            nested(depth, "1")
+        );
+        let err = decode_client(&deep, DEPTH).expect_err("too deep");
+        assert_eq!(err.code, ErrorCode::InvalidMessage, "depth {depth}");
+        assert!(err.message.contains("32 levels"), "{}", err.message);
+    }
+    // Every type is bounded, ping (whose payload is echoed) included; a
+    // configured bound applies as given.
+    let ping = format!(r#"{{"type":"ping","payload":{}}}"#, nested(40, "0"));
+    assert_eq!(decode_err(&ping), ErrorCode::InvalidMessage);
+    assert!(matches!(
+        decode_client(&ping, 64),
+        Ok(ClientMessage::Ping { .. })
+    ));
+}
+
+#[test]
+fn refresh_token_decodes() {
+    match decode_client(
+        r#"{"type":"refresh-token","payload":{"token":"a.b.c"}}"#,
+        DEPTH,
+    ) {
+        Ok(ClientMessage::RefreshToken { token }) => assert_eq!(token, "a.b.c"),
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        r#"{"type":"refresh-token"}"#,
+        r#"{"type":"refresh-token","payload":null}"#,
+        r#"{"type":"refresh-token","payload":"a.b.c"}"#,
+        r#"{"type":"refresh-token","payload":{}}"#,
+        r#"{"type":"refresh-token","payload":{"token":""}}"#,
+        r#"{"type":"refresh-token","payload":{"token":7}}"#,
+        r#"{"type":"refresh-token","payload":{"token":["a.b.c"]}}"#,
+    ] {
+        assert_eq!(decode_err(bad), ErrorCode::InvalidMessage, "{bad}");
+    }
+}
+
+#[test]
+fn token_refreshed_envelope() {
+    let v: serde_json::Value =
+        serde_json::from_str(encode_token_refreshed("r", 1_900_000_000).as_str()).unwrap();
+    assert_eq!(v["type"], "token-refreshed");
+    assert_eq!(
+        v["payload"],
+        serde_json::json!({"expires_at": 1_900_000_000u64})
+    );
+    assert_eq!(v["sender_id"], serde_json::Value::Null);
+    assert_eq!(v["to"], serde_json::Value::Null);
+}
+
+/// Arbitrary JSON values, a few levels deep, with strings that may hold
+/// brackets, quotes and backslashes.
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i32>().prop_map(|n| serde_json::json!(n)),
+        "[\\[\\]{}\"\\\\a-z ]{0,8}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(12, 64, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[\\[\\]{}\"a-z]{0,4}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     /// Arbitrary text never panics the decoder.
     #[test]
     fn decode_never_panics_on_text(s in ".{0,256}") {
-        let _ = decode_client(&s);
+        let _ = decode_client(&s, DEPTH);
     }
 
     /// Arbitrary JSON-ish objects never panic, and a decoded relay re-encodes to valid JSON.
@@ -227,10 +365,22 @@ proptest! {
         if let Some(p) = payload { text.push_str(&format!(",\"payload\":{p}")); }
         text.push('}');
         text.push_str(&junk);
-        if let Ok(ClientMessage::Relay { kind, to, payload }) = decode_client(&text) {
+        if let Ok(ClientMessage::Relay { kind, to, payload }) = decode_client(&text, DEPTH) {
             let frame = encode_relay(kind, &payload, "me", "room", to.as_deref());
             let parsed: Result<serde_json::Value, _> = serde_json::from_str(frame.as_str());
             prop_assert!(parsed.is_ok());
+        }
+    }
+
+    /// The scanner agrees with serde_json's own view of the depth on any
+    /// JSON value, at every bound around it.
+    #[test]
+    fn scanner_depth_matches_serde(v in arb_json()) {
+        let text = serde_json::to_string(&v).unwrap();
+        let depth = reference_depth(&v);
+        prop_assert!(!nests_deeper_than(&text, depth), "{} is {} deep", text, depth);
+        if depth > 0 {
+            prop_assert!(nests_deeper_than(&text, depth - 1), "{} is {} deep", text, depth);
         }
     }
 }

@@ -106,6 +106,10 @@ pub enum LeaveReason {
     Draining,
     /// The instance holding the participant disappeared (Redis heartbeat expired).
     InstanceLost,
+    /// The participant's token expired and was not refreshed.
+    TokenExpired,
+    /// The session reached `limits.max_session_secs`.
+    SessionLimit,
 }
 
 impl LeaveReason {
@@ -117,6 +121,8 @@ impl LeaveReason {
             LeaveReason::RateLimited => "rate_limited",
             LeaveReason::Draining => "draining",
             LeaveReason::InstanceLost => "instance_lost",
+            LeaveReason::TokenExpired => "token_expired",
+            LeaveReason::SessionLimit => "session_limit",
         }
     }
 }
@@ -165,6 +171,8 @@ mod tests {
             LeaveReason::RateLimited,
             LeaveReason::Draining,
             LeaveReason::InstanceLost,
+            LeaveReason::TokenExpired,
+            LeaveReason::SessionLimit,
         ] {
             let json = serde_json::to_value(r).unwrap();
             assert_eq!(json, serde_json::Value::String(r.as_str().into()));

@@ -14,14 +14,15 @@ use rand::Rng;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
 use crate::bus::{Bus, JoinOutcome, RelayMessage};
 use crate::config::Limits;
 use crate::hub::{Hub, Route};
+use crate::lifetime::{Expiry, Lifetime};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Next, Outbox};
 use crate::protocol::{self, ClientMessage, ErrorCode, Frame};
-use crate::ratelimit::{RateLimiter, Verdict};
+use crate::ratelimit::{self, RateLimiter, RateLimits, Verdict};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 use crate::shutdown::{DrainGuard, Shutdown};
 
@@ -29,7 +30,7 @@ use crate::shutdown::{DrainGuard, Shutdown};
 pub mod close {
     /// Going away: server draining (and dead peers).
     pub const GOING_AWAY: u16 = 1001;
-    /// Policy violation: auth refusals, rate abuse.
+    /// Policy violation: auth refusals, rate abuse, token expired.
     pub const POLICY: u16 = 1008;
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
@@ -63,6 +64,8 @@ pub struct SessionContext {
     pub identity: Identity,
     pub hub: Arc<Hub>,
     pub bus: Arc<dyn Bus>,
+    /// Verifies tokens offered with `refresh-token`.
+    pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub max_participants: usize,
@@ -82,6 +85,19 @@ pub enum End {
     SlowConsumer,
     Timeout,
     Draining,
+    /// The token's `exp` passed without a `refresh-token`.
+    TokenExpired,
+    /// `limits.max_session_secs` passed.
+    SessionLimit,
+}
+
+impl From<Expiry> for End {
+    fn from(why: Expiry) -> Self {
+        match why {
+            Expiry::Token => End::TokenExpired,
+            Expiry::SessionLimit => End::SessionLimit,
+        }
+    }
 }
 
 impl End {
@@ -94,6 +110,10 @@ impl End {
             End::SlowConsumer => Some((close::TRY_AGAIN_LATER, "slow_consumer")),
             End::Timeout => Some((close::GOING_AWAY, "timeout")),
             End::Draining => Some((close::GOING_AWAY, "server draining")),
+            // The same code and reason as a join refused for an expired token.
+            End::TokenExpired => Some((close::POLICY, "token_expired")),
+            // The token may still be good: going away invites a reconnect.
+            End::SessionLimit => Some((close::GOING_AWAY, "session_limit")),
         }
     }
 
@@ -105,6 +125,8 @@ impl End {
             End::SlowConsumer => LeaveReason::SlowConsumer,
             End::Timeout => LeaveReason::Timeout,
             End::Draining => LeaveReason::Draining,
+            End::TokenExpired => LeaveReason::TokenExpired,
+            End::SessionLimit => LeaveReason::SessionLimit,
         }
     }
 
@@ -117,6 +139,8 @@ impl End {
             End::SlowConsumer => "slow_consumer",
             End::Timeout => "timeout",
             End::Draining => "draining",
+            End::TokenExpired => "token_expired",
+            End::SessionLimit => "session_limit",
         }
     }
 }
@@ -197,6 +221,9 @@ struct Session {
     started: Instant,
     /// Milliseconds since `started` when the peer was last heard from.
     last_seen: AtomicU64,
+    /// When the session must end: the token's `exp` (moved by an accepted
+    /// `refresh-token`) or the session limit.
+    lifetime: Lifetime,
 }
 
 impl Session {
@@ -245,12 +272,18 @@ impl Session {
                 CloseCause::Draining,
             );
         }
+        let lifetime = Lifetime::new(
+            ctx.identity.expires_at,
+            crate::auth::now_unix(),
+            ctx.limits.max_session,
+        );
         Some(Session {
             ctx,
             me,
             outbox,
             started,
             last_seen: AtomicU64::new(0),
+            lifetime,
         })
     }
 
@@ -267,6 +300,10 @@ impl Session {
             end = self.read_loop(stream) => end,
             end = self.write_loop(sink) => end,
             end = self.watch_liveness() => end,
+            why = self.lifetime.expired() => {
+                tracing::info!(?why, "session deadline reached");
+                End::from(why)
+            }
         }
     }
 
@@ -292,8 +329,12 @@ impl Session {
         ctx.metrics.connection_closed(end.metric_label());
         tracing::info!(reason = end.metric_label(), "left");
         if let Some((code, text)) = end.close_frame() {
-            if matches!(end, End::TooBig | End::RateLimited) {
-                // The client should see the errors queued before its close frame.
+            if matches!(
+                end,
+                End::TooBig | End::RateLimited | End::TokenExpired | End::SessionLimit
+            ) {
+                // The client should see what was queued (errors, relays)
+                // before its close frame.
                 let pending = outbox.take_all();
                 let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
                     for frame in pending {
@@ -329,8 +370,12 @@ impl Session {
     {
         let limits = &self.ctx.limits;
         let mut limiter = RateLimiter::new(
-            limits.rate_limit_per_second,
-            limits.rate_limit_burst,
+            RateLimits {
+                messages_per_second: limits.rate_limit_per_second,
+                message_burst: limits.rate_limit_burst,
+                bytes_per_second: limits.rate_limit_bytes_per_second,
+                byte_burst: limits.rate_limit_bytes_burst,
+            },
             Instant::now().into_std(),
         );
         while let Some(item) = stream.next().await {
@@ -369,7 +414,11 @@ impl Session {
                 Verdict::Abuse => return End::RateLimited,
             }
             match text {
-                Ok(text) => self.handle_text(text.as_str()).await,
+                Ok(text) => {
+                    if let Err(end) = self.handle_text(text.as_str(), &mut limiter).await {
+                        return end;
+                    }
+                }
                 Err(_) => self.reply_error(
                     ErrorCode::InvalidMessage,
                     "binary frames are not supported; send JSON text",
@@ -379,14 +428,16 @@ impl Session {
         End::ClientClosed
     }
 
-    /// Decodes one client message that passed the size and rate checks and acts on it.
-    async fn handle_text(&self, text: &str) {
+    /// Decodes one client message that passed the size and rate checks and
+    /// acts on it; `Err` ends the session (a relay over the byte budget once
+    /// too often).
+    async fn handle_text(&self, text: &str, limiter: &mut RateLimiter) -> Result<(), End> {
         let ctx = &self.ctx;
-        let msg = match protocol::decode_client(text) {
+        let msg = match protocol::decode_client(text, ctx.limits.max_json_depth) {
             Ok(m) => m,
             Err(e) => {
                 self.reply_error(e.code, &e.message);
-                return;
+                return Ok(());
             }
         };
         match msg {
@@ -396,6 +447,7 @@ impl Session {
                     Delivery::Droppable,
                 );
             }
+            ClientMessage::RefreshToken { token } => self.refresh(&token),
             ClientMessage::Relay { kind, to, payload } => {
                 if to.as_deref() == Some(self.me.participant_id.as_str()) {
                     // Signaling with yourself is a client bug; echoing it
@@ -404,7 +456,7 @@ impl Session {
                         ErrorCode::InvalidMessage,
                         "`to` names yourself; address another participant",
                     );
-                    return;
+                    return Ok(());
                 }
                 let frame = protocol::encode_relay(
                     kind,
@@ -420,6 +472,24 @@ impl Session {
                     to,
                     frame,
                 };
+                // What the room pays for it: one copy per recipient.
+                let recipients = if relay.to.is_some() {
+                    1
+                } else {
+                    ctx.hub.member_count(&ctx.room).saturating_sub(1)
+                };
+                let cost = ratelimit::delivery_cost(relay.frame.len(), recipients);
+                match limiter.check_delivery(cost, Instant::now().into_std()) {
+                    Verdict::Allow => {}
+                    Verdict::Reject => {
+                        self.reply_error(
+                            ErrorCode::RateLimited,
+                            "byte rate limit exceeded (message size x recipients); message not relayed",
+                        );
+                        return Ok(());
+                    }
+                    Verdict::Abuse => return Err(End::RateLimited),
+                }
                 match ctx.hub.relay_local(&relay) {
                     Route::LocalOnly => {}
                     Route::TargetNotFound => self.reply_error(
@@ -440,6 +510,34 @@ impl Session {
                 // relay lets the recipients' writers run, so a burst from
                 // several senders does not outrun a reader that keeps up.
                 tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `refresh-token`: a valid token for the same user and room moves the
+    /// session's deadline to its `exp`; anything else is refused with an
+    /// error code and changes nothing.
+    fn refresh(&self, token: &str) {
+        let ctx = &self.ctx;
+        match ctx
+            .auth
+            .verify_refresh(token, &ctx.identity.user_id, &ctx.room)
+        {
+            Ok(identity) => {
+                self.lifetime.refresh(identity.expires_at);
+                tracing::info!(expires_at = identity.expires_at, "token refreshed");
+                self.outbox.push(
+                    protocol::encode_token_refreshed(ctx.room.as_str(), identity.expires_at),
+                    Delivery::Droppable,
+                );
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "token refresh refused");
+                self.reply_error(
+                    e.error_code(),
+                    "token not accepted; the session still ends when the current token expires",
+                );
             }
         }
     }
@@ -479,6 +577,10 @@ impl Session {
                     Next::Frame(frame) => text_message(frame),
                     Next::Close(CloseCause::SlowConsumer) => return End::SlowConsumer,
                     Next::Close(CloseCause::Draining) => return End::Draining,
+                    Next::Resync => {
+                        self.ctx.hub.resync(&self.ctx.room, &self.me.participant_id);
+                        continue;
+                    }
                 },
                 _ = ping.tick() => Message::Ping(bytes::Bytes::from_static(b"sb")),
             };

@@ -6,9 +6,13 @@ use crate::bus::InProcessBus;
 use futures_channel::mpsc;
 use serde_json::{json, Value};
 
+/// The HS256 secret of the world's [`Authenticator`].
+const SECRET: &str = "session-tests-secret-0123456789abcdef";
+
 struct World {
     hub: Arc<Hub>,
     bus: Arc<dyn Bus>,
+    auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     shutdown: Arc<Shutdown>,
     limits: Limits,
@@ -20,6 +24,10 @@ fn limits() -> Limits {
         max_message_bytes: 1024,
         rate_limit_per_second: 1000,
         rate_limit_burst: 1000,
+        rate_limit_bytes_per_second: 1 << 30,
+        rate_limit_bytes_burst: 1 << 30,
+        max_json_depth: 32,
+        max_session: None,
         outbound_queue_messages: 64,
         outbound_queue_bytes: 1 << 20,
         ping_interval: Duration::from_secs(20),
@@ -33,6 +41,15 @@ impl World {
         World {
             hub: Arc::new(Hub::new(metrics.clone())),
             bus: Arc::new(InProcessBus::new()),
+            auth: Arc::new(
+                Authenticator::new(&crate::config::JwtConfig {
+                    algorithm: crate::config::JwtAlgorithm::Hs256,
+                    key: crate::config::JwtKey::Secret(crate::config::Secret::new(SECRET)),
+                    issuer: None,
+                    audience: None,
+                })
+                .unwrap(),
+            ),
             metrics,
             shutdown: Arc::new(Shutdown::new(Duration::from_millis(100))),
             limits: limits(),
@@ -51,6 +68,7 @@ impl World {
             },
             hub: self.hub.clone(),
             bus: self.bus.clone(),
+            auth: self.auth.clone(),
             metrics: self.metrics.clone(),
             limits: self.limits.clone(),
             max_participants: self.max_participants,
@@ -61,10 +79,21 @@ impl World {
 
     /// Starts a session; returns the client's ends of both channels.
     fn join(&self, user: &str) -> Client {
+        self.join_ctx(self.ctx(user))
+    }
+
+    /// Starts a session whose token expires at `exp` (Unix seconds).
+    fn join_expiring(&self, user: &str, exp: u64) -> Client {
+        let mut ctx = self.ctx(user);
+        ctx.identity.expires_at = exp;
+        self.join_ctx(ctx)
+    }
+
+    fn join_ctx(&self, ctx: SessionContext) -> Client {
         let (to_client, from_server) = mpsc::unbounded::<Message>();
         let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
         let guard = self.shutdown.guard().unwrap();
-        let task = tokio::spawn(run(self.ctx(user), guard, to_client, from_client));
+        let task = tokio::spawn(run(ctx, guard, to_client, from_client));
         Client {
             rx: from_server,
             tx: to_server,
@@ -415,6 +444,8 @@ fn docs_list_every_close_code_and_error_code() {
         End::SlowConsumer,
         End::Timeout,
         End::Draining,
+        End::TokenExpired,
+        End::SessionLimit,
     ];
     for end in ends {
         let (code, reason) = end.close_frame().unwrap();
@@ -547,4 +578,117 @@ fn is_dead_after_interval_plus_timeout() {
     assert!(!is_dead(&l, 1_000, 41_000));
     assert!(is_dead(&l, 1_000, 41_001));
     assert!(!is_dead(&l, 50_000, 10_000), "clock order never underflows");
+}
+
+/// An HS256 token of the world's key.
+fn token(sub: &str, exp: u64, rooms: &[&str]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp, "rooms": rooms}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+// Real time: the deadline is the token's `exp`, read from the system clock.
+#[tokio::test]
+async fn an_expired_token_ends_the_session_unless_refreshed() {
+    let w = World::new();
+    let exp = crate::auth::now_unix() + 2;
+    let mut a = w.join_expiring("alice", exp);
+    a.joined().await;
+    let mut b = w.join_expiring("bob", exp);
+    let pb = b.joined().await;
+    a.expect("user-joined").await;
+
+    // Refusals leave the deadline where it was.
+    let later = crate::auth::now_unix() + 3600;
+    for (t, code) in [
+        (token("bob", later, &["room"]), "user_mismatch"),
+        (token("alice", later, &["elsewhere"]), "room_forbidden"),
+        (token("alice", exp - 10, &["room"]), "token_expired"),
+        ("x.y.z".to_string(), "invalid_token"),
+    ] {
+        a.send(json!({"type":"refresh-token","payload":{"token":t}}));
+        assert_eq!(a.expect("error").await["payload"]["code"], code);
+    }
+    a.send(json!({"type":"refresh-token","payload":{"token":token("alice", later, &["*"])}}));
+    assert_eq!(
+        a.expect("token-refreshed").await["payload"],
+        json!({"expires_at": later})
+    );
+
+    b.expect_close(1008, "token_expired").await;
+    assert_eq!(b.task.await.unwrap(), Some(End::TokenExpired));
+    let left = a.expect("user-left").await;
+    assert_eq!(
+        (
+            left["payload"]["participant_id"].as_str(),
+            left["payload"]["reason"].as_str()
+        ),
+        (Some(pb.as_str()), Some("token_expired"))
+    );
+    // Alice outlived her first token.
+    assert!(crate::auth::now_unix() >= exp);
+    a.send(json!({"type":"ping"}));
+    a.expect("pong").await;
+}
+
+#[tokio::test]
+async fn max_session_length_closes_1001_session_limit() {
+    let mut w = World::new();
+    w.limits.max_session = Some(Duration::from_secs(1));
+    let mut a = w.join("alice");
+    a.joined().await;
+    a.expect_close(1001, "session_limit").await;
+    assert_eq!(a.task.await.unwrap(), Some(End::SessionLimit));
+}
+
+#[tokio::test]
+async fn broadcasts_are_charged_per_recipient() {
+    let mut w = World::new();
+    // One 1,000-byte delivery allowed at once, refilled in ~1000 s.
+    w.limits.rate_limit_bytes_burst = 1000;
+    w.limits.rate_limit_bytes_per_second = 1;
+    let mut a = w.join("alice");
+    let pa = a.joined().await;
+    let mut b = w.join("bob");
+    let pb = b.joined().await;
+    a.expect("user-joined").await;
+    let mut c = w.join("carol");
+    c.joined().await;
+    a.expect("user-joined").await;
+    b.expect("user-joined").await;
+    // ~400 bytes × 2 recipients fits, the same again does not.
+    let text = "x".repeat(250);
+    b.send(json!({"type":"chat-message","payload":text}));
+    assert_eq!(a.expect("chat-message").await["sender_id"], pb.as_str());
+    assert_eq!(c.expect("chat-message").await["sender_id"], pb.as_str());
+    b.send(json!({"type":"chat-message","payload":text}));
+    let e = b.expect("error").await;
+    assert_eq!(e["payload"]["code"], "rate_limited");
+    // Nobody got the refused broadcast: the next thing they see is alice's.
+    a.send(json!({"type":"chat-message","payload":"a"}));
+    assert_eq!(c.expect("chat-message").await["sender_id"], pa.as_str());
+}
+
+#[tokio::test]
+async fn deep_json_is_refused_not_relayed() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    let mut b = w.join("bob");
+    let pb = b.joined().await;
+    a.expect("user-joined").await;
+    // 400 levels keeps it under the 1,024-byte message limit of these tests.
+    let deep = format!("{}{}", "[".repeat(400), "]".repeat(400));
+    b.send_text(&format!(r#"{{"type":"chat-message","payload":{deep}}}"#));
+    let e = b.expect("error").await;
+    assert_eq!(e["payload"]["code"], "invalid_message");
+    b.send(json!({"type":"chat-message","payload":[[["fine"]]]}));
+    let m = a.expect("chat-message").await;
+    assert_eq!(
+        (m["sender_id"].as_str(), &m["payload"]),
+        (Some(pb.as_str()), &json!([[["fine"]]]))
+    );
 }

@@ -19,6 +19,12 @@
  * use the "perfect negotiation" pattern with the same ordering deciding who is
  * polite (the larger id), so offer collisions resolve by themselves.
  *
+ * Token lifetime: the server closes a session with 1008 `token_expired` at its
+ * token's `exp`. Give a `refreshToken` callback and the client fetches a new
+ * token some seconds before that and hands it to the server over the socket
+ * (`refresh-token`), so the session goes on; the new token is also used for
+ * later reconnects and REST calls.
+ *
  * @example
  * const sb = new Switchboard({ room: "demo", token: jwt });
  * sb.addEventListener("participants", (e) => render(e.detail.participants));
@@ -49,6 +55,10 @@
    */
   const FATAL_CLOSE_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010]);
   const FATAL_CLOSE_REASONS = new Set(["room_full"]);
+  /** Default lead time of a token refresh before the token's `exp`. */
+  const DEFAULT_REFRESH_LEAD_MS = 30000;
+  /** Retry delay after a failed `refreshToken` callback. */
+  const REFRESH_RETRY_MS = 5000;
 
   /**
    * A participant as the server describes it.
@@ -82,12 +92,18 @@
    *   on the server's `reconnect` hint.
    * @property {number} [maxBackoffMs=15000] Upper bound of the reconnect backoff.
    * @property {function(string, ...*): void} [log] Debug logger, e.g. `console.debug`.
+   * @property {function(): Promise<string>} [refreshToken] Returns a new JWT for the
+   *   same user (e.g. from your backend). Called `refreshLeadMs` before the current
+   *   token's `exp`; without it the session ends when the token expires.
+   * @property {number} [refreshLeadMs=30000] How long before `exp` to refresh; at most
+   *   half the token's remaining lifetime, so short-lived tokens are refreshed too.
    */
 
   /**
    * Client for one room. Emits (as `CustomEvent`s, data in `event.detail`):
    * - `state` `{state}`: `idle`, `connecting`, `joined`, `reconnecting`, `closed`.
-   * - `joined` `{self, participants}` after each `room-state`.
+   * - `joined` `{self, participants}` after each `room-state` (the first one, and
+   *   any the server sends again to resynchronise a client that fell behind).
    * - `participants` `{participants, self}` whenever the list changes.
    * - `peer` `{peer}` (a {@link PeerInfo}) whenever a peer's connection or channel changes.
    * - `message` `{participantId, participant, data}` for data-channel messages.
@@ -97,6 +113,9 @@
    * - `error` `{code, message}` for server `error` messages and local failures.
    * - `reconnect` `{afterMs}` when the server asks us to move (drain).
    * - `closed` `{code, reason, willReconnect}` when the WebSocket closes.
+   * - `tokenrefreshed` `{expiresAt}` when the server accepted a refreshed token
+   *   (`expiresAt` in Unix seconds). A refused one arrives as `error` with the
+   *   server's code (`invalid_token`, `token_expired`, `user_mismatch`, ...).
    */
   class Switchboard extends EventTarget {
     /** @param {SwitchboardOptions} options */
@@ -119,6 +138,9 @@
       this._autoReconnect = options.autoReconnect !== false;
       this._maxBackoffMs = options.maxBackoffMs || 15000;
       this._log = typeof options.log === "function" ? options.log : function () {};
+      this._refreshToken = typeof options.refreshToken === "function" ? options.refreshToken : null;
+      this._refreshLeadMs = options.refreshLeadMs >= 0 ? options.refreshLeadMs : DEFAULT_REFRESH_LEAD_MS;
+      this._refreshTimer = null;
 
       /** @type {string} */ this.state = "idle";
       /** @type {Participant|null} Ourselves, from the last `room-state`. */
@@ -259,6 +281,7 @@
       this._closedByUser = true;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      this._cancelRefresh();
       this._closePeers();
       if (this._ws) {
         try {
@@ -309,6 +332,7 @@
         ws.onclose = (ev) => {
           if (this._ws !== ws) return; // A superseded socket (after a reconnect hint).
           this._ws = null;
+          this._cancelRefresh();
           const willReconnect = this._shouldReconnect(ev.code, ev.reason);
           this._log("switchboard: closed", ev.code, ev.reason, willReconnect ? "(reconnecting)" : "");
           this._emit("closed", { code: ev.code, reason: ev.reason, willReconnect: willReconnect });
@@ -335,6 +359,8 @@
     _shouldReconnect(code, reason) {
       if (this._closedByUser || !this._autoReconnect) return false;
       if (this._reconnectTimer) return true; // Already scheduled by a `reconnect` hint.
+      // An expired token is final unless the app can give us a new one.
+      if (reason === "token_expired") return this._refreshToken !== null;
       return !FATAL_CLOSE_CODES.has(code) && !FATAL_CLOSE_REASONS.has(reason);
     }
 
@@ -349,8 +375,14 @@
         if (old) old.close(1000, "reconnecting");
         this._closePeers();
         this._setState("connecting");
-        // Fresh config: TURN credentials are time-limited.
-        this.fetchConfig()
+        // A token that has run out cannot join: ask the app for a new one first.
+        this._tokenForJoin()
+          .catch((err) => {
+            // Join with the old token; its refusal decides about the next attempt.
+            this._emit("error", { code: "refresh_failed", message: String(err && err.message ? err.message : err) });
+          })
+          // Fresh config: TURN credentials are time-limited.
+          .then(() => this.fetchConfig())
           .then((cfg) => {
             this.rtcConfig = cfg;
           })
@@ -366,6 +398,10 @@
       switch (msg.type) {
         case "room-state":
           this._onRoomState(payload);
+          this._scheduleRefresh();
+          break;
+        case "token-refreshed":
+          this._emit("tokenrefreshed", { expiresAt: Number(payload.expires_at) || null });
           break;
         case "user-joined":
           if (payload.participant_id) {
@@ -413,6 +449,12 @@
       if (this.self && !this.participants.has(this.self.participant_id)) {
         this.participants.set(this.self.participant_id, this.self);
       }
+      // A room-state may come again mid-session (the server re-sends it when this
+      // client missed presence updates): it replaces the view, so peers that are
+      // no longer listed are gone.
+      for (const id of Array.from(this._peers.keys())) {
+        if (!this.participants.has(id)) this._removePeer(id);
+      }
       this._setState("joined");
       this._emit("joined", { self: this.self, participants: this.participantList() });
       this._emitParticipants();
@@ -425,6 +467,53 @@
         String(a.joined_at || "").localeCompare(String(b.joined_at || "")) ||
         String(a.participant_id).localeCompare(String(b.participant_id))
       );
+    }
+
+    // ---- token refresh --------------------------------------------------
+
+    /** Arms the refresh timer for the current token (no-op without a callback). */
+    _scheduleRefresh() {
+      this._cancelRefresh();
+      if (!this._refreshToken) return;
+      const exp = tokenExpiry(this._token);
+      if (exp === null) return;
+      const delay = refreshDelayMs(exp, Date.now(), this._refreshLeadMs);
+      this._log("switchboard: token refresh in", delay, "ms");
+      this._refreshTimer = setTimeout(() => this._refreshNow(), delay);
+    }
+
+    _cancelRefresh() {
+      clearTimeout(this._refreshTimer);
+      this._refreshTimer = null;
+    }
+
+    /** Gets a new token from the app and hands it to the server over the socket. */
+    async _refreshNow() {
+      this._refreshTimer = null;
+      let token;
+      try {
+        token = await this._refreshToken();
+        if (typeof token !== "string" || token === "") throw new Error("refreshToken returned no token");
+      } catch (err) {
+        this._emit("error", { code: "refresh_failed", message: String(err && err.message ? err.message : err) });
+        // Try again while the current token still has time left.
+        const exp = tokenExpiry(this._token);
+        if (exp !== null && exp * 1000 - Date.now() > REFRESH_RETRY_MS && this._ws) {
+          this._refreshTimer = setTimeout(() => this._refreshNow(), REFRESH_RETRY_MS);
+        }
+        return;
+      }
+      if (this._closedByUser) return;
+      this._token = token;
+      if (this.signal("refresh-token", { token: token })) this._scheduleRefresh();
+    }
+
+    /** Resolves once `this._token` is usable for a join (refreshed if it expired). */
+    async _tokenForJoin() {
+      const exp = tokenExpiry(this._token);
+      if (!this._refreshToken || exp === null || exp * 1000 > Date.now()) return;
+      const token = await this._refreshToken();
+      if (typeof token === "string" && token !== "") this._token = token;
     }
 
     // ---- peers ----------------------------------------------------------
@@ -706,6 +795,39 @@
   }
 
   /**
+   * The `exp` claim (Unix seconds) of a JWT, read without verifying it (the
+   * server does that); null when the token has none or is not a JWT.
+   * @param {string} token
+   * @returns {number|null}
+   */
+  function tokenExpiry(token) {
+    try {
+      const part = String(token).split(".")[1];
+      if (!part) return null;
+      const b64 = part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4);
+      const claims = JSON.parse(atob(b64));
+      return typeof claims.exp === "number" && isFinite(claims.exp) ? claims.exp : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  /**
+   * How long to wait before refreshing a token that expires at `expSecs`:
+   * `leadMs` before expiry, but never less than half of the time left, so a
+   * token living only a few seconds is still refreshed in time.
+   * @param {number} expSecs Unix seconds.
+   * @param {number} nowMs `Date.now()`.
+   * @param {number} leadMs
+   * @returns {number} Milliseconds, at least 0.
+   */
+  function refreshDelayMs(expSecs, nowMs, leadMs) {
+    const left = expSecs * 1000 - nowMs;
+    if (left <= 0) return 0;
+    return Math.round(Math.max(left - leadMs, left / 2));
+  }
+
+  /**
    * Exponential backoff with full jitter: 0.5 s, 1 s, 2 s … up to `maxMs`.
    * @param {number} attempt 0-based.
    * @param {number} maxMs
@@ -720,5 +842,7 @@
   Switchboard.wsUrl = wsUrl;
   Switchboard.toRtcConfiguration = toRtcConfiguration;
   Switchboard.backoffMs = backoffMs;
+  Switchboard.tokenExpiry = tokenExpiry;
+  Switchboard.refreshDelayMs = refreshDelayMs;
   return Switchboard;
 });

@@ -54,6 +54,10 @@ pub struct ConnectOptions {
     /// SO_RCVBUF for the client socket; a small value keeps the kernel from buffering megabytes
     /// for a client that does not read (autotuning is off once it is set).
     pub recv_buffer: Option<u32>,
+    /// TCP_MAXSEG for the client socket. The server sizes its send buffer for a connection
+    /// from the segment size (about 2.6 MB with loopback's 64 KiB segments), so a small value
+    /// keeps the server's kernel from absorbing megabytes for a client that does not read.
+    pub max_segment: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -81,6 +85,10 @@ pub async fn open(
     let socket = TcpSocket::new_v4().map_err(WsError::Io)?;
     if let Some(size) = options.recv_buffer {
         socket.set_recv_buffer_size(size).map_err(WsError::Io)?;
+    }
+    if let Some(mss) = options.max_segment {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::TcpMaxSeg, &mss)
+            .map_err(|e| WsError::Io(e.into()))?;
     }
     let stream = socket.connect(addr).await.map_err(WsError::Io)?;
     stream.set_nodelay(true).map_err(WsError::Io)?;

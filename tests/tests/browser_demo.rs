@@ -1,7 +1,8 @@
 //! The demo page and `switchboard.js` in real headless Chromium against a real server: two
 //! browsers connect over WebRTC (data channel, host candidates on this machine, no STUN) and
 //! exchange messages; they follow a drain to a new server; two tabs on the `--dev` URL connect;
-//! fake-camera video flows; a forged token ends in `error`. Needs the Debian packages
+//! fake-camera video flows; a forged token ends in `error`; the library refreshes a short-lived
+//! token through the app's callback. Needs the Debian packages
 //! `chromium` and `chromium-driver`; fails (never skips) without them.
 
 use std::path::PathBuf;
@@ -695,4 +696,98 @@ fn camera_video_reaches_the_other_page_and_a_late_camera_renegotiates() {
     let (with_bob, with_alice) = (sorted(&bob_id), sorted(&alice_id));
     expect_videos(&alice, with_bob);
     expect_videos(&bob, with_alice);
+}
+
+/// `switchboard.js` keeps a session alive past its token's `exp` through the app's
+/// `refreshToken` callback: halfway through a 4-second token it asks for a new one, sends it as
+/// `refresh-token`, gets `token-refreshed`, and the page is still in the room (and the server
+/// still counts it) after the first token expired.
+#[test]
+fn the_library_refreshes_its_token_through_the_app_callback() {
+    const SHORT_SECS: i64 = 4;
+    let _one = serialize();
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let driver = ChromeDriver::start();
+    let page = driver.new_browser("refresh");
+    let both = [&page];
+    if let Err(e) = page.goto(&server.http_url("/?room=refresh")) {
+        fail(
+            &format!("cannot open the demo page: {e}"),
+            &both,
+            &server,
+            &driver,
+        );
+    }
+    let short = Claims::user("ria").expires_in(SHORT_SECS);
+    let first_exp = short.exp.unwrap_or_default();
+    let renewed = Claims::user("ria").expires_in(3600);
+    let renewed_exp = renewed.exp.unwrap_or_default();
+    let started = page.execute(
+        "const [shortToken, longToken, room] = arguments;
+         window.refreshCalls = 0;
+         window.refreshed = [];
+         window.closes = [];
+         const sb = new Switchboard({
+             room: room,
+             token: shortToken,
+             refreshToken: async () => { window.refreshCalls += 1; return longToken; },
+         });
+         sb.addEventListener('tokenrefreshed', (e) => window.refreshed.push(e.detail.expiresAt));
+         sb.addEventListener('closed', (e) => window.closes.push([e.detail.code, e.detail.reason]));
+         window.refreshing = sb;
+         sb.connect();
+         return Switchboard.tokenExpiry(shortToken);",
+        &[
+            json!(short.hs256(SECRET)),
+            json!(renewed.hs256(SECRET)),
+            json!(ROOM),
+        ],
+    );
+    match started {
+        Ok(v) if v == json!(first_exp) => {}
+        other => fail(
+            &format!("starting the client: tokenExpiry should read exp {first_exp}: {other:?}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+    if let Err(e) = page.wait_for(
+        "token-refreshed for the renewed token",
+        &format!(
+            "return window.refreshing.state === 'joined' && window.refreshed.length === 1
+                && window.refreshed[0] === {renewed_exp};"
+        ),
+        Duration::from_secs(SHORT_SECS as u64 + 5),
+    ) {
+        fail(&e, &both, &server, &driver);
+    }
+    // Past the first token's exp, with a margin: still joined, never closed, one refresh.
+    while switchboard_e2e::token::now_secs() <= first_exp + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = page.execute(
+        "return [window.refreshing.state, window.closes, window.refreshCalls];",
+        &[],
+    );
+    match state {
+        Ok(v) if v == json!(["joined", [], 1]) => {}
+        other => fail(
+            &format!("after the first token's exp: {other:?}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+    match server_participant_count(&server, &Claims::user("observer").hs256(SECRET)) {
+        Ok(1) => {}
+        other => fail(
+            &format!("the server should still count the page: {other:?}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
 }

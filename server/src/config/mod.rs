@@ -151,6 +151,14 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// Delivered bytes (frame bytes × recipients) per second per connection.
+    pub rate_limit_bytes_per_second: u64,
+    /// Size of the delivered-bytes bucket.
+    pub rate_limit_bytes_burst: u64,
+    /// Deepest nesting of arrays/objects in a client message (envelope = 1).
+    pub max_json_depth: usize,
+    /// Longest a session may last whatever its token says; `None` = no limit.
+    pub max_session: Option<Duration>,
     pub outbound_queue_messages: usize,
     pub outbound_queue_bytes: usize,
     pub ping_interval: Duration,

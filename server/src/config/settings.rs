@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::values::{
-    addr, at_least, instance_id, key_prefix, milliseconds, origins, seconds_at_least, secret, text,
-    url_list,
+    addr, at_least, instance_id, key_prefix, milliseconds, origins, seconds_at_least,
+    seconds_or_off, secret, text, url_list,
 };
 use super::{JwtAlgorithm, LogFormat, Secret};
 
@@ -220,6 +220,20 @@ settings! {
     RATE_LIMIT_BURST: Setting<u32> = Setting::new(
         "limits.rate_limit_burst", "WEBRTC_RATE_LIMIT_BURST", "--rate-limit-burst", "200",
         Parse::Text(|v| at_least(v, 1)), "token bucket size");
+    RATE_LIMIT_BYTES_PER_SECOND: Setting<u64> = Setting::new(
+        "limits.rate_limit_bytes_per_second", "WEBRTC_RATE_LIMIT_BYTES_PER_SECOND", "--rate-limit-bytes-per-second", "262144",
+        Parse::Text(|v| at_least(v, 1)), "delivered bytes (size x recipients) per second per connection");
+    RATE_LIMIT_BYTES_BURST: Setting<u64> = Setting::new(
+        "limits.rate_limit_bytes_burst", "WEBRTC_RATE_LIMIT_BYTES_BURST", "--rate-limit-bytes-burst", "524288",
+        Parse::Text(|v| at_least(v, 1)), "delivered-bytes bucket size");
+    /// The envelope is one level: 2 is the least that lets a payload be an
+    /// object or an array.
+    MAX_JSON_DEPTH: Setting<usize> = Setting::new(
+        "limits.max_json_depth", "WEBRTC_MAX_JSON_DEPTH", "--max-json-depth", "32",
+        Parse::Text(|v| at_least(v, 2)), "deepest array/object nesting in a client message");
+    MAX_SESSION: Setting<Option<Duration>> = Setting::new(
+        "limits.max_session_secs", "WEBRTC_MAX_SESSION_SECS", "--max-session-secs", "0",
+        Parse::Text(seconds_or_off), "longest session whatever its token, seconds; 0 = no limit");
     OUTBOUND_QUEUE_MESSAGES: Setting<usize> = Setting::new(
         "limits.outbound_queue_messages", "WEBRTC_OUTBOUND_QUEUE_MESSAGES", "--outbound-queue-messages", "256",
         Parse::Text(|v| at_least(v, 1)), "queued messages per connection");

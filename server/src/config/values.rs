@@ -36,6 +36,15 @@ pub fn seconds_at_least(v: &str, min: u64) -> Result<Duration, String> {
     }
 }
 
+/// Seconds, where 0 means "no limit" (`None`).
+pub fn seconds_or_off(v: &str) -> Result<Option<Duration>, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(Duration::from_secs(n))),
+        Err(_) => Err(format!("expected seconds (0 = no limit), got {v:?}")),
+    }
+}
+
 pub fn milliseconds(v: &str) -> Result<Duration, String> {
     v.parse::<u64>()
         .map(Duration::from_millis)
