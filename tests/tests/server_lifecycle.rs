@@ -191,6 +191,9 @@ async fn drain_timeout_bounds_exit_even_with_a_client_that_never_reads() {
         // Queues big enough that the stuck reader below is never closed as a slow consumer.
         .env("WEBRTC_OUTBOUND_QUEUE_BYTES", (64 << 20).to_string())
         .env("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "100000")
+        // Megabytes for one reader on purpose: no byte budget in the way.
+        .env("WEBRTC_RATE_LIMIT_BYTES_PER_SECOND", "1000000000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_BURST", "1000000000")
         .start();
     // The stuck client never reads again and has a tiny receive buffer: once alice has sent it
     // megabytes, the server cannot deliver its reconnect hint or close frame at all.

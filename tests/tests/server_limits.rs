@@ -255,6 +255,8 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
         .env("WEBRTC_OUTBOUND_QUEUE_BYTES", "262144")
         .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
         .env("WEBRTC_RATE_LIMIT_BURST", "100000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_PER_SECOND", "1000000000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_BURST", "1000000000")
         .start();
     // The slow client has a tiny receive buffer so the kernel does not absorb megabytes for it.
     let slow_opts = ConnectOptions {
@@ -422,6 +424,9 @@ async fn peer_that_stops_reading_with_a_full_socket_still_leaves() {
     let server = ServerOptions::with_secret(SECRET)
         .env("WEBRTC_PING_INTERVAL", "1")
         .env("WEBRTC_PING_TIMEOUT", "1")
+        // The burst below fills the socket on purpose: no byte budget in the way.
+        .env("WEBRTC_RATE_LIMIT_BYTES_PER_SECOND", "1000000000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_BURST", "1000000000")
         .start();
     let mut alice = Client::join(server.addr(), ROOM, &token("alice")).await;
     // A tiny receive buffer so the kernel does not absorb megabytes for the stuck client.

@@ -24,6 +24,42 @@ fn token(user: &str) -> String {
     Claims::user(user).hs256(SECRET)
 }
 
+/// Sends a ping and reads up to its pong: what was still queued for `client` before it.
+async fn pending_until_pong(client: &mut Client) -> Vec<Value> {
+    client.send_json(&json!({"type": "ping"})).await;
+    client
+        .recv_until_type("pong", Duration::from_secs(20))
+        .await
+        .0
+}
+
+/// Reads `client` on its own task as fast as it can until `stop` changes, then returns it with
+/// everything it received (including what was still queued then, see [`pending_until_pong`]).
+/// A close or an error while reading fails the test.
+fn read_in_background(
+    mut client: Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Client, Vec<Value>)> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            tokio::select! {
+                event = client.next_event(Duration::from_secs(60)) => match event {
+                    Event::Json(msg) => got.push(msg),
+                    other => panic!(
+                        "reader {}: {other:?} after {} messages",
+                        client.pid(),
+                        got.len()
+                    ),
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        got.extend(pending_until_pong(&mut client).await);
+        (client, got)
+    })
+}
+
 /// The default delivered-bytes refill (`limits.rate_limit_bytes_per_second`).
 const DEFAULT_BYTES_PER_SECOND: f64 = 262_144.0;
 
@@ -47,31 +83,7 @@ async fn broadcast_burst_throttles_the_sender_and_closes_no_reader() {
     let (over_tx, over_rx) = tokio::sync::watch::channel(false);
     let readers: Vec<_> = clients
         .into_iter()
-        .map(|mut reader| {
-            let mut over = over_rx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                loop {
-                    tokio::select! {
-                        event = reader.next_event(Duration::from_secs(60)) => match event {
-                            Event::Json(msg) => got.push(msg),
-                            other => panic!(
-                                "reader {} during the burst: {other:?} after {} messages",
-                                reader.pid(),
-                                got.len()
-                            ),
-                        },
-                        _ = over.changed() => break,
-                    }
-                }
-                reader.send_json(&json!({"type": "ping"})).await;
-                let (rest, _) = reader
-                    .recv_until_type("pong", Duration::from_secs(20))
-                    .await;
-                got.extend(rest);
-                (reader, got)
-            })
-        })
+        .map(|reader| read_in_background(reader, over_rx.clone()))
         .collect();
 
     let text = "x".repeat(60_000);
@@ -267,32 +279,12 @@ async fn a_reader_that_stalled_through_churn_catches_up_with_the_room() {
         c.expect_type("user-joined").await;
     }
 
-    // The anchor keeps reading (so the drop counter below is the stalled reader's) and keeps
-    // its own view of the room.
+    // The anchor keeps reading throughout; a reader that keeps up has to agree as well.
     let mut anchor_view = View::default();
     anchor_view.apply(anchor.room_state.as_ref().expect("anchor joined"));
     anchor_view.members.insert(stalled.pid());
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let anchor_task = tokio::spawn(async move {
-        let mut done = done_rx;
-        loop {
-            tokio::select! {
-                event = anchor.next_event(Duration::from_secs(60)) => match event {
-                    Event::Json(msg) => anchor_view.apply(&msg),
-                    other => panic!("anchor: {other:?}"),
-                },
-                _ = done.changed() => break,
-            }
-        }
-        anchor.send_json(&json!({"type": "ping"})).await;
-        let (rest, _) = anchor
-            .recv_until_type("pong", Duration::from_secs(20))
-            .await;
-        for msg in &rest {
-            anchor_view.apply(msg);
-        }
-        (anchor, anchor_view)
-    });
+    let anchor_task = read_in_background(anchor, done_rx);
 
     // The three early members leave while the churn runs: their user-left may be dropped too.
     let leavers = tokio::spawn(async move {
@@ -300,7 +292,8 @@ async fn a_reader_that_stalled_through_churn_catches_up_with_the_room() {
             c.close().await;
         }
     });
-    // Churn in rounds until presence has been dropped for the stalled reader, bounded.
+    // Churn in rounds until presence has been dropped (for the stalled reader, whose socket
+    // takes only a few KB), bounded.
     let mut rounds = 0;
     loop {
         let churn: Vec<_> = (0..CHURNERS)
@@ -371,20 +364,19 @@ async fn a_reader_that_stalled_through_churn_catches_up_with_the_room() {
     );
     assert!(metric(&server, "switchboard_presence_resyncs_total").await >= 1);
     // Nothing contradicting it is still pending.
-    stalled.send_json(&json!({"type": "ping"})).await;
-    let (pending, _) = stalled
-        .recv_until_type("pong", Duration::from_secs(10))
-        .await;
-    for msg in &pending {
+    for msg in &pending_until_pong(&mut stalled).await {
         view.apply(msg);
     }
     assert_eq!(view.members, want);
     // The reader that kept up agrees as well.
     let _ = done_tx.send(true);
-    let (_anchor, anchor_view) = tokio::time::timeout(Duration::from_secs(30), anchor_task)
+    let (_anchor, got) = tokio::time::timeout(Duration::from_secs(30), anchor_task)
         .await
         .expect("anchor finishes")
         .expect("anchor task did not panic");
+    for msg in &got {
+        anchor_view.apply(msg);
+    }
     assert_eq!(anchor_view.members, want);
     drop(stayers);
 }
