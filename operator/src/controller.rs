@@ -364,7 +364,11 @@ pub async fn run_operator(
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+    use serde_json::json;
+
     use super::*;
+    use crate::fake_api::FakeApi;
 
     fn cluster(ns: &str, name: &str, spec: serde_json::Value) -> SignalingCluster {
         serde_json::from_value(serde_json::json!({
@@ -453,5 +457,41 @@ mod tests {
         // Unrelated Secrets trigger nothing.
         assert!(clusters_for_secret(&store, &secret_meta("a", "other", None)).is_empty());
         assert!(clusters_for_secret(&store, &secret_meta("c", "shared-turn", None)).is_empty());
+    }
+
+    /// error_policy against the in-memory API server: one Warning per outage, not per retry.
+    #[tokio::test]
+    async fn a_transient_failure_emits_one_reconcile_failed_event_per_outage() {
+        let fake = FakeApi::default();
+        let ctx = Arc::new(fake.context());
+        let sc = Arc::new(fake.cluster(json!({})));
+        fake.fault(Method::PATCH, "/deployments/sc-server", 500, 3);
+        for _ in 0..3 {
+            let err = reconcile::reconcile(&sc, &ctx).await.unwrap_err();
+            error_policy(sc.clone(), &err, ctx.clone());
+        }
+        let notes = fake.wait_for_events("ReconcileFailed", 1).await;
+        // Let any (wrong) further event tasks run before counting.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            fake.event_notes("ReconcileFailed"),
+            vec!["reconcile failed: server_error (apply Deployment sc-server); retrying with backoff (the operator's log has the details)".to_owned()],
+            "{notes:#?}"
+        );
+        assert!(fake
+            .events()
+            .iter()
+            .filter(|e| e["reason"] == "ReconcileFailed")
+            .all(|e| e["type"] == "Warning"));
+
+        // A success ends the outage; the next failure starts a new one: a second event.
+        reconcile::reconcile(&sc, &ctx).await.unwrap();
+        ctx.backoff
+            .reset(&kube::runtime::reflector::ObjectRef::from_obj(sc.as_ref()));
+        fake.fault(Method::PATCH, "/deployments/sc-server", 500, 1);
+        let sc = Arc::new(fake.edit_spec(json!({"replicas": 4})));
+        let err = reconcile::reconcile(&sc, &ctx).await.unwrap_err();
+        error_policy(sc.clone(), &err, ctx.clone());
+        assert_eq!(fake.wait_for_events("ReconcileFailed", 2).await.len(), 2);
     }
 }

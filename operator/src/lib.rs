@@ -5,6 +5,8 @@
 pub mod api;
 pub mod conditions;
 pub mod config;
+#[cfg(test)]
+mod fake_api;
 pub mod names;
 pub mod resolve;
 pub mod resources;

@@ -346,6 +346,4 @@ async fn config_invalid(
 }
 
 #[cfg(test)]
-mod fake_api;
-#[cfg(test)]
 mod fake_api_tests;

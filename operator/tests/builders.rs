@@ -604,6 +604,14 @@ fn generated_secret_is_hex_of_the_random_bytes_and_marked_generated() {
 }
 
 #[test]
+fn config_path_is_mount_dir_plus_file() {
+    assert_eq!(
+        switchboard_operator::resources::CONFIG_PATH,
+        format!("{}/{}", config::MOUNT_DIR, config::CONFIG_FILE)
+    );
+}
+
+#[test]
 fn names_follow_the_contract() {
     assert_eq!(names::server("a"), "a-server");
     assert_eq!(names::config("a"), "a-config");

@@ -193,14 +193,6 @@ fn debug_output_hides_the_yaml() {
 }
 
 #[test]
-fn config_path_is_mount_dir_plus_file() {
-    assert_eq!(
-        crate::resources::CONFIG_PATH,
-        format!("{MOUNT_DIR}/{CONFIG_FILE}")
-    );
-}
-
-#[test]
 fn secrets_that_look_like_other_yaml_scalars_stay_strings() {
     // Generated secrets are hex: some look like numbers. User secrets can be anything.
     for secret in [

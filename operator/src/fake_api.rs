@@ -1,4 +1,5 @@
-//! An in-memory API server behind a real `kube::Client`, for the reconcile scenarios: objects
+//! An in-memory API server behind a real `kube::Client`, for the reconcile and controller
+//! scenarios: objects
 //! stored by path, injectable faults, and a log of every call in the words a scenario uses
 //! (`get`, `create`, `apply`, `delete`, `event`), checked in order by [`Expect`] (one
 //! chainable step per expected call, as controller-rs's `ApiServerVerifier` does).
@@ -185,6 +186,30 @@ impl FakeApi {
             .filter(|(k, _)| k.contains("/events/"))
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Notes of the stored events with this reason, sorted.
+    pub fn event_notes(&self, reason: &str) -> Vec<String> {
+        let mut notes: Vec<String> = self
+            .events()
+            .iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        notes.sort();
+        notes
+    }
+
+    /// Waits (bounded: 2 s) until `n` events with this reason are stored (events published
+    /// from a task); returns their notes.
+    pub async fn wait_for_events(&self, reason: &str, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            if self.event_notes(reason).len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.event_notes(reason)
     }
 
     fn handle(
