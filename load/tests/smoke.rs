@@ -15,13 +15,17 @@ const SECRET: &str = "load-smoke-test-secret-0123456789abcdef";
 /// Bound on one load generator run; the scenarios here take a second or two.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A server with the rate limit lifted, as the benchmarks need.
+/// A server with the rate limits lifted, as the benchmarks need.
 fn options() -> ServerOptions {
     ServerOptions::with_secret(SECRET).args([
         "--rate-limit-per-second",
         "1000000",
         "--rate-limit-burst",
         "1000000",
+        "--rate-limit-bytes-per-second",
+        "1000000000000",
+        "--rate-limit-bytes-burst",
+        "1000000000000",
     ])
 }
 
