@@ -141,6 +141,8 @@
       this._refreshToken = typeof options.refreshToken === "function" ? options.refreshToken : null;
       this._refreshLeadMs = options.refreshLeadMs >= 0 ? options.refreshLeadMs : DEFAULT_REFRESH_LEAD_MS;
       this._refreshTimer = null;
+      /** A token offered with `refresh-token`, not yet confirmed. */
+      this._pendingToken = null;
 
       /** @type {string} */ this.state = "idle";
       /** @type {Participant|null} Ourselves, from the last `room-state`. */
@@ -401,7 +403,7 @@
           this._scheduleRefresh();
           break;
         case "token-refreshed":
-          this._emit("tokenrefreshed", { expiresAt: Number(payload.expires_at) || null });
+          this._onTokenRefreshed(payload);
           break;
         case "user-joined":
           if (payload.participant_id) {
@@ -487,25 +489,35 @@
       this._refreshTimer = null;
     }
 
-    /** Gets a new token from the app and hands it to the server over the socket. */
+    /**
+     * Gets a new token from the app and hands it to the server over the socket.
+     * The token becomes the client's own only once the server confirmed it
+     * (`token-refreshed`); until then, and after a refusal, it tries again every
+     * few seconds while the current token lasts.
+     */
     async _refreshNow() {
       this._refreshTimer = null;
-      let token;
       try {
-        token = await this._refreshToken();
+        const token = await this._refreshToken();
         if (typeof token !== "string" || token === "") throw new Error("refreshToken returned no token");
+        if (this._closedByUser) return;
+        this._pendingToken = token;
+        this.signal("refresh-token", { token: token });
       } catch (err) {
         this._emit("error", { code: "refresh_failed", message: String(err && err.message ? err.message : err) });
-        // Try again while the current token still has time left.
-        const exp = tokenExpiry(this._token);
-        if (exp !== null && exp * 1000 - Date.now() > REFRESH_RETRY_MS && this._ws) {
-          this._refreshTimer = setTimeout(() => this._refreshNow(), REFRESH_RETRY_MS);
-        }
-        return;
       }
-      if (this._closedByUser) return;
-      this._token = token;
-      if (this.signal("refresh-token", { token: token })) this._scheduleRefresh();
+      const exp = tokenExpiry(this._token);
+      if (exp !== null && exp * 1000 - Date.now() > REFRESH_RETRY_MS && this._ws) {
+        this._refreshTimer = setTimeout(() => this._refreshNow(), REFRESH_RETRY_MS);
+      }
+    }
+
+    /** `token-refreshed`: the offered token is now the session's. */
+    _onTokenRefreshed(payload) {
+      if (this._pendingToken) this._token = this._pendingToken;
+      this._pendingToken = null;
+      this._scheduleRefresh();
+      this._emit("tokenrefreshed", { expiresAt: Number(payload.expires_at) || null });
     }
 
     /** Resolves once `this._token` is usable for a join (refreshed if it expired). */
