@@ -101,12 +101,28 @@ impl World<'_> {
         Ok(())
     }
 
-    /// `switchboard_operator_reconciles_total` of operator `i` (0 when it serves none yet).
-    async fn reconciles(&self, i: usize) -> f64 {
+    /// `switchboard_operator_reconciles_total` of operator `i`, if it serves metrics.
+    async fn reconcile_count(&self, i: usize) -> Option<f64> {
         self.ops[i]
             .metric("switchboard_operator_reconciles_total")
             .await
-            .unwrap_or(0.0)
+    }
+
+    /// [`Self::reconcile_count`], 0 when it serves none yet.
+    async fn reconciles(&self, i: usize) -> f64 {
+        self.reconcile_count(i).await.unwrap_or(0.0)
+    }
+
+    /// Waits (bounded by `limit`) until `holder` holds the operator's Lease.
+    async fn wait_for_holder(&self, what: &str, holder: &str, limit: Duration) -> Result<()> {
+        eventually(what, limit, || async {
+            Ok((lease_holder(&self.admin, &self.lease_name)
+                .await?
+                .as_deref()
+                == Some(holder))
+            .then_some(()))
+        })
+        .await
     }
 }
 
@@ -383,10 +399,7 @@ async fn one_leader_alone_reconciles(w: &mut World<'_>) -> Result<String> {
     )
     .await?;
     ensure!(
-        w.ops[fi]
-            .metric("switchboard_operator_reconciles_total")
-            .await
-            == Some(0.0),
+        w.reconcile_count(fi).await == Some(0.0),
         "the follower reconciled (or serves no metrics)"
     );
     ensure!(
@@ -497,14 +510,10 @@ async fn sigterm_hands_over_and_the_new_leader_writes_nothing(w: &mut World<'_>)
     let jwt_before = secrets.get("sc1-jwt").await?.data;
     w.ops[li].terminate()?;
     let new_leader = w.ops[fi].name.clone();
-    eventually(
+    w.wait_for_holder(
         "the follower to take over the released Lease",
+        &new_leader,
         Duration::from_secs(10),
-        || async {
-            Ok((lease_holder(&w.admin, &w.lease_name).await?.as_deref()
-                == Some(new_leader.as_str()))
-            .then_some(()))
-        },
     )
     .await?;
     eventually(
@@ -560,22 +569,15 @@ async fn sigkill_lets_the_standby_take_over_when_the_lease_expires(
     // Two election rounds: a standby that wrongly took the Lease would have reconciled by now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
-        w.ops[ri]
-            .metric("switchboard_operator_reconciles_total")
-            .await
-            == Some(0.0),
+        w.reconcile_count(ri).await == Some(0.0),
         "a second replica reconciles while another leads"
     );
     w.ops[fi].kill();
     let took = Instant::now();
-    eventually(
+    w.wait_for_holder(
         "the standby to take over after SIGKILL",
+        &restarted,
         Duration::from_secs(LEASE_SECS * 5),
-        || async {
-            Ok((lease_holder(&w.admin, &w.lease_name).await?.as_deref()
-                == Some(restarted.as_str()))
-            .then_some(()))
-        },
     )
     .await?;
     Ok(format!(
@@ -599,9 +601,7 @@ async fn a_lost_lease_stops_the_controller_until_given_back(w: &mut World<'_>) -
         },
     )
     .await?;
-    let count = w.ops[ri]
-        .metric("switchboard_operator_reconciles_total")
-        .await;
+    let count = w.reconcile_count(ri).await;
     w.clusters()
         .patch(
             "sc1",
@@ -611,10 +611,7 @@ async fn a_lost_lease_stops_the_controller_until_given_back(w: &mut World<'_>) -
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(
-        w.ops[ri]
-            .metric("switchboard_operator_reconciles_total")
-            .await
-            == count,
+        w.reconcile_count(ri).await == count,
         "a replica that lost the Lease still reconciles"
     );
     set_lease_holder(&w.admin, &w.lease_name, None).await?;
