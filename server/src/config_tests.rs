@@ -66,6 +66,8 @@ fn defaults() {
             outbound_queue_bytes: 1_048_576,
             ping_interval: Duration::from_secs(20),
             ping_timeout: Duration::from_secs(20),
+            write_buffer_bytes: 1_048_576,
+            close_timeout: Duration::from_millis(5000),
         }
     );
     assert_eq!(c.allowed_origins, None);
@@ -308,6 +310,47 @@ fn drain_timeout_must_cover_the_drain_delay() {
     )
     .unwrap();
     assert_eq!(c.shutdown.drain_timeout, Duration::from_millis(3000));
+}
+
+#[test]
+fn write_buffer_must_hold_two_messages() {
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("WEBRTC_MAX_MESSAGE_BYTES", "100000"),
+            ("WEBRTC_WRITE_BUFFER_BYTES", "199999"),
+            ("WEBRTC_CLOSE_TIMEOUT_MS", "99"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.contains("WEBRTC_WRITE_BUFFER_BYTES")
+            && e.contains("limits.max_message_bytes (100000 bytes)")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("WEBRTC_CLOSE_TIMEOUT_MS") && e.contains(">= 100")),
+        "{errs:#?}"
+    );
+    let c = load(
+        &[
+            "--write-buffer-bytes",
+            "200000",
+            "--close-timeout-ms",
+            "250",
+        ],
+        &[("JWT_SECRET", S), ("WEBRTC_MAX_MESSAGE_BYTES", "100000")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (c.limits.write_buffer_bytes, c.limits.close_timeout),
+        (200_000, Duration::from_millis(250))
+    );
 }
 
 #[test]

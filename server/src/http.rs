@@ -24,7 +24,7 @@ use crate::hub::Hub;
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol;
 use crate::room::RoomId;
-use crate::session::{self, close, ReadError, SessionContext};
+use crate::session::{self, close, AfterClose, ReadError, SessionContext, WriteError};
 use crate::shutdown::Shutdown;
 
 /// The subprotocol clients must offer; the token travels next to it as `bearer.<jwt>`.
@@ -204,17 +204,52 @@ async fn ws_upgrade(
             .map(|identity| (room, identity))
             .map_err(AuthError::reason),
     };
-    let limit = state.config.limits.max_message_bytes;
+    let limits = &state.config.limits;
+    let limit = limits.max_message_bytes;
     ws.protocols([SUBPROTOCOL])
         .max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite answers every ping with a pong into this buffer; with
+        // no bound, a client that pings and never reads grows it forever.
+        .write_buffer_size(WS_WRITE_BATCH)
+        .max_write_buffer_size(WS_WRITE_BATCH + limits.write_buffer_bytes)
         .on_upgrade(move |socket| handle_socket(state, decision, guard, socket))
 }
 
+/// Bytes tungstenite collects before writing to the socket (its default);
+/// `limits.write_buffer_bytes` is the room it may use beyond that.
+const WS_WRITE_BATCH: usize = 128 * 1024;
+
 fn classify(e: axum::Error) -> ReadError {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(te) if matches!(*te, tungstenite::Error::Capacity(_)) => ReadError::TooBig,
+    use tungstenite::error::ProtocolError as P;
+    let Ok(te) = e.into_inner().downcast::<tungstenite::Error>() else {
+        return ReadError::Transport;
+    };
+    match *te {
+        tungstenite::Error::Capacity(_) => ReadError::TooBig,
+        tungstenite::Error::Utf8(_) => ReadError::InvalidUtf8,
+        // Frames RFC 6455 forbids; tungstenite has consumed each one whole.
+        tungstenite::Error::Protocol(
+            P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+            | P::InvalidCloseSequence,
+        ) => ReadError::Protocol,
+        // Resets, EOF without a close, I/O errors: nobody left to tell.
         _ => ReadError::Transport,
+    }
+}
+
+fn classify_write(e: axum::Error) -> WriteError {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(te) if matches!(*te, tungstenite::Error::WriteBufferFull(_)) => WriteError::BufferFull,
+        _ => WriteError::Closed,
     }
 }
 
@@ -224,13 +259,25 @@ async fn handle_socket(
     guard: crate::shutdown::DrainGuard,
     socket: WebSocket,
 ) {
-    let (mut sink, stream) = socket.split();
+    let (sink, stream) = socket.split();
+    let mut sink = session::ClassifyErrors::new(sink, classify_write);
+    let mut stream = stream.map(|r: Result<Message, axum::Error>| r.map_err(classify));
     let (room, identity) = match decision {
         Ok(ok) => ok,
         Err(reason) => {
             tracing::info!(reason, "upgrade refused");
             state.metrics.refused(reason);
-            session::send_close(&mut sink, close::POLICY, reason).await;
+            let (pending, frame) = (Vec::new(), (close::POLICY, reason));
+            let timeout = state.config.limits.close_timeout;
+            session::close_handshake(
+                &mut sink,
+                &mut stream,
+                pending,
+                frame,
+                AfterClose::Drain,
+                timeout,
+            )
+            .await;
             return;
         }
     };
@@ -246,7 +293,6 @@ async fn handle_socket(
         instance_id: state.config.instance_id.clone(),
         shutdown: state.shutdown.clone(),
     };
-    let stream = stream.map(|r: Result<Message, axum::Error>| r.map_err(classify));
     session::run(ctx, guard, sink, stream).await;
 }
 

@@ -4,8 +4,10 @@
 //! server drains. Generic over `Sink`/`Stream` of WebSocket messages so it is
 //! unit-tested with channels; the HTTP layer plugs in the real socket.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
@@ -30,6 +32,11 @@ use crate::shutdown::{DrainGuard, Shutdown};
 pub mod close {
     /// Going away: server draining (and dead peers).
     pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error: a frame RFC 6455 forbids (bad opcode, reserved bits,
+    /// unmasked, fragmented control frame).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Invalid frame payload data: a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation: auth refusals, rate abuse, token expired.
     pub const POLICY: u16 = 1008;
     /// Message too big.
@@ -38,8 +45,10 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// How long we try to get a close frame out to a peer that is not reading.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A liveness tick that runs this much later than due means the process did
+/// not run (SIGSTOP, a paused VM, a starved runtime): what the peer sent
+/// meanwhile is still unread, so the peer is not judged on that tick.
+const STALL_SLACK: Duration = Duration::from_secs(1);
 
 /// How long a draining writer may stay blocked on its socket before the
 /// participant is removed anyway.
@@ -53,8 +62,72 @@ const WRITE_BATCH: usize = 64;
 pub enum ReadError {
     /// A frame or message exceeded the size limit (close 1009).
     TooBig,
+    /// A frame RFC 6455 forbids; it was consumed whole (close 1002).
+    Protocol,
+    /// A text message that is not UTF-8; it was consumed whole (close 1007).
+    InvalidUtf8,
     /// Anything else: the connection is gone.
     Transport,
+}
+
+/// A write error from the transport, classified for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The WebSocket write buffer is at its bound (`limits.write_buffer_bytes`):
+    /// the peer is not reading what it is sent, pongs included.
+    BufferFull,
+    /// The connection is gone.
+    Closed,
+}
+
+/// A sink whose every error is classified by `classify`. (futures'
+/// `sink_map_err` maps only the first error and panics when used again, and
+/// a session still writes its close frame after a failed write.)
+pub struct ClassifyErrors<S, F> {
+    inner: S,
+    classify: F,
+}
+
+impl<S, F> ClassifyErrors<S, F> {
+    pub fn new(inner: S, classify: F) -> Self {
+        ClassifyErrors { inner, classify }
+    }
+}
+
+impl<S, F> Sink<Message> for ClassifyErrors<S, F>
+where
+    S: Sink<Message> + Unpin,
+    F: Fn(S::Error) -> WriteError + Unpin,
+{
+    type Error = WriteError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .poll_ready(cx)
+            .map_err(&this.classify)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WriteError> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .start_send(item)
+            .map_err(&this.classify)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .poll_flush(cx)
+            .map_err(&this.classify)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner)
+            .poll_close(cx)
+            .map_err(&this.classify)
+    }
 }
 
 /// Everything a session needs from the server.
@@ -81,6 +154,9 @@ pub enum End {
     /// The transport failed.
     Transport,
     TooBig,
+    /// The client broke the WebSocket protocol.
+    Protocol,
+    InvalidUtf8,
     RateLimited,
     SlowConsumer,
     Timeout,
@@ -106,6 +182,8 @@ impl End {
         match self {
             End::ClientClosed | End::Transport => None,
             End::TooBig => Some((close::TOO_BIG, "message_too_big")),
+            End::Protocol => Some((close::PROTOCOL_ERROR, "protocol_error")),
+            End::InvalidUtf8 => Some((close::INVALID_PAYLOAD, "invalid_utf8")),
             End::RateLimited => Some((close::POLICY, "rate_limited")),
             End::SlowConsumer => Some((close::TRY_AGAIN_LATER, "slow_consumer")),
             End::Timeout => Some((close::GOING_AWAY, "timeout")),
@@ -120,7 +198,9 @@ impl End {
     /// The `user-left` reason the room sees.
     pub fn leave_reason(self) -> LeaveReason {
         match self {
-            End::ClientClosed | End::Transport | End::TooBig => LeaveReason::Closed,
+            End::ClientClosed | End::Transport | End::TooBig | End::Protocol | End::InvalidUtf8 => {
+                LeaveReason::Closed
+            }
             End::RateLimited => LeaveReason::RateLimited,
             End::SlowConsumer => LeaveReason::SlowConsumer,
             End::Timeout => LeaveReason::Timeout,
@@ -135,6 +215,8 @@ impl End {
             End::ClientClosed => "closed",
             End::Transport => "transport_error",
             End::TooBig => "message_too_big",
+            End::Protocol => "protocol_error",
+            End::InvalidUtf8 => "invalid_utf8",
             End::RateLimited => "rate_limited",
             End::SlowConsumer => "slow_consumer",
             End::Timeout => "timeout",
@@ -145,20 +227,74 @@ impl End {
     }
 }
 
-/// Sends a close frame and flushes it, giving up after a bounded time.
-pub async fn send_close<S>(sink: &mut S, code: u16, reason: &'static str)
-where
+/// What the server does with the client's input once it has sent its close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterClose {
+    /// Read and discard until the client's close frame (the handshake).
+    Drain,
+    /// Read nothing: after a read error the transport yields nothing more
+    /// (tokio-tungstenite ends the stream at its first error). Wait out the
+    /// timeout instead, so the client has read the close before the socket
+    /// goes (its unread reply then makes the kernel reset the connection).
+    Linger,
+}
+
+/// Ends a connection from the server side (RFC 6455 §7.1): writes `pending`
+/// (errors the client should see first) and the close frame, then, per
+/// `after`, reads and discards what the client still sends until its close
+/// frame or the end of the stream — all within `timeout`. A socket closed
+/// with unread input makes the kernel send a reset, and a reset makes the
+/// client's kernel throw away what it has not read yet: the very errors and
+/// close frame this sends. Pings read meanwhile are not answered.
+pub async fn close_handshake<S, R>(
+    sink: &mut S,
+    stream: &mut R,
+    pending: Vec<Frame>,
+    (code, reason): (u16, &'static str),
+    after: AfterClose,
+    timeout: Duration,
+) where
     S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin,
 {
-    let frame = Message::Close(Some(CloseFrame {
+    let deadline = Instant::now() + timeout;
+    let close = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     }));
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        let _ = sink.send(frame).await;
-        let _ = sink.close().await;
+    let sent = tokio::time::timeout_at(deadline, async {
+        for frame in pending {
+            if sink.feed(text_message(frame)).await.is_err() {
+                break;
+            }
+        }
+        // Out with what the transport holds (a pong it owes) first: it
+        // appends that after anything written next, and nothing may follow
+        // the close frame.
+        let _ = sink.flush().await;
+        sink.send(close).await.is_ok()
     })
     .await;
+    if sent != Ok(true) {
+        // The close never left (the peer takes nothing): nobody will answer it.
+        return;
+    }
+    match after {
+        AfterClose::Drain => {
+            let _ = tokio::time::timeout_at(deadline, async {
+                while let Some(item) = stream.next().await {
+                    match item {
+                        // After an error the transport yields nothing more.
+                        Ok(Message::Close(_)) | Err(_) => break,
+                        _ => {}
+                    }
+                }
+            })
+            .await;
+        }
+        AfterClose::Linger => tokio::time::sleep_until(deadline).await,
+    }
+    let _ = tokio::time::timeout_at(deadline, sink.close()).await;
 }
 
 fn text_message(frame: Frame) -> Message {
@@ -174,7 +310,7 @@ fn text_message(frame: Frame) -> Message {
 /// halves (already upgraded and authenticated).
 pub async fn run<S, R>(ctx: SessionContext, guard: DrainGuard, sink: S, stream: R) -> Option<End>
 where
-    S: Sink<Message> + Unpin + Send,
+    S: Sink<Message, Error = WriteError> + Unpin + Send,
     R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
     let me = ParticipantInfo {
@@ -198,12 +334,12 @@ async fn run_participant<S, R>(
     mut stream: R,
 ) -> Option<End>
 where
-    S: Sink<Message> + Unpin + Send,
+    S: Sink<Message, Error = WriteError> + Unpin + Send,
     R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
-    let session = Session::join(ctx, me, &mut sink).await?;
+    let session = Session::join(ctx, me, &mut sink, &mut stream).await?;
     let end = session.serve(&mut sink, &mut stream).await;
-    session.finish(end, &mut sink).await;
+    session.finish(end, &mut sink, &mut stream).await;
     drop(guard);
     Some(end)
 }
@@ -230,24 +366,50 @@ impl Session {
     /// Joins through the bus and registers in the hub (which queues
     /// `room-state`). A refused join gets its close frame here and yields
     /// `None`.
-    async fn join<S>(ctx: SessionContext, me: ParticipantInfo, sink: &mut S) -> Option<Session>
+    async fn join<S, R>(
+        ctx: SessionContext,
+        me: ParticipantInfo,
+        sink: &mut S,
+        stream: &mut R,
+    ) -> Option<Session>
     where
         S: Sink<Message> + Unpin,
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
+        let refuse = |reason| (close::TRY_AGAIN_LATER, reason);
+        let close_timeout = ctx.limits.close_timeout;
         let started = Instant::now();
         let participants = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
             Ok(JoinOutcome::Joined { participants }) => participants,
             Ok(JoinOutcome::RoomFull) => {
                 tracing::info!("join refused: room full");
                 ctx.metrics.refused("room_full");
-                send_close(sink, close::TRY_AGAIN_LATER, "room_full").await;
+                let (s, r) = (sink, stream);
+                close_handshake(
+                    s,
+                    r,
+                    Vec::new(),
+                    refuse("room_full"),
+                    AfterClose::Drain,
+                    close_timeout,
+                )
+                .await;
                 return None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "join refused: bus unavailable");
                 ctx.metrics.refused("bus_unavailable");
                 ctx.metrics.error(e.metric_label());
-                send_close(sink, close::TRY_AGAIN_LATER, "bus_unavailable").await;
+                let (s, r) = (sink, stream);
+                close_handshake(
+                    s,
+                    r,
+                    Vec::new(),
+                    refuse("bus_unavailable"),
+                    AfterClose::Drain,
+                    close_timeout,
+                )
+                .await;
                 return None;
             }
         };
@@ -290,7 +452,7 @@ impl Session {
     /// Reads, writes and watches liveness until one of them ends the session.
     async fn serve<S, R>(&self, sink: &mut S, stream: &mut R) -> End
     where
-        S: Sink<Message> + Unpin,
+        S: Sink<Message, Error = WriteError> + Unpin,
         R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
         // Liveness is its own branch, not part of the writer: a writer blocked
@@ -307,10 +469,11 @@ impl Session {
         }
     }
 
-    /// Leaves the room and the bus, then sends the close frame `end` calls for.
-    async fn finish<S>(self, end: End, sink: &mut S)
+    /// Leaves the room and the bus, then closes the way `end` calls for.
+    async fn finish<S, R>(self, end: End, sink: &mut S, stream: &mut R)
     where
         S: Sink<Message> + Unpin,
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
         let Session {
             ctx, me, outbox, ..
@@ -328,24 +491,31 @@ impl Session {
         }
         ctx.metrics.connection_closed(end.metric_label());
         tracing::info!(reason = end.metric_label(), "left");
-        if let Some((code, text)) = end.close_frame() {
-            if matches!(
+        if let Some(frame) = end.close_frame() {
+            // The client should see what was queued (errors, relays) before
+            // its close frame.
+            let pending = if matches!(
                 end,
                 End::TooBig | End::RateLimited | End::TokenExpired | End::SessionLimit
             ) {
-                // The client should see what was queued (errors, relays)
-                // before its close frame.
-                let pending = outbox.take_all();
-                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-                    for frame in pending {
-                        if sink.feed(text_message(frame)).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
-            send_close(sink, code, text).await;
+                outbox.take_all()
+            } else {
+                Vec::new()
+            };
+            let after = match end {
+                // These came as read errors: the transport reads nothing more.
+                End::TooBig | End::Protocol | End::InvalidUtf8 => AfterClose::Linger,
+                _ => AfterClose::Drain,
+            };
+            close_handshake(
+                sink,
+                stream,
+                pending,
+                frame,
+                after,
+                ctx.limits.close_timeout,
+            )
+            .await;
         }
     }
 
@@ -382,9 +552,19 @@ impl Session {
             self.mark_seen();
             let text = match item {
                 Err(ReadError::TooBig) => return End::TooBig,
+                Err(ReadError::Protocol) => return End::Protocol,
+                Err(ReadError::InvalidUtf8) => return End::InvalidUtf8,
                 Err(ReadError::Transport) => return End::Transport,
                 Ok(Message::Close(_)) => return End::ClientClosed,
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Ping(_) | Message::Pong(_)) => {
+                    // Control frames cost the server as much as messages (each
+                    // ping makes the transport queue a pong), so they spend the
+                    // same budget; over it they earn no reply, only the close.
+                    if limiter.check(Instant::now().into_std()) == Verdict::Abuse {
+                        return End::RateLimited;
+                    }
+                    continue;
+                }
                 Ok(Message::Binary(data)) => {
                     if data.len() > limits.max_message_bytes {
                         return End::TooBig;
@@ -550,13 +730,20 @@ impl Session {
         let interval = limits.ping_interval;
         let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = LivenessWatch::default();
         loop {
-            tick.tick().await;
-            if is_dead(
-                limits,
-                self.last_seen.load(Ordering::Relaxed),
-                millis_since(self.started),
-            ) {
+            let due = tick.tick().await;
+            let late = Instant::now().saturating_duration_since(due);
+            let seen = self.last_seen.load(Ordering::Relaxed);
+            if !watch.is_dead(limits, seen, millis_since(self.started), late) {
+                continue;
+            }
+            // The reader runs in this task's select: let it take what is
+            // already waiting in the socket (a pong that arrived while this
+            // process was not running) before the verdict.
+            tokio::task::yield_now().await;
+            let seen = self.last_seen.load(Ordering::Relaxed);
+            if is_dead(limits, seen, millis_since(self.started)) {
                 tracing::info!("peer silent past the ping timeout");
                 return End::Timeout;
             }
@@ -565,10 +752,13 @@ impl Session {
 
     async fn write_loop<S>(&self, sink: &mut S) -> End
     where
-        S: Sink<Message> + Unpin,
+        S: Sink<Message, Error = WriteError> + Unpin,
     {
         let outbox = &self.outbox;
         let interval = self.ctx.limits.ping_interval;
+        // A write that blocks this long means the peer takes nothing: one
+        // that keeps sending (pings, say) never trips the liveness watch.
+        let stall = self.ctx.limits.ping_timeout;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -589,14 +779,14 @@ impl Session {
             // Frames already queued go out in the same write: one flush per
             // batch lets an active reader keep up with a burst from the room.
             let batch = async {
-                sink.feed(message).await?;
+                write_within(stall, sink.feed(message)).await?;
                 for _ in 0..WRITE_BATCH {
                     match outbox.try_pop() {
-                        Some(frame) => sink.feed(text_message(frame)).await?,
+                        Some(frame) => write_within(stall, sink.feed(text_message(frame))).await?,
                         None => break,
                     }
                 }
-                sink.flush().await
+                write_within(stall, sink.flush()).await
             };
             let stuck = async {
                 match outbox.closing().await {
@@ -611,10 +801,55 @@ impl Session {
                 }
             };
             tokio::select! {
-                sent = batch => if sent.is_err() { return End::Transport },
+                sent = batch => if let Err(end) = sent { return end },
                 end = stuck => return end,
             }
         }
+    }
+}
+
+/// One write to the socket, bounded by `stall`. A full write buffer or a
+/// write that blocks past `stall` means the peer is not reading: it is closed
+/// as a slow consumer, like a reader whose queue overflows.
+async fn write_within<F>(stall: Duration, write: F) -> Result<(), End>
+where
+    F: std::future::Future<Output = Result<(), WriteError>>,
+{
+    match tokio::time::timeout(stall, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(WriteError::Closed)) => Err(End::Transport),
+        Ok(Err(WriteError::BufferFull)) => {
+            tracing::info!("peer does not read: write buffer full");
+            Err(End::SlowConsumer)
+        }
+        Err(_) => {
+            tracing::info!("peer does not read: write blocked past the ping timeout");
+            Err(End::SlowConsumer)
+        }
+    }
+}
+
+/// The liveness watch's memory between ticks: after a stall of this process
+/// the peer gets a fresh ping timeout before it can be judged. Pure, so the
+/// rule is tested without a clock.
+#[derive(Debug, Default)]
+struct LivenessWatch {
+    /// No verdict before this (milliseconds since the session started).
+    grace_until_ms: u64,
+}
+
+impl LivenessWatch {
+    /// Whether the peer counts as dead at a tick that ran `late` after it was
+    /// due: never on a late tick (this process was not running, so neither
+    /// our pings nor the peer's answers moved), nor within the ping timeout
+    /// after one; otherwise by [`is_dead`].
+    fn is_dead(&mut self, limits: &Limits, last_seen_ms: u64, now_ms: u64, late: Duration) -> bool {
+        if late > STALL_SLACK {
+            let timeout_ms = u64::try_from(limits.ping_timeout.as_millis()).unwrap_or(u64::MAX);
+            self.grace_until_ms = now_ms.saturating_add(timeout_ms);
+            return false;
+        }
+        now_ms >= self.grace_until_ms && is_dead(limits, last_seen_ms, now_ms)
     }
 }
 

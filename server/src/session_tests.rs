@@ -32,7 +32,14 @@ fn limits() -> Limits {
         outbound_queue_bytes: 1 << 20,
         ping_interval: Duration::from_secs(20),
         ping_timeout: Duration::from_secs(20),
+        write_buffer_bytes: 1 << 20,
+        close_timeout: Duration::from_secs(5),
     }
+}
+
+/// A channel end as the session's sink: any failure is a closed connection.
+fn sink<S: Sink<Message> + Unpin>(s: S) -> impl Sink<Message, Error = WriteError> + Unpin {
+    ClassifyErrors::new(s, |_| WriteError::Closed)
 }
 
 impl World {
@@ -93,7 +100,7 @@ impl World {
         let (to_client, from_server) = mpsc::unbounded::<Message>();
         let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
         let guard = self.shutdown.guard().unwrap();
-        let task = tokio::spawn(run(ctx, guard, to_client, from_client));
+        let task = tokio::spawn(run(ctx, guard, sink(to_client), from_client));
         Client {
             rx: from_server,
             tx: to_server,
@@ -134,11 +141,13 @@ impl Client {
         v
     }
 
+    /// The next message is the close frame; answers it, as a WebSocket client does.
     async fn expect_close(&mut self, code: u16, reason: &str) {
         match self.next().await {
             Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (code, reason)),
             other => panic!("expected close {code} {reason}, got {other:?}"),
         }
+        let _ = self.tx.unbounded_send(Ok(Message::Close(None)));
     }
 
     fn send(&self, v: Value) {
@@ -149,6 +158,22 @@ impl Client {
         self.tx
             .unbounded_send(Ok(Message::Text(t.to_owned().into())))
             .unwrap();
+    }
+
+    /// Reads until the server's next WebSocket ping and answers it `rtt`
+    /// later, as a client's WebSocket library does while the app reads.
+    async fn answer_ping(&mut self, rtt: Duration) {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), self.rx.next())
+                .await
+                .expect("no ping within 60 s")
+                .expect("session ended");
+            if let Message::Ping(data) = m {
+                tokio::time::sleep(rtt).await;
+                self.tx.unbounded_send(Ok(Message::Pong(data))).unwrap();
+                return;
+            }
+        }
     }
 
     async fn joined(&mut self) -> String {
@@ -266,6 +291,185 @@ async fn too_big_closes_1009() {
 }
 
 #[tokio::test]
+async fn protocol_violations_close_1002_and_bad_utf8_1007() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    for (error, code, reason) in [
+        (ReadError::Protocol, 1002, "protocol_error"),
+        (ReadError::InvalidUtf8, 1007, "invalid_utf8"),
+    ] {
+        let mut b = w.join("bob");
+        b.joined().await;
+        a.expect("user-joined").await;
+        b.tx.unbounded_send(Err(error)).unwrap();
+        b.expect_close(code, reason).await;
+        assert_eq!(a.expect("user-left").await["payload"]["reason"], "closed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_close_reads_until_the_clients_close() {
+    let mut w = World::new();
+    w.limits.rate_limit_per_second = 1;
+    w.limits.rate_limit_burst = 1;
+    let mut a = w.join("alice");
+    a.joined().await;
+    let mut b = w.join("bob");
+    b.joined().await;
+    a.expect("user-joined").await;
+    // One message in the bucket, the first rejection is abuse.
+    b.send(json!({"type":"chat-message","payload":1}));
+    b.send(json!({"type":"chat-message","payload":2}));
+    assert_eq!(a.expect("chat-message").await["payload"], 1);
+    match b.next().await {
+        Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (1008, "rate_limited")),
+        other => panic!("{other:?}"),
+    }
+    let closed = tokio::time::Instant::now();
+    // What bob still sends is read and dropped, never relayed, until his close.
+    b.send(json!({"type":"chat-message","payload":"after the close"}));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !b.task.is_finished(),
+        "the server stopped reading before bob's close"
+    );
+    assert!(
+        b.tx.is_empty(),
+        "what bob sent after the close was not read"
+    );
+    b.tx.unbounded_send(Ok(Message::Close(None))).unwrap();
+    assert_eq!(b.task.await.unwrap(), Some(End::RateLimited));
+    assert_eq!(
+        closed.elapsed(),
+        Duration::from_secs(1),
+        "ends at bob's close"
+    );
+    assert_eq!(
+        a.expect("user-left").await["payload"]["reason"],
+        "rate_limited"
+    );
+    a.send(json!({"type":"ping"}));
+    a.expect("pong").await;
+
+    // A client that never answers is let go after `limits.close_timeout`.
+    let mut c = w.join("carol");
+    c.joined().await;
+    a.expect("user-joined").await;
+    c.send(json!({"type":"chat-message","payload":1}));
+    c.send(json!({"type":"chat-message","payload":2}));
+    a.expect("chat-message").await;
+    assert!(matches!(c.next().await, Message::Close(Some(_))));
+    let closed = tokio::time::Instant::now();
+    assert_eq!(c.task.await.unwrap(), Some(End::RateLimited));
+    assert_eq!(closed.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_read_error_nothing_more_is_read() {
+    let w = World::new();
+    // The transport ends its stream at its first error: the server waits (so
+    // the close is read before the socket goes) but reads nothing more.
+    for (error, code) in [(ReadError::TooBig, 1009), (ReadError::Protocol, 1002)] {
+        let mut a = w.join("alice");
+        a.joined().await;
+        a.tx.unbounded_send(Err(error)).unwrap();
+        let next = a.next().await;
+        assert!(
+            matches!(next, Message::Close(Some(ref f)) if f.code == code),
+            "{next:?}"
+        );
+        let closed = tokio::time::Instant::now();
+        a.tx.unbounded_send(Ok(Message::Close(None))).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(a.tx.len(), 1, "{error:?}: the client's close was read");
+        a.task.await.unwrap();
+        assert_eq!(closed.elapsed(), Duration::from_secs(5), "{error:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_write_buffer_closes_as_a_slow_consumer() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    // Bob's transport reports its write buffer full (pongs he never read) once room-state is out.
+    let (to_client, mut from_server) = mpsc::unbounded::<Message>();
+    let (_to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+    let full = ClassifyErrors::new(to_client, |_| WriteError::BufferFull);
+    let bob = tokio::spawn(run(
+        w.ctx("bob"),
+        w.shutdown.guard().unwrap(),
+        full,
+        from_client,
+    ));
+    assert!(matches!(from_server.next().await, Some(Message::Text(_))));
+    drop(from_server);
+    a.expect("user-joined").await;
+    a.send(json!({"type":"chat-message","payload":"to a peer that does not read"}));
+    assert_eq!(bob.await.unwrap(), Some(End::SlowConsumer));
+    assert_eq!(
+        a.expect("user-left").await["payload"]["reason"],
+        "slow_consumer"
+    );
+}
+
+#[tokio::test]
+async fn ping_frames_spend_the_rate_budget() {
+    let mut w = World::new();
+    w.limits.rate_limit_per_second = 1;
+    w.limits.rate_limit_burst = 3;
+    let mut a = w.join("alice");
+    a.joined().await;
+    for _ in 0..10 {
+        a.tx.unbounded_send(Ok(Message::Ping(bytes::Bytes::from_static(b"x"))))
+            .unwrap();
+    }
+    // Over the budget a ping earns no error reply, only the close.
+    a.expect_close(1008, "rate_limited").await;
+    assert_eq!(a.task.await.unwrap(), Some(End::RateLimited));
+}
+
+// SIGSTOP for 60 s, then SIGCONT: every timer is overdue at once, and the
+// peer has not been pinged since. It must get a fresh ping and a ping timeout
+// to answer, not a 1001 `timeout` on the first tick.
+#[tokio::test(start_paused = true)]
+async fn a_frozen_server_does_not_blame_its_clients() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    a.answer_ping(Duration::from_millis(50)).await;
+    // Past the grace (ping timeout, 20 s) alice is still there.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    a.send(json!({"type":"ping","payload":1}));
+    assert_eq!(a.expect("pong").await["payload"], 1);
+    // And one that does not answer after the freeze still times out.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    a.expect_close(1001, "timeout").await;
+}
+
+#[test]
+fn a_late_tick_gives_the_peer_a_fresh_ping_timeout() {
+    let l = limits();
+    let mut watch = LivenessWatch::default();
+    let on_time = Duration::from_millis(5);
+    assert!(watch.is_dead(&l, 0, 41_000, on_time));
+    // Resumed after a 60 s stop: no verdict on the late tick, nor for the
+    // ping timeout after it...
+    assert!(!watch.is_dead(&l, 0, 80_000, Duration::from_secs(60)));
+    assert!(!watch.is_dead(&l, 0, 99_999, on_time));
+    // ...then the usual rule, from what was heard meanwhile.
+    assert!(!watch.is_dead(&l, 80_100, 100_000, on_time));
+    assert!(watch.is_dead(&l, 0, 100_000, on_time));
+    let mut watch = LivenessWatch::default();
+    assert!(
+        watch.is_dead(&l, 0, 45_000, STALL_SLACK),
+        "a tick late by the slack is still on time"
+    );
+}
+
+#[tokio::test]
 async fn room_full_closes_1013() {
     let mut w = World::new();
     w.max_participants = 1;
@@ -361,7 +565,7 @@ async fn slow_reader_is_closed_and_the_room_keeps_going() {
     let bob = tokio::spawn(run(
         bob_ctx,
         w.shutdown.guard().unwrap(),
-        to_client,
+        sink(to_client),
         from_client,
     ));
     let pb = a.expect("user-joined").await["payload"]["participant_id"]
@@ -440,6 +644,8 @@ fn docs_list_every_close_code_and_error_code() {
     let doc = include_str!("../../docs/protocol.md");
     let ends = [
         End::TooBig,
+        End::Protocol,
+        End::InvalidUtf8,
         End::RateLimited,
         End::SlowConsumer,
         End::Timeout,
@@ -487,7 +693,7 @@ fn docs_list_every_close_code_and_error_code() {
 struct StuckClient {
     task: tokio::task::JoinHandle<Option<End>>,
     _unread: mpsc::Receiver<Message>,
-    _to_server: mpsc::UnboundedSender<Result<Message, ReadError>>,
+    to_server: mpsc::UnboundedSender<Result<Message, ReadError>>,
 }
 
 /// Alice joins normally; bob's socket takes one frame (room-state) and then blocks forever.
@@ -501,14 +707,14 @@ async fn alice_and_stuck_bob() -> (World, Client, StuckClient) {
     let task = tokio::spawn(run(
         w.ctx("bob"),
         w.shutdown.guard().unwrap(),
-        to_client,
+        sink(to_client),
         from_client,
     ));
     a.expect("user-joined").await;
     let bob = StuckClient {
         task,
         _unread: unread,
-        _to_server: to_server,
+        to_server,
     };
     (w, a, bob)
 }
@@ -538,27 +744,28 @@ async fn drain_removes_a_participant_whose_socket_is_stuck() {
 }
 
 // A peer that stopped reading with its socket full: the writer is blocked in
-// `feed`/`flush` and the queue never overflows. The keep-alive must still
-// remove it (it used to live in the writer's select and never ran).
+// `feed`/`flush` and the queue never overflows. It must still be removed
+// (the keep-alive used to live in the writer's select and never ran), even
+// while it keeps sending pings so that it never looks silent: a write that
+// blocks for the ping timeout closes it as a slow consumer.
 #[tokio::test(start_paused = true)]
-async fn keepalive_removes_a_peer_whose_socket_is_full() {
+async fn a_peer_whose_socket_is_full_is_removed_even_while_it_pings() {
     let (_w, mut a, bob) = alice_and_stuck_bob().await;
-    // Alice keeps answering pings so only bob is silent.
-    let keepalive = {
-        let tx = a.tx.clone();
+    let talk = |tx: mpsc::UnboundedSender<Result<Message, ReadError>>, every, frame: Message| {
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                if tx
-                    .unbounded_send(Ok(Message::Pong(bytes::Bytes::new())))
-                    .is_err()
-                {
+                tokio::time::sleep(Duration::from_secs(every)).await;
+                if tx.unbounded_send(Ok(frame.clone())).is_err() {
                     break;
                 }
             }
         })
     };
+    // Alice answers pings; bob pings on his own, far below the rate limit.
+    let alice_alive = talk(a.tx.clone(), 10, Message::Pong(bytes::Bytes::new()));
+    let bob_alive = talk(bob.to_server.clone(), 5, Message::Ping(bytes::Bytes::new()));
     // A few chats block bob's writer; far fewer than his queue bound (64).
+    let blocked = tokio::time::Instant::now();
     for n in 0..3 {
         a.send(json!({"type":"chat-message","payload":n}));
     }
@@ -566,9 +773,18 @@ async fn keepalive_removes_a_peer_whose_socket_is_full() {
         .await
         .expect("bob still in the room 120 s after he stopped reading")
         .unwrap();
-    assert_eq!(end, Some(End::Timeout));
-    assert_eq!(a.expect("user-left").await["payload"]["reason"], "timeout");
-    keepalive.abort();
+    assert_eq!(end, Some(End::SlowConsumer));
+    let left = a.expect("user-left").await;
+    assert_eq!(left["payload"]["reason"], "slow_consumer");
+    // Gone one ping timeout (20 s) after his writer blocked, plus the bounded
+    // wait for his close frame that never leaves (5 s).
+    let waited = blocked.elapsed();
+    assert!(
+        (Duration::from_secs(25)..Duration::from_secs(26)).contains(&waited),
+        "{waited:?}"
+    );
+    alice_alive.abort();
+    bob_alive.abort();
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: start real processes on ephemeral loopback ports.
 #![forbid(unsafe_code)]
 
+pub mod attacker;
 pub mod browser;
 pub mod client;
 pub mod http;

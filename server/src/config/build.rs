@@ -38,7 +38,19 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         outbound_queue_bytes: r.get(&OUTBOUND_QUEUE_BYTES),
         ping_interval: r.get(&PING_INTERVAL),
         ping_timeout: r.get(&PING_TIMEOUT),
+        write_buffer_bytes: r.get(&WRITE_BUFFER_BYTES),
+        close_timeout: r.get(&CLOSE_TIMEOUT),
     };
+    if limits.write_buffer_bytes < limits.max_message_bytes.saturating_mul(2) {
+        // A frame that cannot fit the write buffer would close every reader it is sent to.
+        r.err(
+            &WRITE_BUFFER_BYTES.meta,
+            format!(
+                "must be at least twice {} ({} bytes), or one large message cannot be written",
+                MAX_MESSAGE_BYTES.meta.key, limits.max_message_bytes
+            ),
+        );
+    }
     let allowed_origins = r.opt(&ALLOWED_ORIGINS).flatten();
     let redis = build_redis(r, dev);
     let shutdown = ShutdownConfig {

@@ -162,7 +162,15 @@ pub struct Limits {
     pub outbound_queue_messages: usize,
     pub outbound_queue_bytes: usize,
     pub ping_interval: Duration,
+    /// How long a peer may stay silent after a ping, and how long a write to
+    /// it may block before it counts as not reading.
     pub ping_timeout: Duration,
+    /// Bytes the WebSocket layer may hold unsent for one connection beyond
+    /// its write batch: automatic pongs and the frame being written.
+    pub write_buffer_bytes: usize,
+    /// Bound on a server-initiated close: flushing what is queued, the close
+    /// frame, and reading until the client's close.
+    pub close_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

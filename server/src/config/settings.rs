@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::values::{
-    addr, at_least, instance_id, key_prefix, milliseconds, origins, seconds_at_least,
-    seconds_or_off, secret, text, url_list,
+    addr, at_least, instance_id, key_prefix, milliseconds, milliseconds_at_least, origins,
+    seconds_at_least, seconds_or_off, secret, text, url_list,
 };
 use super::{JwtAlgorithm, LogFormat, Secret};
 
@@ -246,7 +246,15 @@ settings! {
     PING_TIMEOUT: Setting<Duration> = Setting::new(
         "limits.ping_timeout_secs", "WEBRTC_PING_TIMEOUT", "--ping-timeout", "20",
         Parse::Text(|v| seconds_at_least(v, 1)),
-        "drop a peer silent this long after a ping, seconds");
+        "drop a peer silent this long after a ping, or whose socket takes nothing this long, seconds");
+    WRITE_BUFFER_BYTES: Setting<usize> = Setting::new(
+        "limits.write_buffer_bytes", "WEBRTC_WRITE_BUFFER_BYTES", "--write-buffer-bytes", "1048576",
+        Parse::Text(|v| at_least(v, 4096)),
+        "unsent WebSocket bytes per connection (pongs, the frame being written) beyond the write batch");
+    CLOSE_TIMEOUT: Setting<Duration> = Setting::new(
+        "limits.close_timeout_ms", "WEBRTC_CLOSE_TIMEOUT_MS", "--close-timeout-ms", "5000",
+        Parse::Text(|v| milliseconds_at_least(v, 100)),
+        "how long a server-initiated close waits for the client's close frame, ms");
 
     /// `None` = any origin (also for an empty list or `*`).
     ALLOWED_ORIGINS: Optional<Option<Vec<String>>> = Optional::new(

@@ -51,6 +51,13 @@ pub fn milliseconds(v: &str) -> Result<Duration, String> {
         .map_err(|_| format!("expected milliseconds, got {v:?}"))
 }
 
+pub fn milliseconds_at_least(v: &str, min: u64) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= min => Ok(Duration::from_millis(n)),
+        _ => Err(format!("expected milliseconds >= {min}, got {v:?}")),
+    }
+}
+
 pub fn instance_id(v: &str) -> Result<String, String> {
     if v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()) {
         Ok(v.to_owned())
