@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod lifetime;
+pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
