@@ -1,6 +1,7 @@
 //! Who may do what: JWT validation (algorithm pinned by configuration,
-//! `exp` required, optional `iss`/`aud`, `rooms` claim), coturn REST API
-//! TURN credentials, and the `--dev` token. Pure apart from reading the clock.
+//! `exp` required, optional `iss`/`aud`, `rooms` claim), the start-up check
+//! of a public key (type, RSA size, EC curve), coturn REST API TURN
+//! credentials, and the `--dev` token. Pure apart from reading the clock.
 
 use std::time::Duration;
 
@@ -73,11 +74,19 @@ impl Identity {
     }
 }
 
+/// `"rooms": "a"` or `["a", "b"]`; `null` matches neither, so a token
+/// carrying it is refused instead of being read as "no restriction".
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RoomsClaim {
     One(String),
     Many(Vec<String>),
+}
+
+/// Present `rooms` claims go through [`RoomsClaim`] even when they are
+/// `null` (serde's `Option` alone would turn `null` into "absent").
+fn present_rooms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RoomsClaim>, D::Error> {
+    RoomsClaim::deserialize(d).map(Some)
 }
 
 /// Longest `sub` / `name` accepted, in characters. Both are copied into
@@ -92,7 +101,7 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_rooms")]
     rooms: Option<RoomsClaim>,
 }
 
@@ -115,6 +124,147 @@ impl std::fmt::Debug for Authenticator {
 #[error("jwt key is not usable for {algorithm}")]
 pub struct KeyError {
     pub algorithm: &'static str,
+    #[source]
+    pub problem: Option<KeyProblem>,
+}
+
+/// Smallest RSA modulus accepted for RS256, in bits (NIST SP 800-57: 1024
+/// bits has been breakable in principle for years).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Why a PEM file cannot verify tokens of the configured algorithm. Each
+/// reads as the end of a sentence starting with the file name; none carries
+/// key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("is not a PEM file (expected a -----BEGIN PUBLIC KEY----- block)")]
+    NotPem,
+    #[error("holds {0} PEM blocks; give exactly one public key")]
+    SeveralBlocks(usize),
+    #[error("is a private key; give only the public key (`openssl pkey -in private.pem -pubout`): the server never needs the private key")]
+    PrivateKey,
+    #[error("is a certificate; give its public key (`openssl x509 -in cert.pem -pubkey -noout`)")]
+    Certificate,
+    #[error("holds a PEM block that is not a public key")]
+    NotAPublicKey,
+    #[error("is not a valid public key")]
+    Malformed,
+    #[error("is {found} public key; {algorithm} needs {expected}")]
+    WrongType {
+        found: &'static str,
+        algorithm: &'static str,
+        expected: &'static str,
+    },
+    #[error("is a {bits}-bit RSA key; RS256 needs at least {MIN_RSA_BITS} bits")]
+    WeakRsa { bits: usize },
+}
+
+mod oid {
+    use spki::ObjectIdentifier as Oid;
+    pub const RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.1");
+    pub const EC: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
+    pub const P256: Oid = Oid::new_unwrap("1.2.840.10045.3.1.7");
+    pub const P384: Oid = Oid::new_unwrap("1.3.132.0.34");
+    pub const P521: Oid = Oid::new_unwrap("1.3.132.0.35");
+    pub const ED25519: Oid = Oid::new_unwrap("1.3.101.112");
+}
+
+/// What a public key is, as far as the algorithm check cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa { bits: usize },
+    Ec(&'static str),
+    Other(&'static str),
+}
+
+impl KeyKind {
+    fn describe(self) -> &'static str {
+        match self {
+            KeyKind::Rsa { .. } => "an RSA",
+            KeyKind::Ec("P-256") => "an EC P-256",
+            KeyKind::Ec("P-384") => "an EC P-384",
+            KeyKind::Ec("P-521") => "an EC P-521",
+            KeyKind::Ec(_) => "an EC",
+            KeyKind::Other(what) => what,
+        }
+    }
+}
+
+/// Bits of an RSA modulus given as a DER `RSAPublicKey` (PKCS#1).
+fn rsa_bits(pkcs1_der: &[u8]) -> Result<usize, KeyProblem> {
+    use pkcs1::der::Decode as _;
+    let key = pkcs1::RsaPublicKey::from_der(pkcs1_der).map_err(|_| KeyProblem::Malformed)?;
+    // `as_bytes` has no leading zero bytes.
+    let n = key.modulus.as_bytes();
+    Ok(match n.first() {
+        None => 0,
+        Some(first) => n.len() * 8 - first.leading_zeros() as usize,
+    })
+}
+
+fn spki_kind(der: &[u8]) -> Result<KeyKind, KeyProblem> {
+    use spki::der::Decode as _;
+    let info = spki::SubjectPublicKeyInfoRef::from_der(der).map_err(|_| KeyProblem::Malformed)?;
+    let (alg, param) = info.algorithm.oids().map_err(|_| KeyProblem::Malformed)?;
+    Ok(match (alg, param) {
+        (oid::RSA, _) => {
+            let bits = info
+                .subject_public_key
+                .as_bytes()
+                .ok_or(KeyProblem::Malformed)?;
+            KeyKind::Rsa {
+                bits: rsa_bits(bits)?,
+            }
+        }
+        (oid::EC, Some(oid::P256)) => KeyKind::Ec("P-256"),
+        (oid::EC, Some(oid::P384)) => KeyKind::Ec("P-384"),
+        (oid::EC, Some(oid::P521)) => KeyKind::Ec("P-521"),
+        (oid::EC, _) => KeyKind::Ec("other"),
+        (oid::ED25519, _) => KeyKind::Other("an Ed25519"),
+        _ => KeyKind::Other("an unsupported"),
+    })
+}
+
+/// Checks at start-up that `pem_text` is one public key fit for
+/// `algorithm`: a private key, a certificate, an RSA key under
+/// [`MIN_RSA_BITS`] or an EC key on another curve than P-256 is refused
+/// with the reason, instead of a server that starts and then rejects every
+/// valid token.
+pub fn check_public_key(algorithm: JwtAlgorithm, pem_text: &str) -> Result<(), KeyProblem> {
+    let blocks = pem::parse_many(pem_text).map_err(|_| KeyProblem::NotPem)?;
+    // A private key anywhere in the file is the mistake to name, even next
+    // to a public key: it must not sit on the server.
+    if blocks.iter().any(|b| b.tag().ends_with("PRIVATE KEY")) {
+        return Err(KeyProblem::PrivateKey);
+    }
+    let block = match blocks.as_slice() {
+        [] => return Err(KeyProblem::NotPem),
+        [one] => one,
+        many => return Err(KeyProblem::SeveralBlocks(many.len())),
+    };
+    let kind = match block.tag() {
+        "PUBLIC KEY" => spki_kind(block.contents())?,
+        "RSA PUBLIC KEY" => KeyKind::Rsa {
+            bits: rsa_bits(block.contents())?,
+        },
+        tag if tag.contains("CERTIFICATE") => return Err(KeyProblem::Certificate),
+        _ => return Err(KeyProblem::NotAPublicKey),
+    };
+    let wrong = |expected| KeyProblem::WrongType {
+        found: kind.describe(),
+        algorithm: algorithm.as_str(),
+        expected,
+    };
+    match (algorithm, kind) {
+        (JwtAlgorithm::Rs256, KeyKind::Rsa { bits }) if bits < MIN_RSA_BITS => {
+            Err(KeyProblem::WeakRsa { bits })
+        }
+        (JwtAlgorithm::Rs256, KeyKind::Rsa { .. }) => Ok(()),
+        (JwtAlgorithm::Rs256, _) => Err(wrong("an RSA key")),
+        (JwtAlgorithm::Es256, KeyKind::Ec("P-256")) => Ok(()),
+        (JwtAlgorithm::Es256, _) => Err(wrong("an EC P-256 key")),
+        (JwtAlgorithm::Hs256, _) => Err(wrong("a shared secret, not a key file")),
+    }
 }
 
 fn algorithm(a: JwtAlgorithm) -> Algorithm {
@@ -127,20 +277,24 @@ fn algorithm(a: JwtAlgorithm) -> Algorithm {
 
 impl Authenticator {
     pub fn new(cfg: &JwtConfig) -> Result<Self, KeyError> {
-        let err = || KeyError {
+        let err = |problem| KeyError {
             algorithm: cfg.algorithm.as_str(),
+            problem,
         };
+        if let JwtKey::PublicKeyPem(pem) = &cfg.key {
+            check_public_key(cfg.algorithm, pem).map_err(|p| err(Some(p)))?;
+        }
         let key = match (&cfg.key, cfg.algorithm) {
             (JwtKey::Secret(s), JwtAlgorithm::Hs256) => {
                 DecodingKey::from_secret(s.expose().as_bytes())
             }
             (JwtKey::PublicKeyPem(pem), JwtAlgorithm::Rs256) => {
-                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| err())?
+                DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|_| err(None))?
             }
             (JwtKey::PublicKeyPem(pem), JwtAlgorithm::Es256) => {
-                DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|_| err())?
+                DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|_| err(None))?
             }
-            _ => return Err(err()),
+            _ => return Err(err(None)),
         };
         // Exactly one algorithm: a token whose header names another one
         // (alg none, HS256 signed with an RSA public key, ...) is refused.
@@ -279,7 +433,10 @@ pub fn dev_token(
     ttl: Duration,
 ) -> Result<String, KeyError> {
     let JwtKey::Secret(secret) = &cfg.key else {
-        return Err(KeyError { algorithm: "HS256" });
+        return Err(KeyError {
+            algorithm: "HS256",
+            problem: None,
+        });
     };
     let claims = DevClaims {
         sub: user,
@@ -295,7 +452,10 @@ pub fn dev_token(
         &claims,
         &EncodingKey::from_secret(secret.expose().as_bytes()),
     )
-    .map_err(|_| KeyError { algorithm: "HS256" })
+    .map_err(|_| KeyError {
+        algorithm: "HS256",
+        problem: None,
+    })
 }
 
 /// Time-limited TURN credentials in coturn's REST API scheme.

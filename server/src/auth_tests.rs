@@ -10,6 +10,9 @@ const RSA_PRIVATE: &str = include_str!("../tests/keys/rsa_private.pem");
 const RSA_PUBLIC: &str = include_str!("../tests/keys/rsa_public.pem");
 const EC_PRIVATE: &str = include_str!("../tests/keys/ec_private.pem");
 const EC_PUBLIC: &str = include_str!("../tests/keys/ec_public.pem");
+const RSA_PUBLIC_PKCS1: &str = include_str!("../tests/keys/rsa_public_pkcs1.pem");
+const RSA_1024_PUBLIC: &str = include_str!("../tests/keys/rsa_1024_public.pem");
+const EC_P384_PUBLIC: &str = include_str!("../tests/keys/ec_p384_public.pem");
 
 fn hs(secret: &str) -> JwtConfig {
     JwtConfig {
@@ -141,6 +144,18 @@ fn refusals() {
                 URL_SAFE_NO_PAD.encode(br#"{"sub":"root","exp":9999999999}"#),
                 rest.split_once('.').unwrap().1
             ),
+            AuthError::InvalidToken,
+        ),
+        (
+            // Absent means every room; an explicit null is refused rather
+            // than read as "no restriction".
+            "rooms null",
+            sign_hs(&json!({"sub":"a","exp":later(),"rooms":null}), b"right"),
+            AuthError::InvalidToken,
+        ),
+        (
+            "rooms not strings",
+            sign_hs(&json!({"sub":"a","exp":later(),"rooms":[1, 2]}), b"right"),
             AuthError::InvalidToken,
         ),
         (
@@ -362,4 +377,131 @@ fn refresh_needs_a_valid_token_of_the_same_user_for_the_room() {
             .map_err(RefreshError::error_code);
         assert_eq!(got, Err(*want), "token {token:?}");
     }
+}
+
+#[test]
+fn public_key_check_names_each_mistake() {
+    use JwtAlgorithm::{Es256, Rs256};
+    let synthetic = |tag: &str| format!("-----BEGIN {tag}-----\nAAAA\n-----END {tag}-----\n");
+    let wrong = |found, algorithm, expected| KeyProblem::WrongType {
+        found,
+        algorithm,
+        expected,
+    };
+    let cases: Vec<(&str, JwtAlgorithm, String, Result<(), KeyProblem>)> = vec![
+        ("rsa spki", Rs256, RSA_PUBLIC.into(), Ok(())),
+        ("rsa pkcs1", Rs256, RSA_PUBLIC_PKCS1.into(), Ok(())),
+        ("ec p-256", Es256, EC_PUBLIC.into(), Ok(())),
+        (
+            "rsa private",
+            Rs256,
+            RSA_PRIVATE.into(),
+            Err(KeyProblem::PrivateKey),
+        ),
+        (
+            "ec private",
+            Es256,
+            EC_PRIVATE.into(),
+            Err(KeyProblem::PrivateKey),
+        ),
+        (
+            "pkcs1 private label",
+            Rs256,
+            synthetic("RSA PRIVATE KEY"),
+            Err(KeyProblem::PrivateKey),
+        ),
+        (
+            "public next to private",
+            Rs256,
+            format!("{RSA_PUBLIC}{RSA_PRIVATE}"),
+            Err(KeyProblem::PrivateKey),
+        ),
+        (
+            "two public keys",
+            Rs256,
+            format!("{RSA_PUBLIC}{RSA_PUBLIC}"),
+            Err(KeyProblem::SeveralBlocks(2)),
+        ),
+        (
+            "certificate",
+            Rs256,
+            synthetic("CERTIFICATE"),
+            Err(KeyProblem::Certificate),
+        ),
+        (
+            "other block",
+            Rs256,
+            synthetic("DH PARAMETERS"),
+            Err(KeyProblem::NotAPublicKey),
+        ),
+        (
+            "not pem",
+            Rs256,
+            "ssh-rsa AAAA user@host".into(),
+            Err(KeyProblem::NotPem),
+        ),
+        ("empty", Es256, String::new(), Err(KeyProblem::NotPem)),
+        (
+            "bad der",
+            Rs256,
+            synthetic("PUBLIC KEY"),
+            Err(KeyProblem::Malformed),
+        ),
+        (
+            "rsa 1024",
+            Rs256,
+            RSA_1024_PUBLIC.into(),
+            Err(KeyProblem::WeakRsa { bits: 1024 }),
+        ),
+        (
+            "ec for rs256",
+            Rs256,
+            EC_PUBLIC.into(),
+            Err(wrong("an EC P-256", "RS256", "an RSA key")),
+        ),
+        (
+            "rsa for es256",
+            Es256,
+            RSA_PUBLIC.into(),
+            Err(wrong("an RSA", "ES256", "an EC P-256 key")),
+        ),
+        (
+            "p-384 for es256",
+            Es256,
+            EC_P384_PUBLIC.into(),
+            Err(wrong("an EC P-384", "ES256", "an EC P-256 key")),
+        ),
+    ];
+    for (name, algorithm, pem, want) in cases {
+        assert_eq!(check_public_key(algorithm, &pem), want, "{name}");
+    }
+}
+
+#[test]
+fn authenticator_refuses_keys_the_check_refuses() {
+    let mut cfg = rs();
+    cfg.key = JwtKey::PublicKeyPem(RSA_PRIVATE.into());
+    let err = Authenticator::new(&cfg).unwrap_err();
+    assert_eq!(err.problem, Some(KeyProblem::PrivateKey));
+    cfg.key = JwtKey::PublicKeyPem(RSA_1024_PUBLIC.into());
+    let err = Authenticator::new(&cfg).unwrap_err();
+    assert_eq!(err.problem, Some(KeyProblem::WeakRsa { bits: 1024 }));
+}
+
+#[test]
+fn key_problems_read_as_one_line() {
+    assert_eq!(
+        KeyProblem::WeakRsa { bits: 1024 }.to_string(),
+        "is a 1024-bit RSA key; RS256 needs at least 2048 bits"
+    );
+    assert_eq!(
+        KeyProblem::WrongType {
+            found: "an EC P-384",
+            algorithm: "ES256",
+            expected: "an EC P-256 key"
+        }
+        .to_string(),
+        "is an EC P-384 public key; ES256 needs an EC P-256 key"
+    );
+    assert!(!KeyProblem::PrivateKey.to_string().contains('\n'));
 }

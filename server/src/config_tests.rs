@@ -470,6 +470,48 @@ fn public_key_algorithms() {
 }
 
 #[test]
+fn public_key_mistakes_are_one_line_each_with_the_reason() {
+    let cases = [
+        (
+            "RS256",
+            include_str!("../tests/keys/rsa_private.pem"),
+            "is a private key",
+        ),
+        (
+            "RS256",
+            include_str!("../tests/keys/rsa_1024_public.pem"),
+            "is a 1024-bit RSA key; RS256 needs at least 2048 bits",
+        ),
+        (
+            "ES256",
+            include_str!("../tests/keys/ec_p384_public.pem"),
+            "is an EC P-384 public key; ES256 needs an EC P-256 key",
+        ),
+    ];
+    for (algorithm, pem, reason) in cases {
+        let errs = load(
+            &[
+                "--jwt-algorithm",
+                algorithm,
+                "--jwt-public-key-file",
+                "/k.pem",
+            ],
+            &[],
+            &[("/k.pem", pem)],
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("config error: jwt.public_key_file (JWT_PUBLIC_KEY_FILE / --jwt-public-key-file): /k.pem ")
+                && errs[0].contains(reason)
+                && !errs[0].contains('\n'),
+            "{errs:#?}"
+        );
+        assert!(!errs[0].contains("MII"), "key material echoed: {errs:#?}");
+    }
+}
+
+#[test]
 fn dev_mode_needs_no_key_and_uses_the_in_process_bus() {
     let c = load(&["--dev"], &[("REDIS_URL", "redis://h:6379")], &[]).unwrap();
     assert!(c.dev);

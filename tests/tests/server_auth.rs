@@ -251,6 +251,28 @@ async fn rooms_claim_limits_rooms() {
     assert_pair_relays(&mut b, &mut erin).await;
 }
 
+/// `"rooms": null` is not "no restriction": the token is refused, on the socket and on REST.
+#[tokio::test]
+async fn rooms_null_is_refused_not_read_as_all_rooms() {
+    let server = hs_server();
+    let (mut b, mut c) = bystanders(&server, ROOM, SECRET).await;
+    let claims = serde_json::json!({
+        "sub": "nully",
+        "exp": switchboard_e2e::token::now_secs() + 600,
+        "rooms": null,
+    });
+    let nully = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    assert_refused(&server, &nully, "invalid_token", &mut b, &mut c).await;
+    let resp = switchboard_e2e::http::get_bearer(server.addr(), "/webrtc/config", &nully).await;
+    assert_eq!(resp.status, 401, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "invalid_token");
+}
+
 #[tokio::test]
 async fn bad_room_ids_are_closed_invalid_room_id() {
     let server = hs_server();

@@ -252,11 +252,8 @@ fn no_jwt_key_without_dev_exits_78_naming_jwt_secret() {
     );
 }
 
-#[tokio::test]
-async fn pretty_logs_to_a_pipe_have_no_colour_codes() {
-    let server = ServerOptions::with_secret(SECRET).start();
-    // A join logs at info level.
-    let _alice = Client::join(server.addr(), ROOM, &Claims::user("alice").hs256(SECRET)).await;
+/// Waits (bounded) until the server has logged a join.
+async fn wait_for_joined_log(server: &ServerProcess) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.stderr_lines().iter().any(|l| l.contains("joined")) {
         assert!(
@@ -266,6 +263,14 @@ async fn pretty_logs_to_a_pipe_have_no_colour_codes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn pretty_logs_to_a_pipe_have_no_colour_codes() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    // A join logs at info level.
+    let _alice = Client::join(server.addr(), ROOM, &Claims::user("alice").hs256(SECRET)).await;
+    wait_for_joined_log(&server).await;
     let lines = server.stderr_lines();
     assert!(
         !lines.iter().any(|l| l.contains('\u{1b}')),
@@ -366,6 +371,66 @@ fn rs256_without_a_usable_public_key_exits_78() {
         .env("JWT_PUBLIC_KEY_FILE", garbage.path().to_string_lossy())
         .run_to_exit(EXIT_TIMEOUT);
     assert_reported(&out, &[&["JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"]]);
+}
+
+/// Runs an RS256/ES256 server with `key_file` as its public key; it must exit 78 with exactly
+/// one stderr line naming the setting and containing `reason`, before listening.
+fn assert_key_refused(algorithm: &str, key_file: &std::path::Path, reason: &str) {
+    let out = ServerOptions::new()
+        .env("JWT_ALGORITHM", algorithm)
+        .env("JWT_PUBLIC_KEY_FILE", key_file.to_string_lossy())
+        .run_to_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        out.code,
+        Some(78),
+        "{}: stderr {:?}",
+        key_file.display(),
+        out.stderr
+    );
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "exactly one stderr line: {lines:?}");
+    assert!(
+        lines[0].contains("jwt.public_key_file")
+            && lines[0].contains("JWT_PUBLIC_KEY_FILE")
+            && lines[0].contains(reason),
+        "{:?}",
+        lines[0]
+    );
+    assert!(
+        !lines[0].contains("MII"),
+        "key material echoed: {:?}",
+        lines[0]
+    );
+    assert!(
+        !out.stdout.iter().any(|l| l.starts_with("listening on")),
+        "{:?}",
+        out.stdout
+    );
+}
+
+#[test]
+fn key_mistakes_exit_78_with_one_line_naming_the_mistake() {
+    use switchboard_e2e::token::fixture;
+    assert_key_refused(
+        "RS256",
+        &fixture("test-only-rsa-private.pem"),
+        "is a private key",
+    );
+    assert_key_refused(
+        "RS256",
+        &fixture("test-only-rsa-1024-public.pem"),
+        "is a 1024-bit RSA key; RS256 needs at least 2048 bits",
+    );
+    assert_key_refused(
+        "ES256",
+        &fixture("test-only-ec-p384-public.pem"),
+        "is an EC P-384 public key; ES256 needs an EC P-256 key",
+    );
+    assert_key_refused(
+        "ES256",
+        &fixture("test-only-rsa-public.pem"),
+        "is an RSA public key; ES256 needs an EC P-256 key",
+    );
 }
 
 #[test]
@@ -614,4 +679,52 @@ async fn json_logs_on_stderr_without_tokens_secrets_or_sdp() {
             );
         }
     }
+}
+
+/// A `sub` and `name` built to forge a log line: a newline, a complete fake log line, a fake
+/// field and terminal escape codes.
+const HOSTILE_SUB: &str =
+    "mallory\n2026-12-01T00:00:00.000000Z  INFO switchboard_server::session: forged admin=true\u{1b}[2J\u{1b}[31m";
+
+/// Joins as [`HOSTILE_SUB`] and returns the server's stderr once the join was logged.
+async fn logs_of_a_hostile_join(format: &str) -> Vec<String> {
+    let server = ServerOptions::with_secret(SECRET)
+        .env("SWITCHBOARD_LOG_FORMAT", format)
+        .start();
+    let mut claims = Claims::user(HOSTILE_SUB);
+    claims.name = Some(HOSTILE_SUB.to_string());
+    let _mallory = Client::join(server.addr(), ROOM, &claims.hs256(SECRET)).await;
+    wait_for_joined_log(&server).await;
+    server.stderr_lines()
+}
+
+#[tokio::test]
+async fn a_hostile_sub_cannot_forge_log_lines_in_pretty_or_json_logs() {
+    let lines = logs_of_a_hostile_join("pretty").await;
+    for line in &lines {
+        assert!(
+            !line.starts_with("2026-12-01T00:00:00"),
+            "forged log line: {lines:#?}"
+        );
+        assert!(!line.contains('\u{1b}'), "raw escape code in {line:?}");
+    }
+    let joined = lines
+        .iter()
+        .find(|l| l.contains("joined"))
+        .expect("a joined line");
+    let escaped = r#"user="mallory\n2026-12-01T00:00:00.000000Z  INFO switchboard_server::session: forged admin=true\u{1b}[2J\u{1b}[31m""#;
+    assert!(joined.contains(escaped), "sub not escaped: {joined}");
+
+    let lines = logs_of_a_hostile_join("json").await;
+    let mut seen = false;
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+        assert!(!line.contains('\u{1b}'), "raw escape code in {line:?}");
+        if v["fields"]["message"] == "joined" {
+            assert_eq!(v["span"]["user"], HOSTILE_SUB, "{line}");
+            seen = true;
+        }
+    }
+    assert!(seen, "no joined line: {lines:#?}");
 }

@@ -269,11 +269,16 @@ fn hs256_secret(r: &mut Reader<'_>, secret: SecretSetting, other_key: &str) -> O
     }
 }
 
-/// The PEM public key at `path`, checked to be one `algorithm` can use.
+/// The PEM public key at `path`, checked to be one `algorithm` can use:
+/// type, RSA size and curve first, each mistake with its own reason.
 fn public_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option<String> {
-    let usable = |pem: &[u8]| match algorithm {
-        JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem).is_ok(),
-        _ => jsonwebtoken::DecodingKey::from_ec_pem(pem).is_ok(),
+    let usable = |pem: &str| {
+        crate::auth::check_public_key(algorithm, pem).map_err(|p| Some(p.to_string()))?;
+        let parsed = match algorithm {
+            JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok(),
+            _ => jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok(),
+        };
+        parsed.then_some(()).ok_or(None)
     };
     pem_file(
         r,
@@ -287,9 +292,12 @@ fn public_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option
 
 /// The PEM private key at `path`, checked to be one `algorithm` can sign with.
 fn private_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option<Secret> {
-    let usable = |pem: &[u8]| match algorithm {
-        JwtAlgorithm::Rs256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem).is_ok(),
-        _ => jsonwebtoken::EncodingKey::from_ec_pem(pem).is_ok(),
+    let usable = |pem: &str| {
+        let parsed = match algorithm {
+            JwtAlgorithm::Rs256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).is_ok(),
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_ok(),
+        };
+        parsed.then_some(()).ok_or(None)
     };
     pem_file(
         r,
@@ -302,29 +310,37 @@ fn private_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Optio
     .map(Secret::new)
 }
 
-/// Reads the key file `setting` names; an unreadable or unusable one is an error.
+/// Reads the key file `setting` names; an unreadable or unusable one is an
+/// error. `usable` may say why (the text after the path), else the error
+/// names the kind of key expected.
 fn pem_file(
     r: &mut Reader<'_>,
     setting: &Meta,
     path: &str,
     algorithm: JwtAlgorithm,
     side: &str,
-    usable: impl Fn(&[u8]) -> bool,
+    usable: impl Fn(&str) -> Result<(), Option<String>>,
 ) -> Option<String> {
     match r.files.read(path) {
-        Ok(pem) if usable(pem.as_bytes()) => Some(pem),
-        Ok(_) => {
-            let kind = if algorithm == JwtAlgorithm::Rs256 {
-                "an RSA"
-            } else {
-                "an EC P-256"
-            };
-            r.err(
-                setting,
-                format!("{path} is not {kind} {side} key in PEM format"),
-            );
-            None
-        }
+        Ok(pem) => match usable(&pem) {
+            Ok(()) => Some(pem),
+            Err(Some(reason)) => {
+                r.err(setting, format!("{path} {reason}"));
+                None
+            }
+            Err(None) => {
+                let kind = if algorithm == JwtAlgorithm::Rs256 {
+                    "an RSA"
+                } else {
+                    "an EC P-256"
+                };
+                r.err(
+                    setting,
+                    format!("{path} is not {kind} {side} key in PEM format"),
+                );
+                None
+            }
+        },
         Err(e) => {
             r.err(setting, format!("cannot read {path}: {e}"));
             None
