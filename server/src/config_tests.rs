@@ -470,6 +470,68 @@ fn public_key_algorithms() {
 }
 
 #[test]
+fn connection_limits_defaults_and_errors() {
+    let c = load(&[], &[("JWT_SECRET", S)], &[]).unwrap();
+    assert_eq!(
+        c.connections,
+        ConnectionsConfig {
+            max: 10_000,
+            max_per_ip: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16384,
+            trusted_proxies: crate::listener::TrustedProxies::default(),
+        }
+    );
+    let c = load(
+        &["--trusted-proxies", "10.0.0.0/8, 192.0.2.7"],
+        &[
+            ("JWT_SECRET", S),
+            ("SWITCHBOARD_HEADER_READ_TIMEOUT_MS", "250"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.connections.header_read_timeout,
+        Duration::from_millis(250)
+    );
+    assert!(c
+        .connections
+        .trusted_proxies
+        .contains("10.9.8.7".parse().unwrap()));
+    assert!(c
+        .connections
+        .trusted_proxies
+        .contains("192.0.2.7".parse().unwrap()));
+    assert!(!c
+        .connections
+        .trusted_proxies
+        .contains("192.0.2.8".parse().unwrap()));
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("SWITCHBOARD_MAX_CONNECTIONS", "0"),
+            ("SWITCHBOARD_MAX_HEADER_BYTES", "4096"),
+            ("SWITCHBOARD_HEADER_READ_TIMEOUT_MS", "10"),
+            ("SWITCHBOARD_TRUSTED_PROXIES", "10.0.0.0/8,ingress.local"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    for (err, names) in errs.iter().zip([
+        "connections.max (SWITCHBOARD_MAX_CONNECTIONS",
+        "connections.header_read_timeout_ms (SWITCHBOARD_HEADER_READ_TIMEOUT_MS",
+        "connections.max_header_bytes (SWITCHBOARD_MAX_HEADER_BYTES",
+        "connections.trusted_proxies (SWITCHBOARD_TRUSTED_PROXIES",
+    ]) {
+        assert!(err.contains(names), "{err} should name {names}");
+    }
+    assert!(errs[3].contains("\"ingress.local\""), "{}", errs[3]);
+}
+
+#[test]
 fn public_key_mistakes_are_one_line_each_with_the_reason() {
     let cases = [
         (

@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod lifetime;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
@@ -79,15 +80,18 @@ pub async fn serve_state(
     tracing::info!(%addr, instance = %state.config.instance_id, bus = state.bus.health().kind, "serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::app(state.clone());
+    let settings = listener::Settings::from_config(&state.config.connections);
     // Upgraded WebSockets leave hyper's connection tracking, so the
     // graceful stop below only waits for plain HTTP requests.
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let mut server = tokio::spawn(listener::run(
+        listener,
+        app,
+        settings,
+        state.metrics.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::select! {
         () = shutdown => {}
         result = &mut server => {

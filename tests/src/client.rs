@@ -58,6 +58,8 @@ pub struct ConnectOptions {
     /// from the segment size (about 2.6 MB with loopback's 64 KiB segments), so a small value
     /// keeps the server's kernel from absorbing megabytes for a client that does not read.
     pub max_segment: Option<u32>,
+    /// Source address to connect from (a `127.0.0.x` of its own); default: the kernel's choice.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl ConnectOptions {
@@ -89,6 +91,11 @@ pub async fn open(
     if let Some(mss) = options.max_segment {
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::TcpMaxSeg, &mss)
             .map_err(|e| WsError::Io(e.into()))?;
+    }
+    if let Some(source) = options.source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(WsError::Io)?;
     }
     let stream = socket.connect(addr).await.map_err(WsError::Io)?;
     stream.set_nodelay(true).map_err(WsError::Io)?;

@@ -7,4 +7,5 @@ pub mod client;
 pub mod http;
 pub mod redis;
 pub mod server;
+pub mod tcp;
 pub mod token;

@@ -7,8 +7,8 @@ use rand::Rng;
 use super::reader::{Reader, SecretSetting};
 use super::settings::*;
 use super::{
-    Config, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig, RoomsConfig, Secret,
-    ShutdownConfig, SigningConfig, SigningKey,
+    Config, ConnectionsConfig, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig,
+    RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey,
 };
 
 /// The shortest HS256 secret accepted outside `--dev`: RFC 7518 3.2 wants a
@@ -69,6 +69,13 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
             ),
         );
     }
+    let connections = ConnectionsConfig {
+        max: r.get(&MAX_CONNECTIONS),
+        max_per_ip: r.get(&MAX_CONNECTIONS_PER_IP),
+        header_read_timeout: r.get(&HEADER_READ_TIMEOUT),
+        max_header_bytes: r.get(&MAX_HEADER_BYTES),
+        trusted_proxies: r.opt(&TRUSTED_PROXIES).unwrap_or_default(),
+    };
     Config {
         listen,
         log_format,
@@ -81,6 +88,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         allowed_origins,
         redis,
         shutdown,
+        connections,
     }
 }
 

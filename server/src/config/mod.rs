@@ -187,6 +187,21 @@ pub struct ShutdownConfig {
     pub drain_timeout: Duration,
 }
 
+/// How connections are accepted and bounded (see `listener`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionsConfig {
+    /// Open connections overall (WebSockets included).
+    pub max: usize,
+    /// Open connections per client address (IPv6: per /64).
+    pub max_per_ip: usize,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Peers whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: crate::listener::TrustedProxies,
+}
+
 /// The complete, validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -203,6 +218,7 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     pub redis: RedisConfig,
     pub shutdown: ShutdownConfig,
+    pub connections: ConnectionsConfig,
 }
 
 /// The key tokens are signed with, for `switchboard-server token`.

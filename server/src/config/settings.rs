@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::values::{
     addr, at_least, instance_id, key_prefix, milliseconds, milliseconds_at_least, origins,
-    seconds_at_least, seconds_or_off, secret, text, url_list,
+    seconds_at_least, seconds_or_off, secret, text, trusted_proxies, url_list,
 };
 use super::{JwtAlgorithm, LogFormat, Secret};
+use crate::listener::TrustedProxies;
 
 /// A setting's names and documentation, the same for every value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +271,23 @@ settings! {
     REDIS_KEY_PREFIX: Setting<String> = Setting::new(
         "redis.key_prefix", "REDIS_KEY_PREFIX", "--redis-key-prefix", "switchboard",
         Parse::Text(key_prefix), "Redis key prefix");
+
+    MAX_CONNECTIONS: Setting<usize> = Setting::new(
+        "connections.max", "SWITCHBOARD_MAX_CONNECTIONS", "--max-connections", "10000",
+        Parse::Text(|v| at_least(v, 1)), "open connections overall");
+    MAX_CONNECTIONS_PER_IP: Setting<usize> = Setting::new(
+        "connections.max_per_ip", "SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "--max-connections-per-ip", "100",
+        Parse::Text(|v| at_least(v, 1)), "open connections per client address");
+    HEADER_READ_TIMEOUT: Setting<Duration> = Setting::new(
+        "connections.header_read_timeout_ms", "SWITCHBOARD_HEADER_READ_TIMEOUT_MS", "--header-read-timeout-ms", "10000",
+        Parse::Text(|v| milliseconds_at_least(v, 100)), "time to send a request head, ms");
+    /// hyper cannot read heads into a buffer under 8 KiB.
+    MAX_HEADER_BYTES: Setting<usize> = Setting::new(
+        "connections.max_header_bytes", "SWITCHBOARD_MAX_HEADER_BYTES", "--max-header-bytes", "16384",
+        Parse::Text(|v| at_least(v, 8192)), "largest request head, bytes");
+    TRUSTED_PROXIES: Optional<TrustedProxies> = Optional::new(
+        "connections.trusted_proxies", "SWITCHBOARD_TRUSTED_PROXIES", "--trusted-proxies", "none",
+        Parse::List(trusted_proxies), "proxies whose X-Forwarded-For is believed, addresses or CIDRs");
 
     DRAIN_DELAY: Setting<Duration> = Setting::new(
         "shutdown.drain_delay_ms", "SWITCHBOARD_DRAIN_DELAY_MS", "--drain-delay-ms", "2000",

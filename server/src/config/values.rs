@@ -58,6 +58,15 @@ pub fn milliseconds_at_least(v: &str, min: u64) -> Result<Duration, String> {
     }
 }
 
+/// Proxy addresses or CIDRs; the listener owns what an entry may be.
+pub fn trusted_proxies(list: Vec<String>) -> Result<crate::listener::TrustedProxies, String> {
+    let nets = list
+        .iter()
+        .map(|e| crate::listener::parse_trusted_proxy(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::listener::TrustedProxies::new(nets))
+}
+
 pub fn instance_id(v: &str) -> Result<String, String> {
     if v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()) {
         Ok(v.to_owned())

@@ -1,0 +1,371 @@
+//! Connections that never finish their request, and too many of them, against the real server:
+//! idle and slow-header sockets closed by the header read timeout while a real client joins,
+//! oversize heads refused with 431, the per-address cap (429) and the overall cap (503) with
+//! health endpoints still answered, WebSockets counted for as long as they live, and client
+//! addresses from a trusted proxy's `X-Forwarded-For` (an untrusted one's ignored).
+//!
+//! Each test uses its own `127.0.0.x` source addresses for the sockets it piles up, so the real
+//! client (from 127.0.0.1) is never the one being limited.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use switchboard_e2e::client::{ws_path, Client, ConnectOptions};
+use switchboard_e2e::http::{get, HttpResponse};
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::tcp::{
+    connect_from, exchange, get_from, get_request, still_open, upgrade_request, wait_closed,
+};
+use switchboard_e2e::token::Claims;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const SECRET: &str = "e2e-connections-secret-0123456789abcdef";
+/// The default per-address cap (`connections.max_per_ip`).
+const DEFAULT_MAX_PER_IP: usize = 100;
+/// The default largest request head (`connections.max_header_bytes`).
+const DEFAULT_MAX_HEADER_BYTES: usize = 16384;
+/// Extra time allowed for a close the server owes, on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_secs(3);
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn token(user: &str) -> String {
+    Claims::user(user).hs256(SECRET)
+}
+
+fn server(env: &[(&str, &str)]) -> ServerProcess {
+    let mut options = ServerOptions::with_secret(SECRET);
+    for (k, v) in env {
+        options = options.env(*k, *v);
+    }
+    options.start()
+}
+
+/// The exact refusal: status, JSON error code, `Retry-After`, and the connection closed after it.
+fn assert_refusal(resp: &HttpResponse, status: u16, code: &str) {
+    assert_eq!(resp.status, status, "{}", resp.text());
+    let body = resp.json();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert_eq!(resp.header("retry-after"), Some("5"), "{:?}", resp.headers);
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "{:?}",
+        resp.headers
+    );
+}
+
+fn assert_alive(resp: &HttpResponse) {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["status"], "alive");
+}
+
+/// Opens `n` sockets from `source`, each with one answered keep-alive request: admitted and
+/// counted, idle until the header read timeout.
+async fn held_sockets(server: &ServerProcess, source: IpAddr, n: usize) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(held_socket(server, source, "/webrtc/health/live", &[]).await);
+    }
+    sockets
+}
+
+/// One socket from `source` whose keep-alive `GET path` (with `headers`) was answered 200.
+async fn held_socket(
+    server: &ServerProcess,
+    source: IpAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> TcpStream {
+    let mut s = connect_from(source, server.addr()).await;
+    let resp = exchange(&mut s, &get_request(path, headers, false)).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "held socket from {source}: {}",
+        resp.text()
+    );
+    s
+}
+
+/// A WebSocket upgrade (valid token) from `source`, answered with anything but 101.
+async fn upgrade_from(
+    source: IpAddr,
+    server: &ServerProcess,
+    room: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut s = connect_from(source, server.addr()).await;
+    let request = upgrade_request(&ws_path(room, &token("upgrader")), headers);
+    exchange(&mut s, &request).await
+}
+
+/// Polls (bounded) until a request from `source` is served again after a slot was freed.
+async fn wait_admitted(server: &ServerProcess, source: IpAddr, headers: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = get_from(source, server.addr(), "/webrtc/stats", headers).await;
+        if resp.status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a freed slot was not reused within 5 s: {} {}",
+            resp.status,
+            resp.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_and_slow_header_sockets_are_closed_by_the_header_timeout_while_a_client_joins() {
+    const TIMEOUT_MS: u64 = 1000;
+    const IDLE: usize = 40;
+    const SLOW: usize = 40;
+    let server = server(&[("SWITCHBOARD_HEADER_READ_TIMEOUT_MS", "1000")]);
+    let addr = server.addr();
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..IDLE {
+        idle.push(connect_from(loopback(2), addr).await);
+    }
+    // Slow headers: one byte every 100 ms, never the end of the head.
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let stream = connect_from(loopback(3), addr).await;
+        slow.push(tokio::spawn(async move {
+            let mut stream = stream;
+            let head = b"GET /webrtc/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            let mut sent = 0usize;
+            let started = Instant::now();
+            loop {
+                let byte = head.get(sent).copied().unwrap_or(b'a');
+                if stream.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                if started.elapsed() > Duration::from_millis(TIMEOUT_MS) + SLACK {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // Still being written to when the server gave up on it: wait for the close.
+            let closed = wait_closed(&mut stream, SLACK).await;
+            (sent, closed)
+        }));
+    }
+    // A real client joins and relays while the sockets are open.
+    let mut alice = Client::join(addr, "slow-room", &token("alice")).await;
+    let mut bob = Client::join(addr, "slow-room", &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    switchboard_e2e::client::assert_pair_relays(&mut alice, &mut bob).await;
+    assert_alive(&get(addr, "/webrtc/health/live").await);
+    // Nothing is closed early: at half the timeout every idle socket is still open.
+    let half = opened + Duration::from_millis(TIMEOUT_MS / 2);
+    if Instant::now() < half {
+        tokio::time::sleep_until(half.into()).await;
+        for (i, s) in idle.iter_mut().enumerate() {
+            assert!(
+                still_open(s).await,
+                "idle socket {i} closed before the header timeout"
+            );
+        }
+    }
+    let bound = Duration::from_millis(TIMEOUT_MS) + SLACK;
+    for (i, s) in idle.iter_mut().enumerate() {
+        let left = bound.saturating_sub(opened.elapsed());
+        let closed = wait_closed(s, left).await;
+        assert!(
+            closed.is_some(),
+            "idle socket {i} still open {:?} after connecting (header timeout {TIMEOUT_MS} ms)",
+            opened.elapsed()
+        );
+    }
+    for (i, task) in slow.into_iter().enumerate() {
+        let (sent, closed) = task.await.expect("slow-header task");
+        let closed = closed.unwrap_or_else(|| {
+            panic!("slow-header socket {i} still open after sending {sent} bytes over {bound:?}")
+        });
+        assert!(
+            closed.duration_since(opened) < bound + SLACK,
+            "slow-header socket {i} closed after {:?}",
+            closed.duration_since(opened)
+        );
+    }
+    // The joined clients were never subject to it.
+    switchboard_e2e::client::assert_pair_relays(&mut alice, &mut bob).await;
+}
+
+#[tokio::test]
+async fn oversize_request_heads_get_431_and_heads_within_the_bound_are_served() {
+    let server = server(&[]);
+    let addr = server.addr();
+    let live_with_header_of = |len: usize| {
+        let fill = "a".repeat(len);
+        async move {
+            get_from(
+                loopback(8),
+                addr,
+                "/webrtc/health/live",
+                &[("X-Fill", &fill)],
+            )
+            .await
+        }
+    };
+    assert_alive(&live_with_header_of(DEFAULT_MAX_HEADER_BYTES - 1000).await);
+    let resp = live_with_header_of(DEFAULT_MAX_HEADER_BYTES + 100).await;
+    assert_eq!(resp.status, 431, "{}", resp.text());
+    // A head that never ends (the 390 KB half-sent header): refused once the bound is reached,
+    // not buffered.
+    let mut s = connect_from(loopback(8), addr).await;
+    let mut head = b"GET /webrtc/health/live HTTP/1.1\r\nHost: x\r\nX-Fill: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 2 * DEFAULT_MAX_HEADER_BYTES));
+    s.write_all(&head).await.expect("write the unfinished head");
+    let resp = switchboard_e2e::tcp::read_response(&mut s).await;
+    assert_eq!(resp.status, 431, "{}", resp.text());
+    assert!(
+        wait_closed(&mut s, SLACK).await.is_some(),
+        "socket kept open after 431"
+    );
+}
+
+#[tokio::test]
+async fn per_address_cap_refuses_with_429_while_health_still_answers() {
+    // Defaults: 100 per address, 10 s header timeout (this test takes far less).
+    let server = server(&[]);
+    let addr = server.addr();
+    let crowd = loopback(4);
+    let mut held = held_sockets(&server, crowd, DEFAULT_MAX_PER_IP).await;
+
+    let resp = get_from(crowd, addr, "/webrtc/stats", &[]).await;
+    assert_refusal(&resp, 429, "too_many_connections");
+    // An upgrade from that address is refused the same way, before it becomes a socket.
+    let resp = upgrade_from(crowd, &server, "cap-room", &[]).await;
+    assert_refusal(&resp, 429, "too_many_connections");
+    // Probes from that address are still answered.
+    assert_alive(&get_from(crowd, addr, "/webrtc/health/live", &[]).await);
+    let ready = get_from(crowd, addr, "/webrtc/health/ready", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["status"], "ready");
+    // Other addresses are not affected.
+    let stats = get(addr, "/webrtc/stats").await;
+    assert_eq!(stats.status, 200, "{}", stats.text());
+    let _carol = Client::join(addr, "cap-room", &token("carol")).await;
+
+    // Closing one held socket frees its slot.
+    drop(held.pop());
+    wait_admitted(&server, crowd, &[]).await;
+}
+
+#[tokio::test]
+async fn overall_cap_refuses_with_503_and_websockets_count_while_they_live() {
+    const MAX: usize = 6;
+    let server = server(&[
+        ("SWITCHBOARD_MAX_CONNECTIONS", "6"),
+        ("SWITCHBOARD_HEADER_READ_TIMEOUT_MS", "1000"),
+    ]);
+    let addr = server.addr();
+    let mut clients = Vec::new();
+    for i in 0..MAX {
+        clients.push(Client::join(addr, "busy-room", &token(&format!("u{i}"))).await);
+    }
+    // Past the header read timeout: upgraded sockets are not subject to it, and still count.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let other = loopback(5);
+    let resp = get_from(other, addr, "/webrtc/stats", &[]).await;
+    assert_refusal(&resp, 503, "server_busy");
+    let resp = upgrade_from(other, &server, "busy-room", &[]).await;
+    assert_refusal(&resp, 503, "server_busy");
+    assert_alive(&get_from(other, addr, "/webrtc/health/live", &[]).await);
+    assert_alive(&get(addr, "/webrtc/health/live").await);
+    let health = get(addr, "/webrtc/health").await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(
+        health.json()["connections"],
+        MAX as u64,
+        "{}",
+        health.text()
+    );
+    // The joined clients still relay (the last two: one `user-joined` to read first).
+    let (older, last) = clients.split_at_mut(MAX - 1);
+    let second_last = &mut older[MAX - 2];
+    second_last.expect_type("user-joined").await;
+    switchboard_e2e::client::assert_pair_relays(second_last, &mut last[0]).await;
+
+    // A WebSocket that closes gives its slot back.
+    clients.pop().expect("a client").close().await;
+    wait_admitted(&server, other, &[]).await;
+}
+
+/// WebSocket through the "proxy" at `source`, forwarding for `client`.
+async fn proxied_ws(server: &ServerProcess, source: IpAddr, client: &str, user: &str) -> Client {
+    let options = ConnectOptions {
+        source: Some(source),
+        ..ConnectOptions::default()
+    }
+    .header("X-Forwarded-For", client);
+    let mut c = Client::connect_with(
+        server.addr(),
+        "proxy-room",
+        &ws_path("proxy-room", &token(user)),
+        &options,
+    )
+    .await;
+    c.read_room_state().await;
+    c
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_address_is_counted_and_an_untrusted_header_is_ignored() {
+    let proxy = loopback(6);
+    let server = server(&[
+        ("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.6"),
+        ("SWITCHBOARD_MAX_CONNECTIONS_PER_IP", "2"),
+    ]);
+    let addr = server.addr();
+    let client = "203.0.113.7";
+    // Two WebSockets for one client through the proxy fill that client's cap ...
+    let _w1 = proxied_ws(&server, proxy, client, "w1").await;
+    let w2 = proxied_ws(&server, proxy, client, "w2").await;
+    let xff = [("X-Forwarded-For", client)];
+    assert_refusal(
+        &get_from(proxy, addr, "/webrtc/stats", &xff).await,
+        429,
+        "too_many_connections",
+    );
+    let resp = upgrade_from(proxy, &server, "proxy-room", &xff).await;
+    assert_refusal(&resp, 429, "too_many_connections");
+    // ... and prepending a made-up address does not escape it (the rightmost entry counts).
+    let spoofed = [("X-Forwarded-For", "198.51.100.1, 203.0.113.7")];
+    assert_refusal(
+        &get_from(proxy, addr, "/webrtc/stats", &spoofed).await,
+        429,
+        "too_many_connections",
+    );
+    // Other clients of the same proxy are served, although the proxy itself holds more than
+    // two sockets: its own sockets are not capped per address.
+    let other = [("X-Forwarded-For", "203.0.113.8")];
+    let resp = get_from(proxy, addr, "/webrtc/stats", &other).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let _w4 = proxied_ws(&server, proxy, "203.0.113.8", "w4").await;
+
+    // An untrusted peer's header is ignored: naming the capped client does not refuse it, and
+    // naming fresh addresses does not lift its own cap of two.
+    let untrusted = loopback(7);
+    let _u1 = held_socket(&server, untrusted, "/webrtc/stats", &xff).await;
+    let _u2 = held_socket(&server, untrusted, "/webrtc/stats", &other).await;
+    let fresh = [("X-Forwarded-For", "192.0.2.99")];
+    assert_refusal(
+        &get_from(untrusted, addr, "/webrtc/stats", &fresh).await,
+        429,
+        "too_many_connections",
+    );
+
+    // The forwarded client's slot lives as long as its WebSocket.
+    w2.close().await;
+    wait_admitted(&server, proxy, &xff).await;
+}
