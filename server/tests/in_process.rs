@@ -431,3 +431,102 @@ async fn an_active_reader_keeps_up_with_a_burst_in_order() {
     assert_eq!(got, (0..COUNT).collect::<Vec<_>>());
     drop(server.stop);
 }
+
+/// What dashboards and alerts are written against in a `/metrics` scrape: every `# HELP` and
+/// `# TYPE` line, and every sample's name and labels (bucket bounds included) without its
+/// value, the samples of each family sorted. Values change with traffic; this must not.
+fn metrics_shape(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut samples: Vec<&str> = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with('#') {
+            samples.sort_unstable();
+            out.append(&mut samples);
+            out.push(line);
+        } else {
+            let (series, _value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("sample without a value: {line:?}"));
+            samples.push(series);
+        }
+    }
+    samples.sort_unstable();
+    out.append(&mut samples);
+    out.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// Asserts the shape of `addr`'s `/metrics` equals the golden file `name` in `tests/golden`.
+async fn assert_metrics_shape(addr: std::net::SocketAddr, golden: &str, name: &str) {
+    let (status, headers, body) = http_get(addr, "/metrics", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let shape = metrics_shape(&body);
+    if shape != golden {
+        let want: Vec<&str> = golden.lines().collect();
+        let got: Vec<&str> = shape.lines().collect();
+        let missing: Vec<&&str> = want.iter().filter(|l| !got.contains(l)).collect();
+        let extra: Vec<&&str> = got.iter().filter(|l| !want.contains(l)).collect();
+        panic!(
+            "/metrics differs from tests/golden/{name} (missing {missing:#?}, unexpected \
+             {extra:#?}; if only the order differs, compare the lists)\n--- scrape:\n{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_scrape_keeps_its_names_labels_types_and_buckets() {
+    let server = start(&[]).await;
+    assert_metrics_shape(
+        server.addr,
+        include_str!("golden/metrics_fresh.txt"),
+        "metrics_fresh.txt",
+    )
+    .await;
+
+    // Traffic that puts a series into every labelled family: a relay, an error and a refusal
+    // (counted before its close frame is sent, so the scrape below sees it).
+    let url = |user: &str, room: &str| {
+        let t = token(user, &["m"]);
+        format!("ws://{}/webrtc/ws/{room}?token={t}", server.addr)
+    };
+    let (mut a, _) = tokio_tungstenite::connect_async(url("alice", "m"))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut a).await["type"], "room-state");
+    let (mut b, _) = tokio_tungstenite::connect_async(url("bob", "m"))
+        .await
+        .unwrap();
+    let pb = next_json(&mut b).await["payload"]["self"]["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(next_json(&mut a).await["type"], "user-joined");
+    a.send(Message::text(
+        json!({"type": "offer", "to": pb, "payload": {"sdp": "v=0"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut b).await["type"], "offer");
+    a.send(Message::text(json!({"type": "dance"}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut a).await["payload"]["code"], "unknown_type");
+    let (mut refused, _) = tokio_tungstenite::connect_async(url("carol", "elsewhere"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_close(&mut refused).await,
+        (1008, "room_forbidden".into())
+    );
+
+    assert_metrics_shape(
+        server.addr,
+        include_str!("golden/metrics_traffic.txt"),
+        "metrics_traffic.txt",
+    )
+    .await;
+    drop(server.stop);
+}
