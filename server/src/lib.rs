@@ -46,7 +46,7 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
     let auth = auth::Authenticator::new(&config.jwt)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
-    let bus = bus::from_config(&config, hub.clone() as Arc<dyn LocalHub>).await?;
+    let bus = bus::from_config(&config, hub.clone() as Arc<dyn LocalHub>, metrics.bus()).await?;
     let shutdown = Arc::new(shutdown::Shutdown::new(config.shutdown.drain_window));
     Ok(AppState {
         config: Arc::new(config),

@@ -1,111 +1,104 @@
-//! Process metrics kept in atomics and small maps, rendered in the
-//! Prometheus text exposition format and as JSON for `/webrtc/stats`.
-//! Recording is cheap and lock-light; rendering happens only on scrape.
+//! Process metrics in one `prometheus-client` registry, rendered in the Prometheus text
+//! format (0.0.4) for `/metrics` and as JSON for `/webrtc/webrtc-metrics`. Recording is an
+//! atomic add (a read lock for labelled counters); rendering happens only on scrape. The
+//! Redis bus records into [`BusMetrics`], registered here so one scrape shows both.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 
-/// A fixed-bucket histogram (cumulative buckets are computed when rendering).
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+use prometheus_client::encoding::{prometheus_text, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::bus::redis::metrics::BusMetrics;
+
+/// Counters keyed by the value of one label, drawn from a closed set of `&'static str`
+/// (message types, error codes, close reasons). Unlike `Family`, the values can be read
+/// back (the JSON view needs them), series come out sorted, and HELP/TYPE are exported
+/// before the first series exists, as dashboards have always seen them.
+#[derive(Debug, Clone)]
+pub struct LabeledCounter {
+    label: &'static str,
+    series: Arc<RwLock<BTreeMap<&'static str, Counter>>>,
 }
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        // The sum is kept in millionths so it fits an atomic integer.
-        self.sum_micros
-            .fetch_add((value.max(0.0) * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
-#[derive(Debug, Default)]
-struct LabeledCounter(Mutex<BTreeMap<&'static str, u64>>);
 
 impl LabeledCounter {
-    fn inc(&self, label: &'static str) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(label).or_default() += 1;
-    }
-
-    fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn render(&self, out: &mut String, name: &str, label: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (l, v) in self.snapshot() {
-            let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
+    pub fn new(label: &'static str) -> Self {
+        LabeledCounter {
+            label,
+            series: Arc::default(),
         }
+    }
+
+    pub fn inc(&self, value: &'static str) {
+        // The common case, a value seen before, only takes the read lock.
+        if let Some(counter) = self.read().get(value) {
+            counter.inc();
+            return;
+        }
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        series.entry(value).or_default().inc();
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.read().iter().map(|(v, c)| (*v, c.get())).collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<&'static str, Counter>> {
+        // Counters only ever grow: a panic elsewhere cannot leave the map inconsistent.
+        self.series.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-const FANOUT_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0];
-const SIZE_BUCKETS: &[f64] = &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0];
-const SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+impl TypedMetric for LabeledCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
 
-/// Every metric the server records.
+impl EncodeMetric for LabeledCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (value, counter) in self.read().iter() {
+            counter.encode(encoder.encode_family(&[(self.label, *value)])?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+const FANOUT_BUCKETS: [f64; 8] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0];
+const SIZE_BUCKETS: [f64; 7] = [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0];
+const SECONDS_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// Every metric the server records, and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
-    connections_total: AtomicU64,
-    connections_active: AtomicI64,
-    messages_received: AtomicU64,
-    presence_dropped: AtomicU64,
-    presence_resyncs: AtomicU64,
+    registry: Registry,
+    connections: Gauge,
+    connections_total: Counter,
+    rooms: Gauge,
+    participants: Gauge,
+    bus_ready: Gauge,
+    draining: Gauge,
+    messages_received: Counter,
+    presence_dropped: Counter,
+    presence_resyncs: Counter,
     relayed: LabeledCounter,
     errors: LabeledCounter,
     closes: LabeledCounter,
     fanout: Histogram,
     message_bytes: Histogram,
     join_seconds: Histogram,
+    bus: BusMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
-            connections_total: AtomicU64::new(0),
-            connections_active: AtomicI64::new(0),
-            messages_received: AtomicU64::new(0),
-            presence_dropped: AtomicU64::new(0),
-            presence_resyncs: AtomicU64::new(0),
-            relayed: LabeledCounter::default(),
-            errors: LabeledCounter::default(),
-            closes: LabeledCounter::default(),
-            fanout: Histogram::new(FANOUT_BUCKETS),
-            message_bytes: Histogram::new(SIZE_BUCKETS),
-            join_seconds: Histogram::new(SECONDS_BUCKETS),
-        }
+        Self::new()
     }
 }
 
@@ -119,13 +112,138 @@ pub struct Gauges {
 }
 
 impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchboard");
+        // Help texts get their final "." from the registry. Counters are registered without
+        // `_total`, which the encoder appends (`connections` -> `switchboard_connections_total`).
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections (participants) on this instance",
+            connections.clone(),
+        );
+        let connections_total = Counter::default();
+        registry.register(
+            "connections",
+            "WebSocket connections accepted as participants",
+            connections_total.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let rooms = gauge(
+            &mut registry,
+            "rooms",
+            "Rooms with at least one participant on this instance",
+        );
+        let participants = gauge(
+            &mut registry,
+            "participants",
+            "Participants connected to this instance",
+        );
+        let bus_ready = gauge(
+            &mut registry,
+            "bus_ready",
+            "1 when the bus can carry messages",
+        );
+        let draining = gauge(
+            &mut registry,
+            "draining",
+            "1 while the instance is shutting down",
+        );
+        let messages_received = Counter::default();
+        registry.register(
+            "messages_received",
+            "Client messages received",
+            messages_received.clone(),
+        );
+        let presence_dropped = Counter::default();
+        registry.register(
+            "presence_dropped",
+            "Presence updates dropped for slow readers",
+            presence_dropped.clone(),
+        );
+        let presence_resyncs = Counter::default();
+        registry.register(
+            "presence_resyncs",
+            "Fresh room-state messages sent to readers that had missed presence updates",
+            presence_resyncs.clone(),
+        );
+        let relayed = LabeledCounter::new("type");
+        registry.register(
+            "messages_relayed",
+            "Client messages relayed, by message type",
+            relayed.clone(),
+        );
+        let errors = LabeledCounter::new("code");
+        registry.register(
+            "errors",
+            "Error messages sent to clients, by error code",
+            errors.clone(),
+        );
+        let closes = LabeledCounter::new("reason");
+        registry.register(
+            "closes",
+            "Connections closed or refused, by reason",
+            closes.clone(),
+        );
+        let fanout = Histogram::new(FANOUT_BUCKETS);
+        registry.register(
+            "relay_local_recipients",
+            "Local recipients per relayed message",
+            fanout.clone(),
+        );
+        let message_bytes = Histogram::new(SIZE_BUCKETS);
+        registry.register(
+            "message_size_bytes",
+            "Size of client messages",
+            message_bytes.clone(),
+        );
+        let join_seconds = Histogram::new(SECONDS_BUCKETS);
+        registry.register(
+            "join_duration_seconds",
+            "Time from upgrade to room-state",
+            join_seconds.clone(),
+        );
+        // Exported with every bus (zero without Redis), so the set of series does not
+        // depend on the deployment.
+        let bus = BusMetrics::default();
+        bus.register(&mut registry);
+        Metrics {
+            registry,
+            connections,
+            connections_total,
+            rooms,
+            participants,
+            bus_ready,
+            draining,
+            messages_received,
+            presence_dropped,
+            presence_resyncs,
+            relayed,
+            errors,
+            closes,
+            fanout,
+            message_bytes,
+            join_seconds,
+            bus,
+        }
+    }
+
+    /// What the Redis bus records into (a handle on the same registry).
+    pub fn bus(&self) -> BusMetrics {
+        self.bus.clone()
+    }
+
     pub fn connection_opened(&self) {
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
-        self.connections_active.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.inc();
+        self.connections.inc();
     }
 
     pub fn connection_closed(&self, reason: &'static str) {
-        self.connections_active.fetch_sub(1, Ordering::Relaxed);
+        self.connections.dec();
         self.closes.inc(reason);
     }
 
@@ -135,7 +253,7 @@ impl Metrics {
     }
 
     pub fn message_received(&self, bytes: usize) {
-        self.messages_received.fetch_add(1, Ordering::Relaxed);
+        self.messages_received.inc();
         self.message_bytes.observe(bytes as f64);
     }
 
@@ -149,12 +267,12 @@ impl Metrics {
     }
 
     pub fn presence_dropped(&self) {
-        self.presence_dropped.fetch_add(1, Ordering::Relaxed);
+        self.presence_dropped.inc();
     }
 
     /// A fresh `room-state` was queued for a reader that had missed presence.
     pub fn presence_resynced(&self) {
-        self.presence_resyncs.fetch_add(1, Ordering::Relaxed);
+        self.presence_resyncs.inc();
     }
 
     pub fn join_duration(&self, seconds: f64) {
@@ -162,110 +280,19 @@ impl Metrics {
     }
 
     pub fn active_connections(&self) -> i64 {
-        self.connections_active.load(Ordering::Relaxed)
+        self.connections.get()
     }
 
     /// Prometheus text exposition format (version 0.0.4).
     pub fn render_prometheus(&self, g: Gauges) -> String {
+        // Concurrent scrapes may both set these; each writes what it just read.
+        self.rooms.set(saturating_i64(g.rooms));
+        self.participants.set(saturating_i64(g.participants));
+        self.bus_ready.set(i64::from(g.bus_ready));
+        self.draining.set(i64::from(g.draining));
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        gauge(
-            &mut out,
-            "switchboard_connections",
-            "Open WebSocket connections (participants) on this instance.",
-            self.active_connections(),
-        );
-        counter(
-            &mut out,
-            "switchboard_connections_total",
-            "WebSocket connections accepted as participants.",
-            self.connections_total.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "switchboard_rooms",
-            "Rooms with at least one participant on this instance.",
-            g.rooms as i64,
-        );
-        gauge(
-            &mut out,
-            "switchboard_participants",
-            "Participants connected to this instance.",
-            g.participants as i64,
-        );
-        gauge(
-            &mut out,
-            "switchboard_bus_ready",
-            "1 when the bus can carry messages.",
-            i64::from(g.bus_ready),
-        );
-        gauge(
-            &mut out,
-            "switchboard_draining",
-            "1 while the instance is shutting down.",
-            i64::from(g.draining),
-        );
-        counter(
-            &mut out,
-            "switchboard_messages_received_total",
-            "Client messages received.",
-            self.messages_received.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_presence_dropped_total",
-            "Presence updates dropped for slow readers.",
-            self.presence_dropped.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "switchboard_presence_resyncs_total",
-            "Fresh room-state messages sent to readers that had missed presence updates.",
-            self.presence_resyncs.load(Ordering::Relaxed),
-        );
-        self.relayed.render(
-            &mut out,
-            "switchboard_messages_relayed_total",
-            "type",
-            "Client messages relayed, by message type.",
-        );
-        self.errors.render(
-            &mut out,
-            "switchboard_errors_total",
-            "code",
-            "Error messages sent to clients, by error code.",
-        );
-        self.closes.render(
-            &mut out,
-            "switchboard_closes_total",
-            "reason",
-            "Connections closed or refused, by reason.",
-        );
-        self.fanout.render(
-            &mut out,
-            "switchboard_relay_local_recipients",
-            "Local recipients per relayed message.",
-        );
-        self.message_bytes.render(
-            &mut out,
-            "switchboard_message_size_bytes",
-            "Size of client messages.",
-        );
-        self.join_seconds.render(
-            &mut out,
-            "switchboard_join_duration_seconds",
-            "Time from upgrade to room-state.",
-        );
-        // Redis bus: publish latency, reconnects, presence cleanups (zero without Redis).
-        crate::bus::redis::metrics::render(&mut out);
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 
@@ -273,19 +300,23 @@ impl Metrics {
     pub fn to_json(&self, g: Gauges) -> serde_json::Value {
         serde_json::json!({
             "connections": self.active_connections(),
-            "connections_total": self.connections_total.load(Ordering::Relaxed),
+            "connections_total": self.connections_total.get(),
             "rooms": g.rooms,
             "participants": g.participants,
             "bus_ready": g.bus_ready,
             "draining": g.draining,
-            "messages_received_total": self.messages_received.load(Ordering::Relaxed),
-            "presence_dropped_total": self.presence_dropped.load(Ordering::Relaxed),
-            "presence_resyncs_total": self.presence_resyncs.load(Ordering::Relaxed),
+            "messages_received_total": self.messages_received.get(),
+            "presence_dropped_total": self.presence_dropped.get(),
+            "presence_resyncs_total": self.presence_resyncs.get(),
             "messages_relayed_total": self.relayed.snapshot(),
             "errors_total": self.errors.snapshot(),
             "closes_total": self.closes.snapshot(),
         })
     }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -306,15 +337,70 @@ mod tests {
             bus_ready: true,
             draining: false,
         });
-        assert!(text.contains("switchboard_messages_relayed_total{type=\"offer\"} 2\n"));
-        assert!(text.contains("switchboard_errors_total{code=\"unknown_type\"} 1\n"));
-        assert!(text.contains("switchboard_closes_total{reason=\"slow_consumer\"} 1\n"));
-        assert!(text.contains("switchboard_connections 0\n"));
-        assert!(text.contains("switchboard_connections_total 1\n"));
-        assert!(text.contains("switchboard_rooms 1\n"));
-        assert!(text.contains("switchboard_relay_local_recipients_bucket{le=\"1\"} 1\n"));
-        assert!(text.contains("switchboard_relay_local_recipients_bucket{le=\"2\"} 2\n"));
-        assert!(text.contains("switchboard_relay_local_recipients_count 2\n"));
-        assert!(text.contains("switchboard_relay_local_recipients_sum 3\n"));
+        for line in [
+            "switchboard_messages_relayed_total{type=\"offer\"} 2",
+            "switchboard_errors_total{code=\"unknown_type\"} 1",
+            "switchboard_closes_total{reason=\"slow_consumer\"} 1",
+            "switchboard_connections 0",
+            "switchboard_connections_total 1",
+            "switchboard_rooms 1",
+            "switchboard_bus_ready 1",
+            "switchboard_relay_local_recipients_bucket{le=\"0\"} 0",
+            "switchboard_relay_local_recipients_bucket{le=\"1\"} 1",
+            "switchboard_relay_local_recipients_bucket{le=\"2\"} 2",
+            "switchboard_relay_local_recipients_bucket{le=\"+Inf\"} 2",
+            "switchboard_relay_local_recipients_count 2",
+            "switchboard_relay_local_recipients_sum 3.0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn labelled_counters_export_help_and_type_before_the_first_series() {
+        let text = Metrics::default().render_prometheus(Gauges::default());
+        let at = text
+            .find("# HELP switchboard_errors_total Error messages sent to clients, by error code.\n# TYPE switchboard_errors_total counter\n# HELP ")
+            .map(|_| ());
+        assert_eq!(at, Some(()), "{text}");
+    }
+
+    #[test]
+    fn json_reads_the_same_counters() {
+        let m = Metrics::default();
+        m.connection_opened();
+        m.message_received(10);
+        m.relayed("offer", 1);
+        m.relayed("answer", 1);
+        m.relayed("offer", 1);
+        m.refused("room_full");
+        m.presence_dropped();
+        m.presence_resynced();
+        let json = m.to_json(Gauges {
+            rooms: 3,
+            participants: 4,
+            bus_ready: true,
+            draining: true,
+        });
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "connections": 1,
+                "connections_total": 1,
+                "rooms": 3,
+                "participants": 4,
+                "bus_ready": true,
+                "draining": true,
+                "messages_received_total": 1,
+                "presence_dropped_total": 1,
+                "presence_resyncs_total": 1,
+                "messages_relayed_total": {"answer": 1, "offer": 2},
+                "errors_total": {},
+                "closes_total": {"room_full": 1},
+            })
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
+use switchboard_server::bus::redis::metrics::BusMetrics;
 use switchboard_server::bus::redis::{RedisBus, RedisSettings};
 use switchboard_server::bus::{Bus, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
 use switchboard_server::protocol::{Frame, RelayKind};
@@ -111,6 +112,7 @@ async fn node(redis: &RedisProcess, prefix: &str, id: &str, ttl: Duration) -> No
             presence_ttl: ttl,
         },
         hub.clone(),
+        BusMetrics::default(),
     )
     .await
     .expect("redis bus starts");
@@ -454,6 +456,7 @@ async fn an_instance_started_before_redis_becomes_ready_when_redis_appears() {
             presence_ttl: TTL,
         },
         hub.clone(),
+        BusMetrics::default(),
     )
     .await
     .expect("starting does not need Redis yet");
@@ -550,6 +553,7 @@ async fn after_a_partition_longer_than_the_ttl_nobody_is_declared_lost() {
                     presence_ttl: TTL,
                 },
                 hub.clone(),
+                BusMetrics::default(),
             )
             .await
             .expect("bus starts");

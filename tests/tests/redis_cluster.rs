@@ -333,8 +333,8 @@ async fn sigkill_of_an_instance_is_announced_as_instance_lost_within_ttl() {
         }
     }
     assert!(killed_at.elapsed() < bound);
-    // Exactly one survivor cleaned up, and its /metrics says so (the bus metrics are
-    // process-wide, so a process per instance is what tells them apart).
+    // Exactly one survivor cleaned up, and its /metrics says so (each server's registry
+    // counts its own bus only).
     let survivors = [servers[0].addr(), servers[2].addr()];
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

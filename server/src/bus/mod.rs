@@ -215,10 +215,12 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// Builds the bus the configuration asks for: the in-process bus unless a
-/// Redis URL is configured. `hub` receives events from other instances.
+/// Redis URL is configured. `hub` receives events from other instances; a Redis bus
+/// records into `metrics`.
 pub async fn from_config(
     config: &Config,
     hub: Arc<dyn LocalHub>,
+    metrics: redis::metrics::BusMetrics,
 ) -> Result<Arc<dyn Bus>, BusError> {
     match &config.redis.url {
         None => Ok(Arc::new(InProcessBus::new())),
@@ -229,7 +231,9 @@ pub async fn from_config(
                 instance_id: config.instance_id.clone(),
                 presence_ttl: config.rooms.presence_ttl,
             };
-            Ok(Arc::new(redis::RedisBus::start(settings, hub).await?))
+            Ok(Arc::new(
+                redis::RedisBus::start(settings, hub, metrics).await?,
+            ))
         }
     }
 }

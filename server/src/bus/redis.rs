@@ -64,6 +64,7 @@ struct Inner {
     client: redis::Client,
     conn: ConnectionManager,
     hub: Arc<dyn LocalHub>,
+    metrics: metrics::BusMetrics,
     /// Carries `instance`; parent of events not raised inside a bus task.
     span: tracing::Span,
     link: Mutex<link::Link>,
@@ -98,8 +99,13 @@ pub fn redacted_url(url: &str) -> String {
 
 impl RedisBus {
     /// Validates the settings and starts the background tasks. Redis does not need to be
-    /// reachable yet: the bus reports not ready and connects as soon as it can.
-    pub async fn start(settings: RedisSettings, hub: Arc<dyn LocalHub>) -> Result<Self, BusError> {
+    /// reachable yet: the bus reports not ready and connects as soon as it can. It records
+    /// into `metrics` (the server passes the handle registered for its `/metrics`).
+    pub async fn start(
+        settings: RedisSettings,
+        hub: Arc<dyn LocalHub>,
+        metrics: metrics::BusMetrics,
+    ) -> Result<Self, BusError> {
         let keys = Keys::new(&settings.key_prefix, &settings.instance_id)
             .map_err(|e| BusError::Config(format!("key prefix: {e}")))?;
         if settings.url.starts_with("rediss://") {
@@ -135,6 +141,7 @@ impl RedisBus {
             client,
             conn,
             hub,
+            metrics,
             span,
             link: Mutex::new(link::Link::default()),
             subscriber: subscriber::Subscriber::default(),
@@ -186,7 +193,7 @@ impl Inner {
             conn.publish::<_, _, i64>(channel, payload).await
         })
         .await?;
-        metrics::publish_latency(started.elapsed());
+        self.metrics.publish_latency(started.elapsed());
         Ok(())
     }
 }

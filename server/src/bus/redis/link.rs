@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::RedisResult;
 
-use super::{metrics, Inner};
+use super::Inner;
 use crate::bus::BusError;
 
 /// Intervals derived from the presence TTL (a short TTL in tests makes everything fast).
@@ -218,7 +218,7 @@ impl Inner {
                 self.presence.request_sync();
                 // Events published while we were cut off may be lost.
                 self.reconcile.request();
-                metrics::reconnected("commands");
+                self.metrics.reconnected("commands");
                 tracing::info!(
                     parent: &self.span,
                     down_for_ms = millis(down_for),

@@ -14,7 +14,7 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::RwLock;
 
 use super::link::may_sweep;
-use super::{metrics, parse_infos, scripts, sorted, Inner};
+use super::{parse_infos, scripts, sorted, Inner};
 use crate::bus::{BusError, JoinOutcome, RemoteEvent};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
@@ -518,7 +518,7 @@ impl Inner {
                 .await
         })
         .await?;
-        metrics::presence_cleanup(removed_total);
+        self.metrics.presence_cleanup(removed_total);
         tracing::warn!(
             dead_instance = %dead,
             rooms = rooms.len(),

@@ -16,7 +16,7 @@ use redis::AsyncCommands;
 use tokio::sync::{Mutex, Notify};
 
 use super::link::subscriber_wedged;
-use super::{metrics, wire, Inner};
+use super::{wire, Inner};
 use crate::bus::{BusError, RemoteEvent};
 use crate::room::{LeaveReason, RoomId};
 
@@ -260,7 +260,7 @@ pub(super) async fn subscriber_task(inner: Arc<Inner>) {
             // re-checked so the room lists converge.
             inner.presence.request_sync();
             inner.reconcile.request();
-            metrics::reconnected("subscriber");
+            inner.metrics.reconnected("subscriber");
             tracing::info!("redis subscriber reconnected and resubscribed");
         }
         loop {
