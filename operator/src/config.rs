@@ -55,6 +55,24 @@ struct File<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     allowed_origins: &'a [String],
     redis: Redis<'a>,
+    connections: Connections,
+}
+
+/// Inside a cluster every client reaches the pods through an ingress controller, a load
+/// balancer or kube-proxy, all on private addresses: without trusting them for
+/// `X-Forwarded-For`, the server's per-address connection cap would count whole proxies as one
+/// client and refuse real users.
+const IN_CLUSTER_PROXIES: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
+#[derive(Serialize)]
+struct Connections {
+    trusted_proxies: [&'static str; 5],
 }
 
 #[derive(Serialize)]
@@ -134,6 +152,9 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
         redis: Redis {
             url: &resolved.redis_url,
             key_prefix: &spec.redis.key_prefix,
+        },
+        connections: Connections {
+            trusted_proxies: IN_CLUSTER_PROXIES,
         },
     };
     let mut yaml = String::from(
