@@ -1,6 +1,6 @@
 //! HTTP surface: the WebSocket upgrade (origin check, token from query or
 //! subprotocol, refusals as close frames), the REST endpoints with JSON
-//! errors, metrics and the embedded demo page. `app(state)` builds the
+//! errors and CORS for the allowed origins, metrics and the embedded demo page. `app(state)` builds the
 //! router for `serve` and for tests.
 
 use std::collections::HashMap;
@@ -10,12 +10,13 @@ use std::time::Instant;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{self, AuthError, Authenticator, Identity};
 use crate::bus::Bus;
@@ -61,6 +62,7 @@ impl AppState {
 
 /// The router with every route.
 pub fn app(state: AppState) -> Router {
+    let cors = cors_layer(&state.config);
     Router::new()
         .route("/", get(index))
         .route("/switchboard.js", get(script))
@@ -73,7 +75,32 @@ pub fn app(state: AppState) -> Router {
         .route("/webrtc/stats", get(stats))
         .route("/webrtc/webrtc-metrics", get(webrtc_metrics))
         .route("/metrics", get(prometheus))
+        .layer(cors)
         .with_state(state)
+}
+
+/// How long a browser may reuse a preflight answer.
+const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// CORS for the same `allowed_origins` that guard the upgrade, so an app on
+/// another origin can call the REST endpoints with a bearer token. The
+/// upgrade itself is still refused with 403 by `ws_upgrade`: CORS only tells
+/// browsers what they may read, it refuses nothing.
+fn cors_layer(config: &Config) -> CorsLayer {
+    let origins = match config.allowed_origins.clone() {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| origin_in_list(&list, o))
+        }),
+    };
+    // Tokens travel in `Authorization`, never in cookies: no credentials mode.
+    // `Cache-Control` and `Content-Type` are CORS-safelisted response headers,
+    // readable without `expose_headers`.
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(CORS_MAX_AGE)
 }
 
 /// A JSON error response: `{"error": {"code", "message"}}`.
@@ -154,11 +181,16 @@ fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
     match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
         // Non-browser clients send no Origin; the check protects browsers.
         None => true,
-        Some(Ok(origin)) => allowed
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+        Some(Ok(origin)) => origin_in_list(allowed, origin),
         Some(Err(_)) => false,
     }
+}
+
+/// Whether `origin` is one of `allowed` (scheme and host are case-insensitive;
+/// a trailing `/` is ignored). Shared by the upgrade check and CORS.
+fn origin_in_list(allowed: &[String], origin: &str) -> bool {
+    let origin = origin.trim_end_matches('/');
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 async fn ws_upgrade(
@@ -468,4 +500,25 @@ async fn script() -> Response {
         include_str!("../static/switchboard.js"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_in_list;
+
+    #[test]
+    fn origins_match_case_insensitively_and_ignore_a_trailing_slash() {
+        let allowed = vec!["https://app.example".to_string()];
+        for (origin, expected) in [
+            ("https://app.example", true),
+            ("HTTPS://App.Example", true),
+            ("https://app.example/", true),
+            ("http://app.example", false),
+            ("https://app.example:8443", false),
+            ("https://evil.example", false),
+            ("null", false),
+        ] {
+            assert_eq!(origin_in_list(&allowed, origin), expected, "{origin}");
+        }
+    }
 }
