@@ -13,32 +13,38 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
-use crate::wire::{self, Event};
+use crate::wire::{self, Dialect, Event};
 
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub type Sink = SplitSink<Socket, Message>;
 pub type Stream = SplitStream<Socket>;
 
-/// A server to load: `http://host:port` (or `ws://`), as given.
+/// A server to load: `http://host:port` (or `ws://`) for Switchboard,
+/// `peerjs://host:port` for a PeerJS server (key `peerjs`, path `/`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub url: Url,
+    pub dialect: Dialect,
 }
 
 impl Target {
     pub fn parse(text: &str) -> anyhow::Result<Target> {
         let url = Url::parse(text).with_context(|| format!("--url {text:?} is not a URL"))?;
+        let dialect = match url.scheme() {
+            "peerjs" => Dialect::PeerJs,
+            _ => Dialect::Switchboard,
+        };
         match url.scheme() {
-            "http" | "ws" => {}
+            "http" | "ws" | "peerjs" => {}
             "https" | "wss" => bail!(
                 "--url {text}: TLS is not supported by the load generator; point it at the pods' or the Service's plain port"
             ),
-            other => bail!("--url {text}: scheme {other:?}, expected http:// or ws://"),
+            other => bail!("--url {text}: scheme {other:?}, expected http://, ws:// or peerjs://"),
         }
-        if url.host_str().is_none() {
-            bail!("--url {text}: no host");
+        if url.host_str().is_none() || url.port_or_known_default().is_none() {
+            bail!("--url {text}: no host and port");
         }
-        Ok(Target { url })
+        Ok(Target { url, dialect })
     }
 
     fn authority(&self) -> String {
@@ -51,11 +57,25 @@ impl Target {
 
     /// The base URL without trailing slash, as the report names it.
     pub fn label(&self) -> String {
-        format!("http://{}", self.authority())
+        match self.dialect {
+            Dialect::Switchboard => format!("http://{}", self.authority()),
+            Dialect::PeerJs => format!("peerjs://{}", self.authority()),
+        }
     }
 
-    pub fn ws_url(&self, room: &str, token: &str) -> String {
-        format!("ws://{}/webrtc/ws/{room}?token={token}", self.authority())
+    /// The upgrade URL; PeerJS has no rooms and no JWT: the participant
+    /// picks its id (`user`) and a random token.
+    pub fn ws_url(&self, room: &str, token: &str, user: &str) -> String {
+        match self.dialect {
+            Dialect::Switchboard => {
+                format!("ws://{}/webrtc/ws/{room}?token={token}", self.authority())
+            }
+            Dialect::PeerJs => format!(
+                "ws://{}/peerjs?key=peerjs&id={room}-{user}&token={:08x}",
+                self.authority(),
+                rand::random::<u32>()
+            ),
+        }
     }
 
     pub fn metrics_url(&self) -> String {
@@ -71,7 +91,12 @@ impl Target {
         match self.url.host() {
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
+            // peerjs:// is not a special scheme: its host stays a string.
+            Some(url::Host::Domain(d)) => {
+                d == "localhost"
+                    || d.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
             None => false,
         }
     }
@@ -127,12 +152,13 @@ fn io_kind(e: &std::io::Error) -> String {
 pub async fn join(
     target: &Target,
     room: &str,
+    user: &str,
     token: &str,
     config: WebSocketConfig,
     timeout: Duration,
 ) -> Result<Participant, JoinFailure> {
     let started = Instant::now();
-    let url = target.ws_url(room, token);
+    let url = target.ws_url(room, token, user);
     let attempt = async {
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
@@ -152,6 +178,21 @@ pub async fn join(
                             sink,
                             stream,
                             join_time: started.elapsed(),
+                        })
+                    }
+                    Ok(Event::Open) => {
+                        return Ok(Participant {
+                            id: format!("{room}-{user}"),
+                            others: Vec::new(),
+                            sink,
+                            stream,
+                            join_time: started.elapsed(),
+                        })
+                    }
+                    Ok(Event::Error { code }) => {
+                        return Err(JoinFailure::Closed {
+                            code: 1008,
+                            reason: code,
                         })
                     }
                     _ => return Err(JoinFailure::Protocol),
@@ -196,7 +237,7 @@ mod tests {
     fn targets_map_to_ws_and_metrics_urls() {
         let t = Target::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
-            t.ws_url("r-1", "abc"),
+            t.ws_url("r-1", "abc", "u"),
             "ws://127.0.0.1:8080/webrtc/ws/r-1?token=abc"
         );
         assert_eq!(t.metrics_url(), "http://127.0.0.1:8080/metrics");
@@ -205,6 +246,13 @@ mod tests {
         let w = Target::parse("ws://signal.example:9000").unwrap();
         assert!(!w.is_loopback());
         assert_eq!(w.port(), Some(9000));
+        let p = Target::parse("peerjs://127.0.0.1:9000").unwrap();
+        assert_eq!(p.dialect, Dialect::PeerJs);
+        assert_eq!(p.label(), "peerjs://127.0.0.1:9000");
+        assert!(p.is_loopback());
+        assert!(p
+            .ws_url("r", "t", "u")
+            .starts_with("ws://127.0.0.1:9000/peerjs?key=peerjs&id=r-u&token="));
         assert!(Target::parse("https://x").is_err());
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("nonsense").is_err());

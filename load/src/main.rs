@@ -312,7 +312,12 @@ async fn run(cli: Cli) -> anyhow::Result<(Report, Option<std::path::PathBuf>)> {
         progress: t.progress,
         concurrency: t.concurrency,
         join_timeout: Duration::from_secs(t.join_timeout_secs.max(1)),
-        target_name: "switchboard".into(),
+        // A PeerJS server measured with the same load is named as such.
+        target_name: if targets.iter().all(|t| t.dialect == wire::Dialect::PeerJs) {
+            "peerjs".into()
+        } else {
+            "switchboard".into()
+        },
     };
     let k = &cli.knobs;
     let mut runs = Vec::new();
@@ -367,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<(Report, Option<std::path::PathBuf>)> {
             }
             let cross = runs
                 .iter()
-                .find(|r| r.scenario == "relay" && r.target == "switchboard")
+                .find(|r| r.scenario == "relay" && r.target == ctx.target_name)
                 .map(|r| r.delivered_per_sec);
             if targets.len() > 1 && list.contains(&Compared::Relay) {
                 // Across instances against one instance, in the same run.

@@ -1,6 +1,8 @@
 //! The load generator's side of the wire, pure: probe messages out (stream,
 //! sequence number and send time in the payload, padded to a size) and
 //! server frames in, classified into the few events the scenarios need.
+//! Two dialects: Switchboard's protocol, and the PeerJS server's (for the
+//! same relay load against the server most users would otherwise pick).
 
 use std::borrow::Cow;
 
@@ -18,17 +20,47 @@ pub struct Probe {
     pub sent_us: u64,
 }
 
+/// Which server protocol a target speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Switchboard,
+    /// PeerJS server 1.x: `{"type":"CANDIDATE","dst":id,"payload":..}`, no rooms.
+    PeerJs,
+}
+
+/// PeerJS's name for a Switchboard signaling type (PeerJS has no broadcast).
+fn peerjs_kind(kind: &str) -> &'static str {
+    match kind {
+        "offer" => "OFFER",
+        "answer" => "ANSWER",
+        _ => "CANDIDATE",
+    }
+}
+
 /// A client message carrying `probe`, `to` a participant (or to the room),
 /// padded with `x` so the whole text is `size` bytes when `size` is larger
 /// than the bare message.
-pub fn encode_probe(kind: &str, to: Option<&str>, probe: &Probe, size: usize) -> String {
-    let head = match to {
-        // Participant ids come from the server: escape them like any string.
-        Some(to) => format!(
-            r#"{{"type":"{kind}","to":{},"payload":{{"#,
-            serde_json::Value::from(to)
+pub fn encode_probe(
+    dialect: Dialect,
+    kind: &str,
+    to: Option<&str>,
+    probe: &Probe,
+    size: usize,
+) -> String {
+    let head = match (dialect, to) {
+        (Dialect::PeerJs, to) => format!(
+            r#"{{"type":"{}","dst":{},"payload":{{"#,
+            peerjs_kind(kind),
+            serde_json::Value::from(to.unwrap_or_default())
         ),
-        None => format!(r#"{{"type":"{kind}","payload":{{"#),
+        (Dialect::Switchboard, to) => match to {
+            // Participant ids come from the server: escape them like any string.
+            Some(to) => format!(
+                r#"{{"type":"{kind}","to":{},"payload":{{"#,
+                serde_json::Value::from(to)
+            ),
+            None => format!(r#"{{"type":"{kind}","payload":{{"#),
+        },
     };
     let body = format!(
         r#""s":{},"n":{},"t":{},"p":""#,
@@ -64,6 +96,8 @@ pub enum Event {
     Error {
         code: String,
     },
+    /// PeerJS: the server accepted our id.
+    Open,
     /// Anything else (`pong`, `ack`, `reconnect`, a foreign relay, ...).
     Other,
 }
@@ -98,7 +132,15 @@ struct ErrorPayload {
     code: String,
 }
 
-const RELAY_KINDS: [&str; 6] = [
+#[derive(Deserialize)]
+struct PeerJsError {
+    msg: String,
+}
+
+const RELAY_KINDS: [&str; 9] = [
+    "OFFER",
+    "ANSWER",
+    "CANDIDATE",
     "offer",
     "answer",
     "ice-candidate",
@@ -136,6 +178,14 @@ pub fn classify(text: &str) -> Result<Event, Malformed> {
         "error" => Event::Error {
             code: payload::<ErrorPayload>(env.payload)?.code,
         },
+        "OPEN" => Event::Open,
+        "ERROR" => Event::Error {
+            code: format!("peerjs: {}", payload::<PeerJsError>(env.payload)?.msg),
+        },
+        // A message PeerJS could not deliver.
+        "EXPIRE" | "ID-TAKEN" => Event::Error {
+            code: format!("peerjs: {}", env.kind),
+        },
         kind if RELAY_KINDS.contains(&kind) => match payload::<Probe>(env.payload) {
             Ok(p) => Event::Probe(p),
             // Someone else's message in a shared room: not ours to count.
@@ -158,7 +208,13 @@ mod tests {
     #[test]
     fn probe_is_padded_to_the_exact_size() {
         for size in [200, 1024, 4096] {
-            let m = encode_probe("ice-candidate", Some("p-1"), &PROBE, size);
+            let m = encode_probe(
+                Dialect::Switchboard,
+                "ice-candidate",
+                Some("p-1"),
+                &PROBE,
+                size,
+            );
             assert_eq!(m.len(), size);
             let v: serde_json::Value = serde_json::from_str(&m).unwrap();
             assert_eq!(v["type"], "ice-candidate");
@@ -169,7 +225,7 @@ mod tests {
 
     #[test]
     fn small_sizes_give_the_bare_message() {
-        let m = encode_probe("chat-message", None, &PROBE, 1);
+        let m = encode_probe(Dialect::Switchboard, "chat-message", None, &PROBE, 1);
         assert_eq!(
             m,
             r#"{"type":"chat-message","payload":{"s":7,"n":42,"t":123456,"p":""}}"#
@@ -178,7 +234,7 @@ mod tests {
 
     #[test]
     fn relayed_probe_round_trips_through_a_server_envelope() {
-        let sent = encode_probe("offer", Some("b"), &PROBE, 300);
+        let sent = encode_probe(Dialect::Switchboard, "offer", Some("b"), &PROBE, 300);
         let v: serde_json::Value = serde_json::from_str(&sent).unwrap();
         // What the server delivers: its envelope around the original payload.
         let delivered = serde_json::json!({
@@ -230,6 +286,34 @@ mod tests {
         assert_eq!(
             classify(r#"{"type":"chat-message","payload":{"text":"hi"}}"#),
             Ok(Event::Other)
+        );
+    }
+
+    #[test]
+    fn peerjs_dialect() {
+        let m = encode_probe(Dialect::PeerJs, "ice-candidate", Some("b"), &PROBE, 250);
+        assert_eq!(m.len(), 250);
+        let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["dst"].as_str()),
+            (Some("CANDIDATE"), Some("b"))
+        );
+        // What the PeerJS server forwards: the message plus `src`.
+        let mut fwd = v.clone();
+        fwd["src"] = "a".into();
+        assert_eq!(classify(&fwd.to_string()), Ok(Event::Probe(PROBE)));
+        assert_eq!(classify(r#"{"type":"OPEN"}"#), Ok(Event::Open));
+        assert_eq!(
+            classify(r#"{"type":"ERROR","payload":{"msg":"Invalid key provided"}}"#),
+            Ok(Event::Error {
+                code: "peerjs: Invalid key provided".into()
+            })
+        );
+        assert_eq!(
+            classify(r#"{"type":"EXPIRE","src":"b","dst":"a"}"#),
+            Ok(Event::Error {
+                code: "peerjs: EXPIRE".into()
+            })
         );
     }
 

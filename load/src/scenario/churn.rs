@@ -55,9 +55,11 @@ async fn churner(
         let token = ctx.minter.mint(&format!("churn-{room_index}-{who}"))?;
         let target = &ctx.targets[(room_index + who + cycle) % n];
         let join_started_us = ctx.now_us();
+        let user = format!("churn-{room_index}-{who}");
         let joined = client::join(
             target,
             room,
+            &user,
             &token,
             client::client_config(),
             ctx.join_timeout,
@@ -107,6 +109,7 @@ async fn churner(
 }
 
 pub async fn run(ctx: &Ctx, p: &ChurnParams) -> anyhow::Result<Run> {
+    exchange::needs_rooms(ctx, "churn")?;
     let slots = exchange::pair_slots(ctx, "churn", p.rooms);
     let rooms: Vec<String> = slots.iter().step_by(2).map(|s| s.room.clone()).collect();
     let joined = exchange::join_all(ctx, &slots, "churn: joining pairs").await?;

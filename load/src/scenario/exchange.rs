@@ -21,7 +21,7 @@ use crate::report::{Joins, Run, ServerUsage};
 use crate::token::Minter;
 use crate::track::{Delivery, PresenceKind, PresenceSeen, StreamTracker};
 use crate::usage::{self, Sample, Source};
-use crate::wire::{self, Event, Probe};
+use crate::wire::{self, Dialect, Event, Probe};
 
 /// How long a sender waits for its window to open before it gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +31,14 @@ const DRAIN_IDLE: Duration = Duration::from_secs(3);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most probes written per flush when sending as fast as possible.
 const SEND_BATCH: u64 = 16;
+
+/// Refuses scenarios that need rooms and presence on a PeerJS target.
+pub fn needs_rooms(ctx: &Ctx, scenario: &str) -> anyhow::Result<()> {
+    if ctx.targets.iter().any(|t| t.dialect == Dialect::PeerJs) {
+        anyhow::bail!("{scenario} needs rooms and presence; a PeerJS server has neither (use relay or connections)");
+    }
+    Ok(())
+}
 
 /// What every scenario run needs.
 pub struct Ctx {
@@ -104,7 +112,15 @@ pub async fn join_all(ctx: &Ctx, slots: &[Slot], label: &str) -> anyhow::Result<
             let done = done.clone();
             let target = &ctx.targets[slot.target];
             async move {
-                let r = client::join(target, &slot.room, token, config, ctx.join_timeout).await;
+                let r = client::join(
+                    target,
+                    &slot.room,
+                    &slot.user,
+                    token,
+                    config,
+                    ctx.join_timeout,
+                )
+                .await;
                 done.fetch_add(1, Ordering::Relaxed);
                 (i, r)
             }
@@ -301,7 +317,7 @@ pub fn spawn_reader(
                     );
                 }
                 Ok(Event::Error { code }) => *out.errors.entry(code).or_default() += 1,
-                Ok(Event::RoomState { .. } | Event::Other) => {}
+                Ok(Event::RoomState { .. } | Event::Open | Event::Other) => {}
                 Err(wire::Malformed) => {
                     *out.errors.entry("malformed_frame".into()).or_default() += 1
                 }
@@ -384,6 +400,8 @@ pub struct SenderOutcome {
 pub struct SenderSpec {
     pub stream: u32,
     pub to: Option<String>,
+    /// The protocol of the server this sender talks to.
+    pub dialect: Dialect,
 }
 
 async fn run_sender(
@@ -438,7 +456,7 @@ async fn run_sender(
                 n: out.sent,
                 sent_us: u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX),
             };
-            let text = wire::encode_probe(plan.kind, to, &probe, size);
+            let text = wire::encode_probe(spec.dialect, plan.kind, to, &probe, size);
             // Counted before the write: a fast reply may arrive before feed returns.
             out.sent += 1;
             flow.sent.store(out.sent, Ordering::Relaxed);
@@ -581,7 +599,9 @@ where
                 let join_timeout = ctx.join_timeout;
                 senders.push(tokio::spawn(async move {
                     let mut sink = sink;
-                    let ready = view.wait_for(&peers, join_timeout).await;
+                    // PeerJS announces nobody: its senders start at once.
+                    let ready = spec.dialect == Dialect::PeerJs
+                        || view.wait_for(&peers, join_timeout).await;
                     gate.wait().await;
                     if !ready {
                         return (sink, None);
@@ -777,6 +797,7 @@ pub fn pair_members(ctx: &Ctx, slots: &[Slot], joined: Vec<Option<Participant>>)
                 send: Some(SenderSpec {
                     stream: out.recipients.len() as u32,
                     to: Some(peer),
+                    dialect: ctx.targets[slots[2 * pair].target].dialect,
                 }),
             });
             out.recipients.push(1);

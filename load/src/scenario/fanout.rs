@@ -27,6 +27,7 @@ pub fn default_window(room_size: usize) -> u64 {
 }
 
 pub async fn run(ctx: &Ctx, p: &FanoutParams) -> anyhow::Result<Run> {
+    exchange::needs_rooms(ctx, "fanout")?;
     let n = ctx.targets.len();
     let mut slots = Vec::new();
     for r in 0..p.rooms {
@@ -60,7 +61,11 @@ pub async fn run(ctx: &Ctx, p: &FanoutParams) -> anyhow::Result<Run> {
             members.push(Member {
                 participant: part,
                 peers,
-                send: Some(SenderSpec { stream, to: None }),
+                send: Some(SenderSpec {
+                    stream,
+                    to: None,
+                    dialect: crate::wire::Dialect::Switchboard,
+                }),
             });
             recipients.push(others);
             stream += 1;
