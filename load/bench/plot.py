@@ -28,7 +28,7 @@ def ensure_matplotlib():
         pass
     venv = os.path.join(ROOT, "target", "bench-venv")
     python = os.path.join(venv, "bin", "python3")
-    if os.path.realpath(sys.executable) == os.path.realpath(python):
+    if os.path.realpath(sys.prefix) == os.path.realpath(venv):
         sys.exit("plot.py: matplotlib is still missing inside " + venv)
     if not os.path.exists(python):
         subprocess.check_call([sys.executable, "-m", "venv", venv])
