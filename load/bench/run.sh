@@ -45,6 +45,7 @@ start_server() {
   local name=$1; shift
   env "$@" JWT_SECRET="$secret" WEBRTC_RATE_LIMIT_PER_SECOND=1000000 WEBRTC_RATE_LIMIT_BURST=1000000 \
     WEBRTC_RATE_LIMIT_BYTES_PER_SECOND=1000000000 WEBRTC_RATE_LIMIT_BYTES_BURST=1000000000 \
+    SWITCHBOARD_MAX_CONNECTIONS_PER_IP=100000 \
     RUST_LOG=warn "$server_bin" --listen 127.0.0.1:0 >"$out/logs/$name.out" 2>"$out/logs/$name.err" &
   pid=$!
   pids+=("$pid")
