@@ -39,6 +39,13 @@ rooms:
 redis:
   url: redis://:pw@demo-redis.x.svc:6379
   key_prefix: switchboard
+connections:
+  trusted_proxies:
+  - 10.0.0.0/8
+  - 172.16.0.0/12
+  - 192.168.0.0/16
+  - 100.64.0.0/10
+  - fc00::/7
 "
     );
     assert!(out.extra_files.is_empty());
