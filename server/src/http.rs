@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +15,12 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
 use crate::auth::{self, AuthError, Authenticator, Identity};
 use crate::bus::Bus;
+use crate::close_drain;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::{Gauges, Metrics};
@@ -27,6 +28,7 @@ use crate::protocol;
 use crate::room::RoomId;
 use crate::session::{self, close, AfterClose, ReadError, SessionContext, WriteError};
 use crate::shutdown::Shutdown;
+use crate::upgrade::{self, Upgrade, WsStream};
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is
 /// zero-filled on the first read, so every idle participant kept 128 KiB
@@ -204,7 +206,7 @@ async fn ws_upgrade(
     path: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, upgrade::Refusal>,
 ) -> Response {
     if !origin_allowed(&state.config, &headers) {
         state.metrics.refused("origin_forbidden");
@@ -244,27 +246,29 @@ async fn ws_upgrade(
     };
     let limits = &state.config.limits;
     let limit = limits.max_message_bytes;
-    ws.protocols([SUBPROTOCOL])
-        .max_message_size(limit)
-        .max_frame_size(limit)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         // tungstenite answers every ping with a pong into this buffer; with
         // no bound, a client that pings and never reads grows it forever.
         .write_buffer_size(WS_WRITE_BATCH)
         .max_write_buffer_size(WS_WRITE_BATCH + limits.write_buffer_bytes)
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| handle_socket(state, decision, guard, socket))
+        .read_buffer_size(WS_READ_BUFFER_BYTES);
+    // Browsers fail a connection whose answer names a protocol they did not
+    // offer, so it is echoed only when offered (a token-only offer gets none).
+    let protocol = upgrade::offers_protocol(&headers, SUBPROTOCOL).then_some(SUBPROTOCOL);
+    ws.accept(protocol, config, move |socket| {
+        handle_socket(state, decision, guard, socket)
+    })
 }
 
 /// Bytes tungstenite collects before writing to the socket (its default);
 /// `limits.write_buffer_bytes` is the room it may use beyond that.
 const WS_WRITE_BATCH: usize = 128 * 1024;
 
-fn classify(e: axum::Error) -> ReadError {
+fn classify(e: tungstenite::Error) -> ReadError {
     use tungstenite::error::ProtocolError as P;
-    let Ok(te) = e.into_inner().downcast::<tungstenite::Error>() else {
-        return ReadError::Transport;
-    };
-    match *te {
+    match e {
         tungstenite::Error::Capacity(_) => ReadError::TooBig,
         tungstenite::Error::Utf8(_) => ReadError::InvalidUtf8,
         // Frames RFC 6455 forbids; tungstenite has consumed each one whole.
@@ -285,9 +289,9 @@ fn classify(e: axum::Error) -> ReadError {
     }
 }
 
-fn classify_write(e: axum::Error) -> WriteError {
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(te) if matches!(*te, tungstenite::Error::WriteBufferFull(_)) => WriteError::BufferFull,
+fn classify_write(e: tungstenite::Error) -> WriteError {
+    match e {
+        tungstenite::Error::WriteBufferFull(_) => WriteError::BufferFull,
         _ => WriteError::Closed,
     }
 }
@@ -296,11 +300,11 @@ async fn handle_socket(
     state: AppState,
     decision: Result<(RoomId, Identity), &'static str>,
     guard: crate::shutdown::DrainGuard,
-    socket: WebSocket,
+    socket: WsStream,
 ) {
     let (sink, stream) = socket.split();
     let mut sink = session::ClassifyErrors::new(sink, classify_write);
-    let mut stream = stream.map(|r: Result<Message, axum::Error>| r.map_err(classify));
+    let mut stream = stream.map(classify_read as fn(_) -> _);
     let (room, identity) = match decision {
         Ok(ok) => ok,
         Err(reason) => {
@@ -332,7 +336,21 @@ async fn handle_socket(
         instance_id: state.config.instance_id.clone(),
         shutdown: state.shutdown.clone(),
     };
-    session::run(ctx, guard, sink, stream).await;
+    let close_timeout = ctx.limits.close_timeout;
+    let end = session::run(ctx, guard, &mut sink, &mut stream).await;
+    if let Some(AfterClose::Raw { aligned }) = end.map(session::End::after_close) {
+        // The close frame is out; tungstenite reads nothing more, so the
+        // client's answer is read from the socket itself.
+        let Ok(mut socket) = stream.into_inner().reunite(sink.into_inner()) else {
+            return;
+        };
+        let ended = close_drain::finish(socket.get_mut(), aligned, close_timeout).await;
+        tracing::debug!(?ended, "connection closed after a read error");
+    }
+}
+
+fn classify_read(r: Result<Message, tungstenite::Error>) -> Result<Message, ReadError> {
+    r.map_err(classify)
 }
 
 async fn webrtc_config(

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod close_drain;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -20,6 +21,7 @@ pub mod room;
 pub mod session;
 pub mod shutdown;
 pub mod token;
+pub mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;

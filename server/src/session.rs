@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::{Authenticator, Identity};
 use crate::bus::{Bus, JoinOutcome, RelayMessage};
@@ -91,6 +92,10 @@ pub struct ClassifyErrors<S, F> {
 impl<S, F> ClassifyErrors<S, F> {
     pub fn new(inner: S, classify: F) -> Self {
         ClassifyErrors { inner, classify }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -210,6 +215,17 @@ impl End {
         }
     }
 
+    /// How the close handshake reads the client's answer.
+    pub fn after_close(self) -> AfterClose {
+        match self {
+            // These came as read errors: the transport reads nothing more.
+            // tungstenite refuses a frame over the limit at its header.
+            End::TooBig => AfterClose::Raw { aligned: false },
+            End::Protocol | End::InvalidUtf8 => AfterClose::Raw { aligned: true },
+            _ => AfterClose::Drain,
+        }
+    }
+
     pub fn metric_label(self) -> &'static str {
         match self {
             End::ClientClosed => "closed",
@@ -232,17 +248,20 @@ impl End {
 pub enum AfterClose {
     /// Read and discard until the client's close frame (the handshake).
     Drain,
-    /// Read nothing: after a read error the transport yields nothing more
-    /// (tokio-tungstenite ends the stream at its first error). Wait out the
-    /// timeout instead, so the client has read the close before the socket
-    /// goes (its unread reply then makes the kernel reset the connection).
-    Linger,
+    /// Read nothing here: after a read error the transport yields nothing
+    /// more (tokio-tungstenite ends the stream at its first error). The
+    /// caller finishes the handshake on the raw socket
+    /// ([`crate::close_drain::finish`]); `aligned` says whether the unread
+    /// bytes start at a frame boundary (not after a frame over the size
+    /// limit, whose payload is still unread).
+    Raw { aligned: bool },
 }
 
 /// Ends a connection from the server side (RFC 6455 §7.1): writes `pending`
 /// (errors the client should see first) and the close frame, then, per
 /// `after`, reads and discards what the client still sends until its close
-/// frame or the end of the stream — all within `timeout`. A socket closed
+/// frame or the end of the stream — all within `timeout` (with
+/// [`AfterClose::Raw`] it returns once the close is out). A socket closed
 /// with unread input makes the kernel send a reset, and a reset makes the
 /// client's kernel throw away what it has not read yet: the very errors and
 /// close frame this sends. Pings read meanwhile are not answered.
@@ -259,7 +278,7 @@ pub async fn close_handshake<S, R>(
 {
     let deadline = Instant::now() + timeout;
     let close = Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     }));
     let sent = tokio::time::timeout_at(deadline, async {
@@ -292,7 +311,8 @@ pub async fn close_handshake<S, R>(
             })
             .await;
         }
-        AfterClose::Linger => tokio::time::sleep_until(deadline).await,
+        // The raw socket is the caller's; closing the sink would write nothing.
+        AfterClose::Raw { .. } => return,
     }
     let _ = tokio::time::timeout_at(deadline, sink.close()).await;
 }
@@ -502,17 +522,12 @@ impl Session {
             } else {
                 Vec::new()
             };
-            let after = match end {
-                // These came as read errors: the transport reads nothing more.
-                End::TooBig | End::Protocol | End::InvalidUtf8 => AfterClose::Linger,
-                _ => AfterClose::Drain,
-            };
             close_handshake(
                 sink,
                 stream,
                 pending,
                 frame,
-                after,
+                end.after_close(),
                 ctx.limits.close_timeout,
             )
             .await;
@@ -556,6 +571,8 @@ impl Session {
                 Err(ReadError::InvalidUtf8) => return End::InvalidUtf8,
                 Err(ReadError::Transport) => return End::Transport,
                 Ok(Message::Close(_)) => return End::ClientClosed,
+                // Raw frames are for writing; reads never yield one.
+                Ok(Message::Frame(_)) => continue,
                 Ok(Message::Ping(_) | Message::Pong(_)) => {
                     // Control frames cost the server as much as messages (each
                     // ping makes the transport queue a pong), so they spend the

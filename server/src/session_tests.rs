@@ -144,7 +144,9 @@ impl Client {
     /// The next message is the close frame; answers it, as a WebSocket client does.
     async fn expect_close(&mut self, code: u16, reason: &str) {
         match self.next().await {
-            Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (code, reason)),
+            Message::Close(Some(f)) => {
+                assert_eq!((u16::from(f.code), f.reason.as_str()), (code, reason))
+            }
             other => panic!("expected close {code} {reason}, got {other:?}"),
         }
         let _ = self.tx.unbounded_send(Ok(Message::Close(None)));
@@ -323,7 +325,10 @@ async fn a_server_close_reads_until_the_clients_close() {
     b.send(json!({"type":"chat-message","payload":2}));
     assert_eq!(a.expect("chat-message").await["payload"], 1);
     match b.next().await {
-        Message::Close(Some(f)) => assert_eq!((f.code, f.reason.as_str()), (1008, "rate_limited")),
+        Message::Close(Some(f)) => assert_eq!(
+            (u16::from(f.code), f.reason.as_str()),
+            (1008, "rate_limited")
+        ),
         other => panic!("{other:?}"),
     }
     let closed = tokio::time::Instant::now();
@@ -366,26 +371,30 @@ async fn a_server_close_reads_until_the_clients_close() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn after_a_read_error_nothing_more_is_read() {
+async fn after_a_read_error_the_session_ends_at_its_close_frame() {
     let w = World::new();
-    // The transport ends its stream at its first error: the server waits (so
-    // the close is read before the socket goes) but reads nothing more.
-    for (error, code) in [(ReadError::TooBig, 1009), (ReadError::Protocol, 1002)] {
+    // The transport ends its stream at its first error: the session writes
+    // its close and returns at once, reading nothing more; the HTTP layer
+    // finishes the handshake on the raw socket.
+    for (error, code, end, aligned) in [
+        (ReadError::TooBig, 1009, End::TooBig, false),
+        (ReadError::Protocol, 1002, End::Protocol, true),
+        (ReadError::InvalidUtf8, 1007, End::InvalidUtf8, true),
+    ] {
         let mut a = w.join("alice");
         a.joined().await;
         a.tx.unbounded_send(Err(error)).unwrap();
         let next = a.next().await;
         assert!(
-            matches!(next, Message::Close(Some(ref f)) if f.code == code),
+            matches!(next, Message::Close(Some(ref f)) if u16::from(f.code) == code),
             "{next:?}"
         );
         let closed = tokio::time::Instant::now();
-        a.tx.unbounded_send(Ok(Message::Close(None))).unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(a.tx.len(), 1, "{error:?}: the client's close was read");
-        a.task.await.unwrap();
-        assert_eq!(closed.elapsed(), Duration::from_secs(5), "{error:?}");
+        assert_eq!(a.task.await.unwrap(), Some(end));
+        assert_eq!(closed.elapsed(), Duration::ZERO, "{error:?}: waited");
+        assert_eq!(end.after_close(), AfterClose::Raw { aligned }, "{error:?}");
     }
+    assert_eq!(End::RateLimited.after_close(), AfterClose::Drain);
 }
 
 #[tokio::test]
@@ -513,7 +522,10 @@ async fn flooding_is_rejected_then_closed() {
             Message::Text(t) if t.as_str().contains("rate_limited") => errors += 1,
             Message::Text(_) => {}
             Message::Close(Some(f)) => {
-                assert_eq!((f.code, f.reason.as_str()), (1008, "rate_limited"));
+                assert_eq!(
+                    (u16::from(f.code), f.reason.as_str()),
+                    (1008, "rate_limited")
+                );
                 break;
             }
             other => panic!("{other:?}"),
