@@ -59,6 +59,12 @@
   const DEFAULT_REFRESH_LEAD_MS = 30000;
   /** Retry delay after a failed `refreshToken` callback. */
   const REFRESH_RETRY_MS = 5000;
+  /**
+   * After a `reconnect` hint the server closes the socket itself (1001 "server
+   * draining"); if that close has not come this long after the hint's delay,
+   * the client closes the socket and moves on.
+   */
+  const DRAIN_CLOSE_WAIT_MS = 5000;
 
   /**
    * A participant as the server describes it.
@@ -111,7 +117,9 @@
    * - `signal` `{message}` for every server message (raw envelope), for apps that
    *   use `chat-message`, `media-control` etc.
    * - `error` `{code, message}` for server `error` messages and local failures.
-   * - `reconnect` `{afterMs}` when the server asks us to move (drain).
+   * - `reconnect` `{afterMs}` when the server asks us to move (drain). The client
+   *   rejoins after `afterMs`, once the server has closed the old socket (1001,
+   *   reported as `closed` first); if that close is late it waits for it up to 5 s.
    * - `closed` `{code, reason, willReconnect}` when the WebSocket closes.
    * - `tokenrefreshed` `{expiresAt}` when the server accepted a refreshed token
    *   (`expiresAt` in Unix seconds). A refused one arrives as `error` with the
@@ -156,6 +164,9 @@
       /** @type {WebSocket|null} */ this._ws = null;
       this._attempt = 0;
       this._reconnectTimer = null;
+      /** Set when a `reconnect` hint's delay has passed but the server has not closed the old socket yet. */
+      this._reconnectOnClose = false;
+      this._drainCloseTimer = null;
       this._closedByUser = false;
     }
 
@@ -283,6 +294,7 @@
       this._closedByUser = true;
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
+      this._cancelDrainWait();
       this._cancelRefresh();
       this._closePeers();
       if (this._ws) {
@@ -346,8 +358,12 @@
           this.participants.clear();
           this._emitParticipants();
           if (willReconnect) {
-            // A pending `reconnect` hint keeps its own delay; otherwise back off.
-            if (this._reconnectTimer) this._setState("reconnecting");
+            // A `reconnect` hint whose delay has passed waited for this close;
+            // a pending one keeps its own delay; otherwise back off.
+            if (this._reconnectOnClose) {
+              this._cancelDrainWait();
+              this._reconnectNow();
+            } else if (this._reconnectTimer) this._setState("reconnecting");
             else this._scheduleReconnect(backoffMs(this._attempt++, this._maxBackoffMs));
           } else {
             this._setState("closed");
@@ -360,7 +376,8 @@
 
     _shouldReconnect(code, reason) {
       if (this._closedByUser || !this._autoReconnect) return false;
-      if (this._reconnectTimer) return true; // Already scheduled by a `reconnect` hint.
+      // Already scheduled by a `reconnect` hint.
+      if (this._reconnectTimer || this._reconnectOnClose) return true;
       // An expired token is final unless the app can give us a new one.
       if (reason === "token_expired") return this._refreshToken !== null;
       return !FATAL_CLOSE_CODES.has(code) && !FATAL_CLOSE_REASONS.has(reason);
@@ -373,25 +390,45 @@
         this._reconnectTimer = null;
         if (this._closedByUser) return;
         const old = this._ws;
-        this._ws = null; // Its close must not schedule another attempt.
-        if (old) old.close(1000, "reconnecting");
-        this._closePeers();
-        this._setState("connecting");
-        // A token that has run out cannot join: ask the app for a new one first.
-        this._tokenForJoin()
-          .catch((err) => {
-            // Join with the old token; its refusal decides about the next attempt.
-            this._emit("error", { code: "refresh_failed", message: String(err && err.message ? err.message : err) });
-          })
-          // Fresh config: TURN credentials are time-limited.
-          .then(() => this.fetchConfig())
-          .then((cfg) => {
-            this.rtcConfig = cfg;
-          })
-          .catch((err) => this._log("switchboard: keeping the old ICE config", String(err)))
-          .then(() => this._openSocket())
-          .catch((err) => this._log("switchboard: reconnect failed", String(err)));
+        if (old) {
+          // After a `reconnect` hint the server closes this socket (1001): wait
+          // for that close, so it is seen and reported, then reconnect from its
+          // handler. Should it not come, close the socket ourselves.
+          this._reconnectOnClose = true;
+          this._drainCloseTimer = setTimeout(() => {
+            this._drainCloseTimer = null;
+            if (this._ws === old) old.close(1000, "reconnecting");
+          }, DRAIN_CLOSE_WAIT_MS);
+          return;
+        }
+        this._reconnectNow();
       }, delayMs);
+    }
+
+    _cancelDrainWait() {
+      this._reconnectOnClose = false;
+      clearTimeout(this._drainCloseTimer);
+      this._drainCloseTimer = null;
+    }
+
+    /** Opens a new socket (fresh token and ICE config first); the old one is closed. */
+    _reconnectNow() {
+      this._closePeers();
+      this._setState("connecting");
+      // A token that has run out cannot join: ask the app for a new one first.
+      this._tokenForJoin()
+        .catch((err) => {
+          // Join with the old token; its refusal decides about the next attempt.
+          this._emit("error", { code: "refresh_failed", message: String(err && err.message ? err.message : err) });
+        })
+        // Fresh config: TURN credentials are time-limited.
+        .then(() => this.fetchConfig())
+        .then((cfg) => {
+          this.rtcConfig = cfg;
+        })
+        .catch((err) => this._log("switchboard: keeping the old ICE config", String(err)))
+        .then(() => this._openSocket())
+        .catch((err) => this._log("switchboard: reconnect failed", String(err)));
     }
 
     _onServerMessage(msg) {

@@ -446,7 +446,9 @@ fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
         ServerOptions::with_secret(SECRET)
             .env("WEBRTC_STUN_URLS", "")
             .env("SWITCHBOARD_DRAIN_DELAY_MS", "0")
-            .env("SWITCHBOARD_DRAIN_WINDOW_MS", "1000")
+            // Every hint says `after_ms: 0`: the hint's delay always runs out before the
+            // server's close arrives, the order a client must handle.
+            .env("SWITCHBOARD_DRAIN_WINDOW_MS", "0")
             .env("SWITCHBOARD_DRAIN_TIMEOUT_MS", "5000")
             .without_listen_flag()
             .args(["--listen", listen])
@@ -487,16 +489,38 @@ fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Each page heard the hint and the 1001 close, and is retrying.
+    // Each page heard the hint and then the server's 1001 close: the client waits for that
+    // close instead of closing the socket itself when the hint's delay runs out. Polled until
+    // the close is logged, then the order is checked on the log as it stands.
     for browser in both {
-        if let Err(e) = browser.wait_for(
-            "reconnect hint and close 1001 in the event log",
-            "const log = document.getElementById('log').textContent;
-             return log.includes('server asks to reconnect in') && log.includes('websocket closed 1001')
-                 && ['reconnecting', 'connecting'].includes(document.body.dataset.state);",
+        let seen = browser.wait_for(
+            "close 1001 in the event log",
+            r#"const lines = document.getElementById('log').textContent.split('\n');
+               const at = (text) => lines.findIndex((l) => l.includes(text));
+               const closed = at('websocket closed 1001 server draining (will reconnect)');
+               if (closed < 0) return null;
+               return {hint: at('server asks to reconnect in'), closed: closed,
+                       ownClose: at('websocket closed 1000'), state: document.body.dataset.state};"#,
             UPDATE_TIMEOUT,
-        ) {
-            fail(&e, &both, &old_server, &driver);
+        );
+        let order = match seen {
+            Ok(order) => order,
+            Err(e) => fail(&e, &both, &old_server, &driver),
+        };
+        let (hint, closed) = (order["hint"].as_i64(), order["closed"].as_i64());
+        let in_order = matches!((hint, closed), (Some(h), Some(c)) if h >= 0 && h < c);
+        let retrying =
+            ["reconnecting", "connecting"].contains(&order["state"].as_str().unwrap_or(""));
+        if !in_order || order["ownClose"] != json!(-1) || !retrying {
+            fail(
+                &format!(
+                    "{}: expected the hint, then close 1001, no close of its own, and a retry: {order}",
+                    browser.name()
+                ),
+                &both,
+                &old_server,
+                &driver,
+            );
         }
     }
 
