@@ -7,7 +7,7 @@
 //! the hub does no I/O and never talks to the bus (the bus talks to it
 //! through [`LocalHub`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,6 +29,13 @@ struct Member {
 #[derive(Debug, Default)]
 struct RoomMembers {
     members: HashMap<String, Member>,
+    /// Local participants whose bus join is under way ([`LocalHub::expect_join`]): the room
+    /// is kept, and other instances' presence recorded, from before the bus reads the room's
+    /// members until they register, so an event published in that window is not lost.
+    joining: HashSet<String>,
+    /// Remote participants that left while a join was under way: the member list that join
+    /// brings may still name them, and they must not come back with it.
+    departed: HashSet<String>,
 }
 
 impl RoomMembers {
@@ -40,6 +47,19 @@ impl RoomMembers {
 
     fn has_locals(&self) -> bool {
         self.members.values().any(|m| m.outbox.is_some())
+    }
+
+    /// Whether the room is still needed: a local member, or one joining.
+    fn in_use(&self) -> bool {
+        !self.joining.is_empty() || self.has_locals()
+    }
+
+    /// Ends one pending join; the last one forgets the departures it had to remember.
+    fn end_join(&mut self, participant_id: &str) {
+        self.joining.remove(participant_id);
+        if self.joining.is_empty() {
+            self.departed.clear();
+        }
     }
 }
 
@@ -140,7 +160,10 @@ impl Hub {
         // announces itself when it registers, and one that already left must
         // not reappear. So only other instances' entries come from the bus.
         for p in participants {
-            if p.participant_id != me.participant_id && p.instance_id != me.instance_id {
+            if p.participant_id != me.participant_id
+                && p.instance_id != me.instance_id
+                && !room.departed.contains(&p.participant_id)
+            {
                 room.members
                     .entry(p.participant_id.clone())
                     .or_insert_with(|| Member {
@@ -149,6 +172,7 @@ impl Hub {
                     });
             }
         }
+        room.end_join(&me.participant_id);
         room.members.insert(
             me.participant_id.clone(),
             Member {
@@ -176,7 +200,7 @@ impl Hub {
             let frame = protocol::encode_user_left(room_id.as_str(), &member.info, reason);
             self.announce(room, participant_id, &frame);
         }
-        if !room.has_locals() {
+        if !room.in_use() {
             rooms.remove(room_id);
         }
     }
@@ -312,11 +336,32 @@ impl LocalHub for Hub {
                     .members
                     .get(&participant.participant_id)
                     .is_some_and(|m| m.outbox.is_none());
+                if !room.joining.is_empty() {
+                    room.departed.insert(participant.participant_id.clone());
+                }
                 if is_remote {
                     room.members.remove(&participant.participant_id);
                     let frame = protocol::encode_user_left(room_id.as_str(), &participant, reason);
                     self.announce(room, "", &frame);
                 }
+            }
+        }
+    }
+
+    fn expect_join(&self, room: &RoomId, participant_id: &str) {
+        self.rooms()
+            .entry(room.clone())
+            .or_default()
+            .joining
+            .insert(participant_id.to_owned());
+    }
+
+    fn join_failed(&self, room_id: &RoomId, participant_id: &str) {
+        let mut rooms = self.rooms();
+        if let Some(room) = rooms.get_mut(room_id) {
+            room.end_join(participant_id);
+            if !room.in_use() {
+                rooms.remove(room_id);
             }
         }
     }

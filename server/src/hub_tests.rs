@@ -333,3 +333,65 @@ fn a_reader_that_missed_presence_gets_a_fresh_room_state_after_catching_up() {
     assert_eq!(try_next(&reader), None, "in sync: no second resync");
     assert_eq!(h.member_count(&room()), 4);
 }
+
+/// A member of another instance that announces itself after the bus read the room for a local
+/// join, but before that join registered, is in the joiner's `room-state`.
+#[test]
+fn a_remote_join_announced_while_a_local_join_is_under_way_is_kept() {
+    let h = hub();
+    h.expect_join(&room(), "a");
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: info("b", "i2"),
+    });
+    let a = outbox();
+    // The bus read the room before b's join: its list names only a.
+    h.register(&room(), &info("a", "i1"), a.clone(), &[info("a", "i1")]);
+    let state = json(try_next(&a));
+    let ids: Vec<&str> = state["payload"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["participant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{state}");
+    assert!(ids.contains(&"b"), "{state}");
+}
+
+/// A remote member that leaves between the bus's read of the room and the registration does not
+/// come back with the (older) list that read returned.
+#[test]
+fn a_remote_leave_during_a_local_join_is_not_undone_by_its_member_list() {
+    let h = hub();
+    h.expect_join(&room(), "a");
+    h.deliver(RemoteEvent::Left {
+        room_id: room(),
+        participant: info("b", "i2"),
+        reason: LeaveReason::Closed,
+    });
+    let a = outbox();
+    h.register(
+        &room(),
+        &info("a", "i1"),
+        a.clone(),
+        &[info("a", "i1"), info("b", "i2")],
+    );
+    let state = json(try_next(&a));
+    assert_eq!(state["payload"]["participant_count"], 1, "{state}");
+    assert!(h.remote_members(&room()).is_empty());
+}
+
+/// A join that does not happen leaves nothing behind; presence is no longer recorded for a room
+/// without local members.
+#[test]
+fn a_failed_join_forgets_the_room() {
+    let h = hub();
+    h.expect_join(&room(), "a");
+    h.join_failed(&room(), "a");
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: info("b", "i2"),
+    });
+    assert!(h.remote_members(&room()).is_empty());
+    assert_eq!(h.counts(), (0, 0));
+}

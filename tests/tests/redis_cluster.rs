@@ -951,3 +951,64 @@ async fn a_redis_outage_is_logged_when_it_starts_while_it_lasts_and_when_it_ends
     assert_eq!(ended.len(), 1, "the end is logged once: {ended:?}");
     assert!(ended[0]["fields"]["down_for_ms"].as_u64().unwrap_or(0) >= longest);
 }
+
+/// Whether `client` knows of `pid`: in its `room-state`, or by a `user-joined` within `timeout`.
+async fn learns_of(client: &mut Client, pid: &str, timeout: Duration) -> bool {
+    let state = client.room_state.as_ref().expect("joined");
+    if ids(&state["payload"]["participants"])
+        .iter()
+        .any(|p| p == pid)
+    {
+        return true;
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match client.next_event(left).await {
+            Event::Json(msg)
+                if msg["type"] == "user-joined" && msg["payload"]["participant_id"] == pid =>
+            {
+                return true
+            }
+            Event::Json(_) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Two participants joining one room at the same moment on two instances each learn of the
+/// other: the first from the second's `user-joined`, which is announced after the first's join
+/// read the room but possibly before the first was registered on its instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_joins_on_two_instances_see_each_other() {
+    const ROOMS: usize = 60;
+    let redis = RedisProcess::start();
+    let servers = cluster(&redis, 2).await;
+    let (a, b) = (servers[0].addr(), servers[1].addr());
+    let pairs = futures_util::future::join_all((0..ROOMS).map(|i| async move {
+        let room = format!("race-{i}");
+        let (tx, ty) = (token(&format!("x{i}")), token(&format!("y{i}")));
+        let (x, y) = tokio::join!(Client::join(a, &room, &tx), Client::join(b, &room, &ty));
+        (x, y)
+    }))
+    .await;
+    let mut missed = Vec::new();
+    for (mut x, mut y) in pairs {
+        let (px, py) = (x.pid(), y.pid());
+        if !learns_of(&mut x, &py, Duration::from_secs(3)).await {
+            missed.push(format!("{} on A never heard of {py}", x.room));
+        }
+        if !learns_of(&mut y, &px, Duration::from_secs(3)).await {
+            missed.push(format!("{} on B never heard of {px}", y.room));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of {} sides: {missed:?}",
+        missed.len(),
+        2 * ROOMS
+    );
+}

@@ -152,8 +152,18 @@ pub trait LocalHub: Send + Sync + 'static {
     /// Delivers an event from another instance to local participants of its
     /// room. Never blocks and never fails: recipients whose queues overflow
     /// are closed with `slow_consumer` by the hub. Events for rooms without
-    /// local participants are ignored.
+    /// local participants (or joins under way) are ignored.
     fn deliver(&self, event: RemoteEvent);
+
+    /// A local participant's join is under way: from now until it registers
+    /// (or [`join_failed`](Self::join_failed)), presence events of the room
+    /// are recorded, although it has no local member yet. Called before the
+    /// bus reads the room's members, so an announcement published after that
+    /// read and before the registration is not lost.
+    fn expect_join(&self, room: &RoomId, participant_id: &str);
+
+    /// Ends an [`expect_join`](Self::expect_join) whose join did not happen.
+    fn join_failed(&self, room: &RoomId, participant_id: &str);
 
     /// The members of `room` this hub knows on *other* instances (empty for
     /// a room without local participants): the one record a bus reconciles

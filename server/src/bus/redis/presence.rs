@@ -155,6 +155,24 @@ impl Inner {
         capacity: usize,
     ) -> Result<JoinOutcome, BusError> {
         let gate = self.presence.gate.read().await;
+        // Before the script reads the room: a member that joins elsewhere after that read
+        // announces itself while this participant is not registered in the hub yet.
+        self.hub.expect_join(room, &participant.participant_id);
+        let outcome = self.join_announced(room, participant, capacity, gate).await;
+        if !matches!(outcome, Ok(JoinOutcome::Joined { .. })) {
+            self.hub.join_failed(room, &participant.participant_id);
+        }
+        outcome
+    }
+
+    /// [`join`](Self::join) once the hub expects the participant.
+    async fn join_announced(
+        &self,
+        room: &RoomId,
+        participant: &ParticipantInfo,
+        capacity: usize,
+        gate: tokio::sync::RwLockReadGuard<'_, ()>,
+    ) -> Result<JoinOutcome, BusError> {
         self.acquire_room(room).await?;
         let info = serde_json::to_string(participant).unwrap_or_default();
         let mut invocation = self
