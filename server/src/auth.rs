@@ -1,5 +1,6 @@
 //! Who may do what: JWT validation (algorithm pinned by configuration,
-//! `exp` required, optional `iss`/`aud`, `rooms` claim), the start-up check
+//! `exp` required, optional `iss`/`aud`, `rooms` claim, the `grants` and
+//! `metadata` claims), the start-up check
 //! of a public key (type, RSA size, EC curve), coturn REST API TURN
 //! credentials, and the `--dev` token. Pure apart from reading the clock.
 
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{JwtAlgorithm, JwtConfig, JwtKey};
 use crate::protocol::ErrorCode;
-use crate::room::RoomId;
+use crate::room::{metadata_bytes, Metadata, RoomId};
 
 /// Why a token (or its use for a room) was refused. `reason()` is the exact
 /// WebSocket close reason; REST maps these to 401/403.
@@ -29,6 +30,9 @@ pub enum AuthError {
     InvalidAudience,
     #[error("the token does not allow this room")]
     RoomForbidden,
+    /// The `metadata` claim is larger than `limits.max_metadata_bytes`.
+    #[error("the token's metadata claim is too large")]
+    MetadataTooLarge,
 }
 
 impl AuthError {
@@ -40,6 +44,7 @@ impl AuthError {
             AuthError::TokenExpired => "token_expired",
             AuthError::InvalidAudience => "invalid_audience",
             AuthError::RoomForbidden => "room_forbidden",
+            AuthError::MetadataTooLarge => "metadata_too_large",
         }
     }
 
@@ -63,6 +68,11 @@ pub struct Identity {
     /// `exp` claim, Unix seconds.
     pub expires_at: u64,
     pub rooms: RoomAccess,
+    /// `"grants": {"room_admin": true}`: may call the server API (for the
+    /// rooms in `rooms`). Never set by a participant token.
+    pub room_admin: bool,
+    /// The `metadata` claim, a JSON object.
+    pub metadata: Option<Metadata>,
 }
 
 impl Identity {
@@ -95,6 +105,15 @@ fn present_rooms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RoomsC
 /// always takes one message).
 pub const MAX_IDENTITY_CHARS: usize = 256;
 
+/// `"grants": {"room_admin": true}`. Unknown grants are ignored (a newer
+/// backend may mint them); a known one that is not a boolean makes the
+/// token invalid rather than being guessed at.
+#[derive(Deserialize, Default)]
+struct GrantsClaim {
+    #[serde(default)]
+    room_admin: bool,
+}
+
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
@@ -103,12 +122,20 @@ struct Claims {
     name: Option<String>,
     #[serde(default, deserialize_with = "present_rooms")]
     rooms: Option<RoomsClaim>,
+    #[serde(default)]
+    grants: Option<GrantsClaim>,
+    /// Anything but an object (or absent) makes the token invalid.
+    #[serde(default)]
+    metadata: Option<Metadata>,
 }
 
 /// Verifies tokens with the configured key and algorithm.
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    /// Largest `metadata` claim accepted (compact JSON bytes); `None` = any
+    /// (the `token` command, which does not know the server's limit).
+    max_metadata_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -320,7 +347,18 @@ impl Authenticator {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Ok(Authenticator { key, validation })
+        Ok(Authenticator {
+            key,
+            validation,
+            max_metadata_bytes: None,
+        })
+    }
+
+    /// Refuses tokens whose `metadata` claim is larger than `bytes` (compact
+    /// JSON) with [`AuthError::MetadataTooLarge`].
+    pub fn with_max_metadata_bytes(mut self, bytes: usize) -> Self {
+        self.max_metadata_bytes = Some(bytes);
+        self
     }
 
     /// Verifies `token` and extracts the identity.
@@ -348,6 +386,11 @@ impl Authenticator {
             Some(RoomsClaim::Many(list)) if list.iter().any(|r| r == "*") => RoomAccess::All,
             Some(RoomsClaim::Many(list)) => RoomAccess::Only(list),
         };
+        if let (Some(max), Some(metadata)) = (self.max_metadata_bytes, &c.metadata) {
+            if metadata_bytes(metadata) > max {
+                return Err(AuthError::MetadataTooLarge);
+            }
+        }
         let username = c
             .name
             .filter(|n| !n.trim().is_empty())
@@ -357,6 +400,8 @@ impl Authenticator {
             username,
             expires_at: c.exp,
             rooms,
+            room_admin: c.grants.unwrap_or_default().room_admin,
+            metadata: c.metadata,
         })
     }
 
@@ -404,9 +449,9 @@ impl RefreshError {
             RefreshError::Auth(AuthError::TokenExpired) => ErrorCode::TokenExpired,
             RefreshError::Auth(AuthError::InvalidAudience) => ErrorCode::InvalidAudience,
             RefreshError::Auth(AuthError::RoomForbidden) => ErrorCode::RoomForbidden,
-            RefreshError::Auth(AuthError::MissingToken | AuthError::InvalidToken) => {
-                ErrorCode::InvalidToken
-            }
+            RefreshError::Auth(
+                AuthError::MissingToken | AuthError::InvalidToken | AuthError::MetadataTooLarge,
+            ) => ErrorCode::InvalidToken,
             RefreshError::UserMismatch => ErrorCode::UserMismatch,
         }
     }

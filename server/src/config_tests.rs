@@ -60,6 +60,7 @@ fn defaults() {
             rate_limit_burst: 200,
             rate_limit_bytes_per_second: 262_144,
             rate_limit_bytes_burst: 524_288,
+            max_metadata_bytes: 1024,
             max_json_depth: 32,
             max_session: None,
             outbound_queue_messages: 256,

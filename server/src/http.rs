@@ -83,6 +83,7 @@ pub fn app(state: AppState) -> Router {
         .route("/webrtc/stats", get(stats))
         .route("/webrtc/webrtc-metrics", get(webrtc_metrics))
         .route("/metrics", get(prometheus))
+        .nest(crate::api::PREFIX, crate::api::routes(&state.config))
         .layer(cors)
         .with_state(state)
 }
@@ -138,6 +139,9 @@ impl From<AuthError> for ApiError {
             AuthError::TokenExpired => "the token has expired",
             AuthError::InvalidAudience => "the token is not meant for this service",
             AuthError::RoomForbidden => "the token does not allow this room",
+            AuthError::MetadataTooLarge => {
+                "the token's metadata claim is larger than limits.max_metadata_bytes"
+            }
         };
         ApiError {
             status,
@@ -148,7 +152,10 @@ impl From<AuthError> for ApiError {
 }
 
 /// The token of a REST request: `Authorization: Bearer`, else `?token=`.
-fn rest_token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+pub(crate) fn rest_token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
     let from_header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

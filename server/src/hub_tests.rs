@@ -20,6 +20,7 @@ fn info(id: &str, instance: &str) -> ParticipantInfo {
         username: id.into(),
         joined_at: "2026-11-28T16:30:27.123Z".into(),
         instance_id: instance.into(),
+        metadata: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! shutdown future, or [`http::app`] without a socket.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod close_drain;
@@ -45,7 +46,8 @@ pub enum ServeError {
 /// Builds the shared state: metrics, hub, bus (per configuration) and the
 /// token verifier.
 pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
-    let auth = auth::Authenticator::new(&config.jwt)?;
+    let auth = auth::Authenticator::new(&config.jwt)?
+        .with_max_metadata_bytes(config.limits.max_metadata_bytes);
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
     let bus = bus::from_config(&config, hub.clone() as Arc<dyn LocalHub>, metrics.bus()).await?;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::room::{LeaveReason, ParticipantInfo};
+use crate::room::{LeaveReason, Metadata, ParticipantInfo};
 
 /// A serialized server → client message: one JSON object, cheap to clone.
 ///
@@ -394,6 +394,8 @@ struct SelfView<'a> {
     participant_id: &'a str,
     user_id: &'a str,
     username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Metadata>,
 }
 
 #[derive(Serialize)]
@@ -402,6 +404,10 @@ struct PublicParticipant<'a> {
     user_id: &'a str,
     username: &'a str,
     joined_at: &'a str,
+    /// Only when the participant has metadata (its token's claim, or what
+    /// the server API set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Metadata>,
 }
 
 impl<'a> From<&'a ParticipantInfo> for PublicParticipant<'a> {
@@ -411,6 +417,7 @@ impl<'a> From<&'a ParticipantInfo> for PublicParticipant<'a> {
             user_id: &p.user_id,
             username: &p.username,
             joined_at: &p.joined_at,
+            metadata: p.metadata.as_ref(),
         }
     }
 }
@@ -440,6 +447,7 @@ pub fn encode_room_state(
             participant_id: &me.participant_id,
             user_id: &me.user_id,
             username: &me.username,
+            metadata: me.metadata.as_ref(),
         },
         participants: participants.iter().map(PublicParticipant::from).collect(),
         participant_count: participants.len(),
@@ -479,6 +487,32 @@ pub fn encode_user_left(room_id: &str, p: &ParticipantInfo, reason: LeaveReason)
         reason,
     };
     encode("user-left", &payload, None, room_id, &now_timestamp(), None)
+}
+
+/// `participant-updated`: the server API replaced a participant's metadata.
+pub fn encode_participant_updated(room_id: &str, p: &ParticipantInfo) -> Frame {
+    encode(
+        "participant-updated",
+        &PublicParticipant::from(p),
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
+}
+
+/// `server-message`: a message the application backend sent through the
+/// server API, to the whole room or one participant. Like every
+/// server-originated message it carries `sender_id: null` and `to: null`.
+pub fn encode_server_message(room_id: &str, payload: &RawValue) -> Frame {
+    encode(
+        "server-message",
+        payload,
+        None,
+        room_id,
+        &now_timestamp(),
+        None,
+    )
 }
 
 /// `pong`, echoing the ping's payload (or `null`).

@@ -137,6 +137,7 @@ fn participant(id: &str) -> ParticipantInfo {
         username: format!("name {id}"),
         joined_at: "2026-11-28T16:30:27.123Z".into(),
         instance_id: "i".into(),
+        metadata: None,
     }
 }
 

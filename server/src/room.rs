@@ -65,11 +65,16 @@ impl<'de> Deserialize<'de> for RoomId {
     }
 }
 
+/// Application data about a participant: the token's `metadata` claim (a
+/// JSON object, bounded by `limits.max_metadata_bytes`), replaceable through
+/// the server API.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
 /// One participant (= one WebSocket connection) as the room sees it.
 ///
 /// `instance_id` says which server instance holds the connection; it is not
 /// sent to clients but lets a bus remove the participants of a dead instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantInfo {
     pub participant_id: String,
     pub user_id: String,
@@ -77,6 +82,14 @@ pub struct ParticipantInfo {
     /// RFC 3339 UTC with milliseconds.
     pub joined_at: String,
     pub instance_id: String,
+    /// Absent from the record when the token carried none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+}
+
+/// Size of `metadata` as it travels: compact JSON, in bytes.
+pub fn metadata_bytes(metadata: &Metadata) -> usize {
+    serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len())
 }
 
 /// Puts a participant list in the one order every client-facing listing uses
@@ -110,6 +123,10 @@ pub enum LeaveReason {
     TokenExpired,
     /// The session reached `limits.max_session_secs`.
     SessionLimit,
+    /// The server API removed the participant (or every connection of its user).
+    Removed,
+    /// The server API closed the room.
+    RoomClosed,
 }
 
 impl LeaveReason {
@@ -123,6 +140,8 @@ impl LeaveReason {
             LeaveReason::InstanceLost => "instance_lost",
             LeaveReason::TokenExpired => "token_expired",
             LeaveReason::SessionLimit => "session_limit",
+            LeaveReason::Removed => "removed",
+            LeaveReason::RoomClosed => "room_closed",
         }
     }
 }
@@ -173,6 +192,8 @@ mod tests {
             LeaveReason::InstanceLost,
             LeaveReason::TokenExpired,
             LeaveReason::SessionLimit,
+            LeaveReason::Removed,
+            LeaveReason::RoomClosed,
         ] {
             let json = serde_json::to_value(r).unwrap();
             assert_eq!(json, serde_json::Value::String(r.as_str().into()));

@@ -339,6 +339,7 @@ where
         username: ctx.identity.username.clone(),
         joined_at: protocol::now_timestamp(),
         instance_id: ctx.instance_id.clone(),
+        metadata: ctx.identity.metadata.clone(),
     };
     let span = tracing::info_span!("session", room = %ctx.room, participant = %me.participant_id, user = %me.user_id);
     run_participant(ctx, me, guard, sink, stream)

@@ -26,6 +26,7 @@ fn limits() -> Limits {
         rate_limit_burst: 1000,
         rate_limit_bytes_per_second: 1 << 30,
         rate_limit_bytes_burst: 1 << 30,
+        max_metadata_bytes: 1024,
         max_json_depth: 32,
         max_session: None,
         outbound_queue_messages: 64,
@@ -72,6 +73,8 @@ impl World {
                 username: user.into(),
                 expires_at: u64::MAX,
                 rooms: RoomAccess::All,
+                room_admin: false,
+                metadata: None,
             },
             hub: self.hub.clone(),
             bus: self.bus.clone(),
@@ -678,6 +681,7 @@ fn docs_list_every_close_code_and_error_code() {
         crate::auth::AuthError::TokenExpired,
         crate::auth::AuthError::InvalidAudience,
         crate::auth::AuthError::RoomForbidden,
+        crate::auth::AuthError::MetadataTooLarge,
     ] {
         assert!(
             doc.contains(&format!("| 1008 | `{}` |", e.reason())),

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client for the REST endpoints (GET over a fresh loopback connection,
-//! `Connection: close`, content-length or chunked bodies). Not a general HTTP client.
+//! A minimal HTTP/1.1 client for the REST endpoints (any method over a fresh loopback
+//! connection, `Connection: close`, an optional body, content-length or chunked responses).
+//! Not a general HTTP client.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,21 +69,81 @@ pub async fn get_bearer(addr: SocketAddr, path: &str, token: &str) -> HttpRespon
     get_with(addr, path, &[("Authorization", &auth)]).await
 }
 
+/// `method path` with extra headers and a body (`Content-Length` is added when it is not
+/// empty).
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_with_body(addr, method, path, headers, body),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{method} {path} timed out after {REQUEST_TIMEOUT:?}"))
+    .unwrap_or_else(|e| panic!("{method} {path} failed: {e:#}"))
+}
+
+/// `method path` with `Authorization: Bearer <token>` and, when given, a JSON body.
+pub async fn send_bearer(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> HttpResponse {
+    let auth = format!("Bearer {token}");
+    match body {
+        None => send(addr, method, path, &[("Authorization", &auth)], b"").await,
+        Some(body) => {
+            let bytes = serde_json::to_vec(body).expect("json serializes");
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ];
+            send(addr, method, path, &headers, &bytes).await
+        }
+    }
+}
+
 async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<HttpResponse> {
+    request_with_body(addr, method, path, headers, b"").await
+}
+
+async fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<HttpResponse> {
     let mut stream = TcpStream::connect(addr).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         req.push_str(&format!("{name}: {value}\r\n"));
     }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).await?;
+    // A server that refuses early (413) may close before it read the whole body, and its
+    // kernel then resets the connection: what arrived before the reset is the answer.
+    let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    if let Err(e) = stream.read_to_end(&mut raw).await {
+        if raw.is_empty() {
+            return Err(e.into());
+        }
+    }
     parse_response(&raw)
 }
 

@@ -62,6 +62,12 @@ pub struct Claims {
     /// Rooms this token may join (`"*"` = all); absent = all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// Server API capabilities, e.g. `{"room_admin": true}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Value>,
+    /// Application data about the participant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
 }
 
 impl Claims {
@@ -74,7 +80,26 @@ impl Claims {
             iss: None,
             aud: None,
             rooms: None,
+            grants: None,
+            metadata: None,
         }
+    }
+
+    /// A backend's server API token: `sub` = `backend`, `"grants": {"room_admin": true}`.
+    pub fn room_admin() -> Self {
+        Claims::user("backend").grants(json!({"room_admin": true}))
+    }
+
+    /// Sets the `grants` claim.
+    pub fn grants(mut self, grants: Value) -> Self {
+        self.grants = Some(grants);
+        self
+    }
+
+    /// Sets the `metadata` claim.
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
     }
 
     /// Sets `exp` to now + `secs` (negative = in the past).

@@ -154,6 +154,7 @@ fn participant(id: &str, instance: &str) -> ParticipantInfo {
         username: format!("User {id}"),
         joined_at: "2026-11-28T16:30:27.123Z".into(),
         instance_id: instance.into(),
+        metadata: None,
     }
 }
 

@@ -87,6 +87,19 @@ impl BusError {
     }
 }
 
+/// A room as presence records it, for the server API: who is in it and
+/// since when it exists (its first participant's join; a room with nobody
+/// in it does not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub room_id: RoomId,
+    /// RFC 3339 UTC with milliseconds, recorded when the first participant
+    /// joined the empty room.
+    pub created_at: String,
+    /// Cluster-wide, in join order.
+    pub participants: Vec<ParticipantInfo>,
+}
+
 /// Result of [`Bus::join`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {
@@ -213,6 +226,13 @@ pub trait Bus: Send + Sync + 'static {
     /// The cluster-wide participant list of `room` (empty if nobody is there).
     async fn participants(&self, room: &RoomId) -> Result<Vec<ParticipantInfo>, BusError>;
 
+    /// One room with its creation time and participants, cluster-wide;
+    /// `None` when nobody is in it.
+    async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, BusError>;
+
+    /// Every room with participants, cluster-wide, ordered by room id.
+    async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError>;
+
     /// Whether the bus can currently carry messages (readiness).
     fn is_ready(&self) -> bool;
 
@@ -248,11 +268,19 @@ pub async fn from_config(
     }
 }
 
+/// One room of the in-process bus.
+#[derive(Debug)]
+struct LocalRoom {
+    /// When its first participant joined.
+    created_at: String,
+    members: Vec<ParticipantInfo>,
+}
+
 /// The single-instance bus: presence in a map, nothing to publish because
 /// every participant is local.
 #[derive(Debug, Default)]
 pub struct InProcessBus {
-    rooms: Mutex<HashMap<RoomId, Vec<ParticipantInfo>>>,
+    rooms: Mutex<HashMap<RoomId, LocalRoom>>,
 }
 
 impl InProcessBus {
@@ -260,7 +288,7 @@ impl InProcessBus {
         Self::default()
     }
 
-    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Vec<ParticipantInfo>>> {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, LocalRoom>> {
         // A poisoned lock only means another thread panicked mid-update of a
         // plain map; the data is still usable.
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
@@ -276,16 +304,17 @@ impl Bus for InProcessBus {
         capacity: usize,
     ) -> Result<JoinOutcome, BusError> {
         let mut rooms = self.rooms();
-        let members = rooms.entry(room.clone()).or_default();
-        if members.len() >= capacity {
-            if members.is_empty() {
-                rooms.remove(room);
-            }
+        let members = rooms.get(room).map_or(0, |r| r.members.len());
+        if members >= capacity {
             return Ok(JoinOutcome::RoomFull);
         }
-        members.push(participant.clone());
+        let entry = rooms.entry(room.clone()).or_insert_with(|| LocalRoom {
+            created_at: crate::protocol::now_timestamp(),
+            members: Vec::new(),
+        });
+        entry.members.push(participant.clone());
         Ok(JoinOutcome::Joined {
-            participants: members.clone(),
+            participants: entry.members.clone(),
         })
     }
 
@@ -296,9 +325,11 @@ impl Bus for InProcessBus {
         _reason: LeaveReason,
     ) -> Result<(), BusError> {
         let mut rooms = self.rooms();
-        if let Some(members) = rooms.get_mut(room) {
-            members.retain(|p| p.participant_id != participant.participant_id);
-            if members.is_empty() {
+        if let Some(entry) = rooms.get_mut(room) {
+            entry
+                .members
+                .retain(|p| p.participant_id != participant.participant_id);
+            if entry.members.is_empty() {
                 rooms.remove(room);
             }
         }
@@ -311,7 +342,21 @@ impl Bus for InProcessBus {
     }
 
     async fn participants(&self, room: &RoomId) -> Result<Vec<ParticipantInfo>, BusError> {
-        Ok(self.rooms().get(room).cloned().unwrap_or_default())
+        Ok(self
+            .rooms()
+            .get(room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default())
+    }
+
+    async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, BusError> {
+        Ok(self.rooms().get(room).map(|r| record(room, r)))
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
+        let mut list: Vec<RoomRecord> = self.rooms().iter().map(|(id, r)| record(id, r)).collect();
+        list.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        Ok(list)
     }
 
     fn is_ready(&self) -> bool {
@@ -329,6 +374,16 @@ impl Bus for InProcessBus {
     async fn shutdown(&self) {}
 }
 
+fn record(room: &RoomId, r: &LocalRoom) -> RoomRecord {
+    let mut participants = r.members.clone();
+    crate::room::sort_by_join(&mut participants);
+    RoomRecord {
+        room_id: room.clone(),
+        created_at: r.created_at.clone(),
+        participants,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,6 +395,7 @@ mod tests {
             username: id.into(),
             joined_at: "2026-11-28T16:30:27.123Z".into(),
             instance_id: "i1".into(),
+            metadata: None,
         }
     }
 
@@ -374,6 +430,35 @@ mod tests {
             JoinOutcome::Joined { .. }
         ));
         assert_eq!(bus.participants(&r).await.unwrap(), vec![p("b"), p("c")]);
+    }
+
+    #[tokio::test]
+    async fn a_room_is_created_by_its_first_join_and_keeps_that_time() {
+        let bus = InProcessBus::new();
+        let (r, other) = (room("r"), room("other"));
+        assert_eq!(bus.room(&r).await.unwrap(), None);
+        bus.join(&r, &p("a"), 5).await.unwrap();
+        let created = bus.room(&r).await.unwrap().unwrap().created_at;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        bus.join(&r, &p("b"), 5).await.unwrap();
+        bus.leave(&r, &p("a"), LeaveReason::Closed).await.unwrap();
+        bus.join(&other, &p("c"), 5).await.unwrap();
+        let record = bus.room(&r).await.unwrap().unwrap();
+        assert_eq!(record.created_at, created, "later joins and leaves keep it");
+        assert_eq!(record.participants, vec![p("b")]);
+        let ids: Vec<String> = Bus::rooms(&bus)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.room_id.to_string())
+            .collect();
+        assert_eq!(ids, ["other", "r"]);
+        // Emptied, the room is gone; the next join creates it anew.
+        bus.leave(&r, &p("b"), LeaveReason::Closed).await.unwrap();
+        assert_eq!(bus.room(&r).await.unwrap(), None);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        bus.join(&r, &p("d"), 5).await.unwrap();
+        assert!(bus.room(&r).await.unwrap().unwrap().created_at > created);
     }
 
     #[tokio::test]

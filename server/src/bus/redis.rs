@@ -13,6 +13,7 @@
 //! | `subscriber` | room subscriptions, the subscriber connection and task, `on_message`, the canary task |
 //! | `presence` | local registrations, join/leave, resync, heartbeat, dead-instance sweep and `instance_lost` cleanup, the heartbeat task |
 //! | `remote` | what crosses to the hub: event delivery and reconciling the hub's record of remote members with Redis |
+//! | `admin` | nothing: the server API's reads of rooms and participants from presence records |
 //! | `keys`, `scripts`, `wire`, [`metrics`] | key layout, Lua scripts, channel message format, bus metrics |
 //!
 //! Three background tasks, each in a `redis_bus` span carrying `instance` and `task`:
@@ -32,6 +33,7 @@
 //! The hub's own lock is taken inside [`LocalHub`] calls, which the bus makes with no std lock
 //! held (possibly inside 1 or 2); the hub never calls back into the bus.
 
+mod admin;
 mod keys;
 mod link;
 pub mod metrics;
@@ -53,7 +55,9 @@ use tracing::Instrument;
 pub use keys::{escape_instance_id, Keys, PrefixError, MAX_PREFIX_LEN};
 pub use link::Timing;
 
-use super::{Bus, BusError, BusHealth, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
+use super::{
+    Bus, BusError, BusHealth, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RoomRecord,
+};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
 /// What every part of the bus shares. Each part's state sits in its own field; see the
@@ -242,6 +246,14 @@ impl Bus for RedisBus {
         self.inner.participants(room).await
     }
 
+    async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, BusError> {
+        self.inner.room(room).await
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
+        self.inner.rooms().await
+    }
+
     fn is_ready(&self) -> bool {
         link::ready_at(&self.inner.link(), Instant::now(), &self.inner.timing)
     }
@@ -298,6 +310,7 @@ mod tests {
             username: id.into(),
             joined_at: at.into(),
             instance_id: "i".into(),
+            metadata: None,
         };
         let list = sorted(vec![
             p("b", "2026-01-01T00:00:01.000Z"),

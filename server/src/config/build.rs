@@ -32,6 +32,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         rate_limit_burst: r.get(&RATE_LIMIT_BURST),
         rate_limit_bytes_per_second: r.get(&RATE_LIMIT_BYTES_PER_SECOND),
         rate_limit_bytes_burst: r.get(&RATE_LIMIT_BYTES_BURST),
+        max_metadata_bytes: r.get(&MAX_METADATA_BYTES),
         max_json_depth: r.get(&MAX_JSON_DEPTH),
         max_session: r.get(&MAX_SESSION),
         outbound_queue_messages: r.get(&OUTBOUND_QUEUE_MESSAGES),

@@ -155,6 +155,9 @@ pub struct Limits {
     pub rate_limit_bytes_per_second: u64,
     /// Size of the delivered-bytes bucket.
     pub rate_limit_bytes_burst: u64,
+    /// Largest participant `metadata` (compact JSON bytes): a bigger token
+    /// claim is refused at join, a bigger server API update with 413.
+    pub max_metadata_bytes: usize,
     /// Deepest nesting of arrays/objects in a client message (envelope = 1).
     pub max_json_depth: usize,
     /// Longest a session may last whatever its token says; `None` = no limit.

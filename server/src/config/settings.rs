@@ -227,6 +227,9 @@ settings! {
     RATE_LIMIT_BYTES_BURST: Setting<u64> = Setting::new(
         "limits.rate_limit_bytes_burst", "WEBRTC_RATE_LIMIT_BYTES_BURST", "--rate-limit-bytes-burst", "524288",
         Parse::Text(|v| at_least(v, 1)), "delivered-bytes bucket size");
+    MAX_METADATA_BYTES: Setting<usize> = Setting::new(
+        "limits.max_metadata_bytes", "WEBRTC_MAX_METADATA_BYTES", "--max-metadata-bytes", "1024",
+        Parse::Text(|v| at_least(v, 2)), "largest participant metadata (token claim or server API), compact JSON bytes");
     /// The envelope is one level: 2 is the least that lets a payload be an
     /// object or an array.
     MAX_JSON_DEPTH: Setting<usize> = Setting::new(

@@ -54,6 +54,12 @@ impl Keys {
         format!("{}:room:{{{}}}:participants", self.prefix, room.as_str())
     }
 
+    /// STRING: when the room's first participant joined (RFC 3339), set by the join script when
+    /// the participants hash was empty and deleted by the leave that empties it.
+    pub fn room_created(&self, room: &RoomId) -> String {
+        format!("{}:room:{{{}}}:created", self.prefix, room.as_str())
+    }
+
     /// Pub/sub channel carrying a room's relayed messages and presence events.
     pub fn room_channel(&self, room: &RoomId) -> String {
         format!("{}:room:{{{}}}:events", self.prefix, room.as_str())
@@ -196,6 +202,7 @@ mod tests {
         let k = Keys::new("a:b", "i").unwrap();
         for key in [
             k.room_participants(&room("r-1")),
+            k.room_created(&room("r-1")),
             k.room_channel(&room("r-1")),
         ] {
             let open = key.find('{').unwrap();

@@ -116,6 +116,7 @@ pub(super) struct Presence {
     /// A leaf: held for a few field updates, never across an `.await` or another lock.
     local: std::sync::Mutex<Local>,
     join_script: Script,
+    leave_script: Script,
     remove_instance_script: Script,
     sync_script: Script,
 }
@@ -129,6 +130,7 @@ impl Presence {
                 ..Local::default()
             }),
             join_script: Script::new(scripts::JOIN),
+            leave_script: Script::new(scripts::LEAVE),
             remove_instance_script: Script::new(scripts::REMOVE_INSTANCE),
             sync_script: Script::new(scripts::SYNC_INSTANCE),
         }
@@ -180,9 +182,11 @@ impl Inner {
             .join_script
             .key(self.keys.room_participants(room));
         invocation
+            .key(self.keys.room_created(room))
             .arg(&participant.participant_id)
             .arg(info)
-            .arg(capacity);
+            .arg(capacity)
+            .arg(crate::protocol::now_timestamp());
         let mut conn = self.conn.clone();
         let reply: Result<Vec<String>, BusError> = self
             .redis(
@@ -239,13 +243,17 @@ impl Inner {
             .local()
             .remove(room, &participant.participant_id);
         let mut conn = self.conn.clone();
-        let key = self.keys.room_participants(room);
-        let id = participant.participant_id.clone();
+        let mut invocation = self
+            .presence
+            .leave_script
+            .key(self.keys.room_participants(room));
+        invocation
+            .key(self.keys.room_created(room))
+            .arg(&participant.participant_id);
         let result = async {
-            self.redis(
-                "leave",
-                async move { conn.hdel::<_, _, i64>(key, id).await },
-            )
+            self.redis("leave", async move {
+                invocation.invoke_async::<i64>(&mut conn).await
+            })
             .await?;
             let event = RemoteEvent::Left {
                 room_id: room.clone(),
@@ -498,7 +506,7 @@ impl Inner {
                 .presence
                 .remove_instance_script
                 .key(self.keys.room_participants(&room));
-            invocation.arg(dead);
+            invocation.key(self.keys.room_created(&room)).arg(dead);
             let mut conn = self.conn.clone();
             let removed: Vec<String> = self
                 .redis("remove instance", async move {
@@ -631,6 +639,7 @@ mod tests {
             username: "u".into(),
             joined_at: "2026-01-01T00:00:00.000Z".into(),
             instance_id: "a".into(),
+            metadata: None,
         }
     }
 

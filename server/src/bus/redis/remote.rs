@@ -169,6 +169,7 @@ mod tests {
             username: id.into(),
             joined_at: format!("2026-01-01T00:00:0{}.000Z", id.len()),
             instance_id: instance.into(),
+            metadata: None,
         }
     }
 

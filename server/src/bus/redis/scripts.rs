@@ -4,9 +4,10 @@
 //! Presence records are `ParticipantInfo` JSON values in the room's participants HASH; the
 //! scripts read their `instance_id` with Redis' bundled `cjson`.
 
-/// Atomic join with capacity: `KEYS[1]` participants hash, `ARGV` = participant id, info JSON,
-/// max participants. Returns `{0}` when the room is full, else `{1, info...}` with every
-/// participant now present (self included), read in the same atomic step.
+/// Atomic join with capacity: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
+/// `ARGV` = participant id, info JSON, max participants, now (RFC 3339). Returns `{0}` when the
+/// room is full, else `{1, info...}` with every participant now present (self included), read
+/// in the same atomic step. The first participant of an empty room records its creation time.
 ///
 /// A participant already present (a re-registration racing a join) is updated, never refused.
 pub const JOIN: &str = r#"
@@ -16,12 +17,25 @@ if redis.call('HEXISTS', key, ARGV[1]) == 0 then
     return {'0'}
   end
 end
+if redis.call('HLEN', key) == 0 then
+  redis.call('SET', KEYS[2], ARGV[4])
+end
 redis.call('HSET', key, ARGV[1], ARGV[2])
 local out = {'1'}
 for _, v in ipairs(redis.call('HVALS', key)) do
   out[#out + 1] = v
 end
 return out
+"#;
+
+/// Removes one participant: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
+/// `ARGV[1]` participant id. The leave that empties the room forgets when it was created.
+pub const LEAVE: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+end
+return 1
 "#;
 
 /// Lua shared by the two scripts that drop one instance's entries: removes from the
@@ -50,11 +64,16 @@ end
 }
 
 /// Removes every participant of one instance from one room: `KEYS[1]` participants hash,
-/// `ARGV[1]` instance id. Returns the removed info JSON values (to announce `user-left`).
+/// `KEYS[2]` the room's creation time (forgotten when the room is left empty), `ARGV[1]`
+/// instance id. Returns the removed info JSON values (to announce `user-left`).
 pub const REMOVE_INSTANCE: &str = concat!(
     remove_instance_fn!(),
     r#"
-return remove_instance({})
+local removed = remove_instance({})
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+end
+return removed
 "#
 );
 

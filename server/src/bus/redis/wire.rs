@@ -178,6 +178,7 @@ mod tests {
             username: format!("name \"{id}\"\n"),
             joined_at: "2026-11-28T16:30:27.123Z".into(),
             instance_id: "i1".into(),
+            metadata: None,
         }
     }
 

@@ -1,0 +1,130 @@
+//! What the server API reads from the Redis bus: rooms and their participants, straight from
+//! the presence records every instance writes, so any instance answers for the whole cluster.
+//! The room list is the union of the instances' room sets (one key per instance, never a
+//! cross-slot command), each room read with its participants hash and creation time (same
+//! `{room}` slot, one pipeline). Actions on participants travel as room events (`presence` and
+//! `remote` deliver them); nothing here changes presence.
+
+use std::collections::BTreeSet;
+
+use redis::AsyncCommands;
+
+use super::{parse_infos, sorted, Inner};
+use crate::bus::{BusError, RoomRecord};
+use crate::room::{ParticipantInfo, RoomId};
+
+/// The record of a room read from Redis, or `None` when nobody is in it. A room re-registered
+/// after Redis lost its data has no creation time any more: its earliest join stands in.
+pub(super) fn room_record(
+    room: &RoomId,
+    created: Option<String>,
+    participants: Vec<ParticipantInfo>,
+) -> Option<RoomRecord> {
+    let participants = sorted(participants);
+    let first_join = participants.first()?.joined_at.clone();
+    Some(RoomRecord {
+        room_id: room.clone(),
+        created_at: created.unwrap_or(first_join),
+        participants,
+    })
+}
+
+impl Inner {
+    /// [`Bus::room`](crate::bus::Bus::room).
+    pub(super) async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, BusError> {
+        let mut conn = self.conn.clone();
+        let participants_key = self.keys.room_participants(room);
+        let created_key = self.keys.room_created(room);
+        let (values, created): (Vec<String>, Option<String>) = self
+            .redis("read room", async move {
+                redis::pipe()
+                    .hvals(participants_key)
+                    .get(created_key)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(room_record(room, created, parse_infos(&values)))
+    }
+
+    /// [`Bus::rooms`](crate::bus::Bus::rooms): every room some instance registered, read one
+    /// by one; rooms that emptied meanwhile are left out.
+    pub(super) async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
+        let mut conn = self.conn.clone();
+        let instances_key = self.keys.instances();
+        let instances: Vec<String> = self
+            .redis("list instances", async move {
+                conn.smembers(instances_key).await
+            })
+            .await?;
+        let mut room_ids = BTreeSet::new();
+        for instance in instances {
+            let mut conn = self.conn.clone();
+            let key = self.keys.instance_rooms(&instance);
+            let rooms: Vec<String> = self
+                .redis("list rooms", async move { conn.smembers(key).await })
+                .await?;
+            room_ids.extend(rooms.iter().filter_map(|r| RoomId::parse(r).ok()));
+        }
+        let mut records = Vec::with_capacity(room_ids.len());
+        for room in &room_ids {
+            if let Some(record) = self.room(room).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(id: &str, at: &str) -> ParticipantInfo {
+        ParticipantInfo {
+            participant_id: id.into(),
+            joined_at: at.into(),
+            ..ParticipantInfo::default()
+        }
+    }
+
+    #[test]
+    fn a_room_without_participants_is_no_room_and_the_creation_time_is_kept() {
+        let r = RoomId::parse("r").unwrap();
+        assert_eq!(
+            room_record(&r, Some("2026-01-01T00:00:00.000Z".into()), vec![]),
+            None
+        );
+        let record = room_record(
+            &r,
+            Some("2026-01-01T00:00:00.000Z".into()),
+            vec![
+                p("b", "2026-01-01T00:00:02.000Z"),
+                p("a", "2026-01-01T00:00:01.000Z"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(record.created_at, "2026-01-01T00:00:00.000Z");
+        let ids: Vec<&str> = record
+            .participants
+            .iter()
+            .map(|p| p.participant_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_lost_creation_time_falls_back_to_the_earliest_join() {
+        let r = RoomId::parse("r").unwrap();
+        let record = room_record(
+            &r,
+            None,
+            vec![
+                p("b", "2026-01-01T00:00:02.000Z"),
+                p("a", "2026-01-01T00:00:01.000Z"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(record.created_at, "2026-01-01T00:00:01.000Z");
+    }
+}

@@ -1,0 +1,132 @@
+//! The server API across a cluster: two real server processes on one real redis-server. A call
+//! answered by instance A reads and acts on the participants instance B holds.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchboard_e2e::client::Client;
+use switchboard_e2e::http::{self, get_bearer, HttpResponse};
+use switchboard_e2e::redis::RedisProcess;
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::token::Claims;
+
+const SECRET: &str = "e2e-redis-api-secret-0123456789abcdef";
+
+fn token(user: &str) -> String {
+    Claims::user(user).hs256(SECRET)
+}
+
+fn admin() -> String {
+    Claims::room_admin().hs256(SECRET)
+}
+
+fn ok_json(resp: &HttpResponse) -> Value {
+    assert_eq!(resp.status, 200, "body: {}", resp.text());
+    resp.json()
+}
+
+/// Two instances on one Redis, both ready.
+async fn cluster(redis: &RedisProcess) -> (ServerProcess, ServerProcess) {
+    let start = |id: &str| {
+        ServerOptions::with_secret(SECRET)
+            .env("REDIS_URL", redis.url())
+            .env("SWITCHBOARD_INSTANCE_ID", id)
+            .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
+            .start()
+    };
+    let (a, b) = (start("api-a"), start("api-b"));
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while http::get(s.addr(), "/webrtc/health/ready").await.status != 200 {
+            assert!(Instant::now() < deadline, "not ready:\n{}", s.stderr_tail());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_instance_lists_every_instances_rooms_with_their_creation_time() {
+    let redis = RedisProcess::start();
+    let (a, b) = cluster(&redis).await;
+    let first = Client::join(b.addr(), "shared", &token("on-b")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut second = Client::join(a.addr(), "shared", &token("on-a")).await;
+    let _solo = Client::join(b.addr(), "only-b", &token("solo")).await;
+
+    let room = ok_json(&get_bearer(a.addr(), "/webrtc/api/v1/rooms/shared", &admin()).await);
+    assert_eq!(room["participant_count"], 2, "{room}");
+    let users: Vec<&str> = room["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["on-b", "on-a"]);
+    let created = room["created_at"].as_str().unwrap().to_string();
+    let first_joined = room["participants"][0]["joined_at"].as_str().unwrap();
+    let second_joined = room["participants"][1]["joined_at"].as_str().unwrap();
+    assert!(
+        created.as_str() >= first_joined && created.as_str() < second_joined,
+        "{room}"
+    );
+
+    let list = ok_json(&get_bearer(a.addr(), "/webrtc/api/v1/rooms", &admin()).await);
+    assert_eq!(
+        list,
+        json!({"rooms": [
+            {"room_id": "only-b", "created_at": list["rooms"][0]["created_at"], "participant_count": 1},
+            {"room_id": "shared", "created_at": created, "participant_count": 2},
+        ]})
+    );
+
+    // The participant who created the room leaves; the room keeps its creation time.
+    first.close().await;
+    let left = second.expect_type("user-left").await;
+    assert_eq!(left["payload"]["user_id"], "on-b");
+    let room = ok_json(&get_bearer(b.addr(), "/webrtc/api/v1/rooms/shared", &admin()).await);
+    assert_eq!(room["created_at"], created.as_str());
+    assert_eq!(room["participant_count"], 1);
+
+    // Emptied, it is gone everywhere, its creation time included.
+    second.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = get_bearer(b.addr(), "/webrtc/api/v1/rooms/shared", &admin()).await;
+        if resp.status == 404 {
+            assert_eq!(resp.json()["error"]["code"], "room_not_found");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room still listed: {}",
+            resp.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        redis.keys("switchboard:room:{shared}:*").is_empty(),
+        "{:?}",
+        redis.keys("switchboard:room:{shared}:*")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_set_on_one_instance_is_seen_on_the_other() {
+    let redis = RedisProcess::start();
+    let (a, b) = cluster(&redis).await;
+    let meta = json!({"role": "host"});
+    let mut watcher = Client::join(a.addr(), "m", &token("watcher")).await;
+    let host = Client::join(
+        b.addr(),
+        "m",
+        &Claims::user("host").metadata(meta.clone()).hs256(SECRET),
+    )
+    .await;
+    let joined = watcher.expect_type("user-joined").await;
+    assert_eq!(joined["payload"]["metadata"], meta);
+    let listed = host.room_state.as_ref().unwrap()["payload"]["participants"][1].clone();
+    assert_eq!(listed["metadata"], meta);
+    let room = ok_json(&get_bearer(a.addr(), "/webrtc/api/v1/rooms/m", &admin()).await);
+    assert_eq!(room["participants"][1]["metadata"], meta);
+}
