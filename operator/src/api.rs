@@ -123,6 +123,11 @@ pub struct SignalingClusterSpec {
     #[serde(default)]
     pub rooms: RoomsSpec,
 
+    /// Per-connection and per-pod limits of the servers; each unset field keeps the server's
+    /// default, which protects a pod out of the box.
+    #[serde(default, skip_serializing_if = "LimitsSpec::is_empty")]
+    pub limits: LimitsSpec,
+
     /// The Service in front of the server pods.
     #[serde(default)]
     pub service: ServiceSpec,
@@ -189,6 +194,7 @@ impl Default for SignalingClusterSpec {
             ice: IceSpec::default(),
             auth: AuthSpec::default(),
             rooms: RoomsSpec::default(),
+            limits: LimitsSpec::default(),
             service: ServiceSpec::default(),
             ingress: IngressSpec::default(),
             autoscaling: AutoscalingSpec::default(),
@@ -563,6 +569,90 @@ fn default_max_participants() -> i32 {
 
 fn default_presence_ttl() -> i32 {
     30
+}
+
+/// Per-connection and per-pod server limits. Every field is optional: unset keeps the server's
+/// default (shown in brackets in each description).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest client message in bytes; larger closes with 1009 [65536].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 256, max = 16777216))]
+    pub max_message_bytes: Option<i64>,
+    /// Messages per second per connection [50].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rate_per_second: Option<i64>,
+    /// Message burst per connection [200].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rate_burst: Option<i64>,
+    /// Delivered bytes (size × recipients) per second per connection [262144].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rate_bytes_per_second: Option<i64>,
+    /// Delivered-bytes burst per connection [524288].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub rate_bytes_burst: Option<i64>,
+    /// Deepest array/object nesting in a client message [32].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 1024))]
+    pub max_json_depth: Option<i64>,
+    /// Longest session whatever its token, in seconds; 0 = no limit [0].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_session_seconds: Option<i64>,
+    /// Queued outbound messages per connection [256].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub outbound_queue_messages: Option<i64>,
+    /// Queued outbound bytes per connection [1048576].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub outbound_queue_bytes: Option<i64>,
+    /// Bytes the WebSocket layer may hold unsent per connection, control-frame replies
+    /// included [1048576].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4096))]
+    pub write_buffer_bytes: Option<i64>,
+    /// Seconds between WebSocket pings [20].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub ping_interval_seconds: Option<i64>,
+    /// Seconds a peer may stay silent after a ping before it is dropped [20].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub ping_timeout_seconds: Option<i64>,
+    /// Milliseconds a closing client gets to answer the close handshake [5000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 600000))]
+    pub close_timeout_ms: Option<i64>,
+    /// Open connections per server pod; more get HTTP 503 [10000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<i64>,
+    /// Open connections per client address per pod (the address from `X-Forwarded-For` of the
+    /// in-cluster proxies); more get HTTP 429 [100].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_ip: Option<i64>,
+    /// Milliseconds a client gets to send its request head [10000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 600000))]
+    pub header_read_timeout_ms: Option<i64>,
+    /// Largest request head in bytes; larger gets HTTP 431 [16384].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8192, max = 1048576))]
+    pub max_header_bytes: Option<i64>,
+}
+
+impl LimitsSpec {
+    /// Nothing set: every server default applies.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// The server Service.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::SignalingCluster;
+use crate::api::{LimitsSpec, SignalingCluster};
 use crate::names::SERVER_PORT;
 use crate::resolve::{JwtKey, Resolved};
 
@@ -55,6 +55,8 @@ struct File<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     allowed_origins: &'a [String],
     redis: Redis<'a>,
+    #[serde(skip_serializing_if = "Limits::is_empty")]
+    limits: Limits,
     connections: Connections,
 }
 
@@ -73,6 +75,70 @@ const IN_CLUSTER_PROXIES: [&str; 5] = [
 #[derive(Serialize)]
 struct Connections {
     trusted_proxies: [&'static str; 5],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_per_ip: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    header_read_timeout_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_header_bytes: Option<i64>,
+}
+
+/// The server's `limits` section: only what the spec sets, so the server's own defaults apply
+/// to the rest (and move with server upgrades).
+#[derive(Serialize, Default, PartialEq)]
+struct Limits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_message_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_per_second: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_burst: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_bytes_per_second: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_bytes_burst: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_json_depth: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_session_secs: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound_queue_messages: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outbound_queue_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_buffer_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ping_interval_secs: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ping_timeout_secs: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    close_timeout_ms: Option<i64>,
+}
+
+impl Limits {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    fn from_spec(spec: &LimitsSpec) -> Self {
+        Limits {
+            max_message_bytes: spec.max_message_bytes,
+            rate_limit_per_second: spec.rate_per_second,
+            rate_limit_burst: spec.rate_burst,
+            rate_limit_bytes_per_second: spec.rate_bytes_per_second,
+            rate_limit_bytes_burst: spec.rate_bytes_burst,
+            max_json_depth: spec.max_json_depth,
+            max_session_secs: spec.max_session_seconds,
+            outbound_queue_messages: spec.outbound_queue_messages,
+            outbound_queue_bytes: spec.outbound_queue_bytes,
+            write_buffer_bytes: spec.write_buffer_bytes,
+            ping_interval_secs: spec.ping_interval_seconds,
+            ping_timeout_secs: spec.ping_timeout_seconds,
+            close_timeout_ms: spec.close_timeout_ms,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -153,8 +219,13 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
             url: &resolved.redis_url,
             key_prefix: &spec.redis.key_prefix,
         },
+        limits: Limits::from_spec(&spec.limits),
         connections: Connections {
             trusted_proxies: IN_CLUSTER_PROXIES,
+            max: spec.limits.max_connections,
+            max_per_ip: spec.limits.max_connections_per_ip,
+            header_read_timeout_ms: spec.limits.header_read_timeout_ms,
+            max_header_bytes: spec.limits.max_header_bytes,
         },
     };
     let mut yaml = String::from(

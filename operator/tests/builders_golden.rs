@@ -140,6 +140,7 @@ spec:
     issuer: https://auth.example.com
     audience: switchboard
   rooms: {maxParticipants: 12, presenceTtlSeconds: 20}
+  limits: {maxMessageBytes: 32768, ratePerSecond: 100, maxConnectionsPerIp: 40}
   service:
     type: LoadBalancer
     port: 443

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::{cluster_from_yaml, secret, secrets_for};
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{json, Value};
+use switchboard_e2e::client::Client;
 use switchboard_e2e::http::{get, get_bearer};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
@@ -225,6 +226,24 @@ spec:
     issuer: https://auth.example.com
     audience: switchboard
   rooms: {maxParticipants: 3, presenceTtlSeconds: 20}
+  limits:
+    maxMessageBytes: 4096
+    ratePerSecond: 80
+    rateBurst: 300
+    rateBytesPerSecond: 1048576
+    rateBytesBurst: 2097152
+    maxJsonDepth: 16
+    maxSessionSeconds: 86400
+    outboundQueueMessages: 512
+    outboundQueueBytes: 2097152
+    writeBufferBytes: 524288
+    pingIntervalSeconds: 15
+    pingTimeoutSeconds: 10
+    closeTimeoutMs: 2000
+    maxConnections: 5000
+    maxConnectionsPerIp: 50
+    headerReadTimeoutMs: 5000
+    maxHeaderBytes: 8192
   allowedOrigins: ["https://app.example.com"]
 "#,
     );
@@ -276,4 +295,11 @@ spec:
     assert_refused(&server, &wrong_aud.es256()).await;
     // The algorithm is pinned: an HS256 token is refused.
     assert_refused(&server, &good.hs256("whatever-secret")).await;
+
+    // spec.limits reached the server: a message over maxMessageBytes closes 1009.
+    let mut alice = Client::join(server.addr(), "contract", &good.es256()).await;
+    let big = json!({"type": "chat-message", "payload": {"text": "x".repeat(5000)}});
+    alice.send_json(&big).await;
+    let (_, close) = alice.collect_until_close(Duration::from_secs(5)).await;
+    assert_eq!(close, (1009, "message_too_big".to_string()));
 }

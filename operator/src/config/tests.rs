@@ -66,6 +66,25 @@ fn every_setting_lands_under_its_config_table_key() {
     spec.rooms.presence_ttl_seconds = 45;
     spec.allowed_origins = vec!["https://app.example.com".into()];
     spec.redis.key_prefix = "team-a".into();
+    spec.limits = LimitsSpec {
+        max_message_bytes: Some(4096),
+        rate_per_second: Some(80),
+        rate_burst: Some(300),
+        rate_bytes_per_second: Some(1_048_576),
+        rate_bytes_burst: Some(2_097_152),
+        max_json_depth: Some(16),
+        max_session_seconds: Some(86_400),
+        outbound_queue_messages: Some(512),
+        outbound_queue_bytes: Some(2_097_152),
+        write_buffer_bytes: Some(524_288),
+        ping_interval_seconds: Some(15),
+        ping_timeout_seconds: Some(10),
+        close_timeout_ms: Some(2000),
+        max_connections: Some(5000),
+        max_connections_per_ip: Some(50),
+        header_read_timeout_ms: Some(5000),
+        max_header_bytes: Some(8192),
+    };
     let mut r = resolved();
     r.turn_secret = Some("turn: secret with # and 'quotes'".into());
     let out = render(&cluster(spec), &r).unwrap();
@@ -112,6 +131,28 @@ fn every_setting_lands_under_its_config_table_key() {
     );
     assert_eq!(get("redis.url"), s("redis://:pw@demo-redis.x.svc:6379"));
     assert_eq!(get("redis.key_prefix"), s("team-a"));
+    let n = |x: i64| serde_yaml::Value::from(x);
+    for (key, value) in [
+        ("limits.max_message_bytes", 4096),
+        ("limits.rate_limit_per_second", 80),
+        ("limits.rate_limit_burst", 300),
+        ("limits.rate_limit_bytes_per_second", 1_048_576),
+        ("limits.rate_limit_bytes_burst", 2_097_152),
+        ("limits.max_json_depth", 16),
+        ("limits.max_session_secs", 86_400),
+        ("limits.outbound_queue_messages", 512),
+        ("limits.outbound_queue_bytes", 2_097_152),
+        ("limits.write_buffer_bytes", 524_288),
+        ("limits.ping_interval_secs", 15),
+        ("limits.ping_timeout_secs", 10),
+        ("limits.close_timeout_ms", 2000),
+        ("connections.max", 5000),
+        ("connections.max_per_ip", 50),
+        ("connections.header_read_timeout_ms", 5000),
+        ("connections.max_header_bytes", 8192),
+    ] {
+        assert_eq!(get(key), n(value), "{key}");
+    }
     assert!(v.get("jwt").unwrap().get("public_key_file").is_none());
 }
 
