@@ -29,8 +29,8 @@
  * const sb = new Switchboard({ room: "demo", token: jwt });
  * sb.addEventListener("participants", (e) => render(e.detail.participants));
  * sb.addEventListener("message", (e) => console.log(e.detail.participantId, e.detail.data));
- * await sb.connect();
- * sb.send("hello everyone");
+ * sb.addEventListener("channel-open", (e) => sb.sendTo(e.detail.participantId, "hello"));
+ * sb.connect().catch((err) => console.error("join failed:", err.message));
  */
 (function (root, factory) {
   "use strict";
@@ -90,8 +90,10 @@
    * @typedef {Object} SwitchboardOptions
    * @property {string} room Room id (1–64 of `[A-Za-z0-9_-]`).
    * @property {string} token JWT issued by your backend.
-   * @property {string} [baseUrl] HTTP(S) base URL of the server; defaults to the
-   *   directory of the current page, so the demo also works behind a path prefix.
+   * @property {string} [baseUrl] HTTP(S) base URL of the signaling server. Default:
+   *   the directory of the page that runs the script (`new URL(".", location.href)`),
+   *   which is right only when the signaling server serves that page (as with the
+   *   demo, also behind a path prefix). An app served from anywhere else must set it.
    * @property {MediaStreamConstraints|null} [media] Ask for camera/microphone with
    *   these constraints on connect (`{audio: true, video: true}`); null = data only.
    * @property {boolean} [autoReconnect=true] Reconnect after transient closes and
@@ -112,6 +114,10 @@
    *   any the server sends again to resynchronise a client that fell behind).
    * - `participants` `{participants, self}` whenever the list changes.
    * - `peer` `{peer}` (a {@link PeerInfo}) whenever a peer's connection or channel changes.
+   * - `channel-open` `{participantId, participant}` when the data channel to a peer
+   *   opens (from then on `send`/`sendTo` reach it and `openChannelCount()` counts it).
+   * - `participant-left` `{participantId, participant, reason}` when someone leaves the
+   *   room; `reason` is the server's (`closed`, `timeout`, `instance_lost`, `draining`, ...).
    * - `message` `{participantId, participant, data}` for data-channel messages.
    * - `track` `{participantId, stream}` when remote media arrives.
    * - `signal` `{message}` for every server message (raw envelope), for apps that
@@ -451,9 +457,12 @@
           break;
         case "user-left":
           if (payload.participant_id) {
-            this.participants.delete(payload.participant_id);
-            this._removePeer(payload.participant_id);
+            const id = payload.participant_id;
+            const who = this.participants.get(id) || payload;
+            this.participants.delete(id);
+            this._removePeer(id);
             this._emitParticipants();
+            this._emit("participant-left", { participantId: id, participant: who, reason: String(payload.reason || "") });
           }
           break;
         case "offer":
@@ -694,7 +703,13 @@
     useChannel(channel) {
       this.channel = channel;
       const changed = () => this.sb._emitPeer(this);
-      channel.onopen = changed;
+      channel.onopen = () => {
+        changed();
+        this.sb._emit("channel-open", {
+          participantId: this.id,
+          participant: this.sb.participants.get(this.id) || null,
+        });
+      };
       channel.onclose = changed;
       channel.onmessage = (ev) => {
         this.sb._emit("message", {
