@@ -264,6 +264,28 @@ fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
         }
     }
 
+    // Each page was told that its data channel to the other opened (`channel-open`), and
+    // nothing went wrong on the way (peer_failed, target_not_found, invalid_message ...): no
+    // notice is shown.
+    for (browser, other) in [(&alice, &bob), (&bob, &alice)] {
+        let other_id = other.execute(SELF_ID_JS, &[]).unwrap_or_default();
+        match browser.execute(
+            "return [document.getElementById('log').textContent.includes('data channel open to ' + arguments[0]),
+                     document.getElementById('notice').hidden];",
+            std::slice::from_ref(&other_id),
+        ) {
+            Ok(v) if v == json!([true, true]) => {}
+            other => fail(
+                &format!(
+                    "{}: expected `data channel open to {other_id}` in the log and no notice: {other:?}",
+                    browser.name()
+                ),
+                &both,
+                &server,
+                &driver,
+            ),
+        }
+    }
     // Nothing went wrong on the way (peer_failed, target_not_found, invalid_message ...).
     for browser in both {
         match browser.execute(
@@ -292,10 +314,14 @@ fn two_browsers_connect_over_a_data_channel_and_exchange_messages() {
             &driver,
         );
     }
+    // Her departure shows on his page with the server's reason.
     if let Err(e) = bob.wait_for(
-        "only bob listed and state joined after alice left",
+        "only bob listed, state joined and alice's departure shown after she left",
         "const names = Array.from(document.querySelectorAll('#participants li.participant .name'), (e) => e.textContent);
-         return names.length === 1 && names[0] === 'User bob' && document.body.dataset.state === 'joined';",
+         const left = Array.from(document.querySelectorAll('#departures li.departure'),
+             (e) => [e.dataset.reason, e.textContent.includes('User alice left')]);
+         return names.length === 1 && names[0] === 'User bob' && document.body.dataset.state === 'joined'
+             && JSON.stringify(left) === JSON.stringify([['closed', true]]);",
         UPDATE_TIMEOUT,
     ) {
         fail(&e, &both, &server, &driver);
@@ -409,26 +435,51 @@ fn the_page_reports_a_refused_token_and_the_library_helpers_behave() {
         );
     }
 
-    // A token signed with another secret: /webrtc/config answers 401 and the page says `error`.
+    // A token signed with another secret: /webrtc/config answers 401. A token for another room:
+    // the configuration comes, the upgrade is refused with close 1008 `room_forbidden`. Either
+    // way the page says `error`, shows the reason where the user looks, and offers Join, not
+    // Leave.
     let forged = Claims::user("mallory").hs256("not-the-server-secret");
-    if let Err(e) = page.execute(
-        "document.getElementById('token').value = arguments[0];
-         document.getElementById('join-button').click();
-         return true;",
-        &[json!(forged)],
-    ) {
-        fail(&format!("cannot press Join: {e}"), &both, &server, &driver);
-    }
-    if let Err(e) = page.wait_for(
-        "state error with a 401 in the event log",
-        "return document.body.dataset.state === 'error'
-            && document.getElementById('log').textContent.includes('HTTP 401');",
-        UPDATE_TIMEOUT,
-    ) {
-        let log = page
-            .execute("return document.getElementById('log').textContent;", &[])
-            .unwrap_or_default();
-        fail(&format!("{e}; event log: {log}"), &both, &server, &driver);
+    let elsewhere = Claims::user("mallory").rooms(&["elsewhere"]).hs256(SECRET);
+    for (token, shown) in [
+        (&forged, "invalid_token"),
+        (
+            &elsewhere,
+            "Connection refused: the token does not allow this room (room_forbidden), close 1008",
+        ),
+    ] {
+        if let Err(e) = page.execute(
+            "document.getElementById('token').value = arguments[0];
+             document.getElementById('join-button').click();
+             return true;",
+            &[json!(token)],
+        ) {
+            fail(&format!("cannot press Join: {e}"), &both, &server, &driver);
+        }
+        if let Err(e) = page.wait_for(
+            &format!("state error, {shown:?} on the page, Join enabled and Leave not"),
+            &format!(
+                "const notice = document.getElementById('notice');
+                 return document.body.dataset.state === 'error' && !notice.hidden
+                     && notice.dataset.kind === 'error' && notice.textContent.includes({})
+                     && notice.getClientRects().length > 0
+                     && !document.getElementById('join-button').disabled
+                     && document.getElementById('leave-button').disabled;",
+                json!(shown)
+            ),
+            UPDATE_TIMEOUT,
+        ) {
+            let seen = page
+                .execute(
+                    "return [document.body.dataset.state, document.getElementById('notice').textContent,
+                             document.getElementById('join-button').disabled,
+                             document.getElementById('leave-button').disabled,
+                             document.getElementById('log').textContent];",
+                    &[],
+                )
+                .unwrap_or_default();
+            fail(&format!("{e}; page: {seen}"), &both, &server, &driver);
+        }
     }
 }
 
