@@ -5,6 +5,7 @@ use super::*;
 use crate::config::{JwtAlgorithm, JwtConfig, JwtKey, Secret};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
+use switchboard_e2e::token;
 
 const RSA_PRIVATE: &str = include_str!("../tests/keys/rsa_private.pem");
 const RSA_PUBLIC: &str = include_str!("../tests/keys/rsa_public.pem");
@@ -32,13 +33,16 @@ fn rs() -> JwtConfig {
     }
 }
 
-fn sign_hs(claims: &serde_json::Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
+/// `claims` signed RS256 with the private half of [`RSA_PUBLIC`].
+fn sign_rs(claims: &serde_json::Value) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    token::sign(Algorithm::RS256, claims, &key)
+}
+
+/// `claims` signed ES256 with the private half of [`EC_PUBLIC`].
+fn sign_es(claims: &serde_json::Value) -> String {
+    let key = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+    token::sign(Algorithm::ES256, claims, &key)
 }
 
 fn later() -> u64 {
@@ -52,9 +56,9 @@ fn room(r: &str) -> RoomId {
 #[test]
 fn valid_hs256_token() {
     let auth = Authenticator::new(&hs("s3cret")).unwrap();
-    let t = sign_hs(
+    let t = token::hs256(
         &json!({"sub":"alice","name":"Alice","exp":later(),"rooms":["a","b"]}),
-        b"s3cret",
+        "s3cret",
     );
     let id = auth.verify(&t).unwrap();
     assert_eq!(id.user_id, "alice");
@@ -72,21 +76,21 @@ fn valid_hs256_token() {
 fn name_defaults_to_sub_and_rooms_to_all() {
     let auth = Authenticator::new(&hs("k")).unwrap();
     let id = auth
-        .verify(&sign_hs(&json!({"sub":"bob","exp":later()}), b"k"))
+        .verify(&token::hs256(&json!({"sub":"bob","exp":later()}), "k"))
         .unwrap();
     assert_eq!(id.username, "bob");
     assert_eq!(id.rooms, RoomAccess::All);
     let id = auth
-        .verify(&sign_hs(
+        .verify(&token::hs256(
             &json!({"sub":"bob","exp":later(),"rooms":["x","*"]}),
-            b"k",
+            "k",
         ))
         .unwrap();
     assert_eq!(id.rooms, RoomAccess::All);
     let id = auth
-        .verify(&sign_hs(
+        .verify(&token::hs256(
             &json!({"sub":"bob","exp":later(),"rooms":"*"}),
-            b"k",
+            "k",
         ))
         .unwrap();
     assert_eq!(id.rooms, RoomAccess::All);
@@ -95,7 +99,7 @@ fn name_defaults_to_sub_and_rooms_to_all() {
 #[test]
 fn refusals() {
     let auth = Authenticator::new(&hs("right")).unwrap();
-    let good = sign_hs(&json!({"sub":"a","exp":later()}), b"right");
+    let good = token::hs256(&json!({"sub":"a","exp":later()}), "right");
     let (head, rest) = good.split_once('.').unwrap();
     let (body, _sig) = rest.split_once('.').unwrap();
     let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
@@ -104,27 +108,27 @@ fn refusals() {
         ("garbage", "not.a.jwt".into(), AuthError::InvalidToken),
         (
             "wrong secret",
-            sign_hs(&json!({"sub":"a","exp":later()}), b"wrong"),
+            token::hs256(&json!({"sub":"a","exp":later()}), "wrong"),
             AuthError::InvalidToken,
         ),
         (
             "expired",
-            sign_hs(&json!({"sub":"a","exp":now_unix() - 5}), b"right"),
+            token::hs256(&json!({"sub":"a","exp":now_unix() - 5}), "right"),
             AuthError::TokenExpired,
         ),
         (
             "no exp",
-            sign_hs(&json!({"sub":"a"}), b"right"),
+            token::hs256(&json!({"sub":"a"}), "right"),
             AuthError::InvalidToken,
         ),
         (
             "no sub",
-            sign_hs(&json!({"exp":later()}), b"right"),
+            token::hs256(&json!({"exp":later()}), "right"),
             AuthError::InvalidToken,
         ),
         (
             "empty sub",
-            sign_hs(&json!({"sub":"","exp":later()}), b"right"),
+            token::hs256(&json!({"sub":"","exp":later()}), "right"),
             AuthError::InvalidToken,
         ),
         (
@@ -150,17 +154,17 @@ fn refusals() {
             // Absent means every room; an explicit null is refused rather
             // than read as "no restriction".
             "rooms null",
-            sign_hs(&json!({"sub":"a","exp":later(),"rooms":null}), b"right"),
+            token::hs256(&json!({"sub":"a","exp":later(),"rooms":null}), "right"),
             AuthError::InvalidToken,
         ),
         (
             "rooms not strings",
-            sign_hs(&json!({"sub":"a","exp":later(),"rooms":[1, 2]}), b"right"),
+            token::hs256(&json!({"sub":"a","exp":later(),"rooms":[1, 2]}), "right"),
             AuthError::InvalidToken,
         ),
         (
             "not yet valid",
-            sign_hs(&json!({"sub":"a","exp":later(),"nbf":later()}), b"right"),
+            token::hs256(&json!({"sub":"a","exp":later(),"nbf":later()}), "right"),
             AuthError::InvalidToken,
         ),
     ];
@@ -179,9 +183,9 @@ fn issuer_and_audience_checked_when_configured() {
     cfg.issuer = Some("https://issuer".into());
     cfg.audience = Some("switchboard".into());
     let auth = Authenticator::new(&cfg).unwrap();
-    let ok = sign_hs(
+    let ok = token::hs256(
         &json!({"sub":"a","exp":later(),"iss":"https://issuer","aud":"switchboard"}),
-        b"k",
+        "k",
     );
     assert!(auth.verify(&ok).is_ok());
     let cases = [
@@ -203,14 +207,18 @@ fn issuer_and_audience_checked_when_configured() {
         ),
     ];
     for (claims, want) in cases {
-        assert_eq!(auth.verify(&sign_hs(&claims, b"k")), Err(want), "{claims}");
+        assert_eq!(
+            auth.verify(&token::hs256(&claims, "k")),
+            Err(want),
+            "{claims}"
+        );
     }
     // Not configured: whatever iss/aud the token carries is accepted.
     let open = Authenticator::new(&hs("k")).unwrap();
     assert!(open
-        .verify(&sign_hs(
+        .verify(&token::hs256(
             &json!({"sub":"a","exp":later(),"iss":"x","aud":"y"}),
-            b"k"
+            "k"
         ))
         .is_ok());
 }
@@ -219,23 +227,13 @@ fn issuer_and_audience_checked_when_configured() {
 fn rs256_accepts_rsa_and_refuses_hs_confusion() {
     let auth = Authenticator::new(&rs()).unwrap();
     let claims = json!({"sub":"a","exp":later()});
-    let good = jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let good = sign_rs(&claims);
     assert_eq!(auth.verify(&good).unwrap().user_id, "a");
     // The classic confusion attack: HS256 "signed" with the public key text.
-    let confused = sign_hs(&claims, RSA_PUBLIC.as_bytes());
+    let confused = token::hs256(&claims, RSA_PUBLIC);
     assert_eq!(auth.verify(&confused), Err(AuthError::InvalidToken));
     // ES256 token for an RS256 server.
-    let es = jsonwebtoken::encode(
-        &Header::new(Algorithm::ES256),
-        &claims,
-        &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let es = sign_es(&claims);
     assert_eq!(auth.verify(&es), Err(AuthError::InvalidToken));
 }
 
@@ -249,15 +247,10 @@ fn es256_accepts_ec_and_refuses_others() {
     };
     let auth = Authenticator::new(&cfg).unwrap();
     let claims = json!({"sub":"a","exp":later()});
-    let good = jsonwebtoken::encode(
-        &Header::new(Algorithm::ES256),
-        &claims,
-        &EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let good = sign_es(&claims);
     assert!(auth.verify(&good).is_ok());
     assert_eq!(
-        auth.verify(&sign_hs(&claims, EC_PUBLIC.as_bytes())),
+        auth.verify(&token::hs256(&claims, EC_PUBLIC)),
         Err(AuthError::InvalidToken)
     );
 }
@@ -266,12 +259,7 @@ fn es256_accepts_ec_and_refuses_others() {
 fn hs256_server_refuses_rs256_tokens() {
     let auth = Authenticator::new(&hs("k")).unwrap();
     let claims = json!({"sub":"a","exp":later()});
-    let rs = jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims,
-        &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    let rs = sign_rs(&claims);
     assert_eq!(auth.verify(&rs), Err(AuthError::InvalidToken));
 }
 
@@ -322,16 +310,16 @@ fn overlong_sub_or_name_is_invalid_token() {
     let auth = Authenticator::new(&hs("s3cret")).unwrap();
     let at_limit = "é".repeat(MAX_IDENTITY_CHARS);
     let over = "é".repeat(MAX_IDENTITY_CHARS + 1);
-    let ok = sign_hs(
+    let ok = token::hs256(
         &json!({"sub": at_limit, "name": at_limit, "exp": later()}),
-        b"s3cret",
+        "s3cret",
     );
     assert_eq!(auth.verify(&ok).unwrap().username, at_limit);
     for claims in [
         json!({"sub": over, "exp": later()}),
         json!({"sub": "alice", "name": over, "exp": later()}),
     ] {
-        let t = sign_hs(&claims, b"s3cret");
+        let t = token::hs256(&claims, "s3cret");
         assert_eq!(auth.verify(&t), Err(AuthError::InvalidToken));
     }
 }
@@ -341,30 +329,30 @@ fn refresh_needs_a_valid_token_of_the_same_user_for_the_room() {
     let auth = Authenticator::new(&hs("s3cret")).unwrap();
     let good = json!({"sub":"alice","exp":later() + 60,"rooms":["a"]});
     let id = auth
-        .verify_refresh(&sign_hs(&good, b"s3cret"), "alice", &room("a"))
+        .verify_refresh(&token::hs256(&good, "s3cret"), "alice", &room("a"))
         .unwrap();
     assert_eq!(id.expires_at, later() + 60);
     let cases: &[(String, ErrorCode)] = &[
         (
-            sign_hs(
+            token::hs256(
                 &json!({"sub":"mallory","exp":later(),"rooms":["a"]}),
-                b"s3cret",
+                "s3cret",
             ),
             ErrorCode::UserMismatch,
         ),
         (
-            sign_hs(
+            token::hs256(
                 &json!({"sub":"alice","exp":later(),"rooms":["b"]}),
-                b"s3cret",
+                "s3cret",
             ),
             ErrorCode::RoomForbidden,
         ),
         (
-            sign_hs(&json!({"sub":"alice","exp":now_unix() - 1}), b"s3cret"),
+            token::hs256(&json!({"sub":"alice","exp":now_unix() - 1}), "s3cret"),
             ErrorCode::TokenExpired,
         ),
         (
-            sign_hs(&json!({"sub":"alice","exp":later()}), b"other-secret"),
+            token::hs256(&json!({"sub":"alice","exp":later()}), "other-secret"),
             ErrorCode::InvalidToken,
         ),
         ("not-a-jwt".to_string(), ErrorCode::InvalidToken),

@@ -4,23 +4,13 @@ use super::*;
 use crate::outbox::tests::{frame, try_next};
 use crate::outbox::Next;
 use crate::protocol::RelayKind;
+use crate::test_support::participant;
 use serde_json::Value;
 
 fn json(next: Option<Next>) -> Value {
     match next {
         Some(Next::Frame(f)) => serde_json::from_str(f.as_str()).unwrap(),
         other => panic!("expected a frame, got {other:?}"),
-    }
-}
-
-fn info(id: &str, instance: &str) -> ParticipantInfo {
-    ParticipantInfo {
-        participant_id: id.into(),
-        user_id: format!("u-{id}"),
-        username: id.into(),
-        joined_at: "2026-11-28T16:30:27.123Z".into(),
-        instance_id: instance.into(),
-        metadata: None,
     }
 }
 
@@ -51,12 +41,17 @@ fn outbox() -> Arc<Outbox> {
 fn register_sends_room_state_first_and_announces() {
     let h = hub();
     let (a, b) = (outbox(), outbox());
-    h.register(&room(), &info("a", "i1"), a.clone(), &[info("a", "i1")]);
     h.register(
         &room(),
-        &info("b", "i1"),
+        &participant("a", "i1"),
+        a.clone(),
+        &[participant("a", "i1")],
+    );
+    h.register(
+        &room(),
+        &participant("b", "i1"),
         b.clone(),
-        &[info("a", "i1"), info("b", "i1")],
+        &[participant("a", "i1"), participant("b", "i1")],
     );
     let v = json(try_next(&a));
     assert_eq!(v["type"], "room-state");
@@ -81,7 +76,11 @@ fn register_sends_room_state_first_and_announces() {
 fn relay_routes() {
     let h = hub();
     let (a, b, c) = (outbox(), outbox(), outbox());
-    let everyone = [info("a", "i1"), info("b", "i1"), info("c", "i1")];
+    let everyone = [
+        participant("a", "i1"),
+        participant("b", "i1"),
+        participant("c", "i1"),
+    ];
     h.register(&room(), &everyone[0], a.clone(), &everyone[..1]);
     h.register(&room(), &everyone[1], b.clone(), &everyone[..2]);
     h.register(&room(), &everyone[2], c.clone(), &everyone);
@@ -115,9 +114,9 @@ fn remote_members_and_events() {
     // The bus reported a participant on another instance.
     h.register(
         &room(),
-        &info("a", "i1"),
+        &participant("a", "i1"),
         a.clone(),
-        &[info("x", "i2"), info("a", "i1")],
+        &[participant("x", "i2"), participant("a", "i1")],
     );
     while try_next(&a).is_some() {}
     assert_eq!(h.relay_local(&relay("a", Some("x"))), Route::Publish);
@@ -133,27 +132,27 @@ fn remote_members_and_events() {
     // Presence from other instances; duplicates are ignored.
     h.deliver(RemoteEvent::Joined {
         room_id: room(),
-        participant: info("y", "i3"),
+        participant: participant("y", "i3"),
     });
     h.deliver(RemoteEvent::Joined {
         room_id: room(),
-        participant: info("y", "i3"),
+        participant: participant("y", "i3"),
     });
     assert_eq!(json(try_next(&a))["type"], "user-joined");
     assert!(try_next(&a).is_none());
     // The record a bus reconciles: other instances' members only, in join order.
     assert_eq!(
         h.remote_members(&room()),
-        vec![info("x", "i2"), info("y", "i3")]
+        vec![participant("x", "i2"), participant("y", "i3")]
     );
     h.deliver(RemoteEvent::Left {
         room_id: room(),
-        participant: info("x", "i2"),
+        participant: participant("x", "i2"),
         reason: LeaveReason::InstanceLost,
     });
     h.deliver(RemoteEvent::Left {
         room_id: room(),
-        participant: info("x", "i2"),
+        participant: participant("x", "i2"),
         reason: LeaveReason::InstanceLost,
     });
     let v = json(try_next(&a));
@@ -165,7 +164,7 @@ fn remote_members_and_events() {
     // A remote Left for a local participant is not ours to act on.
     h.deliver(RemoteEvent::Left {
         room_id: room(),
-        participant: info("a", "i1"),
+        participant: participant("a", "i1"),
         reason: LeaveReason::Closed,
     });
     assert_eq!(h.counts(), (1, 1));
@@ -174,11 +173,11 @@ fn remote_members_and_events() {
     // Events for rooms without local participants are ignored.
     h.deliver(RemoteEvent::Joined {
         room_id: RoomId::parse("other").unwrap(),
-        participant: info("z", "i2"),
+        participant: participant("z", "i2"),
     });
     assert_eq!(h.counts(), (1, 1));
     assert_eq!(h.remote_members(&RoomId::parse("other").unwrap()), vec![]);
-    assert_eq!(h.remote_members(&room()), vec![info("y", "i3")]);
+    assert_eq!(h.remote_members(&room()), vec![participant("y", "i3")]);
 }
 
 #[test]
@@ -186,12 +185,17 @@ fn slow_reader_is_marked_and_others_keep_receiving() {
     let h = hub();
     let slow = Arc::new(Outbox::new(3, 1 << 20));
     let fast = outbox();
-    h.register(&room(), &info("s", "i1"), slow.clone(), &[info("s", "i1")]);
     h.register(
         &room(),
-        &info("f", "i1"),
+        &participant("s", "i1"),
+        slow.clone(),
+        &[participant("s", "i1")],
+    );
+    h.register(
+        &room(),
+        &participant("f", "i1"),
         fast.clone(),
-        &[info("s", "i1"), info("f", "i1")],
+        &[participant("s", "i1"), participant("f", "i1")],
     );
     while try_next(&fast).is_some() {}
     for _ in 0..5 {
@@ -206,7 +210,12 @@ fn slow_reader_is_marked_and_others_keep_receiving() {
 fn drain_sends_reconnect_within_window() {
     let h = hub();
     let a = outbox();
-    h.register(&room(), &info("a", "i1"), a.clone(), &[info("a", "i1")]);
+    h.register(
+        &room(),
+        &participant("a", "i1"),
+        a.clone(),
+        &[participant("a", "i1")],
+    );
     h.drain(Duration::from_millis(500));
     assert_eq!(json(try_next(&a))["type"], "room-state");
     let v = json(try_next(&a));
@@ -219,12 +228,17 @@ fn drain_sends_reconnect_within_window() {
 fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
     let h = hub();
     let (s, t) = (outbox(), outbox());
-    h.register(&room(), &info("s", "i1"), s.clone(), &[info("s", "i1")]);
     h.register(
         &room(),
-        &info("t", "i1"),
+        &participant("s", "i1"),
+        s.clone(),
+        &[participant("s", "i1")],
+    );
+    h.register(
+        &room(),
+        &participant("t", "i1"),
         t.clone(),
-        &[info("s", "i1"), info("t", "i1")],
+        &[participant("s", "i1"), participant("t", "i1")],
     );
     while try_next(&s).is_some_and(|n| matches!(n, Next::Frame(_))) {}
     h.drain(Duration::ZERO);
@@ -250,9 +264,9 @@ fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
 fn concurrent_joins_on_one_instance_stay_consistent() {
     let h = hub();
     let (a, b) = (outbox(), outbox());
-    let mut ia = info("a", "i1");
+    let mut ia = participant("a", "i1");
     ia.joined_at = "2026-11-28T16:30:27.100Z".into();
-    let ib = info("b", "i1");
+    let ib = participant("b", "i1");
     // Both passed the bus; b registers first while a is still in flight.
     h.register(&room(), &ib, b.clone(), &[ia.clone(), ib.clone()]);
     let v = json(try_next(&b));
@@ -278,9 +292,9 @@ fn concurrent_joins_on_one_instance_stay_consistent() {
     let c = outbox();
     h.register(
         &room(),
-        &info("c", "i1"),
+        &participant("c", "i1"),
         c.clone(),
-        &[ia.clone(), ib.clone(), info("c", "i1")],
+        &[ia.clone(), ib.clone(), participant("c", "i1")],
     );
     let v = json(try_next(&c));
     assert_eq!(v["payload"]["participant_count"], 2, "{v}");
@@ -293,18 +307,23 @@ fn a_reader_that_missed_presence_gets_a_fresh_room_state_after_catching_up() {
     let reader = Arc::new(Outbox::new(1, 1 << 20));
     h.register(
         &room(),
-        &info("r", "i1"),
+        &participant("r", "i1"),
         reader.clone(),
-        &[info("r", "i1")],
+        &[participant("r", "i1")],
     );
     let others: Vec<Arc<Outbox>> = (0..4).map(|_| outbox()).collect();
     for (i, o) in others.iter().enumerate() {
-        h.register(&room(), &info(&format!("p{i}"), "i1"), o.clone(), &[]);
+        h.register(
+            &room(),
+            &participant(&format!("p{i}"), "i1"),
+            o.clone(),
+            &[],
+        );
     }
     h.unregister(&room(), "p0", LeaveReason::Closed);
     h.deliver(RemoteEvent::Joined {
         room_id: room(),
-        participant: info("remote", "i2"),
+        participant: participant("remote", "i2"),
     });
     // room-state, then the one presence update that fitted beside it; the
     // other five were dropped.
@@ -343,11 +362,16 @@ fn a_remote_join_announced_while_a_local_join_is_under_way_is_kept() {
     h.expect_join(&room(), "a");
     h.deliver(RemoteEvent::Joined {
         room_id: room(),
-        participant: info("b", "i2"),
+        participant: participant("b", "i2"),
     });
     let a = outbox();
     // The bus read the room before b's join: its list names only a.
-    h.register(&room(), &info("a", "i1"), a.clone(), &[info("a", "i1")]);
+    h.register(
+        &room(),
+        &participant("a", "i1"),
+        a.clone(),
+        &[participant("a", "i1")],
+    );
     let state = json(try_next(&a));
     let ids: Vec<&str> = state["payload"]["participants"]
         .as_array()
@@ -367,15 +391,15 @@ fn a_remote_leave_during_a_local_join_is_not_undone_by_its_member_list() {
     h.expect_join(&room(), "a");
     h.deliver(RemoteEvent::Left {
         room_id: room(),
-        participant: info("b", "i2"),
+        participant: participant("b", "i2"),
         reason: LeaveReason::Closed,
     });
     let a = outbox();
     h.register(
         &room(),
-        &info("a", "i1"),
+        &participant("a", "i1"),
         a.clone(),
-        &[info("a", "i1"), info("b", "i2")],
+        &[participant("a", "i1"), participant("b", "i2")],
     );
     let state = json(try_next(&a));
     assert_eq!(state["payload"]["participant_count"], 1, "{state}");
@@ -391,7 +415,7 @@ fn a_failed_join_forgets_the_room() {
     h.join_failed(&room(), "a");
     h.deliver(RemoteEvent::Joined {
         room_id: room(),
-        participant: info("b", "i2"),
+        participant: participant("b", "i2"),
     });
     assert!(h.remote_members(&room()).is_empty());
     assert_eq!(h.counts(), (0, 0));

@@ -24,6 +24,9 @@ pub mod shutdown;
 pub mod token;
 pub mod upgrade;
 
+#[cfg(test)]
+mod test_support;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;

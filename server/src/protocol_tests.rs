@@ -131,14 +131,7 @@ fn relay_envelope_has_exact_shape_and_splice_point() {
 }
 
 fn participant(id: &str) -> ParticipantInfo {
-    ParticipantInfo {
-        participant_id: id.into(),
-        user_id: format!("u-{id}"),
-        username: format!("name {id}"),
-        joined_at: "2026-11-28T16:30:27.123Z".into(),
-        instance_id: "i".into(),
-        metadata: None,
-    }
+    crate::test_support::participant(id, "i")
 }
 
 #[test]
@@ -152,12 +145,12 @@ fn server_messages() {
     assert_eq!(v["to"], serde_json::Value::Null);
     assert_eq!(
         v["payload"]["self"],
-        serde_json::json!({"participant_id":"a","user_id":"u-a","username":"name a"})
+        serde_json::json!({"participant_id":"a","user_id":"user-a","username":"User a"})
     );
     assert_eq!(v["payload"]["participant_count"], 2);
     assert_eq!(
         v["payload"]["participants"][0],
-        serde_json::json!({"participant_id":"b","user_id":"u-b","username":"name b","joined_at":"2026-11-28T16:30:27.123Z"})
+        serde_json::json!({"participant_id":"b","user_id":"user-b","username":"User b","joined_at":"2026-11-28T16:30:27.123Z"})
     );
 
     let v: serde_json::Value =
@@ -166,7 +159,7 @@ fn server_messages() {
     assert_eq!(v["type"], "user-left");
     assert_eq!(
         v["payload"],
-        serde_json::json!({"participant_id":"a","user_id":"u-a","username":"name a","joined_at":"2026-11-28T16:30:27.123Z","reason":"slow_consumer"})
+        serde_json::json!({"participant_id":"a","user_id":"user-a","username":"User a","joined_at":"2026-11-28T16:30:27.123Z","reason":"slow_consumer"})
     );
 
     let v: serde_json::Value = serde_json::from_str(encode_user_joined("r", &me).as_str()).unwrap();

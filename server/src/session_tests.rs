@@ -814,12 +814,7 @@ fn is_dead_after_interval_plus_timeout() {
 
 /// An HS256 token of the world's key.
 fn token(sub: &str, exp: u64, rooms: &[&str]) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp, "rooms": rooms}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    switchboard_e2e::token::hs256(&json!({"sub": sub, "exp": exp, "rooms": rooms}), SECRET)
 }
 
 // Real time: the deadline is the token's `exp`, read from the system clock.

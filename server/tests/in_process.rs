@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_e2e::token::{now_secs, Claims};
 use switchboard_server::config::{Command, Config};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,18 +29,12 @@ fn config(extra: &[(&str, &str)]) -> Config {
     }
 }
 
+/// Valid for ten minutes (the TURN test relies on that).
 fn token(user: &str, rooms: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": user, "name": user, "exp": exp, "rooms": rooms}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    Claims::user(user)
+        .rooms(rooms)
+        .expires_in(600)
+        .hs256(SECRET)
 }
 
 struct Server {
@@ -245,10 +240,7 @@ async fn config_endpoint_issues_turn_rest_credentials() {
     let username = turn["username"].as_str().unwrap();
     let (expiry, user) = username.split_once(':').unwrap();
     assert_eq!(user, "carol");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now_secs();
     let expiry: u64 = expiry.parse().unwrap();
     // The TTL is an hour but the token expires in ten minutes: the token wins.
     assert!(

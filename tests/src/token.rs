@@ -1,5 +1,10 @@
 //! JWTs for the tests: well-formed HS256/RS256/ES256 tokens with chosen claims, and crafted bad
 //! ones (alg none, HS/RS confusion, tampered signature). Keys are the test-only PEM fixtures.
+//!
+//! The one place the workspace's tests mint tokens: the end-to-end tests here, the server's
+//! unit and in-process tests and the load generator's tests all sign through [`Claims`] or,
+//! for claim shapes [`Claims`] cannot express (`rooms: null`, `nbf`, odd types), [`hs256`] and
+//! [`sign`] with any serializable claims.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -133,11 +138,7 @@ impl Claims {
 
     /// HS256 with `secret`.
     pub fn hs256(&self, secret: &str) -> String {
-        sign(
-            Algorithm::HS256,
-            self,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
+        hs256(self, secret)
     }
 
     /// RS256 with the test-only RSA key.
@@ -176,8 +177,18 @@ impl Claims {
     }
 }
 
-fn sign(alg: Algorithm, claims: &Claims, key: &EncodingKey) -> String {
+/// Any `claims` signed with `alg` and `key`.
+pub fn sign(alg: Algorithm, claims: &impl Serialize, key: &EncodingKey) -> String {
     encode(&Header::new(alg), claims, key).expect("test token encodes")
+}
+
+/// Any `claims` (e.g. a `json!` value) signed HS256 with `secret`.
+pub fn hs256(claims: &impl Serialize, secret: &str) -> String {
+    sign(
+        Algorithm::HS256,
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 fn b64_json(value: &Value) -> String {

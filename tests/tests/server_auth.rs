@@ -261,12 +261,7 @@ async fn rooms_null_is_refused_not_read_as_all_rooms() {
         "exp": switchboard_e2e::token::now_secs() + 600,
         "rooms": null,
     });
-    let nully = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign");
+    let nully = switchboard_e2e::token::hs256(&claims, SECRET);
     assert_refused(&server, &nully, "invalid_token", &mut b, &mut c).await;
     let resp = switchboard_e2e::http::get_bearer(server.addr(), "/webrtc/config", &nully).await;
     assert_eq!(resp.status, 401, "{}", resp.text());

@@ -389,14 +389,7 @@ mod tests {
     use super::*;
 
     fn p(id: &str) -> ParticipantInfo {
-        ParticipantInfo {
-            participant_id: id.into(),
-            user_id: format!("user-{id}"),
-            username: id.into(),
-            joined_at: "2026-11-28T16:30:27.123Z".into(),
-            instance_id: "i1".into(),
-            metadata: None,
-        }
+        crate::test_support::participant(id, "i1")
     }
 
     fn room(s: &str) -> RoomId {

@@ -305,12 +305,8 @@ mod tests {
     #[test]
     fn participants_are_listed_in_join_order() {
         let p = |id: &str, at: &str| ParticipantInfo {
-            participant_id: id.into(),
-            user_id: id.into(),
-            username: id.into(),
             joined_at: at.into(),
-            instance_id: "i".into(),
-            metadata: None,
+            ..crate::test_support::participant(id, "i")
         };
         let list = sorted(vec![
             p("b", "2026-01-01T00:00:01.000Z"),

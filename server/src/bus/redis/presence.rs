@@ -631,16 +631,10 @@ pub(super) async fn heartbeat_task(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::participant;
 
     fn info(id: &str) -> ParticipantInfo {
-        ParticipantInfo {
-            participant_id: id.into(),
-            user_id: "u".into(),
-            username: "u".into(),
-            joined_at: "2026-01-01T00:00:00.000Z".into(),
-            instance_id: "a".into(),
-            metadata: None,
-        }
+        participant(id, "a")
     }
 
     #[test]

@@ -161,15 +161,13 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::participant;
 
+    /// A longer id joined later: the join order shows in the ids.
     fn p(id: &str, instance: &str) -> ParticipantInfo {
         ParticipantInfo {
-            participant_id: id.into(),
-            user_id: id.into(),
-            username: id.into(),
             joined_at: format!("2026-01-01T00:00:0{}.000Z", id.len()),
-            instance_id: instance.into(),
-            metadata: None,
+            ..participant(id, instance)
         }
     }
 

@@ -170,15 +170,13 @@ pub fn decode(bytes: &[u8]) -> Result<BusEnvelope, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::participant;
 
+    /// A name with quotes and a newline, which the header must escape.
     fn p(id: &str) -> ParticipantInfo {
         ParticipantInfo {
-            participant_id: id.into(),
-            user_id: format!("user-{id}"),
             username: format!("name \"{id}\"\n"),
-            joined_at: "2026-11-28T16:30:27.123Z".into(),
-            instance_id: "i1".into(),
-            metadata: None,
+            ..participant(id, "i1")
         }
     }
 
