@@ -397,38 +397,31 @@ impl Session {
         S: Sink<Message> + Unpin,
         R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
-        let refuse = |reason| (close::TRY_AGAIN_LATER, reason);
-        let close_timeout = ctx.limits.close_timeout;
         let started = Instant::now();
-        let participants = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
-            Ok(JoinOutcome::Joined { participants }) => participants,
+        // Either way a refusal ends the same: counted, then closed with 1013 and its reason.
+        let joined = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
+            Ok(JoinOutcome::Joined { participants }) => Ok(participants),
             Ok(JoinOutcome::RoomFull) => {
                 tracing::info!("join refused: room full");
-                ctx.metrics.refused("room_full");
-                let (s, r) = (sink, stream);
-                close_handshake(
-                    s,
-                    r,
-                    Vec::new(),
-                    refuse("room_full"),
-                    AfterClose::Drain,
-                    close_timeout,
-                )
-                .await;
-                return None;
+                Err("room_full")
             }
             Err(e) => {
                 tracing::warn!(error = %e, "join refused: bus unavailable");
-                ctx.metrics.refused("bus_unavailable");
                 ctx.metrics.error(e.metric_label());
-                let (s, r) = (sink, stream);
+                Err("bus_unavailable")
+            }
+        };
+        let participants = match joined {
+            Ok(participants) => participants,
+            Err(reason) => {
+                ctx.metrics.refused(reason);
                 close_handshake(
-                    s,
-                    r,
+                    sink,
+                    stream,
                     Vec::new(),
-                    refuse("bus_unavailable"),
+                    (close::TRY_AGAIN_LATER, reason),
                     AfterClose::Drain,
-                    close_timeout,
+                    ctx.limits.close_timeout,
                 )
                 .await;
                 return None;
