@@ -162,7 +162,9 @@ fn build_jwt(r: &mut Reader<'_>, dev: bool) -> JwtConfig {
         JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
             refuse_secret(r, &secret, algorithm, "jwt.public_key_file");
             match public_key_path {
-                Some(path) => public_key(r, algorithm, &path).map(JwtKey::PublicKeyPem),
+                Some(path) => {
+                    pem_key(r, algorithm, KeySide::Public, &path).map(JwtKey::PublicKeyPem)
+                }
                 None => {
                     r.err(
                         &JWT_PUBLIC_KEY_FILE.meta,
@@ -212,10 +214,10 @@ pub fn build_signing(r: &mut Reader<'_>) -> SigningConfig {
         JwtAlgorithm::Rs256 | JwtAlgorithm::Es256 => {
             refuse_secret(r, &secret, algorithm, "jwt.private_key_file");
             let check = public_key_path
-                .and_then(|path| public_key(r, algorithm, &path))
+                .and_then(|path| pem_key(r, algorithm, KeySide::Public, &path))
                 .map(|pem| verify(JwtKey::PublicKeyPem(pem)));
             let key = match private_key_path {
-                Some(path) => private_key(r, algorithm, &path),
+                Some(path) => pem_key(r, algorithm, KeySide::Private, &path).map(Secret::new),
                 None => {
                     r.err(
                         &JWT_PRIVATE_KEY_FILE.meta,
@@ -278,83 +280,58 @@ fn hs256_secret(r: &mut Reader<'_>, secret: SecretSetting, other_key: &str) -> O
     }
 }
 
-/// The PEM public key at `path`, checked to be one `algorithm` can use:
-/// type, RSA size and curve first, each mistake with its own reason.
-fn public_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option<String> {
-    let usable = |pem: &str| {
-        crate::auth::check_public_key(algorithm, pem).map_err(|p| Some(p.to_string()))?;
-        let parsed = match algorithm {
-            JwtAlgorithm::Rs256 => jsonwebtoken::DecodingKey::from_rsa_pem(pem.as_bytes()).is_ok(),
-            _ => jsonwebtoken::DecodingKey::from_ec_pem(pem.as_bytes()).is_ok(),
-        };
-        parsed.then_some(()).ok_or(None)
-    };
-    pem_file(
-        r,
-        &JWT_PUBLIC_KEY_FILE.meta,
-        path,
-        algorithm,
-        "public",
-        usable,
-    )
+/// Which half of a key pair a key file holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeySide {
+    /// `jwt.public_key_file`: the server verifies with it.
+    Public,
+    /// `jwt.private_key_file`: `switchboard-server token` signs with it.
+    Private,
 }
 
-/// The PEM private key at `path`, checked to be one `algorithm` can sign with.
-fn private_key(r: &mut Reader<'_>, algorithm: JwtAlgorithm, path: &str) -> Option<Secret> {
-    let usable = |pem: &str| {
-        let parsed = match algorithm {
-            JwtAlgorithm::Rs256 => jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).is_ok(),
-            _ => jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_ok(),
-        };
-        parsed.then_some(()).ok_or(None)
-    };
-    pem_file(
-        r,
-        &JWT_PRIVATE_KEY_FILE.meta,
-        path,
-        algorithm,
-        "private",
-        usable,
-    )
-    .map(Secret::new)
-}
-
-/// Reads the key file `setting` names; an unreadable or unusable one is an
-/// error. `usable` may say why (the text after the path), else the error
-/// names the kind of key expected.
-fn pem_file(
+/// The PEM key at `path`, checked to be one `algorithm` can use: a public key's type, RSA
+/// size and curve first, each mistake with its own reason, then that it parses. An unreadable
+/// or unusable file is an error on its setting naming the kind of key expected.
+fn pem_key(
     r: &mut Reader<'_>,
-    setting: &Meta,
-    path: &str,
     algorithm: JwtAlgorithm,
-    side: &str,
-    usable: impl Fn(&str) -> Result<(), Option<String>>,
+    side: KeySide,
+    path: &str,
 ) -> Option<String> {
-    match r.files.read(path) {
-        Ok(pem) => match usable(&pem) {
-            Ok(()) => Some(pem),
-            Err(Some(reason)) => {
-                r.err(setting, format!("{path} {reason}"));
-                None
-            }
-            Err(None) => {
-                let kind = if algorithm == JwtAlgorithm::Rs256 {
-                    "an RSA"
-                } else {
-                    "an EC P-256"
-                };
-                r.err(
-                    setting,
-                    format!("{path} is not {kind} {side} key in PEM format"),
-                );
-                None
-            }
-        },
+    let (setting, side_name) = match side {
+        KeySide::Public => (&JWT_PUBLIC_KEY_FILE.meta, "public"),
+        KeySide::Private => (&JWT_PRIVATE_KEY_FILE.meta, "private"),
+    };
+    let pem = match r.files.read(path) {
+        Ok(pem) => pem,
         Err(e) => {
             r.err(setting, format!("cannot read {path}: {e}"));
-            None
+            return None;
+        }
+    };
+    if side == KeySide::Public {
+        if let Err(problem) = crate::auth::check_public_key(algorithm, &pem) {
+            r.err(setting, format!("{path} {problem}"));
+            return None;
         }
     }
+    let rsa = algorithm == JwtAlgorithm::Rs256;
+    let bytes = pem.as_bytes();
+    let parses = match side {
+        KeySide::Public if rsa => jsonwebtoken::DecodingKey::from_rsa_pem(bytes).is_ok(),
+        KeySide::Public => jsonwebtoken::DecodingKey::from_ec_pem(bytes).is_ok(),
+        KeySide::Private if rsa => jsonwebtoken::EncodingKey::from_rsa_pem(bytes).is_ok(),
+        KeySide::Private => jsonwebtoken::EncodingKey::from_ec_pem(bytes).is_ok(),
+    };
+    if !parses {
+        let kind = if rsa { "an RSA" } else { "an EC P-256" };
+        r.err(
+            setting,
+            format!("{path} is not {kind} {side_name} key in PEM format"),
+        );
+        return None;
+    }
+    Some(pem)
 }
 
 fn build_ice(r: &mut Reader<'_>) -> IceConfig {
