@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::bus::redis::metrics::BusMetrics;
 
@@ -111,101 +111,106 @@ pub struct Gauges {
     pub draining: bool,
 }
 
+/// Registers `metric` as `name` with `help` and hands back the handle that records into it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("switchboard");
         // Help texts get their final "." from the registry. Counters are registered without
         // `_total`, which the encoder appends (`connections` -> `switchboard_connections_total`).
-        let connections = Gauge::default();
-        registry.register(
+        let connections = register(
+            &mut registry,
             "connections",
             "Open WebSocket connections (participants) on this instance",
-            connections.clone(),
+            Gauge::default(),
         );
-        let connections_total = Counter::default();
-        registry.register(
+        let connections_total = register(
+            &mut registry,
             "connections",
             "WebSocket connections accepted as participants",
-            connections_total.clone(),
+            Counter::default(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            registry.register(name, help, g.clone());
-            g
-        };
-        let rooms = gauge(
+        let rooms = register(
             &mut registry,
             "rooms",
             "Rooms with at least one participant on this instance",
+            Gauge::default(),
         );
-        let participants = gauge(
+        let participants = register(
             &mut registry,
             "participants",
             "Participants connected to this instance",
+            Gauge::default(),
         );
-        let bus_ready = gauge(
+        let bus_ready = register(
             &mut registry,
             "bus_ready",
             "1 when the bus can carry messages",
+            Gauge::default(),
         );
-        let draining = gauge(
+        let draining = register(
             &mut registry,
             "draining",
             "1 while the instance is shutting down",
+            Gauge::default(),
         );
-        let messages_received = Counter::default();
-        registry.register(
+        let messages_received = register(
+            &mut registry,
             "messages_received",
             "Client messages received",
-            messages_received.clone(),
+            Counter::default(),
         );
-        let presence_dropped = Counter::default();
-        registry.register(
+        let presence_dropped = register(
+            &mut registry,
             "presence_dropped",
             "Presence updates dropped for slow readers",
-            presence_dropped.clone(),
+            Counter::default(),
         );
-        let presence_resyncs = Counter::default();
-        registry.register(
+        let presence_resyncs = register(
+            &mut registry,
             "presence_resyncs",
             "Fresh room-state messages sent to readers that had missed presence updates",
-            presence_resyncs.clone(),
+            Counter::default(),
         );
-        let relayed = LabeledCounter::new("type");
-        registry.register(
+        let relayed = register(
+            &mut registry,
             "messages_relayed",
             "Client messages relayed, by message type",
-            relayed.clone(),
+            LabeledCounter::new("type"),
         );
-        let errors = LabeledCounter::new("code");
-        registry.register(
+        let errors = register(
+            &mut registry,
             "errors",
             "Error messages sent to clients, by error code",
-            errors.clone(),
+            LabeledCounter::new("code"),
         );
-        let closes = LabeledCounter::new("reason");
-        registry.register(
+        let closes = register(
+            &mut registry,
             "closes",
             "Connections closed or refused, by reason",
-            closes.clone(),
+            LabeledCounter::new("reason"),
         );
-        let fanout = Histogram::new(FANOUT_BUCKETS);
-        registry.register(
+        let fanout = register(
+            &mut registry,
             "relay_local_recipients",
             "Local recipients per relayed message",
-            fanout.clone(),
+            Histogram::new(FANOUT_BUCKETS),
         );
-        let message_bytes = Histogram::new(SIZE_BUCKETS);
-        registry.register(
+        let message_bytes = register(
+            &mut registry,
             "message_size_bytes",
             "Size of client messages",
-            message_bytes.clone(),
+            Histogram::new(SIZE_BUCKETS),
         );
-        let join_seconds = Histogram::new(SECONDS_BUCKETS);
-        registry.register(
+        let join_seconds = register(
+            &mut registry,
             "join_duration_seconds",
             "Time from upgrade to room-state",
-            join_seconds.clone(),
+            Histogram::new(SECONDS_BUCKETS),
         );
         // Exported with every bus (zero without Redis), so the set of series does not
         // depend on the deployment.
