@@ -42,10 +42,8 @@ const TOKEN_TTL_SECS: u64 = 6 * 3600;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The multi-threaded runtime with its I/O and time drivers.
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

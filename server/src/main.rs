@@ -36,10 +36,8 @@ fn main() -> ExitCode {
         }
     };
     switchboard_server::logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The multi-threaded runtime with its I/O and time drivers.
+    let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
