@@ -39,6 +39,15 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wants() { [[ " $only " == *" $1 "* ]]; }
+# wait_for_line FILE PATTERN TENTHS: until FILE has a line matching PATTERN, at most TENTHS/10 s;
+# returns either way (the caller checks what came of the start).
+wait_for_line() {
+  for _ in $(seq "$3"); do
+    grep -q "$2" "$1" && return 0
+    sleep 0.1
+  done
+  return 0
+}
 
 # start_server NAME [ENV=VALUE...]: a server with the rate limit lifted; sets $url and $pid.
 start_server() {
@@ -49,10 +58,7 @@ start_server() {
     RUST_LOG=warn "$server_bin" --listen 127.0.0.1:0 >"$out/logs/$name.out" 2>"$out/logs/$name.err" &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 150); do
-    grep -q '^listening on' "$out/logs/$name.out" && break
-    sleep 0.1
-  done
+  wait_for_line "$out/logs/$name.out" '^listening on' 150
   url=http://$(sed -n 's/^listening on //p' "$out/logs/$name.out")
   [ "$url" != "http://" ] || { echo "run.sh: server $name did not start:" >&2; cat "$out/logs/$name.err" >&2; exit 1; }
 }
@@ -72,10 +78,7 @@ start_peerjs() {
     >"$out/logs/$1.out" 2>&1 &
   pid=$!
   pids+=("$pid")
-  for _ in $(seq 100); do
-    grep -q 'Started PeerServer' "$out/logs/$1.out" && break
-    sleep 0.1
-  done
+  wait_for_line "$out/logs/$1.out" 'Started PeerServer' 100
   url=peerjs://127.0.0.1:$port
 }
 
