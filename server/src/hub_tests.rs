@@ -37,22 +37,19 @@ fn outbox() -> Arc<Outbox> {
     Arc::new(Outbox::new(16, 1 << 20))
 }
 
+/// Registers participant `id` of this instance (`i1`) with `outbox`, the bus having listed the
+/// participants `listed` (also of `i1`) for the join.
+fn join(h: &Hub, id: &str, outbox: &Arc<Outbox>, listed: &[&str]) {
+    let listed: Vec<ParticipantInfo> = listed.iter().map(|l| participant(l, "i1")).collect();
+    h.register(&room(), &participant(id, "i1"), outbox.clone(), &listed);
+}
+
 #[test]
 fn register_sends_room_state_first_and_announces() {
     let h = hub();
     let (a, b) = (outbox(), outbox());
-    h.register(
-        &room(),
-        &participant("a", "i1"),
-        a.clone(),
-        &[participant("a", "i1")],
-    );
-    h.register(
-        &room(),
-        &participant("b", "i1"),
-        b.clone(),
-        &[participant("a", "i1"), participant("b", "i1")],
-    );
+    join(&h, "a", &a, &["a"]);
+    join(&h, "b", &b, &["a", "b"]);
     let v = json(try_next(&a));
     assert_eq!(v["type"], "room-state");
     let v = json(try_next(&a));
@@ -76,14 +73,9 @@ fn register_sends_room_state_first_and_announces() {
 fn relay_routes() {
     let h = hub();
     let (a, b, c) = (outbox(), outbox(), outbox());
-    let everyone = [
-        participant("a", "i1"),
-        participant("b", "i1"),
-        participant("c", "i1"),
-    ];
-    h.register(&room(), &everyone[0], a.clone(), &everyone[..1]);
-    h.register(&room(), &everyone[1], b.clone(), &everyone[..2]);
-    h.register(&room(), &everyone[2], c.clone(), &everyone);
+    join(&h, "a", &a, &["a"]);
+    join(&h, "b", &b, &["a", "b"]);
+    join(&h, "c", &c, &["a", "b", "c"]);
     for o in [&a, &b, &c] {
         while try_next(o).is_some() {}
     }
@@ -185,18 +177,8 @@ fn slow_reader_is_marked_and_others_keep_receiving() {
     let h = hub();
     let slow = Arc::new(Outbox::new(3, 1 << 20));
     let fast = outbox();
-    h.register(
-        &room(),
-        &participant("s", "i1"),
-        slow.clone(),
-        &[participant("s", "i1")],
-    );
-    h.register(
-        &room(),
-        &participant("f", "i1"),
-        fast.clone(),
-        &[participant("s", "i1"), participant("f", "i1")],
-    );
+    join(&h, "s", &slow, &["s"]);
+    join(&h, "f", &fast, &["s", "f"]);
     while try_next(&fast).is_some() {}
     for _ in 0..5 {
         h.relay_local(&relay("x", Some("s")));
@@ -210,12 +192,7 @@ fn slow_reader_is_marked_and_others_keep_receiving() {
 fn drain_sends_reconnect_within_window() {
     let h = hub();
     let a = outbox();
-    h.register(
-        &room(),
-        &participant("a", "i1"),
-        a.clone(),
-        &[participant("a", "i1")],
-    );
+    join(&h, "a", &a, &["a"]);
     h.drain(Duration::from_millis(500));
     assert_eq!(json(try_next(&a))["type"], "room-state");
     let v = json(try_next(&a));
@@ -228,18 +205,8 @@ fn drain_sends_reconnect_within_window() {
 fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
     let h = hub();
     let (s, t) = (outbox(), outbox());
-    h.register(
-        &room(),
-        &participant("s", "i1"),
-        s.clone(),
-        &[participant("s", "i1")],
-    );
-    h.register(
-        &room(),
-        &participant("t", "i1"),
-        t.clone(),
-        &[participant("s", "i1"), participant("t", "i1")],
-    );
+    join(&h, "s", &s, &["s"]);
+    join(&h, "t", &t, &["s", "t"]);
     while try_next(&s).is_some_and(|n| matches!(n, Next::Frame(_))) {}
     h.drain(Duration::ZERO);
     // Every outbox is now marked draining, but t's writer has not flushed:
@@ -305,12 +272,7 @@ fn a_reader_that_missed_presence_gets_a_fresh_room_state_after_catching_up() {
     let h = hub();
     // The reader holds 2 presence updates (twice its bound of 1).
     let reader = Arc::new(Outbox::new(1, 1 << 20));
-    h.register(
-        &room(),
-        &participant("r", "i1"),
-        reader.clone(),
-        &[participant("r", "i1")],
-    );
+    join(&h, "r", &reader, &["r"]);
     let others: Vec<Arc<Outbox>> = (0..4).map(|_| outbox()).collect();
     for (i, o) in others.iter().enumerate() {
         h.register(
@@ -366,12 +328,7 @@ fn a_remote_join_announced_while_a_local_join_is_under_way_is_kept() {
     });
     let a = outbox();
     // The bus read the room before b's join: its list names only a.
-    h.register(
-        &room(),
-        &participant("a", "i1"),
-        a.clone(),
-        &[participant("a", "i1")],
-    );
+    join(&h, "a", &a, &["a"]);
     let state = json(try_next(&a));
     let ids: Vec<&str> = state["payload"]["participants"]
         .as_array()

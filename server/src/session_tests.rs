@@ -99,6 +99,16 @@ impl World {
         self.join_ctx(ctx)
     }
 
+    /// Alice and Bob in the room, Alice having seen Bob join: where two-party tests start.
+    async fn alice_and_bob(&self) -> (Client, Client) {
+        let mut a = self.join("alice");
+        a.joined().await;
+        let mut b = self.join("bob");
+        b.joined().await;
+        a.expect("user-joined").await;
+        (a, b)
+    }
+
     fn join_ctx(&self, ctx: SessionContext) -> Client {
         let (to_client, from_server) = mpsc::unbounded::<Message>();
         let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
@@ -277,11 +287,7 @@ async fn bad_input_gets_errors_and_the_connection_stays() {
 #[tokio::test]
 async fn too_big_closes_1009() {
     let w = World::new();
-    let mut a = w.join("alice");
-    a.joined().await;
-    let mut b = w.join("bob");
-    b.joined().await;
-    a.expect("user-joined").await;
+    let (mut a, mut b) = w.alice_and_bob().await;
     b.send_text(&format!(
         "{{\"type\":\"chat-message\",\"payload\":\"{}\"}}",
         "x".repeat(2000)
@@ -318,11 +324,7 @@ async fn a_server_close_reads_until_the_clients_close() {
     let mut w = World::new();
     w.limits.rate_limit_per_second = 1;
     w.limits.rate_limit_burst = 1;
-    let mut a = w.join("alice");
-    a.joined().await;
-    let mut b = w.join("bob");
-    b.joined().await;
-    a.expect("user-joined").await;
+    let (mut a, mut b) = w.alice_and_bob().await;
     // One message in the bucket, the first rejection is abuse.
     b.send(json!({"type":"chat-message","payload":1}));
     b.send(json!({"type":"chat-message","payload":2}));
@@ -499,11 +501,7 @@ async fn flooding_is_rejected_then_closed() {
     let mut w = World::new();
     w.limits.rate_limit_per_second = 1;
     w.limits.rate_limit_burst = 3;
-    let mut a = w.join("alice");
-    a.joined().await;
-    let mut b = w.join("bob");
-    b.joined().await;
-    a.expect("user-joined").await;
+    let (mut a, mut b) = w.alice_and_bob().await;
     for _ in 0..10 {
         b.send(json!({"type":"chat-message","payload":1}));
     }
@@ -540,11 +538,7 @@ async fn flooding_is_rejected_then_closed() {
 #[tokio::test(start_paused = true)]
 async fn silent_peer_times_out() {
     let w = World::new();
-    let mut a = w.join("alice");
-    a.joined().await;
-    let mut b = w.join("bob");
-    b.joined().await;
-    a.expect("user-joined").await;
+    let (mut a, mut b) = w.alice_and_bob().await;
     // Alice answers pings (any inbound frame counts); Bob never does.
     let keepalive = {
         let tx = a.tx.clone();
