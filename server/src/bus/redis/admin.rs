@@ -50,15 +50,8 @@ impl Inner {
     /// [`Bus::rooms`](crate::bus::Bus::rooms): every room some instance registered, read one
     /// by one; rooms that emptied meanwhile are left out.
     pub(super) async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
-        let mut conn = self.conn.clone();
-        let instances_key = self.keys.instances();
-        let instances: Vec<String> = self
-            .redis("list instances", async move {
-                conn.smembers(instances_key).await
-            })
-            .await?;
         let mut room_ids = BTreeSet::new();
-        for instance in instances {
+        for instance in self.instances().await? {
             let mut conn = self.conn.clone();
             let key = self.keys.instance_rooms(&instance);
             let rooms: Vec<String> = self

@@ -442,17 +442,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Every instance registered in Redis, this one included.
+    pub(super) async fn instances(&self) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.instances();
+        self.redis("list instances", async move { conn.smembers(key).await })
+            .await
+    }
+
     /// Finds instances whose heartbeat expired and cleans up after them (one cleaner each).
     async fn sweep(&self) -> Result<(), BusError> {
         let me = self.instance().to_owned();
-        let mut conn = self.conn.clone();
-        let instances_key = self.keys.instances();
-        let instances: Vec<String> = self
-            .redis("list instances", async move {
-                conn.smembers(instances_key).await
-            })
-            .await?;
-        for other in instances.into_iter().filter(|i| *i != me) {
+        for other in self.instances().await?.into_iter().filter(|i| *i != me) {
             let mut conn = self.conn.clone();
             let alive_key = self.keys.instance_alive(&other);
             let alive: bool = self
