@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{client_async, WebSocketStream};
 
+use crate::token::Claims;
+
 /// Default bound for one expected message.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -382,6 +384,28 @@ pub async fn join_all(addr: SocketAddr, room: &str, tokens: &[String]) -> Vec<Cl
         clients.push(client);
     }
     clients
+}
+
+/// Joins one client per user of `users` into `room`, in order, each with an HS256 token of
+/// `secret` ([`Claims::user`]); what [`join_all`] says holds for them.
+pub async fn join_users(addr: SocketAddr, room: &str, secret: &str, users: &[&str]) -> Vec<Client> {
+    let tokens: Vec<String> = users
+        .iter()
+        .map(|u| Claims::user(u).hs256(secret))
+        .collect();
+    join_all(addr, room, &tokens).await
+}
+
+/// The sorted `participant_id`s of a participant list (a room-state's or the REST API's).
+pub fn sorted_participant_ids(participants: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = participants
+        .as_array()
+        .unwrap_or_else(|| panic!("participants is not a list: {participants}"))
+        .iter()
+        .map(|p| p["participant_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// A readable description of a handshake error (the HTTP status and body for refusals).

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::{
-    assert_pair_relays, assert_relays, ws_path, Client, ConnectOptions, Event,
+    assert_pair_relays, assert_relays, sorted_participant_ids, ws_path, Client, ConnectOptions,
+    Event,
 };
 use switchboard_e2e::http;
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
@@ -75,18 +76,7 @@ async fn participants(addr: SocketAddr, room: &str) -> Vec<String> {
     )
     .await;
     assert_eq!(res.status, 200, "participants on {addr}: {}", res.text());
-    ids(&res.json()["participants"])
-}
-
-fn ids(list: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = list
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {list}"))
-        .iter()
-        .map(|p| p["participant_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    ids.sort();
-    ids
+    sorted_participant_ids(&res.json()["participants"])
 }
 
 /// The value of the sample named exactly `name` (with labels, if any) in an instance's
@@ -171,7 +161,7 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
     // room-state counts everyone, cluster-wide.
     let state = d.room_state.clone().unwrap();
     assert_eq!(state["payload"]["participant_count"], 4);
-    let everyone = ids(&state["payload"]["participants"]);
+    let everyone = sorted_participant_ids(&state["payload"]["participants"]);
     assert_eq!(everyone.len(), 4);
     wait_participants(
         &servers.iter().collect::<Vec<_>>(),
@@ -515,7 +505,7 @@ async fn join_when_admitted(
 /// anything else or at `deadline`.
 async fn wait_heard_of(client: &mut Client, pid: &str, deadline: Instant, what: &str) {
     let state = client.room_state.as_ref().expect("joined");
-    if ids(&state["payload"]["participants"])
+    if sorted_participant_ids(&state["payload"]["participants"])
         .iter()
         .any(|p| p == pid)
     {
@@ -562,7 +552,7 @@ async fn a_join_right_after_redis_returns_empty_sees_who_was_already_there() {
     redis.restart_same_port();
     let mut b = join_when_admitted(&servers[2], room, "bob", Duration::from_secs(10)).await;
     assert_eq!(
-        ids(&b.room_state.as_ref().unwrap()["payload"]["participants"]),
+        sorted_participant_ids(&b.room_state.as_ref().unwrap()["payload"]["participants"]),
         vec![b.pid()],
         "scenario: Redis forgot alice"
     );
@@ -624,7 +614,7 @@ async fn presence_missed_while_the_subscriber_was_wedged_is_reconciled() {
     b.close().await;
     let mut c = Client::join(direct.addr(), room, &token("carol")).await;
     assert_eq!(
-        ids(&c.room_state.as_ref().unwrap()["payload"]["participants"]),
+        sorted_participant_ids(&c.room_state.as_ref().unwrap()["payload"]["participants"]),
         {
             let mut want = vec![a.pid(), c.pid()];
             want.sort();
@@ -955,7 +945,7 @@ async fn a_redis_outage_is_logged_when_it_starts_while_it_lasts_and_when_it_ends
 /// Whether `client` knows of `pid`: in its `room-state`, or by a `user-joined` within `timeout`.
 async fn learns_of(client: &mut Client, pid: &str, timeout: Duration) -> bool {
     let state = client.room_state.as_ref().expect("joined");
-    if ids(&state["payload"]["participants"])
+    if sorted_participant_ids(&state["payload"]["participants"])
         .iter()
         .any(|p| p == pid)
     {

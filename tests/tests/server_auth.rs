@@ -12,10 +12,19 @@ use switchboard_e2e::token::{ec_public_key_path, rsa_public_key_path, tamper_sig
 const SECRET: &str = "e2e-auth-secret-0123456789abcdef";
 const ROOM: &str = "auth-room";
 
-/// Two participants already talking in `room`.
+/// Two participants already talking in `room`, with HS256 tokens of `secret`.
 async fn bystanders(server: &ServerProcess, room: &str, secret: &str) -> (Client, Client) {
-    let mut b = Client::join(server.addr(), room, &Claims::user("bob").hs256(secret)).await;
-    let c = Client::join(server.addr(), room, &Claims::user("carol").hs256(secret)).await;
+    bystanders_signed(server, room, |claims| claims.hs256(secret)).await
+}
+
+/// Two participants already talking in `room`, with tokens that `sign` makes of their claims.
+async fn bystanders_signed(
+    server: &ServerProcess,
+    room: &str,
+    sign: impl Fn(Claims) -> String,
+) -> (Client, Client) {
+    let mut b = Client::join(server.addr(), room, &sign(Claims::user("bob"))).await;
+    let c = Client::join(server.addr(), room, &sign(Claims::user("carol"))).await;
     let seen = b.expect_type("user-joined").await;
     assert_eq!(seen["payload"]["participant_id"], c.pid().as_str());
     (b, c)
@@ -149,9 +158,7 @@ async fn rs256_server_refuses_hs256_signed_with_its_public_key() {
         .env("JWT_ALGORITHM", "RS256")
         .env("JWT_PUBLIC_KEY_FILE", key.to_string_lossy())
         .start();
-    let mut b = Client::join(server.addr(), ROOM, &Claims::user("bob").rs256()).await;
-    let mut c = Client::join(server.addr(), ROOM, &Claims::user("carol").rs256()).await;
-    b.expect_type("user-joined").await;
+    let (mut b, mut c) = bystanders_signed(&server, ROOM, |claims| claims.rs256()).await;
     let cases = [
         (
             Claims::user("mallory").hs256_with_rsa_public_key(),
@@ -171,9 +178,7 @@ async fn es256_server_accepts_es256_and_refuses_other_algorithms() {
         .env("JWT_ALGORITHM", "ES256")
         .env("JWT_PUBLIC_KEY_FILE", key.to_string_lossy())
         .start();
-    let mut b = Client::join(server.addr(), ROOM, &Claims::user("bob").es256()).await;
-    let mut c = Client::join(server.addr(), ROOM, &Claims::user("carol").es256()).await;
-    b.expect_type("user-joined").await;
+    let (mut b, mut c) = bystanders_signed(&server, ROOM, |claims| claims.es256()).await;
     let cases = [
         (Claims::user("mallory").rs256(), "invalid_token"),
         (Claims::user("mallory").hs256("x"), "invalid_token"),
@@ -186,10 +191,10 @@ async fn wrong_audience_is_closed_invalid_audience() {
     let server = ServerOptions::with_secret(SECRET)
         .env("JWT_AUDIENCE", "switchboard")
         .start();
-    let good = |user: &str| Claims::user(user).audience("switchboard").hs256(SECRET);
-    let mut b = Client::join(server.addr(), ROOM, &good("bob")).await;
-    let mut c = Client::join(server.addr(), ROOM, &good("carol")).await;
-    b.expect_type("user-joined").await;
+    let (mut b, mut c) = bystanders_signed(&server, ROOM, |claims| {
+        claims.audience("switchboard").hs256(SECRET)
+    })
+    .await;
     let cases = [
         (
             Claims::user("mallory")
@@ -208,14 +213,10 @@ async fn wrong_issuer_is_closed_invalid_token() {
     let server = ServerOptions::with_secret(SECRET)
         .env("JWT_ISSUER", "https://issuer.example")
         .start();
-    let good = |user: &str| {
-        Claims::user(user)
-            .issuer("https://issuer.example")
-            .hs256(SECRET)
-    };
-    let mut b = Client::join(server.addr(), ROOM, &good("bob")).await;
-    let mut c = Client::join(server.addr(), ROOM, &good("carol")).await;
-    b.expect_type("user-joined").await;
+    let (mut b, mut c) = bystanders_signed(&server, ROOM, |claims| {
+        claims.issuer("https://issuer.example").hs256(SECRET)
+    })
+    .await;
     let cases = [
         (
             Claims::user("mallory")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::{
-    assert_error, assert_pair_relays, join_all, ws_path, Client, ConnectOptions,
+    assert_error, assert_pair_relays, join_users, ws_path, Client, ConnectOptions,
 };
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -24,8 +24,7 @@ fn token(user: &str) -> String {
 
 /// Joins `users` in order; nothing is left pending for any of them.
 async fn room_of(server: &ServerProcess, room: &str, users: &[&str]) -> Vec<Client> {
-    let tokens: Vec<String> = users.iter().map(|u| token(u)).collect();
-    join_all(server.addr(), room, &tokens).await
+    join_users(server.addr(), room, SECRET, users).await
 }
 
 /// A `chat-message` broadcast whose serialized form is exactly `size` bytes, and the length of

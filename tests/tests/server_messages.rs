@@ -4,7 +4,8 @@
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::{
-    assert_envelope, assert_error, assert_pair_relays, assert_relays, join_all, Client,
+    assert_envelope, assert_error, assert_pair_relays, assert_relays, join_users,
+    sorted_participant_ids, Client,
 };
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -23,19 +24,7 @@ fn token(user: &str) -> String {
 
 /// Joins `users` in order; nothing is left pending for any of them.
 async fn room_of(server: &ServerProcess, room: &str, users: &[&str]) -> Vec<Client> {
-    let tokens: Vec<String> = users.iter().map(|u| token(u)).collect();
-    join_all(server.addr(), room, &tokens).await
-}
-
-fn pids(participants: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = participants
-        .as_array()
-        .unwrap_or_else(|| panic!("participants is not a list: {participants}"))
-        .iter()
-        .map(|p| p["participant_id"].as_str().unwrap_or_default().to_string())
-        .collect();
-    ids.sort();
-    ids
+    join_users(server.addr(), room, SECRET, users).await
 }
 
 #[tokio::test]
@@ -51,7 +40,10 @@ async fn room_state_describes_self_and_everyone_present() {
     assert_eq!(me["username"], "User alice");
     assert!(!alice.pid().is_empty());
     assert_eq!(state["payload"]["participant_count"], 1);
-    assert_eq!(pids(&state["payload"]["participants"]), vec![alice.pid()]);
+    assert_eq!(
+        sorted_participant_ids(&state["payload"]["participants"]),
+        vec![alice.pid()]
+    );
 
     let bob = Client::join(server.addr(), ROOM, &token("bob")).await;
     let joined = alice.expect_type("user-joined").await;
@@ -67,7 +59,10 @@ async fn room_state_describes_self_and_everyone_present() {
     assert_eq!(state["payload"]["participant_count"], 2);
     let mut expected = vec![alice.pid(), bob.pid()];
     expected.sort();
-    assert_eq!(pids(&state["payload"]["participants"]), expected);
+    assert_eq!(
+        sorted_participant_ids(&state["payload"]["participants"]),
+        expected
+    );
     let alice_entry = state["payload"]["participants"]
         .as_array()
         .unwrap()
@@ -192,7 +187,10 @@ async fn user_left_reason_closed_and_room_state_shrinks() {
     assert_eq!(state["payload"]["participant_count"], 3);
     let mut expected = vec![clients[0].pid(), clients[1].pid(), dave.pid()];
     expected.sort();
-    assert_eq!(pids(&state["payload"]["participants"]), expected);
+    assert_eq!(
+        sorted_participant_ids(&state["payload"]["participants"]),
+        expected
+    );
 }
 
 #[tokio::test]
