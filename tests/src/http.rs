@@ -52,10 +52,7 @@ impl HttpResponse {
 
 /// `GET path` with extra headers.
 pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    tokio::time::timeout(REQUEST_TIMEOUT, request(addr, "GET", path, headers))
-        .await
-        .unwrap_or_else(|_| panic!("GET {path} timed out after {REQUEST_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("GET {path} failed: {e:#}"))
+    send(addr, "GET", path, headers, b"").await
 }
 
 /// `GET path`.
@@ -78,13 +75,10 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
-    tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        request_with_body(addr, method, path, headers, body),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{method} {path} timed out after {REQUEST_TIMEOUT:?}"))
-    .unwrap_or_else(|e| panic!("{method} {path} failed: {e:#}"))
+    tokio::time::timeout(REQUEST_TIMEOUT, request(addr, method, path, headers, body))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path} timed out after {REQUEST_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path} failed: {e:#}"))
 }
 
 /// `method path` with `Authorization: Bearer <token>` and, when given, a JSON body.
@@ -110,15 +104,6 @@ pub async fn send_bearer(
 }
 
 async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<HttpResponse> {
-    request_with_body(addr, method, path, headers, b"").await
-}
-
-async fn request_with_body(
     addr: SocketAddr,
     method: &str,
     path: &str,
