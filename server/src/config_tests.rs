@@ -49,6 +49,7 @@ fn defaults() {
         c.rooms,
         RoomsConfig {
             max_participants: 50,
+            max_user_connections: Some(5),
             presence_ttl: Duration::from_secs(30)
         }
     );
@@ -63,6 +64,7 @@ fn defaults() {
             max_metadata_bytes: 1024,
             max_json_depth: 32,
             max_session: None,
+            max_user_connections_per_instance: Some(20),
             outbound_queue_messages: 256,
             outbound_queue_bytes: 1_048_576,
             ping_interval: Duration::from_secs(20),
@@ -586,6 +588,67 @@ fn dev_mode_needs_no_key_and_uses_the_in_process_bus() {
     assert_eq!(c.redis.url, None);
     let other = load(&["--dev"], &[], &[]).unwrap();
     assert_ne!(other.jwt.key, c.jwt.key, "a fresh secret each start");
+}
+
+#[test]
+fn per_user_caps_default_on_zero_turns_them_off_and_dev_lifts_them_unless_set() {
+    let c = load(&[], &[("JWT_SECRET", S)], &[]).unwrap();
+    assert_eq!(
+        (
+            c.rooms.max_user_connections,
+            c.limits.max_user_connections_per_instance
+        ),
+        (Some(5), Some(20))
+    );
+    let off = load(
+        &["--max-user-connections-per-room", "0"],
+        &[
+            ("JWT_SECRET", S),
+            ("WEBRTC_MAX_USER_CONNECTIONS_PER_INSTANCE", "0"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            off.rooms.max_user_connections,
+            off.limits.max_user_connections_per_instance
+        ),
+        (None, None)
+    );
+    // --dev prints one token every demo tab shares.
+    let dev = load(&["--dev"], &[], &[]).unwrap();
+    assert_eq!(
+        (
+            dev.rooms.max_user_connections,
+            dev.limits.max_user_connections_per_instance
+        ),
+        (None, None)
+    );
+    let dev_capped = load(
+        &["--dev"],
+        &[("WEBRTC_MAX_USER_CONNECTIONS_PER_ROOM", "3")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(dev_capped.rooms.max_user_connections, Some(3));
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("WEBRTC_MAX_USER_CONNECTIONS_PER_ROOM", "-1"),
+            ("WEBRTC_MAX_USER_CONNECTIONS_PER_INSTANCE", "many"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(
+        errs,
+        [
+            "config error: rooms.max_user_connections (WEBRTC_MAX_USER_CONNECTIONS_PER_ROOM / --max-user-connections-per-room): expected an integer (0 = no limit), got \"-1\"",
+            "config error: limits.max_user_connections_per_instance (WEBRTC_MAX_USER_CONNECTIONS_PER_INSTANCE / --max-user-connections-per-instance): expected an integer (0 = no limit), got \"many\"",
+        ]
+    );
 }
 
 #[test]

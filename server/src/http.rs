@@ -29,6 +29,7 @@ use crate::room::RoomId;
 use crate::session::{self, close, AfterClose, ReadError, SessionContext, WriteError};
 use crate::shutdown::Shutdown;
 use crate::upgrade::{self, Upgrade, WsStream};
+use crate::user_connections::{UserConnection, UserConnections};
 
 /// Read buffer of each WebSocket. tungstenite's default (128 KiB) is
 /// zero-filled on the first read, so every idle participant kept 128 KiB
@@ -49,6 +50,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<Shutdown>,
+    /// Each user's open connections on this instance.
+    pub user_connections: Arc<UserConnections>,
     pub started: Instant,
 }
 
@@ -248,8 +251,17 @@ async fn ws_upgrade(
         Some(room) => state
             .auth
             .authorize(ws_token(&headers, &query), &room)
-            .map(|identity| (room, identity))
-            .map_err(AuthError::reason),
+            .map_err(AuthError::reason)
+            .and_then(|identity| {
+                // Taken before the upgrade so that a burst of upgrades counts
+                // at once; the slot is freed when the connection ends however
+                // it ends (a failed upgrade drops it with the callback).
+                let cap = state.config.limits.max_user_connections_per_instance;
+                match state.user_connections.try_open(&identity.user_id, cap) {
+                    Some(slot) => Ok((room, identity, slot)),
+                    None => Err("user_instance_limit"),
+                }
+            }),
     };
     let limits = &state.config.limits;
     let limit = limits.max_message_bytes;
@@ -305,14 +317,15 @@ fn classify_write(e: tungstenite::Error) -> WriteError {
 
 async fn handle_socket(
     state: AppState,
-    decision: Result<(RoomId, Identity), &'static str>,
+    decision: Result<(RoomId, Identity, UserConnection), &'static str>,
     guard: crate::shutdown::DrainGuard,
     socket: WsStream,
 ) {
     let (sink, stream) = socket.split();
     let mut sink = session::ClassifyErrors::new(sink, classify_write);
     let mut stream = stream.map(classify_read as fn(_) -> _);
-    let (room, identity) = match decision {
+    // `_slot` lives until the session has ended.
+    let (room, identity, _slot) = match decision {
         Ok(ok) => ok,
         Err(reason) => {
             tracing::info!(reason, "upgrade refused");
@@ -340,6 +353,7 @@ async fn handle_socket(
         metrics: state.metrics.clone(),
         limits: state.config.limits.clone(),
         max_participants: state.config.rooms.max_participants,
+        max_user_connections: state.config.rooms.max_user_connections,
         instance_id: state.config.instance_id.clone(),
         shutdown: state.shutdown.clone(),
     };
@@ -490,6 +504,9 @@ async fn stats(State(state): State<AppState>) -> Response {
         "bus": state.bus.health(),
         "limits": {
             "max_participants_per_room": state.config.rooms.max_participants,
+            // null: no limit.
+            "max_user_connections_per_room": state.config.rooms.max_user_connections,
+            "max_user_connections_per_instance": limits.max_user_connections_per_instance,
             "max_message_bytes": limits.max_message_bytes,
             "rate_limit_per_second": limits.rate_limit_per_second,
             "rate_limit_burst": limits.rate_limit_burst,

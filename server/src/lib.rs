@@ -23,6 +23,7 @@ pub mod session;
 pub mod shutdown;
 pub mod token;
 pub mod upgrade;
+pub mod user_connections;
 
 #[cfg(test)]
 mod test_support;
@@ -62,6 +63,7 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
         auth: Arc::new(auth),
         metrics,
         shutdown,
+        user_connections: user_connections::UserConnections::new(),
         started: Instant::now(),
     })
 }

@@ -18,7 +18,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, JoinOutcome, RelayMessage};
+use crate::bus::{Bus, JoinLimits, JoinOutcome, RelayMessage};
 use crate::config::Limits;
 use crate::hub::{Hub, Route};
 use crate::lifetime::{Expiry, Lifetime};
@@ -38,7 +38,8 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// Invalid frame payload data: a text frame that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// Policy violation: auth refusals, rate abuse, token expired.
+    /// Policy violation: auth refusals, rate abuse, token expired, per-user
+    /// connection limits.
     pub const POLICY: u16 = 1008;
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
@@ -147,6 +148,8 @@ pub struct SessionContext {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub max_participants: usize,
+    /// Connections of one user per room, cluster-wide; `None` = no limit.
+    pub max_user_connections: Option<usize>,
     pub instance_id: String,
     pub shutdown: Arc<Shutdown>,
 }
@@ -398,28 +401,41 @@ impl Session {
         R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
         let started = Instant::now();
-        // Either way a refusal ends the same: counted, then closed with 1013 and its reason.
-        let joined = match ctx.bus.join(&ctx.room, &me, ctx.max_participants).await {
+        let limits = JoinLimits {
+            capacity: ctx.max_participants,
+            per_user: ctx.max_user_connections,
+        };
+        // Either way a refusal ends the same: counted, then closed with its code and reason.
+        let joined = match ctx.bus.join(&ctx.room, &me, limits).await {
             Ok(JoinOutcome::Joined { participants }) => Ok(participants),
             Ok(JoinOutcome::RoomFull) => {
                 tracing::info!("join refused: room full");
-                Err("room_full")
+                Err((close::TRY_AGAIN_LATER, "room_full"))
+            }
+            Ok(JoinOutcome::UserLimit) => {
+                // Policy, not load: retrying does not help until one of the
+                // user's own connections to this room closes.
+                tracing::info!(
+                    limit = ctx.max_user_connections,
+                    "join refused: the user holds the most connections allowed in this room"
+                );
+                Err((close::POLICY, "user_room_limit"))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "join refused: bus unavailable");
                 ctx.metrics.error(e.metric_label());
-                Err("bus_unavailable")
+                Err((close::TRY_AGAIN_LATER, "bus_unavailable"))
             }
         };
         let participants = match joined {
             Ok(participants) => participants,
-            Err(reason) => {
+            Err((code, reason)) => {
                 ctx.metrics.refused(reason);
                 close_handshake(
                     sink,
                     stream,
                     Vec::new(),
-                    (close::TRY_AGAIN_LATER, reason),
+                    (code, reason),
                     AfterClose::Drain,
                     ctx.limits.close_timeout,
                 )

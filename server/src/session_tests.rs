@@ -17,6 +17,7 @@ struct World {
     shutdown: Arc<Shutdown>,
     limits: Limits,
     max_participants: usize,
+    max_user_connections: Option<usize>,
 }
 
 fn limits() -> Limits {
@@ -29,6 +30,7 @@ fn limits() -> Limits {
         max_metadata_bytes: 1024,
         max_json_depth: 32,
         max_session: None,
+        max_user_connections_per_instance: None,
         outbound_queue_messages: 64,
         outbound_queue_bytes: 1 << 20,
         ping_interval: Duration::from_secs(20),
@@ -62,6 +64,7 @@ impl World {
             shutdown: Arc::new(Shutdown::new(Duration::from_millis(100))),
             limits: limits(),
             max_participants: 50,
+            max_user_connections: None,
         }
     }
 
@@ -82,6 +85,7 @@ impl World {
             metrics: self.metrics.clone(),
             limits: self.limits.clone(),
             max_participants: self.max_participants,
+            max_user_connections: self.max_user_connections,
             instance_id: "test".into(),
             shutdown: self.shutdown.clone(),
         }
@@ -494,6 +498,29 @@ async fn room_full_closes_1013() {
     assert_eq!(b.task.await.unwrap(), None);
     a.send(json!({"type":"ping"}));
     a.expect("pong").await;
+}
+
+#[tokio::test]
+async fn a_user_over_its_room_limit_closes_1008_and_others_still_join() {
+    let mut w = World::new();
+    w.max_user_connections = Some(2);
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let mut tab = w.join("alice");
+        tab.joined().await;
+        tabs.push(tab);
+    }
+    let mut third = w.join("alice");
+    third.expect_close(1008, "user_room_limit").await;
+    assert_eq!(third.task.await.unwrap(), None);
+    let mut bob = w.join("bob");
+    bob.joined().await;
+    // A closed tab gives its seat back once it has left.
+    let Client { tx, task, .. } = tabs.remove(0);
+    drop(tx);
+    assert_eq!(task.await.unwrap(), Some(End::ClientClosed));
+    let mut again = w.join("alice");
+    again.joined().await;
 }
 
 #[tokio::test]

@@ -178,6 +178,40 @@ impl Client {
         client
     }
 
+    /// Joins like [`join`](Self::join), connecting again (every 50 ms, for at most `timeout`)
+    /// while the join is refused with exactly `refusal` (close code and reason): for a seat that
+    /// is being freed. A room hears `user-left` a moment before the server has recorded the
+    /// leave, so a join right after it may still be refused. Panics on any other answer, or
+    /// when the refusal lasts past `timeout`.
+    pub async fn join_retrying(
+        addr: SocketAddr,
+        room: &str,
+        token: &str,
+        refusal: (u16, &str),
+        timeout: Duration,
+    ) -> Client {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut client = Self::connect(addr, room, token).await;
+            match client.next_event(RECV_TIMEOUT).await {
+                Event::Json(msg) if msg["type"] == "room-state" => {
+                    client.room_state = Some(msg);
+                    return client;
+                }
+                Event::Close(Some((code, reason)))
+                    if (code, reason.as_str()) == refusal
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!(
+                    "room {room}: expected room-state (or close {refusal:?} for at most \
+                     {timeout:?}), got {other:?}"
+                ),
+            }
+        }
+    }
+
     /// Connects with the token in `Sec-WebSocket-Protocol: switchboard.v1, bearer.<jwt>` and
     /// waits for `room-state`.
     pub async fn join_subprotocol(addr: SocketAddr, room: &str, token: &str) -> Client {

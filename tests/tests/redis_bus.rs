@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_server::bus::redis::metrics::BusMetrics;
 use switchboard_server::bus::redis::{RedisBus, RedisSettings};
-use switchboard_server::bus::{Bus, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
+use switchboard_server::bus::{Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
 use switchboard_server::protocol::{Frame, RelayKind};
 use switchboard_server::room::{LeaveReason, ParticipantInfo, RoomId};
 
@@ -170,8 +170,16 @@ fn chat(room_id: &RoomId, from: &str, to: Option<&str>, n: usize) -> RelayMessag
     }
 }
 
+/// `capacity` participants per room and the default of five per user.
+fn limits(capacity: usize) -> JoinLimits {
+    JoinLimits {
+        capacity,
+        per_user: Some(5),
+    }
+}
+
 async fn join(node: &Node, room_id: &RoomId, p: &ParticipantInfo, cap: usize) -> JoinOutcome {
-    let outcome = node.bus.join(room_id, p, cap).await.expect("join");
+    let outcome = node.bus.join(room_id, p, limits(cap)).await.expect("join");
     if let JoinOutcome::Joined { participants } = &outcome {
         node.hub.registered(room_id, p, participants);
     }
@@ -259,7 +267,9 @@ async fn capacity_is_atomic_across_instances() {
         let bus = n.bus.clone();
         let p = participant(&format!("p{i}"), &n.id);
         let r = r.clone();
-        joins.push(tokio::spawn(async move { bus.join(&r, &p, 50).await }));
+        joins.push(tokio::spawn(
+            async move { bus.join(&r, &p, limits(50)).await },
+        ));
     }
     let mut admitted = 0;
     let mut full = 0;
@@ -267,10 +277,76 @@ async fn capacity_is_atomic_across_instances() {
         match j.await.unwrap().unwrap() {
             JoinOutcome::Joined { .. } => admitted += 1,
             JoinOutcome::RoomFull => full += 1,
+            JoinOutcome::UserLimit => {
+                panic!("120 distinct users: nobody is over the per-user limit")
+            }
         }
     }
     assert_eq!((admitted, full), (50, 70));
     assert_eq!(nodes[0].bus.participants(&r).await.unwrap().len(), 50);
+}
+
+/// The per-user limit is checked in the same atomic step: 30 joins of one user racing over
+/// three instances admit exactly five; the user's seats are counted per room, from the
+/// records, so a leave frees one at once and another user is never affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_is_atomic_across_instances() {
+    let redis = RedisProcess::start();
+    let nodes = [
+        node(&redis, "sb", "a", TTL).await,
+        node(&redis, "sb", "b", TTL).await,
+        node(&redis, "sb", "c", TTL).await,
+    ];
+    let r = room("tabs");
+    let of_alice = |i: usize, instance: &str| ParticipantInfo {
+        user_id: "alice".into(),
+        ..participant(&format!("alice-{i}"), instance)
+    };
+    let mut joins = Vec::new();
+    for i in 0..30 {
+        let n = &nodes[i % 3];
+        let bus = n.bus.clone();
+        let p = of_alice(i, &n.id);
+        let r = r.clone();
+        joins.push(tokio::spawn(async move {
+            let outcome = bus.join(&r, &p, limits(50)).await;
+            (p, outcome)
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for j in joins {
+        match j.await.unwrap() {
+            (p, Ok(JoinOutcome::Joined { .. })) => admitted.push(p),
+            (_, Ok(JoinOutcome::UserLimit)) => refused += 1,
+            (p, other) => panic!("{}: {other:?}", p.participant_id),
+        }
+    }
+    assert_eq!((admitted.len(), refused), (5, 25));
+    assert_eq!(nodes[0].bus.participants(&r).await.unwrap().len(), 5);
+    assert!(matches!(
+        join(&nodes[1], &r, &participant("bob", "b"), 50).await,
+        JoinOutcome::Joined { .. }
+    ));
+    assert!(matches!(
+        join(&nodes[2], &room("elsewhere"), &of_alice(99, "c"), 50).await,
+        JoinOutcome::Joined { .. }
+    ));
+    let gone = admitted.remove(0);
+    let holder = nodes.iter().find(|n| n.id == gone.instance_id).unwrap();
+    holder
+        .bus
+        .leave(&r, &gone, LeaveReason::Closed)
+        .await
+        .unwrap();
+    assert!(matches!(
+        join(&nodes[0], &r, &of_alice(100, "a"), 50).await,
+        JoinOutcome::Joined { .. }
+    ));
+    assert_eq!(
+        join(&nodes[1], &r, &of_alice(101, "b"), 50).await,
+        JoinOutcome::UserLimit
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +551,7 @@ async fn an_instance_started_before_redis_becomes_ready_when_redis_appears() {
     assert!(!early.bus.is_ready());
     assert!(early
         .bus
-        .join(&room("r"), &participant("p", "early"), 5)
+        .join(&room("r"), &participant("p", "early"), limits(5))
         .await
         .is_err());
     redis.restart_same_port();

@@ -1,7 +1,7 @@
 //! Several real `switchboard-server` processes sharing one real redis-server act as one
 //! service: cross-instance relay (targeted, broadcast, ordered), one participants list, atomic
-//! capacity, crash cleanup after SIGKILL, surviving a Redis restart and a killed subscriber
-//! connection without clients reconnecting, and key-prefix isolation.
+//! capacity and per-user limit, crash cleanup after SIGKILL, surviving a Redis restart and a
+//! killed subscriber connection without clients reconnecting, and key-prefix isolation.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -1001,4 +1001,77 @@ async fn simultaneous_joins_on_two_instances_see_each_other() {
         missed.len(),
         2 * ROOMS
     );
+}
+
+/// One user's connections to a room count across instances: ten racing connections of one
+/// user, five to each of two instances, admit exactly five (default limit); a sixth is closed
+/// 1008 `user_room_limit` on either instance while another user still joins, and a
+/// connection closed on one instance frees the seat for a join on the other.
+#[tokio::test]
+async fn the_per_user_room_limit_holds_across_instances() {
+    let redis = RedisProcess::start();
+    let servers = cluster(&redis, 2).await;
+    let room = "user-limit";
+    let alice = token("alice");
+    let racing: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = servers[i % 2].addr();
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr, room, &alice).await;
+                let first = c.next_event(Duration::from_secs(10)).await;
+                (i % 2, c, first)
+            })
+        })
+        .collect();
+    // (instance index, client) of every admitted connection.
+    let mut tabs = Vec::new();
+    let mut refused = 0;
+    for task in racing {
+        match task.await.expect("join task") {
+            (at, mut c, Event::Json(msg)) if msg["type"] == "room-state" => {
+                c.room_state = Some(msg);
+                tabs.push((at, c));
+            }
+            (_, _, Event::Close(Some((1008, reason)))) if reason == "user_room_limit" => {
+                refused += 1
+            }
+            (_, _, other) => {
+                panic!("expected room-state or close 1008 user_room_limit: {other:?}")
+            }
+        }
+    }
+    assert_eq!((tabs.len(), refused), (5, 5));
+    for s in &servers {
+        let mut over = Client::connect(s.addr(), room, &alice).await;
+        over.expect_close(1008, "user_room_limit").await;
+    }
+    let mut bob = Client::join(servers[1].addr(), room, &token("bob")).await;
+    assert_eq!(
+        bob.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        6
+    );
+    // Free a seat on one instance, take it on the other.
+    let (at, first) = tabs.remove(0);
+    let (here, there) = (&servers[at], &servers[1 - at]);
+    first.close().await;
+    let mut again = Client::join_retrying(
+        there.addr(),
+        room,
+        &alice,
+        (1008, "user_room_limit"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        again.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        6
+    );
+    let mut over = Client::connect(here.addr(), room, &alice).await;
+    over.expect_close(1008, "user_room_limit").await;
+    let (_, joined) = bob
+        .recv_until_type("user-joined", Duration::from_secs(10))
+        .await;
+    assert_eq!(joined["payload"]["participant_id"], again.pid().as_str());
+    assert_pair_relays(&mut again, &mut bob).await;
 }

@@ -1,13 +1,14 @@
 //! Limits of the real server: message size (1009), rate limit (error then 1008), room capacity
 //! (1013 room_full, configured and default 50), slow readers (1013 slow_consumer, never a silent
-//! drop) and keep-alive (a peer that stops answering pings leaves with reason timeout). In each
-//! case the rest of the room keeps relaying.
+//! drop), keep-alive (a peer that stops answering pings leaves with reason timeout) and the
+//! per-user connection limits (1008 user_room_limit, 1008 user_instance_limit; off under
+//! `--dev`). In each case the rest of the room keeps relaying.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::{
-    assert_error, assert_pair_relays, join_users, ws_path, Client, ConnectOptions,
+    assert_error, assert_pair_relays, join_all, join_users, ws_path, Client, ConnectOptions,
 };
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -516,4 +517,105 @@ async fn oversized_binary_frame_closes_1009() {
     let mut clients = room_of(&server, ROOM, &["alice", "bob", "carol"]).await;
     clients[0].send(Message::binary(vec![7u8; 5000])).await;
     first_closed_too_big(&mut clients).await;
+}
+
+/// One token can no longer fill a room: at the default of five, its sixth connection to one
+/// room is closed 1008 `user_room_limit` (nobody in the room hears of it), other users still
+/// join, the same user still joins other rooms, and once one of its connections has closed the
+/// user gets that seat back.
+#[tokio::test]
+async fn a_sixth_connection_of_one_user_to_a_room_closes_1008_user_room_limit() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    let addr = server.addr();
+    let alice = token("alice");
+    let mut tabs = join_all(addr, ROOM, &vec![alice.clone(); 5]).await;
+    let mut sixth = Client::connect(addr, ROOM, &alice).await;
+    sixth.expect_close(1008, "user_room_limit").await;
+    for tab in &mut tabs {
+        tab.assert_alive_and_idle().await;
+    }
+    let mut bob = Client::join(addr, ROOM, &token("bob")).await;
+    assert_eq!(
+        bob.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        6
+    );
+    // The limit is per room.
+    Client::join(addr, "another-room", &alice).await;
+    let first = tabs.remove(0);
+    let first_pid = first.pid();
+    first.close().await;
+    let (_, left) = bob
+        .recv_until_type("user-left", Duration::from_secs(10))
+        .await;
+    assert_eq!(left["payload"]["participant_id"], first_pid.as_str());
+    let mut again = Client::join_retrying(
+        addr,
+        ROOM,
+        &alice,
+        (1008, "user_room_limit"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        again.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        6
+    );
+    let (_, joined) = bob
+        .recv_until_type("user-joined", Duration::from_secs(10))
+        .await;
+    assert_eq!(joined["payload"]["participant_id"], again.pid().as_str());
+    assert_pair_relays(&mut again, &mut bob).await;
+}
+
+/// One token can no longer take a replica either: at the default of twenty connections on one
+/// instance (five in each of four rooms, under the per-room limit), the 21st is closed 1008
+/// `user_instance_limit` wherever it goes, other users are not affected, and a closed
+/// connection gives its slot back.
+#[tokio::test]
+async fn a_21st_connection_of_one_user_to_one_instance_closes_1008_user_instance_limit() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    let addr = server.addr();
+    let alice = token("alice");
+    let mut held = Vec::new();
+    for r in 0..4 {
+        held.push(join_all(addr, &format!("room-{r}"), &vec![alice.clone(); 5]).await);
+    }
+    let mut over = Client::connect(addr, "room-4", &alice).await;
+    over.expect_close(1008, "user_instance_limit").await;
+    let mut bob = Client::join(addr, "room-4", &token("bob")).await;
+    assert_eq!(
+        bob.room_state.as_ref().unwrap()["payload"]["participant_count"],
+        1,
+        "the refused connection never joined"
+    );
+    held[0].remove(0).close().await;
+    let mut alice_in_4 = Client::join_retrying(
+        addr,
+        "room-4",
+        &alice,
+        (1008, "user_instance_limit"),
+        Duration::from_secs(10),
+    )
+    .await;
+    bob.expect_type("user-joined").await;
+    assert_pair_relays(&mut alice_in_4, &mut bob).await;
+    // Full again.
+    let mut over = Client::connect(addr, "room-0", &alice).await;
+    over.expect_close(1008, "user_instance_limit").await;
+}
+
+/// `--dev` prints one token that every demo tab shares: there the per-user limits are off.
+#[tokio::test]
+async fn the_dev_token_is_not_limited_per_user() {
+    let mut server = ServerOptions::new().arg("--dev").start();
+    let line = server.wait_stdout_line("dev token: ", Duration::from_secs(5));
+    let dev = line["dev token: ".len()..].trim().to_owned();
+    let addr = server.addr();
+    let tabs = join_all(addr, "demo", &vec![dev.clone(); 6]).await;
+    let others = join_all(addr, "demo-2", &vec![dev.clone(); 15]).await;
+    assert_eq!(
+        others.last().unwrap().room_state.as_ref().unwrap()["payload"]["participant_count"],
+        15
+    );
+    assert_eq!(tabs.len() + others.len(), 21);
 }

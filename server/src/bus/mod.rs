@@ -100,6 +100,35 @@ pub struct RoomRecord {
     pub participants: Vec<ParticipantInfo>,
 }
 
+/// What [`Bus::join`] enforces, cluster-wide and in the same atomic step as the registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinLimits {
+    /// Participants per room.
+    pub capacity: usize,
+    /// Participants per room with the new participant's `user_id`; `None` = no limit.
+    pub per_user: Option<usize>,
+}
+
+impl JoinLimits {
+    /// Why `members` (the room as it is) cannot take `newcomer`, if they cannot. The room's
+    /// capacity is checked first.
+    pub fn refusal(
+        &self,
+        members: &[ParticipantInfo],
+        newcomer: &ParticipantInfo,
+    ) -> Option<JoinOutcome> {
+        if members.len() >= self.capacity {
+            return Some(JoinOutcome::RoomFull);
+        }
+        let per_user = self.per_user?;
+        let held = members
+            .iter()
+            .filter(|m| m.user_id == newcomer.user_id)
+            .count();
+        (held >= per_user).then_some(JoinOutcome::UserLimit)
+    }
+}
+
 /// Result of [`Bus::join`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {
@@ -108,6 +137,8 @@ pub enum JoinOutcome {
     Joined { participants: Vec<ParticipantInfo> },
     /// The room already holds `capacity` participants; nothing was registered.
     RoomFull,
+    /// The room already holds `per_user` participants of this user; nothing was registered.
+    UserLimit,
 }
 
 /// A relayed message as it crosses the bus: routing metadata plus the frame
@@ -197,16 +228,19 @@ pub struct BusHealth {
 /// The cluster bus. See the module documentation for the full contract.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Registers `participant` in `room` if fewer than `capacity` participants
-    /// are in it cluster-wide, atomically (two instances racing for the last
+    /// Registers `participant` in `room` if fewer than `limits.capacity`
+    /// participants are in it cluster-wide and fewer than `limits.per_user` of
+    /// them are the same user, atomically (two instances racing for the last
     /// seat cannot both win). On success announces `user-joined` to remote
     /// instances and returns the full participant list including the new one;
-    /// otherwise returns [`JoinOutcome::RoomFull`] and changes nothing.
+    /// otherwise returns [`JoinOutcome::RoomFull`] or
+    /// [`JoinOutcome::UserLimit`] (see [`JoinLimits::refusal`]) and changes
+    /// nothing.
     async fn join(
         &self,
         room: &RoomId,
         participant: &ParticipantInfo,
-        capacity: usize,
+        limits: JoinLimits,
     ) -> Result<JoinOutcome, BusError>;
 
     /// Removes `participant` from `room` and announces `user-left` with
@@ -301,12 +335,12 @@ impl Bus for InProcessBus {
         &self,
         room: &RoomId,
         participant: &ParticipantInfo,
-        capacity: usize,
+        limits: JoinLimits,
     ) -> Result<JoinOutcome, BusError> {
         let mut rooms = self.rooms();
-        let members = rooms.get(room).map_or(0, |r| r.members.len());
-        if members >= capacity {
-            return Ok(JoinOutcome::RoomFull);
+        let members = rooms.get(room).map_or(&[][..], |r| &r.members[..]);
+        if let Some(refused) = limits.refusal(members, participant) {
+            return Ok(refused);
         }
         let entry = rooms.entry(room.clone()).or_insert_with(|| LocalRoom {
             created_at: crate::protocol::now_timestamp(),
@@ -396,30 +430,44 @@ mod tests {
         RoomId::parse(s).unwrap()
     }
 
+    fn cap(capacity: usize) -> JoinLimits {
+        JoinLimits {
+            capacity,
+            per_user: None,
+        }
+    }
+
+    fn of_user(id: &str, user: &str) -> ParticipantInfo {
+        ParticipantInfo {
+            user_id: user.into(),
+            ..p(id)
+        }
+    }
+
     #[tokio::test]
     async fn join_enforces_capacity_and_returns_everyone() {
         let bus = InProcessBus::new();
         let r = room("r");
         assert_eq!(
-            bus.join(&r, &p("a"), 2).await.unwrap(),
+            bus.join(&r, &p("a"), cap(2)).await.unwrap(),
             JoinOutcome::Joined {
                 participants: vec![p("a")]
             }
         );
         assert_eq!(
-            bus.join(&r, &p("b"), 2).await.unwrap(),
+            bus.join(&r, &p("b"), cap(2)).await.unwrap(),
             JoinOutcome::Joined {
                 participants: vec![p("a"), p("b")]
             }
         );
         assert_eq!(
-            bus.join(&r, &p("c"), 2).await.unwrap(),
+            bus.join(&r, &p("c"), cap(2)).await.unwrap(),
             JoinOutcome::RoomFull
         );
         assert_eq!(bus.participants(&r).await.unwrap(), vec![p("a"), p("b")]);
         bus.leave(&r, &p("a"), LeaveReason::Closed).await.unwrap();
         assert!(matches!(
-            bus.join(&r, &p("c"), 2).await.unwrap(),
+            bus.join(&r, &p("c"), cap(2)).await.unwrap(),
             JoinOutcome::Joined { .. }
         ));
         assert_eq!(bus.participants(&r).await.unwrap(), vec![p("b"), p("c")]);
@@ -430,12 +478,12 @@ mod tests {
         let bus = InProcessBus::new();
         let (r, other) = (room("r"), room("other"));
         assert_eq!(bus.room(&r).await.unwrap(), None);
-        bus.join(&r, &p("a"), 5).await.unwrap();
+        bus.join(&r, &p("a"), cap(5)).await.unwrap();
         let created = bus.room(&r).await.unwrap().unwrap().created_at;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        bus.join(&r, &p("b"), 5).await.unwrap();
+        bus.join(&r, &p("b"), cap(5)).await.unwrap();
         bus.leave(&r, &p("a"), LeaveReason::Closed).await.unwrap();
-        bus.join(&other, &p("c"), 5).await.unwrap();
+        bus.join(&other, &p("c"), cap(5)).await.unwrap();
         let record = bus.room(&r).await.unwrap().unwrap();
         assert_eq!(record.created_at, created, "later joins and leaves keep it");
         assert_eq!(record.participants, vec![p("b")]);
@@ -450,15 +498,81 @@ mod tests {
         bus.leave(&r, &p("b"), LeaveReason::Closed).await.unwrap();
         assert_eq!(bus.room(&r).await.unwrap(), None);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        bus.join(&r, &p("d"), 5).await.unwrap();
+        bus.join(&r, &p("d"), cap(5)).await.unwrap();
         assert!(bus.room(&r).await.unwrap().unwrap().created_at > created);
+    }
+
+    #[tokio::test]
+    async fn join_enforces_the_per_user_limit_and_frees_it_on_leave() {
+        let bus = InProcessBus::new();
+        let r = room("r");
+        let limits = JoinLimits {
+            capacity: 10,
+            per_user: Some(2),
+        };
+        for id in ["a1", "a2"] {
+            assert!(matches!(
+                bus.join(&r, &of_user(id, "alice"), limits).await.unwrap(),
+                JoinOutcome::Joined { .. }
+            ));
+        }
+        assert_eq!(
+            bus.join(&r, &of_user("a3", "alice"), limits).await.unwrap(),
+            JoinOutcome::UserLimit
+        );
+        // Another user is not affected, nor is alice in another room.
+        assert!(matches!(
+            bus.join(&r, &of_user("b1", "bob"), limits).await.unwrap(),
+            JoinOutcome::Joined { .. }
+        ));
+        assert!(matches!(
+            bus.join(&room("other"), &of_user("a3", "alice"), limits)
+                .await
+                .unwrap(),
+            JoinOutcome::Joined { .. }
+        ));
+        bus.leave(&r, &of_user("a1", "alice"), LeaveReason::Closed)
+            .await
+            .unwrap();
+        assert!(matches!(
+            bus.join(&r, &of_user("a4", "alice"), limits).await.unwrap(),
+            JoinOutcome::Joined { .. }
+        ));
+        assert_eq!(bus.participants(&r).await.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_full_room_is_reported_before_the_per_user_limit() {
+        let members = [of_user("a1", "alice"), of_user("b1", "bob")];
+        let both = JoinLimits {
+            capacity: 2,
+            per_user: Some(1),
+        };
+        assert_eq!(
+            both.refusal(&members, &of_user("a2", "alice")),
+            Some(JoinOutcome::RoomFull)
+        );
+        let roomy = JoinLimits {
+            capacity: 3,
+            ..both
+        };
+        assert_eq!(
+            roomy.refusal(&members, &of_user("a2", "alice")),
+            Some(JoinOutcome::UserLimit)
+        );
+        assert_eq!(roomy.refusal(&members, &of_user("c1", "carol")), None);
+        let unlimited = JoinLimits {
+            per_user: None,
+            ..roomy
+        };
+        assert_eq!(unlimited.refusal(&members, &of_user("a2", "alice")), None);
     }
 
     #[tokio::test]
     async fn empty_rooms_are_forgotten() {
         let bus = InProcessBus::new();
         let r = room("r");
-        bus.join(&r, &p("a"), 5).await.unwrap();
+        bus.join(&r, &p("a"), cap(5)).await.unwrap();
         bus.leave(&r, &p("a"), LeaveReason::Timeout).await.unwrap();
         bus.leave(&r, &p("zz"), LeaveReason::Closed).await.unwrap();
         assert!(bus.rooms().is_empty());

@@ -56,7 +56,8 @@ pub use keys::{escape_instance_id, Keys, PrefixError, MAX_PREFIX_LEN};
 pub use link::Timing;
 
 use super::{
-    Bus, BusError, BusHealth, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RoomRecord,
+    Bus, BusError, BusHealth, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent,
+    RoomRecord,
 };
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
@@ -221,9 +222,9 @@ impl Bus for RedisBus {
         &self,
         room: &RoomId,
         participant: &ParticipantInfo,
-        capacity: usize,
+        limits: JoinLimits,
     ) -> Result<JoinOutcome, BusError> {
-        self.inner.join(room, participant, capacity).await
+        self.inner.join(room, participant, limits).await
     }
 
     async fn leave(

@@ -24,6 +24,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
     let ice = build_ice(r);
     let rooms = RoomsConfig {
         max_participants: r.get(&MAX_PARTICIPANTS),
+        max_user_connections: per_user_cap(r, &MAX_USER_CONNECTIONS_PER_ROOM, dev),
         presence_ttl: r.get(&PRESENCE_TTL),
     };
     let limits = Limits {
@@ -35,6 +36,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         max_metadata_bytes: r.get(&MAX_METADATA_BYTES),
         max_json_depth: r.get(&MAX_JSON_DEPTH),
         max_session: r.get(&MAX_SESSION),
+        max_user_connections_per_instance: per_user_cap(r, &MAX_USER_CONNECTIONS_PER_INSTANCE, dev),
         outbound_queue_messages: r.get(&OUTBOUND_QUEUE_MESSAGES),
         outbound_queue_bytes: r.get(&OUTBOUND_QUEUE_BYTES),
         ping_interval: r.get(&PING_INTERVAL),
@@ -91,6 +93,16 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         shutdown,
         connections,
     }
+}
+
+/// A per-user connection cap. `--dev` prints one token that every tab of the demo shares, so
+/// there it is off unless configured explicitly.
+fn per_user_cap(r: &mut Reader<'_>, setting: &Setting<Option<usize>>, dev: bool) -> Option<usize> {
+    let cap = r.get(setting);
+    if dev && !r.is_set(&setting.meta) {
+        return None;
+    }
+    cap
 }
 
 /// A random instance id suffix keeps two pods with the same hostname apart.

@@ -143,6 +143,8 @@ pub struct IceConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomsConfig {
     pub max_participants: usize,
+    /// Connections of one user (JWT `sub`) per room, cluster-wide; `None` = no limit.
+    pub max_user_connections: Option<usize>,
     pub presence_ttl: Duration,
 }
 
@@ -162,6 +164,8 @@ pub struct Limits {
     pub max_json_depth: usize,
     /// Longest a session may last whatever its token says; `None` = no limit.
     pub max_session: Option<Duration>,
+    /// Connections of one user (JWT `sub`) on this instance; `None` = no limit.
+    pub max_user_connections_per_instance: Option<usize>,
     pub outbound_queue_messages: usize,
     pub outbound_queue_bytes: usize,
     pub ping_interval: Duration,

@@ -63,6 +63,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether some source sets `st` (an empty single value counts as unset, as in [`Reader::get`]).
+    pub fn is_set(&self, st: &Meta) -> bool {
+        match self.sources.get(st) {
+            None => false,
+            Some(Raw::Scalar(v)) => !v.trim().is_empty(),
+            Some(Raw::List(_)) => true,
+        }
+    }
+
     /// The setting's value; `None` when unset or invalid (recorded).
     pub fn opt<T: Clone>(&mut self, s: &Optional<T>) -> Option<T> {
         let input = self.input(&s.meta)?;

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::values::{
-    addr, at_least, instance_id, key_prefix, milliseconds, milliseconds_at_least, origins,
-    seconds_at_least, seconds_or_off, secret, text, trusted_proxies, url_list,
+    addr, at_least, count_or_off, instance_id, key_prefix, milliseconds, milliseconds_at_least,
+    origins, seconds_at_least, seconds_or_off, secret, text, trusted_proxies, url_list,
 };
 use super::{JwtAlgorithm, LogFormat, Secret};
 use crate::listener::TrustedProxies;
@@ -208,6 +208,11 @@ settings! {
     MAX_PARTICIPANTS: Setting<usize> = Setting::new(
         "rooms.max_participants", "WEBRTC_MAX_PARTICIPANTS_PER_ROOM", "--max-participants-per-room", "50",
         Parse::Text(|v| at_least(v, 1)), "participants per room, cluster-wide");
+    /// Five: two tabs, a phone, and a reconnect that overlaps the old connection for a
+    /// ping timeout still fit; one token can no longer take a whole room.
+    MAX_USER_CONNECTIONS_PER_ROOM: Setting<Option<usize>> = Setting::new(
+        "rooms.max_user_connections", "WEBRTC_MAX_USER_CONNECTIONS_PER_ROOM", "--max-user-connections-per-room", "5",
+        Parse::Text(count_or_off), "connections of one user (JWT sub) per room, cluster-wide; 0 = no limit");
     PRESENCE_TTL: Setting<Duration> = Setting::new(
         "rooms.presence_ttl_secs", "WEBRTC_ROOM_PRESENCE_TTL", "--room-presence-ttl", "30",
         Parse::Text(|v| seconds_at_least(v, 1)), "instance heartbeat TTL, seconds");
@@ -238,6 +243,9 @@ settings! {
     MAX_SESSION: Setting<Option<Duration>> = Setting::new(
         "limits.max_session_secs", "WEBRTC_MAX_SESSION_SECS", "--max-session-secs", "0",
         Parse::Text(seconds_or_off), "longest session whatever its token, seconds; 0 = no limit");
+    MAX_USER_CONNECTIONS_PER_INSTANCE: Setting<Option<usize>> = Setting::new(
+        "limits.max_user_connections_per_instance", "WEBRTC_MAX_USER_CONNECTIONS_PER_INSTANCE", "--max-user-connections-per-instance", "20",
+        Parse::Text(count_or_off), "connections of one user (JWT sub) on this instance, all rooms; 0 = no limit");
     OUTBOUND_QUEUE_MESSAGES: Setting<usize> = Setting::new(
         "limits.outbound_queue_messages", "WEBRTC_OUTBOUND_QUEUE_MESSAGES", "--outbound-queue-messages", "256",
         Parse::Text(|v| at_least(v, 1)), "queued messages per connection");

@@ -45,6 +45,15 @@ pub fn seconds_or_off(v: &str) -> Result<Option<Duration>, String> {
     }
 }
 
+/// A count, where 0 means "no limit" (`None`).
+pub fn count_or_off(v: &str) -> Result<Option<usize>, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(format!("expected an integer (0 = no limit), got {v:?}")),
+    }
+}
+
 pub fn milliseconds(v: &str) -> Result<Duration, String> {
     v.parse::<u64>()
         .map(Duration::from_millis)

@@ -15,7 +15,7 @@ use tokio::sync::RwLock;
 
 use super::link::may_sweep;
 use super::{parse_infos, scripts, sorted, Inner};
-use crate::bus::{BusError, JoinOutcome, RemoteEvent};
+use crate::bus::{BusError, JoinLimits, JoinOutcome, RemoteEvent};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
 /// How long the tombstone of a cleaned-up instance lives: long enough for an instance that was
@@ -154,13 +154,13 @@ impl Inner {
         &self,
         room: &RoomId,
         participant: &ParticipantInfo,
-        capacity: usize,
+        limits: JoinLimits,
     ) -> Result<JoinOutcome, BusError> {
         let gate = self.presence.gate.read().await;
         // Before the script reads the room: a member that joins elsewhere after that read
         // announces itself while this participant is not registered in the hub yet.
         self.hub.expect_join(room, &participant.participant_id);
-        let outcome = self.join_announced(room, participant, capacity, gate).await;
+        let outcome = self.join_announced(room, participant, limits, gate).await;
         if !matches!(outcome, Ok(JoinOutcome::Joined { .. })) {
             self.hub.join_failed(room, &participant.participant_id);
         }
@@ -172,7 +172,7 @@ impl Inner {
         &self,
         room: &RoomId,
         participant: &ParticipantInfo,
-        capacity: usize,
+        limits: JoinLimits,
         gate: tokio::sync::RwLockReadGuard<'_, ()>,
     ) -> Result<JoinOutcome, BusError> {
         self.acquire_room(room).await?;
@@ -185,8 +185,11 @@ impl Inner {
             .key(self.keys.room_created(room))
             .arg(&participant.participant_id)
             .arg(info)
-            .arg(capacity)
-            .arg(crate::protocol::now_timestamp());
+            .arg(limits.capacity)
+            .arg(crate::protocol::now_timestamp())
+            .arg(&participant.user_id)
+            // 0: no per-user limit.
+            .arg(limits.per_user.unwrap_or(0));
         let mut conn = self.conn.clone();
         let reply: Result<Vec<String>, BusError> = self
             .redis(
@@ -208,9 +211,14 @@ impl Inner {
                 return Err(e);
             }
         };
-        if values.first().map(String::as_str) != Some("1") {
+        let refused = match values.first().map(String::as_str) {
+            Some("1") => None,
+            Some("2") => Some(JoinOutcome::UserLimit),
+            _ => Some(JoinOutcome::RoomFull),
+        };
+        if let Some(refused) = refused {
             self.release_room(room).await;
-            return Ok(JoinOutcome::RoomFull);
+            return Ok(refused);
         }
         self.presence.local().add(room, participant);
         let event = RemoteEvent::Joined {

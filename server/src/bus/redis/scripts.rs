@@ -2,19 +2,36 @@
 //! slot), so they stay valid on Redis Cluster; cross-room work is a loop in Rust.
 //!
 //! Presence records are `ParticipantInfo` JSON values in the room's participants HASH; the
-//! scripts read their `instance_id` with Redis' bundled `cjson`.
+//! scripts read their `instance_id` and `user_id` with Redis' bundled `cjson`.
 
 /// Atomic join with capacity: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
-/// `ARGV` = participant id, info JSON, max participants, now (RFC 3339). Returns `{0}` when the
-/// room is full, else `{1, info...}` with every participant now present (self included), read
-/// in the same atomic step. The first participant of an empty room records its creation time.
+/// `ARGV` = participant id, info JSON, max participants, now (RFC 3339), user id, max
+/// participants of that user (0 = no limit). Returns `{0}` when the room is full, `{2}` when the
+/// user already holds that many of its participants, else `{1, info...}` with every participant
+/// now present (self included), read in the same atomic step. The first participant of an empty
+/// room records its creation time.
 ///
-/// A participant already present (a re-registration racing a join) is updated, never refused.
+/// The user's participants are counted from the records themselves (their `user_id`), so the
+/// count cannot drift from what crash cleanup and resyncs remove. A participant already present
+/// (a re-registration racing a join) is updated, never refused.
 pub const JOIN: &str = r#"
 local key = KEYS[1]
 if redis.call('HEXISTS', key, ARGV[1]) == 0 then
   if redis.call('HLEN', key) >= tonumber(ARGV[3]) then
     return {'0'}
+  end
+  local per_user = tonumber(ARGV[6])
+  if per_user > 0 then
+    local held = 0
+    for _, v in ipairs(redis.call('HVALS', key)) do
+      local ok, info = pcall(cjson.decode, v)
+      if ok and type(info) == 'table' and info['user_id'] == ARGV[5] then
+        held = held + 1
+      end
+    end
+    if held >= per_user then
+      return {'2'}
+    end
   end
 end
 if redis.call('HLEN', key) == 0 then
