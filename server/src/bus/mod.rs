@@ -67,6 +67,14 @@ pub enum BusError {
     /// Redis did not answer `op` within the command timeout.
     #[error("bus unavailable: redis {op} timed out")]
     Timeout { op: &'static str },
+    /// Redis refused `op` because it reached `maxmemory` (policy `noeviction`): it answers,
+    /// but accepts no writes.
+    #[error("bus unavailable: redis out of memory, {op} refused")]
+    OutOfMemory {
+        op: &'static str,
+        #[source]
+        source: ::redis::RedisError,
+    },
     /// The subscriber connection is being replaced: nothing can be subscribed now.
     #[error("bus unavailable: redis subscriber reconnecting")]
     SubscriberDown,

@@ -1,5 +1,6 @@
-//! Link state and readiness of the Redis bus: whether commands work, whether the subscriber
-//! connection is up and when the readiness canary last came back over it ([`Link`]), the
+//! Link state and readiness of the Redis bus: whether commands work, whether Redis accepts
+//! writes (not out of memory), whether the subscriber connection is up and when the readiness
+//! canary last came back over it ([`Link`]), the
 //! intervals derived from the presence TTL ([`Timing`]) and the pure rules read from them
 //! (readiness, wedge detection, whether this instance may judge others dead, the health line).
 //! Every Redis command goes through [`Inner::redis`], which keeps [`Link`] current. Room
@@ -62,6 +63,10 @@ pub(super) struct Link {
     pub(super) commands_ok_since: Option<Instant>,
     /// The current outage of the command connection, for its log lines.
     pub(super) outage: Option<Outage>,
+    /// Redis answers but refuses writes (`maxmemory` reached under `noeviction`): since the
+    /// first `OOM` reply until a write that needs memory succeeds again. Reads, deletes and
+    /// PUBLISH still work meanwhile, so they prove nothing about it.
+    pub(super) out_of_memory: Option<Outage>,
 }
 
 /// An outage of the command connection: from its first failed command until one works.
@@ -87,6 +92,12 @@ pub(super) enum Change {
     Lost,
     /// Still failing, `down_for` into the outage, and a reminder is due.
     StillDown { down_for: Duration },
+    /// The first `OOM` reply: Redis is reachable but refuses writes.
+    OutOfMemory,
+    /// Still refusing writes, `full_for` since the first `OOM`, and a reminder is due.
+    StillOutOfMemory { full_for: Duration },
+    /// A write that needs memory succeeded after `full_for` of refusals.
+    MemoryBack { full_for: Duration },
 }
 
 impl Link {
@@ -128,6 +139,43 @@ impl Link {
             Some(_) => Change::Steady,
         }
     }
+
+    /// Records an `OOM` reply at `now` (the command reached Redis; record that with
+    /// [`Link::command_ok`]); a reminder is due every `reminder`.
+    pub(super) fn memory_full(&mut self, now: Instant, reminder: Duration) -> Change {
+        match &mut self.out_of_memory {
+            None => {
+                self.out_of_memory = Some(Outage {
+                    since: now,
+                    reported: now,
+                });
+                Change::OutOfMemory
+            }
+            Some(full) if now.saturating_duration_since(full.reported) >= reminder => {
+                full.reported = now;
+                Change::StillOutOfMemory {
+                    full_for: now.saturating_duration_since(full.since),
+                }
+            }
+            Some(_) => Change::Steady,
+        }
+    }
+
+    /// Records a write that needed memory and succeeded at `now`.
+    pub(super) fn memory_ok(&mut self, now: Instant) -> Change {
+        match self.out_of_memory.take() {
+            Some(full) => Change::MemoryBack {
+                full_for: now.saturating_duration_since(full.since),
+            },
+            None => Change::Steady,
+        }
+    }
+}
+
+/// Whether Redis refused a command because it is out of memory (`-OOM command not allowed
+/// when used memory > 'maxmemory'`, also from inside a script).
+pub(super) fn is_out_of_memory(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
 }
 
 /// Whether this instance may judge others dead: its own commands have worked for a full TTL.
@@ -140,14 +188,15 @@ pub(super) fn may_sweep(link: &Link, now: Instant, timing: &Timing) -> bool {
             .is_some_and(|t| now.saturating_duration_since(t) >= timing.ttl)
 }
 
-/// Readiness, pure: commands work, the subscriber is up and a canary came back recently over
-/// the current subscriber connection.
+/// Readiness, pure: commands work, Redis accepts writes (joins need them), the subscriber is
+/// up and a canary came back recently over the current subscriber connection.
 pub(super) fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
     let Some(since) = link.subscribed_since else {
         return false;
     };
     let after = link.last_failure.map_or(since, |f| f.max(since));
     link.commands_ok
+        && link.out_of_memory.is_none()
         && link.last_canary.is_some_and(|t| {
             t >= after && now.saturating_duration_since(t) <= timing.canary_deadline
         })
@@ -173,6 +222,8 @@ pub(super) fn health_at(link: &Link, now: Instant, timing: &Timing) -> (bool, St
     let ready = ready_at(link, now, timing);
     let detail = if !link.commands_ok {
         "redis unreachable".to_owned()
+    } else if link.out_of_memory.is_some() {
+        "redis out of memory".to_owned()
     } else if link.subscribed_since.is_none() {
         "redis subscriber reconnecting".to_owned()
     } else {
@@ -197,24 +248,44 @@ impl Inner {
     ) -> Result<T, BusError> {
         let result = match tokio::time::timeout(self.timing.command_timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) if is_out_of_memory(&source) => {
+                Err(BusError::OutOfMemory { op, source })
+            }
             Ok(Err(source)) => Err(BusError::Redis { op, source }),
             Err(_) => Err(BusError::Timeout { op }),
         };
         let now = Instant::now();
+        // An OOM reply came from Redis: it is reachable, only full.
+        let reached = matches!(&result, Ok(_) | Err(BusError::OutOfMemory { .. }));
         // Taken and released before anything else is locked (see the lock order).
-        let change = match &result {
-            Ok(_) => self.link().command_ok(now),
-            Err(_) => self.link().command_failed(now, self.timing.outage_reminder),
+        let (change, memory) = {
+            let mut link = self.link();
+            match &result {
+                Ok(_) => (link.command_ok(now), Change::Steady),
+                Err(BusError::OutOfMemory { .. }) => (
+                    link.command_ok(now),
+                    link.memory_full(now, self.timing.outage_reminder),
+                ),
+                Err(_) => (
+                    link.command_failed(now, self.timing.outage_reminder),
+                    Change::Steady,
+                ),
+            }
         };
+        if let Err(e) = &result {
+            // Whatever this write was, Redis may not hold it: make presence whole later.
+            self.presence.request_sync();
+            self.log_memory(memory, e);
+        }
         // One line when an outage starts (with the reason), one per reminder period while it
         // lasts, one when it ends: whichever caller saw the change logs it.
         match (&result, change) {
-            (Ok(_), Change::Connected) => {
+            (_, Change::Connected) if reached => {
                 // Whatever happened before we could reach Redis, make presence whole.
                 self.presence.request_sync();
                 tracing::info!(parent: &self.span, "redis commands connected");
             }
-            (Ok(_), Change::Recovered { down_for }) => {
+            (_, Change::Recovered { down_for }) if reached => {
                 self.presence.request_sync();
                 // Events published while we were cut off may be lost.
                 self.reconcile.request();
@@ -225,26 +296,56 @@ impl Inner {
                     "redis reachable again"
                 );
             }
-            (Err(e), change) => {
-                self.presence.request_sync();
-                match change {
-                    Change::Lost => tracing::warn!(
-                        parent: &self.span,
-                        reason = %with_sources(e),
-                        "redis unreachable"
-                    ),
-                    Change::StillDown { down_for } => tracing::warn!(
-                        parent: &self.span,
-                        reason = %with_sources(e),
-                        down_for_ms = millis(down_for),
-                        "redis still unreachable"
-                    ),
-                    _ => {}
-                }
-            }
-            (Ok(_), _) => {}
+            (Err(e), change) if !reached => match change {
+                Change::Lost => tracing::warn!(
+                    parent: &self.span,
+                    reason = %with_sources(e),
+                    "redis unreachable"
+                ),
+                Change::StillDown { down_for } => tracing::warn!(
+                    parent: &self.span,
+                    reason = %with_sources(e),
+                    down_for_ms = millis(down_for),
+                    "redis still unreachable"
+                ),
+                _ => {}
+            },
+            _ => {}
         }
         result
+    }
+
+    /// A write that needs memory (the heartbeat's SET) succeeded: Redis accepts writes again.
+    pub(super) fn memory_ok(&self) {
+        let change = self.link().memory_ok(Instant::now());
+        if let Change::MemoryBack { full_for } = change {
+            // Joins and leaves refused meanwhile are reconciled by the resync.
+            self.presence.request_sync();
+            tracing::info!(
+                parent: &self.span,
+                full_for_ms = millis(full_for),
+                "redis out of memory ended: writes accepted again"
+            );
+        }
+    }
+
+    /// One line when Redis starts refusing writes, one per reminder period while it does. Not
+    /// an outage: Redis answers, so "unreachable" would send an operator the wrong way.
+    fn log_memory(&self, change: Change, e: &BusError) {
+        match change {
+            Change::OutOfMemory => tracing::warn!(
+                parent: &self.span,
+                reason = %with_sources(e),
+                "redis out of memory: writes refused (maxmemory reached); not ready until a write succeeds"
+            ),
+            Change::StillOutOfMemory { full_for } => tracing::warn!(
+                parent: &self.span,
+                reason = %with_sources(e),
+                full_for_ms = millis(full_for),
+                "redis still out of memory"
+            ),
+            _ => {}
+        }
     }
 }
 
@@ -282,6 +383,7 @@ mod tests {
             last_failure: None,
             commands_ok_since: Some(t0),
             outage: None,
+            out_of_memory: None,
         }
     }
 
@@ -482,6 +584,92 @@ mod tests {
             health_at(&healthy, t0 + Duration::from_millis(2500), &timing),
             (false, "canary late (2500 ms since the last one)".to_owned())
         );
+    }
+
+    #[test]
+    fn out_of_memory_is_reported_once_reminded_and_ended_by_a_write() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let reminder = Duration::from_millis(100);
+        let mut link = healthy(t0);
+        assert_eq!(link.memory_ok(at(0)), Change::Steady, "nothing to end");
+        let outcomes: Vec<Change> = [0, 50, 100, 150, 250]
+            .into_iter()
+            .map(|ms| link.memory_full(at(ms), reminder))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Change::OutOfMemory,
+                Change::Steady,
+                Change::StillOutOfMemory {
+                    full_for: Duration::from_millis(100)
+                },
+                Change::Steady,
+                Change::StillOutOfMemory {
+                    full_for: Duration::from_millis(250)
+                },
+            ]
+        );
+        // Redis answers meanwhile: reads and OOM replies are not an outage.
+        assert_eq!(link.command_ok(at(300)), Change::Steady);
+        assert!(link.commands_ok);
+        assert_eq!(
+            link.memory_ok(at(400)),
+            Change::MemoryBack {
+                full_for: Duration::from_millis(400)
+            }
+        );
+        assert_eq!(link.memory_ok(at(500)), Change::Steady);
+        assert_eq!(link.memory_full(at(600), reminder), Change::OutOfMemory);
+    }
+
+    #[test]
+    fn out_of_memory_means_not_ready_however_well_the_canary_flows() {
+        let timing = Timing::from_ttl(Duration::from_secs(3));
+        let t0 = Instant::now();
+        let full = Link {
+            out_of_memory: Some(Outage {
+                since: t0,
+                reported: t0,
+            }),
+            ..healthy(t0)
+        };
+        // A canary that came back after the OOM reply (PUBLISH works when Redis is full).
+        let canary_later = Link {
+            last_canary: Some(t0 + Duration::from_millis(10)),
+            ..full.clone()
+        };
+        let now = t0 + Duration::from_millis(20);
+        assert_eq!(
+            health_at(&canary_later, now, &timing),
+            (false, "redis out of memory".to_owned())
+        );
+        let unreachable = Link {
+            commands_ok: false,
+            ..full
+        };
+        assert_eq!(
+            health_at(&unreachable, now, &timing).1,
+            "redis unreachable",
+            "unreachable says more than full"
+        );
+    }
+
+    #[test]
+    fn only_an_oom_reply_counts_as_out_of_memory() {
+        let oom = ::redis::make_extension_error(
+            "OOM".into(),
+            Some("command not allowed when used memory > 'maxmemory'.".into()),
+        );
+        assert!(is_out_of_memory(&oom));
+        let other = ::redis::make_extension_error("BUSY".into(), None);
+        assert!(!is_out_of_memory(&other));
+        let io = ::redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        assert!(!is_out_of_memory(&io));
     }
 
     #[test]

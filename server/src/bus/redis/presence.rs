@@ -444,6 +444,8 @@ impl Inner {
             conn.sadd::<_, _, i64>(instances_key, member).await
         })
         .await?;
+        // Both writes need memory: Redis accepts writes (again).
+        self.memory_ok();
         if previous.is_none() {
             self.presence.request_sync();
         }
