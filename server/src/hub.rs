@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::bus::{LocalHub, RelayMessage, RemoteEvent};
+use crate::bus::{LocalHub, RelayMessage, RemoteEvent, RemoteSender};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Outbox, Push};
 use crate::protocol::{self, Frame};
@@ -340,9 +340,12 @@ impl LocalHub for Hub {
                     room.departed.insert(participant.participant_id.clone());
                 }
                 if is_remote {
-                    room.members.remove(&participant.participant_id);
-                    let frame = protocol::encode_user_left(room_id.as_str(), &participant, reason);
-                    self.announce(room, "", &frame);
+                    if let Some(member) = room.members.remove(&participant.participant_id) {
+                        // What the room was told at the join, not what the leave carries.
+                        let frame =
+                            protocol::encode_user_left(room_id.as_str(), &member.info, reason);
+                        self.announce(room, "", &frame);
+                    }
                 }
             }
         }
@@ -363,6 +366,20 @@ impl LocalHub for Hub {
             if !room.in_use() {
                 rooms.remove(room_id);
             }
+        }
+    }
+
+    fn relay_sender(&self, room: &RoomId, participant_id: &str, instance: &str) -> RemoteSender {
+        let rooms = self.rooms();
+        // A room kept only for a join under way has nobody to deliver to yet.
+        let Some(members) = rooms.get(room).filter(|r| r.has_locals()) else {
+            return RemoteSender::NoLocalRoom;
+        };
+        match members.members.get(participant_id) {
+            Some(Member { info, outbox: None }) if info.instance_id == instance => {
+                RemoteSender::Member
+            }
+            _ => RemoteSender::Unknown,
         }
     }
 

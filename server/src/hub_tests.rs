@@ -115,6 +115,34 @@ fn remote_members_and_events() {
     assert_eq!(h.relay_local(&relay("a", None)), Route::Publish);
     assert!(try_next(&a).is_none());
 
+    // What a bus asks before it hands over a relay from another instance.
+    assert_eq!(h.relay_sender(&room(), "x", "i2"), RemoteSender::Member);
+    assert_eq!(
+        h.relay_sender(&room(), "x", "i9"),
+        RemoteSender::Unknown,
+        "a member of another instance"
+    );
+    assert_eq!(
+        h.relay_sender(&room(), "nobody", "i2"),
+        RemoteSender::Unknown
+    );
+    assert_eq!(
+        h.relay_sender(&room(), "a", "i1"),
+        RemoteSender::Unknown,
+        "local members never relay through the bus"
+    );
+    assert_eq!(
+        h.relay_sender(&RoomId::parse("other").unwrap(), "x", "i2"),
+        RemoteSender::NoLocalRoom
+    );
+    // A room kept only for a join under way has nobody to deliver to yet.
+    h.expect_join(&RoomId::parse("soon").unwrap(), "j");
+    assert_eq!(
+        h.relay_sender(&RoomId::parse("soon").unwrap(), "x", "i2"),
+        RemoteSender::NoLocalRoom
+    );
+    h.join_failed(&RoomId::parse("soon").unwrap(), "j");
+
     // Remote relay to a local target, then a remote broadcast.
     h.deliver(RemoteEvent::Relay(relay("x", Some("a"))));
     assert_eq!(json(try_next(&a))["sender_id"], "x");
@@ -137,9 +165,15 @@ fn remote_members_and_events() {
         h.remote_members(&room()),
         vec![participant("x", "i2"), participant("y", "i3")]
     );
+    // The room hears about a leave with what it was told at the join, whatever the leave
+    // carries.
+    let renamed = ParticipantInfo {
+        username: "someone else".into(),
+        ..participant("x", "i2")
+    };
     h.deliver(RemoteEvent::Left {
         room_id: room(),
-        participant: participant("x", "i2"),
+        participant: renamed,
         reason: LeaveReason::InstanceLost,
     });
     h.deliver(RemoteEvent::Left {
@@ -152,6 +186,7 @@ fn remote_members_and_events() {
         (v["type"].as_str(), v["payload"]["reason"].as_str()),
         (Some("user-left"), Some("instance_lost"))
     );
+    assert_eq!(v["payload"]["username"], "User x");
     assert!(try_next(&a).is_none());
     // A remote Left for a local participant is not ours to act on.
     h.deliver(RemoteEvent::Left {

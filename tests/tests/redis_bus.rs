@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_server::bus::redis::metrics::BusMetrics;
 use switchboard_server::bus::redis::{RedisBus, RedisSettings};
-use switchboard_server::bus::{Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent};
+use switchboard_server::bus::{
+    Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RemoteSender,
+};
 use switchboard_server::protocol::{Frame, RelayKind};
 use switchboard_server::room::{LeaveReason, ParticipantInfo, RoomId};
 
@@ -57,6 +59,22 @@ impl LocalHub for Recorder {
 
     fn join_failed(&self, _room: &RoomId, _participant_id: &str) {}
 
+    fn relay_sender(&self, room: &RoomId, participant_id: &str, instance: &str) -> RemoteSender {
+        match self.remote.lock().unwrap().get(room) {
+            None => RemoteSender::NoLocalRoom,
+            Some(members) => {
+                if members
+                    .iter()
+                    .any(|m| m.participant_id == participant_id && m.instance_id == instance)
+                {
+                    RemoteSender::Member
+                } else {
+                    RemoteSender::Unknown
+                }
+            }
+        }
+    }
+
     fn remote_members(&self, room: &RoomId) -> Vec<ParticipantInfo> {
         self.remote
             .lock()
@@ -101,6 +119,24 @@ impl Recorder {
     }
 }
 
+/// The bus settings a server with default limits would pass.
+fn settings(
+    url: impl Into<String>,
+    key_prefix: impl Into<String>,
+    instance_id: impl Into<String>,
+    presence_ttl: Duration,
+) -> RedisSettings {
+    RedisSettings {
+        url: url.into(),
+        key_prefix: key_prefix.into(),
+        instance_id: instance_id.into(),
+        presence_ttl,
+        max_message_bytes: 64 * 1024,
+        max_json_depth: 32,
+        max_metadata_bytes: 1024,
+    }
+}
+
 struct Node {
     bus: Arc<RedisBus>,
     hub: Arc<Recorder>,
@@ -110,12 +146,7 @@ struct Node {
 async fn node(redis: &RedisProcess, prefix: &str, id: &str, ttl: Duration) -> Node {
     let hub = Arc::new(Recorder::default());
     let bus = RedisBus::start(
-        RedisSettings {
-            url: redis.url(),
-            key_prefix: prefix.into(),
-            instance_id: id.into(),
-            presence_ttl: ttl,
-        },
+        settings(redis.url(), prefix, id, ttl),
         hub.clone(),
         BusMetrics::default(),
     )
@@ -159,13 +190,16 @@ fn participant(id: &str, instance: &str) -> ParticipantInfo {
 }
 
 fn chat(room_id: &RoomId, from: &str, to: Option<&str>, n: usize) -> RelayMessage {
+    // The envelope a server relays, with a fixed timestamp so frames compare equal.
+    let to_json = to.map_or("null".to_owned(), |t| format!("\"{t}\""));
     RelayMessage {
         room_id: room_id.clone(),
         kind: RelayKind::ChatMessage,
         sender_id: from.into(),
         to: to.map(str::to_owned),
         frame: Frame::from_json_text(format!(
-            "{{\"type\":\"chat-message\",\"payload\":{{\"n\":{n}}},\"sender_id\":\"{from}\"}}"
+            "{{\"type\":\"chat-message\",\"payload\":{{\"n\":{n}}},\"sender_id\":\"{from}\",\"room_id\":\"{}\",\"timestamp\":\"2026-11-28T16:30:27.123Z\",\"to\":{to_json}}}",
+            room_id.as_str()
         )),
     }
 }
@@ -531,12 +565,7 @@ async fn an_instance_started_before_redis_becomes_ready_when_redis_appears() {
     redis.kill();
     let hub = Arc::new(Recorder::default());
     let bus = RedisBus::start(
-        RedisSettings {
-            url: redis.url(),
-            key_prefix: "sb".into(),
-            instance_id: "early".into(),
-            presence_ttl: TTL,
-        },
+        settings(redis.url(), "sb", "early", TTL),
         hub.clone(),
         BusMetrics::default(),
     )
@@ -628,12 +657,7 @@ async fn after_a_partition_longer_than_the_ttl_nobody_is_declared_lost() {
         async move {
             let hub = Arc::new(Recorder::default());
             let bus = RedisBus::start(
-                RedisSettings {
-                    url,
-                    key_prefix: "sb".into(),
-                    instance_id: id.into(),
-                    presence_ttl: TTL,
-                },
+                settings(url, "sb", id, TTL),
                 hub.clone(),
                 BusMetrics::default(),
             )

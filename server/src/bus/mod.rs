@@ -217,10 +217,25 @@ pub trait LocalHub: Send + Sync + 'static {
     /// Ends an [`expect_join`](Self::expect_join) whose join did not happen.
     fn join_failed(&self, room: &RoomId, participant_id: &str);
 
+    /// Whether the sender of a relay from another instance is a member of `room` that this
+    /// hub knows on `instance` (a bus drops relays from anyone else).
+    fn relay_sender(&self, room: &RoomId, participant_id: &str, instance: &str) -> RemoteSender;
+
     /// The members of `room` this hub knows on *other* instances (empty for
     /// a room without local participants): the one record a bus reconciles
     /// with its store after it may have missed events.
     fn remote_members(&self, room: &RoomId) -> Vec<ParticipantInfo>;
+}
+
+/// What the hub knows of the sender of a relay that came from another instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteSender {
+    /// A member of the room on the instance that published the relay.
+    Member,
+    /// The room has no local participants: the relay has nobody to reach here anyway.
+    NoLocalRoom,
+    /// Nobody the hub knows in that room on that instance.
+    Unknown,
 }
 
 /// Health of the bus for `/webrtc/health` and readiness.
@@ -302,6 +317,9 @@ pub async fn from_config(
                 key_prefix: config.redis.key_prefix.clone(),
                 instance_id: config.instance_id.clone(),
                 presence_ttl: config.rooms.presence_ttl,
+                max_message_bytes: config.limits.max_message_bytes,
+                max_json_depth: config.limits.max_json_depth,
+                max_metadata_bytes: config.limits.max_metadata_bytes,
             };
             Ok(Arc::new(
                 redis::RedisBus::start(settings, hub, metrics).await?,

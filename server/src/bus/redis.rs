@@ -10,7 +10,8 @@
 //! | module | owns |
 //! |---|---|
 //! | `link` | link state and readiness: [`Timing`], `Link`, `ready_at`, wedge detection, the command wrapper that keeps `Link` current |
-//! | `subscriber` | room subscriptions, the subscriber connection and task, `on_message`, the canary task |
+//! | `subscriber` | room subscriptions, the subscriber connection and task, the canary task |
+//! | `inbound` | what is accepted from the subscriber connection: validation against the hub and Redis presence, dropped-input metrics and log lines |
 //! | `presence` | local registrations, join/leave, resync, heartbeat, dead-instance sweep and `instance_lost` cleanup, the heartbeat task |
 //! | `remote` | what crosses to the hub: event delivery and reconciling the hub's record of remote members with Redis |
 //! | `admin` | nothing: the server API's reads of rooms and participants from presence records |
@@ -34,6 +35,7 @@
 //! held (possibly inside 1 or 2); the hub never calls back into the bus.
 
 mod admin;
+mod inbound;
 mod keys;
 mod link;
 pub mod metrics;
@@ -70,6 +72,8 @@ struct Inner {
     conn: ConnectionManager,
     hub: Arc<dyn LocalHub>,
     metrics: metrics::BusMetrics,
+    /// Bounds of what is accepted from the room channels.
+    input_limits: wire::InputLimits,
     /// Carries `instance`; parent of events not raised inside a bus task.
     span: tracing::Span,
     link: Mutex<link::Link>,
@@ -92,6 +96,12 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub instance_id: String,
     pub presence_ttl: Duration,
+    /// `limits.max_message_bytes`: bounds relayed frames read from Redis.
+    pub max_message_bytes: usize,
+    /// `limits.max_json_depth`: bounds the nesting of relayed frames read from Redis.
+    pub max_json_depth: usize,
+    /// `limits.max_metadata_bytes`: bounds participants' metadata read from Redis.
+    pub max_metadata_bytes: usize,
 }
 
 /// The part of a URL that is safe to log: scheme, host and port only.
@@ -147,6 +157,11 @@ impl RedisBus {
             conn,
             hub,
             metrics,
+            input_limits: wire::InputLimits::new(
+                settings.max_message_bytes,
+                settings.max_json_depth,
+                settings.max_metadata_bytes,
+            ),
             span,
             link: Mutex::new(link::Link::default()),
             subscriber: subscriber::Subscriber::default(),

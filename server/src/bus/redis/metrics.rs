@@ -1,4 +1,5 @@
-//! Redis bus metrics: publish latency histogram, reconnects, presence cleanups. Handles on
+//! Redis bus metrics: publish latency histogram, reconnects, presence cleanups, messages read
+//! from Redis that failed validation and were dropped. Handles on
 //! metrics that [`crate::metrics::Metrics`] registers in the server's registry, so every
 //! bus reports into the `/metrics` of the server that owns it. No I/O here.
 
@@ -9,6 +10,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::inbound::DropReason;
 
 /// Upper bounds (seconds) of the publish latency buckets: loopback to a slow remote Redis.
 const BUCKETS: [f64; 12] = [
@@ -23,6 +26,11 @@ struct ConnectionLabel {
     connection: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// What the Redis bus records. Clones share the same metrics.
 #[derive(Debug, Clone)]
 pub struct BusMetrics {
@@ -30,6 +38,7 @@ pub struct BusMetrics {
     reconnects: Family<ConnectionLabel, Counter>,
     cleanups: Counter,
     cleaned_participants: Counter,
+    dropped: Family<ReasonLabel, Counter>,
 }
 
 impl Default for BusMetrics {
@@ -39,11 +48,18 @@ impl Default for BusMetrics {
             // Creating the series is the point; the guard is dropped at once.
             drop(reconnects.get_or_create(&ConnectionLabel { connection }));
         }
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        for reason in DropReason::ALL {
+            drop(dropped.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
         BusMetrics {
             publish: Histogram::new(BUCKETS),
             reconnects,
             cleanups: Counter::default(),
             cleaned_participants: Counter::default(),
+            dropped,
         }
     }
 }
@@ -71,6 +87,11 @@ impl BusMetrics {
             "Participants removed with dead instances",
             self.cleaned_participants.clone(),
         );
+        registry.register(
+            "bus_messages_dropped",
+            "Messages read from Redis that failed validation and were dropped, by reason",
+            self.dropped.clone(),
+        );
     }
 
     /// Records how long one PUBLISH took (until Redis acknowledged it).
@@ -89,6 +110,15 @@ impl BusMetrics {
     pub fn presence_cleanup(&self, participants: usize) {
         self.cleanups.inc();
         self.cleaned_participants.inc_by(participants as u64);
+    }
+
+    /// One message read from Redis dropped for `reason`.
+    pub(crate) fn bus_message_dropped(&self, reason: DropReason) {
+        self.dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 }
 
@@ -109,6 +139,7 @@ mod tests {
             metrics.reconnected("subscriber");
         }
         metrics.presence_cleanup(5);
+        metrics.bus_message_dropped(DropReason::UnknownSender);
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
         for line in [
@@ -122,6 +153,8 @@ mod tests {
             "switchboard_bus_reconnects_total{connection=\"subscriber\"} 3",
             "switchboard_bus_presence_cleanups_total 1",
             "switchboard_bus_presence_cleanup_participants_total 5",
+            "switchboard_bus_messages_dropped_total{reason=\"unknown_sender\"} 1",
+            "switchboard_bus_messages_dropped_total{reason=\"malformed\"} 0",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
         }

@@ -1,9 +1,10 @@
 //! The receiving side of the Redis bus: which room channels this instance is subscribed to
 //! (one reference per local participant joined or joining, [`RoomRefs`]), the subscriber
-//! connection and its task (reads messages in order, hands each to [`Inner::on_message`],
-//! reconnects and resubscribes every room when the connection ends or is declared wedged),
-//! and the canary task that proves the pub/sub path works end to end. Presence bookkeeping is
-//! in `presence`, what reaches the hub in `remote`.
+//! connection and its task (reads messages in order, hands each to `inbound`, reconnects and
+//! resubscribes every room when the connection ends or is declared wedged), and the canary
+//! task that proves the pub/sub path works end to end. What is accepted from the connection
+//! is decided in `inbound`, presence bookkeeping is in `presence`, what reaches the hub in
+//! `remote`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +16,11 @@ use redis::aio::PubSubSink;
 use redis::AsyncCommands;
 use tokio::sync::{Mutex, Notify};
 
+use super::inbound::DropLog;
 use super::link::subscriber_wedged;
-use super::{wire, Inner};
-use crate::bus::{BusError, RemoteEvent};
-use crate::room::{LeaveReason, RoomId};
+use super::Inner;
+use crate::bus::BusError;
+use crate::room::RoomId;
 
 /// Reference counts of subscribed rooms, pure: the first reference subscribes a room, the
 /// last one unsubscribes it.
@@ -76,13 +78,30 @@ pub(super) struct Subs {
 }
 
 /// What the subscriber side shares with the rest of the bus.
-#[derive(Default)]
 pub(super) struct Subscriber {
     /// Second in the lock order, after the presence gate.
     pub(super) subs: Mutex<Subs>,
     /// Wakes the subscriber task to replace its connection.
     repair: Notify,
+    /// The next canary nonce; starts at random so nobody can guess one (see `inbound`).
     canary_nonce: AtomicU64,
+}
+
+impl Default for Subscriber {
+    fn default() -> Self {
+        Subscriber {
+            subs: Mutex::default(),
+            repair: Notify::new(),
+            canary_nonce: AtomicU64::new(rand::random()),
+        }
+    }
+}
+
+impl Subscriber {
+    /// The nonce the next canary will carry.
+    pub(super) fn next_canary(&self) -> u64 {
+        self.canary_nonce.load(Ordering::Relaxed)
+    }
 }
 
 impl Inner {
@@ -152,64 +171,11 @@ impl Inner {
         let subs = self.subscriber.subs.lock().await;
         subs.refs.rooms().cloned().collect()
     }
-
-    /// Handles one message from the subscriber connection, in receive order.
-    fn on_message(&self, channel: &str, payload: &[u8]) {
-        if channel == self.keys.canary_channel() {
-            self.link().last_canary = Some(Instant::now());
-            return;
-        }
-        let envelope = match wire::decode(payload) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                tracing::warn!(
-                    channel,
-                    error = &e as &dyn std::error::Error,
-                    "dropping malformed bus message"
-                );
-                return;
-            }
-        };
-        // Local recipients were served directly by the sender's instance.
-        if envelope.origin == self.instance() {
-            return;
-        }
-        if let RemoteEvent::Left {
-            room_id,
-            participant,
-            reason: LeaveReason::InstanceLost,
-        } = &envelope.event
-        {
-            if participant.instance_id == self.instance() {
-                // Another instance believed us dead (our heartbeat lapsed, e.g. a stall or a
-                // slow restart with the same id) and removed every record carrying our id.
-                let live = {
-                    let mut local = self.presence.local();
-                    local.needs_sync = true;
-                    local.is_live(room_id, &participant.participant_id)
-                };
-                if live {
-                    // Alive here: the resync puts it back and re-announces it.
-                    tracing::warn!(
-                        "our presence was cleaned up by another instance; re-registering"
-                    );
-                    return;
-                }
-                // A record of an earlier incarnation of this instance: that participant really
-                // is gone, and our local participants may have it in their room-state. (A
-                // participant whose join is still under way is not in `local` yet; the hub
-                // ignores a leave of a local participant, and the resync re-registers it.)
-                tracing::info!(
-                    "a past incarnation's participant was cleaned up by another instance"
-                );
-            }
-        }
-        self.deliver(envelope.event);
-    }
 }
 
 /// Keeps one subscriber connection alive, subscribed to the canary and every local room.
 pub(super) async fn subscriber_task(inner: Arc<Inner>) {
+    let mut drop_log = DropLog::default();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -267,8 +233,9 @@ pub(super) async fn subscriber_task(inner: Arc<Inner>) {
             tokio::select! {
                 message = stream.next() => match message {
                     Some(message) => {
-                        let channel = message.get_channel_name().to_owned();
-                        inner.on_message(&channel, message.get_payload_bytes());
+                        inner
+                            .on_message(&mut drop_log, message.get_channel_name(), message.get_payload_bytes())
+                            .await;
                     }
                     None => {
                         tracing::warn!("redis subscriber connection lost");

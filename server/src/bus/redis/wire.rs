@@ -1,38 +1,136 @@
-//! What the Redis bus publishes on a room channel, pure: a one-line JSON header (origin
-//! instance, event kind, routing) followed by the relayed frame's bytes as they are, so a
-//! frame serialized once by the sender is neither re-escaped nor re-serialized in transit.
+//! What the Redis bus publishes on a room channel, and the strict decoding of what it reads
+//! back, pure: a one-line JSON header (origin instance, event kind, routing) followed by the
+//! relayed frame's bytes as they are, so a frame serialized once by the sender is neither
+//! re-escaped nor re-serialized in transit.
 //!
 //! `<header JSON>\n<frame bytes>` for relays, `<header JSON>\n` for presence events. A JSON
 //! header never contains a raw newline, so the first `\n` always ends it.
+//!
+//! Anyone who can PUBLISH to the Redis channels can put anything there, so [`decode`] accepts
+//! only what an instance of this version could have written: bounded sizes, a header with
+//! exactly the expected fields, ids in their formats, the room of the channel it came on,
+//! and for relays a frame that is the complete envelope the header describes, valid JSON no
+//! deeper than the client limit. Whether the sender or a presence change is real is checked
+//! against the hub and Redis by `inbound`; this module does no I/O.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
+use super::inbound::DropReason;
 use crate::bus::{BusEnvelope, RelayMessage, RemoteEvent};
-use crate::protocol::{Frame, RelayKind};
+use crate::protocol::{nests_deeper_than, Frame, RelayKind};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
 /// Bumped when the header changes incompatibly; other versions are dropped (and counted).
 const VERSION: u8 = 1;
 
+/// Largest header line accepted, besides the participant's `metadata`. The biggest legitimate
+/// one is a presence event whose user id and name are 256 characters each, escaped as `\u0000`
+/// in the worst case (about 3.3 KiB).
+pub const BASE_HEADER_BYTES: usize = 8 * 1024;
+
+/// What a relayed frame may add to the client message it carries: the server-stamped
+/// `sender_id`, `room_id`, `timestamp`, `to` and their keys (about 300 bytes at most).
+pub const FRAME_OVERHEAD_BYTES: usize = 1024;
+
+/// Longest participant id accepted on the bus (ours are 36-character UUIDs).
+pub const MAX_PARTICIPANT_ID_LEN: usize = 64;
+
+/// Longest user id and name (the limit on a token's `sub` and `name`).
+pub const MAX_IDENTITY_CHARS: usize = crate::auth::MAX_IDENTITY_CHARS;
+
+/// Longest instance id (the limit of the `instance_id` setting).
+pub const MAX_INSTANCE_ID_LEN: usize = 128;
+
+/// The bounds a received message must keep, from the server's client limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest relayed frame: `limits.max_message_bytes` plus [`FRAME_OVERHEAD_BYTES`].
+    pub max_frame_bytes: usize,
+    /// `limits.max_json_depth`: the frame nests no deeper than a client message may.
+    pub max_json_depth: usize,
+    /// `limits.max_metadata_bytes`: a participant's metadata, compact JSON.
+    pub max_metadata_bytes: usize,
+}
+
+impl InputLimits {
+    pub fn new(max_message_bytes: usize, max_json_depth: usize, max_metadata_bytes: usize) -> Self {
+        InputLimits {
+            max_frame_bytes: max_message_bytes.saturating_add(FRAME_OVERHEAD_BYTES),
+            max_json_depth,
+            max_metadata_bytes,
+        }
+    }
+
+    /// Largest header line: [`BASE_HEADER_BYTES`] plus the metadata it may carry.
+    pub fn max_header_bytes(&self) -> usize {
+        BASE_HEADER_BYTES.saturating_add(self.max_metadata_bytes)
+    }
+}
+
 /// Why an incoming bus message was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    #[error("bus message is larger than any this version sends")]
+    TooLarge,
     #[error("bus message has no header line")]
     NoHeader,
     #[error("bus message header is not valid: {0}")]
     Header(#[source] serde_json::Error),
     #[error("bus message version {0} is not supported")]
     Version(u8),
-    #[error("relayed frame is not UTF-8 JSON")]
-    Frame,
+    #[error("bus message field {0} is not in its format")]
+    Field(&'static str),
+    #[error("bus message names another room than its channel's")]
+    RoomMismatch,
+    #[error("relayed frame nests deeper than the client limit")]
+    TooDeep,
+    #[error("relayed frame is not a valid envelope: {0}")]
+    Frame(&'static str),
 }
 
+impl WireError {
+    /// The reason this drop is counted and logged under.
+    pub(super) fn reason(&self) -> DropReason {
+        match self {
+            WireError::TooLarge => DropReason::TooLarge,
+            WireError::NoHeader | WireError::Header(_) | WireError::Field(_) => {
+                DropReason::Malformed
+            }
+            WireError::Version(_) => DropReason::UnsupportedVersion,
+            WireError::RoomMismatch => DropReason::RoomMismatch,
+            WireError::TooDeep => DropReason::TooDeep,
+            WireError::Frame(_) => DropReason::InvalidFrame,
+        }
+    }
+}
+
+/// The header line. Every variant carries `v` and `origin`; nothing else is accepted, so a
+/// header this version does not fully understand is refused rather than half-read.
 #[derive(Serialize, Deserialize)]
-struct Header {
-    v: u8,
-    origin: String,
-    #[serde(flatten)]
-    body: Body,
+#[serde(tag = "k", rename_all = "snake_case", deny_unknown_fields)]
+enum Header {
+    Relay {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+        kind: RelayKind,
+        sender_id: String,
+        to: Option<String>,
+    },
+    Joined {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+        participant: ParticipantInfo,
+    },
+    Left {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+        participant: ParticipantInfo,
+        reason: LeaveReason,
+    },
 }
 
 #[derive(Deserialize)]
@@ -40,31 +138,29 @@ struct VersionOnly {
     v: u8,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
-enum Body {
-    Relay {
-        room_id: RoomId,
-        kind: RelayKind,
-        sender_id: String,
-        to: Option<String>,
-    },
-    Joined {
-        room_id: RoomId,
-        participant: ParticipantInfo,
-    },
-    Left {
-        room_id: RoomId,
-        participant: ParticipantInfo,
-        reason: LeaveReason,
-    },
+/// A relayed frame as [`crate::protocol::encode_relay`] writes it: exactly these fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(borrow)]
+    #[allow(dead_code)] // Parsed only to prove it is JSON; relayed as it is.
+    payload: &'a RawValue,
+    sender_id: Option<&'a str>,
+    room_id: &'a str,
+    timestamp: &'a str,
+    to: Option<&'a str>,
 }
 
 /// Serializes an envelope for PUBLISH.
 pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
-    let (body, frame) = match event {
+    let origin = origin.to_owned();
+    let (header, frame) = match event {
         RemoteEvent::Relay(m) => (
-            Body::Relay {
+            Header::Relay {
+                v: VERSION,
+                origin,
                 room_id: m.room_id.clone(),
                 kind: m.kind,
                 sender_id: m.sender_id.clone(),
@@ -76,7 +172,9 @@ pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
             room_id,
             participant,
         } => (
-            Body::Joined {
+            Header::Joined {
+                v: VERSION,
+                origin,
                 room_id: room_id.clone(),
                 participant: participant.clone(),
             },
@@ -87,18 +185,15 @@ pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
             participant,
             reason,
         } => (
-            Body::Left {
+            Header::Left {
+                v: VERSION,
+                origin,
                 room_id: room_id.clone(),
                 participant: participant.clone(),
                 reason: *reason,
             },
             None,
         ),
-    };
-    let header = Header {
-        v: VERSION,
-        origin: origin.to_owned(),
-        body,
     };
     // Serializing plain strings and enums into a Vec cannot fail.
     let mut out = serde_json::to_vec(&header).unwrap_or_default();
@@ -109,68 +204,230 @@ pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
     out
 }
 
-/// Parses a message received on a room channel.
-pub fn decode(bytes: &[u8]) -> Result<BusEnvelope, WireError> {
+/// Parses and checks a message received on the channel of `channel_room`. Only what an
+/// instance of this version could have published passes (see the module documentation).
+pub fn decode(
+    bytes: &[u8],
+    channel_room: &RoomId,
+    limits: &InputLimits,
+) -> Result<BusEnvelope, WireError> {
+    if bytes.len() > limits.max_header_bytes() + 1 + limits.max_frame_bytes {
+        return Err(WireError::TooLarge);
+    }
     let split = bytes
         .iter()
         .position(|b| *b == b'\n')
         .ok_or(WireError::NoHeader)?;
+    let (head, rest) = (&bytes[..split], &bytes[split + 1..]);
+    if head.len() > limits.max_header_bytes() {
+        return Err(WireError::TooLarge);
+    }
     // The version first: a future header may not parse as this one.
-    let version: VersionOnly =
-        serde_json::from_slice(&bytes[..split]).map_err(WireError::Header)?;
+    let version: VersionOnly = serde_json::from_slice(head).map_err(WireError::Header)?;
     if version.v != VERSION {
         return Err(WireError::Version(version.v));
     }
-    let header: Header = serde_json::from_slice(&bytes[..split]).map_err(WireError::Header)?;
-    let rest = &bytes[split + 1..];
-    let event = match header.body {
-        Body::Relay {
+    let header: Header = serde_json::from_slice(head).map_err(WireError::Header)?;
+    let (origin, event) = match header {
+        Header::Relay {
+            origin,
             room_id,
             kind,
             sender_id,
             to,
+            ..
         } => {
-            let text = std::str::from_utf8(rest).map_err(|_| WireError::Frame)?;
-            // Frames always start like this (see `Frame`): keeps a foreign publisher from
-            // injecting something that is not an envelope.
-            if !text.starts_with("{\"type\":") {
-                return Err(WireError::Frame);
+            check_participant_id(&sender_id, "sender_id")?;
+            if let Some(to) = &to {
+                check_participant_id(to, "to")?;
             }
-            RemoteEvent::Relay(RelayMessage {
-                room_id,
-                kind,
-                sender_id,
-                to,
-                frame: Frame::from_json_text(text.to_owned()),
-            })
+            let frame = decode_frame(rest, limits, &room_id, kind, &sender_id, to.as_deref())?;
+            (
+                origin,
+                RemoteEvent::Relay(RelayMessage {
+                    room_id,
+                    kind,
+                    sender_id,
+                    to,
+                    frame,
+                }),
+            )
         }
-        Body::Joined {
+        Header::Joined {
+            origin,
             room_id,
             participant,
-        } => RemoteEvent::Joined {
-            room_id,
-            participant,
-        },
-        Body::Left {
+            ..
+        } => {
+            no_frame(rest)?;
+            check_participant(&participant, limits)?;
+            // Only the instance that holds a participant announces its join.
+            if participant.instance_id != origin {
+                return Err(WireError::Field("participant.instance_id"));
+            }
+            (
+                origin,
+                RemoteEvent::Joined {
+                    room_id,
+                    participant,
+                },
+            )
+        }
+        Header::Left {
+            origin,
             room_id,
             participant,
             reason,
-        } => RemoteEvent::Left {
-            room_id,
-            participant,
-            reason,
-        },
+            ..
+        } => {
+            no_frame(rest)?;
+            check_participant(&participant, limits)?;
+            // Another instance announces a leave only when it cleaned up a dead one.
+            if participant.instance_id != origin && reason != LeaveReason::InstanceLost {
+                return Err(WireError::Field("participant.instance_id"));
+            }
+            (
+                origin,
+                RemoteEvent::Left {
+                    room_id,
+                    participant,
+                    reason,
+                },
+            )
+        }
     };
-    Ok(BusEnvelope {
-        origin: header.origin,
-        event,
-    })
+    check_instance_id(&origin, "origin")?;
+    if event.room_id() != channel_room {
+        return Err(WireError::RoomMismatch);
+    }
+    Ok(BusEnvelope { origin, event })
+}
+
+/// A presence event carries nothing after its header line.
+fn no_frame(rest: &[u8]) -> Result<(), WireError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(WireError::Field("frame"))
+    }
+}
+
+/// The relayed frame: bounded, UTF-8, no deeper than a client message may nest, and exactly
+/// the envelope the header describes (same kind, sender, room and target).
+fn decode_frame(
+    rest: &[u8],
+    limits: &InputLimits,
+    room: &RoomId,
+    kind: RelayKind,
+    sender_id: &str,
+    to: Option<&str>,
+) -> Result<Frame, WireError> {
+    if rest.len() > limits.max_frame_bytes {
+        return Err(WireError::TooLarge);
+    }
+    let text = std::str::from_utf8(rest).map_err(|_| WireError::Frame("not UTF-8"))?;
+    // Frames always start like this (see `Frame`); a later `seq` splice relies on it.
+    if !text.starts_with("{\"type\":") {
+        return Err(WireError::Frame("does not start with the type"));
+    }
+    if nests_deeper_than(text, limits.max_json_depth) {
+        return Err(WireError::TooDeep);
+    }
+    let frame: RelayFrame<'_> =
+        serde_json::from_str(text).map_err(|_| WireError::Frame("not the relay envelope"))?;
+    if frame.kind != kind.as_str() {
+        return Err(WireError::Frame("type differs from the header"));
+    }
+    if frame.sender_id != Some(sender_id) {
+        return Err(WireError::Frame("sender_id differs from the header"));
+    }
+    if frame.room_id != room.as_str() {
+        return Err(WireError::Frame("room_id differs from the header"));
+    }
+    if frame.to != to {
+        return Err(WireError::Frame("to differs from the header"));
+    }
+    if !is_timestamp(frame.timestamp) {
+        return Err(WireError::Frame(
+            "timestamp is not RFC 3339 UTC with milliseconds",
+        ));
+    }
+    Ok(Frame::from_json_text(text.to_owned()))
+}
+
+/// 1–64 characters of `[A-Za-z0-9_-]`: every id this server assigns (UUIDs) fits, and such
+/// an id is safe in keys and log lines.
+pub fn is_participant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_PARTICIPANT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// What the `instance_id` setting accepts: 1–128 printable ASCII characters, no spaces.
+pub fn is_instance_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_INSTANCE_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `2026-11-28T16:30:27.123Z`: what [`crate::protocol::now_timestamp`] writes.
+pub fn is_timestamp(ts: &str) -> bool {
+    const SHAPE: &[u8; 24] = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    ts.len() == SHAPE.len()
+        && ts.bytes().zip(SHAPE.iter()).all(|(b, want)| match want {
+            b'd' => b.is_ascii_digit(),
+            want => b == *want,
+        })
+}
+
+fn check_participant_id(id: &str, field: &'static str) -> Result<(), WireError> {
+    if is_participant_id(id) {
+        Ok(())
+    } else {
+        Err(WireError::Field(field))
+    }
+}
+
+fn check_instance_id(id: &str, field: &'static str) -> Result<(), WireError> {
+    if is_instance_id(id) {
+        Ok(())
+    } else {
+        Err(WireError::Field(field))
+    }
+}
+
+/// Every field of a participant in the format the server creates it with.
+pub fn check_participant(p: &ParticipantInfo, limits: &InputLimits) -> Result<(), WireError> {
+    if p.metadata
+        .as_ref()
+        .is_some_and(|m| crate::room::metadata_bytes(m) > limits.max_metadata_bytes)
+    {
+        return Err(WireError::Field("participant.metadata"));
+    }
+    check_participant_id(&p.participant_id, "participant.participant_id")?;
+    let identity = |s: &str| s.chars().count() <= MAX_IDENTITY_CHARS;
+    if p.user_id.is_empty() || !identity(&p.user_id) {
+        return Err(WireError::Field("participant.user_id"));
+    }
+    if !identity(&p.username) {
+        return Err(WireError::Field("participant.username"));
+    }
+    if !is_timestamp(&p.joined_at) {
+        return Err(WireError::Field("participant.joined_at"));
+    }
+    check_instance_id(&p.instance_id, "participant.instance_id")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::participant;
+
+    const LIMITS: InputLimits = InputLimits {
+        max_frame_bytes: 64 * 1024 + FRAME_OVERHEAD_BYTES,
+        max_json_depth: 32,
+        max_metadata_bytes: 1024,
+    };
 
     /// A name with quotes and a newline, which the header must escape.
     fn p(id: &str) -> ParticipantInfo {
@@ -184,26 +441,54 @@ mod tests {
         RoomId::parse("r").unwrap()
     }
 
-    #[test]
-    fn relay_frame_travels_verbatim_after_the_header() {
-        let frame = Frame::from_json_text(
-            "{\"type\":\"offer\",\"payload\":{\"sdp\":\"v=0\\r\\n\"},\"to\":\"b\"}".into(),
-        );
-        let event = RemoteEvent::Relay(RelayMessage {
+    fn relay(payload: &str, to: Option<&str>) -> RemoteEvent {
+        let payload = RawValue::from_string(payload.to_owned()).unwrap();
+        RemoteEvent::Relay(RelayMessage {
             room_id: room(),
             kind: RelayKind::Offer,
             sender_id: "a".into(),
-            to: Some("b".into()),
-            frame: frame.clone(),
-        });
+            to: to.map(str::to_owned),
+            frame: crate::protocol::encode_relay(RelayKind::Offer, &payload, "a", "r", to),
+        })
+    }
+
+    fn decode_on(bytes: &[u8], channel: &str) -> Result<BusEnvelope, WireError> {
+        decode(bytes, &RoomId::parse(channel).unwrap(), &LIMITS)
+    }
+
+    /// A relay header followed by `frame`, as raw text.
+    fn raw_relay(header_extra: &str, frame: &str) -> Vec<u8> {
+        format!(
+            "{{\"v\":1,\"origin\":\"o\",\"k\":\"relay\",\"room_id\":\"r\",\"kind\":\"offer\",\"sender_id\":\"a\",\"to\":\"b\"{header_extra}}}\n{frame}"
+        )
+        .into_bytes()
+    }
+
+    fn frame_text(payload: &str) -> String {
+        format!("{{\"type\":\"offer\",\"payload\":{payload},\"sender_id\":\"a\",\"room_id\":\"r\",\"timestamp\":\"2026-11-28T16:30:27.123Z\",\"to\":\"b\"}}")
+    }
+
+    #[test]
+    fn relay_frame_travels_verbatim_after_the_header() {
+        let event = relay("{\"sdp\":\"v=0\\r\\n\"}", Some("b"));
+        let RemoteEvent::Relay(m) = &event else {
+            unreachable!()
+        };
         let bytes = encode("inst-1", &event);
         assert!(
-            bytes.ends_with(frame.as_bytes()),
+            bytes.ends_with(m.frame.as_bytes()),
             "frame must not be re-encoded"
         );
-        let back = decode(&bytes).unwrap();
+        let back = decode(&bytes, &room(), &LIMITS).unwrap();
         assert_eq!(back.origin, "inst-1");
         assert_eq!(back.event, event);
+        let broadcast = relay("[1,{\"x\":null}]", None);
+        assert_eq!(
+            decode(&encode("i", &broadcast), &room(), &LIMITS)
+                .unwrap()
+                .event,
+            broadcast
+        );
     }
 
     #[test]
@@ -216,35 +501,290 @@ mod tests {
             RemoteEvent::Left {
                 room_id: room(),
                 participant: p("b"),
-                reason: LeaveReason::InstanceLost,
+                reason: LeaveReason::Closed,
             },
         ] {
-            let bytes = encode("x", &event);
+            let bytes = encode("i1", &event);
             assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
-            assert_eq!(decode(&bytes).unwrap().event, event);
+            assert_eq!(decode(&bytes, &room(), &LIMITS).unwrap().event, event);
+        }
+        let mut with_metadata = p("m");
+        with_metadata.metadata = serde_json::from_str("{\"role\":\"host\",\"n\":[1,2]}").ok();
+        let event = RemoteEvent::Joined {
+            room_id: room(),
+            participant: with_metadata,
+        };
+        assert_eq!(
+            decode(&encode("i1", &event), &room(), &LIMITS)
+                .unwrap()
+                .event,
+            event
+        );
+        // A cleaner announces another (dead) instance's participants.
+        let lost = RemoteEvent::Left {
+            room_id: room(),
+            participant: p("c"),
+            reason: LeaveReason::InstanceLost,
+        };
+        assert_eq!(
+            decode(&encode("cleaner", &lost), &room(), &LIMITS)
+                .unwrap()
+                .event,
+            lost
+        );
+    }
+
+    #[test]
+    fn the_previous_header_field_order_still_decodes() {
+        // Rolling upgrades: the header used to start with `v` and `origin`.
+        let bytes = raw_relay("", &frame_text("{}"));
+        let env = decode(&bytes, &room(), &LIMITS).unwrap();
+        assert_eq!(env.origin, "o");
+    }
+
+    /// Table of refused input: (what, bytes, channel room, expected reason label).
+    #[test]
+    fn forged_input_is_refused_with_its_reason() {
+        let joined = |participant: &str, origin: &str| {
+            format!("{{\"v\":1,\"origin\":\"{origin}\",\"k\":\"joined\",\"room_id\":\"r\",\"participant\":{participant}}}\n")
+                .into_bytes()
+        };
+        let good_p = |field: &str, value: &str| {
+            let mut v = serde_json::to_value(p("x")).unwrap();
+            v[field] = serde_json::from_str(value).unwrap();
+            v.to_string()
+        };
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        let huge = format!("\"{}\"", "x".repeat(LIMITS.max_frame_bytes));
+        let frame_with = |from: &str, to: &str| frame_text("{}").replace(from, to);
+        let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+            ("plain text", b"hello".to_vec(), "r", "malformed"),
+            ("text after a newline", b"hi\n{}".to_vec(), "r", "malformed"),
+            ("broken header", b"{]\n".to_vec(), "r", "malformed"),
+            (
+                "future version",
+                b"{\"v\":9,\"origin\":\"o\",\"k\":\"joined\"}\n".to_vec(),
+                "r",
+                "unsupported_version",
+            ),
+            (
+                "unknown header field",
+                raw_relay(",\"admin\":true", &frame_text("{}")),
+                "r",
+                "malformed",
+            ),
+            (
+                "on another room's channel",
+                raw_relay("", &frame_text("{}")),
+                "other",
+                "room_mismatch",
+            ),
+            (
+                "sender not an id",
+                String::from_utf8(raw_relay("", &frame_text("{}")))
+                    .unwrap()
+                    .replacen("\"sender_id\":\"a\"", "\"sender_id\":\"a b\"", 1)
+                    .into_bytes(),
+                "r",
+                "malformed",
+            ),
+            (
+                "non-JSON frame",
+                raw_relay("", "{\"type\":oops"),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame not an object",
+                raw_relay("", "[1]"),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame with an extra field",
+                raw_relay("", &frame_with("\"to\":\"b\"}", "\"to\":\"b\",\"seq\":1}")),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame from another sender",
+                raw_relay(
+                    "",
+                    &frame_with("\"sender_id\":\"a\"", "\"sender_id\":\"z\""),
+                ),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame of another kind",
+                raw_relay("", &frame_with("\"offer\"", "\"answer\"")),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame for another target",
+                raw_relay("", &frame_with("\"to\":\"b\"", "\"to\":\"c\"")),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame for another room",
+                raw_relay("", &frame_with("\"room_id\":\"r\"", "\"room_id\":\"q\"")),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame without a timestamp",
+                raw_relay("", &frame_with("2026-11-28T16:30:27.123Z", "now")),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "frame without a payload",
+                raw_relay("", &frame_with("\"payload\":{},", "")),
+                "r",
+                "invalid_frame",
+            ),
+            (
+                "deep payload",
+                raw_relay("", &frame_text(&deep)),
+                "r",
+                "too_deep",
+            ),
+            (
+                "huge payload",
+                raw_relay("", &frame_text(&huge)),
+                "r",
+                "too_large",
+            ),
+            (
+                "huge header",
+                format!(
+                    "{{\"v\":1,\"pad\":\"{}\"}}\n",
+                    "x".repeat(LIMITS.max_header_bytes())
+                )
+                .into_bytes(),
+                "r",
+                "too_large",
+            ),
+            (
+                "presence with a frame",
+                {
+                    let mut b = joined(&serde_json::to_string(&p("x")).unwrap(), "i1");
+                    b.extend_from_slice(b"{}");
+                    b
+                },
+                "r",
+                "malformed",
+            ),
+            (
+                "joined for another instance",
+                joined(&serde_json::to_string(&p("x")).unwrap(), "i2"),
+                "r",
+                "malformed",
+            ),
+            (
+                "participant id with a slash",
+                joined(&good_p("participant_id", "\"a/b\""), "i1"),
+                "r",
+                "malformed",
+            ),
+            (
+                "empty user id",
+                joined(&good_p("user_id", "\"\""), "i1"),
+                "r",
+                "malformed",
+            ),
+            (
+                "user id too long",
+                joined(
+                    &good_p("user_id", &format!("\"{}\"", "u".repeat(257))),
+                    "i1",
+                ),
+                "r",
+                "malformed",
+            ),
+            (
+                "name too long",
+                joined(
+                    &good_p("username", &format!("\"{}\"", "n".repeat(257))),
+                    "i1",
+                ),
+                "r",
+                "malformed",
+            ),
+            (
+                "joined_at not a time",
+                joined(&good_p("joined_at", "\"yesterday\""), "i1"),
+                "r",
+                "malformed",
+            ),
+            (
+                "instance id with a space",
+                joined(&good_p("instance_id", "\"a b\""), "a b"),
+                "r",
+                "malformed",
+            ),
+            (
+                "metadata too large",
+                joined(
+                    &good_p("metadata", &format!("{{\"k\":\"{}\"}}", "m".repeat(1024))),
+                    "i1",
+                ),
+                "r",
+                "malformed",
+            ),
+            (
+                "metadata not an object",
+                joined(&good_p("metadata", "[1]"), "i1"),
+                "r",
+                "malformed",
+            ),
+        ];
+        for (what, bytes, channel, reason) in cases {
+            match decode_on(&bytes, channel) {
+                Ok(env) => panic!("{what}: accepted {env:?}"),
+                Err(e) => assert_eq!(e.reason().as_str(), reason, "{what}: {e}"),
+            }
         }
     }
 
     #[test]
-    fn garbage_is_refused_with_a_reason() {
-        assert!(matches!(decode(b"no newline"), Err(WireError::NoHeader)));
-        assert!(matches!(decode(b"{]\n"), Err(WireError::Header(_))));
+    fn a_plain_leave_comes_only_from_the_participants_instance() {
+        let left = |reason: &str| {
+            format!(
+                "{{\"v\":1,\"origin\":\"other\",\"k\":\"left\",\"room_id\":\"r\",\"participant\":{},\"reason\":\"{reason}\"}}\n",
+                serde_json::to_string(&p("x")).unwrap()
+            )
+        };
         assert!(matches!(
-            decode(b"{\"v\":9,\"origin\":\"o\",\"k\":\"joined\"}\n"),
-            Err(WireError::Version(9))
+            decode_on(left("closed").as_bytes(), "r"),
+            Err(WireError::Field("participant.instance_id"))
         ));
-        let relay = b"{\"v\":1,\"origin\":\"o\",\"k\":\"relay\",\"room_id\":\"r\",\"kind\":\"offer\",\"sender_id\":\"a\",\"to\":null}\n";
-        let mut not_a_frame = relay.to_vec();
-        not_a_frame.extend_from_slice(b"[1]");
-        assert!(matches!(decode(&not_a_frame), Err(WireError::Frame)));
-        let mut bad_room = relay.to_vec();
-        bad_room.extend_from_slice(b"{\"type\":\"offer\"}");
-        let bad_room = String::from_utf8(bad_room)
-            .unwrap()
-            .replace("\"r\"", "\"../x\"");
-        assert!(matches!(
-            decode(bad_room.as_bytes()),
-            Err(WireError::Header(_))
-        ));
+        assert!(decode_on(left("instance_lost").as_bytes(), "r").is_ok());
+        assert!(decode_on(left("made_up").as_bytes(), "r").is_err());
+    }
+
+    #[test]
+    fn id_and_time_formats() {
+        assert!(is_participant_id("0b6f3a52-8d3e-4a4e-9b1e-1c2d3e4f5a6b"));
+        assert!(is_participant_id("p_1"));
+        for bad in ["", "a b", "a/b", "caf\u{e9}", &"x".repeat(65)] {
+            assert!(!is_participant_id(bad), "{bad:?}");
+        }
+        assert!(is_instance_id("host-1.ns:abc{}"));
+        for bad in ["", "a b", "tab\t", &"i".repeat(129)] {
+            assert!(!is_instance_id(bad), "{bad:?}");
+        }
+        assert!(is_timestamp("2026-11-28T16:30:27.123Z"));
+        assert!(is_timestamp(&crate::protocol::now_timestamp()));
+        for bad in [
+            "2026-11-28T16:30:27Z",
+            "2026-11-28 16:30:27.123Z",
+            "2026-11-28T16:30:27.123+",
+            "x",
+        ] {
+            assert!(!is_timestamp(bad), "{bad:?}");
+        }
     }
 }
