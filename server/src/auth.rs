@@ -470,10 +470,13 @@ struct DevClaims<'a> {
     aud: Option<&'a str>,
 }
 
-/// Signs the `--dev` token: HS256, all rooms, valid for `ttl`.
+/// Signs a `--dev` token for user `sub` called `name`: HS256, valid for
+/// `ttl`, for `room` (`"*"`: every room).
 pub fn dev_token(
     cfg: &JwtConfig,
-    user: &str,
+    sub: &str,
+    name: &str,
+    room: &str,
     now_unix: u64,
     ttl: Duration,
 ) -> Result<String, KeyError> {
@@ -484,11 +487,11 @@ pub fn dev_token(
         });
     };
     let claims = DevClaims {
-        sub: user,
-        name: user,
+        sub,
+        name,
         exp: now_unix + ttl.as_secs(),
         iat: now_unix,
-        rooms: ["*"],
+        rooms: [room],
         iss: cfg.issuer.as_deref(),
         aud: cfg.audience.as_deref(),
     };

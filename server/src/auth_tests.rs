@@ -276,7 +276,15 @@ fn key_kind_must_match_algorithm() {
 #[test]
 fn dev_token_verifies_and_allows_every_room() {
     let cfg = hs("devsecret");
-    let t = dev_token(&cfg, "dev", now_unix(), Duration::from_secs(86400)).unwrap();
+    let t = dev_token(
+        &cfg,
+        "dev",
+        "dev",
+        "*",
+        now_unix(),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
     let id = Authenticator::new(&cfg).unwrap().verify(&t).unwrap();
     assert_eq!(id.user_id, "dev");
     assert_eq!(id.rooms, RoomAccess::All);

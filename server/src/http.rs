@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -74,7 +74,16 @@ impl AppState {
 /// The router with every route.
 pub fn app(state: AppState) -> Router {
     let cors = cors_layer(&state.config);
-    Router::new()
+    let mut router = Router::new();
+    if state.config.dev {
+        // Only with `--dev`: without it the route does not exist (404).
+        router = router.route(
+            crate::dev_identity::PATH,
+            post(crate::dev_identity::mint)
+                .layer(DefaultBodyLimit::max(crate::dev_identity::MAX_BODY_BYTES)),
+        );
+    }
+    router
         .route("/", get(index))
         .route("/switchboard.js", get(script))
         .route("/webrtc/ws/{room_id}", get(ws_upgrade))
@@ -465,6 +474,8 @@ async fn health(State(state): State<AppState>) -> Response {
         "bus": bus,
         "rooms": rooms,
         "connections": participants,
+        // The demo page asks for a name (and mints a token at /webrtc/dev/token) only then.
+        "dev": state.config.dev,
     }))
     .into_response()
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bus;
 pub mod close_drain;
 pub mod config;
+pub mod dev_identity;
 pub mod http;
 pub mod hub;
 pub mod lifetime;

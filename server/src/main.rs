@@ -5,7 +5,6 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_server::config::{self, Command, Config};
@@ -104,16 +103,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let token = switchboard_server::auth::dev_token(
             &config.jwt,
             "dev",
+            "dev",
+            "*",
             switchboard_server::auth::now_unix(),
-            Duration::from_secs(24 * 3600),
+            switchboard_server::dev_identity::TTL,
         )?;
         banner(&format!("dev token: {token}"))?;
-        // `autostart=1`: opening the URL in two tabs connects them without
-        // pressing Join, as the README promises.
+        // No token in the URL: each tab mints its own identity (a name the
+        // page asks for, or a guest name with `autostart=1`), so two tabs are
+        // two users; `autostart=1` connects them without pressing Join.
+        banner(&format!("demo: http://{addr}/?room=demo&autostart=1"))?;
         banner(&format!(
-            "demo: http://{addr}/?room=demo&token={token}&autostart=1"
+            "dev identities: POST http://{addr}{} {{\"name\": \"Alice\"}} returns a token of its own",
+            switchboard_server::dev_identity::PATH
         ))?;
-        tracing::warn!("--dev: in-process bus and a random JWT secret; not for production");
+        tracing::warn!(
+            "--dev: in-process bus, a random JWT secret and a token for anyone who asks at {}; not for production",
+            switchboard_server::dev_identity::PATH
+        );
     }
     switchboard_server::serve(config, listener, shutdown).await?;
     Ok(())

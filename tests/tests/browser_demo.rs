@@ -368,12 +368,20 @@ fn the_page_reports_a_refused_token_and_the_library_helpers_behave() {
             &driver,
         );
     }
-    // Without autostart nothing happens until Join.
+    // Without autostart nothing happens until Join; without --dev there is no name field.
+    if let Err(e) = page.wait_for(
+        "the page has found out it is not in dev mode",
+        "return document.body.dataset.dev === '0';",
+        UPDATE_TIMEOUT,
+    ) {
+        fail(&e, &both, &server, &driver);
+    }
     match page.execute(
-        "return [document.body.dataset.state, typeof Switchboard];",
+        "return [document.body.dataset.state, typeof Switchboard,
+                 document.getElementById('name-label').getClientRects().length];",
         &[],
     ) {
-        Ok(v) if v == json!(["idle", "function"]) => {}
+        Ok(v) if v == json!(["idle", "function", 0]) => {}
         other => fail(
             &format!("before Join the page should be idle with Switchboard loaded: {other:?}"),
             &both,
@@ -606,7 +614,7 @@ fn pages_follow_a_drain_to_a_new_server_and_reconnect_their_peers() {
 }
 
 /// The README promise: `--dev` prints a demo URL, and two tabs of one browser on that URL
-/// (one user, two participants) connect to each other.
+/// connect to each other, each as a user of its own (a guest name minted by the page).
 #[test]
 fn two_tabs_on_the_dev_mode_demo_url_connect() {
     let _one = serialize();
@@ -616,7 +624,7 @@ fn two_tabs_on_the_dev_mode_demo_url_connect() {
     let mut server = ServerOptions::new().arg("--dev").start();
     let line = server.wait_stdout_line("demo: ", Duration::from_secs(5));
     let url = line.trim_start_matches("demo: ").trim().to_owned();
-    assert!(url.ends_with("&autostart=1"), "{url}");
+    assert!(url.ends_with("/?room=demo&autostart=1"), "{url}");
     let driver = ChromeDriver::start();
     let browser = driver.new_browser("dev-tabs");
     let both = [&browser];
@@ -638,7 +646,8 @@ fn two_tabs_on_the_dev_mode_demo_url_connect() {
         )
     });
 
-    // Poll both tabs in turn: each must reach `connected` and list two participants named `dev`.
+    // Poll both tabs in turn: each must reach `connected` and list two participants, two
+    // different guests with two different user ids.
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let mut last = Vec::new();
     loop {
@@ -647,17 +656,33 @@ fn two_tabs_on_the_dev_mode_demo_url_connect() {
             let seen = browser.switch_to_tab(tab).and_then(|()| {
                 browser.execute(
                     "return [document.body.dataset.state,
-                        Array.from(document.querySelectorAll('#participants li.participant .name'), (e) => e.textContent)];",
+                        Array.from(document.querySelectorAll('#participants li.participant'),
+                            (li) => [li.querySelector('.name').textContent, li.dataset.userId]).sort()];",
                     &[],
                 )
             });
             last.push(seen.map_err(|e| e.to_string()));
         }
-        let want = json!(["connected", ["dev", "dev"]]);
-        if last
+        let want =
+            "connected, two guests with distinct names and user ids, the same list in both tabs";
+        let guests_of = |v: &Value| -> Option<Vec<(String, String)>> {
+            if v[0] != "connected" {
+                return None;
+            }
+            let list: Vec<(String, String)> = serde_json::from_value(v[1].clone()).ok()?;
+            let ok = list.len() == 2
+                && list[0].0 != list[1].0
+                && list[0].1 != list[1].1
+                && list
+                    .iter()
+                    .all(|(name, id)| name.starts_with("Guest ") && id.starts_with("dev-guest-"));
+            ok.then_some(list)
+        };
+        let seen: Vec<_> = last
             .iter()
-            .all(|seen| seen.as_ref().is_ok_and(|v| *v == want))
-        {
+            .map(|r| r.as_ref().ok().and_then(guests_of))
+            .collect();
+        if seen.iter().all(Option::is_some) && seen[0] == seen[1] {
             break;
         }
         if Instant::now() >= deadline {
@@ -684,6 +709,151 @@ fn two_tabs_on_the_dev_mode_demo_url_connect() {
             .and_then(|()| wait_received(&browser, text))
     });
     if let Err(e) = received {
+        fail(&e, &both, &server, &driver);
+    }
+}
+
+/// `[name, user id]` of every participant the page lists, sorted.
+const PARTICIPANT_IDENTITIES_JS: &str =
+    "return Array.from(document.querySelectorAll('#participants li.participant'),
+    (li) => [li.querySelector('.name').textContent, li.dataset.userId]).sort();";
+
+/// `--dev` without a token in the URL: each page asks for a name, mints a token for it and
+/// joins as a user of its own. Alice and Bob, typed into two browsers, see each other by
+/// name with two distinct `dev-<name>-<hex>` user ids and connect; then Bob pastes a forged
+/// token instead, and the refusal is what his page shows.
+#[test]
+fn dev_mode_pages_join_under_the_names_typed_into_them() {
+    let _one = serialize();
+    let server = ServerOptions::new()
+        .arg("--dev")
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let driver = ChromeDriver::start();
+    let alice = driver.new_browser("dev-alice");
+    let bob = driver.new_browser("dev-bob");
+    let both = [&alice, &bob];
+    let room = "dev-names";
+
+    for (browser, name) in [(&alice, "Alice"), (&bob, "Bob")] {
+        if let Err(e) = browser.goto(&server.http_url(&format!("/?room={room}"))) {
+            fail(
+                &format!("cannot open the demo page: {e}"),
+                &both,
+                &server,
+                &driver,
+            );
+        }
+        // The page has found out it runs against `--dev` and shows the name field.
+        let ready = browser.wait_for(
+            "dev mode detected and the name field shown",
+            "return document.body.dataset.dev === '1'
+                && document.getElementById('name-label').getClientRects().length > 0;",
+            UPDATE_TIMEOUT,
+        );
+        let typed = ready.and_then(|_| {
+            browser
+                .execute(
+                    "document.getElementById('name').value = arguments[0];
+                     document.getElementById('join-button').click();
+                     return true;",
+                    &[json!(name)],
+                )
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = typed {
+            fail(&format!("{name}: {e}"), &both, &server, &driver);
+        }
+    }
+
+    let mut lists = Vec::new();
+    for browser in both {
+        let seen = browser
+            .wait_for(
+                "connected with two participants",
+                "return document.body.dataset.state === 'connected'
+                    && document.querySelectorAll('#participants li.participant').length === 2;",
+                CONNECT_TIMEOUT,
+            )
+            .and_then(|_| {
+                browser
+                    .execute(PARTICIPANT_IDENTITIES_JS, &[])
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|v| {
+                serde_json::from_value::<Vec<(String, String)>>(v.clone())
+                    .map_err(|e| format!("participants {v}: {e}"))
+            });
+        match seen {
+            Ok(list) => lists.push(list),
+            Err(e) => fail(&format!("{}: {e}", browser.name()), &both, &server, &driver),
+        }
+    }
+    let dev_id = |id: &str, slug: &str| {
+        id.strip_prefix(&format!("dev-{slug}-"))
+            .is_some_and(|hex| hex.len() == 6 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    let good = |list: &Vec<(String, String)>| {
+        list.len() == 2
+            && list[0].0 == "Alice"
+            && dev_id(&list[0].1, "alice")
+            && list[1].0 == "Bob"
+            && dev_id(&list[1].1, "bob")
+    };
+    if !(lists.iter().all(good) && lists[0] == lists[1]) {
+        fail(
+            &format!(
+                "want Alice and Bob with dev-alice-/dev-bob- user ids on both pages, got {lists:?}"
+            ),
+            &both,
+            &server,
+            &driver,
+        );
+    }
+
+    // The data channel carries a message, shown under the sender's name.
+    let text = "hello from Alice";
+    match send_message(&alice, text).and_then(|()| wait_received(&bob, text)) {
+        Ok(got) if got["from"] == "Alice" => {}
+        Ok(got) => fail(
+            &format!("Bob got {got}, want it from Alice"),
+            &both,
+            &server,
+            &driver,
+        ),
+        Err(e) => fail(&e, &both, &server, &driver),
+    }
+
+    // Bob leaves and pastes a forged token: his page shows the refusal; Alice's shows him gone.
+    let forged = Claims::user("mallory").hs256("not-the-dev-secret");
+    let refused = bob
+        .execute(
+            "document.getElementById('leave-button').click();
+             document.getElementById('token').value = arguments[0];
+             document.getElementById('join-button').click();
+             return true;",
+            &[json!(forged)],
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            bob.wait_for(
+                "state error and invalid_token on the page",
+                "const notice = document.getElementById('notice');
+                 return document.body.dataset.state === 'error' && !notice.hidden
+                     && notice.dataset.kind === 'error' && notice.textContent.includes('invalid_token')
+                     && notice.getClientRects().length > 0;",
+                UPDATE_TIMEOUT,
+            )
+        })
+        .and_then(|_| {
+            alice.wait_for(
+                "Bob listed as gone",
+                "return Array.from(document.querySelectorAll('#departures li'))
+                    .some((li) => li.textContent.includes('Bob left'));",
+                UPDATE_TIMEOUT,
+            )
+        });
+    if let Err(e) = refused {
         fail(&e, &both, &server, &driver);
     }
 }

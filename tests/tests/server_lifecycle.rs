@@ -574,7 +574,12 @@ async fn dev_mode_prints_a_working_token_and_demo_url() {
     let demo_line = server.wait_stdout_line("demo: ", Duration::from_secs(5));
     assert_eq!(
         demo_line.trim(),
-        format!("demo: http://{addr}/?room=demo&token={dev_token}&autostart=1")
+        format!("demo: http://{addr}/?room=demo&autostart=1")
+    );
+    let identities = server.wait_stdout_line("dev identities: ", Duration::from_secs(5));
+    assert!(
+        identities.contains(&format!("POST http://{addr}/webrtc/dev/token")),
+        "{identities}"
     );
     let claims = claims_of(&dev_token);
     assert_eq!(claims["sub"], "dev");
@@ -588,7 +593,7 @@ async fn dev_mode_prints_a_working_token_and_demo_url() {
     // stdout carries nothing else.
     assert_eq!(
         server.stdout_lines().len(),
-        3,
+        4,
         "{:?}",
         server.stdout_lines()
     );

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::Client;
-use switchboard_e2e::http::{get, get_bearer, HttpResponse};
+use switchboard_e2e::http::{get, get_bearer, send, HttpResponse};
 use switchboard_e2e::server::ServerOptions;
 use switchboard_e2e::token::{coturn_credential, now_secs, tamper_signature, Claims};
 
@@ -349,5 +349,142 @@ async fn metrics_is_prometheus_text_with_live_numbers() {
     assert!(
         text.contains("# TYPE switchboard_connections gauge"),
         "{text}"
+    );
+}
+
+// ---------------------------------------------------------------- POST /webrtc/dev/token
+
+const DEV_TOKEN: &str = "/webrtc/dev/token";
+
+async fn mint_dev(
+    addr: std::net::SocketAddr,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    send(addr, "POST", DEV_TOKEN, &all, body.as_bytes()).await
+}
+
+fn is_dev_user_id(id: &str, slug: &str) -> bool {
+    id.strip_prefix(&format!("dev-{slug}-"))
+        .is_some_and(|hex| hex.len() == 6 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[tokio::test]
+async fn the_dev_token_endpoint_exists_only_with_dev() {
+    let server = ServerOptions::with_secret(SECRET).start();
+    let addr = server.addr();
+    let post = mint_dev(addr, r#"{"name": "Alice"}"#, &[]).await;
+    assert_eq!(post.status, 404, "{}", post.text());
+    assert_eq!(get(addr, DEV_TOKEN).await.status, 404);
+    // The demo page reads the mode from the health answer.
+    assert_eq!(get(addr, "/webrtc/health").await.json()["dev"], false);
+
+    let dev = ServerOptions::new().arg("--dev").start();
+    assert_eq!(get(dev.addr(), "/webrtc/health").await.json()["dev"], true);
+    assert_eq!(get(dev.addr(), DEV_TOKEN).await.status, 405, "POST only");
+}
+
+#[tokio::test]
+async fn each_dev_token_is_a_user_of_its_own_that_can_join() {
+    let server = ServerOptions::new().arg("--dev").start();
+    let addr = server.addr();
+    let own_origin = format!("http://{addr}");
+    let mut minted = Vec::new();
+    // The same name twice (two tabs typing "Alice"), once from the page's own origin.
+    for origin in [None, Some(own_origin.as_str())] {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        let resp = mint_dev(addr, r#"{"name": "  Alice  "}"#, &headers).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("cache-control"), Some("no-store"));
+        let body = resp.json();
+        assert_eq!(body["name"], "Alice");
+        assert_eq!(body["room"], "*");
+        let user_id = body["user_id"].as_str().unwrap_or_default().to_string();
+        assert!(is_dev_user_id(&user_id, "alice"), "user id {user_id:?}");
+        let exp = body["expires_at"].as_u64().unwrap_or_default();
+        let day = now_secs() + 24 * 3600;
+        assert!((day - 120..=day + 5).contains(&exp), "expires_at {exp}");
+        minted.push((
+            body["token"].as_str().unwrap_or_default().to_string(),
+            user_id,
+        ));
+    }
+    assert_ne!(minted[0].1, minted[1].1, "two mints, two users");
+
+    // Both join one room as two users with the name they typed.
+    let mut a = Client::join(addr, "demo", &minted[0].0).await;
+    let me = a.room_state.clone().unwrap_or_default();
+    assert_eq!(me["payload"]["self"]["user_id"], minted[0].1.as_str());
+    assert_eq!(me["payload"]["self"]["username"], "Alice");
+    let _b = Client::join(addr, "demo", &minted[1].0).await;
+    let joined = a.expect_type("user-joined").await;
+    assert_eq!(
+        joined["payload"]["user_id"],
+        minted[1].1.as_str(),
+        "{joined}"
+    );
+
+    // A token for one room is refused elsewhere.
+    let resp = mint_dev(addr, r#"{"name": "Bob", "room": "standup"}"#, &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let body = resp.json();
+    assert_eq!(body["room"], "standup");
+    let bob = body["token"].as_str().unwrap_or_default().to_string();
+    assert!(
+        is_dev_user_id(body["user_id"].as_str().unwrap_or_default(), "bob"),
+        "{body}"
+    );
+    Client::join(addr, "standup", &bob).await;
+    Client::connect(addr, "demo", &bob)
+        .await
+        .expect_close(1008, "room_forbidden")
+        .await;
+}
+
+#[tokio::test]
+async fn bad_dev_token_requests_get_json_errors() {
+    let server = ServerOptions::new().arg("--dev").start();
+    let addr = server.addr();
+    let long = format!(r#"{{"name": "{}"}}"#, "a".repeat(65));
+    let huge = format!(r#"{{"name": "{}"}}"#, "a".repeat(2000));
+    let cases: [(&str, u16, &str); 9] = [
+        ("", 400, "invalid_request"),
+        ("name=Alice", 400, "invalid_request"),
+        (r#"{"name": 7}"#, 400, "invalid_request"),
+        (
+            r#"{"name": "Alice", "grants": {"room_admin": true}}"#,
+            400,
+            "invalid_request",
+        ),
+        (r#"{"name": "   "}"#, 400, "invalid_name"),
+        (r#"{"name": "Al\u0007ice"}"#, 400, "invalid_name"),
+        (&long, 400, "invalid_name"),
+        (
+            r#"{"name": "Alice", "room": "no spaces"}"#,
+            400,
+            "invalid_room_id",
+        ),
+        (&huge, 413, "body_too_large"),
+    ];
+    for (body, status, code) in cases {
+        let resp = mint_dev(addr, body, &[]).await;
+        assert_json_error(&resp, status);
+        assert_eq!(resp.json()["error"]["code"], code, "body {body:?}");
+    }
+    // Another site's page in the developer's browser may not mint tokens for this server.
+    let resp = mint_dev(
+        addr,
+        r#"{"name": "Alice"}"#,
+        &[("Origin", "http://evil.example")],
+    )
+    .await;
+    assert_json_error(&resp, 403);
+    assert_eq!(resp.json()["error"]["code"], "origin_forbidden");
+    // Nothing broke: the next good request is served.
+    assert_eq!(
+        mint_dev(addr, r#"{"name": "Alice"}"#, &[]).await.status,
+        200
     );
 }
