@@ -638,6 +638,16 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections_per_ip: Option<i64>,
+    /// Connections one user (the token's `sub`) may hold in one room, across all servers; the
+    /// next is closed with 1008 `user_room_limit`; 0 = no limit [5].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_user_connections_per_room: Option<i64>,
+    /// Connections one user (the token's `sub`) may hold on one server pod, all rooms; the next
+    /// is closed with 1008 `user_instance_limit`; 0 = no limit [20].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_user_connections_per_pod: Option<i64>,
     /// Milliseconds a client gets to send its request head [10000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 600000))]

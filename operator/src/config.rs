@@ -115,6 +115,8 @@ struct Limits {
     ping_timeout_secs: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     close_timeout_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_user_connections_per_instance: Option<i64>,
 }
 
 impl Limits {
@@ -137,6 +139,7 @@ impl Limits {
             ping_interval_secs: spec.ping_interval_seconds,
             ping_timeout_secs: spec.ping_timeout_seconds,
             close_timeout_ms: spec.close_timeout_ms,
+            max_user_connections_per_instance: spec.max_user_connections_per_pod,
         }
     }
 }
@@ -171,6 +174,9 @@ struct Ice<'a> {
 struct Rooms {
     max_participants: i32,
     presence_ttl_secs: i32,
+    /// From `spec.limits`; unset keeps the server's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_user_connections: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -213,6 +219,7 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
         rooms: Rooms {
             max_participants: spec.rooms.max_participants,
             presence_ttl_secs: spec.rooms.presence_ttl_seconds,
+            max_user_connections: spec.limits.max_user_connections_per_room,
         },
         allowed_origins: &spec.allowed_origins,
         redis: Redis {

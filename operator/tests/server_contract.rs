@@ -240,6 +240,8 @@ spec:
     pingIntervalSeconds: 15
     pingTimeoutSeconds: 10
     closeTimeoutMs: 2000
+    maxUserConnectionsPerRoom: 1
+    maxUserConnectionsPerPod: 0
     maxConnections: 5000
     maxConnectionsPerIp: 50
     headerReadTimeoutMs: 5000
@@ -296,8 +298,12 @@ spec:
     // The algorithm is pinned: an HS256 token is refused.
     assert_refused(&server, &good.hs256("whatever-secret")).await;
 
-    // spec.limits reached the server: a message over maxMessageBytes closes 1009.
+    // spec.limits reached the server: a second connection of one user to one room closes
+    // 1008 (maxUserConnectionsPerRoom 1)...
     let mut alice = Client::join(server.addr(), "contract", &good.es256()).await;
+    let mut second = Client::connect(server.addr(), "contract", &good.es256()).await;
+    second.expect_close(1008, "user_room_limit").await;
+    // ...and a message over maxMessageBytes closes 1009.
     let big = json!({"type": "chat-message", "payload": {"text": "x".repeat(5000)}});
     alice.send_json(&big).await;
     let (_, close) = alice.collect_until_close(Duration::from_secs(5)).await;
