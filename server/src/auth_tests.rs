@@ -501,3 +501,69 @@ fn key_problems_read_as_one_line() {
     );
     assert!(!KeyProblem::PrivateKey.to_string().contains('\n'));
 }
+
+#[test]
+fn the_room_admin_grant_is_read_and_only_a_boolean_counts() {
+    let auth = Authenticator::new(&hs("s3cret")).unwrap();
+    let verify = |extra: serde_json::Value| {
+        let mut claims = json!({"sub": "backend", "exp": later()});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        auth.verify(&token::hs256(&claims, "s3cret"))
+    };
+    assert!(!verify(json!({})).unwrap().room_admin, "no grants");
+    assert!(
+        verify(json!({"grants": {"room_admin": true}}))
+            .unwrap()
+            .room_admin
+    );
+    assert!(
+        !verify(json!({"grants": {"room_admin": false}}))
+            .unwrap()
+            .room_admin
+    );
+    assert!(!verify(json!({"grants": {}})).unwrap().room_admin);
+    // An unknown grant is ignored; a known one that is not a boolean is not guessed at.
+    let other = verify(json!({"grants": {"future": true}})).unwrap();
+    assert!(!other.room_admin);
+    for bad in [
+        json!({"grants": {"room_admin": "true"}}),
+        json!({"grants": {"room_admin": 1}}),
+        json!({"grants": ["room_admin"]}),
+    ] {
+        assert_eq!(verify(bad.clone()), Err(AuthError::InvalidToken), "{bad}");
+    }
+    // The grant is limited by the rooms claim like any token.
+    let limited = verify(json!({"grants": {"room_admin": true}, "rooms": ["a"]})).unwrap();
+    assert!(limited.room_admin && limited.may_join(&room("a")) && !limited.may_join(&room("b")));
+}
+
+#[test]
+fn metadata_must_be_an_object_within_the_limit() {
+    let auth = Authenticator::new(&hs("s3cret"))
+        .unwrap()
+        .with_max_metadata_bytes(16);
+    let verify = |metadata: serde_json::Value| {
+        auth.verify(&token::hs256(
+            &json!({"sub": "u", "exp": later(), "metadata": metadata}),
+            "s3cret",
+        ))
+    };
+    // {"k":"12345678"} is 16 bytes as compact JSON.
+    let fits = verify(json!({"k": "12345678"})).unwrap();
+    assert_eq!(fits.metadata.unwrap()["k"], "12345678");
+    assert_eq!(
+        verify(json!({"k": "123456789"})),
+        Err(AuthError::MetadataTooLarge)
+    );
+    assert_eq!(verify(json!(null)).unwrap().metadata, None);
+    for bad in [json!([1]), json!("x"), json!(3)] {
+        assert_eq!(verify(bad.clone()), Err(AuthError::InvalidToken), "{bad}");
+    }
+    // Without a limit (the token command) any size passes.
+    let unlimited = Authenticator::new(&hs("s3cret")).unwrap();
+    let big = json!({"sub": "u", "exp": later(), "metadata": {"k": "x".repeat(5000)}});
+    assert!(unlimited.verify(&token::hs256(&big, "s3cret")).is_ok());
+}

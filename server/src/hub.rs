@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::bus::{LocalHub, RelayMessage, RemoteEvent, RemoteSender};
+use crate::bus::{LocalHub, RelayMessage, RemoteEvent, RemoteSender, RoomAction};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Outbox, Push};
 use crate::protocol::{self, Frame};
@@ -191,17 +191,81 @@ impl Hub {
 
     /// Removes a local participant and tells the other local members
     /// `user-left` with `reason`. Forgets the room once no local member is left.
-    pub fn unregister(&self, room_id: &RoomId, participant_id: &str, reason: LeaveReason) {
+    /// Returns the participant's record as the hub last knew it (the server API may have
+    /// replaced its metadata since it joined).
+    pub fn unregister(
+        &self,
+        room_id: &RoomId,
+        participant_id: &str,
+        reason: LeaveReason,
+    ) -> Option<ParticipantInfo> {
         let mut rooms = self.rooms();
-        let Some(room) = rooms.get_mut(room_id) else {
-            return;
-        };
-        if let Some(member) = room.members.remove(participant_id) {
+        let room = rooms.get_mut(room_id)?;
+        let removed = room.members.remove(participant_id).map(|member| {
             let frame = protocol::encode_user_left(room_id.as_str(), &member.info, reason);
             self.announce(room, participant_id, &frame);
-        }
+            member.info
+        });
         if !room.in_use() {
             rooms.remove(room_id);
+        }
+        removed
+    }
+
+    /// Applies a server API action to the local participants of its room (the bus carries it
+    /// to the other instances); returns how many local participants it reached.
+    pub fn apply(&self, action: &RoomAction) -> usize {
+        let mut rooms = self.rooms();
+        match rooms.get_mut(action.room_id()) {
+            Some(room) => self.apply_in(room, action),
+            None => 0,
+        }
+    }
+
+    fn apply_in(&self, room: &mut RoomMembers, action: &RoomAction) -> usize {
+        match action {
+            RoomAction::Remove { participant_id, .. } => match room.members.get(participant_id) {
+                Some(Member {
+                    outbox: Some(outbox),
+                    ..
+                }) => {
+                    // The writer flushes what is queued, then closes 4001.
+                    outbox.close_after(None, CloseCause::Removed);
+                    1
+                }
+                _ => 0,
+            },
+            RoomAction::Close { .. } => {
+                let mut n = 0;
+                for (_, outbox) in room.locals() {
+                    outbox.close_after(None, CloseCause::RoomClosed);
+                    n += 1;
+                }
+                n
+            }
+            RoomAction::Message { to, frame, .. } => {
+                let mut n = 0;
+                for (id, outbox) in room.locals() {
+                    if to.as_ref().is_none_or(|to| to == id) {
+                        outbox.push(frame.clone(), Delivery::Must);
+                        n += 1;
+                    }
+                }
+                n
+            }
+            RoomAction::Updated {
+                room_id,
+                participant,
+            } => {
+                let Some(member) = room.members.get_mut(&participant.participant_id) else {
+                    return 0;
+                };
+                member.info = participant.clone();
+                let frame = protocol::encode_participant_updated(room_id.as_str(), participant);
+                // The participant itself hears it too: its metadata changed.
+                self.announce(room, "", &frame);
+                room.locals().count()
+            }
         }
     }
 
@@ -293,6 +357,9 @@ impl LocalHub for Hub {
             return;
         };
         match event {
+            RemoteEvent::Action(action) => {
+                self.apply_in(room, &action);
+            }
             RemoteEvent::Relay(msg) => match &msg.to {
                 Some(to) => {
                     if let Some(Member {

@@ -412,3 +412,112 @@ fn a_failed_join_forgets_the_room() {
     assert!(h.remote_members(&room()).is_empty());
     assert_eq!(h.counts(), (0, 0));
 }
+
+/// Two local participants `a`, `b` (read up to date) and one remote `c`.
+fn room_of_three(h: &Hub) -> (Arc<Outbox>, Arc<Outbox>) {
+    let (a, b) = (outbox(), outbox());
+    let everyone = [
+        participant("a", "i1"),
+        participant("b", "i1"),
+        participant("c", "i2"),
+    ];
+    h.register(&room(), &participant("a", "i1"), a.clone(), &everyone);
+    h.register(&room(), &participant("b", "i1"), b.clone(), &everyone);
+    while try_next(&a).is_some() {}
+    while try_next(&b).is_some() {}
+    (a, b)
+}
+
+#[test]
+fn a_removal_closes_only_its_local_participant() {
+    let h = hub();
+    let (a, b) = room_of_three(&h);
+    let remove = |id: &str| RoomAction::Remove {
+        room_id: room(),
+        participant_id: id.into(),
+    };
+    // The remote one is its own instance's to close.
+    assert_eq!(h.apply(&remove("c")), 0);
+    assert_eq!(h.apply(&remove("nobody")), 0);
+    assert_eq!(h.apply(&remove("b")), 1);
+    assert_eq!(try_next(&b), Some(Next::Close(CloseCause::Removed)));
+    assert!(try_next(&a).is_none());
+    let other_room = RoomAction::Close {
+        room_id: RoomId::parse("elsewhere").unwrap(),
+    };
+    assert_eq!(h.apply(&other_room), 0);
+}
+
+#[test]
+fn closing_the_room_closes_every_local_participant_after_its_queue() {
+    let h = hub();
+    let (a, b) = room_of_three(&h);
+    a.push(frame(10), Delivery::Must);
+    assert_eq!(h.apply(&RoomAction::Close { room_id: room() }), 2);
+    assert!(matches!(try_next(&a), Some(Next::Frame(_))), "queued first");
+    assert_eq!(try_next(&a), Some(Next::Close(CloseCause::RoomClosed)));
+    assert_eq!(try_next(&b), Some(Next::Close(CloseCause::RoomClosed)));
+}
+
+#[test]
+fn a_server_message_reaches_the_room_or_its_one_target() {
+    let h = hub();
+    let (a, b) = room_of_three(&h);
+    let payload = serde_json::value::RawValue::from_string("{\"t\":1}".into()).unwrap();
+    let frame = protocol::encode_server_message("r", &payload);
+    let all = RoomAction::Message {
+        room_id: room(),
+        to: None,
+        frame: frame.clone(),
+    };
+    assert_eq!(h.apply(&all), 2);
+    for o in [&a, &b] {
+        let v = json(try_next(o));
+        assert_eq!(v["type"], "server-message");
+        assert_eq!(v["sender_id"], Value::Null);
+        assert_eq!(v["payload"]["t"], 1);
+    }
+    let one = RoomAction::Message {
+        room_id: room(),
+        to: Some("b".into()),
+        frame,
+    };
+    assert_eq!(h.apply(&one), 1);
+    assert!(try_next(&a).is_none());
+    assert_eq!(json(try_next(&b))["type"], "server-message");
+}
+
+#[test]
+fn an_update_replaces_the_record_and_is_announced_to_every_local_participant() {
+    let h = hub();
+    let (a, b) = room_of_three(&h);
+    let mut updated = participant("c", "i2");
+    let mut meta = crate::room::Metadata::new();
+    meta.insert("role".into(), serde_json::json!("host"));
+    updated.metadata = Some(meta);
+    // Delivered from the bus, as an update made on another instance arrives.
+    h.deliver(RemoteEvent::Action(RoomAction::Updated {
+        room_id: room(),
+        participant: updated.clone(),
+    }));
+    for o in [&a, &b] {
+        let v = json(try_next(o));
+        assert_eq!(v["type"], "participant-updated");
+        assert_eq!(v["payload"]["participant_id"], "c");
+        assert_eq!(v["payload"]["metadata"]["role"], "host");
+    }
+    let remote = h.remote_members(&room());
+    assert_eq!(remote, vec![updated.clone()]);
+    // A local participant's record too: its leave carries the new metadata.
+    let mut b_updated = participant("b", "i1");
+    b_updated.metadata = updated.metadata.clone();
+    h.apply(&RoomAction::Updated {
+        room_id: room(),
+        participant: b_updated.clone(),
+    });
+    assert_eq!(json(try_next(&b))["type"], "participant-updated");
+    assert_eq!(
+        h.unregister(&room(), "b", LeaveReason::Removed),
+        Some(b_updated)
+    );
+}

@@ -18,6 +18,10 @@ pub enum CloseCause {
     SlowConsumer,
     /// The server is draining: flush the queue (it ends with `reconnect`), then close 1001.
     Draining,
+    /// The server API removed the participant: flush the queue, then close 4001 `removed`.
+    Removed,
+    /// The server API closed the room: flush the queue, then close 4002 `room_closed`.
+    RoomClosed,
 }
 
 /// Result of [`Outbox::push`].

@@ -45,6 +45,10 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Try again later: room full, slow consumer, bus unavailable.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Application code: the server API removed this participant.
+    pub const REMOVED: u16 = 4001;
+    /// Application code: the server API closed the room.
+    pub const ROOM_CLOSED: u16 = 4002;
 }
 
 /// A liveness tick that runs this much later than due means the process did
@@ -173,6 +177,21 @@ pub enum End {
     TokenExpired,
     /// `limits.max_session_secs` passed.
     SessionLimit,
+    /// The server API removed the participant (or every connection of its user).
+    Removed,
+    /// The server API closed the room.
+    RoomClosed,
+}
+
+impl From<CloseCause> for End {
+    fn from(cause: CloseCause) -> Self {
+        match cause {
+            CloseCause::SlowConsumer => End::SlowConsumer,
+            CloseCause::Draining => End::Draining,
+            CloseCause::Removed => End::Removed,
+            CloseCause::RoomClosed => End::RoomClosed,
+        }
+    }
 }
 
 impl From<Expiry> for End {
@@ -200,6 +219,8 @@ impl End {
             End::TokenExpired => Some((close::POLICY, "token_expired")),
             // The token may still be good: going away invites a reconnect.
             End::SessionLimit => Some((close::GOING_AWAY, "session_limit")),
+            End::Removed => Some((close::REMOVED, "removed")),
+            End::RoomClosed => Some((close::ROOM_CLOSED, "room_closed")),
         }
     }
 
@@ -215,6 +236,8 @@ impl End {
             End::Draining => LeaveReason::Draining,
             End::TokenExpired => LeaveReason::TokenExpired,
             End::SessionLimit => LeaveReason::SessionLimit,
+            End::Removed => LeaveReason::Removed,
+            End::RoomClosed => LeaveReason::RoomClosed,
         }
     }
 
@@ -242,6 +265,8 @@ impl End {
             End::Draining => "draining",
             End::TokenExpired => "token_expired",
             End::SessionLimit => "session_limit",
+            End::Removed => "removed",
+            End::RoomClosed => "room_closed",
         }
     }
 }
@@ -515,8 +540,13 @@ impl Session {
         // Leave first so the room learns at once, even if the close frame below
         // takes long to reach a peer that is not reading.
         let reason = end.leave_reason();
-        ctx.hub.unregister(&ctx.room, &me.participant_id, reason);
-        if let Err(e) = ctx.bus.leave(&ctx.room, &me, reason).await {
+        // The hub's record is the current one (the server API may have
+        // changed its metadata since the join).
+        let current = ctx
+            .hub
+            .unregister(&ctx.room, &me.participant_id, reason)
+            .unwrap_or(me);
+        if let Err(e) = ctx.bus.leave(&ctx.room, &current, reason).await {
             tracing::warn!(error = %e, "leave not recorded on the bus");
         }
         ctx.metrics.connection_closed(end.metric_label());
@@ -792,8 +822,7 @@ impl Session {
             let message = tokio::select! {
                 next = outbox.next() => match next {
                     Next::Frame(frame) => text_message(frame),
-                    Next::Close(CloseCause::SlowConsumer) => return End::SlowConsumer,
-                    Next::Close(CloseCause::Draining) => return End::Draining,
+                    Next::Close(cause) => return End::from(cause),
                     Next::Resync => {
                         self.ctx.hub.resync(&self.ctx.room, &self.me.participant_id);
                         continue;
@@ -818,12 +847,12 @@ impl Session {
             let stuck = async {
                 match outbox.closing().await {
                     CloseCause::SlowConsumer => End::SlowConsumer,
-                    CloseCause::Draining => {
+                    cause => {
                         // A healthy writer finishes its batch (and then sends
                         // the queued `reconnect`) long before this; a blocked
                         // one must not keep the participant in the room.
                         tokio::time::sleep(DRAIN_STUCK_GRACE).await;
-                        End::Draining
+                        End::from(cause)
                     }
                 }
             };

@@ -688,6 +688,8 @@ fn docs_list_every_close_code_and_error_code() {
         End::Draining,
         End::TokenExpired,
         End::SessionLimit,
+        End::Removed,
+        End::RoomClosed,
     ];
     for end in ends {
         let (code, reason) = end.close_frame().unwrap();

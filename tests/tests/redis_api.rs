@@ -1,11 +1,13 @@
 //! The server API across a cluster: two real server processes on one real redis-server. A call
-//! answered by instance A reads and acts on the participants instance B holds.
+//! answered by instance A reads and acts on the participants instance B holds: the room list,
+//! removing a participant and a user (4001), closing a room (4002), server messages and
+//! metadata updates.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::Client;
-use switchboard_e2e::http::{self, get_bearer, HttpResponse};
+use switchboard_e2e::http::{self, get_bearer, send_bearer, HttpResponse};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -129,4 +131,117 @@ async fn metadata_set_on_one_instance_is_seen_on_the_other() {
     assert_eq!(listed["metadata"], meta);
     let room = ok_json(&get_bearer(a.addr(), "/webrtc/api/v1/rooms/m", &admin()).await);
     assert_eq!(room["participants"][1]["metadata"], meta);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_one_instance_removes_closes_and_messages_participants_of_the_other() {
+    let redis = RedisProcess::start();
+    let (a, b) = cluster(&redis).await;
+    let mut on_a = Client::join(a.addr(), "x", &token("on-a")).await;
+    let mut on_b = Client::join(b.addr(), "x", &token("on-b")).await;
+    let mut also_b = Client::join(b.addr(), "x", &token("also-b")).await;
+    on_a.expect_type("user-joined").await;
+    on_a.expect_type("user-joined").await;
+    on_b.expect_type("user-joined").await;
+
+    // A message sent through A reaches B's participants, and a targeted one only its target.
+    let resp = send_bearer(
+        a.addr(),
+        "POST",
+        "/webrtc/api/v1/rooms/x/messages",
+        &admin(),
+        Some(&json!({"payload": {"hello": "all"}})),
+    )
+    .await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    assert_eq!(resp.json()["recipients"], 3);
+    for client in [&mut on_a, &mut on_b, &mut also_b] {
+        let msg = client.expect_type("server-message").await;
+        assert_eq!(msg["payload"], json!({"hello": "all"}));
+        assert_eq!(msg["sender_id"], Value::Null);
+    }
+    let resp = send_bearer(
+        a.addr(),
+        "POST",
+        "/webrtc/api/v1/rooms/x/messages",
+        &admin(),
+        Some(&json!({"to": also_b.pid(), "payload": "psst"})),
+    )
+    .await;
+    assert_eq!(resp.status, 202);
+    assert_eq!(
+        also_b.expect_type("server-message").await["payload"],
+        "psst"
+    );
+
+    // Metadata replaced through A: everyone hears it, and B lists it.
+    let on_b_pid = on_b.pid();
+    let path = format!("/webrtc/api/v1/rooms/x/participants/{on_b_pid}");
+    let resp = send_bearer(
+        a.addr(),
+        "PATCH",
+        &path,
+        &admin(),
+        Some(&json!({"metadata": {"m": 1}})),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for client in [&mut on_a, &mut on_b, &mut also_b] {
+        let msg = client.expect_type("participant-updated").await;
+        assert_eq!(msg["payload"]["participant_id"], on_b_pid.as_str());
+        assert_eq!(msg["payload"]["metadata"], json!({"m": 1}));
+    }
+    let room = ok_json(&get_bearer(b.addr(), "/webrtc/api/v1/rooms/x", &admin()).await);
+    let listed = room["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["user_id"] == "on-b")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["metadata"], json!({"m": 1}));
+
+    // Removing B's participant through A: 4001 there, user-left removed everywhere.
+    let resp = send_bearer(a.addr(), "DELETE", &path, &admin(), None).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    on_b.expect_close(4001, "removed").await;
+    for client in [&mut on_a, &mut also_b] {
+        let left = client.expect_type("user-left").await;
+        assert_eq!(left["payload"]["user_id"], "on-b");
+        assert_eq!(left["payload"]["reason"], "removed");
+        assert_eq!(left["payload"]["metadata"], json!({"m": 1}));
+    }
+
+    // Closing the room through B closes A's participant too.
+    let resp = send_bearer(b.addr(), "DELETE", "/webrtc/api/v1/rooms/x", &admin(), None).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for client in [&mut on_a, &mut also_b] {
+        let (messages, close) = client.collect_until_close(Duration::from_secs(5)).await;
+        assert_eq!(close, (4002, "room_closed".to_string()), "{messages:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnecting_a_user_through_one_instance_closes_its_connections_on_both() {
+    let redis = RedisProcess::start();
+    let (a, b) = cluster(&redis).await;
+    let mut tab_a = Client::join(a.addr(), "r1", &token("dave")).await;
+    let mut tab_b = Client::join(b.addr(), "r2", &token("dave")).await;
+    let mut other = Client::join(b.addr(), "r1", &token("erin")).await;
+    tab_a.expect_type("user-joined").await;
+    let resp = send_bearer(
+        a.addr(),
+        "DELETE",
+        "/webrtc/api/v1/users/dave/connections",
+        &admin(),
+        None,
+    )
+    .await;
+    let body = ok_json(&resp);
+    assert_eq!(body["removed"].as_array().unwrap().len(), 2, "{body}");
+    tab_a.expect_close(4001, "removed").await;
+    tab_b.expect_close(4001, "removed").await;
+    let left = other.expect_type("user-left").await;
+    assert_eq!(left["payload"]["reason"], "removed");
+    other.assert_alive_and_idle().await;
 }

@@ -48,7 +48,7 @@ impl LocalHub for Recorder {
                         members.retain(|m| m.participant_id != participant.participant_id);
                     }
                 }
-                RemoteEvent::Relay(_) => {}
+                RemoteEvent::Relay(_) | RemoteEvent::Action(_) => {}
             }
         }
         self.events.lock().unwrap().push(event);

@@ -1,12 +1,16 @@
 //! The server API (`/webrtc/api/v1`) of one real server process with the in-process bus: who
-//! may call it (no token, a participant token, a grant limited to other rooms), the room list
-//! and one room with real creation times, unknown rooms, the OpenAPI document it serves, and
-//! participant metadata from the token claim (room-state, user-joined, the REST endpoints, the
-//! size limit at join).
+//! may call each endpoint (no token, a participant token, a grant limited to other rooms), the
+//! room list and one room with real creation times, unknown rooms and participants, removing
+//! a participant or a user (the close codes the removed see, `user-left` `removed`), closing a
+//! room, server messages, replacing metadata (`participant-updated`), bad bodies, the OpenAPI
+//! document it serves, and metadata from the token claim (room-state, user-joined, the REST
+//! endpoints, the size limit at join).
+
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::Client;
-use switchboard_e2e::http::{get, get_bearer, HttpResponse};
+use switchboard_e2e::http::{get, get_bearer, send, send_bearer, HttpResponse};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::{tamper_signature, Claims};
 
@@ -322,4 +326,417 @@ async fn the_metadata_limit_is_configurable() {
     let over = Claims::user("b").metadata(metadata_of(65)).hs256(SECRET);
     let mut refused = Client::connect(addr, "small", &over).await;
     refused.expect_close(1008, "metadata_too_large").await;
+}
+
+/// Every endpoint with a method and a body, for `room` and `participant`.
+fn endpoints(room: &str, participant: &str) -> Vec<(&'static str, String, Option<Value>)> {
+    vec![
+        ("GET", "/webrtc/api/v1/rooms".into(), None),
+        ("GET", format!("/webrtc/api/v1/rooms/{room}"), None),
+        ("DELETE", format!("/webrtc/api/v1/rooms/{room}"), None),
+        (
+            "POST",
+            format!("/webrtc/api/v1/rooms/{room}/messages"),
+            Some(json!({"payload": 1})),
+        ),
+        (
+            "DELETE",
+            format!("/webrtc/api/v1/rooms/{room}/participants/{participant}"),
+            None,
+        ),
+        (
+            "PATCH",
+            format!("/webrtc/api/v1/rooms/{room}/participants/{participant}"),
+            Some(json!({"metadata": {"a": 1}})),
+        ),
+        (
+            "DELETE",
+            "/webrtc/api/v1/users/alice/connections".into(),
+            None,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_missing_tokens_and_participant_tokens() {
+    let server = server();
+    let addr = server.addr();
+    let mut alice = Client::join(addr, "guarded", &user("alice")).await;
+    let pid = alice.pid();
+    for (method, path, body) in endpoints("guarded", &pid) {
+        let raw = body
+            .as_ref()
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .unwrap_or_default();
+        assert_error(
+            &send(addr, method, &path, &[], &raw).await,
+            401,
+            "missing_token",
+        );
+        let as_user = send_bearer(addr, method, &path, &user("alice"), body.as_ref()).await;
+        assert_error(&as_user, 403, "grant_required");
+    }
+    // Nothing happened to alice.
+    alice.assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn a_grant_for_other_rooms_may_not_act_on_this_one() {
+    let server = server();
+    let addr = server.addr();
+    let mut alice = Client::join(addr, "guarded", &user("alice")).await;
+    let pid = alice.pid();
+    let elsewhere = Claims::room_admin().rooms(&["elsewhere"]).hs256(SECRET);
+    for (method, path, body) in endpoints("guarded", &pid) {
+        let resp = send_bearer(addr, method, &path, &elsewhere, body.as_ref()).await;
+        if path == "/webrtc/api/v1/rooms" {
+            assert_eq!(resp.json(), json!({"rooms": []}));
+        } else if path.starts_with("/webrtc/api/v1/users/") {
+            // The user has connections, but none in a room this grant allows.
+            assert_error(&resp, 404, "user_not_found");
+        } else {
+            assert_error(&resp, 403, "room_forbidden");
+        }
+    }
+    alice.assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn unknown_rooms_and_participants_are_404() {
+    let server = server();
+    let addr = server.addr();
+    let _alice = Client::join(addr, "here", &user("alice")).await;
+    for (method, path, body) in endpoints("nobody-here", "no-such-participant") {
+        if path == "/webrtc/api/v1/rooms" || path.starts_with("/webrtc/api/v1/users/") {
+            continue;
+        }
+        let resp = send_bearer(addr, method, &path, &admin(), body.as_ref()).await;
+        assert_error(&resp, 404, "room_not_found");
+    }
+    for (method, path, body) in endpoints("here", "no-such-participant") {
+        if path.contains("/participants/") {
+            let resp = send_bearer(addr, method, &path, &admin(), body.as_ref()).await;
+            assert_error(&resp, 404, "participant_not_found");
+        }
+    }
+    let to_nobody = send_bearer(
+        addr,
+        "POST",
+        "/webrtc/api/v1/rooms/here/messages",
+        &admin(),
+        Some(&json!({"to": "no-such-participant", "payload": 1})),
+    )
+    .await;
+    assert_error(&to_nobody, 404, "participant_not_found");
+    let nobody = send_bearer(
+        addr,
+        "DELETE",
+        "/webrtc/api/v1/users/nobody/connections",
+        &admin(),
+        None,
+    )
+    .await;
+    assert_error(&nobody, 404, "user_not_found");
+}
+
+/// Waits (bounded) until the room's participant count is `n` (0: the room is gone).
+async fn wait_count(addr: std::net::SocketAddr, room: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let path = format!("/webrtc/api/v1/rooms/{room}");
+    loop {
+        let resp = get_bearer(addr, &path, &admin()).await;
+        let count = if resp.status == 404 {
+            0
+        } else {
+            resp.json()["participant_count"].as_u64().unwrap() as usize
+        };
+        if count == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{room} has {count}, want {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_removed_participant_is_closed_4001_and_the_room_sees_removed() {
+    let server = server();
+    let addr = server.addr();
+    let mut stays = Client::join(addr, "kick", &user("stays")).await;
+    let mut goes = Client::join(addr, "kick", &user("goes")).await;
+    stays.expect_type("user-joined").await;
+    let path = format!("/webrtc/api/v1/rooms/kick/participants/{}", goes.pid());
+    let resp = send_bearer(addr, "DELETE", &path, &admin(), None).await;
+    let body = ok_json(&resp);
+    assert_eq!(
+        body,
+        json!({"removed": [{"room_id": "kick", "participant_id": goes.pid(), "user_id": "goes"}]})
+    );
+    goes.expect_close(4001, "removed").await;
+    let left = stays.expect_type("user-left").await;
+    assert_eq!(left["payload"]["participant_id"], goes.pid().as_str());
+    assert_eq!(left["payload"]["reason"], "removed");
+    wait_count(addr, "kick", 1).await;
+    // Gone: a second removal is 404.
+    let again = send_bearer(addr, "DELETE", &path, &admin(), None).await;
+    assert_error(&again, 404, "participant_not_found");
+    stays.assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn disconnecting_a_user_closes_each_of_its_connections_and_nobody_else() {
+    let server = server();
+    let addr = server.addr();
+    let mut bob = Client::join(addr, "one", &user("bob")).await;
+    let mut tab1 = Client::join(addr, "one", &user("alice")).await;
+    let mut tab2 = Client::join(addr, "two", &user("alice")).await;
+    bob.expect_type("user-joined").await;
+    let resp = send_bearer(
+        addr,
+        "DELETE",
+        "/webrtc/api/v1/users/alice/connections",
+        &admin(),
+        None,
+    )
+    .await;
+    let body = ok_json(&resp);
+    let mut removed: Vec<(String, String)> = body["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["user_id"], "alice");
+            (
+                r["room_id"].as_str().unwrap().to_string(),
+                r["participant_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            ("one".to_string(), tab1.pid()),
+            ("two".to_string(), tab2.pid())
+        ]
+    );
+    tab1.expect_close(4001, "removed").await;
+    tab2.expect_close(4001, "removed").await;
+    let left = bob.expect_type("user-left").await;
+    assert_eq!(left["payload"]["reason"], "removed");
+    bob.assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn a_user_is_disconnected_only_in_the_rooms_a_limited_grant_allows() {
+    let server = server();
+    let addr = server.addr();
+    let mut in_a = Client::join(addr, "room-a", &user("carol")).await;
+    let mut in_b = Client::join(addr, "room-b", &user("carol")).await;
+    let only_a = Claims::room_admin().rooms(&["room-a"]).hs256(SECRET);
+    let resp = send_bearer(
+        addr,
+        "DELETE",
+        "/webrtc/api/v1/users/carol/connections",
+        &only_a,
+        None,
+    )
+    .await;
+    assert_eq!(ok_json(&resp)["removed"].as_array().unwrap().len(), 1);
+    in_a.expect_close(4001, "removed").await;
+    in_b.assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn closing_a_room_closes_everyone_in_it_with_4002() {
+    let server = server();
+    let addr = server.addr();
+    let tokens = [user("a"), user("b"), user("c")];
+    let mut clients = switchboard_e2e::client::join_all(addr, "closing", &tokens).await;
+    let mut elsewhere = Client::join(addr, "other", &user("d")).await;
+    let resp = send_bearer(
+        addr,
+        "DELETE",
+        "/webrtc/api/v1/rooms/closing",
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(ok_json(&resp)["removed"].as_array().unwrap().len(), 3);
+    for client in &mut clients {
+        // Presence of the others closing may come first; then the close frame.
+        let (messages, close) = client.collect_until_close(Duration::from_secs(5)).await;
+        assert_eq!(close, (4002, "room_closed".to_string()), "{messages:?}");
+        for m in messages {
+            assert_eq!(m["type"], "user-left", "{m}");
+            assert_eq!(m["payload"]["reason"], "room_closed", "{m}");
+        }
+    }
+    wait_count(addr, "closing", 0).await;
+    elsewhere.assert_alive_and_idle().await;
+    // The room is open again for the next join.
+    let _back = Client::join(addr, "closing", &user("a")).await;
+}
+
+#[tokio::test]
+async fn server_messages_reach_the_room_or_one_participant_with_a_null_sender() {
+    let server = server();
+    let addr = server.addr();
+    let tokens = [user("a"), user("b")];
+    let mut clients = switchboard_e2e::client::join_all(addr, "news", &tokens).await;
+    let payload = json!({"text": "hello", "n": [1, 2]});
+    let resp = send_bearer(
+        addr,
+        "POST",
+        "/webrtc/api/v1/rooms/news/messages",
+        &admin(),
+        Some(&json!({"payload": payload})),
+    )
+    .await;
+    assert_eq!(resp.status, 202, "{}", resp.text());
+    assert_eq!(resp.json(), json!({"room_id": "news", "recipients": 2}));
+    for client in &mut clients {
+        let msg = client.expect_type("server-message").await;
+        assert_eq!(msg["payload"], payload);
+        assert_eq!(msg["sender_id"], Value::Null);
+        assert_eq!(msg["to"], Value::Null);
+        assert_eq!(msg["room_id"], "news");
+    }
+    let target = clients[1].pid();
+    let resp = send_bearer(
+        addr,
+        "POST",
+        "/webrtc/api/v1/rooms/news/messages",
+        &admin(),
+        Some(&json!({"to": target, "payload": "only you"})),
+    )
+    .await;
+    assert_eq!(resp.json(), json!({"room_id": "news", "recipients": 1}));
+    let msg = clients[1].expect_type("server-message").await;
+    assert_eq!(msg["payload"], "only you");
+    assert_eq!(msg["sender_id"], Value::Null);
+    clients[0].assert_alive_and_idle().await;
+    clients[1].assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_or_413_and_change_nothing() {
+    let server = server();
+    let addr = server.addr();
+    let mut alice = Client::join(addr, "bodies", &user("alice")).await;
+    let messages = "/webrtc/api/v1/rooms/bodies/messages";
+    let auth = format!("Bearer {}", admin());
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    for bad in [
+        &b"not json"[..],
+        b"{}",
+        b"[1]",
+        b"{\"to\": 5, \"payload\": 1}",
+        b"\xff\xfe",
+    ] {
+        let resp = send(addr, "POST", messages, &headers, bad).await;
+        assert_error(&resp, 400, "invalid_body");
+    }
+    let deep = format!("{{\"payload\": {}{}}}", "[".repeat(40), "]".repeat(40));
+    let resp = send(addr, "POST", messages, &headers, deep.as_bytes()).await;
+    assert_error(&resp, 400, "invalid_body");
+    // Over limits.max_message_bytes (65536 by default).
+    let huge = format!("{{\"payload\": \"{}\"}}", "x".repeat(70_000));
+    let resp = send(addr, "POST", messages, &headers, huge.as_bytes()).await;
+    assert_error(&resp, 413, "body_too_large");
+
+    let patch = format!("/webrtc/api/v1/rooms/bodies/participants/{}", alice.pid());
+    for bad in [
+        &b"{}"[..],
+        b"{\"metadata\": [1]}",
+        b"{\"metadata\": \"x\"}",
+        b"nope",
+    ] {
+        let resp = send(addr, "PATCH", &patch, &headers, bad).await;
+        assert_error(&resp, 400, "invalid_body");
+    }
+    let too_big = json!({"metadata": metadata_of(MAX_METADATA_BYTES + 1)});
+    let resp = send_bearer(addr, "PATCH", &patch, &admin(), Some(&too_big)).await;
+    assert_error(&resp, 413, "metadata_too_large");
+    alice.assert_alive_and_idle().await;
+}
+
+#[tokio::test]
+async fn replacing_metadata_tells_the_room_and_sticks() {
+    let server = server();
+    let addr = server.addr();
+    let original = Claims::user("alice")
+        .metadata(json!({"role": "guest"}))
+        .hs256(SECRET);
+    let mut alice = Client::join(addr, "meta", &original).await;
+    let mut bob = Client::join(addr, "meta", &user("bob")).await;
+    alice.expect_type("user-joined").await;
+    let path = format!("/webrtc/api/v1/rooms/meta/participants/{}", alice.pid());
+    let new = json!({"role": "presenter", "slides": 12});
+    let fits = metadata_of(MAX_METADATA_BYTES);
+    let resp = send_bearer(
+        addr,
+        "PATCH",
+        &path,
+        &admin(),
+        Some(&json!({"metadata": new})),
+    )
+    .await;
+    let body = ok_json(&resp);
+    assert_eq!(body["participant_id"], alice.pid().as_str());
+    assert_eq!(body["metadata"], new);
+    for client in [&mut alice, &mut bob] {
+        let msg = client.expect_type("participant-updated").await;
+        assert_eq!(msg["payload"]["participant_id"], body["participant_id"]);
+        assert_eq!(msg["payload"]["user_id"], "alice");
+        assert_eq!(msg["payload"]["metadata"], new);
+        assert_eq!(msg["sender_id"], Value::Null);
+    }
+    let room = ok_json(&get_bearer(addr, "/webrtc/api/v1/rooms/meta", &admin()).await);
+    assert_eq!(room["participants"][0]["metadata"], new);
+    // Exactly at the limit is accepted; null removes it.
+    let resp = send_bearer(
+        addr,
+        "PATCH",
+        &path,
+        &admin(),
+        Some(&json!({"metadata": fits})),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    bob.expect_type("participant-updated").await;
+    let resp = send_bearer(
+        addr,
+        "PATCH",
+        &path,
+        &admin(),
+        Some(&json!({"metadata": null})),
+    )
+    .await;
+    assert!(ok_json(&resp).get("metadata").is_none());
+    let cleared = bob.expect_type("participant-updated").await;
+    assert!(cleared["payload"].get("metadata").is_none(), "{cleared}");
+    // A later joiner's room-state has the current record.
+    let carol = Client::join(addr, "meta", &user("carol")).await;
+    let listed = &carol.room_state.as_ref().unwrap()["payload"]["participants"][0];
+    assert_eq!(listed["user_id"], "alice");
+    assert!(listed.get("metadata").is_none(), "{listed}");
+    // And the user-left of alice carries what she had last.
+    let resp = send_bearer(
+        addr,
+        "PATCH",
+        &path,
+        &admin(),
+        Some(&json!({"metadata": {"v": 2}})),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    bob.expect_type("user-joined").await;
+    bob.expect_type("participant-updated").await;
+    alice.close().await;
+    let left = bob.expect_type("user-left").await;
+    assert_eq!(left["payload"]["metadata"], json!({"v": 2}));
 }

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::protocol::{Frame, RelayKind};
-use crate::room::{LeaveReason, ParticipantInfo, RoomId};
+use crate::room::{LeaveReason, Metadata, ParticipantInfo, RoomId};
 
 pub mod redis;
 
@@ -163,6 +163,44 @@ pub struct RelayMessage {
     pub frame: Frame,
 }
 
+/// What the server API asks of every instance that holds participants of a room. The
+/// instance answering the call applies it to its own participants through the hub
+/// (`Hub::apply`) and hands it to [`Bus::act`] for the others, which apply it on receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum RoomAction {
+    /// Close one participant: 4001 `removed`; the room sees `user-left` reason `removed`.
+    Remove {
+        room_id: RoomId,
+        participant_id: String,
+    },
+    /// Close every participant: 4002 `room_closed`.
+    Close { room_id: RoomId },
+    /// Deliver a `server-message` frame to every participant, or to the one named in `to`.
+    Message {
+        room_id: RoomId,
+        to: Option<String>,
+        frame: Frame,
+    },
+    /// A participant's record changed (its metadata): replace it and tell the room
+    /// `participant-updated`.
+    Updated {
+        room_id: RoomId,
+        participant: ParticipantInfo,
+    },
+}
+
+impl RoomAction {
+    pub fn room_id(&self) -> &RoomId {
+        match self {
+            RoomAction::Remove { room_id, .. }
+            | RoomAction::Close { room_id }
+            | RoomAction::Message { room_id, .. }
+            | RoomAction::Updated { room_id, .. } => room_id,
+        }
+    }
+}
+
 /// An event coming from another instance, for local participants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -180,6 +218,8 @@ pub enum RemoteEvent {
         participant: ParticipantInfo,
         reason: LeaveReason,
     },
+    /// A server API action for the local participants of its room.
+    Action(RoomAction),
 }
 
 impl RemoteEvent {
@@ -187,6 +227,7 @@ impl RemoteEvent {
         match self {
             RemoteEvent::Relay(m) => &m.room_id,
             RemoteEvent::Joined { room_id, .. } | RemoteEvent::Left { room_id, .. } => room_id,
+            RemoteEvent::Action(action) => action.room_id(),
         }
     }
 }
@@ -289,6 +330,21 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Every room with participants, cluster-wide, ordered by room id.
     async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError>;
+
+    /// Hands a server API action to the other instances with participants in its room (the
+    /// caller applied it to local participants through the hub already). Returns once the
+    /// store accepted it.
+    async fn act(&self, action: RoomAction) -> Result<(), BusError>;
+
+    /// Replaces the metadata of `participant_id` in `room`'s presence record and returns the
+    /// updated record, or `None` when it is not in the room. Announcing the change is the
+    /// caller's ([`RoomAction::Updated`]).
+    async fn update_metadata(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        metadata: Option<Metadata>,
+    ) -> Result<Option<ParticipantInfo>, BusError>;
 
     /// Whether the bus can currently carry messages (readiness).
     fn is_ready(&self) -> bool;
@@ -411,6 +467,29 @@ impl Bus for InProcessBus {
 
     async fn room(&self, room: &RoomId) -> Result<Option<RoomRecord>, BusError> {
         Ok(self.rooms().get(room).map(|r| record(room, r)))
+    }
+
+    async fn act(&self, _action: RoomAction) -> Result<(), BusError> {
+        // Every participant is local and the hub applied the action already.
+        Ok(())
+    }
+
+    async fn update_metadata(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        metadata: Option<Metadata>,
+    ) -> Result<Option<ParticipantInfo>, BusError> {
+        let mut rooms = self.rooms();
+        let member = rooms.get_mut(room).and_then(|r| {
+            r.members
+                .iter_mut()
+                .find(|p| p.participant_id == participant_id)
+        });
+        Ok(member.map(|p| {
+            p.metadata = metadata;
+            p.clone()
+        }))
     }
 
     async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
@@ -603,6 +682,58 @@ mod tests {
         bus.leave(&r, &p("zz"), LeaveReason::Closed).await.unwrap();
         assert!(bus.rooms().is_empty());
         assert!(bus.participants(&r).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn metadata_is_replaced_only_for_a_present_participant() {
+        let bus = InProcessBus::new();
+        let r = room("r");
+        bus.join(&r, &p("a"), cap(5)).await.unwrap();
+        let mut meta = Metadata::new();
+        meta.insert("k".into(), serde_json::json!(1));
+        let updated = bus
+            .update_metadata(&r, "a", Some(meta.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.as_ref().and_then(|p| p.metadata.clone()),
+            Some(meta)
+        );
+        assert_eq!(bus.participants(&r).await.unwrap(), vec![updated.unwrap()]);
+        assert_eq!(bus.update_metadata(&r, "zz", None).await.unwrap(), None);
+        assert_eq!(
+            bus.update_metadata(&room("x"), "a", None).await.unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn actions_round_trip_through_json() {
+        let frame = crate::protocol::encode_user_joined("r", &p("a"));
+        for action in [
+            RoomAction::Remove {
+                room_id: room("r"),
+                participant_id: "a".into(),
+            },
+            RoomAction::Close { room_id: room("r") },
+            RoomAction::Message {
+                room_id: room("r"),
+                to: Some("a".into()),
+                frame,
+            },
+            RoomAction::Updated {
+                room_id: room("r"),
+                participant: p("a"),
+            },
+        ] {
+            let env = BusEnvelope {
+                origin: "i1".into(),
+                event: RemoteEvent::Action(action),
+            };
+            let json = serde_json::to_string(&env).unwrap();
+            let back: BusEnvelope = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, env);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | `inbound` | what is accepted from the subscriber connection: validation against the hub and Redis presence, dropped-input metrics and log lines |
 //! | `presence` | local registrations, join/leave, resync, heartbeat, dead-instance sweep and `instance_lost` cleanup, the heartbeat task |
 //! | `remote` | what crosses to the hub: event delivery and reconciling the hub's record of remote members with Redis |
-//! | `admin` | nothing: the server API's reads of rooms and participants from presence records |
+//! | `admin` | nothing: the server API's reads of rooms from presence records, its actions on the room channels, metadata updates |
 //! | `keys`, `scripts`, `wire`, [`metrics`] | key layout, Lua scripts, channel message format, bus metrics |
 //!
 //! Three background tasks, each in a `redis_bus` span carrying `instance` and `task`:
@@ -59,9 +59,9 @@ pub use link::Timing;
 
 use super::{
     Bus, BusError, BusHealth, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent,
-    RoomRecord,
+    RoomAction, RoomRecord,
 };
-use crate::room::{LeaveReason, ParticipantInfo, RoomId};
+use crate::room::{LeaveReason, Metadata, ParticipantInfo, RoomId};
 
 /// What every part of the bus shares. Each part's state sits in its own field; see the
 /// module documentation for who owns what and the lock order.
@@ -268,6 +268,21 @@ impl Bus for RedisBus {
 
     async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
         self.inner.rooms().await
+    }
+
+    async fn act(&self, action: RoomAction) -> Result<(), BusError> {
+        self.inner.act(action).await
+    }
+
+    async fn update_metadata(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        metadata: Option<Metadata>,
+    ) -> Result<Option<ParticipantInfo>, BusError> {
+        self.inner
+            .update_metadata(room, participant_id, metadata)
+            .await
     }
 
     fn is_ready(&self) -> bool {

@@ -2,16 +2,17 @@
 //! the presence records every instance writes, so any instance answers for the whole cluster.
 //! The room list is the union of the instances' room sets (one key per instance, never a
 //! cross-slot command), each room read with its participants hash and creation time (same
-//! `{room}` slot, one pipeline). Actions on participants travel as room events (`presence` and
-//! `remote` deliver them); nothing here changes presence.
+//! `{room}` slot, one pipeline). Server API actions travel on the room's channel, so they
+//! reach exactly the instances with participants there (`remote` hands them to the hub); a
+//! metadata update also rewrites the participant's presence record, if it is still there.
 
 use std::collections::BTreeSet;
 
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 
-use super::{parse_infos, sorted, Inner};
-use crate::bus::{BusError, RoomRecord};
-use crate::room::{ParticipantInfo, RoomId};
+use super::{parse_infos, scripts, sorted, Inner};
+use crate::bus::{BusError, RemoteEvent, RoomAction, RoomRecord};
+use crate::room::{Metadata, ParticipantInfo, RoomId};
 
 /// The record of a room read from Redis, or `None` when nobody is in it. A room re-registered
 /// after Redis lost its data has no creation time any more: its earliest join stands in.
@@ -66,6 +67,51 @@ impl Inner {
             }
         }
         Ok(records)
+    }
+
+    /// [`Bus::act`](crate::bus::Bus::act): published on the room's channel (our own echo is
+    /// dropped on receipt; the caller applied the action locally).
+    pub(super) async fn act(&self, action: RoomAction) -> Result<(), BusError> {
+        let room = action.room_id().clone();
+        self.publish_event(&room, &RemoteEvent::Action(action))
+            .await
+    }
+
+    /// [`Bus::update_metadata`](crate::bus::Bus::update_metadata).
+    pub(super) async fn update_metadata(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        metadata: Option<Metadata>,
+    ) -> Result<Option<ParticipantInfo>, BusError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.room_participants(room);
+        let id = participant_id.to_owned();
+        let current: Option<String> = self
+            .redis("read participant", async move { conn.hget(key, id).await })
+            .await?;
+        let Some(mut info) = current.and_then(|j| serde_json::from_str::<ParticipantInfo>(&j).ok())
+        else {
+            return Ok(None);
+        };
+        info.metadata = metadata;
+        // Rare enough that hashing the script per call costs nothing.
+        let script = Script::new(scripts::UPDATE_PRESENT);
+        let mut invocation = script.key(self.keys.room_participants(room));
+        invocation
+            .arg(participant_id)
+            .arg(serde_json::to_string(&info).unwrap_or_default());
+        let mut conn = self.conn.clone();
+        let replaced: i64 = self
+            .redis("update participant", async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if replaced == 0 {
+            return Ok(None);
+        }
+        self.presence.local().update(room, &info);
+        Ok(Some(info))
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 
 use super::{wire, Inner};
-use crate::bus::{BusError, RemoteEvent, RemoteSender};
+use crate::bus::{BusError, RemoteEvent, RemoteSender, RoomAction};
 use crate::room::{LeaveReason, ParticipantInfo};
 
 /// At most one log line per drop reason in this period.
@@ -172,7 +172,17 @@ pub(super) fn judge(event: &RemoteEvent, stored: Option<&ParticipantInfo>) -> Ve
         (RemoteEvent::Left { .. }, Some(stored)) => {
             Verdict::AgreesIfDead(stored.instance_id.clone())
         }
-        (RemoteEvent::Relay(_), _) => Verdict::Agrees,
+        // A metadata update is written to the hash before it is announced, exactly as
+        // announced (a later update or a leave since makes the hash newer: that one counts).
+        (RemoteEvent::Action(RoomAction::Updated { participant, .. }), Some(stored))
+            if stored == participant =>
+        {
+            Verdict::Agrees
+        }
+        (RemoteEvent::Action(RoomAction::Updated { .. }), _) => Verdict::Disagrees,
+        // Like relays, the other server API actions carry nothing Redis could confirm: only
+        // Redis ACLs keep others from publishing them.
+        (RemoteEvent::Relay(_) | RemoteEvent::Action(_), _) => Verdict::Agrees,
     }
 }
 
@@ -261,7 +271,11 @@ impl Inner {
             room_id,
             participant,
             ..
-        }) = event
+        }
+        | RemoteEvent::Action(RoomAction::Updated {
+            room_id,
+            participant,
+        })) = event
         else {
             return Ok(true);
         };
@@ -411,6 +425,35 @@ mod tests {
             judge(&left(real.clone()), Some(&real)),
             Verdict::AgreesIfDead("i1".into())
         );
+    }
+
+    #[test]
+    fn a_metadata_update_must_match_the_hash_and_other_actions_pass() {
+        let mut updated = p("a", "i1");
+        updated.metadata = Some(crate::room::Metadata::from_iter([(
+            "k".to_string(),
+            serde_json::json!(1),
+        )]));
+        let event = |participant: ParticipantInfo| {
+            RemoteEvent::Action(RoomAction::Updated {
+                room_id: RoomId::parse("r").unwrap(),
+                participant,
+            })
+        };
+        assert_eq!(
+            judge(&event(updated.clone()), Some(&updated)),
+            Verdict::Agrees
+        );
+        assert_eq!(
+            judge(&event(updated.clone()), Some(&p("a", "i1"))),
+            Verdict::Disagrees,
+            "the hash holds another record"
+        );
+        assert_eq!(judge(&event(updated), None), Verdict::Disagrees, "it left");
+        let close = RemoteEvent::Action(RoomAction::Close {
+            room_id: RoomId::parse("r").unwrap(),
+        });
+        assert_eq!(judge(&close, None), Verdict::Agrees);
     }
 
     #[test]

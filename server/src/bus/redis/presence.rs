@@ -44,6 +44,18 @@ impl Local {
             .insert(participant.participant_id.clone(), participant.clone());
     }
 
+    /// Replaces the record of a live local participant (its metadata changed), so a resync
+    /// writes back the current one; others are not ours and are ignored.
+    pub(super) fn update(&mut self, room: &RoomId, participant: &ParticipantInfo) {
+        if let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|m| m.get_mut(&participant.participant_id))
+        {
+            *p = participant.clone();
+        }
+    }
+
     /// Forgets a local participant; whether it was one.
     fn remove(&mut self, room: &RoomId, participant_id: &str) -> bool {
         let removed = self

@@ -14,7 +14,7 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 
 use super::{parse_infos, sorted, Inner};
-use crate::bus::{BusError, RemoteEvent};
+use crate::bus::{BusError, RemoteEvent, RoomAction};
 use crate::room::{LeaveReason, ParticipantInfo};
 
 /// A pending reconciliation: requested when events may have been missed, run by the
@@ -79,6 +79,14 @@ pub(super) fn missed(
 impl Inner {
     /// Hands an event to the hub: the one place remote membership crosses over.
     pub(super) fn deliver(&self, event: RemoteEvent) {
+        if let RemoteEvent::Action(RoomAction::Updated {
+            room_id,
+            participant,
+        }) = &event
+        {
+            // A participant of ours got new metadata: a resync must write back the new record.
+            self.presence.local().update(room_id, participant);
+        }
         self.hub.deliver(event);
     }
 

@@ -55,6 +55,17 @@ end
 return 1
 "#;
 
+/// Replaces one participant's record only if it is still there (a leave racing a metadata
+/// update must not bring it back): `KEYS[1]` participants hash, `ARGV` = participant id, info
+/// JSON. Returns 1 when replaced, 0 when the participant is gone.
+pub const UPDATE_PRESENT: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
 /// Lua shared by the two scripts that drop one instance's entries: removes from the
 /// participants hash `KEYS[1]` every entry whose info names instance `ARGV[1]` and whose
 /// participant id is not a key of `keep`; returns the removed info JSON values. A macro (not

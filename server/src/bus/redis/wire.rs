@@ -3,8 +3,9 @@
 //! relayed frame's bytes as they are, so a frame serialized once by the sender is neither
 //! re-escaped nor re-serialized in transit.
 //!
-//! `<header JSON>\n<frame bytes>` for relays, `<header JSON>\n` for presence events. A JSON
-//! header never contains a raw newline, so the first `\n` always ends it.
+//! `<header JSON>\n<frame bytes>` for relays and server API messages, `<header JSON>\n` for
+//! presence events and the other server API actions. A JSON header never contains a raw
+//! newline, so the first `\n` always ends it.
 //!
 //! Anyone who can PUBLISH to the Redis channels can put anything there, so [`decode`] accepts
 //! only what an instance of this version could have written: bounded sizes, a header with
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::inbound::DropReason;
-use crate::bus::{BusEnvelope, RelayMessage, RemoteEvent};
+use crate::bus::{BusEnvelope, RelayMessage, RemoteEvent, RoomAction};
 use crate::protocol::{nests_deeper_than, Frame, RelayKind};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
@@ -131,6 +132,33 @@ enum Header {
         participant: ParticipantInfo,
         reason: LeaveReason,
     },
+    /// Server API: close one participant (4001).
+    Remove {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+        participant_id: String,
+    },
+    /// Server API: close every participant (4002).
+    CloseRoom {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+    },
+    /// Server API: a `server-message`, whose frame follows the header line.
+    ServerMessage {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+        to: Option<String>,
+    },
+    /// Server API: a participant's record (its metadata) was replaced.
+    Updated {
+        v: u8,
+        origin: String,
+        room_id: RoomId,
+        participant: ParticipantInfo,
+    },
 }
 
 #[derive(Deserialize)]
@@ -194,6 +222,7 @@ pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
             },
             None,
         ),
+        RemoteEvent::Action(action) => encode_action(origin, action),
     };
     // Serializing plain strings and enums into a Vec cannot fail.
     let mut out = serde_json::to_vec(&header).unwrap_or_default();
@@ -202,6 +231,52 @@ pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
         out.extend_from_slice(frame.as_bytes());
     }
     out
+}
+
+fn encode_action(origin: String, action: &RoomAction) -> (Header, Option<&Frame>) {
+    match action {
+        RoomAction::Remove {
+            room_id,
+            participant_id,
+        } => (
+            Header::Remove {
+                v: VERSION,
+                origin,
+                room_id: room_id.clone(),
+                participant_id: participant_id.clone(),
+            },
+            None,
+        ),
+        RoomAction::Close { room_id } => (
+            Header::CloseRoom {
+                v: VERSION,
+                origin,
+                room_id: room_id.clone(),
+            },
+            None,
+        ),
+        RoomAction::Message { room_id, to, frame } => (
+            Header::ServerMessage {
+                v: VERSION,
+                origin,
+                room_id: room_id.clone(),
+                to: to.clone(),
+            },
+            Some(frame),
+        ),
+        RoomAction::Updated {
+            room_id,
+            participant,
+        } => (
+            Header::Updated {
+                v: VERSION,
+                origin,
+                room_id: room_id.clone(),
+                participant: participant.clone(),
+            },
+            None,
+        ),
+    }
 }
 
 /// Parses and checks a message received on the channel of `channel_room`. Only what an
@@ -295,6 +370,53 @@ pub fn decode(
                 },
             )
         }
+        Header::Remove {
+            origin,
+            room_id,
+            participant_id,
+            ..
+        } => {
+            no_frame(rest)?;
+            check_participant_id(&participant_id, "participant_id")?;
+            let action = RoomAction::Remove {
+                room_id,
+                participant_id,
+            };
+            (origin, RemoteEvent::Action(action))
+        }
+        Header::CloseRoom {
+            origin, room_id, ..
+        } => {
+            no_frame(rest)?;
+            (origin, RemoteEvent::Action(RoomAction::Close { room_id }))
+        }
+        Header::ServerMessage {
+            origin,
+            room_id,
+            to,
+            ..
+        } => {
+            if let Some(to) = &to {
+                check_participant_id(to, "to")?;
+            }
+            let frame = decode_server_frame(rest, limits, &room_id)?;
+            let action = RoomAction::Message { room_id, to, frame };
+            (origin, RemoteEvent::Action(action))
+        }
+        Header::Updated {
+            origin,
+            room_id,
+            participant,
+            ..
+        } => {
+            no_frame(rest)?;
+            check_participant(&participant, limits)?;
+            let action = RoomAction::Updated {
+                room_id,
+                participant,
+            };
+            (origin, RemoteEvent::Action(action))
+        }
     };
     check_instance_id(&origin, "origin")?;
     if event.room_id() != channel_room {
@@ -346,6 +468,40 @@ fn decode_frame(
     }
     if frame.to != to {
         return Err(WireError::Frame("to differs from the header"));
+    }
+    if !is_timestamp(frame.timestamp) {
+        return Err(WireError::Frame(
+            "timestamp is not RFC 3339 UTC with milliseconds",
+        ));
+    }
+    Ok(Frame::from_json_text(text.to_owned()))
+}
+
+/// A `server-message` frame as [`crate::protocol::encode_server_message`] writes it: bounded,
+/// UTF-8, no deeper than a client message may nest, `sender_id` and `to` null, the room of the
+/// header.
+fn decode_server_frame(
+    rest: &[u8],
+    limits: &InputLimits,
+    room: &RoomId,
+) -> Result<Frame, WireError> {
+    if rest.len() > limits.max_frame_bytes {
+        return Err(WireError::TooLarge);
+    }
+    let text = std::str::from_utf8(rest).map_err(|_| WireError::Frame("not UTF-8"))?;
+    if !text.starts_with("{\"type\":") {
+        return Err(WireError::Frame("does not start with the type"));
+    }
+    if nests_deeper_than(text, limits.max_json_depth) {
+        return Err(WireError::TooDeep);
+    }
+    let frame: RelayFrame<'_> = serde_json::from_str(text)
+        .map_err(|_| WireError::Frame("not the server-message envelope"))?;
+    if frame.kind != "server-message" || frame.sender_id.is_some() || frame.to.is_some() {
+        return Err(WireError::Frame("not a server-message"));
+    }
+    if frame.room_id != room.as_str() {
+        return Err(WireError::Frame("room_id differs from the header"));
     }
     if !is_timestamp(frame.timestamp) {
         return Err(WireError::Frame(
@@ -466,6 +622,105 @@ mod tests {
 
     fn frame_text(payload: &str) -> String {
         format!("{{\"type\":\"offer\",\"payload\":{payload},\"sender_id\":\"a\",\"room_id\":\"r\",\"timestamp\":\"2026-11-28T16:30:27.123Z\",\"to\":\"b\"}}")
+    }
+
+    #[test]
+    fn server_api_actions_round_trip_and_a_message_frame_follows_the_header() {
+        let payload = RawValue::from_string("{\"text\":\"a\\nb\"}".into()).unwrap();
+        let frame = crate::protocol::encode_server_message("r", &payload);
+        for action in [
+            RoomAction::Message {
+                room_id: room(),
+                to: None,
+                frame: frame.clone(),
+            },
+            RoomAction::Message {
+                room_id: room(),
+                to: Some("b".into()),
+                frame: frame.clone(),
+            },
+            RoomAction::Updated {
+                room_id: room(),
+                participant: p("a"),
+            },
+            RoomAction::Remove {
+                room_id: room(),
+                participant_id: "a".into(),
+            },
+            RoomAction::Close { room_id: room() },
+        ] {
+            let event = RemoteEvent::Action(action);
+            let bytes = encode("x", &event);
+            assert_eq!(decode_on(&bytes, "r").unwrap().event, event);
+            // On another room's channel it is refused like any event.
+            assert!(matches!(
+                decode_on(&bytes, "other"),
+                Err(WireError::RoomMismatch)
+            ));
+        }
+        let message = encode(
+            "x",
+            &RemoteEvent::Action(RoomAction::Message {
+                room_id: room(),
+                to: None,
+                frame: frame.clone(),
+            }),
+        );
+        assert!(
+            message.ends_with(frame.as_bytes()),
+            "frame after the header"
+        );
+    }
+
+    #[test]
+    fn forged_server_api_actions_are_refused() {
+        let head = |rest: &str| format!("{{\"v\":1,\"origin\":\"o\",{rest}}}\n");
+        let message = |frame: &str| {
+            format!(
+                "{}{frame}",
+                head("\"k\":\"server_message\",\"room_id\":\"r\",\"to\":null")
+            )
+        };
+        let ts = "2026-11-28T16:30:27.123Z";
+        // A relay's frame passed off as a server message, or one naming a sender.
+        let relay_frame = frame_text("1");
+        assert!(matches!(
+            decode_on(message(&relay_frame).as_bytes(), "r"),
+            Err(WireError::Frame(_))
+        ));
+        let with_sender = format!("{{\"type\":\"server-message\",\"payload\":1,\"sender_id\":\"a\",\"room_id\":\"r\",\"timestamp\":\"{ts}\",\"to\":null}}");
+        assert!(matches!(
+            decode_on(message(&with_sender).as_bytes(), "r"),
+            Err(WireError::Frame(_))
+        ));
+        let other_room = format!("{{\"type\":\"server-message\",\"payload\":1,\"sender_id\":null,\"room_id\":\"x\",\"timestamp\":\"{ts}\",\"to\":null}}");
+        assert!(matches!(
+            decode_on(message(&other_room).as_bytes(), "r"),
+            Err(WireError::Frame(_))
+        ));
+        let deep = format!("{{\"type\":\"server-message\",\"payload\":{}{},\"sender_id\":null,\"room_id\":\"r\",\"timestamp\":\"{ts}\",\"to\":null}}", "[".repeat(40), "]".repeat(40));
+        assert!(matches!(
+            decode_on(message(&deep).as_bytes(), "r"),
+            Err(WireError::TooDeep)
+        ));
+        let good = format!("{{\"type\":\"server-message\",\"payload\":1,\"sender_id\":null,\"room_id\":\"r\",\"timestamp\":\"{ts}\",\"to\":null}}");
+        assert!(decode_on(message(&good).as_bytes(), "r").is_ok());
+        // A removal of an id that is no participant id, a close carrying a frame.
+        let bad_id = head("\"k\":\"remove\",\"room_id\":\"r\",\"participant_id\":\"a b\"");
+        assert!(matches!(
+            decode_on(bad_id.as_bytes(), "r"),
+            Err(WireError::Field("participant_id"))
+        ));
+        let close_with_frame = format!("{}{good}", head("\"k\":\"close_room\",\"room_id\":\"r\""));
+        assert!(matches!(
+            decode_on(close_with_frame.as_bytes(), "r"),
+            Err(WireError::Field("frame"))
+        ));
+        let extra = head("\"k\":\"close_room\",\"room_id\":\"r\",\"all\":true");
+        assert!(matches!(
+            decode_on(extra.as_bytes(), "r"),
+            Err(WireError::Header(_))
+        ));
     }
 
     #[test]
