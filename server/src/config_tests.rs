@@ -616,7 +616,7 @@ fn per_user_caps_default_on_zero_turns_them_off_and_dev_lifts_them_unless_set() 
         ),
         (None, None)
     );
-    // --dev prints one token every demo tab shares.
+    // --dev prints one token (user `dev`) for any number of local connections.
     let dev = load(&["--dev"], &[], &[]).unwrap();
     assert_eq!(
         (

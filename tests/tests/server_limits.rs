@@ -604,7 +604,8 @@ async fn a_21st_connection_of_one_user_to_one_instance_closes_1008_user_instance
     over.expect_close(1008, "user_instance_limit").await;
 }
 
-/// `--dev` prints one token that every demo tab shares: there the per-user limits are off.
+/// `--dev` prints one token (user `dev`) for scripts and local experiments: there the per-user
+/// limits are off.
 #[tokio::test]
 async fn the_dev_token_is_not_limited_per_user() {
     let mut server = ServerOptions::new().arg("--dev").start();

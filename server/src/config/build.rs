@@ -95,8 +95,9 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
     }
 }
 
-/// A per-user connection cap. `--dev` prints one token that every tab of the demo shares, so
-/// there it is off unless configured explicitly.
+/// A per-user connection cap. `--dev` prints one token (user `dev`) that scripts and local
+/// experiments use for any number of connections, so there it is off unless configured
+/// explicitly.
 fn per_user_cap(r: &mut Reader<'_>, setting: &Setting<Option<usize>>, dev: bool) -> Option<usize> {
     let cap = r.get(setting);
     if dev && !r.is_set(&setting.meta) {
