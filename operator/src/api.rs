@@ -600,6 +600,11 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 1024))]
     pub max_json_depth: Option<i64>,
+    /// Largest participant metadata (token claim or server API update), compact JSON bytes;
+    /// a larger claim is closed with 1008 `metadata_too_large` [1024].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 65536))]
+    pub max_metadata_bytes: Option<i64>,
     /// Longest session whatever its token, in seconds; 0 = no limit [0].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]

@@ -102,6 +102,8 @@ struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_json_depth: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    max_metadata_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_session_secs: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outbound_queue_messages: Option<i64>,
@@ -132,6 +134,7 @@ impl Limits {
             rate_limit_bytes_per_second: spec.rate_bytes_per_second,
             rate_limit_bytes_burst: spec.rate_bytes_burst,
             max_json_depth: spec.max_json_depth,
+            max_metadata_bytes: spec.max_metadata_bytes,
             max_session_secs: spec.max_session_seconds,
             outbound_queue_messages: spec.outbound_queue_messages,
             outbound_queue_bytes: spec.outbound_queue_bytes,

@@ -233,6 +233,7 @@ spec:
     rateBytesPerSecond: 1048576
     rateBytesBurst: 2097152
     maxJsonDepth: 16
+    maxMetadataBytes: 2048
     maxSessionSeconds: 86400
     outboundQueueMessages: 512
     outboundQueueBytes: 2097152
