@@ -43,6 +43,9 @@ step "helm and kubectl (tests/tools.sh)"
 bash tests/tools.sh
 export PATH="$HOME/.cache/switchboard-tools:$PATH"
 
+step "TypeScript declarations of switchboard.js (tests/typescript.sh: tsc from npm)"
+bash tests/typescript.sh
+
 step "kube-apiserver + kube-controller-manager 1.20.2 (tests/k8s-rig.sh ensure; first build ~8 min)"
 bash tests/k8s-rig.sh ensure
 

@@ -86,6 +86,9 @@ pub fn app(state: AppState) -> Router {
     router
         .route("/", get(index))
         .route("/switchboard.js", get(script))
+        .route("/switchboard.mjs", get(module_script))
+        .route("/switchboard.d.ts", get(types))
+        .route("/switchboard.d.mts", get(module_types))
         .route("/webrtc/ws/{room_id}", get(ws_upgrade))
         .route("/webrtc/config", get(webrtc_config))
         .route("/webrtc/rooms/{room_id}/participants", get(participants))
@@ -558,6 +561,32 @@ async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("../static/switchboard.js"),
+    )
+        .into_response()
+}
+
+/// The ES module entry: imports `switchboard.js` next to it and exports its class.
+async fn module_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/switchboard.mjs"),
+    )
+        .into_response()
+}
+
+/// TypeScript declarations, served as text to download next to the app's code.
+async fn types() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        include_str!("../static/switchboard.d.ts"),
+    )
+        .into_response()
+}
+
+async fn module_types() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        include_str!("../static/switchboard.d.mts"),
     )
         .into_response()
 }

@@ -7,7 +7,9 @@
  * with a data channel and, optionally, the local camera/microphone.
  *
  * Load it as a classic script (`<script src="switchboard.js"></script>`, which
- * defines `window.Switchboard`) or from a bundler/CommonJS (`module.exports`).
+ * defines `window.Switchboard`), from a bundler/CommonJS (`module.exports`), or as
+ * an ES module through `switchboard.mjs` next to it (`import Switchboard from
+ * "./switchboard.mjs"`). Types: `switchboard.d.ts` / `switchboard.d.mts`.
  *
  * The token is passed in the `Sec-WebSocket-Protocol` header
  * (`["switchboard.v1", "bearer." + token]`), never in the URL, so it does not end

@@ -491,6 +491,49 @@ fn the_page_reports_a_refused_token_and_the_library_helpers_behave() {
     }
 }
 
+/// `switchboard.mjs` as an app uses it: a page of the server's origin that has no classic
+/// script imports the module, gets the class as default and named export, and joins a room.
+#[test]
+fn the_es_module_entry_imports_and_joins() {
+    let _one = serialize();
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let driver = ChromeDriver::start();
+    let page = driver.new_browser("module");
+    let both = [&page];
+    let token = Claims::user("module-user").hs256(SECRET);
+
+    // Any page of the origin without switchboard.js will do.
+    if let Err(e) = page.goto(&server.http_url("/webrtc/health/live")) {
+        fail(&format!("cannot open a page: {e}"), &both, &server, &driver);
+    }
+    // WebDriver waits for the promise the script returns.
+    let seen = page.execute(
+        "const before = typeof window.Switchboard;
+         return import('/switchboard.mjs').then(async (m) => {
+             const sb = new m.default({ baseUrl: location.origin + '/', room: 'module-room', token: arguments[0] });
+             await sb.connect();
+             const result = [before, typeof m.default, m.default === m.Switchboard,
+                             sb.state, sb.self.user_id, m.default.wsUrl(location.origin + '/', 'r')];
+             sb.close();
+             return result;
+         }, (e) => 'import failed: ' + e);",
+        &[json!(token)],
+    );
+    let ws = server.http_url("/webrtc/ws/r").replacen("http:", "ws:", 1);
+    let want = json!(["undefined", "function", true, "joined", "module-user", ws]);
+    match seen {
+        Ok(v) if v == want => {}
+        other => fail(
+            &format!("import('/switchboard.mjs') and join: got {other:?}, want {want}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+}
+
 /// Own participant id of the page's client (`window.switchboard` is the demo's handle).
 const SELF_ID_JS: &str =
     "return window.switchboard && window.switchboard.self ? window.switchboard.self.participant_id : null;";
