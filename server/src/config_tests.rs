@@ -78,7 +78,8 @@ fn defaults() {
         c.redis,
         RedisConfig {
             url: None,
-            key_prefix: "switchboard".into()
+            key_prefix: "switchboard".into(),
+            publish_timeout: Duration::from_secs(5),
         }
     );
     assert_eq!(

@@ -124,7 +124,11 @@ pub enum ErrorCode {
     UnknownType,
     TargetNotFound,
     RateLimited,
+    /// The message certainly did not reach the other instances: sending it again is safe.
     BusUnavailable,
+    /// The message was handed to Redis, which did not confirm it: it may or may not have
+    /// been delivered.
+    DeliveryUnknown,
     /// `refresh-token`: the new token is malformed, badly signed or not acceptable.
     InvalidToken,
     /// `refresh-token`: the new token has already expired.
@@ -138,12 +142,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UnknownType,
         ErrorCode::TargetNotFound,
         ErrorCode::RateLimited,
         ErrorCode::BusUnavailable,
+        ErrorCode::DeliveryUnknown,
         ErrorCode::InvalidToken,
         ErrorCode::TokenExpired,
         ErrorCode::InvalidAudience,
@@ -158,6 +163,7 @@ impl ErrorCode {
             ErrorCode::TargetNotFound => "target_not_found",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BusUnavailable => "bus_unavailable",
+            ErrorCode::DeliveryUnknown => "delivery_unknown",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::InvalidAudience => "invalid_audience",

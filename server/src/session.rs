@@ -18,7 +18,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, JoinLimits, JoinOutcome, RelayMessage};
+use crate::bus::{Bus, BusError, JoinLimits, JoinOutcome, RelayMessage};
 use crate::config::Limits;
 use crate::hub::{Hub, Route};
 use crate::lifetime::{Expiry, Lifetime};
@@ -733,15 +733,23 @@ impl Session {
                         ErrorCode::TargetNotFound,
                         "no participant with that id in this room",
                     ),
-                    Route::Publish => {
-                        if let Err(e) = ctx.bus.publish(relay).await {
+                    Route::Publish => match ctx.bus.publish(relay).await {
+                        Ok(()) => {}
+                        Err(e @ BusError::DeliveryUnknown { .. }) => {
+                            tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
+                            self.reply_error(
+                                    ErrorCode::DeliveryUnknown,
+                                    "the other servers may or may not have received this message; do not resend signaling blindly",
+                                );
+                        }
+                        Err(e) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not published");
                             self.reply_error(
                                 ErrorCode::BusUnavailable,
                                 "message could not be delivered to other servers; retry",
                             );
                         }
-                    }
+                    },
                 }
                 // Many messages arrive in one socket read; yielding after each
                 // relay lets the recipients' writers run, so a burst from

@@ -125,6 +125,10 @@
    * - `signal` `{message}` for every server message (raw envelope), for apps that
    *   use `chat-message`, `media-control` etc.
    * - `error` `{code, message}` for server `error` messages and local failures.
+   *   The client never resends a message by itself: after `bus_unavailable` the
+   *   message certainly did not reach the other servers and an app may send it
+   *   again; after `delivery_unknown` it may have, so do not resend signaling
+   *   (a repeated offer confuses the peer; renegotiate instead).
    * - `reconnect` `{afterMs}` when the server asks us to move (drain). The client
    *   rejoins after `afterMs`, once the server has closed the old socket (1001,
    *   reported as `closed` first); if that close is late it waits for it up to 5 s.

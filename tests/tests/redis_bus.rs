@@ -134,6 +134,7 @@ fn settings(
         max_message_bytes: 64 * 1024,
         max_json_depth: 32,
         max_metadata_bytes: 1024,
+        publish_timeout: Duration::from_secs(5),
     }
 }
 

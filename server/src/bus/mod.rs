@@ -54,7 +54,9 @@ use crate::room::{LeaveReason, Metadata, ParticipantInfo, RoomId};
 pub mod redis;
 
 /// Errors a bus reports. At run time every variant maps to the
-/// `bus_unavailable` error code; [`BusError::Config`] only stops start-up.
+/// `bus_unavailable` error code (the operation certainly did not happen)
+/// except [`BusError::DeliveryUnknown`] (it may have); [`BusError::Config`]
+/// only stops start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// Redis answered `op` with an error or the connection failed under it.
@@ -75,6 +77,14 @@ pub enum BusError {
         #[source]
         source: ::redis::RedisError,
     },
+    /// `op` (a PUBLISH) was handed to the connection, but Redis did not confirm it: the reply
+    /// timed out or the connection failed while it was in flight. Redis may have carried it.
+    #[error("delivery unknown: redis {op} was sent but not confirmed")]
+    DeliveryUnknown {
+        op: &'static str,
+        #[source]
+        source: Option<::redis::RedisError>,
+    },
     /// The subscriber connection is being replaced: nothing can be subscribed now.
     #[error("bus unavailable: redis subscriber reconnecting")]
     SubscriberDown,
@@ -90,6 +100,7 @@ impl BusError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             BusError::Config(_) => "bus_config",
+            BusError::DeliveryUnknown { .. } => "delivery_unknown",
             _ => "bus_unavailable",
         }
     }
@@ -376,6 +387,7 @@ pub async fn from_config(
                 max_message_bytes: config.limits.max_message_bytes,
                 max_json_depth: config.limits.max_json_depth,
                 max_metadata_bytes: config.limits.max_metadata_bytes,
+                publish_timeout: config.redis.publish_timeout,
             };
             Ok(Arc::new(
                 redis::RedisBus::start(settings, hub, metrics).await?,

@@ -74,6 +74,8 @@ struct Inner {
     metrics: metrics::BusMetrics,
     /// Bounds of what is accepted from the room channels.
     input_limits: wire::InputLimits,
+    /// How long a PUBLISH may wait for Redis' reply before its outcome is unknown.
+    publish_timeout: Duration,
     /// Carries `instance`; parent of events not raised inside a bus task.
     span: tracing::Span,
     link: Mutex<link::Link>,
@@ -102,6 +104,8 @@ pub struct RedisSettings {
     pub max_json_depth: usize,
     /// `limits.max_metadata_bytes`: bounds participants' metadata read from Redis.
     pub max_metadata_bytes: usize,
+    /// `redis.publish_timeout_secs`: how long a PUBLISH waits for Redis' reply.
+    pub publish_timeout: Duration,
 }
 
 /// The part of a URL that is safe to log: scheme, host and port only.
@@ -140,7 +144,9 @@ impl RedisBus {
         // `bus_unavailable` within a couple of seconds, never wait indefinitely.
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(timing.command_timeout))
+            // Each caller bounds its own wait (commands and publishes have their own timeouts);
+            // this only keeps the driver from giving up before either.
+            .set_response_timeout(Some(timing.command_timeout.max(settings.publish_timeout)))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
@@ -162,6 +168,7 @@ impl RedisBus {
                 settings.max_json_depth,
                 settings.max_metadata_bytes,
             ),
+            publish_timeout: settings.publish_timeout,
             span,
             link: Mutex::new(link::Link::default()),
             subscriber: subscriber::Subscriber::default(),
@@ -209,12 +216,44 @@ impl Inner {
         let channel = self.keys.room_channel(room);
         let mut conn = self.conn.clone();
         let started = Instant::now();
-        self.redis("publish", async move {
+        self.redis_within("publish", self.publish_timeout, async move {
             conn.publish::<_, _, i64>(channel, payload).await
         })
-        .await?;
+        .await
+        .map_err(publish_failure)?;
         self.metrics.publish_latency(started.elapsed());
         Ok(())
+    }
+}
+
+/// What a failed PUBLISH means for its sender: `bus_unavailable` only when Redis certainly did
+/// not run it, [`BusError::DeliveryUnknown`] when it may have (a client that retries the
+/// first would not send a duplicate; one that retries the second might).
+fn publish_failure(error: BusError) -> BusError {
+    match error {
+        BusError::Timeout { op } => BusError::DeliveryUnknown { op, source: None },
+        BusError::Redis { op, source } if !certainly_not_run(&source) => {
+            BusError::DeliveryUnknown {
+                op,
+                source: Some(source),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Whether a command that failed with `e` certainly did not run in Redis: Redis answered with
+/// an error, or no connection could be made (refused, wrong credentials, bad configuration).
+/// Anything else — a timeout, a connection that broke (the driver cannot tell whether that was
+/// before or after the command was written), a reply it could not read — may have run.
+fn certainly_not_run(e: &redis::RedisError) -> bool {
+    match e.kind() {
+        redis::ErrorKind::Server(_)
+        | redis::ErrorKind::Extension
+        | redis::ErrorKind::AuthenticationFailed
+        | redis::ErrorKind::InvalidClientConfig => true,
+        redis::ErrorKind::Io => e.is_connection_refusal(),
+        _ => false,
     }
 }
 
@@ -331,6 +370,44 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
         assert_eq!(redacted_url("redis://:p@ss@h:1/"), "redis://h:1");
+    }
+
+    #[test]
+    fn a_publish_is_unavailable_only_when_redis_certainly_did_not_run_it() {
+        use redis::{ErrorKind, RedisError, ServerErrorKind};
+        let io = |kind: std::io::ErrorKind| RedisError::from(std::io::Error::from(kind));
+        let unknown = |e: &BusError| matches!(e, BusError::DeliveryUnknown { .. });
+        let failed = |source| {
+            publish_failure(BusError::Redis {
+                op: "publish",
+                source,
+            })
+        };
+        // Not sent, or refused by Redis: the sender may retry.
+        for source in [
+            io(std::io::ErrorKind::ConnectionRefused),
+            RedisError::from((ErrorKind::AuthenticationFailed, "wrong password")),
+            RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "NOPERM")),
+        ] {
+            let e = failed(source);
+            assert!(!unknown(&e), "{e}");
+            assert_eq!(e.metric_label(), "bus_unavailable");
+        }
+        // Written, maybe carried: a retry could duplicate it.
+        for source in [
+            io(std::io::ErrorKind::BrokenPipe),
+            io(std::io::ErrorKind::ConnectionReset),
+            io(std::io::ErrorKind::TimedOut),
+            RedisError::from((ErrorKind::Parse, "garbled reply")),
+        ] {
+            let e = failed(source);
+            assert!(unknown(&e), "{e}");
+            assert_eq!(e.metric_label(), "delivery_unknown");
+        }
+        let e = publish_failure(BusError::Timeout { op: "publish" });
+        assert!(unknown(&e), "{e}");
+        let e = publish_failure(BusError::SubscriberDown);
+        assert_eq!(e.metric_label(), "bus_unavailable");
     }
 
     #[test]

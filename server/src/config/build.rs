@@ -146,6 +146,7 @@ fn build_redis(r: &mut Reader<'_>, dev: bool) -> RedisConfig {
         // --dev always uses the in-process bus.
         url: if dev { None } else { url },
         key_prefix: r.get(&REDIS_KEY_PREFIX),
+        publish_timeout: r.get(&REDIS_PUBLISH_TIMEOUT),
     }
 }
 

@@ -185,6 +185,9 @@ pub struct RedisConfig {
     /// `redis://` or `rediss://` URL, possibly with a password: a secret.
     pub url: Option<Secret>,
     pub key_prefix: String,
+    /// How long a PUBLISH waits for Redis' reply; after that the sender hears
+    /// `delivery_unknown` (Redis may still carry the message).
+    pub publish_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

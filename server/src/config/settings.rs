@@ -282,6 +282,10 @@ settings! {
     REDIS_KEY_PREFIX: Setting<String> = Setting::new(
         "redis.key_prefix", "REDIS_KEY_PREFIX", "--redis-key-prefix", "switchboard",
         Parse::Text(key_prefix), "Redis key prefix");
+    REDIS_PUBLISH_TIMEOUT: Setting<Duration> = Setting::new(
+        "redis.publish_timeout_secs", "REDIS_PUBLISH_TIMEOUT_SECS", "--redis-publish-timeout-secs", "5",
+        Parse::Text(|v| seconds_at_least(v, 1)),
+        "wait for Redis to confirm a relayed message before answering delivery_unknown, seconds");
 
     MAX_CONNECTIONS: Setting<usize> = Setting::new(
         "connections.max", "SWITCHBOARD_MAX_CONNECTIONS", "--max-connections", "10000",

@@ -246,7 +246,18 @@ impl Inner {
         op: &'static str,
         fut: impl std::future::Future<Output = RedisResult<T>>,
     ) -> Result<T, BusError> {
-        let result = match tokio::time::timeout(self.timing.command_timeout, fut).await {
+        self.redis_within(op, self.timing.command_timeout, fut)
+            .await
+    }
+
+    /// [`redis`](Self::redis) with its own timeout (a PUBLISH waits `redis.publish_timeout_secs`).
+    pub(super) async fn redis_within<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: impl std::future::Future<Output = RedisResult<T>>,
+    ) -> Result<T, BusError> {
+        let result = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(source)) if is_out_of_memory(&source) => {
                 Err(BusError::OutOfMemory { op, source })

@@ -1,0 +1,176 @@
+//! What a sender is told when Redis does not confirm a relayed message: `bus_unavailable` only
+//! when it certainly was not delivered (a client may resend it), `delivery_unknown` when Redis
+//! may still carry it. Two real servers and a real redis-server that stops executing writes for
+//! three seconds (`CLIENT PAUSE 3000 WRITE`) while a client relays 120 tagged messages, with
+//! the publish timeout lowered to one second.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchboard_e2e::client::{Client, Event};
+use switchboard_e2e::http;
+use switchboard_e2e::redis::{RedisProcess, Reply};
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::token::Claims;
+
+const SECRET: &str = "e2e-redis-publish-outcome-secret-0123456789";
+const ROOM: &str = "paused";
+const MESSAGES: u64 = 120;
+/// The message after which Redis stops executing writes.
+const PAUSE_AFTER: u64 = 20;
+
+fn server(redis: &RedisProcess, instance: &str) -> ServerProcess {
+    ServerOptions::with_secret(SECRET)
+        .env("REDIS_URL", redis.url())
+        .env("SWITCHBOARD_INSTANCE_ID", instance)
+        .env("REDIS_PUBLISH_TIMEOUT_SECS", "1")
+        // A burst on purpose: the rate limits are not under test here.
+        .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
+        .env("WEBRTC_RATE_LIMIT_BURST", "100000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_PER_SECOND", "100000000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_BURST", "100000000")
+        .start()
+}
+
+async fn wait_ready(server: &ServerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http::get(server.addr(), "/webrtc/health/ready")
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not ready; stderr:\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_answered_bus_unavailable_is_never_delivered() {
+    let redis = RedisProcess::start();
+    let one = server(&redis, "pause-a");
+    let two = server(&redis, "pause-b");
+    wait_ready(&one).await;
+    wait_ready(&two).await;
+    let token = |user: &str| Claims::user(user).hs256(SECRET);
+    let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
+    let mut bob = Client::join(two.addr(), ROOM, &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    let b = bob.pid();
+
+    // Each relay is followed by a ping carrying its id: the session handles a client's
+    // messages in order, so an error for relay `i` arrives just before the pong of `i`.
+    for id in 0..MESSAGES {
+        alice
+            .send_msg("chat-message", Some(&b), json!({"id": id}))
+            .await;
+        alice
+            .send_json(&json!({"type": "ping", "payload": {"id": id}}))
+            .await;
+        if id == PAUSE_AFTER {
+            assert_eq!(
+                redis.command(&["CLIENT", "PAUSE", "3000", "WRITE"]),
+                Reply::Status("OK".into())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // What alice was told about each message (no entry: nothing, it was confirmed).
+    let mut answered: BTreeMap<u64, String> = BTreeMap::new();
+    let mut pending_error: Option<String> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match alice.next_event(left).await {
+            Event::Json(msg) if msg["type"] == "error" => {
+                let code = msg["payload"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(pending_error.is_none(), "two errors for one message: {msg}");
+                pending_error = Some(code);
+            }
+            Event::Json(msg) if msg["type"] == "pong" => {
+                let id = msg["payload"]["id"].as_u64().expect("pong id");
+                if let Some(code) = pending_error.take() {
+                    answered.insert(id, code);
+                }
+                if id == MESSAGES - 1 {
+                    break;
+                }
+            }
+            other => panic!("alice: unexpected {other:?}"),
+        }
+    }
+    for code in answered.values() {
+        assert!(
+            code == "delivery_unknown" || code == "bus_unavailable",
+            "unexpected error code {code}: {answered:?}"
+        );
+    }
+    assert!(
+        !answered.is_empty(),
+        "the pause must have left some publish unconfirmed; stderr:\n{}",
+        one.stderr_tail()
+    );
+
+    // What bob received: every message nobody was told about, maybe some of the unknown ones,
+    // none answered bus_unavailable, each at most once and in order.
+    let must_arrive = (0..MESSAGES)
+        .filter(|id| !answered.contains_key(id))
+        .count();
+    let mut delivered: Vec<u64> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let arrived = delivered
+            .iter()
+            .filter(|id| !answered.contains_key(id))
+            .count();
+        // Once every confirmed message is in, give stragglers one more second.
+        let wait = if arrived >= must_arrive {
+            Duration::from_secs(1)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match bob.next_event(wait).await {
+            Event::Json(msg) if msg["type"] == "chat-message" => {
+                delivered.push(msg["payload"]["id"].as_u64().expect("chat id"));
+            }
+            Event::Timeout if arrived >= must_arrive => break,
+            other => panic!(
+                "bob: {other:?} with {arrived} of {must_arrive} confirmed messages in: {delivered:?}"
+            ),
+        }
+    }
+    let both: Vec<u64> = delivered
+        .iter()
+        .copied()
+        .filter(|id| answered.get(id).map(String::as_str) == Some("bus_unavailable"))
+        .collect();
+    assert!(
+        both.is_empty(),
+        "answered bus_unavailable and delivered anyway: {both:?} (answers {answered:?})"
+    );
+    // A publish that Redis received but did not answer in time is the unknown case.
+    assert!(
+        answered.values().any(|c| c == "delivery_unknown"),
+        "a paused publish must be answered delivery_unknown: {answered:?}"
+    );
+    let mut sorted = delivered.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, delivered, "in order and never twice");
+    let unconfirmed: Vec<&u64> = answered.keys().collect();
+    let confirmed_missing: Vec<u64> = (0..MESSAGES)
+        .filter(|id| !answered.contains_key(id) && !delivered.contains(id))
+        .collect();
+    assert!(
+        confirmed_missing.is_empty(),
+        "confirmed but lost: {confirmed_missing:?} (unconfirmed {unconfirmed:?})"
+    );
+}
