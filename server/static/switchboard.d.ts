@@ -81,14 +81,19 @@ export interface SwitchboardEventDetails {
   participants: { participants: Participant[]; self: Participant | null };
   peer: { peer: PeerInfo };
   "channel-open": { participantId: string; participant: Participant | null };
-  /** `reason` is the server's: `closed`, `timeout`, `instance_lost`, `draining`, ... */
+  /** `reason` is the server's: `closed`, `timeout`, `instance_lost`, `draining`, `removed`, ... */
   "participant-left": { participantId: string; participant: Participant | null; reason: string };
+  /** The application replaced a participant's `metadata` (server API). */
+  "participant-updated": { participantId: string; participant: Participant };
+  /** A message the application backend sent into the room (server API). */
+  "server-message": { payload: any };
   message: { participantId: string; participant: Participant | null; data: string | ArrayBuffer | Blob };
   track: { participantId: string; stream: MediaStream };
   signal: { message: ServerMessage };
   /** Server `error` codes, plus local ones: `config_failed`, `peer_failed`, `refresh_failed`. */
   error: { code: string; message?: string };
   reconnect: { afterMs: number };
+  /** 4001 `removed` and 4002 `room_closed` (server API) are final, like refusals. */
   closed: { code: number; reason: string; willReconnect: boolean };
   /** `expiresAt` in Unix seconds. */
   tokenrefreshed: { expiresAt: number | null };

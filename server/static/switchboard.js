@@ -53,9 +53,11 @@
   const DATA_CHANNEL_LABEL = "switchboard";
   /**
    * Close codes after which reconnecting cannot help (the server refused us on
-   * purpose), plus reasons of 1013 that are not transient.
+   * purpose), plus reasons of 1013 that are not transient. 4001 `removed` and
+   * 4002 `room_closed` come from the application (server API): rejoining on our
+   * own would undo its decision.
    */
-  const FATAL_CLOSE_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010]);
+  const FATAL_CLOSE_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010, 4001, 4002]);
   const FATAL_CLOSE_REASONS = new Set(["room_full"]);
   /** Default lead time of a token refresh before the token's `exp`. */
   const DEFAULT_REFRESH_LEAD_MS = 30000;
@@ -120,6 +122,10 @@
    *   opens (from then on `send`/`sendTo` reach it and `openChannelCount()` counts it).
    * - `participant-left` `{participantId, participant, reason}` when someone leaves the
    *   room; `reason` is the server's (`closed`, `timeout`, `instance_lost`, `draining`, ...).
+   * - `participant-updated` `{participantId, participant}` when the application
+   *   replaced a participant's `metadata` (server API).
+   * - `server-message` `{payload}` for a message the application backend sent
+   *   into the room (server API; it has no sender).
    * - `message` `{participantId, participant, data}` for data-channel messages.
    * - `track` `{participantId, stream}` when remote media arrives.
    * - `signal` `{message}` for every server message (raw envelope), for apps that
@@ -470,6 +476,19 @@
             this._emitParticipants();
             this._emit("participant-left", { participantId: id, participant: who, reason: String(payload.reason || "") });
           }
+          break;
+        case "participant-updated":
+          if (payload.participant_id && this.participants.has(payload.participant_id)) {
+            this.participants.set(payload.participant_id, payload);
+            if (this.self && this.self.participant_id === payload.participant_id) {
+              this.self = Object.assign({}, this.self, { metadata: payload.metadata });
+            }
+            this._emitParticipants();
+            this._emit("participant-updated", { participantId: payload.participant_id, participant: payload });
+          }
+          break;
+        case "server-message":
+          this._emit("server-message", { payload: msg.payload });
           break;
         case "offer":
         case "answer":

@@ -2,7 +2,8 @@
 //! browsers connect over WebRTC (data channel, host candidates on this machine, no STUN) and
 //! exchange messages; they follow a drain to a new server; two tabs on the `--dev` URL connect;
 //! fake-camera video flows; a forged token ends in `error`; the library refreshes a short-lived
-//! token through the app's callback. Needs the Debian packages
+//! token through the app's callback; server API messages, metadata updates and a removal reach
+//! the library as events, and a removed client stays out. Needs the Debian packages
 //! `chromium` and `chromium-driver`; fails (never skips) without them.
 
 use std::path::PathBuf;
@@ -1073,6 +1074,142 @@ fn the_library_refreshes_its_token_through_the_app_callback() {
         Ok(1) => {}
         other => fail(
             &format!("the server should still count the page: {other:?}"),
+            &both,
+            &server,
+            &driver,
+        ),
+    }
+}
+
+/// The server API as `switchboard.js` sees it: a `server-message` and a `participant-updated`
+/// arrive as their events (the library's own `self` follows the new metadata), and after a
+/// removal (4001 `removed`) the library does not rejoin on its own.
+#[test]
+fn the_library_reports_server_api_events_and_stays_out_after_a_removal() {
+    let _one = serialize();
+    let server = ServerOptions::with_secret(SECRET)
+        .env("WEBRTC_STUN_URLS", "")
+        .start();
+    let driver = ChromeDriver::start();
+    let page = driver.new_browser("removed");
+    let both = [&page];
+    let check = |what: &str, result: Result<(), String>| {
+        if let Err(e) = result {
+            fail(&format!("{what}: {e}"), &both, &server, &driver);
+        }
+    };
+    let waited = |r: Result<Value, String>| r.map(|_| ());
+    check(
+        "opening the demo page",
+        page.goto(&server.http_url("/?room=removed"))
+            .map_err(|e| e.to_string()),
+    );
+    let started = page.execute(
+        "const [token, room] = arguments;
+         window.events = [];
+         const sb = new Switchboard({room: room, token: token});
+         for (const name of ['server-message', 'participant-updated', 'closed']) {
+             sb.addEventListener(name, (e) => window.events.push([name, e.detail]));
+         }
+         window.api = sb;
+         sb.connect();
+         return true;",
+        &[json!(Claims::user("rex").hs256(SECRET)), json!(ROOM)],
+    );
+    check(
+        "starting the client",
+        started.map(|_| ()).map_err(|e| e.to_string()),
+    );
+    check(
+        "joining",
+        waited(page.wait_for(
+            "joined",
+            "return window.api.state === 'joined';",
+            UPDATE_TIMEOUT,
+        )),
+    );
+    let pid = match page.execute("return window.api.self.participant_id;", &[]) {
+        Ok(Value::String(pid)) => pid,
+        other => fail(&format!("self: {other:?}"), &both, &server, &driver),
+    };
+    let admin = format!(
+        "Bearer {}",
+        Claims::user("backend")
+            .grants(json!({"room_admin": true}))
+            .hs256(SECRET)
+    );
+    let participant = server.http_url(&format!("/webrtc/api/v1/rooms/{ROOM}/participants/{pid}"));
+
+    let sent = ureq::post(&server.http_url(&format!("/webrtc/api/v1/rooms/{ROOM}/messages")))
+        .header("Authorization", &admin)
+        .send_json(json!({"payload": {"hi": 1}}))
+        .map(|r| r.status().as_u16());
+    check(
+        "POST messages",
+        match sent {
+            Ok(202) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    check(
+        "server-message",
+        waited(page.wait_for(
+            "a server-message event",
+            "return window.events.some(([n, d]) => n === 'server-message' && d.payload.hi === 1);",
+            UPDATE_TIMEOUT,
+        )),
+    );
+
+    let patched = ureq::patch(&participant)
+        .header("Authorization", &admin)
+        .send_json(json!({"metadata": {"role": "host"}}))
+        .map(|r| r.status().as_u16());
+    check(
+        "PATCH participant",
+        match patched {
+            Ok(200) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    check(
+        "participant-updated",
+        waited(page.wait_for(
+            "a participant-updated event and self's new metadata",
+            "return window.events.some(([n, d]) => n === 'participant-updated'
+                     && d.participant.metadata.role === 'host')
+                 && window.api.self.metadata.role === 'host';",
+            UPDATE_TIMEOUT,
+        )),
+    );
+
+    let removed = ureq::delete(&participant)
+        .header("Authorization", &admin)
+        .call()
+        .map(|r| r.status().as_u16());
+    check(
+        "DELETE participant",
+        match removed {
+            Ok(200) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    check(
+        "closed 4001",
+        waited(page.wait_for(
+            "closed 4001 removed without a reconnect",
+            "return window.events.some(([n, d]) => n === 'closed' && d.code === 4001
+                     && d.reason === 'removed' && d.willReconnect === false);",
+            UPDATE_TIMEOUT,
+        )),
+    );
+    // Longer than the library's first reconnect backoff: it stays out.
+    std::thread::sleep(Duration::from_secs(3));
+    let state = page.execute("return window.api.state;", &[]);
+    let count = server_participant_count(&server, &Claims::user("observer").hs256(SECRET));
+    match (state, count) {
+        (Ok(state), Ok(0)) if state == json!("closed") => {}
+        other => fail(
+            &format!("after the removal: {other:?}"),
             &both,
             &server,
             &driver,
