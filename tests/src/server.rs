@@ -59,6 +59,8 @@ pub struct ServerOptions {
     env: Vec<(String, String)>,
     /// Whether to add `--listen 127.0.0.1:0` (off for tests of the listen setting itself).
     no_listen_flag: bool,
+    /// Soft and hard RLIMIT_NOFILE of the child, when set.
+    fd_limit: Option<u64>,
 }
 
 impl ServerOptions {
@@ -100,8 +102,25 @@ impl ServerOptions {
         self
     }
 
+    /// Runs the server with at most `n` open file descriptors (soft and hard limit, so the
+    /// server cannot raise it), as in a container with a low `nofile` limit.
+    pub fn fd_limit(mut self, n: u64) -> Self {
+        self.fd_limit = Some(n);
+        self
+    }
+
     fn command(&self) -> Command {
-        let mut cmd = Command::new(server_binary());
+        let mut cmd = match self.fd_limit {
+            None => Command::new(server_binary()),
+            // `ulimit -n` without -S/-H sets both limits; `exec` keeps the pid.
+            Some(n) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(server_binary());
+                sh
+            }
+        };
         cmd.env_clear();
         for key in PASSTHROUGH_ENV {
             if let Some(value) = std::env::var_os(key) {

@@ -23,6 +23,8 @@ use tokio::net::TcpStream;
 const SECRET: &str = "e2e-connections-secret-0123456789abcdef";
 /// The default per-address cap (`connections.max_per_ip`).
 const DEFAULT_MAX_PER_IP: usize = 100;
+/// Refused connections answered per address on top of its cap.
+const REFUSALS_PER_ADDRESS: usize = 8;
 /// The default largest request head (`connections.max_header_bytes`).
 const DEFAULT_MAX_HEADER_BYTES: usize = 16384;
 /// Extra time allowed for a close the server owes, on a loaded 2-core machine.
@@ -368,4 +370,191 @@ async fn a_trusted_proxys_forwarded_address_is_counted_and_an_untrusted_header_i
     // The forwarded client's slot lives as long as its WebSocket.
     w2.close().await;
     wait_admitted(&server, proxy, &xff).await;
+}
+
+/// The open-file limit the fd tests give the server (soft and hard, so it cannot raise it).
+const LOW_FD_LIMIT: u64 = 256;
+/// `connections.max` fitted to [`LOW_FD_LIMIT`]: 256 less 64 descriptors of headroom is 192,
+/// which holds 175 connections and their refusal reserve of 17.
+const FITTED_MAX: usize = 175;
+
+/// Opens `n` sockets from `source` and sends nothing on them. Sockets the server closes at
+/// once are still returned (reading them gives EOF).
+async fn idle_sockets(server: &ServerProcess, source: IpAddr, n: usize) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(connect_from(source, server.addr()).await);
+    }
+    sockets
+}
+
+/// How many of `sockets` the server has not closed.
+async fn open_count(sockets: &mut [TcpStream]) -> usize {
+    let mut open = 0;
+    for s in sockets.iter_mut() {
+        if still_open(s).await {
+            open += 1;
+        }
+    }
+    open
+}
+
+/// The server never failed to accept (out of descriptors) and still runs.
+fn assert_never_out_of_descriptors(server: &mut ServerProcess) {
+    assert!(server.try_exit().is_none(), "{}", server.stderr_tail());
+    let lines = server.stderr_lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("accept failed")),
+        "the server ran out of file descriptors: {lines:#?}"
+    );
+}
+
+/// The finding: with a lower file-descriptor limit, idle sockets made real joins and
+/// `/webrtc/health/live` time out. With 256 descriptors `connections.max` is lowered to fit
+/// (and says so), and 400 idle sockets from one address hold only that address's cap plus its
+/// refusals: real clients join and relay, and every probe is answered, while they are open.
+#[tokio::test]
+async fn with_256_file_descriptors_idle_sockets_from_one_address_leave_joins_and_probes_alone() {
+    let mut server = ServerOptions::with_secret(SECRET)
+        .fd_limit(LOW_FD_LIMIT)
+        .start();
+    let lowered = server
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("connections.max lowered"))
+        .unwrap_or_else(|| panic!("no warning about the lowered cap: {}", server.stderr_tail()));
+    assert!(
+        lowered.contains(&format!("effective={FITTED_MAX}")) && lowered.contains("fd_limit=256"),
+        "{lowered}"
+    );
+    let addr = server.addr();
+    let mut idle = idle_sockets(&server, loopback(9), 400).await;
+
+    let mut alice = Client::join(addr, "fd-room", &token("alice")).await;
+    let mut bob = Client::join(addr, "fd-room", &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    switchboard_e2e::client::assert_pair_relays(&mut alice, &mut bob).await;
+    assert_alive(&get(addr, "/webrtc/health/live").await);
+    let ready = get(addr, "/webrtc/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    // The server holds the address's cap, and its refusals (for 2 s); it closed the rest.
+    let held = open_count(&mut idle).await;
+    assert!(
+        (DEFAULT_MAX_PER_IP..=DEFAULT_MAX_PER_IP + REFUSALS_PER_ADDRESS).contains(&held),
+        "{held} of 400 idle sockets from one address held"
+    );
+    assert_never_out_of_descriptors(&mut server);
+}
+
+/// Idle sockets from many addresses fill the fitted `connections.max` of a server with 256
+/// descriptors: it never runs out of them (sockets past the cap and its reserve are closed at
+/// once), `/webrtc/health/live` is answered, a join is refused with a clear 503
+/// `server_busy` instead of timing out, and once the header timeout has closed the idle
+/// sockets, real clients join again.
+#[tokio::test]
+async fn with_256_file_descriptors_a_full_server_refuses_with_503_answers_probes_and_recovers() {
+    const TIMEOUT_MS: u64 = 8000;
+    let mut server = ServerOptions::with_secret(SECRET)
+        .fd_limit(LOW_FD_LIMIT)
+        .env("SWITCHBOARD_HEADER_READ_TIMEOUT_MS", TIMEOUT_MS.to_string())
+        .start();
+    let addr = server.addr();
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    // 600 sockets, far more than the 256 descriptors.
+    for last in 10..16 {
+        idle.extend(idle_sockets(&server, loopback(last), 100).await);
+    }
+    // The refused sockets in the reserve get 2 s for their head; the admitted ones the full
+    // header timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        opened.elapsed() < Duration::from_millis(TIMEOUT_MS - 2000),
+        "opening the sockets took {:?}; the test cannot tell the timeouts apart",
+        opened.elapsed()
+    );
+    assert_eq!(open_count(&mut idle).await, FITTED_MAX, "sockets held");
+    assert_alive(&get(addr, "/webrtc/health/live").await);
+    let resp = upgrade_from(loopback(1), &server, "fd-room", &[]).await;
+    assert_refusal(&resp, 503, "server_busy");
+
+    // The idle sockets are closed by the header timeout; then the server takes joins again.
+    let bound = Duration::from_millis(TIMEOUT_MS) + SLACK;
+    for (i, s) in idle.iter_mut().enumerate() {
+        let left = bound.saturating_sub(opened.elapsed());
+        assert!(
+            wait_closed(s, left).await.is_some(),
+            "idle socket {i} still open {:?} after connecting",
+            opened.elapsed()
+        );
+    }
+    let mut alice = Client::join(addr, "fd-room", &token("alice")).await;
+    let mut bob = Client::join(addr, "fd-room", &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    switchboard_e2e::client::assert_pair_relays(&mut alice, &mut bob).await;
+    assert_never_out_of_descriptors(&mut server);
+}
+
+/// Below what the caps can be fitted to (16 descriptors: `connections.max` is 1, and its
+/// refusal reserve alone needs more), idle sockets do exhaust the descriptors and `accept`
+/// fails. The server must neither exit nor spin on the failing `accept`: it pauses (250 ms)
+/// between attempts, so it logs at most a few failures a second, and serves again once the
+/// sockets are gone.
+#[tokio::test]
+async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
+    const PAUSE_MS: u128 = 250;
+    let mut server = ServerOptions::with_secret(SECRET).fd_limit(16).start();
+    let addr = server.addr();
+    let failures = |server: &ServerProcess| {
+        server
+            .stderr_lines()
+            .iter()
+            .filter(|l| l.contains("accept failed"))
+            .count()
+    };
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for last in 20..24 {
+        idle.extend(idle_sockets(&server, loopback(last), 10).await);
+    }
+    // Past several pauses: every attempt in between fails, as there is still no descriptor.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed = failures(&server);
+    let bound = (started.elapsed().as_millis() / PAUSE_MS) as usize + 2;
+    assert!(
+        failed >= 1,
+        "accept never ran out of descriptors: {}",
+        server.stderr_tail()
+    );
+    assert!(
+        failed <= bound,
+        "{failed} failed accepts logged in {:?}: the loop does not back off",
+        started.elapsed()
+    );
+    assert!(server.try_exit().is_none(), "{}", server.stderr_tail());
+
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect_from(loopback(1), addr).await;
+        let request = get_request("/webrtc/health/live", &[], true);
+        s.write_all(&request).await.expect("write the probe");
+        let mut raw = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            use tokio::io::AsyncReadExt as _;
+            let _ = s.read_to_end(&mut raw).await;
+        })
+        .await;
+        if read.is_ok() && raw.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not answer /webrtc/health/live again: {}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _alice = Client::join(addr, "fd-room", &token("alice")).await;
+    assert!(server.try_exit().is_none(), "{}", server.stderr_tail());
 }
