@@ -657,6 +657,11 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 600000))]
     pub header_read_timeout_ms: Option<i64>,
+    /// Milliseconds a client gets to send a whole request body after its head; then HTTP 408
+    /// [10000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 600000))]
+    pub body_read_timeout_ms: Option<i64>,
     /// Largest request head in bytes; larger gets HTTP 431 [16384].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8192, max = 1048576))]

@@ -83,6 +83,8 @@ struct Connections {
     header_read_timeout_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_header_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_read_timeout_ms: Option<i64>,
 }
 
 /// The server's `limits` section: only what the spec sets, so the server's own defaults apply
@@ -236,6 +238,7 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
             max_per_ip: spec.limits.max_connections_per_ip,
             header_read_timeout_ms: spec.limits.header_read_timeout_ms,
             max_header_bytes: spec.limits.max_header_bytes,
+            body_read_timeout_ms: spec.limits.body_read_timeout_ms,
         },
     };
     let mut yaml = String::from(

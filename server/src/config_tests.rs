@@ -483,6 +483,7 @@ fn connection_limits_defaults_and_errors() {
             max_per_ip: 100,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16384,
+            body_read_timeout: Duration::from_secs(10),
             trusted_proxies: crate::listener::TrustedProxies::default(),
         }
     );
@@ -518,21 +519,23 @@ fn connection_limits_defaults_and_errors() {
             ("SWITCHBOARD_MAX_CONNECTIONS", "0"),
             ("SWITCHBOARD_MAX_HEADER_BYTES", "4096"),
             ("SWITCHBOARD_HEADER_READ_TIMEOUT_MS", "10"),
+            ("SWITCHBOARD_BODY_READ_TIMEOUT_MS", "99"),
             ("SWITCHBOARD_TRUSTED_PROXIES", "10.0.0.0/8,ingress.local"),
         ],
         &[],
     )
     .unwrap_err();
-    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert_eq!(errs.len(), 5, "{errs:#?}");
     for (err, names) in errs.iter().zip([
         "connections.max (SWITCHBOARD_MAX_CONNECTIONS",
         "connections.header_read_timeout_ms (SWITCHBOARD_HEADER_READ_TIMEOUT_MS",
         "connections.max_header_bytes (SWITCHBOARD_MAX_HEADER_BYTES",
+        "connections.body_read_timeout_ms (SWITCHBOARD_BODY_READ_TIMEOUT_MS",
         "connections.trusted_proxies (SWITCHBOARD_TRUSTED_PROXIES",
     ]) {
         assert!(err.contains(names), "{err} should name {names}");
     }
-    assert!(errs[3].contains("\"ingress.local\""), "{}", errs[3]);
+    assert!(errs[4].contains("\"ingress.local\""), "{}", errs[4]);
 }
 
 #[test]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
+pub mod request_body;
 pub mod room;
 pub mod session;
 pub mod shutdown;
@@ -90,7 +91,10 @@ pub async fn serve_state(
     tracing::info!(%addr, instance = %state.config.instance_id, bus = state.bus.health().kind, "serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::app(state.clone());
-    let settings = listener::Settings::from_config(&state.config.connections);
+    let settings = listener::Settings::from_config(
+        &state.config.connections,
+        state.config.limits.max_message_bytes,
+    );
     // Upgraded WebSockets leave hyper's connection tracking, so the
     // graceful stop below only waits for plain HTTP requests.
     let mut server = tokio::spawn(listener::run(

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::ConnectionsConfig;
 use crate::http::ApiError;
 use crate::metrics::Metrics;
+use crate::request_body::{self, BodyLimits};
 
 /// Paths answered even on a refused connection: probes must see a busy
 /// replica as alive (and ready, if it is), not as dead.
@@ -391,13 +392,16 @@ pub struct Settings {
     pub caps: Caps,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub body_limits: BodyLimits,
     pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
     /// Reads the file-descriptor limit (raising the soft limit towards the
     /// hard one when `max` needs it) and lowers `max` to fit, with a warning.
-    pub fn from_config(cfg: &ConnectionsConfig) -> Settings {
+    /// Request bodies are bounded at `max_body_bytes` (`limits.max_message_bytes`:
+    /// no REST body carries more than one client message's worth).
+    pub fn from_config(cfg: &ConnectionsConfig, max_body_bytes: usize) -> Settings {
         let mut max = cfg.max;
         if let Some(fd_limit) = fd_limit_for(max + refusal_reserve(max) + FD_HEADROOM as usize) {
             let fitted = fit_to_fd_limit(max, fd_limit);
@@ -418,6 +422,10 @@ impl Settings {
             },
             header_read_timeout: cfg.header_read_timeout,
             max_header_bytes: cfg.max_header_bytes,
+            body_limits: BodyLimits {
+                max_bytes: max_body_bytes,
+                read_timeout: cfg.body_read_timeout,
+            },
             trusted_proxies: cfg.trusted_proxies.clone(),
         }
     }
@@ -494,7 +502,7 @@ impl AsyncWrite for CountedStream {
 }
 
 /// Per-connection request handling: refusals, forwarded-client counting,
-/// then the router.
+/// the request body read within its bounds, then the router.
 struct ConnService {
     app: Router,
     peer: IpAddr,
@@ -502,6 +510,7 @@ struct ConnService {
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     throttle: Arc<LogThrottle>,
+    body_limits: BodyLimits,
     /// The forwarded client's permit for the request in flight; shared
     /// with [`CountedStream`] so a WebSocket keeps it after the upgrade.
     forwarded: Arc<Mutex<Option<Permit>>>,
@@ -543,7 +552,15 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         }
         let mut app = self.app.clone();
         let forwarded = self.forwarded.clone();
+        let body_limits = self.body_limits;
         Box::pin(async move {
+            let req = match request_body::read_whole(req, body_limits).await {
+                Ok(req) => req,
+                Err(refusal) => {
+                    tracing::debug!(code = refusal.code(), "request body refused");
+                    return Ok(refusal.response());
+                }
+            };
             let response = tower_service::Service::call(&mut app, req).await?;
             // An upgraded WebSocket counts for as long as it lives (the
             // socket holds this slot); a plain request only while it runs.
@@ -649,6 +666,7 @@ pub async fn run(
             admission: admission.clone(),
             metrics: metrics.clone(),
             throttle: throttle.clone(),
+            body_limits: settings.body_limits,
             forwarded: forwarded.clone(),
         };
         let io = TokioIo::new(CountedStream {

@@ -250,3 +250,117 @@ fn health_paths_are_exact() {
     assert!(!is_health("/webrtc/health/live/x"));
     assert!(!is_health("/webrtc/stats"));
 }
+
+/// A real accept loop on a loopback socket, serving a route that reads its body (as the
+/// server API's POST handlers do), with `body_timeout` and a 64-byte body bound.
+async fn body_server(body_timeout: Duration) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route(
+        "/echo",
+        axum::routing::post(|body: axum::body::Bytes| async move { body }),
+    );
+    let settings = Settings {
+        caps: Caps {
+            max: 100,
+            max_per_ip: 100,
+        },
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 16384,
+        body_limits: BodyLimits {
+            max_bytes: 64,
+            read_timeout: body_timeout,
+        },
+        trusted_proxies: TrustedProxies::default(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    tokio::spawn(run(
+        listener,
+        app,
+        settings,
+        metrics,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// Everything the server sends until it closes the connection (bounded).
+async fn read_until_closed<R: AsyncRead + Unpin>(stream: &mut R, within: Duration) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut got))
+        .await
+        .expect("the server closed the connection in time")
+        .ok();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The head of a POST /echo with `Content-Length: length`.
+fn post_head(length: usize) -> String {
+    format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n")
+}
+
+/// A head, then a body trickled a byte every 100 ms (it would take 6 s): the server answers
+/// 408 `body_timeout` once the body deadline has passed since the head, however recently the
+/// last byte came, and closes the connection. A body sent in time is served.
+#[tokio::test]
+async fn a_trickled_body_gets_408_at_the_deadline_and_the_connection_closes() {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = body_server(Duration::from_millis(500)).await;
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    writer.write_all(post_head(60).as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for _ in 0..60 {
+            if writer.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let answer = tokio::select! {
+        () = trickle => unreachable!(),
+        answer = read_until_closed(&mut reader, Duration::from_secs(3)) => answer,
+    };
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("\"body_timeout\""), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A head whose body never comes at all: the same.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(post_head(10).as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{}hello", post_head(5)).as_bytes())
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("hello"), "{answer:?}");
+}
+
+/// A declared body over the bound is refused before it is read; so is a chunked one once it
+/// passes the bound.
+#[tokio::test]
+async fn a_body_over_the_bound_gets_413_declared_or_chunked() {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = body_server(Duration::from_secs(5)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(post_head(1 << 30).as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.contains("\"body_too_large\""), "{answer:?}");
+
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = format!("40\r\n{}\r\n", "y".repeat(64));
+    s.write_all(format!("{head}{chunk}{chunk}").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+}

@@ -87,6 +87,7 @@ fn every_setting_lands_under_its_config_table_key() {
         max_connections_per_ip: Some(50),
         header_read_timeout_ms: Some(5000),
         max_header_bytes: Some(8192),
+        body_read_timeout_ms: Some(4000),
     };
     let mut r = resolved();
     r.turn_secret = Some("turn: secret with # and 'quotes'".into());
@@ -156,6 +157,7 @@ fn every_setting_lands_under_its_config_table_key() {
         ("connections.max_per_ip", 50),
         ("connections.header_read_timeout_ms", 5000),
         ("connections.max_header_bytes", 8192),
+        ("connections.body_read_timeout_ms", 4000),
     ] {
         assert_eq!(get(key), n(value), "{key}");
     }

@@ -77,6 +77,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         max_per_ip: r.get(&MAX_CONNECTIONS_PER_IP),
         header_read_timeout: r.get(&HEADER_READ_TIMEOUT),
         max_header_bytes: r.get(&MAX_HEADER_BYTES),
+        body_read_timeout: r.get(&BODY_READ_TIMEOUT),
         trusted_proxies: r.opt(&TRUSTED_PROXIES).unwrap_or_default(),
     };
     Config {

@@ -208,6 +208,8 @@ pub struct ConnectionsConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers); larger gets 431.
     pub max_header_bytes: usize,
+    /// Time a client has to send a request body, from the end of its head.
+    pub body_read_timeout: Duration,
     /// Peers whose `X-Forwarded-For` names the client address.
     pub trusted_proxies: crate::listener::TrustedProxies,
 }

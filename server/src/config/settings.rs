@@ -300,6 +300,9 @@ settings! {
     MAX_HEADER_BYTES: Setting<usize> = Setting::new(
         "connections.max_header_bytes", "SWITCHBOARD_MAX_HEADER_BYTES", "--max-header-bytes", "16384",
         Parse::Text(|v| at_least(v, 8192)), "largest request head, bytes");
+    BODY_READ_TIMEOUT: Setting<Duration> = Setting::new(
+        "connections.body_read_timeout_ms", "SWITCHBOARD_BODY_READ_TIMEOUT_MS", "--body-read-timeout-ms", "10000",
+        Parse::Text(|v| milliseconds_at_least(v, 100)), "time to send a request body after its head, ms");
     TRUSTED_PROXIES: Optional<TrustedProxies> = Optional::new(
         "connections.trusted_proxies", "SWITCHBOARD_TRUSTED_PROXIES", "--trusted-proxies", "none",
         Parse::List(trusted_proxies), "proxies whose X-Forwarded-For is believed, addresses or CIDRs");
