@@ -418,11 +418,21 @@ async fn with_256_file_descriptors_idle_sockets_from_one_address_leave_joins_and
     let mut server = ServerOptions::with_secret(SECRET)
         .fd_limit(LOW_FD_LIMIT)
         .start();
-    let lowered = server
-        .stderr_lines()
-        .into_iter()
-        .find(|l| l.contains("connections.max lowered"))
-        .unwrap_or_else(|| panic!("no warning about the lowered cap: {}", server.stderr_tail()));
+    // Logged on stderr around the `listening on` line: wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lowered = loop {
+        let found = server
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.contains("connections.max lowered"));
+        match found {
+            Some(line) => break line,
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            None => panic!("no warning about the lowered cap: {}", server.stderr_tail()),
+        }
+    };
     assert!(
         lowered.contains(&format!("effective={FITTED_MAX}")) && lowered.contains("fd_limit=256"),
         "{lowered}"
@@ -557,4 +567,128 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
     }
     let _alice = Client::join(addr, "fd-room", &token("alice")).await;
     assert!(server.try_exit().is_none(), "{}", server.stderr_tail());
+}
+
+/// `POST /webrtc/dev/token` (a route that reads its body) announcing `length` body bytes.
+fn dev_token_head(length: usize) -> String {
+    format!(
+        "POST /webrtc/dev/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+}
+
+/// Sends a head announcing 40 body bytes from `source`, then the body one byte every
+/// `gap` (never, for `None`) until the server answers; returns the answer and when the
+/// connection ended.
+async fn slow_body(
+    addr: std::net::SocketAddr,
+    source: IpAddr,
+    gap: Option<Duration>,
+) -> (HttpResponse, Instant) {
+    use tokio::io::AsyncReadExt as _;
+    let (mut reader, mut writer) = connect_from(source, addr).await.into_split();
+    writer
+        .write_all(dev_token_head(40).as_bytes())
+        .await
+        .expect("write the head");
+    let trickle = async {
+        if let Some(gap) = gap {
+            for _ in 0..40 {
+                if writer.write_all(b" ").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(gap).await;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let mut raw = Vec::new();
+    let read = async {
+        let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut raw)).await;
+    };
+    tokio::select! {
+        () = trickle => unreachable!(),
+        () = read => {}
+    }
+    let ended = Instant::now();
+    let response = switchboard_e2e::http::parse_response(&raw).unwrap_or_else(|e| {
+        panic!(
+            "no answer to a slow body ({e:#}): {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    (response, ended)
+}
+
+/// A client that sends a request head and then trickles the body a byte every 250 ms (it
+/// would take 10 s), or never sends it, is answered 408 `body_timeout` and disconnected once
+/// `connections.body_read_timeout_ms` has passed since its head — the trickle does not
+/// extend it — while a real client mints its token and joins.
+#[tokio::test]
+async fn a_request_body_trickled_or_never_sent_gets_408_at_the_body_timeout() {
+    const TIMEOUT_MS: u64 = 1500;
+    const EACH: usize = 20;
+    let server = ServerOptions::new()
+        .arg("--dev")
+        .env("SWITCHBOARD_BODY_READ_TIMEOUT_MS", TIMEOUT_MS.to_string())
+        .start();
+    let addr = server.addr();
+    let started = Instant::now();
+    let mut attackers = Vec::new();
+    for gap in [Some(Duration::from_millis(250)), None] {
+        for _ in 0..EACH {
+            attackers.push(tokio::spawn(slow_body(addr, loopback(12), gap)));
+        }
+    }
+    let mint = |name: &'static str| async move {
+        let body = format!(r#"{{"name": "{name}"}}"#);
+        let headers = [("Content-Type", "application/json")];
+        let resp = switchboard_e2e::http::send(
+            addr,
+            "POST",
+            "/webrtc/dev/token",
+            &headers,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.json()["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut alice = Client::join(addr, "body-room", &mint("Alice").await).await;
+    let mut bob = Client::join(addr, "body-room", &mint("Bob").await).await;
+    alice.expect_type("user-joined").await;
+    switchboard_e2e::client::assert_pair_relays(&mut alice, &mut bob).await;
+
+    let bound = Duration::from_millis(TIMEOUT_MS) + SLACK;
+    for (i, task) in attackers.into_iter().enumerate() {
+        let (resp, ended) = task.await.expect("slow body task");
+        assert_eq!(resp.status, 408, "attacker {i}: {}", resp.text());
+        assert_eq!(resp.json()["error"]["code"], "body_timeout", "attacker {i}");
+        assert_eq!(resp.header("connection"), Some("close"), "attacker {i}");
+        let took = ended.duration_since(started);
+        assert!(
+            took >= Duration::from_millis(TIMEOUT_MS) && took < bound,
+            "attacker {i} answered after {took:?} (body timeout {TIMEOUT_MS} ms)"
+        );
+    }
+    switchboard_e2e::client::assert_pair_relays(&mut alice, &mut bob).await;
+}
+
+/// A body announced larger than the bound (`limits.max_message_bytes`, 65536 by default) is
+/// refused 413 `body_too_large` before a byte of it is read, on any route.
+#[tokio::test]
+async fn a_request_body_over_the_bound_gets_413_before_it_is_read() {
+    let server = server(&[]);
+    let mut s = connect_from(loopback(13), server.addr()).await;
+    let head = "POST /webrtc/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n";
+    let resp = exchange(&mut s, head.as_bytes()).await;
+    assert_eq!(resp.status, 413, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "body_too_large");
+    assert!(
+        wait_closed(&mut s, SLACK).await.is_some(),
+        "socket kept open after 413"
+    );
 }
