@@ -142,17 +142,31 @@ fn find_participant<'a>(
         .ok_or(PARTICIPANT_NOT_FOUND)
 }
 
-/// Carries an action to the other instances first (a bus that cannot take it leaves nothing
-/// half done: 503, retry), then applies it to this instance's participants.
+/// Carries an action to the other instances first (a bus that certainly did not take it
+/// leaves nothing half done: 503 `bus_unavailable`, retry), then applies it to this instance's
+/// participants. When Redis may have carried it without confirming (`delivery_unknown`), other
+/// instances may act on it, so this one does too, and the caller hears that it is unconfirmed.
 async fn act(state: &AppState, action: RoomAction) -> Result<(), ApiError> {
-    state
-        .bus
-        .act(action.clone())
-        .await
-        .map_err(|e| bus_unavailable(&e))?;
-    state.hub.apply(&action);
-    Ok(())
+    match state.bus.act(action.clone()).await {
+        Ok(()) => {
+            state.hub.apply(&action);
+            Ok(())
+        }
+        Err(e @ BusError::DeliveryUnknown { .. }) => {
+            state.hub.apply(&action);
+            tracing::warn!(error = %e, "server API: action not confirmed by the bus");
+            Err(DELIVERY_UNKNOWN)
+        }
+        Err(e) => Err(bus_unavailable(&e)),
+    }
 }
+
+const DELIVERY_UNKNOWN: ApiError = ApiError {
+    status: StatusCode::SERVICE_UNAVAILABLE,
+    code: "delivery_unknown",
+    message:
+        "the bus did not confirm the action: servers may have applied it; check before retrying",
+};
 
 /// The request body as UTF-8 text: 413 `body_too_large` over `limits.max_message_bytes`,
 /// else 400 `invalid_body` for what cannot be read.
@@ -461,7 +475,7 @@ async fn get_room(
         (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
         (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
         (status = 404, description = "`room_not_found` or `participant_not_found`", body = ErrorBody),
-        (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn remove_participant(
@@ -499,7 +513,7 @@ async fn remove_participant(
         (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
         (status = 403, description = "No `room_admin` grant (`grant_required`)", body = ErrorBody),
         (status = 404, description = "The user has no connection in a room the token allows (`user_not_found`)", body = ErrorBody),
-        (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn disconnect_user(
@@ -548,7 +562,7 @@ async fn disconnect_user(
         (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
         (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
         (status = 404, description = "Nobody is in the room (`room_not_found`)", body = ErrorBody),
-        (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn close_room(
@@ -593,7 +607,7 @@ async fn close_room(
         (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
         (status = 404, description = "`room_not_found`, or `to` names nobody in the room (`participant_not_found`)", body = ErrorBody),
         (status = 413, description = "The body is larger than `limits.max_message_bytes` (`body_too_large`)", body = ErrorBody),
-        (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn send_message(
@@ -653,7 +667,7 @@ async fn send_message(
         (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
         (status = 404, description = "`room_not_found` or `participant_not_found`", body = ErrorBody),
         (status = 413, description = "`metadata_too_large` (over `limits.max_metadata_bytes`) or `body_too_large`", body = ErrorBody),
-        (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn update_participant(

@@ -245,3 +245,39 @@ async fn disconnecting_a_user_through_one_instance_closes_its_connections_on_bot
     assert_eq!(left["payload"]["reason"], "removed");
     other.assert_alive_and_idle().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_redis_does_not_confirm_is_delivery_unknown_and_still_applied_here() {
+    let redis = RedisProcess::start();
+    let server = ServerOptions::with_secret(SECRET)
+        .env("REDIS_URL", redis.url())
+        .env("SWITCHBOARD_INSTANCE_ID", "api-paused")
+        .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
+        .env("REDIS_PUBLISH_TIMEOUT_SECS", "1")
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http::get(server.addr(), "/webrtc/health/ready")
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not ready:\n{}",
+            server.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut goes = Client::join(server.addr(), "paused", &token("goes")).await;
+    let path = format!("/webrtc/api/v1/rooms/paused/participants/{}", goes.pid());
+    // Reads still work; the PUBLISH that carries the removal waits past its timeout.
+    assert_eq!(
+        redis.command(&["CLIENT", "PAUSE", "3000", "WRITE"]),
+        switchboard_e2e::redis::Reply::Status("OK".into())
+    );
+    let resp = send_bearer(server.addr(), "DELETE", &path, &admin(), None).await;
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "delivery_unknown");
+    // This instance applied it anyway: the participant is closed as removed.
+    goes.expect_close(4001, "removed").await;
+}
