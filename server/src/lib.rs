@@ -91,10 +91,13 @@ pub async fn serve_state(
     tracing::info!(%addr, instance = %state.config.instance_id, bus = state.bus.health().kind, "serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = http::app(state.clone());
-    let settings = listener::Settings::from_config(
-        &state.config.connections,
-        state.config.limits.max_message_bytes,
-    );
+    // Every REST body is one client message's worth, or a metadata object
+    // with its wrapper.
+    let limits = &state.config.limits;
+    let max_body = limits
+        .max_message_bytes
+        .max(limits.max_metadata_bytes + 1024);
+    let settings = listener::Settings::from_config(&state.config.connections, max_body);
     // Upgraded WebSockets leave hyper's connection tracking, so the
     // graceful stop below only waits for plain HTTP requests.
     let mut server = tokio::spawn(listener::run(

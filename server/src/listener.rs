@@ -399,8 +399,7 @@ pub struct Settings {
 impl Settings {
     /// Reads the file-descriptor limit (raising the soft limit towards the
     /// hard one when `max` needs it) and lowers `max` to fit, with a warning.
-    /// Request bodies are bounded at `max_body_bytes` (`limits.max_message_bytes`:
-    /// no REST body carries more than one client message's worth).
+    /// Request bodies are bounded at `max_body_bytes`.
     pub fn from_config(cfg: &ConnectionsConfig, max_body_bytes: usize) -> Settings {
         let mut max = cfg.max;
         if let Some(fd_limit) = fd_limit_for(max + refusal_reserve(max) + FD_HEADROOM as usize) {
