@@ -296,3 +296,39 @@ mod tests {
         assert!(!same_origin(&headers(Some("http://127.0.0.1:8080"), None)));
     }
 }
+
+/// The server-API token `--dev` prints at start-up (user `dev-admin`, grant `room_admin`,
+/// every room, [`TTL`]): with a random secret nobody else knows, it is the only way to try the
+/// server API against a `--dev` server. Minted by the `token` command's own code.
+pub fn admin_token(cfg: &crate::config::JwtConfig, now: u64) -> Result<String, AdminTokenError> {
+    use crate::config::{JwtAlgorithm, JwtKey, SigningConfig, SigningKey};
+    use crate::token::{Grant, TokenRequest};
+    let JwtKey::Secret(secret) = &cfg.key else {
+        return Err(AdminTokenError::NotDevKey);
+    };
+    let signing = SigningConfig {
+        algorithm: JwtAlgorithm::Hs256,
+        key: SigningKey::Secret(secret.clone()),
+        issuer: cfg.issuer.clone(),
+        audience: cfg.audience.clone(),
+        verify: Some(cfg.clone()),
+    };
+    let request = TokenRequest {
+        sub: "dev-admin".to_owned(),
+        name: "dev admin".to_owned(),
+        rooms: vec!["*".to_owned()],
+        ttl: TTL,
+        grants: vec![Grant::RoomAdmin],
+        metadata: None,
+    };
+    Ok(crate::token::mint(&request, &signing, now)?)
+}
+
+/// Why [`admin_token`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("--dev signs with an HS256 secret, and the configured key is not one")]
+    NotDevKey,
+    #[error(transparent)]
+    Mint(#[from] crate::token::MintError),
+}

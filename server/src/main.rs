@@ -109,6 +109,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
             switchboard_server::dev_identity::TTL,
         )?;
         banner(&format!("dev token: {token}"))?;
+        let admin = switchboard_server::dev_identity::admin_token(
+            &config.jwt,
+            switchboard_server::auth::now_unix(),
+        )?;
+        banner(&format!(
+            "dev admin token (server API, grant room_admin): {admin}"
+        ))?;
         // No token in the URL: each tab mints its own identity (a name the
         // page asks for, or a guest name with `autostart=1`), so two tabs are
         // two users; `autostart=1` connects them without pressing Join.

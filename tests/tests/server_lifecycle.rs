@@ -571,6 +571,9 @@ async fn dev_mode_prints_a_working_token_and_demo_url() {
     let addr = server.addr();
     let token_line = server.wait_stdout_line("dev token: ", Duration::from_secs(5));
     let dev_token = token_line["dev token: ".len()..].trim().to_string();
+    const ADMIN: &str = "dev admin token (server API, grant room_admin): ";
+    let admin_line = server.wait_stdout_line(ADMIN, Duration::from_secs(5));
+    let admin_token = admin_line[ADMIN.len()..].trim().to_string();
     let demo_line = server.wait_stdout_line("demo: ", Duration::from_secs(5));
     assert_eq!(
         demo_line.trim(),
@@ -590,10 +593,13 @@ async fn dev_mode_prints_a_working_token_and_demo_url() {
         (day - 120..=day + 5).contains(&exp),
         "exp {exp} is about 24 h away"
     );
+    let admin = claims_of(&admin_token);
+    assert_eq!(admin["sub"], "dev-admin");
+    assert_eq!(admin["grants"], json!({"room_admin": true}));
     // stdout carries nothing else.
     assert_eq!(
         server.stdout_lines().len(),
-        4,
+        5,
         "{:?}",
         server.stdout_lines()
     );
@@ -603,6 +609,17 @@ async fn dev_mode_prints_a_working_token_and_demo_url() {
     a.expect_type("user-joined").await;
     assert_pair_relays(&mut a, &mut b).await;
     Client::join(addr, "any-other-room", &dev_token).await;
+    // The printed admin token reaches the server API; the participant token does not.
+    let rooms = get_bearer(addr, "/webrtc/api/v1/rooms", &admin_token).await;
+    assert_eq!(rooms.status, 200, "{}", rooms.text());
+    let body = rooms.json();
+    let demo = body["rooms"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["room_id"] == "demo"))
+        .unwrap_or_else(|| panic!("demo not listed: {body}"));
+    assert_eq!(demo["participant_count"], 2, "{body}");
+    let refused = get_bearer(addr, "/webrtc/api/v1/rooms", &dev_token).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
     let page = get(addr, "/").await;
     assert_eq!(page.status, 200);
     assert!(page
