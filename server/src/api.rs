@@ -374,6 +374,30 @@ pub struct MetadataUpdate {
     pub metadata: Option<Metadata>,
 }
 
+/// The 401 every endpoint can answer (in the OpenAPI document only: handlers answer
+/// [`ApiError`]).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    description = "No token, or the token is invalid or expired (`missing_token`, `invalid_token`, `token_expired`, `invalid_audience`)"
+)]
+#[allow(dead_code)] // describes responses, never built
+struct Unauthorized(ErrorBody);
+
+/// The refusals every action on a room can answer besides [`Unauthorized`] (in the OpenAPI
+/// document only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes responses, never built
+enum RoomActionErrors {
+    #[response(status = 403, description = "`grant_required` or `room_forbidden`")]
+    Forbidden(ErrorBody),
+    #[response(
+        status = 503,
+        description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it"
+    )]
+    Unavailable(ErrorBody),
+}
+
 /// Every error: a stable code and a human-readable message.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -398,7 +422,7 @@ pub struct ErrorDetail {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The rooms", body = RoomList),
-        (status = 401, description = "No token, or the token is invalid or expired (`missing_token`, `invalid_token`, `token_expired`, `invalid_audience`)", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "The token carries no `room_admin` grant (`grant_required`)", body = ErrorBody),
         (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
     )
@@ -433,7 +457,7 @@ async fn list_rooms(
     responses(
         (status = 200, description = "The room", body = Room),
         (status = 400, description = "Bad room id (`invalid_room_id`)", body = ErrorBody),
-        (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "No `room_admin` grant (`grant_required`), or its `rooms` claim excludes the room (`room_forbidden`)", body = ErrorBody),
         (status = 404, description = "Nobody is in the room (`room_not_found`)", body = ErrorBody),
         (status = 503, description = "The bus is unavailable (`bus_unavailable`)", body = ErrorBody),
@@ -472,10 +496,9 @@ async fn get_room(
     responses(
         (status = 200, description = "The participant is being closed", body = Removal),
         (status = 400, description = "Bad room id (`invalid_room_id`)", body = ErrorBody),
-        (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
-        (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
+        Unauthorized,
+        RoomActionErrors,
         (status = 404, description = "`room_not_found` or `participant_not_found`", body = ErrorBody),
-        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn remove_participant(
@@ -510,7 +533,7 @@ async fn remove_participant(
     responses(
         (status = 200, description = "The connections being closed", body = Removal),
         (status = 400, description = "Bad user id (`invalid_user_id`)", body = ErrorBody),
-        (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
+        Unauthorized,
         (status = 403, description = "No `room_admin` grant (`grant_required`)", body = ErrorBody),
         (status = 404, description = "The user has no connection in a room the token allows (`user_not_found`)", body = ErrorBody),
         (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
@@ -559,10 +582,9 @@ async fn disconnect_user(
     responses(
         (status = 200, description = "Every participant is being closed", body = Removal),
         (status = 400, description = "Bad room id (`invalid_room_id`)", body = ErrorBody),
-        (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
-        (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
+        Unauthorized,
+        RoomActionErrors,
         (status = 404, description = "Nobody is in the room (`room_not_found`)", body = ErrorBody),
-        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn close_room(
@@ -603,11 +625,10 @@ async fn close_room(
     responses(
         (status = 202, description = "Handed to every instance with participants in the room", body = MessageAccepted),
         (status = 400, description = "`invalid_room_id`, or the body is not `{\"payload\", \"to\"?}` or nests too deep (`invalid_body`)", body = ErrorBody),
-        (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
-        (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
+        Unauthorized,
+        RoomActionErrors,
         (status = 404, description = "`room_not_found`, or `to` names nobody in the room (`participant_not_found`)", body = ErrorBody),
         (status = 413, description = "The body is larger than `limits.max_message_bytes` (`body_too_large`)", body = ErrorBody),
-        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn send_message(
@@ -663,11 +684,10 @@ async fn send_message(
     responses(
         (status = 200, description = "The participant with its new metadata", body = Participant),
         (status = 400, description = "`invalid_room_id`, or the body is not `{\"metadata\": object or null}` (`invalid_body`)", body = ErrorBody),
-        (status = 401, description = "No token, or the token is invalid or expired", body = ErrorBody),
-        (status = 403, description = "`grant_required` or `room_forbidden`", body = ErrorBody),
+        Unauthorized,
+        RoomActionErrors,
         (status = 404, description = "`room_not_found` or `participant_not_found`", body = ErrorBody),
         (status = 413, description = "`metadata_too_large` (over `limits.max_metadata_bytes`) or `body_too_large`", body = ErrorBody),
-        (status = 503, description = "`bus_unavailable`: nothing was done, retry; `delivery_unknown`: the bus did not confirm the action, servers may have applied it", body = ErrorBody),
     )
 )]
 async fn update_participant(
