@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{cluster_from_yaml, secret, secrets_for};
 use k8s_openapi::api::core::v1::Secret;
@@ -53,24 +53,6 @@ fn start(rendered: &RenderedConfig) -> (tempfile::TempDir, ServerProcess) {
     (dir, server)
 }
 
-async fn wait_ready(server: &ServerProcess) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = get(server.addr(), "/webrtc/health/ready").await;
-        if r.status == 200 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server not ready within 15 s (last status {}): {}\nstderr:\n{}",
-            r.status,
-            r.text(),
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Asserts that `/webrtc/config` refuses `token` with 401.
 async fn assert_refused(server: &ServerProcess, token: &str) {
     let r = get_bearer(server.addr(), "/webrtc/config", token).await;
@@ -92,7 +74,7 @@ async fn bare_spec_config_starts_a_ready_server_on_redis() {
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
     assert_eq!(get(server.addr(), "/webrtc/health/live").await.status, 200);
-    wait_ready(&server).await;
+    server.wait_ready(true, Duration::from_secs(15)).await;
 
     let token = Claims::user("alice").hs256(secret);
     let cfg = get_bearer(server.addr(), "/webrtc/config", &token).await;
@@ -151,7 +133,7 @@ async fn rendered_config_with_external_redis_starts_a_ready_server() {
         "hash is not the sha256 of the YAML"
     );
     let (_dir, server) = start(&rendered);
-    wait_ready(&server).await;
+    server.wait_ready(true, Duration::from_secs(15)).await;
 
     // The server runs with what the operator meant: Redis bus, auth enforced.
     let health = get(server.addr(), "/webrtc/health").await;
@@ -189,7 +171,7 @@ async fn rendered_config_with_an_rs256_public_key_starts_and_verifies_with_it() 
         "RS256 rendered no public key file"
     );
     let (_dir, server) = start(&rendered);
-    wait_ready(&server).await;
+    server.wait_ready(true, Duration::from_secs(15)).await;
     let cfg = get_bearer(
         server.addr(),
         "/webrtc/config",
@@ -258,7 +240,7 @@ spec:
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
-    wait_ready(&server).await;
+    server.wait_ready(true, Duration::from_secs(15)).await;
 
     let good = Claims::user("alice")
         .issuer("https://auth.example.com")

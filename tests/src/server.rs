@@ -348,6 +348,28 @@ impl ServerProcess {
         self.exit
     }
 
+    /// Whether `/webrtc/health/ready` answers 200.
+    pub async fn is_ready(&self) -> bool {
+        crate::http::get(self.addr(), "/webrtc/health/ready")
+            .await
+            .status
+            == 200
+    }
+
+    /// Polls readiness until it is `want`; panics with the stderr tail after `timeout`.
+    pub async fn wait_ready(&self, want: bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.is_ready().await != want {
+            assert!(
+                Instant::now() < deadline,
+                "readiness of {} did not become {want} within {timeout:?}; stderr:\n{}",
+                self.addr(),
+                self.stderr_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (bounded, without blocking the async runtime) for the process to exit; None on
     /// timeout.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchboard_e2e::client::Client;
-use switchboard_e2e::http::{self, get_bearer, send_bearer, HttpResponse};
+use switchboard_e2e::http::{get_bearer, send_bearer, HttpResponse};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -38,11 +38,7 @@ async fn cluster(redis: &RedisProcess) -> (ServerProcess, ServerProcess) {
     };
     let (a, b) = (start("api-a"), start("api-b"));
     for s in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while http::get(s.addr(), "/webrtc/health/ready").await.status != 200 {
-            assert!(Instant::now() < deadline, "not ready:\n{}", s.stderr_tail());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        s.wait_ready(true, Duration::from_secs(15)).await;
     }
     (a, b)
 }
@@ -255,19 +251,7 @@ async fn an_action_redis_does_not_confirm_is_delivery_unknown_and_still_applied_
         .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
         .env("REDIS_PUBLISH_TIMEOUT_SECS", "1")
         .start();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http::get(server.addr(), "/webrtc/health/ready")
-        .await
-        .status
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not ready:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_ready(true, Duration::from_secs(15)).await;
     let mut goes = Client::join(server.addr(), "paused", &token("goes")).await;
     let path = format!("/webrtc/api/v1/rooms/paused/participants/{}", goes.pid());
     // Reads still work; the PUBLISH that carries the removal waits past its timeout.

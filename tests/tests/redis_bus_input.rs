@@ -32,22 +32,6 @@ fn server(redis: &RedisProcess, instance: &str) -> ServerProcess {
         .start()
 }
 
-async fn wait_ready(server: &ServerProcess) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http::get(server.addr(), "/webrtc/health/ready")
-        .await
-        .status
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not ready; stderr:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `switchboard_bus_messages_dropped_total` by reason, from `/metrics`.
 async fn dropped(server: &ServerProcess, reason: &str) -> u64 {
     let body = http::get(server.addr(), "/metrics").await.text();
@@ -91,8 +75,8 @@ async fn forged_bus_messages_never_reach_a_client() {
     let redis = RedisProcess::start();
     let one = server(&redis, "in-a");
     let two = server(&redis, "in-b");
-    wait_ready(&one).await;
-    wait_ready(&two).await;
+    one.wait_ready(true, Duration::from_secs(15)).await;
+    two.wait_ready(true, Duration::from_secs(15)).await;
     let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
     let mut bob = Client::join(two.addr(), ROOM, &token("bob")).await;
     let joined = alice.expect_type("user-joined").await;

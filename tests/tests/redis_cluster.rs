@@ -39,32 +39,9 @@ async fn cluster(redis: &RedisProcess, n: usize) -> Vec<ServerProcess> {
         servers.push(options(redis, &format!("sb-{i}")).start());
     }
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(10)).await;
+        s.wait_ready(true, Duration::from_secs(10)).await;
     }
     servers
-}
-
-async fn is_ready(server: &ServerProcess) -> bool {
-    http::get(server.addr(), "/webrtc/health/ready")
-        .await
-        .status
-        == 200
-}
-
-async fn wait_ready(server: &ServerProcess, want: bool, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if is_ready(server).await == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness of {} did not become {want} within {timeout:?}; stderr:\n{}",
-            server.addr(),
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Sorted participant ids from the REST endpoint of one instance.
@@ -261,8 +238,8 @@ async fn order_is_preserved_over_1000_messages_across_instances() {
             .start()
     };
     let (s1, s2) = (fast("sb-a"), fast("sb-b"));
-    wait_ready(&s1, true, Duration::from_secs(10)).await;
-    wait_ready(&s2, true, Duration::from_secs(10)).await;
+    s1.wait_ready(true, Duration::from_secs(10)).await;
+    s2.wait_ready(true, Duration::from_secs(10)).await;
     let room = "ordered";
     let mut sender = join(&s1, room, "sender", &mut []).await;
     let mut receiver = join(&s2, room, "receiver", &mut [&mut sender]).await;
@@ -394,7 +371,7 @@ async fn capacity_race_across_three_instances_admits_exactly_the_maximum() {
         );
     }
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(10)).await;
+        s.wait_ready(true, Duration::from_secs(10)).await;
     }
     let room = "race";
     let mut attempts = Vec::new();
@@ -440,7 +417,7 @@ async fn redis_restart_recovers_presence_and_relay_without_reconnects() {
 
     redis.kill();
     for s in &servers {
-        wait_ready(s, false, Duration::from_secs(10)).await;
+        s.wait_ready(false, Duration::from_secs(10)).await;
     }
     // A message that needs Redis is refused out loud, the sender stays connected. The first
     // one may have been written to the connection Redis just closed (the driver cannot tell
@@ -460,7 +437,7 @@ async fn redis_restart_recovers_presence_and_relay_without_reconnects() {
 
     redis.restart_same_port();
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(10)).await;
+        s.wait_ready(true, Duration::from_secs(10)).await;
     }
     wait_participants(
         &[&servers[0], &servers[1]],
@@ -551,7 +528,7 @@ async fn a_join_right_after_redis_returns_empty_sees_who_was_already_there() {
         })
         .collect();
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(15)).await;
+        s.wait_ready(true, Duration::from_secs(15)).await;
     }
     let room = "came-back-empty";
     let mut a = join(&servers[0], room, "alice", &mut []).await;
@@ -611,8 +588,8 @@ async fn presence_missed_while_the_subscriber_was_wedged_is_reconciled() {
     let direct = options(&redis, "direct-b")
         .env("WEBRTC_ROOM_PRESENCE_TTL", "6")
         .start();
-    wait_ready(&behind_proxy, true, Duration::from_secs(10)).await;
-    wait_ready(&direct, true, Duration::from_secs(10)).await;
+    behind_proxy.wait_ready(true, Duration::from_secs(10)).await;
+    direct.wait_ready(true, Duration::from_secs(10)).await;
     let room = "gap";
     let mut a = join(&behind_proxy, room, "alice", &mut []).await;
     let b = join(&direct, room, "bob", &mut [&mut a]).await;
@@ -673,7 +650,7 @@ async fn a_killed_subscriber_connection_is_repaired_by_the_instance() {
     assert_eq!(redis.client_kill_pubsub(), 2);
     // Whatever readiness said in between, it is true again within a few seconds…
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(10)).await;
+        s.wait_ready(true, Duration::from_secs(10)).await;
     }
     // …and relaying works again without the clients reconnecting.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -717,7 +694,7 @@ async fn key_prefixes_isolate_clusters_on_one_redis() {
     let one = [start("team-one", "one-0"), start("team-one", "one-1")];
     let two = [start("team-two", "two-0"), start("team-two", "two-1")];
     for s in one.iter().chain(&two) {
-        wait_ready(s, true, Duration::from_secs(10)).await;
+        s.wait_ready(true, Duration::from_secs(10)).await;
     }
     let room = "same-name";
     let mut a1 = join(&one[0], room, "alice", &mut []).await;
@@ -800,7 +777,7 @@ async fn a_wedged_subscriber_turns_readiness_false_and_is_replaced() {
     };
     let servers = [through_proxy("wedge-0"), through_proxy("wedge-1")];
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(10)).await;
+        s.wait_ready(true, Duration::from_secs(10)).await;
     }
     let room = "wedged";
     let mut a = join(&servers[0], room, "alice", &mut []).await;
@@ -810,10 +787,10 @@ async fn a_wedged_subscriber_turns_readiness_false_and_is_replaced() {
     // canary notices. Readiness must drop, then the instance replaces the connection.
     assert_eq!(proxy.freeze_subscribers(), 2);
     for s in &servers {
-        wait_ready(s, false, Duration::from_secs(10)).await;
+        s.wait_ready(false, Duration::from_secs(10)).await;
     }
     for s in &servers {
-        wait_ready(s, true, Duration::from_secs(15)).await;
+        s.wait_ready(true, Duration::from_secs(15)).await;
     }
     a.send_msg("offer", Some(&b.pid()), json!({"sdp": "after repair"}))
         .await;
@@ -845,8 +822,8 @@ async fn sigterm_drains_with_draining_not_instance_lost_and_removes_the_instance
     };
     let stays = quick_drain("stays");
     let mut goes = quick_drain("goes");
-    wait_ready(&stays, true, Duration::from_secs(10)).await;
-    wait_ready(&goes, true, Duration::from_secs(10)).await;
+    stays.wait_ready(true, Duration::from_secs(10)).await;
+    goes.wait_ready(true, Duration::from_secs(10)).await;
     let room = "drain";
     let mut a = join(&stays, room, "alice", &mut []).await;
     let b = join(&goes, room, "bob", &mut [&mut a]).await;
@@ -904,7 +881,7 @@ async fn a_redis_outage_is_logged_when_it_starts_while_it_lasts_and_when_it_ends
     let server = options(&redis, "sb-log")
         .env("SWITCHBOARD_LOG_FORMAT", "json")
         .start();
-    wait_ready(&server, true, Duration::from_secs(10)).await;
+    server.wait_ready(true, Duration::from_secs(10)).await;
     assert!(log_events(&server, "redis unreachable").is_empty());
 
     redis.kill();
@@ -918,7 +895,7 @@ async fn a_redis_outage_is_logged_when_it_starts_while_it_lasts_and_when_it_ends
     .await;
     redis.restart_same_port();
     wait_logged(&server, "redis reachable again", Duration::from_secs(10)).await;
-    wait_ready(&server, true, Duration::from_secs(10)).await;
+    server.wait_ready(true, Duration::from_secs(10)).await;
 
     let started = log_events(&server, "redis unreachable");
     assert_eq!(started.len(), 1, "the start is logged once: {started:?}");

@@ -4,7 +4,7 @@
 //! says "redis out of memory", never "unreachable"; and once memory is freed readiness returns
 //! and joins work again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchboard_e2e::client::{assert_pair_relays, Client};
 use switchboard_e2e::http;
@@ -25,19 +25,6 @@ async fn ready_status(server: &ServerProcess) -> u16 {
     http::get(server.addr(), "/webrtc/health/ready")
         .await
         .status
-}
-
-async fn wait_ready(server: &ServerProcess, want: bool, timeout: Duration) {
-    let want_status = if want { 200 } else { 503 };
-    let deadline = Instant::now() + timeout;
-    while ready_status(server).await != want_status {
-        assert!(
-            Instant::now() < deadline,
-            "readiness did not become {want} within {timeout:?}; stderr:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `used_memory` from `INFO memory`.
@@ -66,7 +53,7 @@ async fn a_full_redis_keeps_the_instance_not_ready_until_memory_is_freed() {
         .env("REDIS_URL", redis.url())
         .env("WEBRTC_ROOM_PRESENCE_TTL", TTL_SECS.to_string())
         .start();
-    wait_ready(&server, true, Duration::from_secs(10)).await;
+    server.wait_ready(true, Duration::from_secs(10)).await;
     let mut alice = Client::join(server.addr(), ROOM, &token("alice")).await;
 
     // Another client fills Redis: 2 MiB of keys, then a limit 1 MiB below what is in use.
@@ -89,7 +76,7 @@ async fn a_full_redis_keeps_the_instance_not_ready_until_memory_is_freed() {
     }
 
     // Not ready within a few heartbeats, and steadily so: every one of 20 samples over 4 s.
-    wait_ready(&server, false, Duration::from_secs(10)).await;
+    server.wait_ready(false, Duration::from_secs(10)).await;
     let mut samples = Vec::new();
     for _ in 0..20 {
         samples.push(ready_status(&server).await);
@@ -120,7 +107,7 @@ async fn a_full_redis_keeps_the_instance_not_ready_until_memory_is_freed() {
     let mut del = vec!["DEL"];
     del.extend(fillers.iter().map(String::as_str));
     assert_eq!(redis.command(&del), Reply::Integer(32));
-    wait_ready(&server, true, Duration::from_secs(10)).await;
+    server.wait_ready(true, Duration::from_secs(10)).await;
     let mut bob = Client::join(server.addr(), ROOM, &token("bob")).await;
     alice.expect_type("user-joined").await;
     assert_pair_relays(&mut alice, &mut bob).await;

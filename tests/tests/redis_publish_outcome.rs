@@ -5,11 +5,10 @@
 //! the publish timeout lowered to one second.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use switchboard_e2e::client::{Client, Event};
-use switchboard_e2e::http;
 use switchboard_e2e::redis::{RedisProcess, Reply};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -33,29 +32,13 @@ fn server(redis: &RedisProcess, instance: &str) -> ServerProcess {
         .start()
 }
 
-async fn wait_ready(server: &ServerProcess) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while http::get(server.addr(), "/webrtc/health/ready")
-        .await
-        .status
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not ready; stderr:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_answered_bus_unavailable_is_never_delivered() {
     let redis = RedisProcess::start();
     let one = server(&redis, "pause-a");
     let two = server(&redis, "pause-b");
-    wait_ready(&one).await;
-    wait_ready(&two).await;
+    one.wait_ready(true, Duration::from_secs(15)).await;
+    two.wait_ready(true, Duration::from_secs(15)).await;
     let token = |user: &str| Claims::user(user).hs256(SECRET);
     let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
     let mut bob = Client::join(two.addr(), ROOM, &token("bob")).await;

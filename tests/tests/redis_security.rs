@@ -5,11 +5,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use switchboard_e2e::client::Client;
-use switchboard_e2e::http;
 use switchboard_e2e::redis::{free_port, RedisProcess, Reply};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -19,25 +18,6 @@ const REDIS_PASSWORD: &str = "n0t-in-the-logs-4711";
 
 fn token(user: &str) -> String {
     Claims::user(user).hs256(SECRET)
-}
-
-async fn wait_ready(server: &ServerProcess, want: bool, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let ready = http::get(server.addr(), "/webrtc/health/ready")
-            .await
-            .status
-            == 200;
-        if ready == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness did not become {want} within {timeout:?}; stderr:\n{}",
-            server.stderr_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn server(url: &str, prefix: &str, instance: &str) -> ServerProcess {
@@ -84,14 +64,14 @@ async fn acl_user_with_password_confined_to_its_prefix() {
     );
     let one = server(&url, "team-a", "acl-1");
     let two = server(&url, "team-a", "acl-2");
-    wait_ready(&one, true, Duration::from_secs(10)).await;
-    wait_ready(&two, true, Duration::from_secs(10)).await;
+    one.wait_ready(true, Duration::from_secs(10)).await;
+    two.wait_ready(true, Duration::from_secs(10)).await;
     assert_cluster_relays(&one, &two, "acl-room").await;
 
     // The same user with another prefix is refused by Redis: never ready, no crash.
     let outside = server(&url, "team-b", "acl-3");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    wait_ready(&outside, false, Duration::from_secs(1)).await;
+    outside.wait_ready(false, Duration::from_secs(1)).await;
 
     // A wrong password: not ready, and the password appears in no log line.
     let wrong = server(
@@ -103,7 +83,7 @@ async fn acl_user_with_password_confined_to_its_prefix() {
         "acl-4",
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    wait_ready(&wrong, false, Duration::from_secs(1)).await;
+    wrong.wait_ready(false, Duration::from_secs(1)).await;
     for s in [&one, &two, &outside, &wrong] {
         let logs = s.stderr_lines().join("\n");
         assert!(
@@ -205,8 +185,8 @@ async fn rediss_with_a_private_ca() {
     };
     let one = tls_server("tls-1");
     let two = tls_server("tls-2");
-    wait_ready(&one, true, Duration::from_secs(10)).await;
-    wait_ready(&two, true, Duration::from_secs(10)).await;
+    one.wait_ready(true, Duration::from_secs(10)).await;
+    two.wait_ready(true, Duration::from_secs(10)).await;
     assert_cluster_relays(&one, &two, "tls-room").await;
     // Both instances registered over the TLS port in this Redis.
     assert_eq!(
@@ -220,5 +200,5 @@ async fn rediss_with_a_private_ca() {
         .env("SWITCHBOARD_INSTANCE_ID", "tls-3")
         .start();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    wait_ready(&untrusting, false, Duration::from_secs(1)).await;
+    untrusting.wait_ready(false, Duration::from_secs(1)).await;
 }
