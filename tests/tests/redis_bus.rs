@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_server::bus::redis::metrics::BusMetrics;
-use switchboard_server::bus::redis::{RedisBus, RedisSettings};
+use switchboard_server::bus::redis::{Endpoint, RedisBus, RedisSettings};
 use switchboard_server::bus::{
     Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RemoteSender,
 };
@@ -126,8 +126,23 @@ fn settings(
     instance_id: impl Into<String>,
     presence_ttl: Duration,
 ) -> RedisSettings {
+    settings_for(
+        Endpoint::Single(url.into()),
+        key_prefix,
+        instance_id,
+        presence_ttl,
+    )
+}
+
+/// [`settings`] for one Redis or a cluster.
+fn settings_for(
+    endpoint: Endpoint,
+    key_prefix: impl Into<String>,
+    instance_id: impl Into<String>,
+    presence_ttl: Duration,
+) -> RedisSettings {
     RedisSettings {
-        url: url.into(),
+        endpoint,
         key_prefix: key_prefix.into(),
         instance_id: instance_id.into(),
         presence_ttl,

@@ -2,23 +2,28 @@
 //! Redis pub/sub, so any number of server instances act as one service. It does not touch
 //! WebSockets (the hub serves local participants) and never relays a message to local ones.
 //!
-//! Per instance: one multiplexed command connection ([`ConnectionManager`]) and one dedicated
-//! subscriber connection, subscribed to a room's channel only while this instance has local
+//! Per instance: one command handle (`conn`: a multiplexed connection to one Redis, or a
+//! cluster connection routing each command to the shard owning its slot) and dedicated
+//! subscriber connections, subscribed to a room's channel only while this instance has local
 //! participants there, plus to its own canary channel. This file holds the [`Bus`] entry
 //! points, the state the parts share ([`Inner`]) and publishing; each part owns its own state:
 //!
 //! | module | owns |
 //! |---|---|
 //! | `link` | link state and readiness: [`Timing`], `Link`, `ready_at`, wedge detection, the command wrapper that keeps `Link` current |
-//! | `subscriber` | room subscriptions, the subscriber connection and task, the canary task |
+//! | `subscriber` | room subscriptions (reference counts), the one-Redis subscriber connection and task, the canary task |
+//! | `shards` | on a Redis Cluster: the slot map, one subscriber connection per master with its reader task, where each room channel is subscribed, the per-shard canaries |
+//! | `slots` | nothing: hash slots and the `CLUSTER SLOTS` map, pure |
 //! | `inbound` | what is accepted from the subscriber connection: validation against the hub and Redis presence, dropped-input metrics and log lines |
 //! | `presence` | local registrations, join/leave, resync, heartbeat, dead-instance sweep and `instance_lost` cleanup, the heartbeat task |
 //! | `remote` | what crosses to the hub: event delivery and reconciling the hub's record of remote members with Redis |
 //! | `admin` | nothing: the server API's reads of rooms from presence records, its actions on the room channels, metadata updates |
+//! | `conn` | nothing: how Redis is reached (one Redis or a cluster), the command handle every part uses, the publish command |
 //! | `keys`, `scripts`, `wire`, [`metrics`] | key layout, Lua scripts, channel message format, bus metrics |
 //!
 //! Three background tasks, each in a `redis_bus` span carrying `instance` and `task`:
-//! subscriber and canary (`subscriber`), heartbeat (`presence`).
+//! subscriber (`subscriber` on one Redis, `shards` on a cluster, which also runs one reader
+//! task per master) and canary (`subscriber`), heartbeat (`presence`).
 //!
 //! # Lock order
 //!
@@ -35,6 +40,7 @@
 //! held (possibly inside 1 or 2); the hub never calls back into the bus.
 
 mod admin;
+mod conn;
 mod inbound;
 mod keys;
 mod link;
@@ -42,6 +48,8 @@ pub mod metrics;
 mod presence;
 mod remote;
 mod scripts;
+mod shards;
+mod slots;
 mod subscriber;
 mod wire;
 
@@ -49,11 +57,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use conn::Endpoint;
 pub use keys::{escape_instance_id, Keys, PrefixError, MAX_PREFIX_LEN};
 pub use link::Timing;
 
@@ -68,8 +75,10 @@ use crate::room::{LeaveReason, Metadata, ParticipantInfo, RoomId};
 struct Inner {
     keys: Keys,
     timing: Timing,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// How the subscriber side opens its connections.
+    subscribe: conn::Subscribe,
+    /// The command handle: every command, script and publish of the bus goes through it.
+    conn: conn::Commands,
     hub: Arc<dyn LocalHub>,
     metrics: metrics::BusMetrics,
     /// Bounds of what is accepted from the room channels.
@@ -80,6 +89,8 @@ struct Inner {
     span: tracing::Span,
     link: Mutex<link::Link>,
     subscriber: subscriber::Subscriber,
+    /// Where each room channel is subscribed on a cluster (empty on one Redis).
+    shards: shards::Shards,
     presence: presence::Presence,
     reconcile: remote::Reconcile,
 }
@@ -93,8 +104,8 @@ pub struct RedisBus {
 /// Settings the Redis bus needs, taken from the server configuration.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL, possibly with user and password.
-    pub url: String,
+    /// One Redis or a Redis Cluster.
+    pub endpoint: Endpoint,
     pub key_prefix: String,
     pub instance_id: String,
     pub presence_ttl: Duration,
@@ -127,39 +138,21 @@ impl RedisBus {
     ) -> Result<Self, BusError> {
         let keys = Keys::new(&settings.key_prefix, &settings.instance_id)
             .map_err(|e| BusError::Config(format!("key prefix: {e}")))?;
-        if settings.url.starts_with("rediss://") {
-            // rustls needs a process-wide crypto provider; an error only means one is
-            // installed already.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| {
-            BusError::Config(format!(
-                "invalid redis url {}: {:?}",
-                redacted_url(&settings.url),
-                e.kind()
-            ))
-        })?;
         let timing = Timing::from_ttl(settings.presence_ttl);
-        // Fail fast instead of queueing behind reconnect attempts: a sender must hear
-        // `bus_unavailable` within a couple of seconds, never wait indefinitely.
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            // Each caller bounds its own wait (commands and publishes have their own timeouts);
-            // this only keeps the driver from giving up before either.
-            .set_response_timeout(Some(timing.command_timeout.max(settings.publish_timeout)))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|source| BusError::Redis {
-                op: "connection setup",
-                source,
-            })?;
+        let (conn, subscribe) = conn::open(
+            &settings.endpoint,
+            conn::CommandTimeouts {
+                connect: Duration::from_secs(1),
+                // Each caller bounds its own wait (commands and publishes have their own
+                // timeouts); this only keeps the driver from giving up before either.
+                response: timing.command_timeout.max(settings.publish_timeout),
+            },
+        )?;
         let span = tracing::info_span!(parent: None, "redis_bus", instance = %keys.instance());
         let inner = Arc::new(Inner {
             keys,
             timing,
-            client,
+            subscribe,
             conn,
             hub,
             metrics,
@@ -172,21 +165,27 @@ impl RedisBus {
             span,
             link: Mutex::new(link::Link::default()),
             subscriber: subscriber::Subscriber::default(),
+            shards: shards::Shards::default(),
             presence: presence::Presence::new(),
             reconcile: remote::Reconcile::default(),
         });
         tracing::info!(
             parent: &inner.span,
-            redis = %redacted_url(&settings.url),
+            redis = %settings.endpoint.redacted(),
             prefix = %inner.keys.prefix(),
             ttl_ms = timing.ttl.as_millis() as u64,
             "redis bus starting"
         );
         let task_span = |task: &'static str| tracing::info_span!(parent: None, "redis_bus", instance = %inner.instance(), task);
-        let tasks = vec![
+        let receiving = if inner.conn.is_cluster() {
+            tokio::spawn(shards::shards_task(inner.clone()).instrument(task_span("subscriber")))
+        } else {
             tokio::spawn(
                 subscriber::subscriber_task(inner.clone()).instrument(task_span("subscriber")),
-            ),
+            )
+        };
+        let tasks = vec![
+            receiving,
             tokio::spawn(subscriber::canary_task(inner.clone()).instrument(task_span("canary"))),
             tokio::spawn(
                 presence::heartbeat_task(inner.clone()).instrument(task_span("heartbeat")),
@@ -215,9 +214,10 @@ impl Inner {
         let payload = wire::encode(self.instance(), event);
         let channel = self.keys.room_channel(room);
         let mut conn = self.conn.clone();
+        let cmd = conn.publish(&channel, payload);
         let started = Instant::now();
         self.redis_within("publish", self.publish_timeout, async move {
-            conn.publish::<_, _, i64>(channel, payload).await
+            cmd.query_async::<i64>(&mut conn).await
         })
         .await
         .map_err(publish_failure)?;
@@ -332,7 +332,11 @@ impl Bus for RedisBus {
         let link = self.inner.link().clone();
         let (ready, detail) = link::health_at(&link, Instant::now(), &self.inner.timing);
         BusHealth {
-            kind: "redis",
+            kind: if self.inner.conn.is_cluster() {
+                "redis-cluster"
+            } else {
+                "redis"
+            },
             ready,
             detail,
         }

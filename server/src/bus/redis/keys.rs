@@ -124,6 +124,30 @@ impl Keys {
             escape_instance_id(&self.instance)
         )
     }
+
+    /// Candidate `n` for this instance's canary channel on one shard of a Redis Cluster: the
+    /// hash tag varies with `n` so that some candidate lands on each shard (`~` never appears
+    /// in an escaped instance id, so no two instances share a candidate).
+    pub fn shard_canary_channel(&self, n: u32) -> String {
+        format!(
+            "{}:instance:{{{}~{n}}}:canary",
+            self.prefix,
+            escape_instance_id(&self.instance)
+        )
+    }
+
+    /// Whether `channel` is one of this instance's shard canary channels.
+    pub fn is_shard_canary_channel(&self, channel: &str) -> bool {
+        let head = format!(
+            "{}:instance:{{{}~",
+            self.prefix,
+            escape_instance_id(&self.instance)
+        );
+        channel
+            .strip_prefix(&head)
+            .and_then(|rest| rest.strip_suffix("}:canary"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 fn validate_prefix(prefix: &str) -> Result<(), PrefixError> {
@@ -194,6 +218,15 @@ mod tests {
             "switchboard:instance:{pod-1}:lost"
         );
         assert_eq!(k.canary_channel(), "switchboard:instance:{pod-1}:canary");
+        assert_eq!(
+            k.shard_canary_channel(7),
+            "switchboard:instance:{pod-1~7}:canary"
+        );
+        assert!(k.is_shard_canary_channel(&k.shard_canary_channel(12)));
+        assert!(!k.is_shard_canary_channel(&k.canary_channel()));
+        assert!(!k.is_shard_canary_channel("switchboard:instance:{pod-1~x}:canary"));
+        let other = Keys::new("switchboard", "pod-1~7").unwrap();
+        assert!(!k.is_shard_canary_channel(&other.canary_channel()));
         assert_eq!(k.instances(), "switchboard:instances");
     }
 

@@ -555,16 +555,21 @@ impl Inner {
         let lost_key = self.keys.instance_lost(dead);
         let instances_key = self.keys.instances();
         let dead_owned = dead.to_owned();
+        // Two steps: the instance's own keys share its `{instance}` slot, the registry of
+        // instances lives in a slot of its own (on a cluster one pipeline may not span both).
         self.redis("forget instance", async move {
             redis::pipe()
                 .set_ex(lost_key, "1", LOST_TOMBSTONE_SECS)
                 .ignore()
                 .del(rooms_key)
                 .ignore()
-                .srem(instances_key, dead_owned)
-                .ignore()
                 .query_async::<()>(&mut conn)
                 .await
+        })
+        .await?;
+        let mut conn = self.conn.clone();
+        self.redis("unregister instance", async move {
+            conn.srem::<_, _, i64>(instances_key, dead_owned).await
         })
         .await?;
         self.metrics.presence_cleanup(removed_total);
@@ -600,19 +605,26 @@ impl Inner {
             return;
         }
         // Participants left one by one already; forget the instance itself.
-        let _ = self
+        // The instance's keys first (one slot), then its registry entry (another slot).
+        let forgotten = self
             .redis("deregister instance", async move {
                 redis::pipe()
                     .del(alive)
                     .ignore()
                     .del(rooms)
                     .ignore()
-                    .srem(instances, me)
-                    .ignore()
                     .query_async::<()>(&mut conn)
                     .await
             })
             .await;
+        if forgotten.is_ok() {
+            let mut conn = self.conn.clone();
+            let _ = self
+                .redis("unregister instance", async move {
+                    conn.srem::<_, _, i64>(instances, me).await
+                })
+                .await;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! What crosses from the Redis bus to the hub: every remote join, leave and relay reaches it
 //! through [`Inner::deliver`], and after events may have been missed (a subscriber gap, a
-//! Redis outage) [`Inner::reconcile_remote`] compares the hub's record of other instances'
+//! Redis outage) `Inner::reconcile_remote` compares the hub's record of other instances'
 //! members — the only such record, asked for through [`LocalHub::remote_members`] — with
 //! Redis presence and delivers the joins and leaves the hub missed. The bus keeps no copy of
 //! remote membership.
@@ -8,43 +8,77 @@
 //! [`LocalHub::remote_members`]: crate::bus::LocalHub::remote_members
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::AsyncCommands;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::{parse_infos, sorted, Inner};
 use crate::bus::{BusError, RemoteEvent, RoomAction};
-use crate::room::{LeaveReason, ParticipantInfo};
+use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 
-/// A pending reconciliation: requested when events may have been missed, run by the
-/// subscriber task between two messages once presence has settled.
-#[derive(Default)]
+/// Reconciliation requests: bumped when events may have been missed, and released to the
+/// subscriber tasks once presence has settled. Each subscriber task (one for one Redis, one
+/// per shard node on a cluster) reconciles the rooms it receives, between two of its messages,
+/// with its own [`Reconciler`].
 pub(super) struct Reconcile {
-    pending: AtomicBool,
-    wake: Notify,
+    requested: AtomicU64,
+    /// The latest request presence has settled for.
+    settled: watch::Sender<u64>,
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Reconcile {
+            requested: AtomicU64::new(0),
+            settled: watch::Sender::new(0),
+        }
+    }
 }
 
 impl Reconcile {
     /// Events may have been missed: reconcile once presence has settled.
     pub(super) fn request(&self) {
-        self.pending.store(true, Ordering::Relaxed);
+        self.requested.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Presence has settled: wake the subscriber task if a reconciliation is pending.
+    /// Presence has settled: wake the subscriber tasks if a reconciliation is pending.
     pub(super) fn wake_if_pending(&self) {
-        if self.pending.load(Ordering::Relaxed) {
-            self.wake.notify_one();
+        let requested = self.requested.load(Ordering::Relaxed);
+        self.settled.send_if_modified(|settled| {
+            let changed = *settled != requested;
+            *settled = requested;
+            changed
+        });
+    }
+
+    /// One subscriber task's view of the requests; it has handled none of the earlier ones.
+    pub(super) fn reconciler(&self) -> Reconciler {
+        let settled = self.settled.subscribe();
+        let done = *settled.borrow();
+        Reconciler { settled, done }
+    }
+}
+
+/// What one subscriber task has reconciled.
+pub(super) struct Reconciler {
+    settled: watch::Receiver<u64>,
+    done: u64,
+}
+
+impl Reconciler {
+    /// Completes with the request to handle once one settled that this task has not handled.
+    pub(super) async fn woken(&mut self) -> u64 {
+        loop {
+            let target = *self.settled.borrow_and_update();
+            if target != self.done {
+                return target;
+            }
+            if self.settled.changed().await.is_err() {
+                // The bus is gone; its tasks are aborted with it.
+                std::future::pending::<()>().await;
+            }
         }
-    }
-
-    /// Completes when [`wake_if_pending`](Self::wake_if_pending) found work.
-    pub(super) async fn woken(&self) {
-        self.wake.notified().await;
-    }
-
-    fn take(&self) -> bool {
-        self.pending.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -90,14 +124,22 @@ impl Inner {
         self.hub.deliver(event);
     }
 
-    /// Runs a requested reconciliation; a failed one stays requested.
-    pub(super) async fn reconcile_if_pending(&self) {
-        if self.reconcile.take() {
-            if let Err(e) = self.reconcile_remote().await {
+    /// Runs request `target` (from [`Reconciler::woken`]) for `rooms`, the rooms this
+    /// subscriber task receives; a failed one is requested again.
+    pub(super) async fn reconcile_rooms(
+        &self,
+        reconciler: &mut Reconciler,
+        target: u64,
+        rooms: Vec<RoomId>,
+    ) {
+        match self.reconcile_remote(rooms).await {
+            Ok(()) => reconciler.done = target,
+            Err(e) => {
                 tracing::debug!(
                     error = &e as &dyn std::error::Error,
                     "remote member reconciliation failed; retrying"
                 );
+                reconciler.done = target;
                 self.reconcile.request();
             }
         }
@@ -108,8 +150,7 @@ impl Inner {
     /// events published meanwhile for good). Runs on the subscriber task between two messages:
     /// an event published after a room's HVALS is handled after its differences, so the two
     /// cannot cross (a leave read before a stale made-up join would leave a ghost).
-    async fn reconcile_remote(&self) -> Result<(), BusError> {
-        let rooms = self.subscribed_rooms().await;
+    async fn reconcile_remote(&self, rooms: Vec<RoomId>) -> Result<(), BusError> {
         let mut joined_total = 0usize;
         let mut left_total = 0usize;
         for room in rooms {

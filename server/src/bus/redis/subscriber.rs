@@ -117,6 +117,11 @@ impl Inner {
                 conn.sadd::<_, _, i64>(rooms_key, room_str).await
             })
             .await?;
+            if self.conn.is_cluster() {
+                self.shard_subscribe(room).await?;
+                subs.refs.acquire(room);
+                return Ok(());
+            }
             let Some(sink) = subs.sink.as_mut() else {
                 return Err(BusError::SubscriberDown);
             };
@@ -146,7 +151,9 @@ impl Inner {
         if subs.refs.release(room) == Released::StillHeld {
             return;
         }
-        if let Some(sink) = subs.sink.as_mut() {
+        if self.conn.is_cluster() {
+            self.shard_unsubscribe(room).await;
+        } else if let Some(sink) = subs.sink.as_mut() {
             let channel = self.keys.room_channel(room);
             // A failure leaves a stale subscription whose messages find no local recipient;
             // the next reconnect drops it.
@@ -176,14 +183,16 @@ impl Inner {
 /// Keeps one subscriber connection alive, subscribed to the canary and every local room.
 pub(super) async fn subscriber_task(inner: Arc<Inner>) {
     let mut drop_log = DropLog::default();
+    let mut reconciler = inner.reconcile.reconciler();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
-        let connected = tokio::time::timeout(
-            inner.timing.command_timeout,
-            inner.client.get_async_pubsub(),
-        )
-        .await;
+        let super::conn::Subscribe::Single(client) = &inner.subscribe else {
+            // A cluster's subscriptions are kept by `shards`; this task never runs for one.
+            return;
+        };
+        let connected =
+            tokio::time::timeout(inner.timing.command_timeout, client.get_async_pubsub()).await;
         let pubsub = match connected {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => {
@@ -246,7 +255,10 @@ pub(super) async fn subscriber_task(inner: Arc<Inner>) {
                     tracing::warn!("replacing the redis subscriber connection");
                     break;
                 }
-                () = inner.reconcile.woken() => inner.reconcile_if_pending().await,
+                target = reconciler.woken() => {
+                    let rooms = inner.subscribed_rooms().await;
+                    inner.reconcile_rooms(&mut reconciler, target, rooms).await;
+                }
             }
         }
         inner.subscriber.subs.lock().await.sink = None;
@@ -264,12 +276,32 @@ pub(super) async fn canary_task(inner: Arc<Inner>) {
             .subscriber
             .canary_nonce
             .fetch_add(1, Ordering::Relaxed);
+        if inner.conn.is_cluster() {
+            // One canary per master, concurrently: a master that is down must not make the
+            // others' canaries late. `shards` replaces wedged node connections itself.
+            let publishes = inner.shards.canaries().into_iter().map(|channel| {
+                let inner = &inner;
+                async move {
+                    let mut conn = inner.conn.clone();
+                    let cmd = conn.publish(&channel, nonce);
+                    inner
+                        .redis(
+                            "canary",
+                            async move { cmd.query_async::<i64>(&mut conn).await },
+                        )
+                        .await
+                }
+            });
+            futures_util::future::join_all(publishes).await;
+            continue;
+        }
         let mut conn = inner.conn.clone();
-        let channel = inner.keys.canary_channel();
+        let cmd = conn.publish(&inner.keys.canary_channel(), nonce);
         let _ = inner
-            .redis("canary", async move {
-                conn.publish::<_, _, i64>(channel, nonce).await
-            })
+            .redis(
+                "canary",
+                async move { cmd.query_async::<i64>(&mut conn).await },
+            )
             .await;
         let wedged = subscriber_wedged(&inner.link(), Instant::now(), &inner.timing);
         if wedged {
