@@ -78,6 +78,7 @@ fn defaults() {
         c.redis,
         RedisConfig {
             url: None,
+            cluster_urls: None,
             key_prefix: "switchboard".into(),
             publish_timeout: Duration::from_secs(5),
         }
@@ -782,6 +783,85 @@ fn redis_settings_are_checked_at_load() {
     )
     .unwrap();
     assert_eq!(c.redis.key_prefix, "team-a:prod");
+}
+
+#[test]
+fn a_redis_cluster_is_named_by_its_seeds_and_excludes_one_redis() {
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            (
+                "REDIS_CLUSTER_URLS",
+                "redis://u:pw@h1:7000, rediss://u:pw@h2:7001",
+            ),
+        ],
+        &[],
+    );
+    // Mixed schemes are refused by the cluster client: one scheme for every seed.
+    let errs = c.unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("REDIS_CLUSTER_URLS"), "{errs:#?}");
+    assert!(!errs[0].contains("pw"), "{errs:#?}");
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            (
+                "REDIS_CLUSTER_URLS",
+                "redis://u:pw@h1:7000,redis://u:pw@h2:7001",
+            ),
+        ],
+        &[],
+    )
+    .unwrap();
+    let urls: Vec<&str> = c
+        .redis
+        .cluster_urls
+        .iter()
+        .flatten()
+        .map(Secret::expose)
+        .collect();
+    assert_eq!(urls, ["redis://u:pw@h1:7000", "redis://u:pw@h2:7001"]);
+    assert_eq!(c.redis.url, None);
+    // Both engines at once: one line naming the setting.
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("REDIS_URL", "redis://h:6379"),
+            ("REDIS_CLUSTER_URLS", "redis://h1:7000"),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("REDIS_CLUSTER_URLS"), "{errs:#?}");
+    assert!(errs[0].contains("not both"), "{errs:#?}");
+    // Not URLs: counted, never echoed.
+    let errs = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            (
+                "REDIS_CLUSTER_URLS",
+                "http://:secretpw@h1:7000,redis://h2:1",
+            ),
+        ],
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("1 of 2"), "{errs:#?}");
+    assert!(!errs[0].contains("secretpw"), "{errs:#?}");
+    // --dev keeps the in-process bus.
+    let c = load(
+        &["--dev"],
+        &[("REDIS_CLUSTER_URLS", "redis://h1:7000")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.redis.cluster_urls, None);
 }
 
 fn load_token(

@@ -369,18 +369,25 @@ pub trait Bus: Send + Sync + 'static {
 }
 
 /// Builds the bus the configuration asks for: the in-process bus unless a
-/// Redis URL is configured. `hub` receives events from other instances; a Redis bus
+/// Redis URL or Redis Cluster seeds are configured. `hub` receives events from other instances; a Redis bus
 /// records into `metrics`.
 pub async fn from_config(
     config: &Config,
     hub: Arc<dyn LocalHub>,
     metrics: redis::metrics::BusMetrics,
 ) -> Result<Arc<dyn Bus>, BusError> {
-    match &config.redis.url {
+    let endpoint = match (&config.redis.url, &config.redis.cluster_urls) {
+        (Some(url), _) => Some(redis::Endpoint::Single(url.expose().to_owned())),
+        (None, Some(urls)) => Some(redis::Endpoint::Cluster(
+            urls.iter().map(|u| u.expose().to_owned()).collect(),
+        )),
+        (None, None) => None,
+    };
+    match endpoint {
         None => Ok(Arc::new(InProcessBus::new())),
-        Some(url) => {
+        Some(endpoint) => {
             let settings = redis::RedisSettings {
-                url: url.expose().to_owned(),
+                endpoint,
                 key_prefix: config.redis.key_prefix.clone(),
                 instance_id: config.instance_id.clone(),
                 presence_ttl: config.rooms.presence_ttl,

@@ -143,9 +143,30 @@ fn build_redis(r: &mut Reader<'_>, dev: bool) -> RedisConfig {
             );
         }
     }
+    let cluster_urls = r.opt(&REDIS_CLUSTER_URLS);
+    if let Some(urls) = &cluster_urls {
+        let exposed: Vec<&str> = urls.iter().map(Secret::expose).collect();
+        if url.is_some() {
+            r.err(
+                &REDIS_CLUSTER_URLS.meta,
+                format!(
+                    "set either {} (one Redis) or {} (a Redis Cluster), not both",
+                    REDIS_URL.meta.key, REDIS_CLUSTER_URLS.meta.key
+                ),
+            );
+        } else if redis::cluster::ClusterClient::new(exposed).is_err() {
+            // Parsing only (the seeds must agree on user, password and TLS); no connection.
+            // The library's message may quote a URL, hence a fixed one.
+            r.err(
+                &REDIS_CLUSTER_URLS.meta,
+                "not valid Redis Cluster seeds (check each URL's host and port, and that all carry the same user, password and scheme)",
+            );
+        }
+    }
     RedisConfig {
         // --dev always uses the in-process bus.
         url: if dev { None } else { url },
+        cluster_urls: if dev { None } else { cluster_urls },
         key_prefix: r.get(&REDIS_KEY_PREFIX),
         publish_timeout: r.get(&REDIS_PUBLISH_TIMEOUT),
     }

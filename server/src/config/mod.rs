@@ -184,6 +184,9 @@ pub struct Limits {
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL, possibly with a password: a secret.
     pub url: Option<Secret>,
+    /// Seed nodes of a Redis Cluster (each a secret: it may carry a password); exclusive
+    /// with `url`.
+    pub cluster_urls: Option<Vec<Secret>>,
     pub key_prefix: String,
     /// How long a PUBLISH waits for Redis' reply; after that the sender hears
     /// `delivery_unknown` (Redis may still carry the message).

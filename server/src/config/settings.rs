@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::values::{
     addr, at_least, count_or_off, instance_id, key_prefix, milliseconds, milliseconds_at_least,
-    origins, seconds_at_least, seconds_or_off, secret, text, trusted_proxies, url_list,
+    origins, seconds_at_least, seconds_or_off, secret, secret_urls, text, trusted_proxies,
+    url_list,
 };
 use super::{JwtAlgorithm, LogFormat, Secret};
 use crate::listener::TrustedProxies;
@@ -279,6 +280,11 @@ settings! {
     REDIS_URL_FILE: Optional<String> = Optional::new(
         "redis.url_file", "REDIS_URL_FILE", "--redis-url-file", "",
         Parse::Text(text), "file holding the Redis URL");
+    /// Seed nodes of a Redis Cluster; the key is not under `redis.` because that is how
+    /// the setting is named wherever Switchboard is documented (`redis_cluster_urls`).
+    REDIS_CLUSTER_URLS: Optional<Vec<Secret>> = Optional::new(
+        "redis_cluster_urls", "REDIS_CLUSTER_URLS", "--redis-cluster-urls", "no cluster",
+        Parse::List(secret_urls), "Redis Cluster seed nodes: redis:// or rediss:// URLs, comma-separated");
     REDIS_KEY_PREFIX: Setting<String> = Setting::new(
         "redis.key_prefix", "REDIS_KEY_PREFIX", "--redis-key-prefix", "switchboard",
         Parse::Text(key_prefix), "Redis key prefix");

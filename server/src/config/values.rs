@@ -16,6 +16,24 @@ pub fn secret(v: &str) -> Result<Secret, String> {
     Ok(Secret::new(v))
 }
 
+/// Redis URLs that may carry passwords: checked for their scheme, never echoed.
+pub fn secret_urls(urls: Vec<String>) -> Result<Vec<Secret>, String> {
+    if urls.is_empty() {
+        return Err("expected at least one redis:// or rediss:// URL".to_owned());
+    }
+    let bad = urls
+        .iter()
+        .filter(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        .count();
+    if bad > 0 {
+        return Err(format!(
+            "expected redis:// or rediss:// URLs ({bad} of {} are not)",
+            urls.len()
+        ));
+    }
+    Ok(urls.into_iter().map(Secret::new).collect())
+}
+
 pub fn addr(v: &str) -> Result<SocketAddr, String> {
     v.parse()
         .map_err(|_| format!("expected an address like 127.0.0.1:8080, got {v:?}"))
