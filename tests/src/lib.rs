@@ -6,6 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod http;
 pub mod redis;
+pub mod redis_cluster;
 pub mod server;
 pub mod tcp;
 pub mod token;

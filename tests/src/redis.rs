@@ -45,10 +45,16 @@ impl RedisProcess {
     /// Like [`start`](Self::start), with extra `redis-server` arguments (TLS, ACL files, ...).
     /// The plain port stays enabled for [`command`](Self::command).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(extra, free_port)
+    }
+
+    /// Like [`start_with`](Self::start_with) on a port from `pick` (a cluster node needs one
+    /// whose bus port, +10000, is free too).
+    pub(crate) fn start_on(extra: &[&str], pick: fn() -> u16) -> Self {
         let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         // Another process may grab the free port between our probe and redis' bind: retry.
         for _ in 0..5 {
-            let port = free_port();
+            let port = pick();
             let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!(
                 "switchboard-redis-{}-{n}-{port}",
@@ -116,6 +122,11 @@ impl RedisProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether the process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Sends one command over a fresh connection and returns its reply.
@@ -400,7 +411,7 @@ fn reserve_port(port: u16) -> Option<tokio::net::TcpSocket> {
 }
 
 /// Sends one command over a fresh connection and reads one reply.
-fn send_command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+pub(crate) fn send_command(port: u16, args: &[&str]) -> std::io::Result<Reply> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

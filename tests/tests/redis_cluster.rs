@@ -1,7 +1,9 @@
 //! Several real `switchboard-server` processes sharing one real redis-server act as one
 //! service: cross-instance relay (targeted, broadcast, ordered), one participants list, atomic
 //! capacity and per-user limit, crash cleanup after SIGKILL, surviving a Redis restart and a
-//! killed subscriber connection without clients reconnecting, and key-prefix isolation.
+//! killed subscriber connection without clients reconnecting, and key-prefix isolation. The
+//! tests that must hold on a Redis Cluster as well (relay and presence, order, SIGKILL, the
+//! capacity race, key prefixes) are written once against a [`RedisEngine`] and run on both.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use switchboard_e2e::client::{
 };
 use switchboard_e2e::http;
 use switchboard_e2e::redis::{RedisProcess, RedisProxy};
+use switchboard_e2e::redis_cluster::RedisEngine;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
 
@@ -32,11 +35,32 @@ fn options(redis: &RedisProcess, instance: &str) -> ServerOptions {
         .env("WEBRTC_ROOM_PRESENCE_TTL", TTL_SECS.to_string())
 }
 
+/// [`options`] on either engine.
+fn options_on(redis: &RedisEngine, instance: &str) -> ServerOptions {
+    redis.configure(
+        ServerOptions::with_secret(SECRET)
+            .env("SWITCHBOARD_INSTANCE_ID", instance)
+            .env("WEBRTC_ROOM_PRESENCE_TTL", TTL_SECS.to_string()),
+    )
+}
+
 /// Starts `n` instances on one Redis and waits until each is ready.
 async fn cluster(redis: &RedisProcess, n: usize) -> Vec<ServerProcess> {
     let mut servers = Vec::new();
     for i in 0..n {
         servers.push(options(redis, &format!("sb-{i}")).start());
+    }
+    for s in &servers {
+        s.wait_ready(true, Duration::from_secs(10)).await;
+    }
+    servers
+}
+
+/// [`cluster`] on either engine.
+async fn cluster_on(redis: &RedisEngine, n: usize) -> Vec<ServerProcess> {
+    let mut servers = Vec::new();
+    for i in 0..n {
+        servers.push(options_on(redis, &format!("sb-{i}")).start());
     }
     for s in &servers {
         s.wait_ready(true, Duration::from_secs(10)).await;
@@ -124,8 +148,16 @@ async fn next_of(client: &mut Client, ty: &str, timeout: Duration) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
-    let redis = RedisProcess::start();
-    let servers = cluster(&redis, 3).await;
+    relay_and_presence(&RedisEngine::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_relay_and_agree_on_presence_on_a_redis_cluster() {
+    relay_and_presence(&RedisEngine::cluster()).await;
+}
+
+async fn relay_and_presence(redis: &RedisEngine) {
+    let servers = cluster_on(redis, 3).await;
     let room = "spread";
     let mut a = join(&servers[0], room, "alice", &mut []).await;
     let mut b = join(&servers[1], room, "bob", &mut [&mut a]).await;
@@ -133,7 +165,7 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
     let mut d = join(&servers[0], room, "dave", &mut [&mut a, &mut b, &mut c]).await;
 
     // One subscription per instance, however many local participants it has there.
-    wait_subscribers(&redis, room, 3).await;
+    wait_subscribers(redis, room, 3).await;
 
     // room-state counts everyone, cluster-wide.
     let state = d.room_state.clone().unwrap();
@@ -200,22 +232,16 @@ async fn three_instances_relay_targeted_and_broadcast_and_agree_on_presence() {
     )
     .await;
     // Instance 2 has nobody left in the room: it unsubscribed from the room's channel.
-    wait_subscribers(&redis, room, 2).await;
+    wait_subscribers(redis, room, 2).await;
 }
 
 /// Waits until exactly `want` connections subscribe to the room's channel (one per instance
 /// with local participants there).
-async fn wait_subscribers(redis: &RedisProcess, room: &str, want: i64) {
+async fn wait_subscribers(redis: &RedisEngine, room: &str, want: i64) {
     let channel = format!("switchboard:room:{{{room}}}:events");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let got = match redis.command(&["PUBSUB", "NUMSUB", &channel]) {
-            switchboard_e2e::redis::Reply::Array(items) => match items.get(1) {
-                Some(switchboard_e2e::redis::Reply::Integer(n)) => *n,
-                other => panic!("NUMSUB count: {other:?}"),
-            },
-            other => panic!("NUMSUB: {other:?}"),
-        };
+        let got = redis.subscribers(&channel);
         if got == want {
             return;
         }
@@ -229,9 +255,17 @@ async fn wait_subscribers(redis: &RedisProcess, room: &str, want: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_is_preserved_over_1000_messages_across_instances() {
-    let redis = RedisProcess::start();
+    order_over_1000_messages(&RedisEngine::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_is_preserved_over_1000_messages_on_a_redis_cluster() {
+    order_over_1000_messages(&RedisEngine::cluster()).await;
+}
+
+async fn order_over_1000_messages(redis: &RedisEngine) {
     let fast = |instance: &str| {
-        options(&redis, instance)
+        options_on(redis, instance)
             .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
             .env("WEBRTC_RATE_LIMIT_BURST", "100000")
             .env("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "4096")
@@ -269,8 +303,16 @@ async fn order_is_preserved_over_1000_messages_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_an_instance_is_announced_as_instance_lost_within_ttl() {
-    let redis = RedisProcess::start();
-    let mut servers = cluster(&redis, 3).await;
+    sigkill_is_instance_lost(&RedisEngine::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_an_instance_is_announced_once_on_a_redis_cluster() {
+    sigkill_is_instance_lost(&RedisEngine::cluster()).await;
+}
+
+async fn sigkill_is_instance_lost(redis: &RedisEngine) {
+    let mut servers = cluster_on(redis, 3).await;
     let room = "crash";
     let mut a = join(&servers[0], room, "alice", &mut []).await;
     let mut c = join(&servers[2], room, "carol", &mut [&mut a]).await;
@@ -361,11 +403,19 @@ async fn sigkill_of_an_instance_is_announced_as_instance_lost_within_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_race_across_three_instances_admits_exactly_the_maximum() {
-    let redis = RedisProcess::start();
+    capacity_race(&RedisEngine::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_race_on_a_redis_cluster_admits_exactly_the_maximum() {
+    capacity_race(&RedisEngine::cluster()).await;
+}
+
+async fn capacity_race(redis: &RedisEngine) {
     let mut servers = Vec::new();
     for i in 0..3 {
         servers.push(
-            options(&redis, &format!("cap-{i}"))
+            options_on(redis, &format!("cap-{i}"))
                 .env("WEBRTC_MAX_PARTICIPANTS_PER_ROOM", "50")
                 .start(),
         );
@@ -683,9 +733,17 @@ async fn a_killed_subscriber_connection_is_repaired_by_the_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_prefixes_isolate_clusters_on_one_redis() {
-    let redis = RedisProcess::start();
+    key_prefixes_isolate(&RedisEngine::one()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefixes_isolate_deployments_on_one_redis_cluster() {
+    key_prefixes_isolate(&RedisEngine::cluster()).await;
+}
+
+async fn key_prefixes_isolate(redis: &RedisEngine) {
     let start = |prefix: &str, instance: &str| {
-        options(&redis, instance)
+        options_on(redis, instance)
             .env("REDIS_KEY_PREFIX", prefix)
             .start()
     };
@@ -754,13 +812,7 @@ async fn key_prefixes_isolate_clusters_on_one_redis() {
     // Channels too: each cluster's room channel has exactly its own two instances.
     for prefix in ["team-one", "team-two"] {
         let channel = format!("{prefix}:room:{{{room}}}:events");
-        assert_eq!(
-            redis.command(&["PUBSUB", "NUMSUB", &channel]),
-            switchboard_e2e::redis::Reply::Array(vec![
-                switchboard_e2e::redis::Reply::Bulk(Some(channel.clone())),
-                switchboard_e2e::redis::Reply::Integer(2),
-            ])
-        );
+        assert_eq!(redis.subscribers(&channel), 2, "{channel}");
     }
 }
 
