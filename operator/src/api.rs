@@ -356,9 +356,14 @@ fn default_persistence_size() -> String {
 )]
 pub struct ExternalRedisSpec {
     /// Secret key holding the Redis URL (`redis://` or `rediss://`, password included);
-    /// key defaults to `url`.
+    /// key defaults to `url`. With `cluster: true`, the comma-separated seed URLs of a Redis
+    /// Cluster instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
+    /// The Secret names a Redis Cluster (Redis 7 or later) by its seed nodes: the servers use
+    /// sharded pub/sub on the shard owning each room's slot (`redis_cluster_urls`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 /// ICE servers and WebRTC policies.

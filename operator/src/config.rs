@@ -55,6 +55,9 @@ struct File<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     allowed_origins: &'a [String],
     redis: Redis<'a>,
+    /// The seeds of an external Redis Cluster; the server's key is not under `redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_cluster_urls: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Limits::is_empty")]
     limits: Limits,
     connections: Connections,
@@ -186,7 +189,9 @@ struct Rooms {
 
 #[derive(Serialize)]
 struct Redis<'a> {
-    url: &'a str,
+    /// One Redis; unset for a Redis Cluster (`redis_cluster_urls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
     key_prefix: &'a str,
 }
 
@@ -228,9 +233,16 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
         },
         allowed_origins: &spec.allowed_origins,
         redis: Redis {
-            url: &resolved.redis_url,
+            url: (!resolved.redis_cluster).then_some(resolved.redis_url.as_str()),
             key_prefix: &spec.redis.key_prefix,
         },
+        redis_cluster_urls: resolved.redis_cluster.then(|| {
+            resolved
+                .redis_url
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        }),
         limits: Limits::from_spec(&spec.limits),
         connections: Connections {
             trusted_proxies: IN_CLUSTER_PROXIES,

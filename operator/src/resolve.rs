@@ -24,8 +24,11 @@ pub struct Resolved {
     pub jwt: JwtKey,
     /// TURN REST shared secret; `None` when no TURN URLs are configured.
     pub turn_secret: Option<String>,
-    /// Redis URL including the password.
+    /// Redis URL including the password; with an external Redis Cluster, its seed URLs
+    /// (comma-separated, each with the password).
     pub redis_url: String,
+    /// `redis_url` holds the seeds of a Redis Cluster (`spec.redis.external.cluster`).
+    pub redis_cluster: bool,
 }
 
 // Secrets never reach logs: Debug prints which values are present, not the values.
@@ -38,6 +41,7 @@ impl std::fmt::Debug for Resolved {
                 &self.turn_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("redis_url", &"<redacted>")
+            .field("redis_cluster", &self.redis_cluster)
             .finish()
     }
 }
@@ -314,24 +318,40 @@ pub fn resolve(
             })?;
             let url = lookup.value(&r.name, r.key_or(REDIS_URL_KEY), "redis.external.secretRef")?;
             let url = url.trim().to_owned();
-            let rest = url
-                .strip_prefix("redis://")
-                .or_else(|| url.strip_prefix("rediss://"));
+            // A cluster's seeds: comma-separated URLs (spaces around commas dropped).
+            let urls: Vec<&str> = if ext.cluster {
+                url.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect()
+            } else {
+                vec![url.as_str()]
+            };
+            let is_url = |url: &str| {
+                url.strip_prefix("redis://")
+                    .or_else(|| url.strip_prefix("rediss://"))
+                    .is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+            };
             // The server parses the URL at start-up and exits on a bad one: catch the obvious
             // cases (wrong scheme, no host, embedded whitespace) here.
-            if !rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace)) {
+            if urls.is_empty() || !urls.iter().all(|u| is_url(u)) {
                 // Never echo the value: it usually carries a password.
                 return Err(ConfigError::new(
                     ConfigErrorReason::SecretValueInvalid,
                     format!(
-                        "secret {:?} key {:?} in namespace {:?} does not hold a redis:// or rediss:// URL",
+                        "secret {:?} key {:?} in namespace {:?} does not hold {}",
                         r.name,
                         r.key_or(REDIS_URL_KEY),
-                        namespace
+                        namespace,
+                        if ext.cluster {
+                            "comma-separated redis:// or rediss:// seed URLs of a Redis Cluster"
+                        } else {
+                            "a redis:// or rediss:// URL"
+                        }
                     ),
                 ));
             }
-            url
+            urls.join(",")
         }
         _ => {
             return Err(ConfigError::new(
@@ -341,10 +361,12 @@ pub fn resolve(
         }
     };
 
+    let redis_cluster = spec.redis.external.as_ref().is_some_and(|e| e.cluster);
     Ok(Resolved {
         jwt,
         turn_secret,
         redis_url,
+        redis_cluster,
     })
 }
 

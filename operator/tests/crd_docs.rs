@@ -86,7 +86,12 @@ fn every_documented_field_exists() {
 #[test]
 fn every_example_is_linked_from_the_doc() {
     let doc = doc();
-    for name in ["minimal.yaml", "production.yaml", "external-redis.yaml"] {
+    for name in [
+        "minimal.yaml",
+        "production.yaml",
+        "external-redis.yaml",
+        "external-redis-cluster.yaml",
+    ] {
         assert!(
             doc.contains(&format!("examples/{name}")),
             "{name} not linked"

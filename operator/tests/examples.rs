@@ -47,7 +47,12 @@ fn schema() -> Value {
 #[test]
 fn the_documented_examples_exist() {
     let names: Vec<String> = examples().into_iter().map(|(n, _)| n).collect();
-    for expected in ["external-redis.yaml", "minimal.yaml", "production.yaml"] {
+    for expected in [
+        "external-redis.yaml",
+        "external-redis-cluster.yaml",
+        "minimal.yaml",
+        "production.yaml",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} missing: {names:?}"

@@ -70,6 +70,7 @@ async fn bare_spec_config_starts_a_ready_server_on_redis() {
         jwt: JwtKey::Hs256Secret(secret.to_owned()),
         turn_secret: None,
         redis_url: redis.url(),
+        redis_cluster: false,
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
@@ -237,6 +238,7 @@ spec:
         jwt: JwtKey::PublicKeyPem(pem),
         turn_secret: Some("coturn-shared-secret".to_owned()),
         redis_url: redis.url(),
+        redis_cluster: false,
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
@@ -291,4 +293,59 @@ spec:
     alice.send_json(&big).await;
     let (_, close) = alice.collect_until_close(Duration::from_secs(5)).await;
     assert_eq!(close, (1009, "message_too_big".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_redis_cluster_secret_renders_a_config_the_server_runs_on() {
+    let cluster = switchboard_e2e::redis_cluster::RedisCluster::start(3, 0);
+    let sc = cluster_from_yaml(
+        &json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
+            "metadata": {"name": "sharded"},
+            "spec": {
+                "redis": {
+                    "external": {"secretRef": {"name": "redis-seeds"}, "cluster": true},
+                    "keyPrefix": "contract-cluster"
+                }
+            }
+        })
+        .to_string(),
+    );
+    // The Secret as a user writes it: seed URLs, comma-separated, spaces allowed.
+    let seeds = cluster.urls().replace(',', ", ");
+    let rendered = render_as_reconciled(&sc, vec![secret("redis-seeds", &[("url", &seeds)])]);
+    assert!(
+        rendered.yaml.contains("redis_cluster_urls:"),
+        "{}",
+        rendered.yaml
+    );
+    assert!(!rendered.yaml.contains("  url:"), "{}", rendered.yaml);
+    let (_dir, server) = start(&rendered);
+    server.wait_ready(true, Duration::from_secs(20)).await;
+    let health = get(server.addr(), "/webrtc/health").await.json();
+    assert_eq!(health["bus"]["kind"], "redis-cluster", "{health}");
+    // A participant registers its presence on the shard owning its room's slot.
+    let secret = match &rendered
+        .yaml
+        .lines()
+        .find(|l| l.trim_start().starts_with("secret:"))
+    {
+        Some(line) => line
+            .split_once(':')
+            .map(|x| x.1.trim().to_owned())
+            .unwrap_or_default(),
+        None => panic!("no jwt secret in {}", rendered.yaml),
+    };
+    let _alice = Client::join(
+        server.addr(),
+        "contract",
+        &Claims::user("alice").hs256(&secret),
+    )
+    .await;
+    let key = "contract-cluster:room:{contract}:participants";
+    let owner = cluster.master_of(cluster.keyslot(key));
+    assert_eq!(
+        cluster.command_on(owner, &["HLEN", key]),
+        switchboard_e2e::redis::Reply::Integer(1)
+    );
 }

@@ -11,6 +11,7 @@ fn resolved() -> Resolved {
         jwt: JwtKey::Hs256Secret("s3cret".into()),
         turn_secret: None,
         redis_url: "redis://:pw@demo-redis.x.svc:6379".into(),
+        redis_cluster: false,
     }
 }
 

@@ -232,7 +232,10 @@ fn external(r: Option<SecretKeyRef>) -> SignalingClusterSpec {
     SignalingClusterSpec {
         redis: RedisSpec {
             managed: None,
-            external: Some(ExternalRedisSpec { secret_ref: r }),
+            external: Some(ExternalRedisSpec {
+                secret_ref: r,
+                cluster: false,
+            }),
             ..RedisSpec::default()
         },
         ..SignalingClusterSpec::default()
@@ -249,6 +252,38 @@ fn external_redis_url_is_taken_verbatim_and_trimmed() {
     )]);
     let r = resolve(&cluster(external(Some(sref("redis", None)))), &secrets).unwrap();
     assert_eq!(r.redis_url, "rediss://:pw@redis.example:6380/0");
+}
+
+#[test]
+fn an_external_redis_cluster_is_named_by_its_seed_urls() {
+    let mut secrets = generated();
+    secrets.remove("demo-redis-auth");
+    secrets.extend([secret(
+        "seeds",
+        &[(
+            "url",
+            b"redis://:pw@r-0.redis:6379, redis://:pw@r-1.redis:6379\n",
+        )],
+    )]);
+    let mut spec = external(Some(sref("seeds", None)));
+    if let Some(ext) = spec.redis.external.as_mut() {
+        ext.cluster = true;
+    }
+    let r = resolve(&cluster(spec.clone()), &secrets).unwrap();
+    assert!(r.redis_cluster);
+    assert_eq!(
+        r.redis_url,
+        "redis://:pw@r-0.redis:6379,redis://:pw@r-1.redis:6379"
+    );
+    // One bad seed spoils the list, and is not echoed.
+    secrets.extend([secret(
+        "seeds",
+        &[("url", b"redis://:pw@r-0:6379,http://hunter2@r-1")],
+    )]);
+    let err = resolve(&cluster(spec), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid);
+    assert!(!err.message.contains("hunter2"), "{}", err.message);
+    assert!(err.message.contains("Redis Cluster"), "{}", err.message);
 }
 
 #[test]
