@@ -11,7 +11,9 @@
 #   REPEATS=n        repetitions (default 3)
 #   QUIET_LOAD=x     wait (at most 10 min) for the 1-minute load average to drop below x
 #                    before each repetition (default 1.5; the machine is shared)
-#   ONLY="a b"       run only these groups: connections relay fanout churn paced redis peerjs
+#   ONLY="a b"       run only these groups: connections relay fanout churn paced redis peerjs cluster
+#                    (cluster: three instances through one Redis, then through a 3-master
+#                    Redis Cluster with sharded pub/sub, in the same repetition)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -20,7 +22,7 @@ server_bin=${SERVER_BIN:-$root/target/release/switchboard-server}
 load_bin=${LOAD_BIN:-$root/target/release/switchboard-load}
 repeats=${REPEATS:-3}
 quiet=${QUIET_LOAD:-1.5}
-only=${ONLY:-connections relay fanout churn paced redis peerjs}
+only=${ONLY:-connections relay fanout churn paced redis peerjs cluster}
 mkdir -p "$out/logs"
 
 if [ ! -x "$server_bin" ] || [ ! -x "$load_bin" ]; then
@@ -63,6 +65,41 @@ start_server() {
   [ "$url" != "http://" ] || { echo "run.sh: server $name did not start:" >&2; cat "$out/logs/$name.err" >&2; exit 1; }
 }
 stop() { kill -9 "$@" 2>/dev/null || true; wait "$@" 2>/dev/null || true; }
+
+# cluster_port: a free loopback port below 55535 whose cluster bus port (+10000) is free too.
+cluster_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 45000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+    except OSError:
+        continue
+    print(p); break'
+}
+# start_redis_cluster N NAME: N masters (no replicas) in cluster mode, joined with redis-cli;
+# sets $seeds (comma-separated redis:// URLs) and $cpids.
+start_redis_cluster() {
+  local n=$1 name=$2 ports=() p
+  cpids=()
+  for i in $(seq "$n"); do
+    p=$(cluster_port)
+    mkdir -p "$out/logs/$name-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$out/logs/$name-$p" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      >"$out/logs/$name-$p.log" 2>&1 &
+    cpids+=("$!"); pids+=("$!"); ports+=("$p")
+    for _ in $(seq 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 0 --cluster-yes \
+    >"$out/logs/$name-create.log" 2>&1 || { echo "run.sh: redis-cli --cluster create failed:" >&2; tail -5 "$out/logs/$name-create.log" >&2; exit 1; }
+  for _ in $(seq 100); do
+    redis-cli -p "${ports[0]}" cluster info | grep -q 'cluster_state:ok' && break; sleep 0.1
+  done
+  seeds=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}"); seeds=${seeds%,}
+}
 
 # The PeerJS server (npm `peer`), the server most users would otherwise pick, installed once.
 peerjs_dir=$root/target/bench-peerjs
@@ -169,6 +206,39 @@ for r in $(seq "$repeats"); do
       measure "redis-paced-$rate-r$r" relay --url "$three" --pairs 50 --rate "$rate" --messages $(( rate / 20 > 10 ? rate / 20 : 10 ))
     done
     stop "${spids[@]}" "$rpid"
+  fi
+  # --- three instances: one Redis, then a 3-master Redis Cluster, same load ----------------
+  if wants cluster; then
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >"$out/logs/one-redis-r$r.log" 2>&1 &
+    rpid=$!; pids+=("$rpid")
+    for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    urls=(); spids=()
+    for i in 1 2 3; do
+      start_server "one-redis-$i-r$r" REDIS_URL="redis://127.0.0.1:$rport"
+      urls+=("$url"); spids+=("$pid")
+    done
+    for u in "${urls[@]}"; do
+      for _ in $(seq 100); do curl -sf "$u/webrtc/health/ready" >/dev/null && break; sleep 0.1; done
+    done
+    three=$(IFS=,; echo "${urls[*]}")
+    measure "one-redis-relay-r$r" relay --url "$three" --pairs 50 --messages 2000
+    measure "one-redis-fanout-r$r" fanout --url "$three" --rooms 30 --room-size 10 --messages 100
+    stop "${spids[@]}" "$rpid"
+    start_redis_cluster 3 "cluster-r$r"
+    urls=(); spids=()
+    for i in 1 2 3; do
+      start_server "cluster-$i-r$r" REDIS_CLUSTER_URLS="$seeds"
+      urls+=("$url"); spids+=("$pid")
+    done
+    # Ready means every master's canary came back: the subscriptions are in place.
+    for u in "${urls[@]}"; do
+      for _ in $(seq 100); do curl -sf "$u/webrtc/health/ready" >/dev/null && break; sleep 0.1; done
+    done
+    three=$(IFS=,; echo "${urls[*]}")
+    measure "cluster-relay-r$r" relay --url "$three" --pairs 50 --messages 2000
+    measure "cluster-fanout-r$r" fanout --url "$three" --rooms 30 --room-size 10 --messages 100
+    stop "${spids[@]}" "${cpids[@]}"
   fi
 done
 echo "results in $out (plots and tables: python3 load/bench/plot.py $out)"
