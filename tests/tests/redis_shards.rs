@@ -242,7 +242,17 @@ async fn rooms_relay_on_every_shard_and_survive_a_master_failover() {
         }
     }
     for s in &servers {
-        assert!(s.is_ready().await, "{} ready again", s.addr());
+        let deadline = Instant::now() + RECOVERY;
+        while !s.is_ready().await {
+            let health = http::get(s.addr(), "/webrtc/health").await.text();
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready again within {RECOVERY:?}: {health}\n{}",
+                s.addr(),
+                s.stderr_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     for pair in pairs.values_mut() {
         pair.a.assert_alive_and_idle().await;

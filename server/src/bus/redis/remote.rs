@@ -224,6 +224,37 @@ mod tests {
         v.iter().map(|p| p.participant_id.as_str()).collect()
     }
 
+    /// Whether `r` has a request to handle right now.
+    async fn woken_now(r: &mut Reconciler) -> Option<u64> {
+        tokio::time::timeout(std::time::Duration::from_millis(10), r.woken())
+            .await
+            .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_subscriber_task_handles_each_settled_request_once() {
+        let reconcile = Reconcile::default();
+        let (mut a, mut b) = (reconcile.reconciler(), reconcile.reconciler());
+        reconcile.wake_if_pending();
+        assert_eq!(woken_now(&mut a).await, None, "nothing requested");
+        reconcile.request();
+        reconcile.request();
+        assert_eq!(woken_now(&mut a).await, None, "presence has not settled");
+        reconcile.wake_if_pending();
+        // Two requests, one run per task.
+        assert_eq!(woken_now(&mut a).await, Some(2));
+        a.done = 2;
+        assert_eq!(woken_now(&mut a).await, None);
+        assert_eq!(woken_now(&mut b).await, Some(2), "every task runs it");
+        b.done = 2;
+        // A task that starts later (a new shard connection) owes nothing from before.
+        let mut c = reconcile.reconciler();
+        assert_eq!(woken_now(&mut c).await, None);
+        reconcile.request();
+        reconcile.wake_if_pending();
+        assert_eq!(woken_now(&mut c).await, Some(3));
+    }
+
     #[test]
     fn reconciliation_finds_missed_joins_and_leaves() {
         let (joined, gone) = missed(

@@ -566,15 +566,23 @@ impl Inner {
                 "redis cluster moved subscribed slots; resubscribing on their new masters"
             );
         }
+        // Concurrently: each node connection pipelines its requests, and a node that does not
+        // answer costs one timeout per round, not one per channel.
+        let replies = futures_util::future::join_all(to_subscribe.into_iter().map(
+            |(owner, mut conn, channel)| async move {
+                let reply = tokio::time::timeout(
+                    self.timing.command_timeout,
+                    redis::cmd("SSUBSCRIBE")
+                        .arg(&channel)
+                        .query_async::<Value>(&mut conn),
+                )
+                .await;
+                (owner, channel, reply)
+            },
+        ))
+        .await;
         let mut refresh = false;
-        for (owner, mut conn, channel) in to_subscribe {
-            let reply = tokio::time::timeout(
-                self.timing.command_timeout,
-                redis::cmd("SSUBSCRIBE")
-                    .arg(&channel)
-                    .query_async::<Value>(&mut conn),
-            )
-            .await;
+        for (owner, channel, reply) in replies {
             match reply {
                 Ok(Ok(_)) => {
                     if let Some(node) = self.shards.state().nodes.get_mut(&owner) {
@@ -588,15 +596,18 @@ impl Inner {
                 Err(_) => refresh = true,
             }
         }
-        for (mut conn, channel) in to_unsubscribe {
-            let _ = tokio::time::timeout(
-                self.timing.command_timeout,
-                redis::cmd("SUNSUBSCRIBE")
-                    .arg(&channel)
-                    .query_async::<Value>(&mut conn),
-            )
-            .await;
-        }
+        futures_util::future::join_all(to_unsubscribe.into_iter().map(
+            |(mut conn, channel)| async move {
+                let _ = tokio::time::timeout(
+                    self.timing.command_timeout,
+                    redis::cmd("SUNSUBSCRIBE")
+                        .arg(&channel)
+                        .query_async::<Value>(&mut conn),
+                )
+                .await;
+            },
+        ))
+        .await;
         drop(subs);
         // Nodes whose channels all got confirmed just now are complete for readiness.
         {
