@@ -360,7 +360,7 @@ proptest! {
         text.push('}');
         text.push_str(&junk);
         if let Ok(ClientMessage::Relay { kind, to, payload }) = decode_client(&text, DEPTH) {
-            let frame = encode_relay(kind, &payload, "me", "room", to.as_deref());
+            let frame = encode_relay(kind, payload, "me", "room", to.as_deref());
             let parsed: Result<serde_json::Value, _> = serde_json::from_str(frame.as_str());
             prop_assert!(parsed.is_ok());
         }
@@ -376,5 +376,173 @@ proptest! {
         if depth > 0 {
             prop_assert!(nests_deeper_than(&text, depth - 1), "{} is {} deep", text, depth);
         }
+    }
+}
+
+/// The serde path `encode_relay` replaced, as the reference for its bytes.
+fn relay_by_serde(
+    kind: RelayKind,
+    payload: &RawValue,
+    sender: &str,
+    room: &str,
+    timestamp: &str,
+    to: Option<&str>,
+) -> String {
+    encode(kind.as_str(), payload, Some(sender), room, timestamp, to)
+        .as_str()
+        .to_owned()
+}
+
+/// The timestamp a frame carries (for comparing with the reference encoder).
+fn frame_timestamp(frame: &Frame) -> String {
+    let v: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+    v["timestamp"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn hand_written_relay_matches_serde_byte_for_byte() {
+    let cases: &[(&str, &str, Option<&str>, &str)] = &[
+        ("p1", "room", Some("p2"), r#"{"sdp":"v=0"}"#),
+        ("p1", "room", None, "null"),
+        ("p1", "room", None, r#" [1, "a\"b", {"c": "\u00e9"}] "#),
+        (
+            "8f0c7a7e-2d1b-4d5e-9a51-0e6f3c9d2b11",
+            "team.daily-01",
+            Some("x"),
+            "\"é ünï\"",
+        ),
+        // Ids that need escaping take the serde fallback: still the same bytes.
+        ("p\"1", "room", Some("p\\2"), "{}"),
+        ("p1", "ro\u{1}om", Some("p\n2"), "{}"),
+    ];
+    for &(sender, room, to, payload) in cases {
+        let payload = RawValue::from_string(payload.to_owned()).unwrap();
+        for kind in RelayKind::ALL {
+            let frame = encode_relay(kind, &payload, sender, room, to);
+            let want = relay_by_serde(kind, &payload, sender, room, &frame_timestamp(&frame), to);
+            assert_eq!(frame.as_str(), want, "{kind:?} {sender:?} {room:?} {to:?}");
+        }
+    }
+}
+
+#[test]
+fn cached_timestamp_is_current_and_well_formed() {
+    let before = chrono::Utc::now().timestamp_millis();
+    let a = now_timestamp();
+    let b = now_timestamp();
+    let after = chrono::Utc::now().timestamp_millis();
+    for ts in [&a, &b] {
+        let t = chrono::DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .timestamp_millis();
+        assert!(
+            (before..=after).contains(&t),
+            "{ts} not in [{before}, {after}]"
+        );
+        assert_eq!(ts.len(), "2026-11-28T16:30:27.123Z".len(), "{ts}");
+    }
+    // A later millisecond is formatted anew, not served from the cache.
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let c = now_timestamp();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&c)
+            .unwrap()
+            .timestamp_millis()
+            > after
+    );
+}
+
+#[test]
+fn prefix_field_is_spliced_before_the_shared_body() {
+    let payload = RawValue::from_string(r#"{"candidate":"a"}"#.into()).unwrap();
+    let frame = encode_relay(RelayKind::IceCandidate, &payload, "p1", "room", Some("p2"));
+    let with_seq = frame.with_prefix_field("seq", "42");
+    assert_eq!(
+        with_seq.as_str(),
+        format!("{{\"seq\":42,{}", &frame.as_str()[1..])
+    );
+    let v: serde_json::Value = serde_json::from_str(with_seq.as_str()).unwrap();
+    assert_eq!(v["seq"], 42);
+    assert_eq!(v["type"], "ice-candidate");
+    // The original is untouched (other recipients share it).
+    assert!(frame.as_str().starts_with("{\"type\":"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Any ids and any JSON payload: the hand-written envelope is the serde one.
+    #[test]
+    fn relay_encoding_matches_serde(
+        sender in "[ -~\u{0}-\u{1f}é]{1,12}",
+        room in "[ -~é]{1,12}",
+        to in proptest::option::of("[ -~\u{7f}]{1,12}"),
+        v in arb_json(),
+    ) {
+        let payload = RawValue::from_string(serde_json::to_string(&v).unwrap()).unwrap();
+        let frame = encode_relay(RelayKind::Offer, &payload, &sender, &room, to.as_deref());
+        let want = relay_by_serde(RelayKind::Offer, &payload, &sender, &room, &frame_timestamp(&frame), to.as_deref());
+        prop_assert_eq!(frame.as_str(), want.as_str());
+    }
+}
+
+/// The byte-by-byte scanner `nests_deeper_than` replaced: the reference for any text.
+fn nests_deeper_than_bytewise(text: &str, max_depth: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[test]
+fn string_skipping_scanner_edge_cases() {
+    for (text, depth, want) in [
+        (r#"{"a":"\\"}"#, 1, false),
+        (r#"{"a":"\\\"[[["}"#, 1, false),
+        (r#"{"a":"x\"#, 0, true),
+        (r#"{"a":"\"#, 1, false),
+        ("\"\\", 0, false),
+        (r#""[" [[ "#, 1, true),
+        (r#"{"k\"{":[{}]}"#, 2, true),
+        (r#"{"k\"{":[{}]}"#, 3, false),
+    ] {
+        assert_eq!(nests_deeper_than(text, depth), want, "{text:?} at {depth}");
+        assert_eq!(
+            nests_deeper_than_bytewise(text, depth),
+            want,
+            "{text:?} at {depth}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// On any text, JSON or not, the string-skipping scanner agrees with the byte loop.
+    #[test]
+    fn scanner_matches_the_byte_loop(text in "[\\[\\]{}\"\\\\a ]{0,40}", depth in 0usize..6) {
+        prop_assert_eq!(nests_deeper_than(&text, depth), nests_deeper_than_bytewise(&text, depth));
     }
 }

@@ -346,12 +346,8 @@ pub async fn close_handshake<S, R>(
 }
 
 fn text_message(frame: Frame) -> Message {
-    // Frames are built from `String`s, so they are valid UTF-8; the
-    // conversion shares the bytes instead of copying them.
-    match Utf8Bytes::try_from(frame.as_bytes().clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Text(Utf8Bytes::from(frame.as_str())),
-    }
+    // Shares the frame's bytes, checked as UTF-8 once when it was built.
+    Message::Text(frame.to_text())
 }
 
 /// Runs one participant until it ends. `sink`/`stream` are the WebSocket
@@ -680,7 +676,7 @@ impl Session {
         match msg {
             ClientMessage::Ping { payload } => {
                 self.outbox.push(
-                    protocol::encode_pong(ctx.room.as_str(), payload.as_deref()),
+                    protocol::encode_pong(ctx.room.as_str(), payload),
                     Delivery::Droppable,
                 );
             }
@@ -697,7 +693,7 @@ impl Session {
                 }
                 let frame = protocol::encode_relay(
                     kind,
-                    &payload,
+                    payload,
                     &self.me.participant_id,
                     ctx.room.as_str(),
                     to.as_deref(),
