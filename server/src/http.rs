@@ -35,7 +35,7 @@ use crate::user_connections::{UserConnection, UserConnections};
 /// zero-filled on the first read, so every idle participant kept 128 KiB
 /// resident (measured: 144 KiB per participant); signaling messages are a few
 /// hundred bytes, and a larger message grows the buffer for itself.
-const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
 
 /// The subprotocol clients must offer; the token travels next to it as `bearer.<jwt>`.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
