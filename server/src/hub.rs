@@ -132,10 +132,10 @@ impl Hub {
         }
     }
 
-    /// Every member of a room (local and remote), in room-state order.
-    fn everyone(room: &RoomMembers) -> Vec<ParticipantInfo> {
-        let mut everyone: Vec<ParticipantInfo> =
-            room.members.values().map(|m| m.info.clone()).collect();
+    /// Every member of a room (local and remote), in room-state order. Borrowed:
+    /// cloning the records for each `room-state` was 17 % of a join's instructions.
+    fn everyone(room: &RoomMembers) -> Vec<&ParticipantInfo> {
+        let mut everyone: Vec<&ParticipantInfo> = room.members.values().map(|m| &m.info).collect();
         crate::room::sort_by_join(&mut everyone);
         everyone
     }

@@ -230,30 +230,94 @@ impl DecodeError {
 
 /// Raw shape of a client message. `sender_id`, `room_id` and `timestamp`
 /// are deliberately absent: whatever the client writes there is ignored.
-/// Every field is borrowed raw text: nothing is allocated until the message
-/// is known to be valid, and the payload is relayed as the client wrote it.
+/// Nothing is allocated for a valid message: `type` and `to` are borrowed
+/// from the text (unless escaped), the payload is relayed as the client wrote it.
 #[derive(Deserialize)]
 struct WireClientMessage<'a> {
-    #[serde(rename = "type", default, borrow, deserialize_with = "present_raw")]
-    kind: Option<&'a RawValue>,
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    kind: Option<JsonStr<'a>>,
     #[serde(default, borrow, deserialize_with = "present_raw")]
     payload: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    to: Option<&'a RawValue>,
+    to: Option<JsonStr<'a>>,
+}
+
+/// A JSON value read only for whether it is a string, and which.
+enum JsonStr<'a> {
+    Str(Cow<'a, str>),
+    /// Any other JSON value, `null` included (outside an `Option`).
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonStrVisitor(std::marker::PhantomData))
+    }
+}
+
+struct JsonStrVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for JsonStrVisitor<'a> {
+    type Value = JsonStr<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(JsonStr::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(JsonStr::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(JsonStr::Str(Cow::Owned(v)))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(JsonStr::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(JsonStr::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(JsonStr::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(JsonStr::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(JsonStr::Other)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(JsonStr::Other)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        while a
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(JsonStr::Other)
+    }
+}
+
+/// A field that is present, whatever its value: `"type": null` is a `type` that is not a string.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<JsonStr<'de>>, D::Error> {
+    JsonStr::deserialize(d).map(Some)
 }
 
 /// Distinguishes `"payload": null` (a JSON value, relayed) from a missing field.
 fn present_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
-}
-
-/// The string a raw JSON value holds, or `None` when it is not a string.
-fn raw_string(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
-    if !text.starts_with('"') {
-        return None;
-    }
-    serde_json::from_str::<Cow<'_, str>>(text).ok()
 }
 
 /// `refresh-token` payload.
@@ -327,22 +391,19 @@ pub fn decode_client(text: &str, max_depth: usize) -> Result<ClientMessage<'_>, 
     let wire: WireClientMessage = serde_json::from_str(text)
         .map_err(|_| DecodeError::invalid("message is not valid JSON of the expected shape"))?;
     let kind = match wire.kind {
-        Some(raw) => {
-            raw_string(raw).ok_or_else(|| DecodeError::invalid("\"type\" must be a string"))?
-        }
+        Some(JsonStr::Str(s)) => s,
+        Some(JsonStr::Other) => return Err(DecodeError::invalid("\"type\" must be a string")),
         None => return Err(DecodeError::invalid("\"type\" is required")),
     };
     let to = match wire.to {
+        // `Option` reads `"to": null` as `None`.
         None => None,
-        Some(raw) if raw.get() == "null" => None,
-        Some(raw) => match raw_string(raw) {
-            Some(s) if !s.is_empty() && s.len() <= MAX_TARGET_LEN => Some(s.into_owned()),
-            _ => {
-                return Err(DecodeError::invalid(
-                    "\"to\" must be a participant id string or null",
-                ))
-            }
-        },
+        Some(JsonStr::Str(s)) if !s.is_empty() && s.len() <= MAX_TARGET_LEN => Some(s.into_owned()),
+        Some(_) => {
+            return Err(DecodeError::invalid(
+                "\"to\" must be a participant id string or null",
+            ))
+        }
     };
     if kind == "ping" {
         return Ok(ClientMessage::Ping {
@@ -566,10 +627,10 @@ pub fn public_participants(list: &[ParticipantInfo]) -> serde_json::Value {
 }
 
 /// `room-state`: the first message after joining. `participants` includes self.
-pub fn encode_room_state(
+pub fn encode_room_state<P: std::borrow::Borrow<ParticipantInfo>>(
     room_id: &str,
     me: &ParticipantInfo,
-    participants: &[ParticipantInfo],
+    participants: &[P],
 ) -> Frame {
     #[derive(Serialize)]
     struct RoomState<'a> {
@@ -585,7 +646,10 @@ pub fn encode_room_state(
             username: &me.username,
             metadata: me.metadata.as_ref(),
         },
-        participants: participants.iter().map(PublicParticipant::from).collect(),
+        participants: participants
+            .iter()
+            .map(|p| PublicParticipant::from(p.borrow()))
+            .collect(),
         participant_count: participants.len(),
     };
     encode(

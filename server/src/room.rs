@@ -96,8 +96,9 @@ pub fn metadata_bytes(metadata: &Metadata) -> usize {
 /// (room-state and the REST endpoint): by `joined_at`, then `participant_id`.
 /// RFC 3339 UTC timestamps of equal precision sort chronologically as strings.
 /// Bus implementations may return members in any order, so listings sort here.
-pub fn sort_by_join(list: &mut [ParticipantInfo]) {
+pub fn sort_by_join<P: std::borrow::Borrow<ParticipantInfo>>(list: &mut [P]) {
     list.sort_by(|a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
         (a.joined_at.as_str(), a.participant_id.as_str())
             .cmp(&(b.joined_at.as_str(), b.participant_id.as_str()))
     });
