@@ -215,7 +215,8 @@ impl Inner {
         channel: &str,
         payload: &[u8],
     ) -> Result<Option<RemoteEvent>, DropReason> {
-        if channel == self.keys.canary_channel() {
+        // The suffix first: building the canary channel's name allocates.
+        if channel.ends_with(":canary") && channel == self.keys.canary_channel() {
             if !canary_is_ours(payload, self.subscriber.next_canary()) {
                 return Err(DropReason::Canary);
             }
@@ -226,6 +227,10 @@ impl Inner {
             .keys
             .room_from_channel(channel)
             .ok_or(DropReason::RoomMismatch)?;
+        // Half of what a room channel carries is this instance's own publishes.
+        if wire::is_own_echo(payload, self.instance()) {
+            return Ok(None);
+        }
         let envelope = wire::decode(payload, &room, &self.input_limits).map_err(|e| e.reason())?;
         // Local recipients were served directly by the sender's instance.
         if envelope.origin == self.instance() {

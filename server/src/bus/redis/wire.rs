@@ -166,6 +166,67 @@ struct VersionOnly {
     v: u8,
 }
 
+/// [`Header::Relay`] as a plain struct of borrowed fields, for the decoder's fast path:
+/// nearly every bus message is a relay, and serde reads an internally tagged enum through
+/// an owned intermediate copy of every field. It accepts only what `Header::Relay` accepts
+/// (the same fields, none unknown, the same types); anything it refuses, including ids with
+/// escapes, goes the general way, which decides (and reports) as before.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelayHeader<'a> {
+    k: &'a str,
+    v: u8,
+    origin: &'a str,
+    room_id: RoomId,
+    kind: RelayKind,
+    sender_id: &'a str,
+    #[serde(default)]
+    to: Option<&'a str>,
+}
+
+/// The same header for [`encode`], borrowing instead of cloning its fields; serialized
+/// exactly like [`Header::Relay`] (a test holds the two to the same bytes).
+#[derive(Serialize)]
+#[serde(tag = "k", rename = "relay")]
+struct RelayHeaderOut<'a> {
+    v: u8,
+    origin: &'a str,
+    room_id: &'a RoomId,
+    kind: RelayKind,
+    sender_id: &'a str,
+    to: Option<&'a str>,
+}
+
+/// What follows the kind in every header [`encode`] writes, up to the origin's value.
+const AFTER_KIND: &[u8] = b"\",\"v\":1,\"origin\":";
+
+/// Whether `bytes` is a header [`encode`] wrote with `origin` (this instance's id): the
+/// instance's own echo on a room channel, which needs no decoding (the local recipients
+/// were served when it was sent). A message from anyone else that claims this origin is
+/// ignored the same way; it could not have been delivered either.
+pub fn is_own_echo(bytes: &[u8], origin: &str) -> bool {
+    let Some(rest) = bytes.strip_prefix(b"{\"k\":\"") else {
+        return false;
+    };
+    let Some(end) = memchr::memchr(b'"', rest) else {
+        return false;
+    };
+    let Some(rest) = rest[end..].strip_prefix(AFTER_KIND) else {
+        return false;
+    };
+    // Instance ids are printable ASCII; only a quote or backslash in one needs escaping.
+    let matches = |quoted: &[u8]| {
+        rest.strip_prefix(quoted)
+            .is_some_and(|r| r.first() == Some(&b','))
+    };
+    if origin.bytes().any(|b| b == b'"' || b == b'\\') {
+        serde_json::to_vec(origin).is_ok_and(|quoted| matches(&quoted))
+    } else {
+        let quoted = [b"\"", origin.as_bytes(), b"\""].concat();
+        matches(&quoted)
+    }
+}
+
 /// A relayed frame as [`crate::protocol::encode_relay`] writes it: exactly these fields.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,19 +244,25 @@ struct RelayFrame<'a> {
 
 /// Serializes an envelope for PUBLISH.
 pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
+    if let RemoteEvent::Relay(m) = event {
+        let header = RelayHeaderOut {
+            v: VERSION,
+            origin,
+            room_id: &m.room_id,
+            kind: m.kind,
+            sender_id: &m.sender_id,
+            to: m.to.as_deref(),
+        };
+        let mut out = Vec::with_capacity(160 + m.frame.len());
+        // Serializing plain strings and enums into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &header);
+        out.push(b'\n');
+        out.extend_from_slice(m.frame.as_bytes());
+        return out;
+    }
     let origin = origin.to_owned();
     let (header, frame) = match event {
-        RemoteEvent::Relay(m) => (
-            Header::Relay {
-                v: VERSION,
-                origin,
-                room_id: m.room_id.clone(),
-                kind: m.kind,
-                sender_id: m.sender_id.clone(),
-                to: m.to.clone(),
-            },
-            Some(&m.frame),
-        ),
+        RemoteEvent::Relay(_) => return Vec::new(), // written above
         RemoteEvent::Joined {
             room_id,
             participant,
@@ -296,6 +363,9 @@ pub fn decode(
     let (head, rest) = (&bytes[..split], &bytes[split + 1..]);
     if head.len() > limits.max_header_bytes() {
         return Err(WireError::TooLarge);
+    }
+    if let Some(envelope) = decode_relay_fast(head, rest, channel_room, limits)? {
+        return Ok(envelope);
     }
     // The version first: a future header may not parse as this one.
     let version: VersionOnly = serde_json::from_slice(head).map_err(WireError::Header)?;
@@ -423,6 +493,45 @@ pub fn decode(
         return Err(WireError::RoomMismatch);
     }
     Ok(BusEnvelope { origin, event })
+}
+
+/// The relay decoder's fast path: `Ok(None)` when the header is not a plain relay header
+/// of this version (the general path then decides); otherwise the same checks, in the same
+/// order, and the same result as the general path.
+fn decode_relay_fast(
+    head: &[u8],
+    rest: &[u8],
+    channel_room: &RoomId,
+    limits: &InputLimits,
+) -> Result<Option<BusEnvelope>, WireError> {
+    if !head.starts_with(b"{\"k\":\"relay\",") {
+        return Ok(None);
+    }
+    let Ok(h) = serde_json::from_slice::<RelayHeader<'_>>(head) else {
+        return Ok(None);
+    };
+    if h.k != "relay" || h.v != VERSION {
+        return Ok(None);
+    }
+    check_participant_id(h.sender_id, "sender_id")?;
+    if let Some(to) = h.to {
+        check_participant_id(to, "to")?;
+    }
+    let frame = decode_frame(rest, limits, &h.room_id, h.kind, h.sender_id, h.to)?;
+    check_instance_id(h.origin, "origin")?;
+    if &h.room_id != channel_room {
+        return Err(WireError::RoomMismatch);
+    }
+    Ok(Some(BusEnvelope {
+        origin: h.origin.to_owned(),
+        event: RemoteEvent::Relay(RelayMessage {
+            room_id: h.room_id,
+            kind: h.kind,
+            sender_id: h.sender_id.to_owned(),
+            to: h.to.map(str::to_owned),
+            frame,
+        }),
+    }))
 }
 
 /// A presence event carries nothing after its header line.
@@ -622,6 +731,140 @@ mod tests {
 
     fn frame_text(payload: &str) -> String {
         format!("{{\"type\":\"offer\",\"payload\":{payload},\"sender_id\":\"a\",\"room_id\":\"r\",\"timestamp\":\"2026-11-28T16:30:27.123Z\",\"to\":\"b\"}}")
+    }
+
+    /// The general decoder alone (the fast path bypassed), as the reference.
+    fn decode_general(bytes: &[u8], channel: &str) -> Result<BusEnvelope, WireError> {
+        let split = bytes.iter().position(|b| *b == b'\n').unwrap();
+        let mut forced = b"{\"v\":1,".to_vec();
+        // Moving `k` off the front takes the general path with the same fields.
+        let head = std::str::from_utf8(&bytes[1..split]).unwrap();
+        let (k, others) = head.split_once(',').unwrap();
+        forced.extend_from_slice(others.replacen("\"v\":1,", "", 1).as_bytes());
+        forced.pop();
+        forced.extend_from_slice(format!(",{k}}}\n").as_bytes());
+        forced.extend_from_slice(&bytes[split + 1..]);
+        assert!(!forced.starts_with(b"{\"k\":"));
+        decode_on(&forced, channel)
+    }
+
+    #[test]
+    fn relay_header_out_is_the_header_relay_bytes() {
+        for to in [None, Some("b")] {
+            let RemoteEvent::Relay(m) = relay("{}", to) else {
+                unreachable!()
+            };
+            let general = serde_json::to_vec(&Header::Relay {
+                v: VERSION,
+                origin: "o\"x".into(),
+                room_id: m.room_id.clone(),
+                kind: m.kind,
+                sender_id: m.sender_id.clone(),
+                to: m.to.clone(),
+            })
+            .unwrap();
+            let mut want = general;
+            want.push(b'\n');
+            want.extend_from_slice(m.frame.as_bytes());
+            assert_eq!(encode("o\"x", &RemoteEvent::Relay(m)), want);
+        }
+    }
+
+    #[test]
+    fn fast_relay_path_decides_like_the_general_one() {
+        let ok = [relay("{\"sdp\":\"v=0\"}", Some("b")), relay("null", None)];
+        for event in &ok {
+            let bytes = encode("o", event);
+            let fast = decode_on(&bytes, "r").unwrap();
+            assert_eq!(fast.event, *event);
+            assert_eq!(fast.origin, "o");
+            let general = decode_general(&bytes, "r").unwrap();
+            assert_eq!(general.event, fast.event);
+            assert_eq!(general.origin, fast.origin);
+        }
+        // Refusals on the fast path give the general path's error.
+        let bytes = encode("o", &ok[0]);
+        for (case, bytes) in [
+            ("other room", bytes.clone()),
+            (
+                "bad sender",
+                String::from_utf8(bytes.clone())
+                    .unwrap()
+                    .replacen("\"sender_id\":\"a\"", "\"sender_id\":\"a b\"", 1)
+                    .into_bytes(),
+            ),
+            (
+                "extra field",
+                String::from_utf8(bytes.clone())
+                    .unwrap()
+                    .replacen("\"to\":\"b\"}", "\"to\":\"b\",\"x\":1}", 1)
+                    .into_bytes(),
+            ),
+            (
+                "bad origin",
+                String::from_utf8(bytes.clone())
+                    .unwrap()
+                    .replacen("\"origin\":\"o\"", "\"origin\":\"o o\"", 1)
+                    .into_bytes(),
+            ),
+            (
+                "version 2",
+                String::from_utf8(bytes.clone())
+                    .unwrap()
+                    .replacen("\"v\":1", "\"v\":2", 1)
+                    .into_bytes(),
+            ),
+        ] {
+            let channel = if case == "other room" { "other" } else { "r" };
+            let fast = decode_on(&bytes, channel)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let general = if case == "version 2" {
+                // The general path reads the version before anything else.
+                Err(WireError::Version(2).to_string())
+            } else {
+                decode_general(&bytes, channel)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            assert!(fast.is_err(), "{case}");
+            assert_eq!(fast, general, "{case}");
+        }
+    }
+
+    #[test]
+    fn own_echo_is_recognized_from_the_header_alone() {
+        let events = [
+            relay("{}", Some("b")),
+            RemoteEvent::Joined {
+                room_id: room(),
+                participant: p("a"),
+            },
+            RemoteEvent::Left {
+                room_id: room(),
+                participant: p("a"),
+                reason: LeaveReason::Closed,
+            },
+            RemoteEvent::Action(RoomAction::Close { room_id: room() }),
+        ];
+        for event in &events {
+            for origin in ["pod-1", "p\"o\\d"] {
+                let bytes = encode(origin, event);
+                assert!(
+                    is_own_echo(&bytes, origin),
+                    "{origin} {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                assert!(!is_own_echo(&bytes, "pod-2"));
+                assert!(
+                    !is_own_echo(&bytes, "pod"),
+                    "a prefix of the origin is another instance"
+                );
+                assert!(!is_own_echo(&bytes, &format!("{origin}x")));
+            }
+        }
+        assert!(!is_own_echo(b"", "o"));
+        assert!(!is_own_echo(b"{\"k\":\"relay", "o"));
     }
 
     #[test]
