@@ -327,50 +327,81 @@ fn classify_write(e: tungstenite::Error) -> WriteError {
     }
 }
 
-async fn handle_socket(
+/// The socket's task: a refused upgrade gets its close, an accepted one its session.
+/// Not `async` itself: what only the start needs (the app state, the decision, the
+/// socket before its split) is used up here instead of being kept, as an `async fn`
+/// keeps its arguments, for the whole life of the connection.
+fn handle_socket(
     state: AppState,
     decision: Result<(RoomId, Identity, UserConnection), &'static str>,
     guard: crate::shutdown::DrainGuard,
     socket: WsStream,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
-    let mut sink = session::ClassifyErrors::new(sink, classify_write);
-    let mut stream = stream.map(classify_read as fn(_) -> _);
-    // `_slot` lives until the session has ended.
-    let (room, identity, _slot) = match decision {
+    let sink = session::ClassifyErrors::new(sink, classify_write as fn(_) -> _);
+    let stream = stream.map(classify_read as fn(_) -> _);
+    let close_timeout = state.config.limits.close_timeout;
+    let start = match decision {
+        Ok((room, identity, slot)) => Ok((
+            Arc::new(SessionContext {
+                room,
+                identity,
+                hub: state.hub.clone(),
+                bus: state.bus.clone(),
+                auth: state.auth.clone(),
+                metrics: state.metrics.clone(),
+                limits: state.config.limits.clone(),
+                max_participants: state.config.rooms.max_participants,
+                max_user_connections: state.config.rooms.max_user_connections,
+                instance_id: state.config.instance_id.clone(),
+                shutdown: state.shutdown.clone(),
+            }),
+            // Lives until the session has ended.
+            slot,
+        )),
+        Err(reason) => Err((reason, state.metrics.clone())),
+    };
+    serve_socket(start, guard, sink, stream, close_timeout)
+}
+
+type WsSink = session::ClassifyErrors<
+    futures_util::stream::SplitSink<WsStream, Message>,
+    fn(tungstenite::Error) -> WriteError,
+>;
+type WsRead = futures_util::stream::Map<
+    futures_util::stream::SplitStream<WsStream>,
+    fn(Result<Message, tungstenite::Error>) -> Result<Message, ReadError>,
+>;
+
+/// What [`serve_socket`] starts from: the session's context and the user's connection slot,
+/// or why the upgrade was refused.
+type SocketStart = Result<(Arc<SessionContext>, UserConnection), (&'static str, Arc<Metrics>)>;
+
+async fn serve_socket(
+    start: SocketStart,
+    guard: crate::shutdown::DrainGuard,
+    mut sink: WsSink,
+    mut stream: WsRead,
+    close_timeout: std::time::Duration,
+) {
+    let (ctx, _slot) = match start {
         Ok(ok) => ok,
-        Err(reason) => {
+        Err((reason, metrics)) => {
             tracing::info!(reason, "upgrade refused");
-            state.metrics.refused(reason);
-            let (pending, frame) = (Vec::new(), (close::POLICY, reason));
-            let timeout = state.config.limits.close_timeout;
+            metrics.refused(reason);
             session::close_handshake(
                 &mut sink,
                 &mut stream,
-                pending,
-                frame,
+                Vec::new(),
+                (close::POLICY, reason),
                 AfterClose::Drain,
-                timeout,
+                close_timeout,
             )
             .await;
             return;
         }
     };
-    let ctx = SessionContext {
-        room,
-        identity,
-        hub: state.hub.clone(),
-        bus: state.bus.clone(),
-        auth: state.auth.clone(),
-        metrics: state.metrics.clone(),
-        limits: state.config.limits.clone(),
-        max_participants: state.config.rooms.max_participants,
-        max_user_connections: state.config.rooms.max_user_connections,
-        instance_id: state.config.instance_id.clone(),
-        shutdown: state.shutdown.clone(),
-    };
-    let close_timeout = ctx.limits.close_timeout;
-    let end = session::run(ctx, guard, &mut sink, &mut stream).await;
+    let end = session::run_shared(ctx, guard, &mut sink, &mut stream).await;
     if let Some(AfterClose::Raw { aligned }) = end.map(session::End::after_close) {
         // The close frame is out; tungstenite reads nothing more, so the
         // client's answer is read from the socket itself.

@@ -352,28 +352,48 @@ fn text_message(frame: Frame) -> Message {
 
 /// Runs one participant until it ends. `sink`/`stream` are the WebSocket
 /// halves (already upgraded and authenticated).
-pub async fn run<S, R>(ctx: SessionContext, guard: DrainGuard, sink: S, stream: R) -> Option<End>
+pub fn run<S, R>(
+    ctx: SessionContext,
+    guard: DrainGuard,
+    sink: S,
+    stream: R,
+) -> impl std::future::Future<Output = Option<End>> + Send
 where
     S: Sink<Message, Error = WriteError> + Unpin + Send,
     R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
-    let me = ParticipantInfo {
+    run_shared(Arc::new(ctx), guard, sink, stream)
+}
+
+/// [`run`] with the context already shared. Not `async` itself, and the context and
+/// the participant record travel as pointers: an `async fn` keeps its arguments for
+/// its whole life, so each layer held its own copy of them (the session's future
+/// was the largest part of an idle participant's memory).
+pub fn run_shared<S, R>(
+    ctx: Arc<SessionContext>,
+    guard: DrainGuard,
+    sink: S,
+    stream: R,
+) -> impl std::future::Future<Output = Option<End>> + Send
+where
+    S: Sink<Message, Error = WriteError> + Unpin + Send,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
+{
+    let me = Box::new(ParticipantInfo {
         participant_id: uuid::Uuid::new_v4().to_string(),
         user_id: ctx.identity.user_id.clone(),
         username: ctx.identity.username.clone(),
         joined_at: protocol::now_timestamp(),
         instance_id: ctx.instance_id.clone(),
         metadata: ctx.identity.metadata.clone(),
-    };
+    });
     let span = tracing::info_span!("session", room = %ctx.room, participant = %me.participant_id, user = %me.user_id);
-    run_participant(ctx, me, guard, sink, stream)
-        .instrument(span)
-        .await
+    run_participant(ctx, me, guard, sink, stream).instrument(span)
 }
 
 async fn run_participant<S, R>(
-    ctx: SessionContext,
-    me: ParticipantInfo,
+    ctx: Arc<SessionContext>,
+    me: Box<ParticipantInfo>,
     guard: DrainGuard,
     mut sink: S,
     mut stream: R,
@@ -394,8 +414,8 @@ where
 /// concurrently on `&Session`, so what they change is atomic or behind the
 /// outbox's lock. State that later features add per connection goes here.
 struct Session {
-    ctx: SessionContext,
-    me: ParticipantInfo,
+    ctx: Arc<SessionContext>,
+    me: Box<ParticipantInfo>,
     /// This participant's queue in the hub; the writer drains it.
     outbox: Arc<Outbox>,
     /// When the join began; `last_seen` counts from here.
@@ -412,8 +432,8 @@ impl Session {
     /// `room-state`). A refused join gets its close frame here and yields
     /// `None`.
     async fn join<S, R>(
-        ctx: SessionContext,
-        me: ParticipantInfo,
+        ctx: Arc<SessionContext>,
+        me: Box<ParticipantInfo>,
         sink: &mut S,
         stream: &mut R,
     ) -> Option<Session>
@@ -541,7 +561,7 @@ impl Session {
         let current = ctx
             .hub
             .unregister(&ctx.room, &me.participant_id, reason)
-            .unwrap_or(me);
+            .unwrap_or(*me);
         if let Err(e) = ctx.bus.leave(&ctx.room, &current, reason).await {
             tracing::warn!(error = %e, "leave not recorded on the bus");
         }

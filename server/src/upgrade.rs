@@ -103,6 +103,9 @@ impl Upgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
+        // Boxed: what an async block captures stays in the task for its whole life, and
+        // these are used up once the upgrade is through.
+        let (config, session) = (Box::new(config), Box::new(session));
         tokio::spawn(async move {
             // A client that goes away before the switch leaves nothing to serve.
             let Ok(upgraded) = on_upgrade.await else {
@@ -111,7 +114,7 @@ impl Upgrade {
             let socket = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
-                Some(config),
+                Some(*config),
             )
             .await;
             session(socket).await;
