@@ -276,6 +276,20 @@ impl RedisCluster {
         node.kill();
     }
 
+    /// SIGKILLs every node at once and starts each again on its port, empty but with its
+    /// cluster configuration (`nodes.conf`), as after a power cut without persistence; waits
+    /// until the cluster is healthy again.
+    pub fn restart_all(&mut self) {
+        let masters = self.masters().len();
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        for node in &mut self.nodes {
+            node.restart_same_port();
+        }
+        self.wait_healthy(masters);
+    }
+
     /// Waits until a node other than `old` serves `slot` as master and the cluster is ok
     /// again; returns the new master's port.
     pub fn wait_failover(&self, slot: u16, old: u16) -> u16 {

@@ -3,7 +3,8 @@
 //! relay over sharded pub/sub on the shard owning their slot; a killed master is replaced by
 //! its replica and the rooms of that shard relay again by themselves, with no client
 //! disconnected and presence intact; a slot migrated with `redis-cli --cluster reshard` while
-//! its room is active keeps relaying. The suite shared with one Redis (relay, order, SIGKILL,
+//! its room is active keeps relaying; a whole cluster restarted empty gets its presence back
+//! and relays again without a client reconnecting. The suite shared with one Redis (relay, order, SIGKILL,
 //! capacity, prefixes) runs on a cluster in `redis_cluster.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -379,5 +380,55 @@ async fn drain_errors(client: &mut Client) {
             Event::Timeout => return,
             other => panic!("sender after the reshard: {other:?}"),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restarted_empty_gets_presence_back_without_reconnects() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let servers = servers_on(&cluster, 2).await;
+    let rooms = rooms_on_every_master(&cluster, 1);
+    let mut pairs = Vec::new();
+    for room in rooms.values().flatten() {
+        pairs.push(Pair::open(room, &servers[0], &servers[1]).await);
+    }
+    cluster.restart_all();
+    for pair in &pairs {
+        let key = format!("switchboard:room:{{{}}}:participants", pair.room);
+        let owner = cluster.master_of(cluster.keyslot(&key));
+        assert_eq!(
+            cluster.command_on(owner, &["EXISTS", &key]),
+            switchboard_e2e::redis::Reply::Integer(0),
+            "the restart lost everything"
+        );
+    }
+    // Each instance re-registers its participants and resubscribes by itself.
+    for pair in &mut pairs {
+        pair.relay_eventually(RECOVERY).await;
+        let want = pair.pids();
+        let deadline = Instant::now() + RECOVERY;
+        loop {
+            let mut seen = BTreeSet::new();
+            for s in &servers {
+                seen.insert(participants(s.addr(), &pair.room).await);
+            }
+            if seen.len() == 1 && seen.contains(&want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "presence of {} after the restart: {seen:?}, want {want:?}",
+                pair.room
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for s in &servers {
+        s.wait_ready(true, RECOVERY).await;
+    }
+    for pair in &mut pairs {
+        drain_chat(&mut pair.b).await;
+        drain_errors(&mut pair.a).await;
+        assert_pair_relays(&mut pair.a, &mut pair.b).await;
     }
 }

@@ -33,8 +33,9 @@
 //!    resync exclusively, so a resync never sees a half-done join.
 //! 2. `subscriber.subs` (async `Mutex`): held across SUBSCRIBE/UNSUBSCRIBE and the room's
 //!    registration for crash cleanup, and by the subscriber task while it (re)subscribes.
-//! 3. `presence.local` and `link` (std `Mutex`es): leaves, held for a few field updates only —
-//!    never across an `.await`, never together, never while calling the hub.
+//! 3. `presence.local`, `link` and `shards.state` (std `Mutex`es): leaves, held for a few
+//!    field updates only — never across an `.await`, never together, never while calling the
+//!    hub.
 //!
 //! The hub's own lock is taken inside [`LocalHub`] calls, which the bus makes with no std lock
 //! held (possibly inside 1 or 2); the hub never calls back into the bus.
