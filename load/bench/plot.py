@@ -167,6 +167,24 @@ def tables(label, g):
             if other in g:
                 scen = other.split("-")[1]
                 print(f"| {scen} msg/s across instances (p99 ms) | {med(values(g[other], scen, 'switchboard', lambda r: r['delivered_per_sec']))} ({med(values(g[other], scen, 'switchboard', lat('p99_us')), '{:.2f}')}) |")
+    if "one-redis-relay" in g and "cluster-relay" in g:
+        print("\n| 3 instances, same load | one Redis | 3-master Redis Cluster | cluster / one Redis |")
+        print("|---|---|---|---|")
+        for scen, title in (("relay", "relay, 50 pairs × 2 × 2,000 × 200 B"), ("fanout", "fanout, 30 rooms × 10 × 100 broadcasts")):
+            one, many = g.get(f"one-redis-{scen}"), g.get(f"cluster-{scen}")
+            if not one or not many:
+                continue
+            for what, get, fmt in (
+                ("msg/s", lambda r: r["delivered_per_sec"], "{:.0f}"),
+                ("p50 ms", lat("p50_us"), "{:.2f}"),
+                ("p99 ms", lat("p99_us"), "{:.2f}"),
+                ("server CPU µs/msg", cpu_per, "{:.1f}"),
+            ):
+                a = values(one, scen, "switchboard", get)
+                b = values(many, scen, "switchboard", get)
+                ratio = [y / x for x, y in zip(a, b) if x]
+                print(f"| {title}: {what} | {med(a, fmt)} | {med(b, fmt)} | {med(ratio, '{:.2f}')} |")
+            print(f"| {title}: wrong results | {wrong(one)} | {wrong(many)} | |")
     pj = [k for k in ("peerjs-relay-ice", "peerjs-relay-sdp", "peerjs-connections-10000") if k in g]
     if pj:
         print("\n| same load, PeerJS server 1.0.2 | PeerJS | Switchboard | Switchboard / PeerJS |")

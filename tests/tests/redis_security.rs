@@ -1,7 +1,7 @@
 //! Reaching Redis the way production does: an ACL user with a password in `REDIS_URL`
 //! (confined to the cluster's key prefix, which the key layout must honour), a wrong password
 //! (not ready, never logged), and `rediss://` with a certificate from a private CA
-//! (`SSL_CERT_FILE`). Real redis-server (built with TLS, as Debian's is) and real servers.
+//! (`SSL_CERT_FILE`); the ACL user on a Redis Cluster too. Real redis-server (built with TLS, as Debian's is) and real servers.
 
 use std::path::Path;
 use std::process::Command;
@@ -85,6 +85,60 @@ async fn acl_user_with_password_confined_to_its_prefix() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     wrong.wait_ready(false, Duration::from_secs(1)).await;
     for s in [&one, &two, &outside, &wrong] {
+        let logs = s.stderr_lines().join("\n");
+        assert!(
+            !logs.contains(REDIS_PASSWORD),
+            "the Redis password leaked into the logs:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_with_password_on_a_redis_cluster() {
+    let cluster = switchboard_e2e::redis_cluster::RedisCluster::start(3, 0);
+    // ACLs are per node: the same confined user on every node.
+    for port in cluster.ports() {
+        let reply = cluster.command_on(
+            port,
+            &[
+                "ACL",
+                "SETUSER",
+                "switchboard",
+                "on",
+                &format!(">{REDIS_PASSWORD}"),
+                "resetkeys",
+                "~team-a:*",
+                "resetchannels",
+                "&team-a:*",
+                "+@all",
+            ],
+        );
+        assert_eq!(reply, Reply::Status("OK".into()));
+    }
+    let seeds = cluster
+        .ports()
+        .iter()
+        .map(|p| format!("redis://switchboard:{REDIS_PASSWORD}@127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |prefix: &str, instance: &str| {
+        ServerOptions::with_secret(SECRET)
+            .env("REDIS_CLUSTER_URLS", &seeds)
+            .env("REDIS_KEY_PREFIX", prefix)
+            .env("SWITCHBOARD_INSTANCE_ID", instance)
+            .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
+            .start()
+    };
+    let one = start("team-a", "acl-c1");
+    let two = start("team-a", "acl-c2");
+    one.wait_ready(true, Duration::from_secs(20)).await;
+    two.wait_ready(true, Duration::from_secs(20)).await;
+    assert_cluster_relays(&one, &two, "acl-room").await;
+    // Outside its prefix the user may not publish its canaries: never ready.
+    let outside = start("team-b", "acl-c3");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    outside.wait_ready(false, Duration::from_secs(1)).await;
+    for s in [&one, &two, &outside] {
         let logs = s.stderr_lines().join("\n");
         assert!(
             !logs.contains(REDIS_PASSWORD),
