@@ -170,7 +170,7 @@ def tables(label, g):
     if "one-redis-relay" in g and "cluster-relay" in g:
         print("\n| 3 instances, same load | one Redis | 3-master Redis Cluster | cluster / one Redis |")
         print("|---|---|---|---|")
-        for scen, title in (("relay", "relay, 50 pairs × 2 × 2,000 × 200 B"), ("fanout", "fanout, 30 rooms × 10 × 100 broadcasts")):
+        for scen, title in (("relay", "relay, 50 pairs × 2 × 2,000 × 200 B"), ("fanout", "fanout, 10 rooms × 10 × 200 broadcasts")):
             one, many = g.get(f"one-redis-{scen}"), g.get(f"cluster-{scen}")
             if not one or not many:
                 continue

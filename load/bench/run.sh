@@ -79,6 +79,18 @@ for _ in range(1000):
         continue
     print(p); break'
 }
+# cpu_secs PID...: each process's user+system CPU seconds so far, space-separated.
+cpu_secs() {
+  local tck; tck=$(getconf CLK_TCK)
+  for p in "$@"; do awk -v t="$tck" '{printf "%.2f ", ($14 + $15) / t}' "/proc/$p/stat"; done
+}
+# redis_cpu LABEL PIDS BEFORE: appends how much CPU each Redis process spent since BEFORE.
+redis_cpu() {
+  local label=$1 before=$3 after
+  after=$(cpu_secs $2)
+  python3 -c 'import sys; b=[float(x) for x in sys.argv[2].split()]; a=[float(x) for x in sys.argv[3].split()]; d=[y-x for x,y in zip(b,a)]; print(sys.argv[1] + ": redis CPU s per process " + " ".join("%.2f" % x for x in d) + ", total %.2f" % sum(d))' \
+    "$label" "$before" "$after" | tee -a "$out/redis-cpu.txt"
+}
 # start_redis_cluster N NAME: N masters (no replicas) in cluster mode, joined with redis-cli;
 # sets $seeds (comma-separated redis:// URLs) and $cpids.
 start_redis_cluster() {
@@ -222,8 +234,12 @@ for r in $(seq "$repeats"); do
       for _ in $(seq 100); do curl -sf "$u/webrtc/health/ready" >/dev/null && break; sleep 0.1; done
     done
     three=$(IFS=,; echo "${urls[*]}")
+    before=$(cpu_secs "$rpid")
     measure "one-redis-relay-r$r" relay --url "$three" --pairs 50 --messages 2000
-    measure "one-redis-fanout-r$r" fanout --url "$three" --rooms 30 --room-size 10 --messages 100
+    redis_cpu "one-redis-relay-r$r" "$rpid" "$before"
+    before=$(cpu_secs "$rpid")
+    measure "one-redis-fanout-r$r" fanout --url "$three" --rooms 10 --room-size 10 --messages 200
+    redis_cpu "one-redis-fanout-r$r" "$rpid" "$before"
     stop "${spids[@]}" "$rpid"
     start_redis_cluster 3 "cluster-r$r"
     urls=(); spids=()
@@ -236,8 +252,12 @@ for r in $(seq "$repeats"); do
       for _ in $(seq 100); do curl -sf "$u/webrtc/health/ready" >/dev/null && break; sleep 0.1; done
     done
     three=$(IFS=,; echo "${urls[*]}")
+    before=$(cpu_secs "${cpids[@]}")
     measure "cluster-relay-r$r" relay --url "$three" --pairs 50 --messages 2000
-    measure "cluster-fanout-r$r" fanout --url "$three" --rooms 30 --room-size 10 --messages 100
+    redis_cpu "cluster-relay-r$r" "${cpids[*]}" "$before"
+    before=$(cpu_secs "${cpids[@]}")
+    measure "cluster-fanout-r$r" fanout --url "$three" --rooms 10 --room-size 10 --messages 200
+    redis_cpu "cluster-fanout-r$r" "${cpids[*]}" "$before"
     stop "${spids[@]}" "${cpids[@]}"
   fi
 done
