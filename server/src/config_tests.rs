@@ -741,6 +741,8 @@ fn docs_example_file_loads() {
                 "docs-example-secret-0123456789abcdef\n",
             ),
             ("/etc/switchboard/turn-secret", "t\n"),
+            ("/etc/switchboard/webhook-secret", &format!("{WHSEC}\n")),
+            ("/etc/switchboard/billing-webhook-secret", WHSEC2),
         ],
     )
     .unwrap();
@@ -748,6 +750,121 @@ fn docs_example_file_loads() {
     assert_eq!(c.jwt.audience.as_deref(), Some("switchboard"));
     assert_eq!(c.ice.turn_urls.len(), 2);
     assert!(c.redis.url.is_some());
+    let names: Vec<&str> = c.webhooks.endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["backend.example.com/switchboard/webhooks", "billing"]);
+}
+
+const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const WHSEC2: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+#[test]
+fn webhook_endpoints_come_from_the_urls_and_the_endpoint_list() {
+    use crate::webhook::{EventFilter, EventKind, SigningSecret};
+    let endpoints = r#"[{"url": "https://b.example/h?token=x", "name": "billing", "secret": "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "events": ["room_started"]},
+                        {"url": "http://c.example:8080/h/"}]"#;
+    let c = load(
+        &[],
+        &[
+            ("JWT_SECRET", S),
+            ("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/hooks, http://127.0.0.1:9000/x"),
+            ("SWITCHBOARD_WEBHOOK_SECRET", WHSEC),
+            ("SWITCHBOARD_WEBHOOK_EVENTS", "participant_joined,participant_left"),
+            ("SWITCHBOARD_WEBHOOK_ENDPOINTS", endpoints),
+        ],
+        &[],
+    )
+    .unwrap();
+    let w = &c.webhooks;
+    let names: Vec<&str> = w.endpoints.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["a.example/hooks", "127.0.0.1:9000/x", "billing", "c.example:8080/h"]);
+    let shared = SigningSecret::parse(WHSEC).unwrap();
+    assert_eq!(w.endpoints[0].secret, shared);
+    assert_eq!(
+        w.endpoints[0].events,
+        EventFilter::of(&[EventKind::ParticipantJoined, EventKind::ParticipantLeft])
+    );
+    assert_eq!(w.endpoints[2].secret, SigningSecret::parse(WHSEC2).unwrap());
+    assert_eq!(w.endpoints[2].events, EventFilter::of(&[EventKind::RoomStarted]));
+    assert_eq!(w.endpoints[3].secret, shared, "the shared secret by default");
+    assert_eq!(w.endpoints[3].events, EventFilter::ALL);
+    assert_eq!(w.timeout, Duration::from_secs(15));
+    assert_eq!(w.retry_horizon, Duration::from_secs(3600));
+    // Nothing configured: no endpoints, no errors.
+    let none = load(&[], &[("JWT_SECRET", S)], &[]).unwrap();
+    assert!(none.webhooks.endpoints.is_empty());
+}
+
+#[test]
+fn webhook_endpoints_may_be_a_yaml_list_in_the_file() {
+    let yaml = format!(
+        "webhooks:\n  endpoints:\n    - url: https://a.example/h\n      secret_file: /s\n      events: [room_finished]\n  timeout_ms: 2000\n"
+    );
+    let c = load(
+        &["--config", "/c.yaml"],
+        &[("JWT_SECRET", S)],
+        &[("/c.yaml", &yaml), ("/s", WHSEC)],
+    )
+    .unwrap();
+    assert_eq!(c.webhooks.endpoints.len(), 1);
+    assert_eq!(c.webhooks.timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn webhook_mistakes_are_one_line_each_naming_the_setting() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/h")],
+            "config error: webhooks.secret (SWITCHBOARD_WEBHOOK_SECRET / --webhook-secret): webhooks.urls needs a signing secret",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/h"), ("SWITCHBOARD_WEBHOOK_SECRET", "hunter2hunter2")],
+            "config error: webhooks.secret (SWITCHBOARD_WEBHOOK_SECRET / --webhook-secret): expected a Standard Webhooks secret starting with whsec_",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/h"), ("SWITCHBOARD_WEBHOOK_SECRET", "whsec_AAAA")],
+            "config error: webhooks.secret (SWITCHBOARD_WEBHOOK_SECRET / --webhook-secret): the key is 3 bytes",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "ftp://a.example/h?token=s3cret"), ("SWITCHBOARD_WEBHOOK_SECRET", WHSEC)],
+            "config error: webhooks.urls (SWITCHBOARD_WEBHOOK_URLS / --webhook-urls): item 1: expected an http:// or https:// URL",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_SECRET", WHSEC)],
+            "config error: webhooks.secret (SWITCHBOARD_WEBHOOK_SECRET / --webhook-secret): set, but no webhook endpoint is configured",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_EVENTS", "room_started")],
+            "config error: webhooks.events (SWITCHBOARD_WEBHOOK_EVENTS / --webhook-events): filters webhooks.urls, which is empty",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/h"), ("SWITCHBOARD_WEBHOOK_SECRET", WHSEC), ("SWITCHBOARD_WEBHOOK_EVENTS", "room.started")],
+            "config error: webhooks.events (SWITCHBOARD_WEBHOOK_EVENTS / --webhook-events): unknown event type \"room.started\"",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_ENDPOINTS", r#"[{"url": "https://a.example/h"}]"#)],
+            "config error: webhooks.endpoints (SWITCHBOARD_WEBHOOK_ENDPOINTS / --webhook-endpoints): endpoint 1: no secret",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_ENDPOINTS", r#"[{"url": "https://a.example/h", "secret": "whsec_x", "scret": 1}]"#)],
+            "config error: webhooks.endpoints (SWITCHBOARD_WEBHOOK_ENDPOINTS / --webhook-endpoints): expected a list of {url, name, secret | secret_file, events} objects: .[0]: unknown field `scret`",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/h"), ("SWITCHBOARD_WEBHOOK_SECRET", WHSEC), ("SWITCHBOARD_WEBHOOK_ENDPOINTS", r#"[{"url": "https://a.example/h"}]"#)],
+            "config error: webhooks.endpoints (SWITCHBOARD_WEBHOOK_ENDPOINTS / --webhook-endpoints): endpoint a.example/h is configured twice",
+        ),
+        (
+            &[("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/h"), ("SWITCHBOARD_WEBHOOK_SECRET", WHSEC), ("SWITCHBOARD_WEBHOOK_RETRY_INITIAL_MS", "5000"), ("SWITCHBOARD_WEBHOOK_RETRY_MAX_MS", "1000")],
+            "config error: webhooks.retry_max_ms (SWITCHBOARD_WEBHOOK_RETRY_MAX_MS / --webhook-retry-max-ms): must be at least webhooks.retry_initial_ms",
+        ),
+    ];
+    for (env, want) in cases {
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("JWT_SECRET", S));
+        let errs = load(&[], &env, &[]).unwrap_err();
+        assert_eq!(errs.len(), 1, "{env:?}: {errs:?}");
+        assert!(errs[0].starts_with(want), "{env:?}: {errs:?}");
+        assert!(!errs[0].contains("hunter2") && !errs[0].contains("s3cret"), "a secret is echoed: {errs:?}");
+    }
 }
 
 #[test]

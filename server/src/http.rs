@@ -53,6 +53,8 @@ pub struct AppState {
     /// Each user's open connections on this instance.
     pub user_connections: Arc<UserConnections>,
     pub started: Instant,
+    /// Delivers webhook events while it lives; `None` without endpoints.
+    pub webhooks: Option<Arc<crate::webhook::dispatcher::Dispatcher>>,
 }
 
 impl AppState {

@@ -26,6 +26,7 @@ pub mod shutdown;
 pub mod token;
 pub mod upgrade;
 pub mod user_connections;
+pub mod webhook;
 
 #[cfg(test)]
 mod test_support;
@@ -56,7 +57,23 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
         .with_max_metadata_bytes(config.limits.max_metadata_bytes);
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
-    let bus = bus::from_config(&config, hub.clone() as Arc<dyn LocalHub>, metrics.bus()).await?;
+    let wakes = Arc::new(webhook::Wakes::default());
+    let bus = bus::from_config(
+        &config,
+        hub.clone() as Arc<dyn LocalHub>,
+        metrics.bus(),
+        wakes.clone(),
+    )
+    .await?;
+    let webhooks = bus.event_log().map(|log| {
+        Arc::new(webhook::dispatcher::Dispatcher::start(
+            webhook_settings(&config),
+            log,
+            wakes,
+            metrics.webhooks(),
+            &config.instance_id,
+        ))
+    });
     let shutdown = Arc::new(shutdown::Shutdown::new(config.shutdown.drain_window));
     Ok(AppState {
         config: Arc::new(config),
@@ -67,7 +84,42 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
         shutdown,
         user_connections: user_connections::UserConnections::new(),
         started: Instant::now(),
+        webhooks,
     })
+}
+
+/// The dispatcher's settings from the configuration. Scans follow the heartbeat period and a
+/// held room is renewed four times per lease (the presence TTL), so a dead instance's rooms are
+/// taken over about one TTL after its last renewal.
+fn webhook_settings(config: &Config) -> webhook::dispatcher::Settings {
+    let w = &config.webhooks;
+    let timing = bus::redis::Timing::from_ttl(config.rooms.presence_ttl);
+    webhook::dispatcher::Settings {
+        endpoints: w
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                // Validated at load time.
+                let url = e.url.expose().parse().ok()?;
+                Some(webhook::dispatcher::Endpoint {
+                    name: e.name.clone(),
+                    url,
+                    secret: e.secret.clone(),
+                    filter: e.events,
+                    group: webhook::endpoint_group(e.url.expose()),
+                })
+            })
+            .collect(),
+        timeout: w.timeout,
+        backoff: webhook::retry::Backoff {
+            initial: w.retry_initial,
+            max: w.retry_max,
+        },
+        horizon: w.retry_horizon,
+        max_in_flight: w.max_in_flight,
+        scan_interval: timing.heartbeat,
+        renew_interval: (timing.ttl / 4).max(std::time::Duration::from_millis(100)),
+    }
 }
 
 /// Serves until `shutdown` completes, then drains (see [`shutdown::Shutdown`])

@@ -94,6 +94,7 @@ pub struct Metrics {
     message_bytes: Histogram,
     join_seconds: Histogram,
     bus: BusMetrics,
+    webhooks: crate::webhook::metrics::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -216,6 +217,8 @@ impl Metrics {
         // depend on the deployment.
         let bus = BusMetrics::default();
         bus.register(&mut registry);
+        let webhooks = crate::webhook::metrics::WebhookMetrics::default();
+        webhooks.register(&mut registry);
         Metrics {
             registry,
             connections,
@@ -234,12 +237,18 @@ impl Metrics {
             message_bytes,
             join_seconds,
             bus,
+            webhooks,
         }
     }
 
     /// What the Redis bus records into (a handle on the same registry).
     pub fn bus(&self) -> BusMetrics {
         self.bus.clone()
+    }
+
+    /// What webhook delivery records into (a handle on the same registry).
+    pub fn webhooks(&self) -> crate::webhook::metrics::WebhookMetrics {
+        self.webhooks.clone()
     }
 
     pub fn connection_opened(&self) {

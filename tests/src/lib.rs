@@ -10,3 +10,4 @@ pub mod redis_cluster;
 pub mod server;
 pub mod tcp;
 pub mod token;
+pub mod webhook_receiver;

@@ -366,16 +366,33 @@ pub trait Bus: Send + Sync + 'static {
     /// Called once at the end of shutdown, after every local participant
     /// left: release instance-level state (e.g. the heartbeat key).
     async fn shutdown(&self);
+
+    /// Where this bus records webhook events, when webhooks are configured: every join,
+    /// leave and metadata update above records its facts in the same atomic step.
+    fn event_log(&self) -> Option<Arc<dyn crate::webhook::EventLog>> {
+        None
+    }
 }
 
 /// Builds the bus the configuration asks for: the in-process bus unless a
-/// Redis URL or Redis Cluster seeds are configured. `hub` receives events from other instances; a Redis bus
-/// records into `metrics`.
+/// Redis URL or Redis Cluster seeds are configured. `hub` receives events from other
+/// instances; a Redis bus records into `metrics`. With webhook endpoints configured the bus
+/// records webhook events and tells `wakes` which rooms got some.
 pub async fn from_config(
     config: &Config,
     hub: Arc<dyn LocalHub>,
     metrics: redis::metrics::BusMetrics,
+    wakes: Arc<crate::webhook::Wakes>,
 ) -> Result<Arc<dyn Bus>, BusError> {
+    let recording = (!config.webhooks.endpoints.is_empty()).then(|| crate::webhook::Recording {
+        groups: config
+            .webhooks
+            .endpoints
+            .iter()
+            .map(|e| crate::webhook::endpoint_group(e.url.expose()))
+            .collect(),
+        horizon: config.webhooks.retry_horizon,
+    });
     let endpoint = match (&config.redis.url, &config.redis.cluster_urls) {
         (Some(url), _) => Some(redis::Endpoint::Single(url.expose().to_owned())),
         (None, Some(urls)) => Some(redis::Endpoint::Cluster(
@@ -384,7 +401,12 @@ pub async fn from_config(
         (None, None) => None,
     };
     match endpoint {
-        None => Ok(Arc::new(InProcessBus::new())),
+        None => Ok(Arc::new(match recording {
+            Some(recording) => InProcessBus::with_events(Arc::new(
+                crate::webhook::memory::MemoryLog::new(recording, wakes),
+            )),
+            None => InProcessBus::new(),
+        })),
         Some(endpoint) => {
             let settings = redis::RedisSettings {
                 endpoint,
@@ -395,6 +417,7 @@ pub async fn from_config(
                 max_json_depth: config.limits.max_json_depth,
                 max_metadata_bytes: config.limits.max_metadata_bytes,
                 publish_timeout: config.redis.publish_timeout,
+                webhooks: recording.map(|r| (r, wakes)),
             };
             Ok(Arc::new(
                 redis::RedisBus::start(settings, hub, metrics).await?,
@@ -412,15 +435,31 @@ struct LocalRoom {
 }
 
 /// The single-instance bus: presence in a map, nothing to publish because
-/// every participant is local.
+/// every participant is local. Webhook events, when configured, are recorded in memory
+/// under the same lock as presence (lock order: `rooms`, then the log's own).
 #[derive(Debug, Default)]
 pub struct InProcessBus {
     rooms: Mutex<HashMap<RoomId, LocalRoom>>,
+    events: Option<Arc<crate::webhook::memory::MemoryLog>>,
 }
 
 impl InProcessBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An in-process bus that records webhook events into `log`.
+    pub fn with_events(log: Arc<crate::webhook::memory::MemoryLog>) -> Self {
+        InProcessBus {
+            rooms: Mutex::default(),
+            events: Some(log),
+        }
+    }
+
+    fn record(&self, room: &RoomId, facts: Vec<crate::webhook::memory::Fact>) {
+        if let Some(log) = &self.events {
+            log.record(room, facts);
+        }
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, LocalRoom>> {
@@ -447,26 +486,45 @@ impl Bus for InProcessBus {
             created_at: crate::protocol::now_timestamp(),
             members: Vec::new(),
         });
+        use crate::webhook::EventKind;
+        let mut facts = Vec::new();
+        if entry.members.is_empty() {
+            facts.push((EventKind::RoomStarted, participant.clone(), None));
+        }
+        facts.push((EventKind::ParticipantJoined, participant.clone(), None));
         entry.members.push(participant.clone());
-        Ok(JoinOutcome::Joined {
-            participants: entry.members.clone(),
-        })
+        let participants = entry.members.clone();
+        self.record(room, facts);
+        Ok(JoinOutcome::Joined { participants })
     }
 
     async fn leave(
         &self,
         room: &RoomId,
         participant: &ParticipantInfo,
-        _reason: LeaveReason,
+        reason: LeaveReason,
     ) -> Result<(), BusError> {
+        use crate::webhook::EventKind;
         let mut rooms = self.rooms();
         if let Some(entry) = rooms.get_mut(room) {
-            entry
+            let position = entry
                 .members
-                .retain(|p| p.participant_id != participant.participant_id);
+                .iter()
+                .position(|p| p.participant_id == participant.participant_id);
+            // The record as presence holds it (its metadata may have been replaced).
+            let Some(left) = position.map(|i| entry.members.remove(i)) else {
+                return Ok(());
+            };
+            let mut facts = vec![(
+                EventKind::ParticipantLeft,
+                left.clone(),
+                Some(reason.as_str().to_owned()),
+            )];
             if entry.members.is_empty() {
                 rooms.remove(room);
+                facts.push((EventKind::RoomFinished, left, None));
             }
+            self.record(room, facts);
         }
         Ok(())
     }
@@ -505,10 +563,17 @@ impl Bus for InProcessBus {
                 .iter_mut()
                 .find(|p| p.participant_id == participant_id)
         });
-        Ok(member.map(|p| {
+        let updated = member.map(|p| {
             p.metadata = metadata;
             p.clone()
-        }))
+        });
+        if let Some(p) = &updated {
+            self.record(
+                room,
+                vec![(crate::webhook::EventKind::ParticipantUpdated, p.clone(), None)],
+            );
+        }
+        Ok(updated)
     }
 
     async fn rooms(&self) -> Result<Vec<RoomRecord>, BusError> {
@@ -530,6 +595,12 @@ impl Bus for InProcessBus {
     }
 
     async fn shutdown(&self) {}
+
+    fn event_log(&self) -> Option<Arc<dyn crate::webhook::EventLog>> {
+        self.events
+            .clone()
+            .map(|log| log as Arc<dyn crate::webhook::EventLog>)
+    }
 }
 
 fn record(room: &RoomId, r: &LocalRoom) -> RoomRecord {

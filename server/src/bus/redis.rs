@@ -19,6 +19,7 @@
 //! | `remote` | what crosses to the hub: event delivery and reconciling the hub's record of remote members with Redis |
 //! | `admin` | nothing: the server API's reads of rooms from presence records, its actions on the room channels, metadata updates |
 //! | `conn` | nothing: how Redis is reached (one Redis or a cluster), the command handle every part uses, the publish command |
+//! | `webhooks` | the webhook event log: registry of rooms with events, delivery scripts' calls ([`crate::webhook::EventLog`]) |
 //! | `keys`, `scripts`, `wire`, [`metrics`] | key layout, Lua scripts, channel message format, bus metrics |
 //!
 //! Three background tasks, each in a `redis_bus` span carrying `instance` and `task`:
@@ -52,6 +53,7 @@ mod scripts;
 mod shards;
 mod slots;
 mod subscriber;
+mod webhooks;
 mod wire;
 
 use std::sync::{Arc, Mutex};
@@ -94,6 +96,8 @@ struct Inner {
     shards: shards::Shards,
     presence: presence::Presence,
     reconcile: remote::Reconcile,
+    /// Set when webhook endpoints are configured: the presence scripts record events.
+    webhooks: Option<webhooks::Webhooks>,
 }
 
 /// The Redis bus. See the module documentation.
@@ -118,6 +122,8 @@ pub struct RedisSettings {
     pub max_metadata_bytes: usize,
     /// `redis.publish_timeout_secs`: how long a PUBLISH waits for Redis' reply.
     pub publish_timeout: Duration,
+    /// What to record for webhooks and whom to tell, when endpoints are configured.
+    pub webhooks: Option<(crate::webhook::Recording, Arc<crate::webhook::Wakes>)>,
 }
 
 /// The part of a URL that is safe to log: scheme, host and port only.
@@ -169,6 +175,9 @@ impl RedisBus {
             shards: shards::Shards::default(),
             presence: presence::Presence::new(),
             reconcile: remote::Reconcile::default(),
+            webhooks: settings
+                .webhooks
+                .map(|(recording, wakes)| webhooks::Webhooks::new(recording, wakes)),
         });
         tracing::info!(
             parent: &inner.span,
@@ -341,6 +350,13 @@ impl Bus for RedisBus {
             ready,
             detail,
         }
+    }
+
+    fn event_log(&self) -> Option<Arc<dyn crate::webhook::EventLog>> {
+        self.inner.webhooks.as_ref()?;
+        Some(Arc::new(webhooks::RedisLog {
+            inner: self.inner.clone(),
+        }))
     }
 
     async fn shutdown(&self) {

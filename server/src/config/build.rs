@@ -8,8 +8,10 @@ use super::reader::{Reader, SecretSetting};
 use super::settings::*;
 use super::{
     Config, ConnectionsConfig, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig,
-    RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey,
+    RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey, WebhookConfig,
+    WebhookEndpoint,
 };
+use crate::webhook::{EventFilter, SigningSecret};
 
 /// The shortest HS256 secret accepted outside `--dev`: RFC 7518 3.2 wants a
 /// key at least as long as the hash output (256 bits); a shorter one can be
@@ -80,6 +82,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         body_read_timeout: r.get(&BODY_READ_TIMEOUT),
         trusted_proxies: r.opt(&TRUSTED_PROXIES).unwrap_or_default(),
     };
+    let webhooks = build_webhooks(r);
     Config {
         listen,
         log_format,
@@ -93,6 +96,133 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         redis,
         shutdown,
         connections,
+        webhooks,
+    }
+}
+
+/// The webhook endpoints: `webhooks.urls` with the shared secret, then `webhooks.endpoints`
+/// each with its own secret (or the shared one) and filter; names and URLs must be distinct.
+fn build_webhooks(r: &mut Reader<'_>) -> WebhookConfig {
+    let urls = r.get(&WEBHOOK_URLS);
+    // Set but invalid counts as set: its own error is enough.
+    let urls_set = r.is_set(&WEBHOOK_URLS.meta);
+    let endpoints_set = r.is_set(&WEBHOOK_ENDPOINTS.meta);
+    let shared = match r.sourced_secret(&WEBHOOK_SECRET, &WEBHOOK_SECRET_FILE) {
+        SecretSetting::Set(s, from) => match SigningSecret::parse(s.expose()) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                r.err(&from, e.to_string());
+                None
+            }
+        },
+        SecretSetting::Unset | SecretSetting::Failed => None,
+    };
+    let shared_set = r.is_set(&WEBHOOK_SECRET.meta) || r.is_set(&WEBHOOK_SECRET_FILE.meta);
+    let events = r.opt(&WEBHOOK_EVENTS);
+    let specs = r.opt(&WEBHOOK_ENDPOINTS).unwrap_or_default();
+    let mut endpoints = Vec::new();
+    if !urls.is_empty() && shared.is_none() && !shared_set {
+        r.err(
+            &WEBHOOK_SECRET.meta,
+            "webhooks.urls needs a signing secret: set webhooks.secret (SWITCHBOARD_WEBHOOK_SECRET) or webhooks.secret_file (SWITCHBOARD_WEBHOOK_SECRET_FILE) to whsec_ + base64 of 24 to 64 random bytes",
+        );
+    }
+    if !urls_set && events.is_some() {
+        r.err(&WEBHOOK_EVENTS.meta, "filters webhooks.urls, which is empty; an entry of webhooks.endpoints has its own events");
+    }
+    if !urls_set && !endpoints_set && shared_set {
+        r.err(&WEBHOOK_SECRET.meta, "set, but no webhook endpoint is configured (webhooks.urls or webhooks.endpoints)");
+    }
+    for url in urls {
+        if let Some(secret) = &shared {
+            endpoints.push(WebhookEndpoint {
+                name: default_name(&url),
+                url: Secret::new(url),
+                secret: secret.clone(),
+                events: events.unwrap_or(EventFilter::ALL),
+            });
+        }
+    }
+    for (i, spec) in specs.into_iter().enumerate() {
+        let at = |e: &str| format!("endpoint {}: {e}", i + 1);
+        let secret_text = match (&spec.secret, &spec.secret_file) {
+            (Some(s), _) => Some(s.expose().to_owned()),
+            (None, Some(path)) => match r.files.read(path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    r.err(&WEBHOOK_ENDPOINTS.meta, at(&format!("cannot read {path}: {e}")));
+                    continue;
+                }
+            },
+            (None, None) => None,
+        };
+        let secret = match secret_text {
+            Some(t) => match SigningSecret::parse(&t) {
+                Ok(s) => s,
+                Err(e) => {
+                    r.err(&WEBHOOK_ENDPOINTS.meta, at(&format!("secret: {e}")));
+                    continue;
+                }
+            },
+            None => match &shared {
+                Some(s) => s.clone(),
+                None => {
+                    if !shared_set {
+                        r.err(&WEBHOOK_ENDPOINTS.meta, at("no secret: set its secret or secret_file, or webhooks.secret"));
+                    }
+                    continue;
+                }
+            },
+        };
+        endpoints.push(WebhookEndpoint {
+            name: spec.name.clone().unwrap_or_else(|| default_name(spec.url.expose())),
+            url: spec.url,
+            secret,
+            events: spec.events.map_or(EventFilter::ALL, |k| EventFilter::of(&k)),
+        });
+    }
+    for (i, a) in endpoints.iter().enumerate() {
+        for b in &endpoints[i + 1..] {
+            if a.url == b.url {
+                r.err(&WEBHOOK_ENDPOINTS.meta, format!("endpoint {} is configured twice", a.name));
+            } else if a.name == b.name {
+                r.err(&WEBHOOK_ENDPOINTS.meta, format!("two endpoints are named {}; give them distinct names", a.name));
+            }
+        }
+    }
+    let retry_initial = r.get(&WEBHOOK_RETRY_INITIAL);
+    let retry_max = r.get(&WEBHOOK_RETRY_MAX);
+    if retry_max < retry_initial {
+        r.err(
+            &WEBHOOK_RETRY_MAX.meta,
+            format!(
+                "must be at least {} ({} ms)",
+                WEBHOOK_RETRY_INITIAL.meta.key,
+                retry_initial.as_millis()
+            ),
+        );
+    }
+    WebhookConfig {
+        endpoints,
+        timeout: r.get(&WEBHOOK_TIMEOUT),
+        retry_horizon: r.get(&WEBHOOK_RETRY_HORIZON),
+        retry_initial,
+        retry_max,
+        max_in_flight: r.get(&WEBHOOK_MAX_IN_FLIGHT),
+    }
+}
+
+/// An endpoint's name when none is configured: host, port and path of its URL (no query,
+/// no credentials), e.g. `hooks.example.com/switchboard`.
+fn default_name(url: &str) -> String {
+    match url.parse::<hyper::http::Uri>() {
+        Ok(uri) => {
+            let host = uri.host().unwrap_or_default();
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            let path = uri.path().trim_end_matches('/');
+            format!("{host}{port}{path}")
+        }
+        Err(_) => "webhook".to_owned(),
     }
 }
 

@@ -217,6 +217,39 @@ pub struct ConnectionsConfig {
     pub trusted_proxies: crate::listener::TrustedProxies,
 }
 
+/// One entry of `webhooks.endpoints` as written, before its secret is read and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpointSpec {
+    /// May carry a token in its query: kept out of logs.
+    pub url: Secret,
+    pub name: Option<String>,
+    pub secret: Option<Secret>,
+    pub secret_file: Option<String>,
+    /// `None` = every event.
+    pub events: Option<Vec<crate::webhook::EventKind>>,
+}
+
+/// One webhook endpoint, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// Metrics and logs name it by this (never by its URL).
+    pub name: String,
+    pub url: Secret,
+    pub secret: crate::webhook::SigningSecret,
+    pub events: crate::webhook::EventFilter,
+}
+
+/// Where and how webhooks are sent; no endpoints = no webhooks (nothing is recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub endpoints: Vec<WebhookEndpoint>,
+    pub timeout: Duration,
+    pub retry_horizon: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_in_flight: usize,
+}
+
 /// The complete, validated server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -234,6 +267,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub shutdown: ShutdownConfig,
     pub connections: ConnectionsConfig,
+    pub webhooks: WebhookConfig,
 }
 
 /// The key tokens are signed with, for `switchboard-server token`.

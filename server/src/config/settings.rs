@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::values::{
-    addr, at_least, count_or_off, instance_id, key_prefix, milliseconds, milliseconds_at_least,
-    origins, seconds_at_least, seconds_or_off, secret, secret_urls, text, trusted_proxies,
-    url_list,
+    addr, at_least, count_or_off, event_filter, instance_id, key_prefix, milliseconds,
+    milliseconds_at_least, origins, seconds_at_least, seconds_or_off, secret, secret_urls, text,
+    trusted_proxies, url_list, webhook_endpoints, webhook_urls,
 };
-use super::{JwtAlgorithm, LogFormat, Secret};
+use super::{JwtAlgorithm, LogFormat, Secret, WebhookEndpointSpec};
+use crate::webhook::EventFilter;
 use crate::listener::TrustedProxies;
 
 /// A setting's names and documentation, the same for every value type.
@@ -24,6 +25,9 @@ pub struct Meta {
     pub flag: &'static str,
     /// Comma-separated in env vars and flags, a sequence (or string) in YAML.
     pub list: bool,
+    /// A YAML (or JSON) document in env vars and flags, any YAML value in the file: the
+    /// parser gets it as YAML text.
+    pub structured: bool,
     /// Shown in `--help` (and kept in step with docs/configuration.md by a test).
     pub default: DefaultText,
     /// One line for `--help`.
@@ -79,6 +83,7 @@ impl<T> Setting<T> {
                 env,
                 flag,
                 list: parse.is_list(),
+                structured: false,
                 default: DefaultText::Value(default),
                 help,
             },
@@ -109,11 +114,26 @@ impl<T> Optional<T> {
                 env,
                 flag,
                 list: parse.is_list(),
+                structured: false,
                 default: DefaultText::Unset(unset),
                 help,
             },
             parse,
         }
+    }
+
+    /// Like [`Optional::new`] for a [`Meta::structured`] setting (`parse` reads YAML text).
+    pub const fn structured(
+        key: &'static str,
+        env: &'static str,
+        flag: &'static str,
+        unset: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+        help: &'static str,
+    ) -> Self {
+        let mut s = Self::new(key, env, flag, unset, Parse::Text(parse), help);
+        s.meta.structured = true;
+        s
     }
 }
 
@@ -312,6 +332,38 @@ settings! {
     TRUSTED_PROXIES: Optional<TrustedProxies> = Optional::new(
         "connections.trusted_proxies", "SWITCHBOARD_TRUSTED_PROXIES", "--trusted-proxies", "none",
         Parse::List(trusted_proxies), "proxies whose X-Forwarded-For is believed, addresses or CIDRs");
+
+    WEBHOOK_URLS: Setting<Vec<String>> = Setting::new(
+        "webhooks.urls", "SWITCHBOARD_WEBHOOK_URLS", "--webhook-urls", "",
+        Parse::List(webhook_urls), "webhook endpoints (http:// or https://), comma-separated; signed with webhooks.secret");
+    WEBHOOK_SECRET: Optional<Secret> = Optional::new(
+        "webhooks.secret", "SWITCHBOARD_WEBHOOK_SECRET", "--webhook-secret", "",
+        Parse::Text(secret), "Standard Webhooks signing secret (whsec_ + base64) for webhooks.urls and endpoints without their own");
+    WEBHOOK_SECRET_FILE: Optional<String> = Optional::new(
+        "webhooks.secret_file", "SWITCHBOARD_WEBHOOK_SECRET_FILE", "--webhook-secret-file", "",
+        Parse::Text(text), "file holding the webhook signing secret");
+    WEBHOOK_EVENTS: Optional<EventFilter> = Optional::new(
+        "webhooks.events", "SWITCHBOARD_WEBHOOK_EVENTS", "--webhook-events", "every event",
+        Parse::List(event_filter), "event types sent to webhooks.urls, comma-separated");
+    /// A list of objects: the one setting that is a YAML document.
+    WEBHOOK_ENDPOINTS: Optional<Vec<WebhookEndpointSpec>> = Optional::structured(
+        "webhooks.endpoints", "SWITCHBOARD_WEBHOOK_ENDPOINTS", "--webhook-endpoints", "",
+        webhook_endpoints, "endpoints with their own name, secret and event filter: a YAML or JSON list of {url, name, secret | secret_file, events}");
+    WEBHOOK_TIMEOUT: Setting<Duration> = Setting::new(
+        "webhooks.timeout_ms", "SWITCHBOARD_WEBHOOK_TIMEOUT_MS", "--webhook-timeout-ms", "15000",
+        Parse::Text(|v| milliseconds_at_least(v, 100)), "time an endpoint has to answer one webhook, ms");
+    WEBHOOK_RETRY_HORIZON: Setting<Duration> = Setting::new(
+        "webhooks.retry_horizon_secs", "SWITCHBOARD_WEBHOOK_RETRY_HORIZON_SECS", "--webhook-retry-horizon-secs", "3600",
+        Parse::Text(|v| seconds_at_least(v, 1)), "retry an undelivered event until it is this old, then drop it, seconds");
+    WEBHOOK_RETRY_INITIAL: Setting<Duration> = Setting::new(
+        "webhooks.retry_initial_ms", "SWITCHBOARD_WEBHOOK_RETRY_INITIAL_MS", "--webhook-retry-initial-ms", "500",
+        Parse::Text(|v| milliseconds_at_least(v, 10)), "first retry delay, doubled per failure, ms");
+    WEBHOOK_RETRY_MAX: Setting<Duration> = Setting::new(
+        "webhooks.retry_max_ms", "SWITCHBOARD_WEBHOOK_RETRY_MAX_MS", "--webhook-retry-max-ms", "60000",
+        Parse::Text(|v| milliseconds_at_least(v, 10)), "longest retry delay, ms");
+    WEBHOOK_MAX_IN_FLIGHT: Setting<usize> = Setting::new(
+        "webhooks.max_in_flight", "SWITCHBOARD_WEBHOOK_MAX_IN_FLIGHT", "--webhook-max-in-flight", "32",
+        Parse::Text(|v| at_least(v, 1)), "webhook requests in flight per endpoint on this instance");
 
     DRAIN_DELAY: Setting<Duration> = Setting::new(
         "shutdown.drain_delay_ms", "SWITCHBOARD_DRAIN_DELAY_MS", "--drain-delay-ms", "2000",

@@ -170,6 +170,18 @@ fn walk(
                 message: "unknown setting".into(),
             }),
             (serde_yaml::Value::Null, Some(_)) => {}
+            (v, Some(st)) if st.structured => match v {
+                // A scalar is already the document's text (e.g. a JSON string).
+                serde_yaml::Value::String(t) => {
+                    out.insert(key, Raw::Scalar(t.clone()));
+                }
+                v => match serde_yaml::to_string(v) {
+                    Ok(t) => {
+                        out.insert(key, Raw::Scalar(t));
+                    }
+                    Err(_) => errors.push(ConfigError::new(st, "cannot be read back as YAML")),
+                },
+            },
             (serde_yaml::Value::Sequence(items), Some(st)) if st.list => {
                 let mut list = Vec::new();
                 for item in items {

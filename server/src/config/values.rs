@@ -161,3 +161,96 @@ pub fn split_list(v: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .collect()
 }
+
+/// Webhook URLs: each `http://` or `https://` and a valid URI. Bad items are named by
+/// position, never echoed (a URL may carry a token).
+pub fn webhook_urls(urls: Vec<String>) -> Result<Vec<String>, String> {
+    for (i, u) in urls.iter().enumerate() {
+        check_webhook_url(u).map_err(|e| format!("item {}: {e}", i + 1))?;
+    }
+    Ok(urls)
+}
+
+/// Why a webhook URL cannot be used (without repeating it).
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("expected an http:// or https:// URL".into());
+    }
+    match url.parse::<hyper::http::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => Err("not a valid URL (check host, port and path)".into()),
+    }
+}
+
+/// Event type names, comma-separated; at least one.
+pub fn event_filter(names: Vec<String>) -> Result<crate::webhook::EventFilter, String> {
+    event_kinds(&names).map(|k| crate::webhook::EventFilter::of(&k))
+}
+
+fn event_kinds(names: &[String]) -> Result<Vec<crate::webhook::EventKind>, String> {
+    use crate::webhook::EventKind;
+    if names.is_empty() {
+        return Err("expected at least one event type".into());
+    }
+    names
+        .iter()
+        .map(|n| {
+            EventKind::parse(n).ok_or_else(|| {
+                let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown event type {n:?} (known: {})", all.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// The `webhooks.endpoints` document: a YAML (or JSON) list of endpoint objects.
+pub fn webhook_endpoints(text: &str) -> Result<Vec<super::WebhookEndpointSpec>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        url: String,
+        name: Option<String>,
+        secret: Option<String>,
+        secret_file: Option<String>,
+        events: Option<Vec<String>>,
+    }
+    let raw: Vec<Raw> = serde_yaml::from_str(text).map_err(|e| {
+        // serde's own message names the field and position; it does not repeat strings.
+        let first = e.to_string();
+        let first = first.lines().next().unwrap_or_default().to_owned();
+        format!("expected a list of {{url, name, secret | secret_file, events}} objects: {first}")
+    })?;
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let at = |e: String| format!("endpoint {}: {e}", i + 1);
+            check_webhook_url(&r.url).map_err(at)?;
+            if r.secret.is_some() && r.secret_file.is_some() {
+                return Err(at("set either secret or secret_file, not both".into()));
+            }
+            if let Some(name) = &r.name {
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !ok {
+                    return Err(at(format!(
+                        "name {name:?}: expected 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.'"
+                    )));
+                }
+            }
+            let events = match &r.events {
+                None => None,
+                Some(names) => Some(event_kinds(names).map_err(at)?),
+            };
+            Ok(super::WebhookEndpointSpec {
+                url: super::Secret::new(r.url),
+                name: r.name,
+                secret: r.secret.map(super::Secret::new),
+                secret_file: r.secret_file,
+                events,
+            })
+        })
+        .collect()
+}

@@ -99,6 +99,10 @@ impl Inner {
         let script = Script::new(scripts::UPDATE_PRESENT);
         let mut invocation = script.key(self.keys.room_participants(room));
         invocation
+            .key(self.keys.room_webhooks(room))
+            .key(self.keys.room_webhook_seq(room));
+        self.webhook_args(&mut invocation);
+        invocation
             .arg(participant_id)
             .arg(serde_json::to_string(&info).unwrap_or_default());
         let mut conn = self.conn.clone();
@@ -110,6 +114,7 @@ impl Inner {
         if replaced == 0 {
             return Ok(None);
         }
+        self.webhook_recorded(room).await;
         self.presence.local().update(room, &info);
         Ok(Some(info))
     }

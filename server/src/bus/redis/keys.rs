@@ -60,6 +60,23 @@ impl Keys {
         format!("{}:room:{{{}}}:created", self.prefix, room.as_str())
     }
 
+    /// STREAM of the room's webhook events, one consumer group per endpoint (see `scripts`).
+    pub fn room_webhooks(&self, room: &RoomId) -> String {
+        format!("{}:room:{{{}}}:webhooks", self.prefix, room.as_str())
+    }
+
+    /// STRING: the room's last webhook `seq`, kept a while after its last event.
+    pub fn room_webhook_seq(&self, room: &RoomId) -> String {
+        format!("{}:room:{{{}}}:webhook_seq", self.prefix, room.as_str())
+    }
+
+    /// SET of rooms that may hold undelivered webhook events, for every instance to find
+    /// them. Deliberately global (no hash tag): only ever used by single-key commands
+    /// (SADD, SREM, SMEMBERS), never inside a room's script.
+    pub fn webhook_rooms(&self) -> String {
+        format!("{}:webhook_rooms", self.prefix)
+    }
+
     /// Pub/sub channel carrying a room's relayed messages and presence events.
     pub fn room_channel(&self, room: &RoomId) -> String {
         format!("{}:room:{{{}}}:events", self.prefix, room.as_str())
@@ -228,6 +245,11 @@ mod tests {
         let other = Keys::new("switchboard", "pod-1~7").unwrap();
         assert!(!k.is_shard_canary_channel(&other.canary_channel()));
         assert_eq!(k.instances(), "switchboard:instances");
+        assert_eq!(k.webhook_rooms(), "switchboard:webhook_rooms");
+        assert_eq!(
+            k.room_webhooks(&room("demo")),
+            "switchboard:room:{demo}:webhooks"
+        );
     }
 
     #[test]
@@ -237,6 +259,8 @@ mod tests {
             k.room_participants(&room("r-1")),
             k.room_created(&room("r-1")),
             k.room_channel(&room("r-1")),
+            k.room_webhooks(&room("r-1")),
+            k.room_webhook_seq(&room("r-1")),
         ] {
             let open = key.find('{').unwrap();
             let close = key[open..].find('}').unwrap() + open;

@@ -195,6 +195,10 @@ impl Inner {
             .key(self.keys.room_participants(room));
         invocation
             .key(self.keys.room_created(room))
+            .key(self.keys.room_webhooks(room))
+            .key(self.keys.room_webhook_seq(room));
+        self.webhook_args(&mut invocation);
+        invocation
             .arg(&participant.participant_id)
             .arg(info)
             .arg(limits.capacity)
@@ -232,6 +236,7 @@ impl Inner {
             self.release_room(room).await;
             return Ok(refused);
         }
+        self.webhook_recorded(room).await;
         self.presence.local().add(room, participant);
         let event = RemoteEvent::Joined {
             room_id: room.clone(),
@@ -269,12 +274,19 @@ impl Inner {
             .key(self.keys.room_participants(room));
         invocation
             .key(self.keys.room_created(room))
-            .arg(&participant.participant_id);
+            .key(self.keys.room_webhooks(room))
+            .key(self.keys.room_webhook_seq(room));
+        self.webhook_args(&mut invocation);
+        invocation
+            .arg(&participant.participant_id)
+            .arg(reason.as_str());
         let result = async {
             self.redis("leave", async move {
                 invocation.invoke_async::<i64>(&mut conn).await
             })
             .await?;
+            // Before the room may leave our rooms set (crash cleanup finds it there).
+            self.webhook_recorded(room).await;
             let event = RemoteEvent::Left {
                 room_id: room.clone(),
                 participant: participant.clone(),
@@ -362,7 +374,26 @@ impl Inner {
                 .presence
                 .sync_script
                 .key(self.keys.room_participants(room));
-            invocation.arg(&me);
+            invocation
+                .key(self.keys.room_webhooks(room))
+                .key(self.keys.room_webhook_seq(room));
+            self.webhook_args(&mut invocation);
+            invocation
+                .arg(&me)
+                .arg(if was_lost.is_some() { "1" } else { "0" });
+            // The leaves Redis could not record, with their reasons (the script picks this
+            // room's).
+            let reasons: Vec<(String, LeaveReason)> = self
+                .presence
+                .local()
+                .pending_left
+                .iter()
+                .map(|(id, r)| (id.clone(), *r))
+                .collect();
+            invocation.arg(reasons.len());
+            for (id, reason) in &reasons {
+                invocation.arg(id).arg(reason.as_str());
+            }
             if let Some(members) = snapshot.get(room) {
                 for (id, info) in members {
                     invocation
@@ -378,6 +409,8 @@ impl Inner {
                 .await?;
             added_total += added.len();
             removed_total += removed.len();
+            self.register_webhook_rooms(std::slice::from_ref(room))
+                .await?;
             for info in parse_infos(&removed) {
                 let pending = self
                     .presence
@@ -529,7 +562,12 @@ impl Inner {
                 .presence
                 .remove_instance_script
                 .key(self.keys.room_participants(&room));
-            invocation.key(self.keys.room_created(&room)).arg(dead);
+            invocation
+                .key(self.keys.room_created(&room))
+                .key(self.keys.room_webhooks(&room))
+                .key(self.keys.room_webhook_seq(&room));
+            self.webhook_args(&mut invocation);
+            invocation.arg(dead);
             let mut conn = self.conn.clone();
             let removed: Vec<String> = self
                 .redis("remove instance", async move {
@@ -551,6 +589,10 @@ impl Inner {
                 self.publish_event(&room, &event).await?;
             }
         }
+        // Every room of the dead instance, before its rooms set is forgotten: events it
+        // recorded just before it died may not be registered yet.
+        let dead_rooms: Vec<RoomId> = rooms.iter().filter_map(|r| RoomId::parse(r).ok()).collect();
+        self.register_webhook_rooms(&dead_rooms).await?;
         let mut conn = self.conn.clone();
         let lost_key = self.keys.instance_lost(dead);
         let instances_key = self.keys.instances();

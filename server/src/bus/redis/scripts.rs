@@ -3,29 +3,83 @@
 //!
 //! Presence records are `ParticipantInfo` JSON values in the room's participants HASH; the
 //! scripts read their `instance_id` and `user_id` with Redis' bundled `cjson`.
+//!
+//! # Webhook events
+//!
+//! Every script that changes presence also records the webhook events of that change, in the
+//! same atomic step: appended to the room's stream (`XADD`, one entry per event, fields
+//! `type`, `id`, `seq`, `time`, `participant`, `reason`) with the room's next `seq`. So a fact
+//! is recorded exactly once, whichever instance saw it and whenever one crashes. These scripts
+//! take a common argument block first: `ARGV[1]` a fresh nonce for event ids (empty: webhooks
+//! off, nothing is recorded), `ARGV[2]` the time (RFC 3339), `ARGV[3]` how long the room's
+//! `seq` counter outlives its last event (seconds), `ARGV[4]` the number of endpoint groups and
+//! then their names; the script's own arguments follow (`ARGV[o + 1]`, ...). A missing group is
+//! created at the stream's end before the first event: an endpoint sees what was recorded
+//! from then on. A missing `seq` counter (the room's first event, or after it expired or Redis
+//! lost it) starts at Redis' clock in microseconds, so `seq` keeps increasing across a room's
+//! lives and a Redis that lost its data.
+
+/// Lua shared by the scripts that record webhook events: `emit(stream, seq_key, type,
+/// participant_json, reason)` and `o`, the offset of the script's own arguments. A macro (not a
+/// const) because `concat!` takes literals only.
+macro_rules! webhook_fn {
+    () => {
+        r#"
+local o = 4 + tonumber(ARGV[4])
+local wh_n = 0
+local function emit(stream, seq_key, kind, participant, reason)
+  if ARGV[1] == '' then
+    return
+  end
+  if wh_n == 0 then
+    for i = 5, o do
+      redis.pcall('XGROUP', 'CREATE', stream, ARGV[i], '$', 'MKSTREAM')
+    end
+  end
+  local seq
+  if redis.call('EXISTS', seq_key) == 0 then
+    local t = redis.call('TIME')
+    seq = t[1] .. string.sub('000000' .. t[2], -6)
+    redis.call('SET', seq_key, seq, 'EX', ARGV[3])
+  else
+    seq = redis.call('INCR', seq_key)
+    redis.call('EXPIRE', seq_key, ARGV[3])
+  end
+  wh_n = wh_n + 1
+  redis.call('XADD', stream, '*', 'type', kind, 'id', 'evt_' .. ARGV[1] .. '-' .. wh_n,
+    'seq', seq, 'time', ARGV[2], 'participant', participant, 'reason', reason or '')
+end
+"#
+    };
+}
 
 /// Atomic join with capacity: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
+/// `KEYS[3]` the room's webhook stream, `KEYS[4]` its `seq` counter; after the webhook block,
 /// `ARGV` = participant id, info JSON, max participants, now (RFC 3339), user id, max
 /// participants of that user (0 = no limit). Returns `{0}` when the room is full, `{2}` when the
 /// user already holds that many of its participants, else `{1, info...}` with every participant
 /// now present (self included), read in the same atomic step. The first participant of an empty
-/// room records its creation time.
+/// room records its creation time. A new participant records `participant_joined`, preceded by
+/// `room_started` when the room was empty.
 ///
 /// The user's participants are counted from the records themselves (their `user_id`), so the
 /// count cannot drift from what crash cleanup and resyncs remove. A participant already present
-/// (a re-registration racing a join) is updated, never refused.
-pub const JOIN: &str = r#"
+/// (a re-registration racing a join) is updated, never refused, and records nothing.
+pub const JOIN: &str = concat!(
+    webhook_fn!(),
+    r#"
 local key = KEYS[1]
-if redis.call('HEXISTS', key, ARGV[1]) == 0 then
-  if redis.call('HLEN', key) >= tonumber(ARGV[3]) then
+local is_new = redis.call('HEXISTS', key, ARGV[o + 1]) == 0
+if is_new then
+  if redis.call('HLEN', key) >= tonumber(ARGV[o + 3]) then
     return {'0'}
   end
-  local per_user = tonumber(ARGV[6])
+  local per_user = tonumber(ARGV[o + 6])
   if per_user > 0 then
     local held = 0
     for _, v in ipairs(redis.call('HVALS', key)) do
       local ok, info = pcall(cjson.decode, v)
-      if ok and type(info) == 'table' and info['user_id'] == ARGV[5] then
+      if ok and type(info) == 'table' and info['user_id'] == ARGV[o + 5] then
         held = held + 1
       end
     end
@@ -34,52 +88,79 @@ if redis.call('HEXISTS', key, ARGV[1]) == 0 then
     end
   end
 end
-if redis.call('HLEN', key) == 0 then
-  redis.call('SET', KEYS[2], ARGV[4])
+local empty = redis.call('HLEN', key) == 0
+if empty then
+  redis.call('SET', KEYS[2], ARGV[o + 4])
 end
-redis.call('HSET', key, ARGV[1], ARGV[2])
+redis.call('HSET', key, ARGV[o + 1], ARGV[o + 2])
+if is_new then
+  if empty then
+    emit(KEYS[3], KEYS[4], 'room_started', ARGV[o + 2])
+  end
+  emit(KEYS[3], KEYS[4], 'participant_joined', ARGV[o + 2])
+end
 local out = {'1'}
 for _, v in ipairs(redis.call('HVALS', key)) do
   out[#out + 1] = v
 end
 return out
-"#;
+"#
+);
 
 /// Removes one participant: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
-/// `ARGV[1]` participant id. The leave that empties the room forgets when it was created.
-pub const LEAVE: &str = r#"
-redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HLEN', KEYS[1]) == 0 then
+/// `KEYS[3]` webhook stream, `KEYS[4]` `seq` counter; after the webhook block, `ARGV` =
+/// participant id, leave reason. The leave that empties the room forgets when it was created.
+/// A participant that was present records `participant_left` (with the reason), followed by
+/// `room_finished` when the room is left empty.
+pub const LEAVE: &str = concat!(
+    webhook_fn!(),
+    r#"
+local info = redis.call('HGET', KEYS[1], ARGV[o + 1])
+redis.call('HDEL', KEYS[1], ARGV[o + 1])
+local empty = redis.call('HLEN', KEYS[1]) == 0
+if empty then
   redis.call('DEL', KEYS[2])
 end
+if info then
+  emit(KEYS[3], KEYS[4], 'participant_left', info, ARGV[o + 2])
+  if empty then
+    emit(KEYS[3], KEYS[4], 'room_finished', info)
+  end
+end
 return 1
-"#;
+"#
+);
 
 /// Replaces one participant's record only if it is still there (a leave racing a metadata
-/// update must not bring it back): `KEYS[1]` participants hash, `ARGV` = participant id, info
-/// JSON. Returns 1 when replaced, 0 when the participant is gone.
-pub const UPDATE_PRESENT: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+/// update must not bring it back): `KEYS[1]` participants hash, `KEYS[2]` webhook stream,
+/// `KEYS[3]` `seq` counter; after the webhook block, `ARGV` = participant id, info JSON. Returns
+/// 1 when replaced (recording `participant_updated`), 0 when the participant is gone.
+pub const UPDATE_PRESENT: &str = concat!(
+    webhook_fn!(),
+    r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[o + 1]) == 0 then
   return 0
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[o + 1], ARGV[o + 2])
+emit(KEYS[2], KEYS[3], 'participant_updated', ARGV[o + 2])
 return 1
-"#;
+"#
+);
 
 /// Lua shared by the two scripts that drop one instance's entries: removes from the
-/// participants hash `KEYS[1]` every entry whose info names instance `ARGV[1]` and whose
+/// participants hash `KEYS[1]` every entry whose info names instance `inst` and whose
 /// participant id is not a key of `keep`; returns the removed info JSON values. A macro (not
 /// a const) because `concat!` takes literals only.
 macro_rules! remove_instance_fn {
     () => {
         r#"
-local function remove_instance(keep)
+local function remove_instance(keep, inst)
   local removed = {}
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     if not keep[all[i]] then
       local ok, info = pcall(cjson.decode, all[i + 1])
-      if ok and type(info) == 'table' and info['instance_id'] == ARGV[1] then
+      if ok and type(info) == 'table' and info['instance_id'] == inst then
         redis.call('HDEL', KEYS[1], all[i])
         removed[#removed + 1] = all[i + 1]
       end
@@ -92,39 +173,268 @@ end
 }
 
 /// Removes every participant of one instance from one room: `KEYS[1]` participants hash,
-/// `KEYS[2]` the room's creation time (forgotten when the room is left empty), `ARGV[1]`
-/// instance id. Returns the removed info JSON values (to announce `user-left`).
+/// `KEYS[2]` the room's creation time (forgotten when the room is left empty), `KEYS[3]`
+/// webhook stream, `KEYS[4]` `seq` counter; after the webhook block, `ARGV` = instance id.
+/// Returns the removed info JSON values (to announce `user-left`); records `participant_left`
+/// (`instance_lost`) for each, and `room_finished` when they were the last.
 pub const REMOVE_INSTANCE: &str = concat!(
+    webhook_fn!(),
     remove_instance_fn!(),
     r#"
-local removed = remove_instance({})
+local removed = remove_instance({}, ARGV[o + 1])
+for _, info in ipairs(removed) do
+  emit(KEYS[3], KEYS[4], 'participant_left', info, 'instance_lost')
+end
 if redis.call('HLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[2])
+  if #removed > 0 then
+    emit(KEYS[3], KEYS[4], 'room_finished', removed[#removed])
+  end
 end
 return removed
 "#
 );
 
 /// Makes one room's presence of one instance equal to its live local participants (after a
-/// Redis restart, an outage, or a lapsed heartbeat): `KEYS[1]` participants hash, `ARGV[1]`
-/// instance id, then pairs of participant id and info JSON. Entries of this instance that are
-/// not live any more are removed (they left while Redis was unreachable); live ones are
-/// written. Returns `{added, removed}`, two lists of info JSON values. No capacity check: these
-/// participants were admitted already.
+/// Redis restart, an outage, or a lapsed heartbeat): `KEYS[1]` participants hash, `KEYS[2]`
+/// webhook stream, `KEYS[3]` `seq` counter; after the webhook block, `ARGV` = instance id,
+/// `1` when the instance had been declared lost (else `0`), the number of recorded leave
+/// reasons, pairs of participant id and reason, then pairs of participant id and info JSON of
+/// the live participants. Entries of this instance that are not live any more are removed
+/// (they left while Redis was unreachable: `participant_left` with their recorded reason, else
+/// `instance_lost`); live ones are written. Returns `{added, removed}`, two lists of info JSON
+/// values. No capacity check: these participants were admitted already.
+///
+/// Re-added records are `participant_joined` only when the instance had been declared lost
+/// (its participants were announced as gone); otherwise Redis merely lost them and nobody was
+/// told they left. `room_finished` / `room_started` follow the count as those events tell it.
 pub const SYNC_INSTANCE: &str = concat!(
+    webhook_fn!(),
     remove_instance_fn!(),
     r#"
+local inst = ARGV[o + 1]
+local announce = ARGV[o + 2] == '1'
+local p = o + 4
+local reasons = {}
+for _ = 1, tonumber(ARGV[o + 3]) do
+  reasons[ARGV[p]] = ARGV[p + 1]
+  p = p + 2
+end
 local live = {}
-for i = 2, #ARGV, 2 do
+for i = p, #ARGV, 2 do
   live[ARGV[i]] = true
 end
-local removed = remove_instance(live)
+local removed = remove_instance(live, inst)
+for _, info in ipairs(removed) do
+  local ok, d = pcall(cjson.decode, info)
+  local reason = 'instance_lost'
+  if ok and type(d) == 'table' and reasons[d['participant_id']] then
+    reason = reasons[d['participant_id']]
+  end
+  emit(KEYS[2], KEYS[3], 'participant_left', info, reason)
+end
+-- Records Redis lost are still counted by whoever heard the events.
+local silent = 0
+if not announce then
+  for i = p, #ARGV, 2 do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
+      silent = silent + 1
+    end
+  end
+end
+local empty = redis.call('HLEN', KEYS[1]) == 0
+if #removed > 0 and empty and silent == 0 then
+  emit(KEYS[2], KEYS[3], 'room_finished', removed[#removed])
+end
 local added = {}
-for i = 2, #ARGV, 2 do
+for i = p, #ARGV, 2 do
   if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     added[#added + 1] = ARGV[i + 1]
+    if announce then
+      if empty and #added == 1 then
+        emit(KEYS[2], KEYS[3], 'room_started', ARGV[i + 1])
+      end
+      emit(KEYS[2], KEYS[3], 'participant_joined', ARGV[i + 1])
+    end
   end
 end
 return {added, removed}
+"#
+);
+
+/// Lua shared by the webhook delivery scripts: stream id comparison, a group's state
+/// (`pending`, `last-delivered-id`, `lag`) and its first undelivered entry, and the trim that
+/// drops what every group has (or what is older than the retry horizon).
+macro_rules! stream_fn {
+    () => {
+        r#"
+local function id_parts(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function id_lt(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  return am < bm or (am == bm and as < bs)
+end
+local function groups_of(stream)
+  local out = {}
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for i = 1, #g, 2 do
+      info[g[i]] = g[i + 1]
+    end
+    out[#out + 1] = info
+  end
+  return out
+end
+-- The group's first entry not done (pending, else the next after its last delivered).
+local function first_undone(stream, g)
+  if g['pending'] > 0 then
+    local p = redis.call('XPENDING', stream, g['name'], '-', '+', 1)
+    return p[1][1], p[1][2], p[1][3]
+  end
+  local nxt = redis.call('XRANGE', stream, '(' .. g['last-delivered-id'], '+', 'COUNT', 1)
+  if #nxt > 0 then
+    return nxt[1][1], nil, nil
+  end
+  return nil, nil, nil
+end
+-- Drops what every group has and what is older than the horizon (ms); returns the first id
+-- some group still needs, or nil.
+local function trim(stream, horizon_ms)
+  local min = nil
+  for _, g in ipairs(groups_of(stream)) do
+    local id = first_undone(stream, g)
+    if id and (min == nil or id_lt(id, min)) then
+      min = id
+    end
+  end
+  if min == nil then
+    redis.call('XTRIM', stream, 'MAXLEN', 0)
+  else
+    redis.call('XTRIM', stream, 'MINID', min)
+  end
+  local t = redis.call('TIME')
+  local cutoff = tonumber(t[1]) * 1000 - tonumber(horizon_ms)
+  if cutoff > 0 then
+    redis.call('XTRIM', stream, 'MINID', string.format('%d', cutoff))
+  end
+  return min
+end
+"#
+    };
+}
+
+/// What one room holds for each endpoint group: `KEYS[1]` webhook stream; `ARGV` = this
+/// consumer, lease (ms), then group names. Returns per group `{depth, oldest_ms (-1 = none),
+/// held_elsewhere (0/1)}`; another consumer holds the room when its pending entry was renewed
+/// within the lease.
+pub const WEBHOOK_STATUS: &str = concat!(
+    stream_fn!(),
+    r#"
+local byname = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, g in ipairs(groups_of(KEYS[1])) do
+    byname[g['name']] = g
+  end
+end
+local out = {}
+for i = 3, #ARGV do
+  local g = byname[ARGV[i]]
+  local depth, oldest, held = 0, -1, 0
+  if g then
+    local after = g['lag']
+    if type(after) ~= 'number' then
+      after = #redis.call('XRANGE', KEYS[1], '(' .. g['last-delivered-id'], '+', 'COUNT', 100000)
+    end
+    depth = g['pending'] + after
+    local id, owner, idle = first_undone(KEYS[1], g)
+    if id then
+      oldest = id_parts(id)
+    end
+    if owner and owner ~= ARGV[1] and idle < tonumber(ARGV[2]) then
+      held = 1
+    end
+  end
+  out[#out + 1] = {depth, oldest, held}
+end
+return out
+"#
+);
+
+/// Takes the room's oldest undelivered event for one group: `KEYS[1]` webhook stream; `ARGV`
+/// = group, this consumer, lease (ms). The group's pending entry (at most one: entries are
+/// taken one at a time) is taken over when it is ours or its holder has not renewed it for a
+/// lease; else the next entry is read. Returns `{'event', id, fields}`, `{'busy'}`,
+/// `{'empty'}`, or `{'again'}` when the pending entry had been trimmed (it is acknowledged).
+pub const WEBHOOK_CLAIM: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'empty'}
+end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1)
+if type(p) ~= 'table' or p['err'] then
+  return {'empty'}
+end
+if #p > 0 then
+  local id, owner, idle = p[1][1], p[1][2], p[1][3]
+  if owner ~= ARGV[2] and idle < tonumber(ARGV[3]) then
+    return {'busy'}
+  end
+  local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
+  if #c == 0 or not c[1] then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    return {'again'}
+  end
+  return {'event', c[1][1], c[1][2]}
+end
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+if not r or #r == 0 or #r[1][2] == 0 then
+  return {'empty'}
+end
+return {'event', r[1][2][1][1], r[1][2][1][2]}
+"#;
+
+/// Renews this consumer's hold on an entry: `KEYS[1]` webhook stream; `ARGV` = group, this
+/// consumer, entry id. Returns 0 when another consumer holds it now (or it is gone).
+pub const WEBHOOK_RENEW: &str = r#"
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if type(p) ~= 'table' or p['err'] or #p == 0 or p[1][2] ~= ARGV[2] then
+  return 0
+end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"#;
+
+/// Acknowledges an entry this consumer holds and trims what every group has: `KEYS[1]`
+/// webhook stream; `ARGV` = group, this consumer, entry id, retry horizon (ms). Returns 0 when
+/// another consumer holds it now.
+pub const WEBHOOK_ACK: &str = concat!(
+    stream_fn!(),
+    r#"
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if type(p) ~= 'table' or p['err'] or #p == 0 or p[1][2] ~= ARGV[2] then
+  return 0
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+trim(KEYS[1], ARGV[4])
+return 1
+"#
+);
+
+/// Deletes a room's webhook stream when every group has all of it: `KEYS[1]` webhook stream;
+/// `ARGV[1]` retry horizon (ms). Returns 1 when the stream is gone.
+pub const WEBHOOK_SETTLE: &str = concat!(
+    stream_fn!(),
+    r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 1
+end
+local min = trim(KEYS[1], ARGV[1])
+if min == nil and redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 "#
 );
