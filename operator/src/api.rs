@@ -128,6 +128,11 @@ pub struct SignalingClusterSpec {
     #[serde(default, skip_serializing_if = "LimitsSpec::is_empty")]
     pub limits: LimitsSpec,
 
+    /// Webhooks: signed room and participant events POSTed to your backend (Standard
+    /// Webhooks); none when unset.
+    #[serde(default, skip_serializing_if = "WebhooksSpec::is_empty")]
+    pub webhooks: WebhooksSpec,
+
     /// The Service in front of the server pods.
     #[serde(default)]
     pub service: ServiceSpec,
@@ -195,6 +200,7 @@ impl Default for SignalingClusterSpec {
             auth: AuthSpec::default(),
             rooms: RoomsSpec::default(),
             limits: LimitsSpec::default(),
+            webhooks: WebhooksSpec::default(),
             service: ServiceSpec::default(),
             ingress: IngressSpec::default(),
             autoscaling: AutoscalingSpec::default(),
@@ -677,6 +683,76 @@ impl LimitsSpec {
     /// Nothing set: every server default applies.
     pub fn is_empty(&self) -> bool {
         self == &Self::default()
+    }
+}
+
+/// Where the servers send webhooks; see docs/webhooks.md. Unset fields keep the server's
+/// defaults (shown in brackets).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhooksSpec {
+    /// The endpoints, each with its own signing secret and event filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub endpoints: Vec<WebhookEndpointSpec>,
+    /// Time an endpoint has to answer one request, milliseconds [15000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 300000))]
+    pub timeout_ms: Option<i64>,
+    /// An undelivered event is retried until it is this old, then dropped, seconds [3600].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub retry_horizon_seconds: Option<i64>,
+}
+
+impl WebhooksSpec {
+    /// Nothing set: no webhooks.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// One webhook endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEndpointSpec {
+    /// `http://` or `https://` URL the events are POSTed to.
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// Labels this endpoint in metrics and logs; unset: host, port and path of the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub name: Option<String>,
+    /// Secret key holding the Standard Webhooks signing secret (`whsec_` + base64 of 24 to 64
+    /// random bytes); key defaults to `secret`.
+    pub secret_ref: SecretKeyRef,
+    /// Event types sent (`room_started`, `room_finished`, `participant_joined`,
+    /// `participant_left`, `participant_updated`); empty: every event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub events: Vec<WebhookEventType>,
+}
+
+/// A webhook event type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEventType {
+    RoomStarted,
+    RoomFinished,
+    ParticipantJoined,
+    ParticipantLeft,
+    ParticipantUpdated,
+}
+
+impl WebhookEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoomStarted => "room_started",
+            Self::RoomFinished => "room_finished",
+            Self::ParticipantJoined => "participant_joined",
+            Self::ParticipantLeft => "participant_left",
+            Self::ParticipantUpdated => "participant_updated",
+        }
     }
 }
 

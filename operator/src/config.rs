@@ -61,6 +61,29 @@ struct File<'a> {
     #[serde(skip_serializing_if = "Limits::is_empty")]
     limits: Limits,
     connections: Connections,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhooks: Option<Webhooks<'a>>,
+}
+
+/// The server's `webhooks` section: the endpoints with their secrets inline (this file is a
+/// Secret), and only the timings the spec sets.
+#[derive(Serialize)]
+struct Webhooks<'a> {
+    endpoints: Vec<WebhookEndpoint<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_horizon_secs: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct WebhookEndpoint<'a> {
+    url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    secret: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    events: Vec<&'static str>,
 }
 
 /// Inside a cluster every client reaches the pods through an ingress controller, a load
@@ -252,6 +275,22 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
             max_header_bytes: spec.limits.max_header_bytes,
             body_read_timeout_ms: spec.limits.body_read_timeout_ms,
         },
+        webhooks: (!spec.webhooks.endpoints.is_empty()).then(|| Webhooks {
+            endpoints: spec
+                .webhooks
+                .endpoints
+                .iter()
+                .zip(&resolved.webhook_secrets)
+                .map(|(e, secret)| WebhookEndpoint {
+                    url: &e.url,
+                    name: e.name.as_deref(),
+                    secret,
+                    events: e.events.iter().map(|k| k.as_str()).collect(),
+                })
+                .collect(),
+            timeout_ms: spec.webhooks.timeout_ms,
+            retry_horizon_secs: spec.webhooks.retry_horizon_seconds,
+        }),
     };
     let mut yaml = String::from(
         "# Rendered by switchboard-operator from a SignalingCluster; edits are overwritten.\n",

@@ -29,6 +29,8 @@ pub struct Resolved {
     pub redis_url: String,
     /// `redis_url` holds the seeds of a Redis Cluster (`spec.redis.external.cluster`).
     pub redis_cluster: bool,
+    /// The signing secret of each `spec.webhooks.endpoints` entry, in order.
+    pub webhook_secrets: Vec<String>,
 }
 
 // Secrets never reach logs: Debug prints which values are present, not the values.
@@ -42,6 +44,7 @@ impl std::fmt::Debug for Resolved {
             )
             .field("redis_url", &"<redacted>")
             .field("redis_cluster", &self.redis_cluster)
+            .field("webhook_secrets", &self.webhook_secrets.len())
             .finish()
     }
 }
@@ -124,6 +127,9 @@ pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
     }
     if let Some(r) = &spec.ice.turn_secret_ref {
         out.insert(r.name.clone());
+    }
+    for e in &spec.webhooks.endpoints {
+        out.insert(e.secret_ref.name.clone());
     }
     if let Some(r) = spec
         .redis
@@ -362,12 +368,49 @@ pub fn resolve(
     };
 
     let redis_cluster = spec.redis.external.as_ref().is_some_and(|e| e.cluster);
+    let mut webhook_secrets = Vec::with_capacity(spec.webhooks.endpoints.len());
+    for (i, e) in spec.webhooks.endpoints.iter().enumerate() {
+        let r = &e.secret_ref;
+        let what = format!("webhooks.endpoints[{i}].secretRef");
+        let value = lookup.value(&r.name, r.key_or(SECRET_KEY), &what)?;
+        let value = value.trim().to_owned();
+        // The server refuses anything else at start-up (exit 78): say so here instead of
+        // letting the pods crash-loop. Never echo the value.
+        if !webhook_secret_ok(&value) {
+            return Err(ConfigError::new(
+                ConfigErrorReason::SecretValueInvalid,
+                format!(
+                    "secret {:?} key {:?} in namespace {:?} (referenced by {what}) is not a Standard Webhooks secret: expected whsec_ followed by the base64 of 24 to 64 random bytes",
+                    r.name,
+                    r.key_or(SECRET_KEY),
+                    namespace
+                ),
+            ));
+        }
+        webhook_secrets.push(value);
+    }
+
     Ok(Resolved {
         jwt,
         turn_secret,
         redis_url,
         redis_cluster,
+        webhook_secrets,
     })
+}
+
+/// Whether `value` is `whsec_` + base64 of 24 to 64 bytes, as the server requires.
+pub fn webhook_secret_ok(value: &str) -> bool {
+    use base64::Engine as _;
+    let Some(encoded) = value.strip_prefix("whsec_") else {
+        return false;
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    let no_pad = base64::engine::general_purpose::STANDARD_NO_PAD;
+    engine
+        .decode(encoded)
+        .or_else(|_| no_pad.decode(encoded))
+        .is_ok_and(|k| (24..=64).contains(&k.len()))
 }
 
 /// URL of cluster `name`'s managed Redis in `namespace`, password percent-encoded.

@@ -18,6 +18,7 @@ use switchboard_e2e::http::{get, get_bearer};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::{ec_public_key_path, rsa_public_key_path, Claims};
+use switchboard_e2e::webhook_receiver::{new_secret, verify, Receiver};
 use switchboard_operator::api::SignalingCluster;
 use switchboard_operator::config::{self, RenderedConfig, MOUNT_DIR};
 use switchboard_operator::resolve::{self, JwtKey, Resolved};
@@ -71,6 +72,7 @@ async fn bare_spec_config_starts_a_ready_server_on_redis() {
         turn_secret: None,
         redis_url: redis.url(),
         redis_cluster: false,
+        webhook_secrets: Vec::new(),
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
@@ -239,6 +241,7 @@ spec:
         turn_secret: Some("coturn-shared-secret".to_owned()),
         redis_url: redis.url(),
         redis_cluster: false,
+        webhook_secrets: Vec::new(),
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
@@ -348,4 +351,83 @@ async fn an_external_redis_cluster_secret_renders_a_config_the_server_runs_on() 
         cluster.command_on(owner, &["HLEN", key]),
         switchboard_e2e::redis::Reply::Integer(1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spec_webhooks_render_endpoints_the_server_signs_for() {
+    let redis = RedisProcess::start();
+    let receiver = Receiver::start().await;
+    let (all, rooms) = (new_secret(11), new_secret(12));
+    let sc = cluster_from_yaml(
+        &json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
+            "metadata": {"name": "hooks"},
+            "spec": {
+                "redis": {"external": {"secretRef": {"name": "redis-url"}}},
+                "webhooks": {
+                    "endpoints": [
+                        {"url": receiver.url("/all"), "secretRef": {"name": "hook-all"}},
+                        {"url": receiver.url("/rooms"), "name": "rooms", "secretRef": {"name": "hook-rooms", "key": "whsec"},
+                         "events": ["room_started"]}
+                    ],
+                    "timeoutMs": 5000,
+                    "retryHorizonSeconds": 600
+                }
+            }
+        })
+        .to_string(),
+    );
+    let rendered = render_as_reconciled(
+        &sc,
+        vec![
+            secret("redis-url", &[("url", &redis.url())]),
+            secret("hook-all", &[("secret", &all)]),
+            secret("hook-rooms", &[("whsec", &rooms)]),
+        ],
+    );
+    let (_dir, server) = start(&rendered);
+    server.wait_ready(true, Duration::from_secs(15)).await;
+    let jwt = match &resolve::resolve(
+        &sc,
+        &secrets_for(
+            &sc,
+            vec![
+                secret("redis-url", &[("url", &redis.url())]),
+                secret("hook-all", &[("secret", &all)]),
+                secret("hook-rooms", &[("whsec", &rooms)]),
+            ],
+        ),
+    )
+    .expect("resolves")
+    .jwt
+    {
+        JwtKey::Hs256Secret(s) => s.clone(),
+        JwtKey::PublicKeyPem(_) => panic!("HS256 expected"),
+    };
+    let client = Client::join(server.addr(), "hooked", &Claims::user("alice").hs256(&jwt)).await;
+    let got = receiver
+        .wait_until(
+            "room_started on both and the join on /all",
+            Duration::from_secs(20),
+            |d| {
+                d.iter().filter(|r| r.path == "/all").count() >= 2
+                    && d.iter().any(|r| r.path == "/rooms")
+            },
+        )
+        .await;
+    for r in &got {
+        let secret = if r.path == "/all" { &all } else { &rooms };
+        assert!(
+            verify(secret, &r.id, &r.timestamp, &r.body, &r.signature),
+            "{} signed with its endpoint's secret",
+            r.path
+        );
+    }
+    let on_rooms: Vec<&str> = got
+        .iter()
+        .filter(|r| r.path == "/rooms")
+        .map(|r| r.kind())
+        .collect();
+    assert_eq!(on_rooms, ["room_started"], "the event filter");
+    client.close().await;
 }

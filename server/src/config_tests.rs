@@ -750,8 +750,16 @@ fn docs_example_file_loads() {
     assert_eq!(c.jwt.audience.as_deref(), Some("switchboard"));
     assert_eq!(c.ice.turn_urls.len(), 2);
     assert!(c.redis.url.is_some());
-    let names: Vec<&str> = c.webhooks.endpoints.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["backend.example.com/switchboard/webhooks", "billing"]);
+    let names: Vec<&str> = c
+        .webhooks
+        .endpoints
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["backend.example.com/switchboard/webhooks", "billing"]
+    );
 }
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -766,9 +774,15 @@ fn webhook_endpoints_come_from_the_urls_and_the_endpoint_list() {
         &[],
         &[
             ("JWT_SECRET", S),
-            ("SWITCHBOARD_WEBHOOK_URLS", "https://a.example/hooks, http://127.0.0.1:9000/x"),
+            (
+                "SWITCHBOARD_WEBHOOK_URLS",
+                "https://a.example/hooks, http://127.0.0.1:9000/x",
+            ),
             ("SWITCHBOARD_WEBHOOK_SECRET", WHSEC),
-            ("SWITCHBOARD_WEBHOOK_EVENTS", "participant_joined,participant_left"),
+            (
+                "SWITCHBOARD_WEBHOOK_EVENTS",
+                "participant_joined,participant_left",
+            ),
             ("SWITCHBOARD_WEBHOOK_ENDPOINTS", endpoints),
         ],
         &[],
@@ -776,7 +790,15 @@ fn webhook_endpoints_come_from_the_urls_and_the_endpoint_list() {
     .unwrap();
     let w = &c.webhooks;
     let names: Vec<&str> = w.endpoints.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["a.example/hooks", "127.0.0.1:9000/x", "billing", "c.example:8080/h"]);
+    assert_eq!(
+        names,
+        [
+            "a.example/hooks",
+            "127.0.0.1:9000/x",
+            "billing",
+            "c.example:8080/h"
+        ]
+    );
     let shared = SigningSecret::parse(WHSEC).unwrap();
     assert_eq!(w.endpoints[0].secret, shared);
     assert_eq!(
@@ -784,8 +806,14 @@ fn webhook_endpoints_come_from_the_urls_and_the_endpoint_list() {
         EventFilter::of(&[EventKind::ParticipantJoined, EventKind::ParticipantLeft])
     );
     assert_eq!(w.endpoints[2].secret, SigningSecret::parse(WHSEC2).unwrap());
-    assert_eq!(w.endpoints[2].events, EventFilter::of(&[EventKind::RoomStarted]));
-    assert_eq!(w.endpoints[3].secret, shared, "the shared secret by default");
+    assert_eq!(
+        w.endpoints[2].events,
+        EventFilter::of(&[EventKind::RoomStarted])
+    );
+    assert_eq!(
+        w.endpoints[3].secret, shared,
+        "the shared secret by default"
+    );
     assert_eq!(w.endpoints[3].events, EventFilter::ALL);
     assert_eq!(w.timeout, Duration::from_secs(15));
     assert_eq!(w.retry_horizon, Duration::from_secs(3600));
@@ -796,13 +824,11 @@ fn webhook_endpoints_come_from_the_urls_and_the_endpoint_list() {
 
 #[test]
 fn webhook_endpoints_may_be_a_yaml_list_in_the_file() {
-    let yaml = format!(
-        "webhooks:\n  endpoints:\n    - url: https://a.example/h\n      secret_file: /s\n      events: [room_finished]\n  timeout_ms: 2000\n"
-    );
+    let yaml = "webhooks:\n  endpoints:\n    - url: https://a.example/h\n      secret_file: /s\n      events: [room_finished]\n  timeout_ms: 2000\n";
     let c = load(
         &["--config", "/c.yaml"],
         &[("JWT_SECRET", S)],
-        &[("/c.yaml", &yaml), ("/s", WHSEC)],
+        &[("/c.yaml", yaml), ("/s", WHSEC)],
     )
     .unwrap();
     assert_eq!(c.webhooks.endpoints.len(), 1);
@@ -863,7 +889,10 @@ fn webhook_mistakes_are_one_line_each_naming_the_setting() {
         let errs = load(&[], &env, &[]).unwrap_err();
         assert_eq!(errs.len(), 1, "{env:?}: {errs:?}");
         assert!(errs[0].starts_with(want), "{env:?}: {errs:?}");
-        assert!(!errs[0].contains("hunter2") && !errs[0].contains("s3cret"), "a secret is echoed: {errs:?}");
+        assert!(
+            !errs[0].contains("hunter2") && !errs[0].contains("s3cret"),
+            "a secret is echoed: {errs:?}"
+        );
     }
 }
 

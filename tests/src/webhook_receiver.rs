@@ -167,7 +167,10 @@ impl Receiver {
 
     /// The requests answered with 2xx.
     pub fn delivered(&self) -> Vec<Received> {
-        self.requests().into_iter().filter(|r| r.delivered()).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.delivered())
+            .collect()
     }
 
     /// Requests being held now (in [`Mode::Slow`]).
@@ -308,7 +311,13 @@ mod tests {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
         let body = br#"{"test": 2432232314}"#;
-        assert!(verify(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", body, sig));
+        assert!(verify(
+            secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            body,
+            sig
+        ));
         assert!(verify(
             secret,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
@@ -316,7 +325,13 @@ mod tests {
             body,
             &format!("v1,AAAA {sig}")
         ));
-        assert!(!verify(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265331", body, sig));
+        assert!(!verify(
+            secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265331",
+            body,
+            sig
+        ));
         assert!(!verify(
             secret,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",

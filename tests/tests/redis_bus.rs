@@ -150,6 +150,7 @@ fn settings_for(
         max_json_depth: 32,
         max_metadata_bytes: 1024,
         publish_timeout: Duration::from_secs(5),
+        webhooks: None,
     }
 }
 

@@ -12,7 +12,57 @@ fn resolved() -> Resolved {
         turn_secret: None,
         redis_url: "redis://:pw@demo-redis.x.svc:6379".into(),
         redis_cluster: false,
+        webhook_secrets: Vec::new(),
     }
+}
+
+#[test]
+fn webhooks_render_each_endpoint_with_its_secret_inline() {
+    use crate::api::{SecretKeyRef, WebhookEndpointSpec, WebhookEventType, WebhooksSpec};
+    let spec = SignalingClusterSpec {
+        webhooks: WebhooksSpec {
+            endpoints: vec![
+                WebhookEndpointSpec {
+                    url: "https://backend.example/hooks".into(),
+                    name: None,
+                    secret_ref: SecretKeyRef {
+                        name: "hooks".into(),
+                        key: None,
+                    },
+                    events: Vec::new(),
+                },
+                WebhookEndpointSpec {
+                    url: "https://billing.example/rooms".into(),
+                    name: Some("billing".into()),
+                    secret_ref: SecretKeyRef {
+                        name: "billing".into(),
+                        key: Some("whsec".into()),
+                    },
+                    events: vec![
+                        WebhookEventType::RoomStarted,
+                        WebhookEventType::RoomFinished,
+                    ],
+                },
+            ],
+            timeout_ms: Some(5000),
+            retry_horizon_seconds: None,
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let mut r = resolved();
+    r.webhook_secrets = vec!["whsec_one".into(), "whsec_two".into()];
+    let out = render(&cluster(spec), &r).unwrap();
+    let tail = out
+        .yaml
+        .split("webhooks:\n")
+        .nth(1)
+        .expect("a webhooks section");
+    assert_eq!(
+        tail,
+        "  endpoints:\n  - url: https://backend.example/hooks\n    secret: whsec_one\n  - url: https://billing.example/rooms\n    name: billing\n    secret: whsec_two\n    events:\n    - room_started\n    - room_finished\n  timeout_ms: 5000\n"
+    );
+    let bare = render(&cluster(SignalingClusterSpec::default()), &resolved()).unwrap();
+    assert!(!bare.yaml.contains("webhooks"));
 }
 
 #[test]

@@ -396,3 +396,52 @@ fn check_spec_reports_every_violation_at_once() {
     assert_eq!(resolve(&sc, &generated()).unwrap_err(), err);
     assert_eq!(check_spec(&SignalingClusterSpec::default()), Ok(()));
 }
+
+#[test]
+fn webhook_secrets_are_read_in_order_and_a_bad_one_is_refused_without_echoing_it() {
+    use crate::api::{WebhookEndpointSpec, WebhooksSpec};
+    let endpoint = |secret: &str| WebhookEndpointSpec {
+        url: "https://backend.example/hooks".into(),
+        name: None,
+        secret_ref: sref(secret, None),
+        events: Vec::new(),
+    };
+    let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut secrets = generated();
+    secrets.extend([
+        secret("hooks", &[("secret", format!("{good}\n").as_bytes())]),
+        secret("plain", &[("secret", b"not-a-webhook-secret")]),
+    ]);
+    let spec = SignalingClusterSpec {
+        webhooks: WebhooksSpec {
+            endpoints: vec![endpoint("hooks")],
+            ..WebhooksSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let sc = cluster(spec.clone());
+    assert_eq!(
+        resolve(&sc, &secrets).unwrap().webhook_secrets,
+        vec![good.to_owned()]
+    );
+    assert!(referenced_secret_names(&sc).contains("hooks"));
+    let bad = SignalingClusterSpec {
+        webhooks: WebhooksSpec {
+            endpoints: vec![endpoint("hooks"), endpoint("plain")],
+            ..WebhooksSpec::default()
+        },
+        ..spec
+    };
+    let err = resolve(&cluster(bad), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid);
+    assert!(
+        err.message.contains("webhooks.endpoints[1].secretRef"),
+        "{}",
+        err.message
+    );
+    assert!(
+        !err.message.contains("not-a-webhook-secret"),
+        "{}",
+        err.message
+    );
+}

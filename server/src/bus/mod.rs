@@ -570,7 +570,11 @@ impl Bus for InProcessBus {
         if let Some(p) = &updated {
             self.record(
                 room,
-                vec![(crate::webhook::EventKind::ParticipantUpdated, p.clone(), None)],
+                vec![(
+                    crate::webhook::EventKind::ParticipantUpdated,
+                    p.clone(),
+                    None,
+                )],
             );
         }
         Ok(updated)

@@ -8,8 +8,7 @@ use super::reader::{Reader, SecretSetting};
 use super::settings::*;
 use super::{
     Config, ConnectionsConfig, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig,
-    RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey, WebhookConfig,
-    WebhookEndpoint,
+    RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey, WebhookConfig, WebhookEndpoint,
 };
 use crate::webhook::{EventFilter, SigningSecret};
 
@@ -131,7 +130,10 @@ fn build_webhooks(r: &mut Reader<'_>) -> WebhookConfig {
         r.err(&WEBHOOK_EVENTS.meta, "filters webhooks.urls, which is empty; an entry of webhooks.endpoints has its own events");
     }
     if !urls_set && !endpoints_set && shared_set {
-        r.err(&WEBHOOK_SECRET.meta, "set, but no webhook endpoint is configured (webhooks.urls or webhooks.endpoints)");
+        r.err(
+            &WEBHOOK_SECRET.meta,
+            "set, but no webhook endpoint is configured (webhooks.urls or webhooks.endpoints)",
+        );
     }
     for url in urls {
         if let Some(secret) = &shared {
@@ -150,7 +152,10 @@ fn build_webhooks(r: &mut Reader<'_>) -> WebhookConfig {
             (None, Some(path)) => match r.files.read(path) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    r.err(&WEBHOOK_ENDPOINTS.meta, at(&format!("cannot read {path}: {e}")));
+                    r.err(
+                        &WEBHOOK_ENDPOINTS.meta,
+                        at(&format!("cannot read {path}: {e}")),
+                    );
                     continue;
                 }
             },
@@ -168,25 +173,42 @@ fn build_webhooks(r: &mut Reader<'_>) -> WebhookConfig {
                 Some(s) => s.clone(),
                 None => {
                     if !shared_set {
-                        r.err(&WEBHOOK_ENDPOINTS.meta, at("no secret: set its secret or secret_file, or webhooks.secret"));
+                        r.err(
+                            &WEBHOOK_ENDPOINTS.meta,
+                            at("no secret: set its secret or secret_file, or webhooks.secret"),
+                        );
                     }
                     continue;
                 }
             },
         };
         endpoints.push(WebhookEndpoint {
-            name: spec.name.clone().unwrap_or_else(|| default_name(spec.url.expose())),
+            name: spec
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(spec.url.expose())),
             url: spec.url,
             secret,
-            events: spec.events.map_or(EventFilter::ALL, |k| EventFilter::of(&k)),
+            events: spec
+                .events
+                .map_or(EventFilter::ALL, |k| EventFilter::of(&k)),
         });
     }
     for (i, a) in endpoints.iter().enumerate() {
         for b in &endpoints[i + 1..] {
             if a.url == b.url {
-                r.err(&WEBHOOK_ENDPOINTS.meta, format!("endpoint {} is configured twice", a.name));
+                r.err(
+                    &WEBHOOK_ENDPOINTS.meta,
+                    format!("endpoint {} is configured twice", a.name),
+                );
             } else if a.name == b.name {
-                r.err(&WEBHOOK_ENDPOINTS.meta, format!("two endpoints are named {}; give them distinct names", a.name));
+                r.err(
+                    &WEBHOOK_ENDPOINTS.meta,
+                    format!(
+                        "two endpoints are named {}; give them distinct names",
+                        a.name
+                    ),
+                );
             }
         }
     }

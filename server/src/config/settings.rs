@@ -11,8 +11,8 @@ use super::values::{
     trusted_proxies, url_list, webhook_endpoints, webhook_urls,
 };
 use super::{JwtAlgorithm, LogFormat, Secret, WebhookEndpointSpec};
-use crate::webhook::EventFilter;
 use crate::listener::TrustedProxies;
+use crate::webhook::EventFilter;
 
 /// A setting's names and documentation, the same for every value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -207,7 +207,9 @@ impl Shared {
                 continue;
             }
             self.start_workers(&room, |i| {
-                status.get(i).is_some_and(|s| s.depth > 0 && !s.held_elsewhere)
+                status
+                    .get(i)
+                    .is_some_and(|s| s.depth > 0 && !s.held_elsewhere)
             });
         }
         for (i, e) in self.endpoints.iter().enumerate() {
@@ -242,7 +244,10 @@ impl Shared {
                 Ok(Claim::Event { entry, event }) => (entry, event),
                 Ok(Claim::Busy | Claim::Empty) => return,
                 Err(e) => {
-                    tracing::debug!(error = &e as &dyn std::error::Error, "webhook claim failed; the next scan retries");
+                    tracing::debug!(
+                        error = &e as &dyn std::error::Error,
+                        "webhook claim failed; the next scan retries"
+                    );
                     return;
                 }
             };
@@ -257,14 +262,23 @@ impl Shared {
             }
             if let Err(e) = self.log.ack(room, group, &entry).await {
                 // Sent but not acknowledged: the next claim hands it out again (at least once).
-                tracing::debug!(error = &e as &dyn std::error::Error, "webhook ack failed; the next scan retries");
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    "webhook ack failed; the next scan retries"
+                );
                 return;
             }
         }
     }
 
     /// Runs `fut` while renewing the hold on `entry`; `None` when another instance took it.
-    async fn hold<F: Future>(&self, room: &RoomId, group: &str, entry: &str, fut: F) -> Option<F::Output> {
+    async fn hold<F: Future>(
+        &self,
+        room: &RoomId,
+        group: &str,
+        entry: &str,
+        fut: F,
+    ) -> Option<F::Output> {
         let renew = async {
             let mut tick = tokio::time::interval(self.settings.renew_interval);
             tick.tick().await;

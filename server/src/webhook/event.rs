@@ -186,8 +186,8 @@ mod tests {
 
     #[test]
     fn the_body_carries_every_field_in_a_fixed_order() {
-        let body = String::from_utf8(event(EventKind::ParticipantLeft, Some("timeout")).body())
-            .unwrap();
+        let body =
+            String::from_utf8(event(EventKind::ParticipantLeft, Some("timeout")).body()).unwrap();
         assert_eq!(
             body,
             r#"{"type":"participant_left","timestamp":"2026-01-02T03:04:05.678Z","data":{"id":"evt_abc-2","seq":17,"room_id":"demo","instance_id":"pod-1","participant":{"participant_id":"p1","user_id":"alice","username":"Alice","joined_at":"2026-01-02T03:00:00.000Z","metadata":{"role":"host"}},"reason":"timeout"}}"#

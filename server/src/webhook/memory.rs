@@ -123,7 +123,12 @@ impl MemoryLog {
 impl RoomLog {
     /// Drops the events every group has.
     fn trim(&mut self) {
-        let done = self.cursors.values().map(|c| c.next).min().unwrap_or(u64::MAX);
+        let done = self
+            .cursors
+            .values()
+            .map(|c| c.next)
+            .min()
+            .unwrap_or(u64::MAX);
         while self.events.front().is_some_and(|(e, _)| *e < done) {
             self.events.pop_front();
         }
@@ -140,11 +145,7 @@ impl EventLog for MemoryLog {
         Ok(())
     }
 
-    async fn status(
-        &self,
-        room: &RoomId,
-        groups: &[String],
-    ) -> Result<Vec<GroupStatus>, BusError> {
+    async fn status(&self, room: &RoomId, groups: &[String]) -> Result<Vec<GroupStatus>, BusError> {
         let state = self.state();
         let Some(log) = state.rooms.get(room) else {
             return Ok(vec![GroupStatus::default(); groups.len()]);
@@ -178,7 +179,7 @@ impl EventLog for MemoryLog {
         cursor.in_flight = true;
         Ok(Claim::Event {
             entry: entry.to_string(),
-            event: event.clone(),
+            event: Box::new(event.clone()),
         })
     }
 
@@ -233,7 +234,7 @@ mod tests {
         match log.claim(room, group).await.unwrap() {
             Claim::Event { entry, event } => {
                 log.ack(room, group, &entry).await.unwrap();
-                Some(event)
+                Some(*event)
             }
             _ => None,
         }
@@ -284,7 +285,10 @@ mod tests {
     async fn an_unacknowledged_event_is_handed_out_again_and_the_room_is_kept_until_done() {
         let log = log(&["a"]);
         let r = RoomId::parse("r").unwrap();
-        log.record(&r, vec![(EventKind::RoomStarted, participant("p", "i"), None)]);
+        log.record(
+            &r,
+            vec![(EventKind::RoomStarted, participant("p", "i"), None)],
+        );
         let first = log.claim(&r, "a").await.unwrap();
         assert_eq!(log.claim(&r, "a").await.unwrap(), first);
         let status = log.status(&r, &["a".into()]).await.unwrap();
@@ -295,8 +299,15 @@ mod tests {
         };
         log.ack(&r, "a", &entry).await.unwrap();
         log.settle(&r).await.unwrap();
-        assert_eq!(log.pending_rooms().await.unwrap(), vec![r.clone()], "still live");
-        log.record(&r, vec![(EventKind::RoomFinished, participant("p", "i"), None)]);
+        assert_eq!(
+            log.pending_rooms().await.unwrap(),
+            vec![r.clone()],
+            "still live"
+        );
+        log.record(
+            &r,
+            vec![(EventKind::RoomFinished, participant("p", "i"), None)],
+        );
         assert!(take(&log, &r, "a").await.is_some());
         log.settle(&r).await.unwrap();
         assert!(log.pending_rooms().await.unwrap().is_empty());
@@ -306,13 +317,28 @@ mod tests {
     async fn a_new_life_of_a_room_continues_above_every_earlier_seq() {
         let log = log(&["a"]);
         let r = RoomId::parse("r").unwrap();
-        log.record(&r, vec![(EventKind::RoomStarted, participant("p", "i"), None)]);
-        log.record(&r, vec![(EventKind::RoomFinished, participant("p", "i"), None)]);
+        log.record(
+            &r,
+            vec![(EventKind::RoomStarted, participant("p", "i"), None)],
+        );
+        log.record(
+            &r,
+            vec![(EventKind::RoomFinished, participant("p", "i"), None)],
+        );
         let a = take(&log, &r, "a").await.unwrap();
         let b = take(&log, &r, "a").await.unwrap();
         log.settle(&r).await.unwrap();
-        log.record(&r, vec![(EventKind::RoomStarted, participant("q", "i"), None)]);
+        log.record(
+            &r,
+            vec![(EventKind::RoomStarted, participant("q", "i"), None)],
+        );
         let c = take(&log, &r, "a").await.unwrap();
-        assert!(a.seq < b.seq && b.seq < c.seq, "{} {} {}", a.seq, b.seq, c.seq);
+        assert!(
+            a.seq < b.seq && b.seq < c.seq,
+            "{} {} {}",
+            a.seq,
+            b.seq,
+            c.seq
+        );
     }
 }

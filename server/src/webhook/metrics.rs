@@ -63,7 +63,10 @@ impl WebhookMetrics {
     /// Creates every series of `endpoint` at 0, so dashboards see it before the first event.
     pub fn endpoint(&self, endpoint: &str) {
         for outcome in OUTCOMES {
-            drop(self.deliveries.get_or_create(&outcome_label(endpoint, outcome)));
+            drop(
+                self.deliveries
+                    .get_or_create(&outcome_label(endpoint, outcome)),
+            );
         }
         for reason in GIVE_UPS {
             drop(self.dropped.get_or_create(&outcome_label(endpoint, reason)));

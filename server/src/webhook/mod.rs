@@ -73,7 +73,10 @@ pub struct GroupStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The oldest undelivered event; `entry` identifies it for renew and ack.
-    Event { entry: String, event: RecordedEvent },
+    Event {
+        entry: String,
+        event: Box<RecordedEvent>,
+    },
     /// Another live instance holds the room's next event for this group.
     Busy,
     /// Nothing to deliver.
@@ -92,8 +95,7 @@ pub trait EventLog: Send + Sync + 'static {
     async fn register(&self, room: &RoomId) -> Result<(), BusError>;
 
     /// For each of `groups`, what is waiting in `room`.
-    async fn status(&self, room: &RoomId, groups: &[String])
-        -> Result<Vec<GroupStatus>, BusError>;
+    async fn status(&self, room: &RoomId, groups: &[String]) -> Result<Vec<GroupStatus>, BusError>;
 
     /// Takes the oldest undelivered event of `room` for `group` (again, if this instance held
     /// it already, or if its holder stopped renewing it for a lease).

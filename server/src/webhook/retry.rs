@@ -60,7 +60,9 @@ impl Backoff {
         retry_after: Option<Duration>,
         give_up_at: Instant,
     ) -> Option<Instant> {
-        let delay = self.delay(failed, jitter).max(retry_after.unwrap_or_default());
+        let delay = self
+            .delay(failed, jitter)
+            .max(retry_after.unwrap_or_default());
         let at = now + delay;
         (at <= give_up_at).then_some(at)
     }
@@ -73,7 +75,10 @@ pub enum HealthChange {
     /// The first failure after success (or at start).
     StartedFailing,
     /// The first success after `failures` failed attempts over `down_for`.
-    Recovered { down_for: Duration, failures: u64 },
+    Recovered {
+        down_for: Duration,
+        failures: u64,
+    },
 }
 
 /// Whether an endpoint is failing, from the outcome of every attempt to it (all rooms).

@@ -38,7 +38,10 @@ impl std::fmt::Debug for SigningSecret {
 impl SigningSecret {
     /// Parses `whsec_<base64>`; surrounding whitespace (a trailing newline in a file) is ignored.
     pub fn parse(text: &str) -> Result<Self, SecretError> {
-        let encoded = text.trim().strip_prefix(PREFIX).ok_or(SecretError::NoPrefix)?;
+        let encoded = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(SecretError::NoPrefix)?;
         let key = STANDARD
             .decode(encoded)
             .or_else(|_| STANDARD_NO_PAD.decode(encoded))

@@ -79,7 +79,9 @@ impl Inner {
     /// instance and wakes our dispatcher. A failed registration is retried by the dispatcher.
     pub(super) async fn webhook_recorded(&self, room: &RoomId) {
         let Some(w) = &self.webhooks else { return };
-        let _ = self.register_webhook_rooms(std::slice::from_ref(room)).await;
+        let _ = self
+            .register_webhook_rooms(std::slice::from_ref(room))
+            .await;
         w.wakes.wake(room);
     }
 
@@ -228,7 +230,12 @@ impl EventLog for RedisLog {
                 Some("event") => {
                     let entry = items.get(1).and_then(text).unwrap_or_default();
                     match items.get(2).and_then(|f| parse_entry(room, f)) {
-                        Some(event) => return Ok(Claim::Event { entry, event }),
+                        Some(event) => {
+                            return Ok(Claim::Event {
+                                entry,
+                                event: Box::new(event),
+                            })
+                        }
                         None => {
                             // Unreadable (not written by us): skip it rather than block the room.
                             tracing::warn!(room = %room, entry = %entry, "unreadable webhook event skipped");
