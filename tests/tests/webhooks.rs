@@ -484,6 +484,20 @@ async fn three_instances_500_joins_and_leaves_20_rooms_give_exactly_the_facts_in
     for e in &delivered {
         assert!(verify(&secret, &e.id, &e.timestamp, &e.body, &e.signature));
     }
+    // Delivered everywhere, nothing is kept: every stream and registry entry goes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let streams = redis.keys("switchboard:room:*:webhooks");
+        let registry = redis.command(&["SCARD", "switchboard:webhook_rooms"]);
+        if streams.is_empty() && registry == switchboard_e2e::redis::Reply::Integer(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still kept after delivery: {streams:?}, registry {registry:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

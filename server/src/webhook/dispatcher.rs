@@ -239,9 +239,18 @@ impl Shared {
     async fn drain(&self, room: &RoomId, i: usize) {
         let endpoint = &self.endpoints[i];
         let group = endpoint.cfg.group.as_str();
+        // Another instance holding the room usually finishes soon (it was sending the event
+        // before ours): look again a few times, doubling the wait up to a scan period, so our
+        // event does not wait for the next scan.
+        let mut busy_wait = Duration::from_millis(100);
         loop {
             let (entry, event) = match self.log.claim(room, group).await {
                 Ok(Claim::Event { entry, event }) => (entry, event),
+                Ok(Claim::Busy) if busy_wait < self.settings.scan_interval => {
+                    tokio::time::sleep(busy_wait).await;
+                    busy_wait *= 2;
+                    continue;
+                }
                 Ok(Claim::Busy | Claim::Empty) => return,
                 Err(e) => {
                     tracing::debug!(
