@@ -767,3 +767,66 @@ async fn a_slow_receiver_does_not_hold_up_signaling() {
         .await;
     check_rooms(&dedupe(&delivered));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_cluster_each_rooms_events_live_in_its_slot_and_all_arrive() {
+    let cluster = switchboard_e2e::redis_cluster::RedisCluster::start(3, 0);
+    let receiver = Receiver::start().await;
+    let secret = new_secret(8);
+    let servers: Vec<ServerProcess> = ["cl-a", "cl-b"]
+        .iter()
+        .map(|id| {
+            options(&receiver.url("/hook"), &secret, id)
+                .env("REDIS_CLUSTER_URLS", cluster.urls())
+                .env("WEBRTC_ROOM_PRESENCE_TTL", "5")
+                .start()
+        })
+        .collect();
+    for s in &servers {
+        s.wait_ready(true, Duration::from_secs(20)).await;
+    }
+    receiver.set_mode(Mode::Status(500));
+    let mut expected = BTreeSet::new();
+    let mut clients = Vec::new();
+    for i in 0..24usize {
+        let c = Client::join(
+            servers[i % 2].addr(),
+            &format!("cl-{}", i % 12),
+            &token(&format!("c{i}")),
+        )
+        .await;
+        expected.insert(("participant_joined".to_owned(), c.pid()));
+        clients.push(c);
+    }
+    // While undelivered, each room's stream sits on the master owning the room's slot.
+    for r in 0..12 {
+        let key = format!("switchboard:room:{{cl-{r}}}:webhooks");
+        let owner = cluster.master_of(cluster.keyslot(&key));
+        match cluster.command_on(owner, &["XLEN", &key]) {
+            switchboard_e2e::redis::Reply::Integer(n) => assert!(n >= 3, "{key}: {n} entries"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    for c in clients.drain(..12) {
+        expected.insert(("participant_left".to_owned(), c.pid()));
+        c.close().await;
+    }
+    receiver.set_mode(Mode::Accept);
+    receiver
+        .wait_until("every event on the cluster", ARRIVAL, |d| {
+            facts(&dedupe(d)).is_superset(&expected)
+        })
+        .await;
+    let delivered = dedupe(&receiver.delivered());
+    assert_eq!(facts(&delivered), expected);
+    let counts = check_rooms(&delivered);
+    for r in 0..12 {
+        let room = format!("cl-{r}");
+        let ids = participant_ids(&servers[r % 2], &room).await;
+        assert_eq!(
+            counts.get(&room).copied(),
+            Some(ids.len() as i64),
+            "room {room}"
+        );
+    }
+}
