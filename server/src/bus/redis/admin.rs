@@ -98,9 +98,7 @@ impl Inner {
         // Rare enough that hashing the script per call costs nothing.
         let script = Script::new(scripts::UPDATE_PRESENT);
         let mut invocation = script.key(self.keys.room_participants(room));
-        invocation
-            .key(self.keys.room_webhooks(room))
-            .key(self.keys.room_webhook_seq(room));
+        self.webhook_keys(&mut invocation, room);
         self.webhook_args(&mut invocation);
         invocation
             .arg(participant_id)

@@ -65,7 +65,7 @@ impl Keys {
         format!("{}:room:{{{}}}:webhooks", self.prefix, room.as_str())
     }
 
-    /// STRING: the room's last webhook `seq`, kept a while after its last event.
+    /// STRING: the room's last webhook `seq`; kept while the room lives and a while after.
     pub fn room_webhook_seq(&self, room: &RoomId) -> String {
         format!("{}:room:{{{}}}:webhook_seq", self.prefix, room.as_str())
     }

@@ -193,10 +193,8 @@ impl Inner {
             .presence
             .join_script
             .key(self.keys.room_participants(room));
-        invocation
-            .key(self.keys.room_created(room))
-            .key(self.keys.room_webhooks(room))
-            .key(self.keys.room_webhook_seq(room));
+        invocation.key(self.keys.room_created(room));
+        self.webhook_keys(&mut invocation, room);
         self.webhook_args(&mut invocation);
         invocation
             .arg(&participant.participant_id)
@@ -272,10 +270,8 @@ impl Inner {
             .presence
             .leave_script
             .key(self.keys.room_participants(room));
-        invocation
-            .key(self.keys.room_created(room))
-            .key(self.keys.room_webhooks(room))
-            .key(self.keys.room_webhook_seq(room));
+        invocation.key(self.keys.room_created(room));
+        self.webhook_keys(&mut invocation, room);
         self.webhook_args(&mut invocation);
         invocation
             .arg(&participant.participant_id)
@@ -374,9 +370,7 @@ impl Inner {
                 .presence
                 .sync_script
                 .key(self.keys.room_participants(room));
-            invocation
-                .key(self.keys.room_webhooks(room))
-                .key(self.keys.room_webhook_seq(room));
+            self.webhook_keys(&mut invocation, room);
             self.webhook_args(&mut invocation);
             invocation
                 .arg(&me)
@@ -562,10 +556,8 @@ impl Inner {
                 .presence
                 .remove_instance_script
                 .key(self.keys.room_participants(&room));
-            invocation
-                .key(self.keys.room_created(&room))
-                .key(self.keys.room_webhooks(&room))
-                .key(self.keys.room_webhook_seq(&room));
+            invocation.key(self.keys.room_created(&room));
+            self.webhook_keys(&mut invocation, &room);
             self.webhook_args(&mut invocation);
             invocation.arg(dead);
             let mut conn = self.conn.clone();

@@ -17,7 +17,9 @@
 //! created at the stream's end before the first event: an endpoint sees what was recorded
 //! from then on. A missing `seq` counter (the room's first event, or after it expired or Redis
 //! lost it) starts at Redis' clock in microseconds, so `seq` keeps increasing across a room's
-//! lives and a Redis that lost its data.
+//! lives and a Redis that lost its data. While a room has participants its stream and counter
+//! exist (the stream is emptied, not deleted, once delivered), so the keys a script declares
+//! exist together, as a slot being migrated between cluster nodes requires (else `TRYAGAIN`).
 
 /// Lua shared by the scripts that record webhook events: `emit(stream, seq_key, type,
 /// participant_json, reason)` and `o`, the offset of the script's own arguments. A macro (not a
@@ -40,10 +42,16 @@ local function emit(stream, seq_key, kind, participant, reason)
   if redis.call('EXISTS', seq_key) == 0 then
     local t = redis.call('TIME')
     seq = t[1] .. string.sub('000000' .. t[2], -6)
-    redis.call('SET', seq_key, seq, 'EX', ARGV[3])
+    redis.call('SET', seq_key, seq)
   else
     seq = redis.call('INCR', seq_key)
+  end
+  -- Kept while the room lives (its keys then exist together, which a slot migration needs);
+  -- forgotten a while after it finished.
+  if kind == 'room_finished' then
     redis.call('EXPIRE', seq_key, ARGV[3])
+  else
+    redis.call('PERSIST', seq_key)
   end
   wh_n = wh_n + 1
   redis.call('XADD', stream, '*', 'type', kind, 'id', 'evt_' .. ARGV[1] .. '-' .. wh_n,
@@ -422,8 +430,9 @@ return 1
 "#
 );
 
-/// Deletes a room's webhook stream when every group has all of it: `KEYS[1]` webhook stream;
-/// `ARGV[1]` retry horizon (ms). Returns 1 when the stream is gone.
+/// Settles a room whose webhook events every group has: `KEYS[1]` webhook stream, `KEYS[2]`
+/// participants hash; `ARGV[1]` retry horizon (ms). Returns 0 while something is undelivered,
+/// else 1 — the stream is deleted, unless the room has participants (then it stays, empty).
 pub const WEBHOOK_SETTLE: &str = concat!(
     stream_fn!(),
     r#"
@@ -431,10 +440,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return 1
 end
 local min = trim(KEYS[1], ARGV[1])
-if min == nil and redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  return 1
+if min ~= nil or redis.call('XLEN', KEYS[1]) > 0 then
+  return 0
 end
-return 0
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1])
+end
+return 1
 "#
 );

@@ -9,8 +9,9 @@
 //! Finding rooms: an instance adds a room to the registry right after each script that may
 //! have recorded events there (before it unregisters the room from its own rooms set), the
 //! cleaner of a dead instance adds all of that instance's rooms, and a room is removed only
-//! after its stream was deleted, then re-checked (a recording that raced the removal adds it
-//! back), so no stream with events stays unfound.
+//! after every group had all of its stream (deleted, or emptied while the room lives), then
+//! re-checked (a recording that raced the removal adds it back), so no stream with events
+//! stays unfound.
 
 use std::sync::Arc;
 
@@ -55,6 +56,18 @@ impl Webhooks {
 }
 
 impl Inner {
+    /// The room's webhook stream and `seq` keys, the presence scripts' last keys, only when
+    /// webhooks are on: a key that never exists would make every multi-key script of a slot
+    /// being migrated between cluster nodes fail with `TRYAGAIN` (the scripts only touch
+    /// these keys when they record).
+    pub(super) fn webhook_keys(&self, invocation: &mut ScriptInvocation<'_>, room: &RoomId) {
+        if self.webhooks.is_some() {
+            invocation
+                .key(self.keys.room_webhooks(room))
+                .key(self.keys.room_webhook_seq(room));
+        }
+    }
+
     /// The common argument block of the presence scripts (see `scripts`): a nonce, the time,
     /// the `seq` lifetime and the endpoint groups, or an empty nonce when webhooks are off.
     pub(super) fn webhook_args(&self, invocation: &mut ScriptInvocation<'_>) {
@@ -285,7 +298,9 @@ impl EventLog for RedisLog {
     async fn settle(&self, room: &RoomId) -> Result<(), BusError> {
         let w = self.webhooks()?;
         let mut invocation = w.settle.key(self.inner.keys.room_webhooks(room));
-        invocation.arg(w.horizon_ms());
+        invocation
+            .key(self.inner.keys.room_participants(room))
+            .arg(w.horizon_ms());
         let mut conn = self.inner.conn.clone();
         let gone: i64 = self
             .inner
@@ -305,15 +320,17 @@ impl EventLog for RedisLog {
                 conn.srem::<_, _, i64>(k, m).await
             })
             .await?;
-        // A recording between the delete and the removal registered the room before our
+        // A recording between the settle and the removal registered the room before our
         // removal: look once more.
         let mut conn = self.inner.conn.clone();
         let stream = self.inner.keys.room_webhooks(room);
-        let back: bool = self
+        let waiting: i64 = self
             .inner
-            .redis("webhook recheck", async move { conn.exists(stream).await })
+            .redis("webhook recheck", async move {
+                redis::cmd("XLEN").arg(stream).query_async(&mut conn).await
+            })
             .await?;
-        if back {
+        if waiting > 0 {
             self.register(room).await?;
         }
         Ok(())
