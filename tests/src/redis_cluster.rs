@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 
 use crate::redis::{send_command, RedisProcess, Reply};
 
-/// `cluster-node-timeout` of the test clusters: a master silent this long is suspected, and
-/// its replica takes over about two timeouts later.
+/// `cluster-node-timeout` of the test clusters once formed: a master silent this long is
+/// suspected, and its replica takes over about two timeouts later.
 pub const NODE_TIMEOUT_MS: u64 = 1000;
+
+/// `cluster-node-timeout` while the cluster forms: a handshake that takes longer than the
+/// timeout is dropped, and on a loaded machine (many tests, other jobs) 1 s is not enough.
+const FORMING_TIMEOUT_MS: u64 = 10_000;
 
 /// How long forming the cluster, a failover or a reshard may take before a test fails.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +79,59 @@ pub fn run_redis_cli(args: &[String]) {
     );
 }
 
+/// Runs `redis-cli --cluster create` while introducing every node to the first one again
+/// every second (`CLUSTER MEET` is idempotent): redis-cli meets each node once and then waits
+/// for the cluster to agree, forever if a handshake was lost, which a loaded machine does.
+/// Bounded by [`CLUSTER_TIMEOUT`].
+fn redis_cli_introducing(args: &[String], ports: &[u16]) -> std::process::Output {
+    let child = Command::new("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("redis-cli not found in PATH: install redis-tools (tests/run.sh does)")
+        }
+        Err(e) => panic!("cannot run redis-cli: {e}"),
+    };
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    // Not before redis-cli checked that every node is still alone (it refuses otherwise).
+    let mut next_meet = Instant::now() + Duration::from_secs(3);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => panic!("waiting for redis-cli: {e}"),
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().ok();
+            panic!(
+                "redis-cli --cluster create did not finish within {CLUSTER_TIMEOUT:?}: {}",
+                out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+        if Instant::now() >= next_meet {
+            next_meet = Instant::now() + Duration::from_secs(1);
+            if let Some((first, rest)) = ports.split_first() {
+                for port in rest {
+                    let _ =
+                        send_command(*first, &["CLUSTER", "MEET", "127.0.0.1", &port.to_string()]);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match child.wait_with_output() {
+        Ok(out) => out,
+        Err(e) => panic!("reading redis-cli's output: {e}"),
+    }
+}
+
 fn redis_cli(args: &[String]) -> std::process::Output {
     match Command::new("redis-cli")
         .args(args)
@@ -101,7 +158,7 @@ impl RedisCluster {
     /// Starts `masters` masters with `replicas` replicas each, creates the cluster and waits
     /// until every node reports `cluster_state:ok` and every replica is in sync.
     pub fn start(masters: usize, replicas: usize) -> Self {
-        let args = node_args(NODE_TIMEOUT_MS);
+        let args = node_args(FORMING_TIMEOUT_MS);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let nodes: Vec<RedisProcess> = (0..masters * (1 + replicas))
             .map(|_| RedisProcess::start_on(&args, free_cluster_port))
@@ -113,7 +170,8 @@ impl RedisCluster {
             replicas.to_string(),
             "--cluster-yes".into(),
         ]);
-        let out = redis_cli(&create);
+        let ports: Vec<u16> = nodes.iter().map(RedisProcess::port).collect();
+        let out = redis_cli_introducing(&create, &ports);
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed: {}{}",
@@ -122,6 +180,19 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes };
         cluster.wait_healthy(masters);
+        // Formed: now the short timeout that makes failovers quick.
+        for port in cluster.ports() {
+            let reply = cluster.command_on(
+                port,
+                &[
+                    "CONFIG",
+                    "SET",
+                    "cluster-node-timeout",
+                    &NODE_TIMEOUT_MS.to_string(),
+                ],
+            );
+            assert_eq!(reply, Reply::Status("OK".into()), "CONFIG SET on {port}");
+        }
         cluster
     }
 
