@@ -5,7 +5,7 @@
 //! unit-tested with channels; the HTTP layer plugs in the real socket.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,6 +62,9 @@ const DRAIN_STUCK_GRACE: Duration = Duration::from_secs(2);
 
 /// Most frames written per flush.
 const WRITE_BATCH: usize = 64;
+
+/// Relays a reader handles before it lets the recipients' writers run.
+const RELAYS_PER_YIELD: u32 = 8;
 
 /// A read error from the transport, classified for the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,6 +425,8 @@ struct Session {
     started: Instant,
     /// Milliseconds since `started` when the peer was last heard from.
     last_seen: AtomicU64,
+    /// Relays since the reader last yielded (see [`RELAYS_PER_YIELD`]); only the reader uses it.
+    relays_since_yield: AtomicU32,
     /// When the session must end: the token's `exp` (moved by an accepted
     /// `refresh-token`) or the session limit.
     lifetime: Lifetime,
@@ -516,6 +521,7 @@ impl Session {
             outbox,
             started,
             last_seen: AtomicU64::new(0),
+            relays_since_yield: AtomicU32::new(0),
             lifetime,
         })
     }
@@ -767,10 +773,19 @@ impl Session {
                         }
                     },
                 }
-                // Many messages arrive in one socket read; yielding after each
-                // relay lets the recipients' writers run, so a burst from
-                // several senders does not outrun a reader that keeps up.
-                tokio::task::yield_now().await;
+                // Many messages arrive in one socket read; yielding every few
+                // relays lets the recipients' writers run, so a burst from
+                // several senders does not outrun a reader that keeps up. Not
+                // after each one: a writer woken for every single frame makes one
+                // write system call per frame (strace: 11,978 `sendto` for 12,000
+                // relayed messages, against 414 for the ceiling relay).
+                let relayed = self.relays_since_yield.load(Ordering::Relaxed) + 1;
+                if relayed >= RELAYS_PER_YIELD {
+                    self.relays_since_yield.store(0, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                } else {
+                    self.relays_since_yield.store(relayed, Ordering::Relaxed);
+                }
             }
         }
         Ok(())
