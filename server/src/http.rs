@@ -52,6 +52,8 @@ pub struct AppState {
     pub shutdown: Arc<Shutdown>,
     /// Each user's open connections on this instance.
     pub user_connections: Arc<UserConnections>,
+    /// Resume tokens and settings.
+    pub resume: Arc<crate::resume::Resume>,
     pub started: Instant,
     /// Delivers webhook events while it lives; `None` without endpoints.
     pub webhooks: Option<Arc<crate::webhook::dispatcher::Dispatcher>>,
@@ -60,11 +62,14 @@ pub struct AppState {
 impl AppState {
     fn gauges(&self) -> Gauges {
         let (rooms, participants) = self.hub.counts();
+        let (held, inbox_messages) = self.hub.inbox_counts();
         Gauges {
             rooms,
             participants,
             bus_ready: self.bus.is_ready(),
             draining: self.shutdown.is_draining(),
+            held,
+            inbox_messages,
         }
     }
 
@@ -257,6 +262,10 @@ async fn ws_upgrade(
         Err(rejection) => return rejection.into_response(),
     };
     let query = query.map(|q| q.0).unwrap_or_default();
+    let resume_request = crate::resume::ResumeRequest::from_query(
+        query.get("resume").map(String::as_str),
+        query.get("last_seq").map(String::as_str),
+    );
     let room = path.ok().and_then(|Path(raw)| RoomId::parse(&raw).ok());
     // Decide before upgrading, refuse after: browsers only expose close
     // codes and reasons, never the HTTP status of a failed upgrade.
@@ -291,7 +300,7 @@ async fn ws_upgrade(
     // offer, so it is echoed only when offered (a token-only offer gets none).
     let protocol = upgrade::offers_protocol(&headers, SUBPROTOCOL).then_some(SUBPROTOCOL);
     ws.accept(protocol, config, move |socket| {
-        handle_socket(state, decision, guard, socket)
+        handle_socket(state, decision, resume_request, guard, socket)
     })
 }
 
@@ -336,6 +345,7 @@ fn classify_write(e: tungstenite::Error) -> WriteError {
 fn handle_socket(
     state: AppState,
     decision: Result<(RoomId, Identity, UserConnection), &'static str>,
+    resume_request: Option<crate::resume::ResumeRequest>,
     guard: crate::shutdown::DrainGuard,
     socket: WsStream,
 ) -> impl std::future::Future<Output = ()> + Send {
@@ -357,6 +367,8 @@ fn handle_socket(
                 max_user_connections: state.config.rooms.max_user_connections,
                 instance_id: state.config.instance_id.clone(),
                 shutdown: state.shutdown.clone(),
+                resume: state.resume.clone(),
+                resume_request,
             }),
             // Lives until the session has ended.
             slot,

@@ -25,6 +25,8 @@ fn relay(sender: &str, to: Option<&str>) -> RelayMessage {
         kind: RelayKind::Offer,
         sender_id: sender.into(),
         to: to.map(Into::into),
+        sender_seq: None,
+        seqs: None,
         frame: protocol::encode_relay(RelayKind::Offer, &payload, sender, "r", to),
     }
 }
@@ -520,4 +522,137 @@ fn an_update_replaces_the_record_and_is_announced_to_every_local_participant() {
         h.unregister(&room(), "b", LeaveReason::Removed),
         Some(b_updated)
     );
+}
+
+fn resumable(h: &Hub, id: &str, outbox: &Arc<Outbox>, listed: &[&str]) -> Claim {
+    let listed: Vec<ParticipantInfo> = listed.iter().map(|l| participant(l, "i1")).collect();
+    let attach = Attach {
+        outbox: outbox.clone(),
+        inbox: InboxLimits {
+            max_messages: 3,
+            max_bytes: 1 << 20,
+        },
+        resume_token: Some(format!("token-of-{id}")),
+        numbered_by_bus: false,
+    };
+    h.join(&room(), &participant(id, "i1"), attach, &listed)
+}
+
+fn numbered(sender: &str, to: &str, seq: u64) -> RelayMessage {
+    RelayMessage {
+        sender_seq: Some(seq),
+        ..relay(sender, Some(to))
+    }
+}
+
+fn drain(o: &Outbox) -> Vec<Value> {
+    std::iter::from_fn(|| try_next(o).map(|n| json(Some(n)))).collect()
+}
+
+#[test]
+fn a_detached_participant_collects_and_a_resume_replays_in_order() {
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    resumable(&h, "a", &a, &["a"]);
+    let claim = resumable(&h, "b", &b, &["a", "b"]);
+    drain(&a);
+    let state = drain(&b);
+    assert_eq!(state[0]["payload"]["resume_token"], "token-of-b");
+    assert_eq!(h.relay_local(&numbered("a", "b", 1)), Route::LocalOnly);
+    assert_eq!(json(try_next(&b))["seq"], 1);
+    h.detach(&room(), &claim).unwrap();
+    assert_eq!(h.inbox_counts(), (1, 1));
+    assert_eq!(h.relay_local(&numbered("a", "b", 2)), Route::LocalOnly);
+    assert_eq!(h.relay_local(&numbered("a", "b", 3)), Route::LocalOnly);
+    // A re-send of #3 is taken for what it is.
+    assert_eq!(h.relay_local(&numbered("a", "b", 3)), Route::LocalOnly);
+    let fresh = outbox();
+    let (info, new_claim) = h.resume(&room(), "b", "user-b", 1, fresh.clone()).unwrap();
+    assert_eq!(info.participant_id, "b");
+    assert_ne!(new_claim, claim);
+    let got = drain(&fresh);
+    assert_eq!(got[0]["type"], "room-state");
+    assert_eq!(got[0]["payload"]["resumed"], true);
+    assert_eq!(got[0]["payload"]["participant_count"], 2);
+    let seqs: Vec<u64> = got[1..]
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    // Live traffic numbers on; the room heard nothing of all this.
+    h.relay_local(&numbered("a", "b", 4));
+    assert_eq!(json(try_next(&fresh))["seq"], 4);
+    assert!(try_next(&a).is_none(), "{:?}", drain(&a));
+    // The old connection's claim can no longer make b leave or expire.
+    assert!(h.leave(&room(), &claim, LeaveReason::Closed).is_err());
+    assert!(h.detach(&room(), &claim).is_err());
+    assert!(h.expire(&room(), &claim).is_none());
+    // An attached participant does not expire either.
+    assert!(h.expire(&room(), &new_claim).is_none());
+    h.detach(&room(), &new_claim).unwrap();
+    assert_eq!(h.expire(&room(), &new_claim).unwrap().participant_id, "b");
+    let left = json(try_next(&a));
+    assert_eq!(
+        (left["type"].as_str(), left["payload"]["reason"].as_str()),
+        (Some("user-left"), Some("timeout"))
+    );
+    assert_eq!(
+        h.resume(&room(), "b", "user-b", 4, outbox())
+            .unwrap_err()
+            .refusal,
+        Refusal::Expired
+    );
+}
+
+#[test]
+fn a_resume_is_refused_for_another_user_a_seq_ahead_or_an_overflow() {
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    resumable(&h, "a", &a, &["a"]);
+    let claim = resumable(&h, "b", &b, &["a", "b"]);
+    drain(&a);
+    h.detach(&room(), &claim).unwrap();
+    for seq in 1..=5 {
+        h.relay_local(&numbered("a", "b", seq));
+    }
+    let refused = |user: &str, last: u64| h.resume(&room(), "b", user, last, outbox()).unwrap_err();
+    assert_eq!(refused("user-a", 5).refusal, Refusal::Invalid);
+    assert_eq!(refused("user-b", 6).refusal, Refusal::Invalid);
+    assert!(try_next(&a).is_none(), "refusals so far change nothing");
+    // Three kept (3, 4, 5): missing #2 is an overflow, and b leaves.
+    let overflow = refused("user-b", 1);
+    assert_eq!(overflow.refusal, Refusal::Overflow);
+    assert_eq!(overflow.left.unwrap().participant_id, "b");
+    let left = json(try_next(&a));
+    assert_eq!(
+        (left["type"].as_str(), left["payload"]["reason"].as_str()),
+        (Some("user-left"), Some("closed"))
+    );
+    assert_eq!(refused("user-b", 5).refusal, Refusal::Expired);
+}
+
+#[test]
+fn a_resume_closes_the_connection_still_attached() {
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    resumable(&h, "a", &a, &["a"]);
+    resumable(&h, "b", &b, &["a", "b"]);
+    drain(&b);
+    let fresh = outbox();
+    h.resume(&room(), "b", "user-b", 0, fresh.clone()).unwrap();
+    assert_eq!(
+        try_next(&b),
+        Some(Next::Close(crate::outbox::CloseCause::Superseded))
+    );
+    assert_eq!(json(try_next(&fresh))["payload"]["resumed"], true);
+}
+
+#[test]
+fn bus_seqs_never_go_back_when_the_bus_counter_starts_again() {
+    let mut s = BusSeq::at(0);
+    assert_eq!([s.next(1), s.next(2), s.next(3)], [1, 2, 3]);
+    // Redis restarted empty: its counter gives 1 again.
+    assert_eq!([s.next(1), s.next(2)], [4, 5]);
+    let mut resumed = BusSeq::at(7);
+    assert_eq!(resumed.next(8), 8);
 }

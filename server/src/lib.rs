@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev_identity;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod lifetime;
 pub mod listener;
 pub mod logging;
@@ -20,6 +21,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
 pub mod request_body;
+pub mod resume;
 pub mod room;
 pub mod session;
 pub mod shutdown;
@@ -75,6 +77,7 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
         ))
     });
     let shutdown = Arc::new(shutdown::Shutdown::new(config.shutdown.drain_window));
+    let resume = Arc::new(resume_from_config(&config));
     Ok(AppState {
         config: Arc::new(config),
         hub,
@@ -83,6 +86,7 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
         metrics,
         shutdown,
         user_connections: user_connections::UserConnections::new(),
+        resume,
         started: Instant::now(),
         webhooks,
     })
@@ -120,6 +124,31 @@ fn webhook_settings(config: &Config) -> webhook::dispatcher::Settings {
         scan_interval: timing.heartbeat,
         renew_interval: (timing.ttl / 4).max(std::time::Duration::from_millis(100)),
     }
+}
+
+/// The resume key and settings: the configured key, else one derived from the HS256 JWT
+/// secret (the same on every replica), else a random one (resuming on this replica only).
+fn resume_from_config(config: &Config) -> resume::Resume {
+    let key = match (&config.resume.secret, &config.jwt.key) {
+        (Some(secret), _) => secret.expose().as_bytes().to_vec(),
+        (None, config::JwtKey::Secret(secret)) => {
+            resume::derive_key(Some(secret.expose().as_bytes())).0
+        }
+        (None, config::JwtKey::PublicKeyPem(_)) => {
+            if config.redis.url.is_some() && !config.resume.grace.is_zero() {
+                tracing::warn!("resume.secret is not set and the JWT key is public: resume tokens are valid on this instance only; set resume.secret to the same value on every instance");
+            }
+            resume::derive_key(None).0
+        }
+    };
+    resume::Resume::new(
+        key,
+        config.resume.grace,
+        inbox::InboxLimits {
+            max_messages: config.resume.inbox_messages,
+            max_bytes: config.resume.inbox_bytes,
+        },
+    )
 }
 
 /// Serves until `shutdown` completes, then drains (see [`shutdown::Shutdown`])
@@ -186,6 +215,24 @@ pub async fn serve_state(
             participants,
             "drain timeout reached; exiting with sessions still open"
         );
+    }
+    if state.bus.numbers_deliveries() {
+        // The drained clients resume on other instances, each adopting its participant (and
+        // this instance letting go of it): wait for that within the drain timeout, so that
+        // only who does not come back leaves.
+        while state.hub.inbox_counts().0 > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // Participants whose connection was lost wait for a resume here no longer.
+    for (room, participant) in state.hub.release_detached(room::LeaveReason::Draining) {
+        if let Err(e) = state
+            .bus
+            .leave(&room, &participant, room::LeaveReason::Draining)
+            .await
+        {
+            tracing::warn!(error = %e, "leave not recorded on the bus");
+        }
     }
     let _ = stop_tx.send(());
     if tokio::time::timeout_at(deadline, &mut server)

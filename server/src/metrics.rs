@@ -93,6 +93,12 @@ pub struct Metrics {
     fanout: Histogram,
     message_bytes: Histogram,
     join_seconds: Histogram,
+    resumes: LabeledCounter,
+    replayed: Counter,
+    duplicates: Counter,
+    inbox_overflows: Counter,
+    held: Gauge,
+    inbox_messages: Gauge,
     bus: BusMetrics,
     webhooks: crate::webhook::metrics::WebhookMetrics,
 }
@@ -110,6 +116,10 @@ pub struct Gauges {
     pub participants: usize,
     pub bus_ready: bool,
     pub draining: bool,
+    /// Participants whose connection was lost, held for a resume.
+    pub held: usize,
+    /// Messages kept in the inboxes of local participants.
+    pub inbox_messages: usize,
 }
 
 /// Registers `metric` as `name` with `help` and hands back the handle that records into it.
@@ -213,6 +223,42 @@ impl Metrics {
             "Time from upgrade to room-state",
             Histogram::new(SECONDS_BUCKETS),
         );
+        let resumes = register(
+            &mut registry,
+            "resumes",
+            "Resume attempts, by outcome (ok, resume_expired, resume_invalid, resume_overflow)",
+            LabeledCounter::new("outcome"),
+        );
+        let replayed = register(
+            &mut registry,
+            "messages_replayed",
+            "Missed messages delivered to resumed connections",
+            Counter::default(),
+        );
+        let duplicates = register(
+            &mut registry,
+            "duplicates_dropped",
+            "Re-sent client messages (same sender and seq) not delivered again",
+            Counter::default(),
+        );
+        let inbox_overflows = register(
+            &mut registry,
+            "inbox_overflows",
+            "Messages let go from the full inbox of a participant waiting for a resume",
+            Counter::default(),
+        );
+        let held = register(
+            &mut registry,
+            "participants_held",
+            "Participants whose connection was lost, held for a resume",
+            Gauge::default(),
+        );
+        let inbox_messages = register(
+            &mut registry,
+            "inbox_messages",
+            "Messages kept in the inboxes of local participants for a resume",
+            Gauge::default(),
+        );
         // Exported with every bus (zero without Redis), so the set of series does not
         // depend on the deployment.
         let bus = BusMetrics::default();
@@ -236,9 +282,32 @@ impl Metrics {
             fanout,
             message_bytes,
             join_seconds,
+            resumes,
+            replayed,
+            duplicates,
+            inbox_overflows,
+            held,
+            inbox_messages,
             bus,
             webhooks,
         }
+    }
+
+    /// A resume attempt ended: `ok` or the refusal's reason.
+    pub fn resume(&self, outcome: &'static str) {
+        self.resumes.inc(outcome);
+    }
+
+    pub fn replayed(&self, messages: usize) {
+        self.replayed.inc_by(messages as u64);
+    }
+
+    pub fn duplicate_dropped(&self) {
+        self.duplicates.inc();
+    }
+
+    pub fn inbox_overflowed(&self, messages: usize) {
+        self.inbox_overflows.inc_by(messages as u64);
     }
 
     /// What the Redis bus records into (a handle on the same registry).
@@ -304,6 +373,8 @@ impl Metrics {
         self.participants.set(saturating_i64(g.participants));
         self.bus_ready.set(i64::from(g.bus_ready));
         self.draining.set(i64::from(g.draining));
+        self.held.set(saturating_i64(g.held));
+        self.inbox_messages.set(saturating_i64(g.inbox_messages));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &self.registry);
@@ -350,6 +421,7 @@ mod tests {
             participants: 0,
             bus_ready: true,
             draining: false,
+            ..Gauges::default()
         });
         for line in [
             "switchboard_messages_relayed_total{type=\"offer\"} 2",
@@ -398,6 +470,7 @@ mod tests {
             participants: 4,
             bus_ready: true,
             draining: true,
+            ..Gauges::default()
         });
         assert_eq!(
             json,

@@ -22,6 +22,9 @@ pub enum CloseCause {
     Removed,
     /// The server API closed the room: flush the queue, then close 4002 `room_closed`.
     RoomClosed,
+    /// A resume attached another connection to this participant: close this one (1001
+    /// `superseded`) without leaving the room.
+    Superseded,
 }
 
 /// Result of [`Outbox::push`].
@@ -71,6 +74,22 @@ struct OutboxState {
     sealed: bool,
     /// A presence update was dropped since the last `room-state`.
     presence_stale: bool,
+    /// Frames at the front of the queue that do not count against the bounds (a resume's
+    /// replay, [`Outbox::preload`]), and their bytes.
+    exempt: usize,
+    exempt_bytes: usize,
+}
+
+impl OutboxState {
+    fn pop(&mut self) -> Option<Frame> {
+        let frame = self.queue.pop_front()?;
+        self.bytes -= frame.len();
+        if self.exempt > 0 {
+            self.exempt -= 1;
+            self.exempt_bytes -= frame.len();
+        }
+        Some(frame)
+    }
 }
 
 /// A per-connection outbound queue bounded in messages and bytes. Many
@@ -118,9 +137,10 @@ impl Outbox {
             Delivery::Must => 1,
             Delivery::Droppable | Delivery::Presence => 2,
         };
-        let fits = st.queue.is_empty()
-            || (st.queue.len() < self.max_messages * factor
-                && st.bytes + frame.len() <= self.max_bytes.saturating_mul(factor));
+        let (queued, bytes) = (st.queue.len() - st.exempt, st.bytes - st.exempt_bytes);
+        let fits = queued == 0
+            || (queued < self.max_messages * factor
+                && bytes + frame.len() <= self.max_bytes.saturating_mul(factor));
         if fits {
             st.bytes += frame.len();
             st.queue.push_back(frame);
@@ -171,8 +191,7 @@ impl Outbox {
                     st.sealed = true;
                     return Next::Close(CloseCause::SlowConsumer);
                 }
-                if let Some(frame) = st.queue.pop_front() {
-                    st.bytes -= frame.len();
+                if let Some(frame) = st.pop() {
                     return Next::Frame(frame);
                 }
                 if let Some(cause) = st.close {
@@ -192,6 +211,23 @@ impl Outbox {
         }
     }
 
+    /// Queues `frames` ahead of everything else and outside the bounds: what a resumed
+    /// connection must get first (`room-state` and the replay, bounded by the inbox). Live
+    /// traffic queued after them is bounded as usual.
+    pub fn preload(&self, frames: impl IntoIterator<Item = Frame>) {
+        let mut st = self.lock();
+        let mut ahead: VecDeque<Frame> = frames.into_iter().collect();
+        for frame in &ahead {
+            st.bytes += frame.len();
+            st.exempt += 1;
+            st.exempt_bytes += frame.len();
+        }
+        ahead.append(&mut st.queue);
+        st.queue = ahead;
+        drop(st);
+        self.notify.notify_one();
+    }
+
     /// Completes once the outbox is marked closing, with the cause.
     pub async fn closing(&self) -> CloseCause {
         loop {
@@ -209,9 +245,7 @@ impl Outbox {
         if st.close == Some(CloseCause::SlowConsumer) {
             return None;
         }
-        let frame = st.queue.pop_front()?;
-        st.bytes -= frame.len();
-        Some(frame)
+        st.pop()
     }
 
     /// Takes every queued frame (used to flush replies such as
@@ -219,6 +253,8 @@ impl Outbox {
     pub fn take_all(&self) -> Vec<Frame> {
         let mut st = self.lock();
         st.bytes = 0;
+        st.exempt = 0;
+        st.exempt_bytes = 0;
         if st.close.is_none() {
             st.close = Some(CloseCause::Draining);
         }

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
+use std::fmt::Write as _;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,26 @@ impl Frame {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// This frame with `"seq": seq` as its last field: the per-recipient delivery seq of a
+    /// kept message, or the client seq an `ack`/`error` answers. One copy of the bytes, no
+    /// re-serialization.
+    pub fn with_seq(&self, seq: u64) -> Frame {
+        let text = self.as_str();
+        let Some(body) = text.strip_suffix('}') else {
+            return self.clone();
+        };
+        let mut out = String::with_capacity(text.len() + 28);
+        out.push_str(body);
+        // `{}` has no field to follow; ours always have `type`.
+        if body.len() > 1 {
+            out.push(',');
+        }
+        out.push_str("\"seq\":");
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{seq}}}");
+        Frame::from_json_text(out)
     }
 }
 
@@ -162,10 +183,12 @@ pub enum ErrorCode {
     RoomForbidden,
     /// `refresh-token`: the new token names another user (`sub`).
     UserMismatch,
+    /// `seq` is not a positive integer (at most 2^53).
+    InvalidSeq,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidMessage,
         ErrorCode::UnknownType,
         ErrorCode::TargetNotFound,
@@ -177,6 +200,7 @@ impl ErrorCode {
         ErrorCode::InvalidAudience,
         ErrorCode::RoomForbidden,
         ErrorCode::UserMismatch,
+        ErrorCode::InvalidSeq,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +216,7 @@ impl ErrorCode {
             ErrorCode::InvalidAudience => "invalid_audience",
             ErrorCode::RoomForbidden => "room_forbidden",
             ErrorCode::UserMismatch => "user_mismatch",
+            ErrorCode::InvalidSeq => "invalid_seq",
         }
     }
 }
@@ -204,6 +229,9 @@ pub enum ClientMessage<'a> {
         kind: RelayKind,
         to: Option<String>,
         payload: &'a RawValue,
+        /// The client's `seq`: answered with `ack` (or an `error` carrying it), and the
+        /// key, with the sender, under which a re-send is recognised.
+        seq: Option<u64>,
     },
     /// `ping`; the optional payload is echoed in the `pong`.
     Ping { payload: Option<&'a RawValue> },
@@ -217,6 +245,8 @@ pub enum ClientMessage<'a> {
 pub struct DecodeError {
     pub code: ErrorCode,
     pub message: Cow<'static, str>,
+    /// The message's `seq` when it could be read: the error answers it.
+    pub seq: Option<u64>,
 }
 
 impl DecodeError {
@@ -224,9 +254,18 @@ impl DecodeError {
         DecodeError {
             code: ErrorCode::InvalidMessage,
             message: message.into(),
+            seq: None,
         }
     }
+
+    fn answering(mut self, seq: Option<u64>) -> Self {
+        self.seq = seq;
+        self
+    }
 }
+
+/// Largest client `seq`: JavaScript numbers are exact up to 2^53.
+pub const MAX_SEQ: u64 = 1 << 53;
 
 /// Raw shape of a client message. `sender_id`, `room_id` and `timestamp`
 /// are deliberately absent: whatever the client writes there is ignored.
@@ -240,6 +279,8 @@ struct WireClientMessage<'a> {
     payload: Option<&'a RawValue>,
     #[serde(default, borrow)]
     to: Option<JsonStr<'a>>,
+    #[serde(default)]
+    seq: Option<serde_json::Value>,
 }
 
 /// A JSON value read only for whether it is a string, and which.
@@ -390,6 +431,35 @@ pub fn decode_client(text: &str, max_depth: usize) -> Result<ClientMessage<'_>, 
     }
     let wire: WireClientMessage = serde_json::from_str(text)
         .map_err(|_| DecodeError::invalid("message is not valid JSON of the expected shape"))?;
+    let seq = match &wire.seq {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_SEQ).contains(&n) => Some(n),
+            _ => {
+                return Err(DecodeError {
+                    code: ErrorCode::InvalidSeq,
+                    message: "\"seq\" must be a positive integer (at most 2^53)".into(),
+                    seq: None,
+                })
+            }
+        },
+    };
+    decode_fields(wire)
+        .map_err(|e| e.answering(seq))
+        .map(|msg| match msg {
+            ClientMessage::Relay {
+                kind, to, payload, ..
+            } => ClientMessage::Relay {
+                kind,
+                to,
+                payload,
+                seq,
+            },
+            other => other,
+        })
+}
+
+fn decode_fields(wire: WireClientMessage<'_>) -> Result<ClientMessage<'_>, DecodeError> {
     let kind = match wire.kind {
         Some(JsonStr::Str(s)) => s,
         Some(JsonStr::Other) => return Err(DecodeError::invalid("\"type\" must be a string")),
@@ -417,6 +487,7 @@ pub fn decode_client(text: &str, max_depth: usize) -> Result<ClientMessage<'_>, 
         return Err(DecodeError {
             code: ErrorCode::UnknownType,
             message: "unknown message type".into(),
+            seq: None,
         });
     };
     if kind.requires_target() && to.is_none() {
@@ -428,7 +499,25 @@ pub fn decode_client(text: &str, max_depth: usize) -> Result<ClientMessage<'_>, 
     let Some(payload) = wire.payload else {
         return Err(DecodeError::invalid("\"payload\" is required"));
     };
-    Ok(ClientMessage::Relay { kind, to, payload })
+    Ok(ClientMessage::Relay {
+        kind,
+        to,
+        payload,
+        seq: None,
+    })
+}
+
+/// The `seq` of a client message that is not decoded further (one refused by the rate
+/// limit), so its error can answer it.
+pub fn peek_seq(text: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct SeqOnly {
+        seq: Option<u64>,
+    }
+    serde_json::from_str::<SeqOnly>(text)
+        .ok()
+        .and_then(|m| m.seq)
+        .filter(|s| (1..=MAX_SEQ).contains(s))
 }
 
 fn decode_refresh(payload: Option<&RawValue>) -> Result<ClientMessage<'static>, DecodeError> {
@@ -626,11 +715,21 @@ pub fn public_participants(list: &[ParticipantInfo]) -> serde_json::Value {
     serde_json::to_value(public).unwrap_or(serde_json::Value::Array(Vec::new()))
 }
 
+/// What a `room-state` says about resuming.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResumeView<'a> {
+    /// The token to resume this participant with; absent when resuming is off.
+    pub token: Option<&'a str>,
+    /// This `room-state` answers a resume: the missed messages follow.
+    pub resumed: bool,
+}
+
 /// `room-state`: the first message after joining. `participants` includes self.
 pub fn encode_room_state<P: std::borrow::Borrow<ParticipantInfo>>(
     room_id: &str,
     me: &ParticipantInfo,
     participants: &[P],
+    resume: ResumeView<'_>,
 ) -> Frame {
     #[derive(Serialize)]
     struct RoomState<'a> {
@@ -638,6 +737,10 @@ pub fn encode_room_state<P: std::borrow::Borrow<ParticipantInfo>>(
         me: SelfView<'a>,
         participants: Vec<PublicParticipant<'a>>,
         participant_count: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_token: Option<&'a str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resumed: bool,
     }
     let payload = RoomState {
         me: SelfView {
@@ -651,6 +754,8 @@ pub fn encode_room_state<P: std::borrow::Borrow<ParticipantInfo>>(
             .map(|p| PublicParticipant::from(p.borrow()))
             .collect(),
         participant_count: participants.len(),
+        resume_token: resume.token,
+        resumed: resume.resumed,
     };
     encode(
         "room-state",
@@ -741,19 +846,39 @@ pub fn encode_reconnect(room_id: &str, after_ms: u64) -> Frame {
 
 /// `token-refreshed`: the answer to an accepted `refresh-token`; the session
 /// now lasts until `expires_at` (Unix seconds).
-pub fn encode_token_refreshed(room_id: &str, expires_at: u64) -> Frame {
+pub fn encode_token_refreshed(room_id: &str, expires_at: u64, resume_token: Option<&str>) -> Frame {
     #[derive(Serialize)]
-    struct Refreshed {
+    struct Refreshed<'a> {
         expires_at: u64,
+        /// A resume token that lasts as long as the new token.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_token: Option<&'a str>,
     }
     encode(
         "token-refreshed",
-        &Refreshed { expires_at },
+        &Refreshed {
+            expires_at,
+            resume_token,
+        },
         None,
         room_id,
         &now_timestamp(),
         None,
     )
+}
+
+/// `ack`: the client message with this `seq` was handed to the bus (or delivered locally).
+pub fn encode_ack(room_id: &str, seq: u64) -> Frame {
+    encode("ack", &(), None, room_id, &now_timestamp(), None).with_seq(seq)
+}
+
+/// `error` answering the client message with `seq` (when it had one).
+pub fn encode_error_for(room_id: &str, code: ErrorCode, message: &str, seq: Option<u64>) -> Frame {
+    let frame = encode_error(room_id, code, message);
+    match seq {
+        Some(seq) => frame.with_seq(seq),
+        None => frame,
+    }
 }
 
 /// `error` with a code and a human-readable message.

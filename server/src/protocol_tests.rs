@@ -75,7 +75,9 @@ fn invalid_inputs_map_to_error_codes() {
 fn valid_relays_decode() {
     let m = decode_client(r#"{"type":"offer","payload":{"sdp":"v=0"},"to":"p2","sender_id":"spoof","room_id":"x","timestamp":"t"}"#, DEPTH).unwrap();
     match m {
-        ClientMessage::Relay { kind, to, payload } => {
+        ClientMessage::Relay {
+            kind, to, payload, ..
+        } => {
             assert_eq!(kind, RelayKind::Offer);
             assert_eq!(to.as_deref(), Some("p2"));
             assert_eq!(payload.get(), r#"{"sdp":"v=0"}"#);
@@ -139,7 +141,8 @@ fn server_messages() {
     let me = participant("a");
     let all = [participant("b"), me.clone()];
     let v: serde_json::Value =
-        serde_json::from_str(encode_room_state("r", &me, &all).as_str()).unwrap();
+        serde_json::from_str(encode_room_state("r", &me, &all, ResumeView::default()).as_str())
+            .unwrap();
     assert_eq!(v["type"], "room-state");
     assert_eq!(v["sender_id"], serde_json::Value::Null);
     assert_eq!(v["to"], serde_json::Value::Null);
@@ -309,7 +312,7 @@ fn refresh_token_decodes() {
 #[test]
 fn token_refreshed_envelope() {
     let v: serde_json::Value =
-        serde_json::from_str(encode_token_refreshed("r", 1_900_000_000).as_str()).unwrap();
+        serde_json::from_str(encode_token_refreshed("r", 1_900_000_000, None).as_str()).unwrap();
     assert_eq!(v["type"], "token-refreshed");
     assert_eq!(
         v["payload"],
@@ -359,7 +362,7 @@ proptest! {
         if let Some(p) = payload { text.push_str(&format!(",\"payload\":{p}")); }
         text.push('}');
         text.push_str(&junk);
-        if let Ok(ClientMessage::Relay { kind, to, payload }) = decode_client(&text, DEPTH) {
+        if let Ok(ClientMessage::Relay { kind, to, payload, .. }) = decode_client(&text, DEPTH) {
             let frame = encode_relay(kind, payload, "me", "room", to.as_deref());
             let parsed: Result<serde_json::Value, _> = serde_json::from_str(frame.as_str());
             prop_assert!(parsed.is_ok());
@@ -545,4 +548,94 @@ proptest! {
     fn scanner_matches_the_byte_loop(text in "[\\[\\]{}\"\\\\a ]{0,40}", depth in 0usize..6) {
         prop_assert_eq!(nests_deeper_than(&text, depth), nests_deeper_than_bytewise(&text, depth));
     }
+}
+
+#[test]
+fn a_client_seq_is_read_and_answered() {
+    // The seq a message decodes with, or its error's code and seq.
+    let relay = |extra: &str| {
+        let text = format!(r#"{{"type":"ice-candidate","to":"p","payload":{{}}{extra}}}"#);
+        match decode_client(&text, DEPTH) {
+            Ok(ClientMessage::Relay { seq, .. }) => Ok(seq),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        }
+    };
+    assert_eq!(relay(r#","seq":7"#), Ok(Some(7)));
+    assert_eq!(relay(""), Ok(None));
+    for bad in [
+        r#","seq":0"#,
+        r#","seq":-1"#,
+        r#","seq":1.5"#,
+        r#","seq":"3""#,
+        r#","seq":9007199254740993"#,
+    ] {
+        assert_eq!(relay(bad).unwrap_err().code, ErrorCode::InvalidSeq, "{bad}");
+    }
+    // An otherwise invalid message still names the seq its error answers.
+    let e = decode_client(r#"{"type":"offer","payload":{},"seq":4}"#, DEPTH).unwrap_err();
+    assert_eq!((e.code, e.seq), (ErrorCode::InvalidMessage, Some(4)));
+    let e = decode_client(r#"{"type":"nope","seq":5}"#, DEPTH).unwrap_err();
+    assert_eq!((e.code, e.seq), (ErrorCode::UnknownType, Some(5)));
+}
+
+#[test]
+fn seqs_are_spliced_as_the_last_field() {
+    let frame = encode_relay(
+        RelayKind::Offer,
+        &RawValue::from_string("{\"sdp\":\"x\"}".into()).unwrap(),
+        "a",
+        "r",
+        Some("b"),
+    );
+    let v: serde_json::Value = serde_json::from_str(frame.with_seq(42).as_str()).unwrap();
+    assert_eq!(v["seq"], 42);
+    assert_eq!(v["payload"]["sdp"], "x");
+    assert_eq!(v["type"], "offer");
+    assert!(frame.with_seq(1).as_str().starts_with("{\"type\":"));
+    let ack: serde_json::Value = serde_json::from_str(encode_ack("r", 9).as_str()).unwrap();
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(9))
+    );
+    let err: serde_json::Value = serde_json::from_str(
+        encode_error_for("r", ErrorCode::BusUnavailable, "m", Some(3)).as_str(),
+    )
+    .unwrap();
+    assert_eq!(err["payload"]["code"], "bus_unavailable");
+    assert_eq!(err["seq"], 3);
+}
+
+#[test]
+fn room_state_carries_the_resume_token_and_says_when_it_resumed() {
+    let me = crate::test_support::participant("a", "i1");
+    let fresh: serde_json::Value = serde_json::from_str(
+        encode_room_state(
+            "r",
+            &me,
+            std::slice::from_ref(&me),
+            ResumeView {
+                token: Some("tok"),
+                resumed: false,
+            },
+        )
+        .as_str(),
+    )
+    .unwrap();
+    assert_eq!(fresh["payload"]["resume_token"], "tok");
+    assert!(fresh["payload"].get("resumed").is_none());
+    let resumed: serde_json::Value = serde_json::from_str(
+        encode_room_state(
+            "r",
+            &me,
+            std::slice::from_ref(&me),
+            ResumeView {
+                token: Some("tok"),
+                resumed: true,
+            },
+        )
+        .as_str(),
+    )
+    .unwrap();
+    assert_eq!(resumed["payload"]["resumed"], true);
 }

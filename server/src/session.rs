@@ -3,6 +3,12 @@
 //! client leaves, misbehaves, stops answering pings, falls behind, or the
 //! server drains. Generic over `Sink`/`Stream` of WebSocket messages so it is
 //! unit-tested with channels; the HTTP layer plugs in the real socket.
+//!
+//! A connection that is lost (transport error, silence, too slow) rather than
+//! closed leaves its participant in the room, detached, for the grace window
+//! (`resume.grace_secs`); a new upgrade with the resume token from `room-state`
+//! attaches to it ([`crate::hub::Hub::resume`]). Only when the window ends
+//! without a resume does the participant leave (`user-left` reason `timeout`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -20,12 +26,13 @@ use tungstenite::{Message, Utf8Bytes};
 use crate::auth::{Authenticator, Identity};
 use crate::bus::{Bus, BusError, JoinLimits, JoinOutcome, RelayMessage};
 use crate::config::Limits;
-use crate::hub::{Hub, Route};
+use crate::hub::{Attach, Claim, Hub, Route};
 use crate::lifetime::{Expiry, Lifetime};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Next, Outbox};
 use crate::protocol::{self, ClientMessage, ErrorCode, Frame};
 use crate::ratelimit::{self, RateLimiter, RateLimits, Verdict};
+use crate::resume::{Refusal, Resume, ResumeRequest};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 use crate::shutdown::{DrainGuard, Shutdown};
 
@@ -159,6 +166,10 @@ pub struct SessionContext {
     pub max_user_connections: Option<usize>,
     pub instance_id: String,
     pub shutdown: Arc<Shutdown>,
+    /// Resume tokens and settings.
+    pub resume: Arc<Resume>,
+    /// `?resume=&last_seq=`: this connection resumes a held participant.
+    pub resume_request: Option<ResumeRequest>,
 }
 
 /// Why a session ended.
@@ -184,6 +195,8 @@ pub enum End {
     Removed,
     /// The server API closed the room.
     RoomClosed,
+    /// A resume attached a newer connection to this participant.
+    Superseded,
 }
 
 impl From<CloseCause> for End {
@@ -193,6 +206,7 @@ impl From<CloseCause> for End {
             CloseCause::Draining => End::Draining,
             CloseCause::Removed => End::Removed,
             CloseCause::RoomClosed => End::RoomClosed,
+            CloseCause::Superseded => End::Superseded,
         }
     }
 }
@@ -224,7 +238,14 @@ impl End {
             End::SessionLimit => Some((close::GOING_AWAY, "session_limit")),
             End::Removed => Some((close::REMOVED, "removed")),
             End::RoomClosed => Some((close::ROOM_CLOSED, "room_closed")),
+            End::Superseded => Some((close::GOING_AWAY, "superseded")),
         }
+    }
+
+    /// Whether the connection was lost rather than closed: the participant is held for
+    /// a resume instead of leaving.
+    pub fn resumable(self) -> bool {
+        matches!(self, End::Transport | End::Timeout | End::SlowConsumer)
     }
 
     /// The `user-left` reason the room sees.
@@ -241,6 +262,7 @@ impl End {
             End::SessionLimit => LeaveReason::SessionLimit,
             End::Removed => LeaveReason::Removed,
             End::RoomClosed => LeaveReason::RoomClosed,
+            End::Superseded => LeaveReason::Closed,
         }
     }
 
@@ -270,6 +292,7 @@ impl End {
             End::SessionLimit => "session_limit",
             End::Removed => "removed",
             End::RoomClosed => "room_closed",
+            End::Superseded => "superseded",
         }
     }
 }
@@ -382,21 +405,62 @@ where
     S: Sink<Message, Error = WriteError> + Unpin + Send,
     R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
-    let me = Box::new(ParticipantInfo {
-        participant_id: uuid::Uuid::new_v4().to_string(),
-        user_id: ctx.identity.user_id.clone(),
-        username: ctx.identity.username.clone(),
-        joined_at: protocol::now_timestamp(),
-        instance_id: ctx.instance_id.clone(),
-        metadata: ctx.identity.metadata.clone(),
-    });
-    let span = tracing::info_span!("session", room = %ctx.room, participant = %me.participant_id, user = %me.user_id);
-    run_participant(ctx, me, guard, sink, stream).instrument(span)
+    let start = match &ctx.resume_request {
+        None => Start::Join(Box::new(ParticipantInfo {
+            participant_id: uuid::Uuid::new_v4().to_string(),
+            user_id: ctx.identity.user_id.clone(),
+            username: ctx.identity.username.clone(),
+            joined_at: protocol::now_timestamp(),
+            instance_id: ctx.instance_id.clone(),
+            metadata: ctx.identity.metadata.clone(),
+        })),
+        Some(request) => {
+            let verified = if ctx.resume.enabled() {
+                ctx.resume.verify(
+                    &request.token,
+                    &ctx.room,
+                    &ctx.identity.user_id,
+                    crate::auth::now_unix(),
+                )
+            } else {
+                Err(Refusal::Invalid)
+            };
+            match (verified, request.last_seq) {
+                (Ok(claims), Some(last_seq)) => Start::Resume {
+                    participant_id: claims.participant_id,
+                    last_seq,
+                },
+                // `last_seq` that is not a number.
+                (Ok(_), None) => Start::Refused(Refusal::Invalid),
+                (Err(refusal), _) => Start::Refused(refusal),
+            }
+        }
+    };
+    let participant = match &start {
+        Start::Join(me) => me.participant_id.clone(),
+        Start::Resume { participant_id, .. } => participant_id.clone(),
+        Start::Refused(_) => String::new(),
+    };
+    let span = tracing::info_span!("session", room = %ctx.room, participant = %participant, user = %ctx.identity.user_id);
+    run_participant(ctx, start, guard, sink, stream).instrument(span)
+}
+
+/// How a connection becomes a participant.
+enum Start {
+    /// A fresh join as this participant.
+    Join(Box<ParticipantInfo>),
+    /// A resume of a held participant, whose token verified.
+    Resume {
+        participant_id: String,
+        last_seq: u64,
+    },
+    /// A resume refused before looking for the participant.
+    Refused(Refusal),
 }
 
 async fn run_participant<S, R>(
     ctx: Arc<SessionContext>,
-    me: Box<ParticipantInfo>,
+    start: Start,
     guard: DrainGuard,
     mut sink: S,
     mut stream: R,
@@ -405,7 +469,17 @@ where
     S: Sink<Message, Error = WriteError> + Unpin + Send,
     R: Stream<Item = Result<Message, ReadError>> + Unpin + Send,
 {
-    let session = Session::join(ctx, me, &mut sink, &mut stream).await?;
+    let session = match start {
+        Start::Join(me) => Session::join(ctx, me, &mut sink, &mut stream).await?,
+        Start::Resume {
+            participant_id,
+            last_seq,
+        } => Session::resume(ctx, &participant_id, last_seq, &mut sink, &mut stream).await?,
+        Start::Refused(refusal) => {
+            refuse_resume(&ctx, refusal, &mut sink, &mut stream).await;
+            return None;
+        }
+    };
     let end = session.serve(&mut sink, &mut stream).await;
     session.finish(end, &mut sink, &mut stream).await;
     drop(guard);
@@ -430,9 +504,201 @@ struct Session {
     /// When the session must end: the token's `exp` (moved by an accepted
     /// `refresh-token`) or the session limit.
     lifetime: Lifetime,
+    /// This connection's hold on its participant in the hub.
+    claim: Claim,
+}
+
+/// Why a resume through the bus did not happen.
+enum AdoptFailed {
+    Refused(Refusal),
+    Bus(BusError),
+}
+
+/// Closes a refused resume with 1008 and its reason, and counts it.
+async fn refuse_resume<S, R>(ctx: &SessionContext, refusal: Refusal, sink: &mut S, stream: &mut R)
+where
+    S: Sink<Message> + Unpin,
+    R: Stream<Item = Result<Message, ReadError>> + Unpin,
+{
+    let reason = refusal.reason();
+    tracing::info!(reason, "resume refused");
+    ctx.metrics.resume(reason);
+    ctx.metrics.refused(reason);
+    close_handshake(
+        sink,
+        stream,
+        Vec::new(),
+        (close::POLICY, reason),
+        AfterClose::Drain,
+        ctx.limits.close_timeout,
+    )
+    .await;
+}
+
+/// Keeps a participant whose connection was lost for the grace window; if no resume
+/// attached it by then, it leaves (`user-left` reason `timeout`).
+fn hold_for_resume(ctx: &SessionContext, claim: Claim) {
+    let hub = ctx.hub.clone();
+    let bus = ctx.bus.clone();
+    let room = ctx.room.clone();
+    let grace = ctx.resume.grace;
+    tokio::spawn(
+        async move {
+            tokio::time::sleep(grace).await;
+            if let Some(info) = hub.expire(&room, &claim) {
+                tracing::info!("not resumed within the grace window: left");
+                if let Err(e) = bus.leave(&room, &info, LeaveReason::Timeout).await {
+                    tracing::warn!(error = %e, "leave not recorded on the bus");
+                }
+            } else if !hub.is_local(&room, &claim.participant_id) {
+                // Resumed on another instance meanwhile.
+                bus.release(&room, &claim.participant_id).await;
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 impl Session {
+    /// A connection joining while the drain already tells everyone to leave is
+    /// told so too.
+    fn drain_if_reconnecting(ctx: &SessionContext, outbox: &Outbox) {
+        if ctx.shutdown.is_reconnecting() {
+            let window = u64::try_from(ctx.shutdown.window().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let after_ms = rand::rng().random_range(0..window);
+            outbox.close_after(
+                Some(protocol::encode_reconnect(ctx.room.as_str(), after_ms)),
+                CloseCause::Draining,
+            );
+        }
+    }
+
+    /// [`resume`](Self::resume) through a bus that keeps the inboxes: the participant may
+    /// have been on any instance (or one that died).
+    async fn adopt(
+        ctx: &SessionContext,
+        participant_id: &str,
+        last_seq: u64,
+        outbox: &Arc<Outbox>,
+    ) -> Result<Result<(ParticipantInfo, Claim), crate::hub::ResumeRefused>, AdoptFailed> {
+        ctx.hub.expect_adopt(&ctx.room, participant_id);
+        let adopted = ctx
+            .bus
+            .adopt(&ctx.room, participant_id, &ctx.identity.user_id, last_seq)
+            .await;
+        let adopted = match adopted {
+            Ok(crate::bus::Adoption::Adopted(adopted)) => adopted,
+            Ok(crate::bus::Adoption::Refused(refusal)) => {
+                ctx.hub.adopt_failed(&ctx.room, participant_id);
+                return Err(AdoptFailed::Refused(refusal));
+            }
+            Err(e) => {
+                ctx.hub.adopt_failed(&ctx.room, participant_id);
+                return Err(AdoptFailed::Bus(e));
+            }
+        };
+        let resume_token = ctx.resume.issue(
+            participant_id,
+            &ctx.room,
+            &ctx.identity.user_id,
+            ctx.identity.expires_at,
+        );
+        let attach = Attach {
+            outbox: outbox.clone(),
+            inbox: ctx.resume.inbox,
+            resume_token: Some(resume_token),
+            numbered_by_bus: true,
+        };
+        let claim = ctx.hub.attach_adopted(&ctx.room, &adopted, attach);
+        Ok(Ok((adopted.participant, claim)))
+    }
+
+    /// Attaches this connection to the held participant `participant_id` (its token
+    /// verified already): `room-state` with `resumed: true`, then what it missed after
+    /// `last_seq`. A refusal gets its close frame here and yields `None`.
+    async fn resume<S, R>(
+        ctx: Arc<SessionContext>,
+        participant_id: &str,
+        last_seq: u64,
+        sink: &mut S,
+        stream: &mut R,
+    ) -> Option<Session>
+    where
+        S: Sink<Message> + Unpin,
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    {
+        let started = Instant::now();
+        let outbox = Arc::new(Outbox::new(
+            ctx.limits.outbound_queue_messages,
+            ctx.limits.outbound_queue_bytes,
+        ));
+        let resumed = if ctx.bus.numbers_deliveries() {
+            match Self::adopt(&ctx, participant_id, last_seq, &outbox).await {
+                Ok(resumed) => resumed,
+                Err(AdoptFailed::Refused(refusal)) => Err(crate::hub::ResumeRefused {
+                    refusal,
+                    left: None,
+                }),
+                Err(AdoptFailed::Bus(e)) => {
+                    tracing::warn!(error = %e, "resume refused: bus unavailable");
+                    ctx.metrics.error(e.metric_label());
+                    ctx.metrics.refused("bus_unavailable");
+                    close_handshake(
+                        sink,
+                        stream,
+                        Vec::new(),
+                        (close::TRY_AGAIN_LATER, "bus_unavailable"),
+                        AfterClose::Drain,
+                        ctx.limits.close_timeout,
+                    )
+                    .await;
+                    return None;
+                }
+            }
+        } else {
+            ctx.hub.resume(
+                &ctx.room,
+                participant_id,
+                &ctx.identity.user_id,
+                last_seq,
+                outbox.clone(),
+            )
+        };
+        let (me, claim) = match resumed {
+            Ok(resumed) => resumed,
+            Err(crate::hub::ResumeRefused { refusal, left }) => {
+                if let Some(info) = left {
+                    // Nobody will resume it now: the room learns it left.
+                    if let Err(e) = ctx.bus.leave(&ctx.room, &info, LeaveReason::Closed).await {
+                        tracing::warn!(error = %e, "leave not recorded on the bus");
+                    }
+                }
+                refuse_resume(&ctx, refusal, sink, stream).await;
+                return None;
+            }
+        };
+        ctx.metrics.resume("ok");
+        ctx.metrics.connection_opened();
+        tracing::info!(last_seq, "resumed");
+        Self::drain_if_reconnecting(&ctx, &outbox);
+        let lifetime = Lifetime::new(
+            ctx.identity.expires_at,
+            crate::auth::now_unix(),
+            ctx.limits.max_session,
+        );
+        Some(Session {
+            ctx,
+            me: Box::new(me),
+            outbox,
+            started,
+            last_seen: AtomicU64::new(0),
+            lifetime,
+            claim,
+        })
+    }
+
     /// Joins through the bus and registers in the hub (which queues
     /// `room-state`). A refused join gets its close frame here and yields
     /// `None`.
@@ -494,22 +760,25 @@ impl Session {
             ctx.limits.outbound_queue_messages,
             ctx.limits.outbound_queue_bytes,
         ));
-        ctx.hub
-            .register(&ctx.room, &me, outbox.clone(), &participants);
+        let resume_token = ctx.resume.enabled().then(|| {
+            ctx.resume.issue(
+                &me.participant_id,
+                &ctx.room,
+                &me.user_id,
+                ctx.identity.expires_at,
+            )
+        });
+        let attach = Attach {
+            outbox: outbox.clone(),
+            inbox: ctx.resume.inbox,
+            numbered_by_bus: ctx.bus.numbers_deliveries(),
+            resume_token,
+        };
+        let claim = ctx.hub.join(&ctx.room, &me, attach, &participants);
         ctx.metrics.connection_opened();
         ctx.metrics.join_duration(started.elapsed().as_secs_f64());
         tracing::info!(participants = participants.len(), "joined");
-        if ctx.shutdown.is_reconnecting() {
-            // Joined while the drain was already telling everyone to leave.
-            let window = u64::try_from(ctx.shutdown.window().as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let after_ms = rand::rng().random_range(0..window);
-            outbox.close_after(
-                Some(protocol::encode_reconnect(ctx.room.as_str(), after_ms)),
-                CloseCause::Draining,
-            );
-        }
+        Self::drain_if_reconnecting(&ctx, &outbox);
         let lifetime = Lifetime::new(
             ctx.identity.expires_at,
             crate::auth::now_unix(),
@@ -523,6 +792,7 @@ impl Session {
             last_seen: AtomicU64::new(0),
             relays_since_yield: AtomicU32::new(0),
             lifetime,
+            claim,
         })
     }
 
@@ -553,26 +823,44 @@ impl Session {
         R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
         let Session {
-            ctx, me, outbox, ..
+            ctx, outbox, claim, ..
         } = self;
         // From here on nothing queued would be written: a relay to this
-        // participant now gets `target_not_found` instead of vanishing.
+        // participant now gets `target_not_found` instead of vanishing (or,
+        // when it may resume, waits in its inbox).
         outbox.seal();
 
-        // Leave first so the room learns at once, even if the close frame below
-        // takes long to reach a peer that is not reading.
-        let reason = end.leave_reason();
-        // The hub's record is the current one (the server API may have
-        // changed its metadata since the join).
-        let current = ctx
-            .hub
-            .unregister(&ctx.room, &me.participant_id, reason)
-            .unwrap_or(*me);
-        if let Err(e) = ctx.bus.leave(&ctx.room, &current, reason).await {
-            tracing::warn!(error = %e, "leave not recorded on the bus");
+        // With the inboxes in the bus a drained participant resumes on another instance.
+        let resumable = end.resumable() || (end == End::Draining && ctx.bus.numbers_deliveries());
+        if end == End::Superseded {
+            // A resume owns the participant now; this connection just goes.
+            tracing::info!("connection taken over by a resume");
+            if !ctx.hub.is_local(&ctx.room, &claim.participant_id) {
+                // On another instance: this one holds it no longer.
+                ctx.bus.release(&ctx.room, &claim.participant_id).await;
+            }
+        } else if resumable && ctx.resume.enabled() && ctx.hub.detach(&ctx.room, &claim).is_ok() {
+            tracing::info!(
+                reason = end.metric_label(),
+                grace_ms = u64::try_from(ctx.resume.grace.as_millis()).unwrap_or(u64::MAX),
+                "connection lost: held for a resume"
+            );
+            hold_for_resume(&ctx, claim);
+        } else {
+            // Leave first so the room learns at once, even if the close frame below
+            // takes long to reach a peer that is not reading.
+            let reason = end.leave_reason();
+            // The hub's record is the current one (the server API may have
+            // changed its metadata since the join). A resume that took the
+            // participant over since owns its leave.
+            if let Ok(current) = ctx.hub.leave(&ctx.room, &claim, reason) {
+                if let Err(e) = ctx.bus.leave(&ctx.room, &current, reason).await {
+                    tracing::warn!(error = %e, "leave not recorded on the bus");
+                }
+                tracing::info!(reason = end.metric_label(), "left");
+            }
         }
         ctx.metrics.connection_closed(end.metric_label());
-        tracing::info!(reason = end.metric_label(), "left");
         if let Some(frame) = end.close_frame() {
             // The client should see what was queued (errors, relays) before
             // its close frame.
@@ -604,11 +892,28 @@ impl Session {
 
     /// Queues an `error` reply to this participant (dropped if its queue is full).
     fn reply_error(&self, code: ErrorCode, message: &str) {
+        self.reply_error_for(code, message, None);
+    }
+
+    /// Queues an `error` answering the client message with `seq`.
+    fn reply_error_for(&self, code: ErrorCode, message: &str, seq: Option<u64>) {
         self.ctx.metrics.error(code.as_str());
         self.outbox.push(
-            protocol::encode_error(self.ctx.room.as_str(), code, message),
+            protocol::encode_error_for(self.ctx.room.as_str(), code, message, seq),
             Delivery::Droppable,
         );
+    }
+
+    /// Queues the `ack` of the client message with `seq`, if it had one. Dropped when the
+    /// queue is full, like any reply: the client then sends the message again and its
+    /// recipients drop the duplicate.
+    fn ack(&self, seq: Option<u64>) {
+        if let Some(seq) = seq {
+            self.outbox.push(
+                protocol::encode_ack(self.ctx.room.as_str(), seq),
+                Delivery::Droppable,
+            );
+        }
     }
 
     async fn read_loop<R>(&self, stream: &mut R) -> End
@@ -664,9 +969,14 @@ impl Session {
             match limiter.check(Instant::now().into_std()) {
                 Verdict::Allow => {}
                 Verdict::Reject => {
-                    self.reply_error(
+                    let seq = text
+                        .as_ref()
+                        .ok()
+                        .and_then(|t| protocol::peek_seq(t.as_str()));
+                    self.reply_error_for(
                         ErrorCode::RateLimited,
                         "rate limit exceeded; message not relayed",
+                        seq,
                     );
                     continue;
                 }
@@ -695,7 +1005,7 @@ impl Session {
         let msg = match protocol::decode_client(text, ctx.limits.max_json_depth) {
             Ok(m) => m,
             Err(e) => {
-                self.reply_error(e.code, &e.message);
+                self.reply_error_for(e.code, &e.message, e.seq);
                 return Ok(());
             }
         };
@@ -707,13 +1017,19 @@ impl Session {
                 );
             }
             ClientMessage::RefreshToken { token } => self.refresh(&token),
-            ClientMessage::Relay { kind, to, payload } => {
+            ClientMessage::Relay {
+                kind,
+                to,
+                payload,
+                seq,
+            } => {
                 if to.as_deref() == Some(self.me.participant_id.as_str()) {
                     // Signaling with yourself is a client bug; echoing it
                     // back would only hide it.
-                    self.reply_error(
+                    self.reply_error_for(
                         ErrorCode::InvalidMessage,
                         "`to` names yourself; address another participant",
+                        seq,
                     );
                     return Ok(());
                 }
@@ -729,6 +1045,8 @@ impl Session {
                     kind,
                     sender_id: self.me.participant_id.clone(),
                     to,
+                    sender_seq: seq,
+                    seqs: None,
                     frame,
                 };
                 // What the room pays for it: one copy per recipient.
@@ -741,34 +1059,45 @@ impl Session {
                 match limiter.check_delivery(cost, Instant::now().into_std()) {
                     Verdict::Allow => {}
                     Verdict::Reject => {
-                        self.reply_error(
+                        self.reply_error_for(
                             ErrorCode::RateLimited,
                             "byte rate limit exceeded (message size x recipients); message not relayed",
+                            seq,
                         );
                         return Ok(());
                     }
                     Verdict::Abuse => return Err(End::RateLimited),
                 }
+                if ctx.bus.numbers_deliveries() {
+                    self.deliver_through_bus(relay, seq).await;
+                    tokio::task::yield_now().await;
+                    return Ok(());
+                }
                 match ctx.hub.relay_local(&relay) {
-                    Route::LocalOnly => {}
-                    Route::TargetNotFound => self.reply_error(
+                    Route::LocalOnly => self.ack(seq),
+                    Route::TargetNotFound => self.reply_error_for(
                         ErrorCode::TargetNotFound,
                         "no participant with that id in this room",
+                        seq,
                     ),
                     Route::Publish => match ctx.bus.publish(relay).await {
-                        Ok(()) => {}
+                        Ok(()) => self.ack(seq),
                         Err(e @ BusError::DeliveryUnknown { .. }) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
-                            self.reply_error(
+                            // With a seq, sending it again is safe: recipients drop the
+                            // duplicate by (sender, seq).
+                            self.reply_error_for(
                                     ErrorCode::DeliveryUnknown,
-                                    "the other servers may or may not have received this message; do not resend signaling blindly",
+                                    "the other servers may or may not have received this message; resend it with the same seq, or do not resend signaling blindly",
+                                    seq,
                                 );
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not published");
-                            self.reply_error(
+                            self.reply_error_for(
                                 ErrorCode::BusUnavailable,
                                 "message could not be delivered to other servers; retry",
+                                seq,
                             );
                         }
                     },
@@ -791,6 +1120,48 @@ impl Session {
         Ok(())
     }
 
+    /// A relay through a bus that numbers deliveries: every recipient, local or not, gets it
+    /// from the bus with its seq.
+    async fn deliver_through_bus(&self, relay: RelayMessage, seq: Option<u64>) {
+        let ctx = &self.ctx;
+        let kind = relay.kind;
+        let Some(recipients) = ctx.hub.recipients(&relay) else {
+            self.reply_error_for(
+                ErrorCode::TargetNotFound,
+                "no participant with that id in this room",
+                seq,
+            );
+            return;
+        };
+        if recipients.is_empty() {
+            self.ack(seq);
+            return;
+        }
+        match ctx.bus.deliver(relay, recipients).await {
+            Ok(crate::bus::Delivered::Sent) => self.ack(seq),
+            Ok(crate::bus::Delivered::Duplicate) => {
+                ctx.metrics.duplicate_dropped();
+                self.ack(seq);
+            }
+            Err(e @ BusError::DeliveryUnknown { .. }) => {
+                tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
+                self.reply_error_for(
+                    ErrorCode::DeliveryUnknown,
+                    "the bus may or may not have taken this message; resend it with the same seq",
+                    seq,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, kind = kind.as_str(), "relay not delivered");
+                self.reply_error_for(
+                    ErrorCode::BusUnavailable,
+                    "message could not be delivered; retry",
+                    seq,
+                );
+            }
+        }
+    }
+
     /// `refresh-token`: a valid token for the same user and room moves the
     /// session's deadline to its `exp`; anything else is refused with an
     /// error code and changes nothing.
@@ -803,8 +1174,23 @@ impl Session {
             Ok(identity) => {
                 self.lifetime.refresh(identity.expires_at);
                 tracing::info!(expires_at = identity.expires_at, "token refreshed");
+                let resume_token = ctx.resume.enabled().then(|| {
+                    ctx.resume.issue(
+                        &self.me.participant_id,
+                        &ctx.room,
+                        &self.me.user_id,
+                        identity.expires_at,
+                    )
+                });
+                if let Some(token) = &resume_token {
+                    ctx.hub.set_resume_token(&ctx.room, &self.claim, token);
+                }
                 self.outbox.push(
-                    protocol::encode_token_refreshed(ctx.room.as_str(), identity.expires_at),
+                    protocol::encode_token_refreshed(
+                        ctx.room.as_str(),
+                        identity.expires_at,
+                        resume_token.as_deref(),
+                    ),
                     Delivery::Droppable,
                 );
             }

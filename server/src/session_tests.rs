@@ -18,6 +18,7 @@ struct World {
     limits: Limits,
     max_participants: usize,
     max_user_connections: Option<usize>,
+    resume: Resume,
 }
 
 fn limits() -> Limits {
@@ -65,6 +66,15 @@ impl World {
             limits: limits(),
             max_participants: 50,
             max_user_connections: None,
+            // Off unless a test turns it on: a lost connection leaves at once.
+            resume: Resume::new(
+                b"session-tests-resume-key".to_vec(),
+                Duration::ZERO,
+                crate::inbox::InboxLimits {
+                    max_messages: 64,
+                    max_bytes: 1 << 20,
+                },
+            ),
         }
     }
 
@@ -88,6 +98,8 @@ impl World {
             max_user_connections: self.max_user_connections,
             instance_id: "test".into(),
             shutdown: self.shutdown.clone(),
+            resume: Arc::new(self.resume.clone()),
+            resume_request: None,
         }
     }
 
@@ -690,6 +702,7 @@ fn docs_list_every_close_code_and_error_code() {
         End::SessionLimit,
         End::Removed,
         End::RoomClosed,
+        End::Superseded,
     ];
     for end in ends {
         let (code, reason) = end.close_frame().unwrap();
@@ -710,6 +723,17 @@ fn docs_list_every_close_code_and_error_code() {
             doc.contains(&format!("| 1008 | `{}` |", e.reason())),
             "{} missing",
             e.reason()
+        );
+    }
+    for refusal in [
+        crate::resume::Refusal::Expired,
+        crate::resume::Refusal::Invalid,
+        crate::resume::Refusal::Overflow,
+    ] {
+        assert!(
+            doc.contains(&format!("| 1008 | `{}` |", refusal.reason())),
+            "{} missing",
+            refusal.reason()
         );
     }
     for reason in ["room_full", "bus_unavailable"] {

@@ -77,7 +77,8 @@ export interface ServerMessage {
 /** `detail` of each event the client emits. */
 export interface SwitchboardEventDetails {
   state: { state: SwitchboardState };
-  joined: { self: Participant | null; participants: Participant[] };
+  /** `resumed`: this `room-state` answered a resume; peers and calls were kept. */
+  joined: { self: Participant | null; participants: Participant[]; resumed: boolean };
   participants: { participants: Participant[]; self: Participant | null };
   peer: { peer: PeerInfo };
   "channel-open": { participantId: string; participant: Participant | null };
@@ -91,7 +92,8 @@ export interface SwitchboardEventDetails {
   track: { participantId: string; stream: MediaStream };
   signal: { message: ServerMessage };
   /** Server `error` codes, plus local ones: `config_failed`, `peer_failed`, `refresh_failed`. */
-  error: { code: string; message?: string };
+  /** `seq`: the client seq of the message the server answered, when it had one. */
+  error: { code: string; message?: string; seq?: number };
   reconnect: { afterMs: number };
   /** 4001 `removed` and 4002 `room_closed` (server API) are final, like refusals. */
   closed: { code: number; reason: string; willReconnect: boolean };
@@ -127,7 +129,11 @@ declare class Switchboard extends EventTarget {
   send(data: string | ArrayBuffer | ArrayBufferView | Blob): number;
   /** false when no open channel to that peer exists. */
   sendTo(participantId: string, data: string | ArrayBuffer | ArrayBufferView | Blob): boolean;
-  /** A raw signaling message through the server; false when the WebSocket is not open. */
+  /**
+   * A raw signaling message through the server. With resume on, relayed types are numbered,
+   * kept until acked and re-sent after a resume (always true); otherwise false when the
+   * WebSocket is not open.
+   */
   signal(type: string, payload?: unknown, to?: string): boolean;
   peers(): PeerInfo[];
   openChannelCount(): number;

@@ -27,6 +27,18 @@
  * (`refresh-token`), so the session goes on; the new token is also used for
  * later reconnects and REST calls.
  *
+ * Resume: when the server hands out a resume token (`room-state`), every
+ * signaling message is numbered (`seq`) and kept until the server acks it. A
+ * connection that drops (network blip, killed or drained server) is resumed:
+ * the client reconnects with its token and the last delivered `seq`, keeps
+ * every `RTCPeerConnection` and data channel as they are (state goes
+ * `reconnecting` → `joined`), gets what it missed and re-sends what was not
+ * acked. Messages answered `bus_unavailable` or `delivery_unknown` are re-sent
+ * with backoff (recipients drop duplicates). Only when the server refuses the
+ * resume does it join fresh and rebuild its peers. A peer connection whose ICE
+ * fails, or stays disconnected for a few seconds, restarts ICE through
+ * signaling instead of being torn down.
+ *
  * @example
  * const sb = new Switchboard({ room: "demo", token: jwt });
  * sb.addEventListener("participants", (e) => render(e.detail.participants));
@@ -59,6 +71,16 @@
    */
   const FATAL_CLOSE_CODES = new Set([1000, 1002, 1003, 1007, 1008, 1009, 1010, 4001, 4002]);
   const FATAL_CLOSE_REASONS = new Set(["room_full"]);
+  /** Refused resumes (1008): not final, the client joins fresh instead. */
+  const RESUME_REFUSALS = new Set(["resume_expired", "resume_invalid", "resume_overflow"]);
+  /** Message types the server relays; these are numbered and re-sent until acked. */
+  const RELAYED_TYPES = new Set(["offer", "answer", "ice-candidate", "media-control", "screen-share-control", "chat-message"]);
+  /** Errors after which a numbered message is sent again (with backoff); any other error is final. */
+  const RESEND_ERRORS = new Set(["bus_unavailable", "delivery_unknown"]);
+  /** Upper bound of the re-send backoff. */
+  const RESEND_MAX_BACKOFF_MS = 10000;
+  /** A peer connection `disconnected` this long restarts ICE. */
+  const ICE_DISCONNECTED_RESTART_MS = 4000;
   /** Default lead time of a token refresh before the token's `exp`. */
   const DEFAULT_REFRESH_LEAD_MS = 30000;
   /** Retry delay after a failed `refreshToken` callback. */
@@ -114,8 +136,9 @@
   /**
    * Client for one room. Emits (as `CustomEvent`s, data in `event.detail`):
    * - `state` `{state}`: `idle`, `connecting`, `joined`, `reconnecting`, `closed`.
-   * - `joined` `{self, participants}` after each `room-state` (the first one, and
-   *   any the server sends again to resynchronise a client that fell behind).
+   * - `joined` `{self, participants, resumed}` after each `room-state` (the first one,
+   *   any the server sends again to resynchronise a client that fell behind, and the
+   *   one that answers a resume, with `resumed: true`: peers and calls were kept).
    * - `participants` `{participants, self}` whenever the list changes.
    * - `peer` `{peer}` (a {@link PeerInfo}) whenever a peer's connection or channel changes.
    * - `channel-open` `{participantId, participant}` when the data channel to a peer
@@ -130,11 +153,13 @@
    * - `track` `{participantId, stream}` when remote media arrives.
    * - `signal` `{message}` for every server message (raw envelope), for apps that
    *   use `chat-message`, `media-control` etc.
-   * - `error` `{code, message}` for server `error` messages and local failures.
-   *   The client never resends a message by itself: after `bus_unavailable` the
-   *   message certainly did not reach the other servers and an app may send it
-   *   again; after `delivery_unknown` it may have, so do not resend signaling
-   *   (a repeated offer confuses the peer; renegotiate instead).
+   * - `error` `{code, message, seq}` for server `error` messages and local failures.
+   *   With resume on (the server gave a resume token), messages sent through
+   *   `signal` carry a `seq`; one answered `bus_unavailable` or `delivery_unknown`
+   *   is re-sent by the client itself with backoff (the server drops duplicates), so
+   *   the app need not. Without resume the client never re-sends: after
+   *   `bus_unavailable` an app may send again; after `delivery_unknown` it should
+   *   renegotiate instead.
    * - `reconnect` `{afterMs}` when the server asks us to move (drain). The client
    *   rejoins after `afterMs`, once the server has closed the old socket (1001,
    *   reported as `closed` first); if that close is late it waits for it up to 5 s.
@@ -186,6 +211,17 @@
       this._reconnectOnClose = false;
       this._drainCloseTimer = null;
       this._closedByUser = false;
+
+      /** The resume token of the current participant, from `room-state`; null = join fresh. */
+      this._resumeToken = null;
+      /** Highest delivery `seq` processed. */
+      this._lastSeq = 0;
+      /** Next client `seq`. */
+      this._nextSeq = 1;
+      /** Numbered messages without an ack yet: seq -> {msg, attempt, timer}. */
+      this._unacked = new Map();
+      /** The socket has delivered its `room-state`: messages may go out. */
+      this._ready = false;
     }
 
     /**
@@ -287,12 +323,60 @@
      * @returns {boolean} false when the WebSocket is not open.
      */
     signal(type, payload, to) {
-      const ws = this._ws;
-      if (!ws || ws.readyState !== WebSocket.OPEN) return false;
       const msg = { type: type, payload: payload === undefined ? {} : payload };
       if (to) msg.to = to;
+      if (this._resumeToken !== null && RELAYED_TYPES.has(type)) {
+        // Numbered and kept until acked: sent now if the socket is up, else on resume.
+        msg.seq = this._nextSeq++;
+        this._unacked.set(msg.seq, { msg: msg, attempt: 0, timer: null });
+        this._sendRaw(msg);
+        return true;
+      }
+      return this._sendRaw(msg);
+    }
+
+    /** Sends `msg` on the open, joined socket; false when there is none. */
+    _sendRaw(msg) {
+      const ws = this._ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN || !this._ready) return false;
       ws.send(JSON.stringify(msg));
       return true;
+    }
+
+    /** Sends every unacked message again, in `seq` order (after a resume). */
+    _resendUnacked() {
+      const seqs = Array.from(this._unacked.keys()).sort((a, b) => a - b);
+      for (const seq of seqs) {
+        const entry = this._unacked.get(seq);
+        clearTimeout(entry.timer);
+        entry.timer = null;
+        this._sendRaw(entry.msg);
+      }
+    }
+
+    /** The server answered a numbered message: acked, to be re-sent, or refused for good. */
+    _onAnswer(seq, errorCode) {
+      const entry = this._unacked.get(seq);
+      if (!entry) return;
+      if (errorCode && RESEND_ERRORS.has(errorCode)) {
+        clearTimeout(entry.timer);
+        entry.timer = setTimeout(() => {
+          entry.timer = null;
+          if (this._unacked.get(seq) === entry) this._sendRaw(entry.msg);
+        }, backoffMs(entry.attempt++, RESEND_MAX_BACKOFF_MS));
+        return;
+      }
+      clearTimeout(entry.timer);
+      this._unacked.delete(seq);
+    }
+
+    /** Forgets the participant's resume state (a fresh join follows). */
+    _forgetResume() {
+      this._resumeToken = null;
+      this._lastSeq = 0;
+      this._nextSeq = 1;
+      for (const entry of this._unacked.values()) clearTimeout(entry.timer);
+      this._unacked.clear();
     }
 
     /** @returns {PeerInfo[]} Every other participant and our connection to it. */
@@ -325,6 +409,7 @@
       }
       this.disableMedia();
       this.participants.clear();
+      this._forgetResume();
       this._setState("closed");
       this._emitParticipants();
     }
@@ -333,8 +418,13 @@
 
     /** @returns {Promise<void>} */
     _openSocket() {
-      const url = wsUrl(this._baseUrl, this.room);
-      this._log("switchboard: opening", url);
+      let url = wsUrl(this._baseUrl, this.room);
+      const resuming = this._resumeToken !== null;
+      if (resuming) {
+        url += "?resume=" + encodeURIComponent(this._resumeToken) + "&last_seq=" + this._lastSeq;
+      }
+      this._log("switchboard: opening", resuming ? "(resume)" : "", wsUrl(this._baseUrl, this.room));
+      this._ready = false;
       let ws;
       try {
         ws = new WebSocket(url, [SUBPROTOCOL, "bearer." + this._token]);
@@ -364,17 +454,27 @@
         ws.onclose = (ev) => {
           if (this._ws !== ws) return; // A superseded socket (after a reconnect hint).
           this._ws = null;
+          this._ready = false;
           this._cancelRefresh();
+          if (RESUME_REFUSALS.has(ev.reason)) {
+            // The server holds this participant no longer: join fresh, rebuild the peers.
+            this._forgetResume();
+          }
           const willReconnect = this._shouldReconnect(ev.code, ev.reason);
+          // With a resume token the peers and the participant list survive the gap.
+          const resume = willReconnect && this._resumeToken !== null;
           this._log("switchboard: closed", ev.code, ev.reason, willReconnect ? "(reconnecting)" : "");
           this._emit("closed", { code: ev.code, reason: ev.reason, willReconnect: willReconnect });
           if (!settled) {
             settled = true;
             reject(new Error("WebSocket closed before joining: " + ev.code + " " + (ev.reason || "")));
           }
-          this._closePeers();
-          this.participants.clear();
-          this._emitParticipants();
+          if (!resume) {
+            this._closePeers();
+            this.participants.clear();
+            this._emitParticipants();
+          }
+          if (!willReconnect) this._forgetResume();
           if (willReconnect) {
             // A `reconnect` hint whose delay has passed waited for this close;
             // a pending one keeps its own delay; otherwise back off.
@@ -398,6 +498,7 @@
       if (this._reconnectTimer || this._reconnectOnClose) return true;
       // An expired token is final unless the app can give us a new one.
       if (reason === "token_expired") return this._refreshToken !== null;
+      if (RESUME_REFUSALS.has(reason)) return true;
       return !FATAL_CLOSE_CODES.has(code) && !FATAL_CLOSE_REASONS.has(reason);
     }
 
@@ -431,8 +532,13 @@
 
     /** Opens a new socket (fresh token and ICE config first); the old one is closed. */
     _reconnectNow() {
-      this._closePeers();
-      this._setState("connecting");
+      // A resume keeps the peers (their media never needed the server); a fresh join rebuilds them.
+      if (this._resumeToken === null) {
+        this._closePeers();
+        this._setState("connecting");
+      } else {
+        this._setState("reconnecting");
+      }
       // A token that has run out cannot join: ask the app for a new one first.
       this._tokenForJoin()
         .catch((err) => {
@@ -450,12 +556,31 @@
     }
 
     _onServerMessage(msg) {
+      const numbered = typeof msg.seq === "number" && msg.type !== "ack" && msg.type !== "error";
+      if (numbered) {
+        // A delivery seq: each message once, in order.
+        if (msg.seq <= this._lastSeq) return;
+        this._lastSeq = msg.seq;
+      }
+      if (msg.type === "ack") {
+        this._onAnswer(msg.seq, null);
+        return;
+      }
       this._emit("signal", { message: msg });
       const payload = msg.payload || {};
       switch (msg.type) {
         case "room-state":
+          if (!this._ready && !payload.resumed) {
+            // A fresh join: a new participant, numbering from 1.
+            this._forgetResume();
+          }
+          if (typeof payload.resume_token === "string") this._resumeToken = payload.resume_token;
           this._onRoomState(payload);
           this._scheduleRefresh();
+          if (!this._ready) {
+            this._ready = true;
+            if (payload.resumed) this._resendUnacked();
+          }
           break;
         case "token-refreshed":
           this._onTokenRefreshed(payload);
@@ -505,7 +630,8 @@
         }
         case "error":
           this._log("switchboard: server error", payload.code, payload.message);
-          this._emit("error", { code: payload.code, message: payload.message });
+          if (typeof msg.seq === "number") this._onAnswer(msg.seq, payload.code);
+          this._emit("error", { code: payload.code, message: payload.message, seq: msg.seq });
           break;
         default:
           // pong, chat-message, media-control…: available through the `signal` event.
@@ -529,7 +655,7 @@
         if (!this.participants.has(id)) this._removePeer(id);
       }
       this._setState("joined");
-      this._emit("joined", { self: this.self, participants: this.participantList() });
+      this._emit("joined", { self: this.self, participants: this.participantList(), resumed: payload.resumed === true });
       this._emitParticipants();
       for (const id of this.participants.keys()) this._ensurePeer(id, true);
     }
@@ -587,6 +713,7 @@
     _onTokenRefreshed(payload) {
       if (this._pendingToken) this._token = this._pendingToken;
       this._pendingToken = null;
+      if (typeof payload.resume_token === "string") this._resumeToken = payload.resume_token;
       this._scheduleRefresh();
       this._emit("tokenrefreshed", { expiresAt: Number(payload.expires_at) || null });
     }
@@ -692,6 +819,7 @@
       this.makingOffer = false;
       this.ignoreOffer = false;
       this.closed = false;
+      this.disconnectedTimer = null;
     }
 
     start() {
@@ -703,9 +831,14 @@
       pc.onnegotiationneeded = () => this.negotiate();
       pc.onconnectionstatechange = () => {
         // A failed path (network change, NAT timeout) may come back with new candidates; the
-        // offering side restarts ICE, which renegotiates through `negotiationneeded`.
-        if (pc.connectionState === "failed" && this.initiator && typeof pc.restartIce === "function") {
-          pc.restartIce();
+        // offering side restarts ICE, which renegotiates through `negotiationneeded`. One that
+        // stays disconnected for a few seconds is treated the same way.
+        clearTimeout(this.disconnectedTimer);
+        if (pc.connectionState === "failed") this.restartIce();
+        else if (pc.connectionState === "disconnected") {
+          this.disconnectedTimer = setTimeout(() => {
+            if (pc.connectionState === "disconnected") this.restartIce();
+          }, ICE_DISCONNECTED_RESTART_MS);
         }
         this.sb._emitPeer(this);
       };
@@ -722,6 +855,13 @@
         this.useChannel(pc.createDataChannel(DATA_CHANNEL_LABEL, { ordered: true }));
       }
       if (this.sb.localStream) this.attachLocalMedia(this.sb.localStream);
+    }
+
+    /** ICE restart through signaling (the offering side's new offer carries new credentials). */
+    restartIce() {
+      if (this.closed || !this.initiator || typeof this.pc.restartIce !== "function") return;
+      this.sb._log("switchboard: peer", this.id, "restarting ICE");
+      this.pc.restartIce();
     }
 
     /** @param {RTCDataChannel} channel */
@@ -831,6 +971,7 @@
     close() {
       if (this.closed) return;
       this.closed = true;
+      clearTimeout(this.disconnectedTimer);
       if (this.channel) this.channel.close();
       this.pc.close();
     }

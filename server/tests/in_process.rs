@@ -456,6 +456,14 @@ async fn assert_metrics_shape(addr: std::net::SocketAddr, golden: &str, name: &s
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let shape = metrics_shape(&body);
+    if std::env::var_os("SWITCHBOARD_BLESS_GOLDEN").is_some() {
+        // Regenerates the golden file after an intended change to the metrics.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        std::fs::write(&path, &shape).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        return;
+    }
     if shape != golden {
         let want: Vec<&str> = golden.lines().collect();
         let got: Vec<&str> = shape.lines().collect();

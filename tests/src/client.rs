@@ -29,6 +29,11 @@ pub fn ws_path(room: &str, token: &str) -> String {
     format!("/webrtc/ws/{room}?token={token}")
 }
 
+/// `/webrtc/ws/<room>?token=<token>&resume=<resume_token>&last_seq=<last_seq>`.
+pub fn resume_path(room: &str, token: &str, resume_token: &str, last_seq: u64) -> String {
+    format!("/webrtc/ws/{room}?token={token}&resume={resume_token}&last_seq={last_seq}")
+}
+
 /// One thing read from the socket (pings and pongs are skipped).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -395,6 +400,24 @@ impl Client {
             "room {}: expected pong as the next message (nothing else pending), got {msg}",
             self.room
         );
+    }
+
+    /// This participant's resume token from `room-state`.
+    pub fn resume_token(&self) -> String {
+        let state = self
+            .room_state
+            .as_ref()
+            .expect("client has not received room-state");
+        state["payload"]["resume_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("room-state has no payload.resume_token: {state}"))
+            .to_string()
+    }
+
+    /// Drops the TCP connection without a close frame, as a network blip or a killed
+    /// client does: the server sees the connection end, not a close.
+    pub fn drop_connection(self) {
+        drop(self.ws);
     }
 
     /// Closes the WebSocket normally (1000) and waits for the server's close reply.

@@ -151,6 +151,9 @@ fn settings_for(
         max_metadata_bytes: 1024,
         publish_timeout: Duration::from_secs(5),
         webhooks: None,
+        // These tests drive `publish`; numbered delivery (resume) is tested through servers.
+        resume_grace: Duration::ZERO,
+        inbox_messages: 256,
     }
 }
 
@@ -214,6 +217,8 @@ fn chat(room_id: &RoomId, from: &str, to: Option<&str>, n: usize) -> RelayMessag
         kind: RelayKind::ChatMessage,
         sender_id: from.into(),
         to: to.map(str::to_owned),
+        sender_seq: None,
+        seqs: None,
         frame: Frame::from_json_text(format!(
             "{{\"type\":\"chat-message\",\"payload\":{{\"n\":{n}}},\"sender_id\":\"{from}\",\"room_id\":\"{}\",\"timestamp\":\"2026-11-28T16:30:27.123Z\",\"to\":{to_json}}}",
             room_id.as_str()

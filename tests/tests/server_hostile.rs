@@ -130,6 +130,8 @@ async fn ping_flood_from_a_client_that_never_reads_is_closed_1008_and_memory_sta
 #[tokio::test]
 async fn pongs_for_a_client_that_never_reads_stay_within_the_write_buffer() {
     let server = ServerOptions::with_secret(SECRET)
+        // Resume off: the slow consumer leaves at once.
+        .env("SWITCHBOARD_RESUME_GRACE_SECS", "0")
         .env("WEBRTC_RATE_LIMIT_PER_SECOND", "1000000")
         .env("WEBRTC_RATE_LIMIT_BURST", "1000000")
         .start();

@@ -251,6 +251,8 @@ async fn fifty_first_join_closes_1013_room_full_at_default_capacity() {
 #[tokio::test]
 async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
     let server = ServerOptions::with_secret(SECRET)
+        // Resume off: a lost connection leaves at once, with the reason it was lost for.
+        .env("SWITCHBOARD_RESUME_GRACE_SECS", "0")
         .env("WEBRTC_OUTBOUND_QUEUE_MESSAGES", "16")
         .env("WEBRTC_OUTBOUND_QUEUE_BYTES", "262144")
         .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
@@ -390,6 +392,8 @@ async fn slow_reader_is_closed_1013_slow_consumer_after_an_in_order_prefix() {
 #[tokio::test]
 async fn peer_that_stops_answering_pings_leaves_with_reason_timeout() {
     let server = ServerOptions::with_secret(SECRET)
+        // Resume off: a lost connection leaves at once, with the reason it was lost for.
+        .env("SWITCHBOARD_RESUME_GRACE_SECS", "0")
         .env("WEBRTC_PING_INTERVAL", "1")
         .env("WEBRTC_PING_TIMEOUT", "1")
         .start();
@@ -422,6 +426,8 @@ async fn peer_that_stops_answering_pings_leaves_with_reason_timeout() {
 #[tokio::test]
 async fn peer_that_stops_reading_with_a_full_socket_still_leaves() {
     let server = ServerOptions::with_secret(SECRET)
+        // Resume off: a lost connection leaves at once, with the reason it was lost for.
+        .env("SWITCHBOARD_RESUME_GRACE_SECS", "0")
         .env("WEBRTC_PING_INTERVAL", "1")
         .env("WEBRTC_PING_TIMEOUT", "1")
         // The burst below fills the socket on purpose: no byte budget in the way.

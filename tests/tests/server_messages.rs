@@ -141,7 +141,15 @@ async fn targeted_offer_reaches_only_its_target_and_broadcast_all_but_sender() {
         assert_eq!(msg["to"], Value::Null);
         copies.push(msg);
     }
-    // One message, serialized once: every recipient gets the same envelope (same timestamp).
+    // One message, serialized once: every recipient gets the same envelope (same timestamp),
+    // numbered with its own delivery seq (bob got the offer first).
+    assert_eq!(
+        (copies[0]["seq"].as_u64(), copies[1]["seq"].as_u64()),
+        (Some(2), Some(1))
+    );
+    for copy in copies.iter_mut() {
+        copy.as_object_mut().unwrap().remove("seq");
+    }
     assert_eq!(copies[0], copies[1]);
     // The sender gets neither its broadcast nor anything else.
     clients[0].assert_alive_and_idle().await;

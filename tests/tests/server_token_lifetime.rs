@@ -100,7 +100,13 @@ async fn a_refreshed_session_outlives_its_first_token() {
     let new_exp = renewed.exp.expect("exp");
     carol.send_json(&refresh(&renewed.hs256(SECRET))).await;
     let ack = carol.expect_type("token-refreshed").await;
-    assert_eq!(ack["payload"], json!({"expires_at": new_exp}));
+    assert_eq!(ack["payload"]["expires_at"], json!(new_exp));
+    // With resume on, a resume token that lasts as long as the new token.
+    let resume_token = ack["payload"]["resume_token"].as_str().unwrap_or_default();
+    assert!(
+        resume_token.starts_with("v1.") && resume_token.contains(&format!(".{new_exp}.")),
+        "{ack}"
+    );
     assert_eq!(ack["sender_id"], serde_json::Value::Null);
 
     // Past the first token's exp, carol is still in the room and relays both ways.

@@ -41,7 +41,7 @@
 //! `Arc<dyn Bus>` (each call boxes one future; negligible next to a network
 //! round trip).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -170,6 +170,14 @@ pub struct RelayMessage {
     pub sender_id: String,
     /// Target participant id, or `None` for "everyone but the sender".
     pub to: Option<String>,
+    /// The client's `seq` for this message: recipients drop a re-send by (sender, seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_seq: Option<u64>,
+    /// Set by a bus that numbers deliveries ([`Bus::numbers_deliveries`]): each recipient's
+    /// delivery seq. Every instance, the sender's included, delivers it to its local
+    /// recipients named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seqs: Option<BTreeMap<String, u64>>,
     /// The complete server → client envelope.
     pub frame: Frame,
 }
@@ -290,6 +298,35 @@ pub enum RemoteSender {
     Unknown,
 }
 
+/// What [`Bus::deliver`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Numbered, kept and published.
+    Sent,
+    /// The sender used this client seq before: a re-send, not delivered again.
+    Duplicate,
+}
+
+/// A participant a resume took over on this instance ([`Bus::adopt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// Its record, now naming this instance.
+    pub participant: ParticipantInfo,
+    /// The last delivery seq it was given; later deliveries have higher ones.
+    pub last_seq: u64,
+    /// Every message after the client's `last_seq` up to `last_seq`, in order, without seq.
+    pub replay: Vec<Frame>,
+    /// The room's participants, cluster-wide, itself included.
+    pub participants: Vec<ParticipantInfo>,
+}
+
+/// The answer of [`Bus::adopt`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    Adopted(Box<Adopted>),
+    Refused(crate::resume::Refusal),
+}
+
 /// Health of the bus for `/webrtc/health` and readiness.
 #[derive(Debug, Clone, Serialize)]
 pub struct BusHealth {
@@ -357,6 +394,45 @@ pub trait Bus: Send + Sync + 'static {
         metadata: Option<Metadata>,
     ) -> Result<Option<ParticipantInfo>, BusError>;
 
+    /// Whether the bus numbers deliveries and keeps the inboxes in its store, so that a
+    /// participant can resume on any instance: relays then go through [`Bus::deliver`]
+    /// (never to local recipients directly) and resumes through [`Bus::adopt`].
+    fn numbers_deliveries(&self) -> bool {
+        false
+    }
+
+    /// Numbers `message` for each of `recipients` (every instance's), keeps it in their
+    /// inboxes and hands it to every instance, this one included, with the seqs. Only for a
+    /// bus that [numbers deliveries](Bus::numbers_deliveries).
+    async fn deliver(
+        &self,
+        _message: RelayMessage,
+        _recipients: Vec<String>,
+    ) -> Result<Delivered, BusError> {
+        Err(BusError::Config(
+            "this bus does not number deliveries".into(),
+        ))
+    }
+
+    /// Takes `participant_id` of `user_id` over for a resume on this instance, the client
+    /// having processed `last_seq`: registers it here, announces the move to the other
+    /// instances (a `Joined` naming this instance, which the room is not told), and returns
+    /// what it missed. The caller has asked the hub to expect it (messages published from
+    /// now on are held for it). Only for a bus that numbers deliveries.
+    async fn adopt(
+        &self,
+        _room: &RoomId,
+        _participant_id: &str,
+        _user_id: &str,
+        _last_seq: u64,
+    ) -> Result<Adoption, BusError> {
+        Ok(Adoption::Refused(crate::resume::Refusal::Expired))
+    }
+
+    /// Forgets a local registration without touching the store: the participant moved to
+    /// another instance (a resume there).
+    async fn release(&self, _room: &RoomId, _participant_id: &str) {}
+
     /// Whether the bus can currently carry messages (readiness).
     fn is_ready(&self) -> bool;
 
@@ -418,6 +494,8 @@ pub async fn from_config(
                 max_metadata_bytes: config.limits.max_metadata_bytes,
                 publish_timeout: config.redis.publish_timeout,
                 webhooks: recording.map(|r| (r, wakes)),
+                resume_grace: config.resume.grace,
+                inbox_messages: config.resume.inbox_messages,
             };
             Ok(Arc::new(
                 redis::RedisBus::start(settings, hub, metrics).await?,
@@ -840,6 +918,8 @@ mod tests {
                 kind: RelayKind::Offer,
                 sender_id: "a".into(),
                 to: Some("b".into()),
+                sender_seq: Some(3),
+                seqs: Some(BTreeMap::from([("b".to_owned(), 7)])),
                 frame,
             }),
         };

@@ -20,6 +20,7 @@
 //! | `admin` | nothing: the server API's reads of rooms from presence records, its actions on the room channels, metadata updates |
 //! | `conn` | nothing: how Redis is reached (one Redis or a cluster), the command handle every part uses, the publish command |
 //! | `webhooks` | the webhook event log: registry of rooms with events, delivery scripts' calls ([`crate::webhook::EventLog`]) |
+//! | `resume` | the inbox bounds and scripts: numbered delivery into Redis inboxes, adopting a participant for a resume |
 //! | `keys`, `scripts`, `wire`, [`metrics`] | key layout, Lua scripts, channel message format, bus metrics |
 //!
 //! Three background tasks, each in a `redis_bus` span carrying `instance` and `task`:
@@ -49,6 +50,7 @@ mod link;
 pub mod metrics;
 mod presence;
 mod remote;
+mod resume;
 mod scripts;
 mod shards;
 mod slots;
@@ -68,8 +70,8 @@ pub use keys::{escape_instance_id, Keys, PrefixError, MAX_PREFIX_LEN};
 pub use link::Timing;
 
 use super::{
-    Bus, BusError, BusHealth, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent,
-    RoomAction, RoomRecord,
+    Adoption, Bus, BusError, BusHealth, Delivered, JoinLimits, JoinOutcome, LocalHub, RelayMessage,
+    RemoteEvent, RoomAction, RoomRecord,
 };
 use crate::room::{LeaveReason, Metadata, ParticipantInfo, RoomId};
 
@@ -98,6 +100,10 @@ struct Inner {
     reconcile: remote::Reconcile,
     /// Set when webhook endpoints are configured: the presence scripts record events.
     webhooks: Option<webhooks::Webhooks>,
+    /// Inbox bounds and scripts; used only when `numbers_deliveries`.
+    resume: resume::ResumeStore,
+    /// Resume is on: deliveries are numbered and kept in Redis.
+    numbers_deliveries: bool,
 }
 
 /// The Redis bus. See the module documentation.
@@ -124,6 +130,10 @@ pub struct RedisSettings {
     pub publish_timeout: Duration,
     /// What to record for webhooks and whom to tell, when endpoints are configured.
     pub webhooks: Option<(crate::webhook::Recording, Arc<crate::webhook::Wakes>)>,
+    /// `resume.grace_secs`: zero turns numbered delivery (and resuming) off.
+    pub resume_grace: Duration,
+    /// `resume.inbox_messages`: messages kept per participant in Redis.
+    pub inbox_messages: usize,
 }
 
 /// The part of a URL that is safe to log: scheme, host and port only.
@@ -178,6 +188,11 @@ impl RedisBus {
             webhooks: settings
                 .webhooks
                 .map(|(recording, wakes)| webhooks::Webhooks::new(recording, wakes)),
+            resume: resume::ResumeStore::new(
+                settings.inbox_messages,
+                settings.resume_grace + settings.presence_ttl,
+            ),
+            numbers_deliveries: !settings.resume_grace.is_zero(),
         });
         tracing::info!(
             parent: &inner.span,
@@ -332,6 +347,34 @@ impl Bus for RedisBus {
         self.inner
             .update_metadata(room, participant_id, metadata)
             .await
+    }
+
+    fn numbers_deliveries(&self) -> bool {
+        self.inner.numbers_deliveries
+    }
+
+    async fn deliver(
+        &self,
+        message: RelayMessage,
+        recipients: Vec<String>,
+    ) -> Result<Delivered, BusError> {
+        self.inner.deliver_numbered(message, recipients).await
+    }
+
+    async fn adopt(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        user_id: &str,
+        last_seq: u64,
+    ) -> Result<Adoption, BusError> {
+        self.inner
+            .adopt(room, participant_id, user_id, last_seq)
+            .await
+    }
+
+    async fn release(&self, room: &RoomId, participant_id: &str) {
+        self.inner.release_moved(room, participant_id).await;
     }
 
     fn is_ready(&self) -> bool {

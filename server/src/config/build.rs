@@ -8,7 +8,8 @@ use super::reader::{Reader, SecretSetting};
 use super::settings::*;
 use super::{
     Config, ConnectionsConfig, IceConfig, JwtAlgorithm, JwtConfig, JwtKey, Limits, RedisConfig,
-    RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey, WebhookConfig, WebhookEndpoint,
+    ResumeConfig, RoomsConfig, Secret, ShutdownConfig, SigningConfig, SigningKey, WebhookConfig,
+    WebhookEndpoint,
 };
 use crate::webhook::{EventFilter, SigningSecret};
 
@@ -82,6 +83,12 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         trusted_proxies: r.opt(&TRUSTED_PROXIES).unwrap_or_default(),
     };
     let webhooks = build_webhooks(r);
+    let resume = ResumeConfig {
+        grace: r.get(&RESUME_GRACE),
+        inbox_messages: r.get(&RESUME_INBOX_MESSAGES),
+        inbox_bytes: r.get(&RESUME_INBOX_BYTES),
+        secret: r.secret(&RESUME_SECRET, &RESUME_SECRET_FILE),
+    };
     Config {
         listen,
         log_format,
@@ -96,6 +103,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         shutdown,
         connections,
         webhooks,
+        resume,
     }
 }
 

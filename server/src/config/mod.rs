@@ -193,6 +193,17 @@ pub struct RedisConfig {
     pub publish_timeout: Duration,
 }
 
+/// Resuming a lost connection (see `resume` and `inbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeConfig {
+    /// How long a participant whose connection was lost stays in its rooms; zero = off.
+    pub grace: Duration,
+    pub inbox_messages: usize,
+    pub inbox_bytes: usize,
+    /// Key of resume tokens; `None` = derived from the HS256 JWT secret, else random.
+    pub secret: Option<Secret>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShutdownConfig {
     pub drain_delay: Duration,
@@ -268,6 +279,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub connections: ConnectionsConfig,
     pub webhooks: WebhookConfig,
+    pub resume: ResumeConfig,
 }
 
 /// The key tokens are signed with, for `switchboard-server token`.

@@ -374,6 +374,22 @@ settings! {
     DRAIN_TIMEOUT: Setting<Duration> = Setting::new(
         "shutdown.drain_timeout_ms", "SWITCHBOARD_DRAIN_TIMEOUT_MS", "--drain-timeout-ms", "25000",
         Parse::Text(milliseconds), "hard exit after SIGTERM, ms");
+
+    RESUME_GRACE: Setting<Duration> = Setting::new(
+        "resume.grace_secs", "SWITCHBOARD_RESUME_GRACE_SECS", "--resume-grace-secs", "30",
+        Parse::Text(|v| seconds_at_least(v, 0)), "how long a lost connection may resume, seconds; 0 = no resume");
+    RESUME_INBOX_MESSAGES: Setting<usize> = Setting::new(
+        "resume.inbox_messages", "SWITCHBOARD_RESUME_INBOX_MESSAGES", "--resume-inbox-messages", "256",
+        Parse::Text(|v| at_least(v, 1)), "messages kept per participant for a resume");
+    RESUME_INBOX_BYTES: Setting<usize> = Setting::new(
+        "resume.inbox_bytes", "SWITCHBOARD_RESUME_INBOX_BYTES", "--resume-inbox-bytes", "1048576",
+        Parse::Text(|v| at_least(v, 1)), "bytes kept per participant for a resume");
+    RESUME_SECRET: Optional<Secret> = Optional::new(
+        "resume.secret", "SWITCHBOARD_RESUME_SECRET", "--resume-secret", "derived from jwt.secret",
+        Parse::Text(secret), "key of resume tokens (HMAC-SHA256)");
+    RESUME_SECRET_FILE: Optional<String> = Optional::new(
+        "resume.secret_file", "SWITCHBOARD_RESUME_SECRET_FILE", "--resume-secret-file", "",
+        Parse::Text(text), "file holding the resume token key");
 }
 
 /// The table entry for a dotted YAML key.

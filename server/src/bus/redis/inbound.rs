@@ -228,13 +228,18 @@ impl Inner {
             .room_from_channel(channel)
             .ok_or(DropReason::RoomMismatch)?;
         // Half of what a room channel carries is this instance's own publishes.
-        if wire::is_own_echo(payload, self.instance()) {
+        // Numbered relays are delivered from here by every instance, the sender's too.
+        if !self.numbers_deliveries && wire::is_own_echo(payload, self.instance()) {
             return Ok(None);
         }
         let envelope = wire::decode(payload, &room, &self.input_limits).map_err(|e| e.reason())?;
-        // Local recipients were served directly by the sender's instance.
+        // Local recipients were served directly by the sender's instance, except for
+        // numbered relays, which every instance (the sender's too) delivers from here.
         if envelope.origin == self.instance() {
-            return Ok(None);
+            return Ok(match envelope.event {
+                RemoteEvent::Relay(m) if m.seqs.is_some() => Some(RemoteEvent::Relay(m)),
+                _ => None,
+            });
         }
         if let RemoteEvent::Relay(m) = &envelope.event {
             match self
@@ -263,7 +268,34 @@ impl Inner {
         if self.own_loss_of_a_live_participant(&envelope.event) {
             return Ok(None);
         }
+        self.forget_if_moved_away(&envelope.event);
         Ok(Some(envelope.event))
+    }
+
+    /// A `Joined` naming another instance for a participant registered here: a resume moved
+    /// it there (its record already says so), so this instance lets go of it without a leave.
+    fn forget_if_moved_away(&self, event: &RemoteEvent) {
+        let RemoteEvent::Joined {
+            room_id,
+            participant,
+        } = event
+        else {
+            return;
+        };
+        if participant.instance_id == self.instance() {
+            return;
+        }
+        let mut local = self.presence.local();
+        if local.remove(room_id, &participant.participant_id) {
+            local.moved_away.push(room_id.clone());
+            tracing::info!(
+                parent: &self.span,
+                room = %room_id,
+                participant = %participant.participant_id,
+                to = %participant.instance_id,
+                "participant resumed on another instance"
+            );
+        }
     }
 
     /// Whether the room's presence hash agrees with a join or leave (see [`judge`]).

@@ -77,6 +77,29 @@ impl Keys {
         format!("{}:webhook_rooms", self.prefix)
     }
 
+    /// HASH participant_id → the last delivery `seq` given to that participant (resume). Its
+    /// field goes with the participant's leave, the key with the room's last leave.
+    pub fn room_seqs(&self, room: &RoomId) -> String {
+        format!("{}:room:{{{}}}:seqs", self.prefix, room.as_str())
+    }
+
+    /// HASH participant_id → `"<highest client seq>:<bitmask of the 32 below>"`: the client
+    /// seqs each sender's messages were delivered under, so a re-send is dropped (resume).
+    pub fn room_sent(&self, room: &RoomId) -> String {
+        format!("{}:room:{{{}}}:sent", self.prefix, room.as_str())
+    }
+
+    /// STREAM of the messages delivered to one participant, entry id `<seq>-1`, field `f` the
+    /// frame without its seq; capped and with a TTL (resume).
+    pub fn inbox(&self, room: &RoomId, participant_id: &str) -> String {
+        format!(
+            "{}:room:{{{}}}:inbox:{}",
+            self.prefix,
+            room.as_str(),
+            participant_id
+        )
+    }
+
     /// Pub/sub channel carrying a room's relayed messages and presence events.
     pub fn room_channel(&self, room: &RoomId) -> String {
         format!("{}:room:{{{}}}:events", self.prefix, room.as_str())

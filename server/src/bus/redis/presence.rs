@@ -33,11 +33,15 @@ pub(super) struct Local {
     pending_left: HashMap<String, LeaveReason>,
     /// Redis may have lost (or never got) this instance's presence.
     pub(super) needs_sync: bool,
+    /// Rooms whose subscription a participant that moved to another instance (a resume
+    /// there) held: released by the heartbeat task, since the subscriber task that learns
+    /// of the move cannot unsubscribe while it handles a message.
+    pub(super) moved_away: Vec<RoomId>,
 }
 
 impl Local {
     /// A join that Redis accepted.
-    fn add(&mut self, room: &RoomId, participant: &ParticipantInfo) {
+    pub(super) fn add(&mut self, room: &RoomId, participant: &ParticipantInfo) {
         self.rooms
             .entry(room.clone())
             .or_default()
@@ -57,7 +61,7 @@ impl Local {
     }
 
     /// Forgets a local participant; whether it was one.
-    fn remove(&mut self, room: &RoomId, participant_id: &str) -> bool {
+    pub(super) fn remove(&mut self, room: &RoomId, participant_id: &str) -> bool {
         let removed = self
             .rooms
             .get_mut(room)
@@ -124,7 +128,7 @@ impl Local {
 pub(super) struct Presence {
     /// First in the lock order: joins and leaves hold it shared, a resync exclusively, so a
     /// resync never sees a half-done join (registered in Redis, not yet in `local`).
-    gate: RwLock<()>,
+    pub(super) gate: RwLock<()>,
     /// A leaf: held for a few field updates, never across an `.await` or another lock.
     local: std::sync::Mutex<Local>,
     join_script: Script,
@@ -275,12 +279,26 @@ impl Inner {
         self.webhook_args(&mut invocation);
         invocation
             .arg(&participant.participant_id)
-            .arg(reason.as_str());
+            .arg(reason.as_str())
+            .arg(self.instance());
+        let resume_keys = self.numbers_deliveries();
+        invocation.arg(if resume_keys { "1" } else { "0" });
+        if resume_keys {
+            invocation
+                .key(self.keys.room_seqs(room))
+                .key(self.keys.room_sent(room))
+                .key(self.keys.inbox(room, &participant.participant_id));
+        }
         let result = async {
-            self.redis("leave", async move {
-                invocation.invoke_async::<i64>(&mut conn).await
-            })
-            .await?;
+            let removed = self
+                .redis("leave", async move {
+                    invocation.invoke_async::<i64>(&mut conn).await
+                })
+                .await?;
+            if removed == 0 {
+                // Another instance adopted it (a resume): the room has not lost it.
+                return Ok(());
+            }
             // Before the room may leave our rooms set (crash cleanup finds it there).
             self.webhook_recorded(room).await;
             let event = RemoteEvent::Left {
@@ -668,6 +686,10 @@ pub(super) async fn heartbeat_task(inner: Arc<Inner>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let moved_away = std::mem::take(&mut inner.presence.local().moved_away);
+        for room in moved_away {
+            inner.release_room(&room).await;
+        }
         if inner.heartbeat().await.is_err() {
             continue;
         }

@@ -116,18 +116,40 @@ return out
 );
 
 /// Removes one participant: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
-/// `KEYS[3]` webhook stream, `KEYS[4]` `seq` counter; after the webhook block, `ARGV` =
-/// participant id, leave reason. The leave that empties the room forgets when it was created.
-/// A participant that was present records `participant_left` (with the reason), followed by
-/// `room_finished` when the room is left empty.
+/// `KEYS[3]` webhook stream and `KEYS[4]` `seq` counter (with webhooks on), then (with resume
+/// on) the participant's delivery seqs, sent seqs and inbox; after the webhook block, `ARGV` =
+/// participant id, leave reason, the leaving instance, whether the resume keys were given
+/// (`1`/`0`). A record another instance holds (it adopted the participant in a resume) stays
+/// and nothing is recorded: returns 0. The leave that empties the room forgets when it was
+/// created and the room's seqs. A participant that was present records `participant_left`
+/// (with the reason), followed by `room_finished` when the room is left empty.
 pub const LEAVE: &str = concat!(
     webhook_fn!(),
     r#"
 local info = redis.call('HGET', KEYS[1], ARGV[o + 1])
+if info and ARGV[o + 3] ~= '' then
+  -- A participant another instance adopted (a resume) is not ours to remove.
+  local ok, rec = pcall(cjson.decode, info)
+  if ok and type(rec) == 'table' and rec['instance_id'] ~= ARGV[o + 3] then
+    return 0
+  end
+end
+local r = 3
+if ARGV[1] ~= '' then
+  r = 5
+end
 redis.call('HDEL', KEYS[1], ARGV[o + 1])
+if ARGV[o + 4] == '1' then
+  redis.call('HDEL', KEYS[r], ARGV[o + 1])
+  redis.call('HDEL', KEYS[r + 1], ARGV[o + 1])
+  redis.call('DEL', KEYS[r + 2])
+end
 local empty = redis.call('HLEN', KEYS[1]) == 0
 if empty then
   redis.call('DEL', KEYS[2])
+  if ARGV[o + 4] == '1' then
+    redis.call('DEL', KEYS[r], KEYS[r + 1])
+  end
 end
 if info then
   emit(KEYS[3], KEYS[4], 'participant_left', info, ARGV[o + 2])
@@ -449,3 +471,89 @@ end
 return 1
 "#
 );
+/// Numbers and keeps one message for each recipient, then publishes it (resume): `KEYS[1]`
+/// delivery seqs, `KEYS[2]` sent seqs, `KEYS[3..]` the recipients' inboxes; `ARGV[1]` the
+/// room channel, `ARGV[2]` inbox cap (messages), `ARGV[3]` inbox TTL (ms), `ARGV[4]` the bus
+/// header without its closing brace, `ARGV[5]` the frame, `ARGV[6]` sender id, `ARGV[7]` the
+/// sender's client seq (0: none), `ARGV[8]` the publish command (`PUBLISH`, or `SPUBLISH` on a
+/// cluster: the channel shares the keys' slot), `ARGV[9..]` recipient ids in the order of their
+/// inboxes.
+///
+/// A client seq the sender used before (or more than 32 below its highest) is a re-send:
+/// nothing is delivered and `{'dup'}` returned. Otherwise each recipient gets the next seq
+/// (`HINCRBY`), the frame goes to its inbox as entry `<seq>-1`, and one message is published:
+/// the header with `"seqs":{"<id>":<seq>,...}` added, a newline, the frame. Numbering and
+/// publishing in one script keeps every subscriber's view in seq order. Returns `{'ok'}`.
+pub const DELIVER: &str = r#"
+local sender_seq = tonumber(ARGV[7])
+if sender_seq > 0 then
+  local max, mask = 0, 0
+  local rec = redis.call('HGET', KEYS[2], ARGV[6])
+  if rec then
+    local a, b = string.match(rec, '^(%d+):(-?%d+)$')
+    max, mask = tonumber(a) or 0, tonumber(b) or 0
+  end
+  if sender_seq > max then
+    local shift = sender_seq - max
+    if shift >= 32 then mask = 0 else mask = bit.lshift(mask, shift) end
+    if max > 0 and shift <= 32 then mask = bit.bor(mask, bit.lshift(1, shift - 1)) end
+    max = sender_seq
+  elseif sender_seq == max then
+    return {'dup'}
+  else
+    local off = max - 1 - sender_seq
+    if off >= 32 or bit.band(mask, bit.lshift(1, off)) ~= 0 then
+      return {'dup'}
+    end
+    mask = bit.bor(mask, bit.lshift(1, off))
+  end
+  redis.call('HSET', KEYS[2], ARGV[6], max .. ':' .. mask)
+end
+local seqs = {}
+for i = 9, #ARGV do
+  local id = ARGV[i]
+  local seq = redis.call('HINCRBY', KEYS[1], id, 1)
+  local inbox = KEYS[i - 6]
+  redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[2], seq .. '-1', 'f', ARGV[5])
+  redis.call('PEXPIRE', inbox, ARGV[3])
+  seqs[#seqs + 1] = '"' .. id .. '":' .. seq
+end
+redis.call(ARGV[8], ARGV[1], ARGV[4] .. ',"seqs":{' .. table.concat(seqs, ',') .. '}}\n' .. ARGV[5])
+return {'ok'}
+"#;
+
+/// Adopts a participant for a resume on this instance: `KEYS[1]` participants hash, `KEYS[2]`
+/// delivery seqs, `KEYS[3]` its inbox; `ARGV[1]` participant id, `ARGV[2]` its record as the
+/// caller read it, `ARGV[3]` the record naming this instance, `ARGV[4]` the client's last seq.
+/// Returns `{'expired'}` when the participant is gone, `{'changed'}` when its record is not
+/// the one read (read again), `{'ahead'}` when `last_seq` was never delivered, `{'overflow'}`
+/// when a missed message is no longer kept; else writes the new record and returns
+/// `{'ok', last seq, n, n frames after last_seq..., every participant record...}`, read in the
+/// same atomic step as the seq, so every later delivery has a higher seq.
+pub const ADOPT: &str = r#"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return {'expired'} end
+if cur ~= ARGV[2] then return {'changed'} end
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local want = tonumber(ARGV[4])
+if want > last then return {'ahead'} end
+local frames = {}
+if want < last then
+  local entries = redis.call('XRANGE', KEYS[3], (want + 1) .. '-1', '+')
+  if #entries ~= last - want or entries[1][1] ~= (want + 1) .. '-1' then
+    return {'overflow'}
+  end
+  for _, e in ipairs(entries) do
+    frames[#frames + 1] = e[2][2]
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local out = {'ok', tostring(last), tostring(#frames)}
+for _, f in ipairs(frames) do
+  out[#out + 1] = f
+end
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  out[#out + 1] = v
+end
+return out
+"#;

@@ -118,6 +118,13 @@ enum Header {
         kind: RelayKind,
         sender_id: String,
         to: Option<String>,
+        /// The sender's client `seq` (absent when the client gave none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender_seq: Option<u64>,
+        /// Each recipient's delivery seq, added by the delivery script (resume). Always the
+        /// last field: the script appends it to the header this module writes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seqs: Option<std::collections::BTreeMap<String, u64>>,
     },
     Joined {
         v: u8,
@@ -195,6 +202,10 @@ struct RelayHeaderOut<'a> {
     kind: RelayKind,
     sender_id: &'a str,
     to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seqs: Option<&'a std::collections::BTreeMap<String, u64>>,
 }
 
 /// What follows the kind in every header [`encode`] writes, up to the origin's value.
@@ -242,6 +253,25 @@ struct RelayFrame<'a> {
     to: Option<&'a str>,
 }
 
+/// The header line of a relay without its closing brace, for the delivery script to append
+/// `,"seqs":{...}}` to (see `scripts::DELIVER`); the frame is sent separately.
+pub fn relay_header_prefix(origin: &str, m: &RelayMessage) -> String {
+    let header = Header::Relay {
+        v: VERSION,
+        origin: origin.to_owned(),
+        room_id: m.room_id.clone(),
+        kind: m.kind,
+        sender_id: m.sender_id.clone(),
+        to: m.to.clone(),
+        sender_seq: m.sender_seq,
+        seqs: None,
+    };
+    // Serializing plain strings and enums cannot fail; the JSON object ends with `}`.
+    let mut text = serde_json::to_string(&header).unwrap_or_default();
+    text.pop();
+    text
+}
+
 /// Serializes an envelope for PUBLISH.
 pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
     if let RemoteEvent::Relay(m) = event {
@@ -252,6 +282,8 @@ pub fn encode(origin: &str, event: &RemoteEvent) -> Vec<u8> {
             kind: m.kind,
             sender_id: &m.sender_id,
             to: m.to.as_deref(),
+            sender_seq: m.sender_seq,
+            seqs: m.seqs.as_ref(),
         };
         let mut out = Vec::with_capacity(160 + m.frame.len());
         // Serializing plain strings and enums into a Vec cannot fail.
@@ -380,9 +412,22 @@ pub fn decode(
             kind,
             sender_id,
             to,
+            sender_seq,
+            seqs,
             ..
         } => {
             check_participant_id(&sender_id, "sender_id")?;
+            if let Some(seqs) = &seqs {
+                for (id, seq) in seqs {
+                    check_participant_id(id, "seqs")?;
+                    if *seq == 0 {
+                        return Err(WireError::Field("seqs"));
+                    }
+                }
+            }
+            if sender_seq.is_some_and(|s| s == 0 || s > crate::protocol::MAX_SEQ) {
+                return Err(WireError::Field("sender_seq"));
+            }
             if let Some(to) = &to {
                 check_participant_id(to, "to")?;
             }
@@ -394,6 +439,8 @@ pub fn decode(
                     kind,
                     sender_id,
                     to,
+                    sender_seq,
+                    seqs,
                     frame,
                 }),
             )
@@ -529,6 +576,9 @@ fn decode_relay_fast(
             kind: h.kind,
             sender_id: h.sender_id.to_owned(),
             to: h.to.map(str::to_owned),
+            // A header with either goes the general way (the fast one knows neither field).
+            sender_seq: None,
+            seqs: None,
             frame,
         }),
     }))
@@ -713,6 +763,8 @@ mod tests {
             kind: RelayKind::Offer,
             sender_id: "a".into(),
             to: to.map(str::to_owned),
+            sender_seq: Some(1),
+            seqs: None,
             frame: crate::protocol::encode_relay(RelayKind::Offer, &payload, "a", "r", to),
         })
     }
@@ -761,6 +813,8 @@ mod tests {
                 kind: m.kind,
                 sender_id: m.sender_id.clone(),
                 to: m.to.clone(),
+                sender_seq: m.sender_seq,
+                seqs: m.seqs.clone(),
             })
             .unwrap();
             let mut want = general;

@@ -1,0 +1,242 @@
+//! Resume on the Redis bus: every relayed message is numbered per recipient and kept in the
+//! recipient's inbox in Redis (a capped stream with a TTL under the room's hash tag) by one
+//! script that also publishes it, so a participant can resume on any instance, also after
+//! the one it was on died or drained; a resume adopts the participant's presence record and
+//! reads what it missed in the same atomic step. Owns the two scripts; keys are in `keys`,
+//! the Lua in `scripts`.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{publish_failure, scripts, wire, Inner};
+use crate::bus::{Adopted, Adoption, BusError, Delivered, RelayMessage, RemoteEvent};
+use crate::protocol::Frame;
+use crate::resume::Refusal;
+use crate::room::{ParticipantInfo, RoomId};
+
+/// How many times an adoption reads the record again when it changed under it.
+const ADOPT_ATTEMPTS: usize = 3;
+
+/// The inbox bounds in Redis and the scripts.
+pub(super) struct ResumeStore {
+    /// Messages kept per inbox (`MAXLEN ~`).
+    inbox_messages: usize,
+    /// TTL of an inbox, refreshed with every message: the grace window and a presence TTL,
+    /// so an instance's loss is cleaned up before its participants' inboxes go.
+    inbox_ttl: Duration,
+    deliver: Script,
+    adopt: Script,
+}
+
+impl ResumeStore {
+    pub(super) fn new(inbox_messages: usize, inbox_ttl: Duration) -> Self {
+        ResumeStore {
+            inbox_messages: inbox_messages.max(1),
+            inbox_ttl,
+            deliver: Script::new(scripts::DELIVER),
+            adopt: Script::new(scripts::ADOPT),
+        }
+    }
+}
+
+impl Inner {
+    /// [`Bus::deliver`](crate::bus::Bus::deliver): number, keep and publish in one script.
+    pub(super) async fn deliver_numbered(
+        &self,
+        message: RelayMessage,
+        recipients: Vec<String>,
+    ) -> Result<Delivered, BusError> {
+        let store = &self.resume;
+        let room = &message.room_id;
+        let mut invocation = store.deliver.key(self.keys.room_seqs(room));
+        invocation.key(self.keys.room_sent(room));
+        for id in &recipients {
+            invocation.key(self.keys.inbox(room, id));
+        }
+        invocation
+            .arg(self.keys.room_channel(room))
+            .arg(store.inbox_messages)
+            .arg(u64::try_from(store.inbox_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(wire::relay_header_prefix(self.instance(), &message))
+            .arg(message.frame.as_bytes().as_ref())
+            .arg(&message.sender_id)
+            .arg(message.sender_seq.unwrap_or(0))
+            .arg(if self.conn.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            });
+        for id in &recipients {
+            invocation.arg(id);
+        }
+        let mut conn = self.conn.clone();
+        let started = std::time::Instant::now();
+        let reply: Vec<String> = self
+            .redis_within("deliver", self.publish_timeout, async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await
+            .map_err(publish_failure)?;
+        self.metrics.publish_latency(started.elapsed());
+        Ok(match reply.first().map(String::as_str) {
+            Some("dup") => Delivered::Duplicate,
+            _ => Delivered::Sent,
+        })
+    }
+
+    /// [`Bus::adopt`](crate::bus::Bus::adopt): subscribe the room, move the record to this
+    /// instance with what the participant missed, register it, announce the move.
+    pub(super) async fn adopt(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        user_id: &str,
+        last_seq: u64,
+    ) -> Result<Adoption, BusError> {
+        let _gate = self.presence.gate.read().await;
+        // Subscribed before the record moves: every delivery after it reaches this instance.
+        self.acquire_room(room).await?;
+        match self
+            .adopt_subscribed(room, participant_id, user_id, last_seq)
+            .await
+        {
+            Ok(Adoption::Adopted(adopted)) => {
+                let already_here = {
+                    let mut local = self.presence.local();
+                    let here = local.is_live(room, participant_id);
+                    local.add(room, &adopted.participant);
+                    here
+                };
+                if already_here {
+                    // Resumed where it was: its join holds the room's subscription already.
+                    self.release_room(room).await;
+                }
+                let event = RemoteEvent::Joined {
+                    room_id: room.clone(),
+                    participant: adopted.participant.clone(),
+                };
+                // The other instances learn where it is now; its old instance lets go of it.
+                if let Err(e) = self.publish_event(room, &event).await {
+                    tracing::warn!(parent: &self.span, error = %e, "resume not announced");
+                }
+                Ok(Adoption::Adopted(adopted))
+            }
+            other => {
+                self.release_room(room).await;
+                other
+            }
+        }
+    }
+
+    async fn adopt_subscribed(
+        &self,
+        room: &RoomId,
+        participant_id: &str,
+        user_id: &str,
+        last_seq: u64,
+    ) -> Result<Adoption, BusError> {
+        for _ in 0..ADOPT_ATTEMPTS {
+            let mut conn = self.conn.clone();
+            let key = self.keys.room_participants(room);
+            let id = participant_id.to_owned();
+            let current: Option<String> = self
+                .redis("read record", async move {
+                    redis::AsyncCommands::hget(&mut conn, key, id).await
+                })
+                .await?;
+            let Some(current) = current else {
+                return Ok(Adoption::Refused(Refusal::Expired));
+            };
+            let Ok(info) = serde_json::from_str::<ParticipantInfo>(&current) else {
+                return Ok(Adoption::Refused(Refusal::Expired));
+            };
+            if info.user_id != user_id {
+                return Ok(Adoption::Refused(Refusal::Invalid));
+            }
+            let moved = ParticipantInfo {
+                instance_id: self.instance().to_owned(),
+                ..info
+            };
+            let mut invocation = self.resume.adopt.key(self.keys.room_participants(room));
+            invocation
+                .key(self.keys.room_seqs(room))
+                .key(self.keys.inbox(room, participant_id))
+                .arg(participant_id)
+                .arg(&current)
+                .arg(serde_json::to_string(&moved).unwrap_or_default())
+                .arg(last_seq);
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = self
+                .redis(
+                    "adopt",
+                    async move { invocation.invoke_async(&mut conn).await },
+                )
+                .await?;
+            match reply.first().map(String::as_str) {
+                Some("ok") => return Ok(Adoption::Adopted(Box::new(adopted(moved, &reply)))),
+                Some("changed") => continue,
+                Some("ahead") => return Ok(Adoption::Refused(Refusal::Invalid)),
+                Some("overflow") => return Ok(Adoption::Refused(Refusal::Overflow)),
+                _ => return Ok(Adoption::Refused(Refusal::Expired)),
+            }
+        }
+        // Someone keeps changing it (metadata updates racing): try again later.
+        Ok(Adoption::Refused(Refusal::Expired))
+    }
+
+    /// [`Bus::release`](crate::bus::Bus::release): the participant moved to another instance.
+    pub(super) async fn release_moved(&self, room: &RoomId, participant_id: &str) {
+        let _gate = self.presence.gate.read().await;
+        let was_local = self.presence.local().remove(room, participant_id);
+        if was_local {
+            self.release_room(room).await;
+        }
+    }
+}
+
+/// The adopt script's `{'ok', last seq, n, n frames..., records...}`.
+fn adopted(participant: ParticipantInfo, reply: &[String]) -> Adopted {
+    let last_seq = reply.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let n: usize = reply.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let frames = reply.get(3..3 + n).unwrap_or_default();
+    let records = reply.get(3 + n..).unwrap_or_default();
+    Adopted {
+        participant,
+        last_seq,
+        replay: frames
+            .iter()
+            .map(|f| Frame::from_json_text(f.clone()))
+            .collect(),
+        participants: super::sorted(super::parse_infos(records)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_adopt_reply_splits_into_seq_replay_and_participants() {
+        let me = crate::test_support::participant("b", "i2");
+        let other = serde_json::to_string(&crate::test_support::participant("a", "i1")).unwrap();
+        let reply: Vec<String> = [
+            "ok",
+            "7",
+            "2",
+            "{\"type\":\"offer\"}",
+            "{\"type\":\"answer\"}",
+            other.as_str(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let a = adopted(me.clone(), &reply);
+        assert_eq!(a.last_seq, 7);
+        assert_eq!(a.replay.len(), 2);
+        assert_eq!(a.replay[1].as_str(), "{\"type\":\"answer\"}");
+        assert_eq!(a.participants.len(), 1);
+        assert_eq!(a.participants[0].participant_id, "a");
+        assert_eq!(a.participant, me);
+    }
+}

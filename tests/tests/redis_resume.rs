@@ -1,0 +1,335 @@
+//! Resume across real `switchboard-server` processes on one real redis-server: the inboxes
+//! live in Redis, so a participant whose server is SIGKILLed or drained resumes on another
+//! one with the same participant id, re-sends what was not acked, and its peers get every
+//! message once and in order while the room sees no leave or join.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_e2e::client::{resume_path, Client, ConnectOptions, Event};
+use switchboard_e2e::redis::RedisProcess;
+use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::token::Claims;
+
+const SECRET: &str = "e2e-redis-resume-secret-0123456789abcdef";
+/// Presence TTL: a dead instance's participants would be announced lost within ~2 TTLs.
+const TTL_SECS: u64 = 3;
+
+fn token(user: &str) -> String {
+    Claims::user(user).hs256(SECRET)
+}
+
+fn options(redis: &RedisProcess, instance: &str) -> ServerOptions {
+    ServerOptions::with_secret(SECRET)
+        .env("REDIS_URL", redis.url())
+        .env("SWITCHBOARD_INSTANCE_ID", instance)
+        .env("WEBRTC_ROOM_PRESENCE_TTL", TTL_SECS.to_string())
+        .env("WEBRTC_RATE_LIMIT_PER_SECOND", "100000")
+        .env("WEBRTC_RATE_LIMIT_BURST", "100000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_PER_SECOND", "1000000000")
+        .env("WEBRTC_RATE_LIMIT_BYTES_BURST", "1000000000")
+        .env("SWITCHBOARD_RESUME_INBOX_MESSAGES", "2048")
+        .env("SWITCHBOARD_DRAIN_DELAY_MS", "200")
+        .env("SWITCHBOARD_DRAIN_WINDOW_MS", "1500")
+}
+
+async fn servers(redis: &RedisProcess, n: usize) -> Vec<ServerProcess> {
+    let servers: Vec<ServerProcess> = (0..n)
+        .map(|i| options(redis, &format!("rs-{i}")).start())
+        .collect();
+    for s in &servers {
+        s.wait_ready(true, Duration::from_secs(10)).await;
+    }
+    servers
+}
+
+/// Joins `user` on `server`; every client in `earlier` consumes its `user-joined`.
+async fn join(
+    server: &ServerProcess,
+    room: &str,
+    user: &str,
+    earlier: &mut [&mut Client],
+) -> Client {
+    let client = Client::join(server.addr(), room, &token(user)).await;
+    for c in earlier.iter_mut() {
+        let (_, msg) = c
+            .recv_until_type("user-joined", Duration::from_secs(5))
+            .await;
+        assert_eq!(msg["payload"]["participant_id"], client.pid().as_str());
+    }
+    client
+}
+
+async fn resume(
+    server: &ServerProcess,
+    room: &str,
+    user: &str,
+    resume_token: &str,
+    last_seq: u64,
+) -> Client {
+    let path = resume_path(room, &token(user), resume_token, last_seq);
+    let mut client =
+        Client::connect_with(server.addr(), room, &path, &ConnectOptions::default()).await;
+    let state = client.read_room_state().await.clone();
+    assert_eq!(state["payload"]["resumed"], true, "{state}");
+    client
+}
+
+fn ice(to: &str, seq: u64, from: &str) -> Value {
+    json!({"type": "ice-candidate", "to": to, "seq": seq, "payload": {"n": seq, "from": from}})
+}
+
+/// Reads `want` candidates; returns (payload.from, payload.n, delivery seq) of each.
+async fn read_candidates(
+    client: &mut Client,
+    want: usize,
+    until: Duration,
+) -> Vec<(String, u64, u64)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + until;
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Event::Json(msg) if msg["type"] == "ice-candidate" => got.push((
+                msg["payload"]["from"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                msg["payload"]["n"].as_u64().expect("payload.n"),
+                msg["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("delivered without seq: {msg}")),
+            )),
+            Event::Json(msg) if msg["type"] == "user-left" || msg["type"] == "user-joined" => {
+                panic!("the room saw a presence change: {msg}")
+            }
+            Event::Json(_) => {}
+            other => panic!("after {} candidates: {other:?}", got.len()),
+        }
+    }
+    got
+}
+
+/// Nothing but non-presence messages within `quiet`.
+async fn assert_no_presence_change(client: &mut Client, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Event::Timeout => return,
+            Event::Json(msg) => assert!(
+                msg["type"] != "user-left" && msg["type"] != "user-joined",
+                "the room saw a presence change: {msg}"
+            ),
+            other => panic!("bystander: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sender_whose_replica_is_sigkilled_resumes_on_another_and_nothing_is_lost() {
+    let redis = RedisProcess::start();
+    let mut servers = servers(&redis, 3).await;
+    let room = "pod-loss";
+    let mut carol = join(&servers[2], room, "carol", &mut []).await;
+    let mut bob = join(&servers[1], room, "bob", &mut [&mut carol]).await;
+    let mut alice = join(&servers[0], room, "alice", &mut [&mut carol, &mut bob]).await;
+    let (alice_id, bob_id) = (alice.pid(), bob.pid());
+    let alice_token = alice.resume_token();
+
+    for n in 1..=400 {
+        alice.send_json(&ice(&bob_id, n, "alice")).await;
+    }
+    let mut acked = BTreeSet::new();
+    while acked.len() < 100 {
+        let msg = alice.recv_json_within(Duration::from_secs(10)).await;
+        assert_eq!(msg["type"], "ack", "{msg}");
+        acked.insert(msg["seq"].as_u64().unwrap());
+    }
+    // Mid-stream, alice's replica dies.
+    servers[0].sigkill();
+    alice.drop_connection();
+
+    let mut alice = resume(&servers[1], room, "alice", &alice_token, 0).await;
+    let state = alice.room_state.clone().unwrap();
+    assert_eq!(
+        state["payload"]["self"]["participant_id"],
+        alice_id.as_str()
+    );
+    assert_eq!(state["payload"]["participant_count"], 3, "{state}");
+    for n in (1..=400).filter(|n| !acked.contains(n)) {
+        alice.send_json(&ice(&bob_id, n, "alice")).await;
+    }
+    for n in 401..=1000 {
+        alice.send_json(&ice(&bob_id, n, "alice")).await;
+    }
+
+    let got = read_candidates(&mut bob, 1000, Duration::from_secs(30)).await;
+    let ns: Vec<u64> = got.iter().map(|(_, n, _)| *n).collect();
+    assert_eq!(
+        ns,
+        (1..=1000).collect::<Vec<_>>(),
+        "every candidate once, in order"
+    );
+    let seqs: Vec<u64> = got.iter().map(|(_, _, s)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=1000).collect::<Vec<_>>(),
+        "delivery seqs count by one"
+    );
+    match bob.next_event(Duration::from_millis(500)).await {
+        Event::Timeout => {}
+        other => panic!("bob got more than 1,000: {other:?}"),
+    }
+    // Longer than the dead instance's cleanup takes: alice was adopted, so it is not lost.
+    assert_no_presence_change(&mut carol, Duration::from_secs(3 * TTL_SECS)).await;
+    assert_no_presence_change(&mut bob, Duration::from_millis(100)).await;
+    let res = switchboard_e2e::http::get_bearer(
+        servers[2].addr(),
+        &format!("/webrtc/rooms/{room}/participants"),
+        &token("observer"),
+    )
+    .await;
+    assert_eq!(
+        res.json()["participants"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        res.text()
+    );
+}
+
+/// One participant on the draining replica: sends `before` numbered messages, follows the
+/// `reconnect` hint to `to`, resumes, re-sends what was not acked and sends `after` more.
+async fn drained_sender(
+    mut client: Client,
+    user: String,
+    anchor: String,
+    to: std::net::SocketAddr,
+    before: u64,
+    after: u64,
+) -> Result<(), String> {
+    let room = client.room.clone();
+    let resume_token = client.resume_token();
+    for n in 1..=before {
+        client.send_json(&ice(&anchor, n, &user)).await;
+    }
+    let mut acked = BTreeSet::new();
+    // Read acks until the server's reconnect hint and close.
+    let mut hinted = false;
+    loop {
+        match client.next_event(Duration::from_secs(20)).await {
+            Event::Json(msg) if msg["type"] == "ack" => {
+                acked.insert(msg["seq"].as_u64().unwrap_or_default());
+            }
+            Event::Json(msg) if msg["type"] == "reconnect" => hinted = true,
+            Event::Json(msg) => return Err(format!("{user}: unexpected {msg}")),
+            Event::Close(Some((1001, _))) | Event::Eof => break,
+            other => return Err(format!("{user}: {other:?}")),
+        }
+    }
+    if !hinted {
+        return Err(format!("{user}: closed without a reconnect hint"));
+    }
+    let path = resume_path(&room, &token(&user), &resume_token, 0);
+    let mut client = Client::connect_with(to, &room, &path, &ConnectOptions::default()).await;
+    let state = client.read_room_state().await.clone();
+    if state["payload"]["resumed"] != true {
+        return Err(format!("{user}: not resumed: {state}"));
+    }
+    for n in (1..=before).filter(|n| !acked.contains(n)) {
+        client.send_json(&ice(&anchor, n, &user)).await;
+    }
+    for n in before + 1..=before + after {
+        client.send_json(&ice(&anchor, n, &user)).await;
+    }
+    // Every message acked before the test ends.
+    let mut answered = acked.len() as u64;
+    let want = before + after;
+    let mut seen = acked;
+    while answered < want {
+        match client.next_event(Duration::from_secs(20)).await {
+            Event::Json(msg) if msg["type"] == "ack" => {
+                if seen.insert(msg["seq"].as_u64().unwrap_or_default()) {
+                    answered += 1;
+                }
+            }
+            Event::Json(_) => {}
+            other => return Err(format!("{user} after resume: {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_drained_replica_s_50_participants_resume_elsewhere_with_nothing_lost() {
+    const ROOMS: usize = 10;
+    const PER_ROOM: usize = 5;
+    const BEFORE: u64 = 10;
+    const AFTER: u64 = 10;
+    let redis = RedisProcess::start();
+    let servers = servers(&redis, 2).await;
+    // Per room: an anchor on the replica that stays, five senders on the one that drains.
+    let mut anchors = Vec::new();
+    let mut senders = Vec::new();
+    for r in 0..ROOMS {
+        let room = format!("drain-{r}");
+        let mut anchor = join(&servers[1], &room, &format!("anchor-{r}"), &mut []).await;
+        let mut in_room: Vec<Client> = Vec::new();
+        for p in 0..PER_ROOM {
+            let user = format!("s{r}-{p}");
+            let mut earlier: Vec<&mut Client> = in_room.iter_mut().collect();
+            earlier.push(&mut anchor);
+            let client = join(&servers[0], &room, &user, &mut earlier).await;
+            in_room.push(client);
+        }
+        let anchor_id = anchor.pid();
+        for (p, client) in in_room.into_iter().enumerate() {
+            senders.push((client, format!("s{r}-{p}"), anchor_id.clone()));
+        }
+        anchors.push(anchor);
+    }
+    let to = servers[1].addr();
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|(client, user, anchor)| {
+            tokio::spawn(drained_sender(client, user, anchor, to, BEFORE, AFTER))
+        })
+        .collect();
+    // Let the first messages flow, then drain.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    servers[0].sigterm();
+    for task in tasks {
+        task.await
+            .expect("sender task")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for anchor in anchors.iter_mut() {
+        let got = read_candidates(
+            anchor,
+            PER_ROOM * (BEFORE + AFTER) as usize,
+            Duration::from_secs(20),
+        )
+        .await;
+        let mut by_sender: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (from, n, _) in &got {
+            by_sender.entry(from.clone()).or_default().push(*n);
+        }
+        assert_eq!(by_sender.len(), PER_ROOM, "{by_sender:?}");
+        for (from, ns) in &by_sender {
+            assert_eq!(
+                ns,
+                &(1..=BEFORE + AFTER).collect::<Vec<_>>(),
+                "{from}: once each, in order"
+            );
+        }
+        let seqs: Vec<u64> = got.iter().map(|(_, _, s)| *s).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        assert_no_presence_change(anchor, Duration::from_millis(200)).await;
+    }
+    // After the drained replica's records would have been cleaned up: still nobody left.
+    tokio::time::sleep(Duration::from_secs(2 * TTL_SECS)).await;
+    for anchor in anchors.iter_mut() {
+        assert_no_presence_change(anchor, Duration::from_millis(100)).await;
+    }
+}
