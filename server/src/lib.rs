@@ -135,7 +135,9 @@ fn resume_from_config(config: &Config) -> resume::Resume {
             resume::derive_key(Some(secret.expose().as_bytes())).0
         }
         (None, config::JwtKey::PublicKeyPem(_)) => {
-            if config.redis.url.is_some() && !config.resume.grace.is_zero() {
+            if (config.redis.url.is_some() || config.redis.cluster_urls.is_some())
+                && !config.resume.grace.is_zero()
+            {
                 tracing::warn!("resume.secret is not set and the JWT key is public: resume tokens are valid on this instance only; set resume.secret to the same value on every instance");
             }
             resume::derive_key(None).0

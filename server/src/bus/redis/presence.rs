@@ -281,7 +281,7 @@ impl Inner {
             .arg(&participant.participant_id)
             .arg(reason.as_str())
             .arg(self.instance());
-        let resume_keys = self.numbers_deliveries();
+        let resume_keys = self.numbers_deliveries;
         invocation.arg(if resume_keys { "1" } else { "0" });
         if resume_keys {
             invocation
