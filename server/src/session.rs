@@ -696,6 +696,7 @@ impl Session {
             last_seen: AtomicU64::new(0),
             lifetime,
             claim,
+            relays_since_yield: AtomicU32::new(0),
         })
     }
 
