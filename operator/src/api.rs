@@ -41,6 +41,8 @@ pub const MSG_RELAY_NEEDS_TURN: &str = "ice.iceTransportPolicy relay needs ice.t
 /// CEL message.
 pub const MSG_PUBLIC_KEY_REQUIRED: &str = "auth.secretRef is required for RS256/ES256: name the Secret holding the PEM public key (key default \"public.pem\")";
 /// CEL message.
+pub const MSG_RESUME_SECRET_WITHOUT_RESUME: &str = "resume.secretRef is set but resume.graceSeconds is 0 (resume off): remove resume.secretRef or set resume.graceSeconds above 0";
+/// CEL message.
 pub const MSG_INGRESS_HOST: &str = "ingress.host is required when ingress.enabled is true";
 /// CEL message.
 pub const MSG_AUTOSCALING_RANGE: &str =
@@ -133,6 +135,12 @@ pub struct SignalingClusterSpec {
     #[serde(default, skip_serializing_if = "WebhooksSpec::is_empty")]
     pub webhooks: WebhooksSpec,
 
+    /// Resuming a lost connection: how long a participant waits for its client to come back,
+    /// what it may miss meanwhile, and the key of the resume tokens every replica shares.
+    /// Unset fields keep the server's defaults (resume on, 30 s).
+    #[serde(default, skip_serializing_if = "ResumeSpec::is_empty")]
+    pub resume: ResumeSpec,
+
     /// The Service in front of the server pods.
     #[serde(default)]
     pub service: ServiceSpec,
@@ -201,6 +209,7 @@ impl Default for SignalingClusterSpec {
             rooms: RoomsSpec::default(),
             limits: LimitsSpec::default(),
             webhooks: WebhooksSpec::default(),
+            resume: ResumeSpec::default(),
             service: ServiceSpec::default(),
             ingress: IngressSpec::default(),
             autoscaling: AutoscalingSpec::default(),
@@ -753,6 +762,59 @@ impl WebhookEventType {
             Self::ParticipantLeft => "participant_left",
             Self::ParticipantUpdated => "participant_updated",
         }
+    }
+}
+
+/// Longest `resume.graceSeconds`.
+pub const RESUME_GRACE_MAX: i64 = 3600;
+/// Largest `resume.inboxMessages`.
+pub const RESUME_INBOX_MESSAGES_MAX: i64 = 65536;
+/// Smallest `resume.inboxBytes` (below a KiB is a unit mistake, not a choice).
+pub const RESUME_INBOX_BYTES_MIN: i64 = 1024;
+/// Largest `resume.inboxBytes`.
+pub const RESUME_INBOX_BYTES_MAX: i64 = 67108864;
+
+/// Resuming a lost connection (docs/protocol.md, "Resume"). Every unset field keeps the
+/// server's default (shown in brackets).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!has(self.secretRef) || !has(self.graceSeconds) || self.graceSeconds > 0")
+        .message(MSG_RESUME_SECRET_WITHOUT_RESUME)
+)]
+pub struct ResumeSpec {
+    /// How long a participant whose connection was lost stays in its rooms, receiving into its
+    /// inbox, waiting for its client to resume; then it leaves (`user-left`, reason `timeout`).
+    /// Seconds; 0 = no resume [30].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = RESUME_GRACE_MAX))]
+    pub grace_seconds: Option<i64>,
+    /// Messages kept per participant for a resume; a client that missed more is refused
+    /// (`resume_overflow`) and joins fresh [256].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = RESUME_INBOX_MESSAGES_MAX))]
+    pub inbox_messages: Option<i64>,
+    /// Bytes of those messages kept per participant [1048576].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = RESUME_INBOX_BYTES_MIN, max = RESUME_INBOX_BYTES_MAX))]
+    pub inbox_bytes: Option<i64>,
+    /// Secret key holding the resume token key (HMAC-SHA256, at least 32 bytes); key defaults
+    /// to `secret`. Unset: derived from the HS256 JWT key, or with RS256/ES256 generated into
+    /// `<name>-resume`, so a client resumes on any replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+impl ResumeSpec {
+    /// Nothing set: every server default applies.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// Whether clients may resume (`graceSeconds` unset or above 0).
+    pub fn enabled(&self) -> bool {
+        self.grace_seconds != Some(0)
     }
 }
 

@@ -63,6 +63,28 @@ struct File<'a> {
     connections: Connections,
     #[serde(skip_serializing_if = "Option::is_none")]
     webhooks: Option<Webhooks<'a>>,
+    #[serde(skip_serializing_if = "Resume::is_empty")]
+    resume: Resume<'a>,
+}
+
+/// The server's `resume` section: only what the spec sets, plus the shared key when the servers
+/// could not derive one themselves (see [`Resolved::resume_secret`]).
+#[derive(Serialize, Default, PartialEq)]
+struct Resume<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_secs: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbox_messages: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbox_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+}
+
+impl Resume<'_> {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// The server's `webhooks` section: the endpoints with their secrets inline (this file is a
@@ -291,6 +313,12 @@ pub fn render(sc: &SignalingCluster, resolved: &Resolved) -> Result<RenderedConf
             timeout_ms: spec.webhooks.timeout_ms,
             retry_horizon_secs: spec.webhooks.retry_horizon_seconds,
         }),
+        resume: Resume {
+            grace_secs: spec.resume.grace_seconds,
+            inbox_messages: spec.resume.inbox_messages,
+            inbox_bytes: spec.resume.inbox_bytes,
+            secret: resolved.resume_secret.as_deref(),
+        },
     };
     let mut yaml = String::from(
         "# Rendered by switchboard-operator from a SignalingCluster; edits are overwritten.\n",

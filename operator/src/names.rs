@@ -47,7 +47,12 @@ pub fn turn(name: &str) -> String {
     format!("{name}-turn")
 }
 
-/// Key of a generated shared secret (JWT HS256 key, TURN secret), and the default key of a
+/// Generated resume token key Secret (key `secret`).
+pub fn resume(name: &str) -> String {
+    format!("{name}-resume")
+}
+
+/// Key of a generated shared secret (JWT HS256 key, TURN secret, resume key), and the default key of a
 /// referenced one.
 pub const SECRET_KEY: &str = "secret";
 /// Key of the generated Redis password.
@@ -62,6 +67,10 @@ pub enum GeneratedSecret {
     Turn,
     /// `<name>-redis-auth`, key `password`: the managed Redis password.
     RedisPassword,
+    /// `<name>-resume`, key `secret`: the resume token key, shared by every replica (RS256/ES256
+    /// with resume on and no `resume.secretRef`; with HS256 the servers derive it from the JWT
+    /// key).
+    Resume,
 }
 
 impl GeneratedSecret {
@@ -74,13 +83,14 @@ impl GeneratedSecret {
             Self::Jwt => jwt(cluster),
             Self::Turn => turn(cluster),
             Self::RedisPassword => redis_auth(cluster),
+            Self::Resume => resume(cluster),
         }
     }
 
     /// The key holding the value.
     pub fn key(self) -> &'static str {
         match self {
-            Self::Jwt | Self::Turn => SECRET_KEY,
+            Self::Jwt | Self::Turn | Self::Resume => SECRET_KEY,
             Self::RedisPassword => PASSWORD_KEY,
         }
     }
@@ -98,6 +108,14 @@ pub fn generated_secrets_needed(sc: &SignalingCluster) -> Vec<GeneratedSecret> {
     }
     if spec.redis.managed.is_some() {
         out.push(GeneratedSecret::RedisPassword);
+    }
+    // Without a shared HS256 key each server would draw its own resume key, and a client could
+    // resume only on the replica it lost: every replica needs the same one.
+    if spec.auth.algorithm != JwtAlgorithm::HS256
+        && spec.resume.enabled()
+        && spec.resume.secret_ref.is_none()
+    {
+        out.push(GeneratedSecret::Resume);
     }
     out
 }

@@ -31,6 +31,10 @@ pub struct Resolved {
     pub redis_cluster: bool,
     /// The signing secret of each `spec.webhooks.endpoints` entry, in order.
     pub webhook_secrets: Vec<String>,
+    /// The resume token key every replica shares: `resume.secretRef`, or the generated one
+    /// (RS256/ES256). `None` with resume off, or with HS256 and no reference (the servers
+    /// derive it from the JWT key, which they share).
+    pub resume_secret: Option<String>,
 }
 
 // Secrets never reach logs: Debug prints which values are present, not the values.
@@ -45,6 +49,10 @@ impl std::fmt::Debug for Resolved {
             .field("redis_url", &"<redacted>")
             .field("redis_cluster", &self.redis_cluster)
             .field("webhook_secrets", &self.webhook_secrets.len())
+            .field(
+                "resume_secret",
+                &self.resume_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -132,6 +140,14 @@ pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
         out.insert(e.secret_ref.name.clone());
     }
     if let Some(r) = spec
+        .resume
+        .secret_ref
+        .as_ref()
+        .filter(|_| spec.resume.enabled())
+    {
+        out.insert(r.name.clone());
+    }
+    if let Some(r) = spec
         .redis
         .external
         .as_ref()
@@ -150,7 +166,9 @@ pub fn referenced_secret_names(sc: &SignalingCluster) -> BTreeSet<String> {
 /// violation at once (joined with "; "), each with the message the API server would give.
 pub fn check_spec(spec: &SignalingClusterSpec) -> Result<(), ConfigError> {
     let pdb = &spec.pod_disruption_budget;
-    let rules: [(bool, &str); 10] = [
+    let resume = &spec.resume;
+    let outside = |v: Option<i64>, min: i64, max: i64| v.is_some_and(|v| v < min || v > max);
+    let rules: [(bool, &str); 14] = [
         (
             spec.redis.managed.is_some() == spec.redis.external.is_some(),
             api::MSG_REDIS_EXACTLY_ONE,
@@ -195,6 +213,28 @@ pub fn check_spec(spec: &SignalingClusterSpec) -> Result<(), ConfigError> {
             pdb.min_available.is_some() && pdb.max_unavailable.is_some(),
             api::MSG_PDB_ONE_BOUND,
         ),
+        (
+            resume.secret_ref.is_some() && !resume.enabled(),
+            api::MSG_RESUME_SECRET_WITHOUT_RESUME,
+        ),
+        // The schema's ranges, for objects the API server stored without checking them: the
+        // server would start with a grace of hours or an inbox of a few bytes per participant.
+        (
+            outside(resume.grace_seconds, 0, api::RESUME_GRACE_MAX),
+            MSG_RESUME_GRACE,
+        ),
+        (
+            outside(resume.inbox_messages, 1, api::RESUME_INBOX_MESSAGES_MAX),
+            MSG_RESUME_INBOX_MESSAGES,
+        ),
+        (
+            outside(
+                resume.inbox_bytes,
+                api::RESUME_INBOX_BYTES_MIN,
+                api::RESUME_INBOX_BYTES_MAX,
+            ),
+            MSG_RESUME_INBOX_BYTES,
+        ),
         // Not a CEL rule (the schema's pattern covers it), but the server refuses a prefix
         // it cannot use, and objects stored before the pattern existed may carry one.
         (
@@ -225,10 +265,16 @@ pub fn check_spec(spec: &SignalingClusterSpec) -> Result<(), ConfigError> {
 
 const MSG_KEY_PREFIX: &str =
     "redis.keyPrefix must be 1-64 characters of letters, digits, '_', '-', '.' and ':'";
+const MSG_RESUME_GRACE: &str = "resume.graceSeconds must be between 0 (no resume) and 3600 seconds";
+const MSG_RESUME_INBOX_MESSAGES: &str = "resume.inboxMessages must be between 1 and 65536";
+const MSG_RESUME_INBOX_BYTES: &str = "resume.inboxBytes must be between 1024 and 67108864 (64 MiB)";
+/// Shortest resume token key accepted (bytes, after trimming whitespace), as for an HS256 key:
+/// whoever guesses it can forge resume tokens.
+pub const MIN_RESUME_SECRET_BYTES: usize = 32;
 
 /// Checks the spec ([`check_spec`]), then resolves the cluster's secret references against
 /// `secrets` (the Secrets of the cluster's namespace, by name; a name absent from the map does
-/// not exist). Reports the first problem in the order spec, JWT, TURN, Redis.
+/// not exist). Reports the first problem in the order spec, JWT, TURN, Redis, webhooks, resume.
 pub fn resolve(
     sc: &SignalingCluster,
     secrets: &BTreeMap<String, Secret>,
@@ -390,12 +436,43 @@ pub fn resolve(
         webhook_secrets.push(value);
     }
 
+    let resume_secret = if !spec.resume.enabled() {
+        None
+    } else {
+        let source = match (&spec.resume.secret_ref, &jwt) {
+            (Some(r), _) => Some((r.name.clone(), r.key_or(SECRET_KEY), "resume.secretRef")),
+            // Every server derives the same key from the HS256 secret they share.
+            (None, JwtKey::Hs256Secret(_)) => None,
+            (None, JwtKey::PublicKeyPem(_)) => Some((
+                GeneratedSecret::Resume.secret_name(&name),
+                GeneratedSecret::Resume.key(),
+                "the generated resume key",
+            )),
+        };
+        match source {
+            None => None,
+            Some((secret, key, what)) => {
+                let value = lookup.value(&secret, key, what)?.trim().to_owned();
+                if value.len() < MIN_RESUME_SECRET_BYTES {
+                    return Err(ConfigError::new(
+                        ConfigErrorReason::SecretValueInvalid,
+                        format!(
+                            "secret {secret:?} key {key:?} in namespace {namespace:?} (referenced by {what}) is shorter than {MIN_RESUME_SECRET_BYTES} bytes, too short for a resume token key"
+                        ),
+                    ));
+                }
+                Some(value)
+            }
+        }
+    };
+
     Ok(Resolved {
         jwt,
         turn_secret,
         redis_url,
         redis_cluster,
         webhook_secrets,
+        resume_secret,
     })
 }
 

@@ -555,7 +555,7 @@ fn external_redis_builds_no_redis_objects() {
 
 #[test]
 fn generated_secrets_needed_follows_the_spec() {
-    let cases: [(&str, &[GeneratedSecret]); 5] = [
+    let cases: [(&str, &[GeneratedSecret]); 8] = [
         ("  {}\n", &[GeneratedSecret::Jwt, GeneratedSecret::RedisPassword]),
         (
             "  ice: {turnUrls: ['turn:t:3478']}\n",
@@ -565,9 +565,22 @@ fn generated_secrets_needed_follows_the_spec() {
             "  ice: {turnUrls: ['turn:t:3478'], turnSecretRef: {name: t}}\n  auth: {secretRef: {name: j}}\n",
             &[GeneratedSecret::RedisPassword],
         ),
+        // A public JWT key leaves the servers nothing to derive a shared resume key from.
         (
             "  auth: {algorithm: RS256, secretRef: {name: k}}\n  redis: {external: {secretRef: {name: r}}}\n",
-            &[],
+            &[GeneratedSecret::Resume],
+        ),
+        (
+            "  auth: {algorithm: ES256, secretRef: {name: k}}\n",
+            &[GeneratedSecret::RedisPassword, GeneratedSecret::Resume],
+        ),
+        (
+            "  auth: {algorithm: RS256, secretRef: {name: k}}\n  resume: {secretRef: {name: rk}}\n",
+            &[GeneratedSecret::RedisPassword],
+        ),
+        (
+            "  auth: {algorithm: RS256, secretRef: {name: k}}\n  resume: {graceSeconds: 0}\n",
+            &[GeneratedSecret::RedisPassword],
         ),
         ("  redis: {external: {secretRef: {name: r}}}\n", &[GeneratedSecret::Jwt]),
     ];
@@ -587,6 +600,7 @@ fn generated_secret_is_hex_of_the_random_bytes_and_marked_generated() {
             "demo-redis-auth",
             "password",
         ),
+        (GeneratedSecret::Resume, "demo-resume", "secret"),
     ] {
         let s = desired_generated_secret(&sc, kind, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some(name));
@@ -619,6 +633,7 @@ fn names_follow_the_contract() {
     assert_eq!(names::redis_auth("a"), "a-redis-auth");
     assert_eq!(names::jwt("a"), "a-jwt");
     assert_eq!(names::turn("a"), "a-turn");
+    assert_eq!(names::resume("a"), "a-resume");
 }
 
 #[test]

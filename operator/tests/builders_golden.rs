@@ -141,6 +141,7 @@ spec:
     audience: switchboard
   rooms: {maxParticipants: 12, presenceTtlSeconds: 20}
   limits: {maxMessageBytes: 32768, ratePerSecond: 100, maxConnectionsPerIp: 40}
+  resume: {graceSeconds: 60, inboxMessages: 1024, inboxBytes: 4194304}
   service:
     type: LoadBalancer
     port: 443

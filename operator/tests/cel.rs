@@ -109,6 +109,18 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "podDisruptionBudget: set only one of minAvailable and maxUnavailable",
     ),
     (
+        "resume.secretRef needs resume on",
+        "  resume: {graceSeconds: 10, secretRef: {name: resume-key}}\n",
+        "  resume: {graceSeconds: 0, secretRef: {name: resume-key}}\n",
+        "resume.secretRef is set but resume.graceSeconds is 0 (resume off): remove resume.secretRef or set resume.graceSeconds above 0",
+    ),
+    (
+        "resume.secretRef with the default grace",
+        "  resume: {secretRef: {name: resume-key}}\n",
+        "  resume: {graceSeconds: 0, inboxMessages: 10, secretRef: {name: resume-key, key: k}}\n",
+        "resume.secretRef is set but resume.graceSeconds is 0 (resume off): remove resume.secretRef or set resume.graceSeconds above 0",
+    ),
+    (
         "ingress needs a host",
         "  ingress: {enabled: true, host: rtc.example.com}\n",
         "  ingress: {enabled: true, className: nginx}\n",
@@ -212,7 +224,7 @@ fn every_rule_compiles_is_in_scope_and_within_the_cost_budget() {
         }
     }
     // One per CEL rule declared in api.rs; update when adding a rule (and add a CASE above).
-    assert_eq!(rules, 9);
+    assert_eq!(rules, 10);
 }
 
 /// The operator enforces the same rules itself (Kubernetes before 1.25 ignores CEL), with the

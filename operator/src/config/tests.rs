@@ -13,6 +13,7 @@ fn resolved() -> Resolved {
         redis_url: "redis://:pw@demo-redis.x.svc:6379".into(),
         redis_cluster: false,
         webhook_secrets: Vec::new(),
+        resume_secret: None,
     }
 }
 
@@ -63,6 +64,67 @@ fn webhooks_render_each_endpoint_with_its_secret_inline() {
     );
     let bare = render(&cluster(SignalingClusterSpec::default()), &resolved()).unwrap();
     assert!(!bare.yaml.contains("webhooks"));
+}
+
+#[test]
+fn resume_renders_what_the_spec_sets_and_the_shared_key() {
+    use crate::api::ResumeSpec;
+    let spec = SignalingClusterSpec {
+        resume: ResumeSpec {
+            grace_seconds: Some(45),
+            inbox_messages: Some(1024),
+            inbox_bytes: Some(4194304),
+            secret_ref: None,
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let mut r = resolved();
+    r.resume_secret = Some("shared-resume-key".into());
+    let out = render(&cluster(spec.clone()), &r).unwrap();
+    let tail = out
+        .yaml
+        .split("\nresume:\n")
+        .nth(1)
+        .expect("a resume section");
+    assert_eq!(
+        tail,
+        "  grace_secs: 45\n  inbox_messages: 1024\n  inbox_bytes: 4194304\n  secret: shared-resume-key\n"
+    );
+    // Without a key to share (HS256: the servers derive it), only the settings.
+    let derived = render(&cluster(spec), &resolved()).unwrap();
+    assert!(
+        derived.yaml.ends_with(
+            "\nresume:\n  grace_secs: 45\n  inbox_messages: 1024\n  inbox_bytes: 4194304\n"
+        ),
+        "{}",
+        derived.yaml
+    );
+    assert_ne!(derived.hash, out.hash, "a new key rolls the pods");
+    // Only the key (RS256 with every default): a section of one line.
+    let out = render(&cluster(SignalingClusterSpec::default()), &r).unwrap();
+    assert!(
+        out.yaml
+            .ends_with("\nresume:\n  secret: shared-resume-key\n"),
+        "{}",
+        out.yaml
+    );
+    // Resume off renders 0, which the server reads as "no resume".
+    let off = SignalingClusterSpec {
+        resume: ResumeSpec {
+            grace_seconds: Some(0),
+            ..ResumeSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let out = render(&cluster(off), &resolved()).unwrap();
+    assert!(
+        out.yaml.ends_with("\nresume:\n  grace_secs: 0\n"),
+        "{}",
+        out.yaml
+    );
+    // Nothing set, nothing to share: no section, so a bare spec renders what it did before.
+    let bare = render(&cluster(SignalingClusterSpec::default()), &resolved()).unwrap();
+    assert!(!bare.yaml.contains("resume"));
 }
 
 #[test]

@@ -534,3 +534,75 @@ async fn every_write_names_the_operators_field_manager() {
         );
     }
 }
+
+/// config.yaml of the stored config Secret.
+fn stored_config(fake: &FakeApi) -> String {
+    let config = fake.get(&secret("sc-config")).unwrap();
+    let bytes: k8s_openapi::ByteString =
+        serde_json::from_value(config["data"]["config.yaml"].clone()).unwrap();
+    String::from_utf8(bytes.0).unwrap()
+}
+
+#[tokio::test]
+async fn a_public_jwt_key_gets_one_resume_key_that_later_reconciles_keep() {
+    let fake = FakeApi::default();
+    let ctx = fake.context();
+    fake.put(
+        &secret("pub"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pub", "namespace": NS},
+               // "-----BEGIN PUBLIC KEY-----\n"
+               "data": {"public.pem": "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0K"}}),
+    );
+    let spec = |grace: i64| {
+        json!({"auth": {"algorithm": "RS256", "secretRef": {"name": "pub"}},
+               "resume": {"graceSeconds": grace}})
+    };
+    let sc = fake.cluster(spec(20));
+    reconcile(&sc, &ctx).await.unwrap();
+    fake.expect()
+        .get_missing(&secret("sc-redis-auth"))
+        .create(&secret("sc-redis-auth"))
+        .event("SecretGenerated")
+        .get_missing(&secret("sc-resume"))
+        .create(&secret("sc-resume"))
+        .event("SecretGenerated")
+        .get(&secret("pub"))
+        .then(config_and_redis_created)
+        .then(servers_created)
+        .event("Applied")
+        .then(first_status)
+        .done();
+    let generated = fake.get(&secret("sc-resume")).unwrap();
+    let key: k8s_openapi::ByteString =
+        serde_json::from_value(generated["data"]["secret"].clone()).unwrap();
+    let key = String::from_utf8(key.0).unwrap();
+    assert_eq!(key.len(), 64, "32 random bytes, hex");
+    assert!(
+        stored_config(&fake).ends_with(&format!("\nresume:\n  grace_secs: 20\n  secret: {key}\n")),
+        "{}",
+        stored_config(&fake)
+    );
+    assert!(
+        fake.event_notes("SecretGenerated")
+            .iter()
+            .all(|n| !n.contains(&key)),
+        "an event shows the key"
+    );
+
+    // A settings change re-renders with the same key; the Secret is read, never written.
+    let sc = fake.edit_spec(spec(40));
+    reconcile(&sc, &ctx).await.unwrap();
+    let calls = fake.calls();
+    fake.clear_calls();
+    assert!(
+        calls.contains(&format!("get {}", secret("sc-resume")))
+            && !calls
+                .iter()
+                .any(|c| c.contains("sc-resume") && !c.starts_with("get ")),
+        "{calls:#?}"
+    );
+    assert_eq!(fake.get(&secret("sc-resume")).unwrap(), generated);
+    assert!(
+        stored_config(&fake).ends_with(&format!("\nresume:\n  grace_secs: 40\n  secret: {key}\n"))
+    );
+}

@@ -37,8 +37,12 @@ fn generated() -> BTreeMap<String, Secret> {
         secret("demo-jwt", &[("secret", JWT.as_bytes())]),
         secret("demo-turn", &[("secret", b"turn-secret")]),
         secret("demo-redis-auth", &[("password", b"p@ss/word")]),
+        secret("demo-resume", &[("secret", GENERATED_RESUME_KEY.as_bytes())]),
     ])
 }
+
+/// What the runtime generates into `demo-resume` (RS256/ES256 with resume on).
+const GENERATED_RESUME_KEY: &str = "generated-resume-key-0123456789abcdef";
 
 fn sref(name: &str, key: Option<&str>) -> SecretKeyRef {
     SecretKeyRef {
@@ -444,4 +448,169 @@ fn webhook_secrets_are_read_in_order_and_a_bad_one_is_refused_without_echoing_it
         "{}",
         err.message
     );
+}
+
+/// An RS256 spec whose public key is in Secret `pub`, with `resume` as given.
+fn rs256_with(resume: crate::api::ResumeSpec) -> SignalingClusterSpec {
+    SignalingClusterSpec {
+        auth: AuthSpec {
+            algorithm: JwtAlgorithm::RS256,
+            secret_ref: Some(sref("pub", None)),
+            ..AuthSpec::default()
+        },
+        resume,
+        ..SignalingClusterSpec::default()
+    }
+}
+
+const RESUME_KEY: &str = "resume-key-0123456789abcdef0123456789";
+
+#[test]
+fn the_resume_key_is_shared_by_every_replica_whatever_the_jwt_key() {
+    use crate::api::ResumeSpec;
+    let mut secrets = generated();
+    secrets.extend([
+        secret("pub", &[("public.pem", PEM.as_bytes())]),
+        secret("mine", &[("rk", format!("{RESUME_KEY}\n").as_bytes())]),
+    ]);
+    // HS256 without a reference: the servers derive it from the JWT key; nothing rendered.
+    let r = resolve(&cluster(SignalingClusterSpec::default()), &secrets).unwrap();
+    assert_eq!(r.resume_secret, None);
+    // A public JWT key gives the servers nothing to derive from: the generated key.
+    let sc = cluster(rs256_with(ResumeSpec::default()));
+    assert_eq!(
+        resolve(&sc, &secrets).unwrap().resume_secret.as_deref(),
+        Some(GENERATED_RESUME_KEY)
+    );
+    assert!(referenced_secret_names(&sc).contains("demo-resume"));
+    // A reference wins over both, trimmed, with its key.
+    let mine = ResumeSpec {
+        secret_ref: Some(sref("mine", Some("rk"))),
+        ..ResumeSpec::default()
+    };
+    for spec in [
+        rs256_with(mine.clone()),
+        SignalingClusterSpec {
+            resume: mine.clone(),
+            ..SignalingClusterSpec::default()
+        },
+    ] {
+        let sc = cluster(spec);
+        let r = resolve(&sc, &secrets).unwrap();
+        assert_eq!(r.resume_secret.as_deref(), Some(RESUME_KEY));
+        let names = referenced_secret_names(&sc);
+        assert!(names.contains("mine") && !names.contains("demo-resume"));
+    }
+    // Resume off: no key at all, none generated or read.
+    let off = ResumeSpec {
+        grace_seconds: Some(0),
+        ..ResumeSpec::default()
+    };
+    let sc = cluster(rs256_with(off));
+    assert_eq!(resolve(&sc, &secrets).unwrap().resume_secret, None);
+    assert!(!referenced_secret_names(&sc).contains("demo-resume"));
+}
+
+#[test]
+fn a_missing_or_short_resume_key_is_reported_without_echoing_it() {
+    use crate::api::ResumeSpec;
+    let mut secrets = generated();
+    secrets.remove("demo-resume");
+    secrets.extend([
+        secret("pub", &[("public.pem", PEM.as_bytes())]),
+        // 31 bytes plus a newline.
+        secret("short", &[("secret", b"0123456789012345678901234567890\n")]),
+    ]);
+    let err = resolve(&cluster(rs256_with(ResumeSpec::default())), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretNotFound);
+    assert!(
+        err.message.contains("\"demo-resume\"") && err.message.contains("generated resume key"),
+        "{}",
+        err.message
+    );
+    let short = ResumeSpec {
+        secret_ref: Some(sref("short", None)),
+        ..ResumeSpec::default()
+    };
+    let err = resolve(&cluster(rs256_with(short)), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretValueInvalid);
+    assert_eq!(
+        err.message,
+        r#"secret "short" key "secret" in namespace "x" (referenced by resume.secretRef) is shorter than 32 bytes, too short for a resume token key"#
+    );
+    let missing_key = ResumeSpec {
+        secret_ref: Some(sref("short", Some("other"))),
+        ..ResumeSpec::default()
+    };
+    let err = resolve(&cluster(rs256_with(missing_key)), &secrets).unwrap_err();
+    assert_eq!(err.reason, ConfigErrorReason::SecretKeyMissing);
+    assert!(err.message.contains("resume.secretRef"), "{}", err.message);
+}
+
+#[test]
+fn resume_values_out_of_range_are_invalid_spec() {
+    use crate::api::{self, ResumeSpec};
+    let resume = |grace: Option<i64>, messages: Option<i64>, bytes: Option<i64>| ResumeSpec {
+        grace_seconds: grace,
+        inbox_messages: messages,
+        inbox_bytes: bytes,
+        secret_ref: None,
+    };
+    let with_ref = ResumeSpec {
+        secret_ref: Some(sref("mine", None)),
+        ..resume(Some(0), None, None)
+    };
+    let cases: [(ResumeSpec, &[&str]); 9] = [
+        (resume(Some(0), Some(1), Some(1024)), &[]),
+        (resume(Some(3600), Some(65536), Some(67108864)), &[]),
+        (resume(Some(-1), None, None), &[MSG_RESUME_GRACE]),
+        (resume(Some(3601), None, None), &[MSG_RESUME_GRACE]),
+        (resume(None, Some(0), None), &[MSG_RESUME_INBOX_MESSAGES]),
+        (
+            resume(None, Some(65537), None),
+            &[MSG_RESUME_INBOX_MESSAGES],
+        ),
+        (resume(None, None, Some(1023)), &[MSG_RESUME_INBOX_BYTES]),
+        (
+            resume(Some(-5), None, Some(67108865)),
+            &[MSG_RESUME_GRACE, MSG_RESUME_INBOX_BYTES],
+        ),
+        (with_ref, &[api::MSG_RESUME_SECRET_WITHOUT_RESUME]),
+    ];
+    for (resume, expected) in cases {
+        let spec = SignalingClusterSpec {
+            resume: resume.clone(),
+            ..SignalingClusterSpec::default()
+        };
+        let got = check_spec(&spec);
+        if expected.is_empty() {
+            assert_eq!(got, Ok(()), "{resume:?}");
+        } else {
+            let err = got.unwrap_err();
+            assert_eq!(err.reason, ConfigErrorReason::InvalidSpec, "{resume:?}");
+            assert_eq!(err.message, expected.join("; "), "{resume:?}");
+        }
+    }
+    // The messages state the bounds the schema enforces.
+    assert!(MSG_RESUME_GRACE.contains(&api::RESUME_GRACE_MAX.to_string()));
+    assert!(MSG_RESUME_INBOX_MESSAGES.contains(&api::RESUME_INBOX_MESSAGES_MAX.to_string()));
+    assert!(MSG_RESUME_INBOX_BYTES.contains(&api::RESUME_INBOX_BYTES_MIN.to_string()));
+    assert!(MSG_RESUME_INBOX_BYTES.contains(&api::RESUME_INBOX_BYTES_MAX.to_string()));
+}
+
+#[test]
+fn debug_output_redacts_the_resume_key() {
+    let mut secrets = generated();
+    secrets.extend([secret("mine", &[("secret", RESUME_KEY.as_bytes())])]);
+    let spec = SignalingClusterSpec {
+        resume: crate::api::ResumeSpec {
+            secret_ref: Some(sref("mine", None)),
+            ..crate::api::ResumeSpec::default()
+        },
+        ..SignalingClusterSpec::default()
+    };
+    let r = resolve(&cluster(spec), &secrets).unwrap();
+    assert!(r.resume_secret.is_some());
+    let shown = format!("{r:?}");
+    assert!(!shown.contains(RESUME_KEY), "{shown}");
 }

@@ -1,6 +1,6 @@
-//! The Secrets the operator generates (JWT HS256 key, TURN shared secret, Redis password).
-//! Random bytes come in as an argument so the builder stays pure; the runtime draws them from a
-//! CSPRNG, creates the Secret only when it is absent, and never overwrites it.
+//! The Secrets the operator generates (JWT HS256 key, TURN shared secret, Redis password, resume
+//! token key). Random bytes come in as an argument so the builder stays pure; the runtime draws
+//! them from a CSPRNG, creates the Secret only when it is absent, and never overwrites it.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +14,7 @@ use crate::names::GeneratedSecret;
 /// The pod component a generated Secret belongs to (its labels).
 fn component(kind: GeneratedSecret) -> Component {
     match kind {
-        GeneratedSecret::Jwt | GeneratedSecret::Turn => Component::Server,
+        GeneratedSecret::Jwt | GeneratedSecret::Turn | GeneratedSecret::Resume => Component::Server,
         GeneratedSecret::RedisPassword => Component::Redis,
     }
 }
