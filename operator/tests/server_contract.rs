@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{cluster_from_yaml, secret, secrets_for};
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{json, Value};
-use switchboard_e2e::client::Client;
+use switchboard_e2e::client::{resume_path, Client, ConnectOptions, Event};
 use switchboard_e2e::http::{get, get_bearer};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
@@ -73,6 +73,7 @@ async fn bare_spec_config_starts_a_ready_server_on_redis() {
         redis_url: redis.url(),
         redis_cluster: false,
         webhook_secrets: Vec::new(),
+        resume_secret: None,
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
@@ -242,6 +243,7 @@ spec:
         redis_url: redis.url(),
         redis_cluster: false,
         webhook_secrets: Vec::new(),
+        resume_secret: None,
     };
     let rendered = config::render(&sc, &resolved).expect("renders");
     let (_dir, server) = start(&rendered);
@@ -430,4 +432,94 @@ async fn spec_webhooks_render_endpoints_the_server_signs_for() {
         .collect();
     assert_eq!(on_rooms, ["room_started"], "the event filter");
     client.close().await;
+}
+
+/// Alice joins replica `a` (bob is in the room on `b`), loses her connection without a close
+/// frame, bob sends her a message, and she comes back on replica `b` with her resume token:
+/// the first answer `b` gives her.
+async fn resume_on_the_other_replica(a: &ServerProcess, b: &ServerProcess, room: &str) -> Event {
+    let mut bob = Client::join(b.addr(), room, &Claims::user("bob").rs256()).await;
+    let alice = Client::join(a.addr(), room, &Claims::user("alice").rs256()).await;
+    let (alice_id, alice_token) = (alice.pid(), alice.resume_token());
+    let joined = bob.expect_type("user-joined").await;
+    assert_eq!(joined["payload"]["participant_id"], alice_id.as_str());
+    alice.drop_connection();
+    bob.send_json(&json!({"type": "ice-candidate", "to": alice_id, "seq": 1, "payload": {"n": 1}}))
+        .await;
+    assert_eq!(bob.expect_type("ack").await["seq"], 1);
+    let path = resume_path(room, &Claims::user("alice").rs256(), &alice_token, 0);
+    let mut alice = Client::connect_with(b.addr(), room, &path, &ConnectOptions::default()).await;
+    let first = alice.next_event(Duration::from_secs(10)).await;
+    if let Event::Json(state) = &first {
+        assert_eq!(state["type"], "room-state", "{state}");
+        assert_eq!(state["payload"]["resumed"], true, "{state}");
+        assert_eq!(
+            state["payload"]["self"]["participant_id"],
+            alice_id.as_str()
+        );
+        // What she missed while away, then nothing else: the room saw no leave or join.
+        let missed = alice.recv_json().await;
+        assert_eq!(missed["type"], "ice-candidate", "{missed}");
+        assert_eq!(missed["payload"]["n"], 1, "{missed}");
+        match bob.next_event(Duration::from_millis(500)).await {
+            Event::Timeout => {}
+            other => panic!("bob saw a presence change: {other:?}"),
+        }
+    }
+    first
+}
+
+/// With a public JWT key the servers share no secret to derive the resume key from: the
+/// operator generates one (`<name>-resume`) and renders it, with the spec's resume settings,
+/// into the config every replica reads, so a client resumes on any replica. The control: the
+/// same config without that key (each server draws its own) refuses the other replica's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn spec_resume_with_an_rs256_key_lets_a_client_resume_on_another_replica() {
+    let redis = RedisProcess::start();
+    let pem = std::fs::read_to_string(rsa_public_key_path()).expect("RSA test key");
+    let sc = cluster_from_yaml(
+        "apiVersion: switchboard.dev/v1alpha1\nkind: SignalingCluster\nmetadata: {name: signal}\nspec:\n  redis: {external: {secretRef: {name: redis-url}}}\n  auth: {algorithm: RS256, secretRef: {name: jwt-pub}}\n  resume: {graceSeconds: 20, inboxMessages: 64, inboxBytes: 65536}\n",
+    );
+    let user = || {
+        vec![
+            secret("redis-url", &[("url", &redis.url())]),
+            secret("jwt-pub", &[("public.pem", &pem)]),
+        ]
+    };
+    let generated = secrets_for(&sc, vec![]);
+    let key = generated
+        .get("signal-resume")
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get("secret"))
+        .map(|b| String::from_utf8(b.0.clone()).expect("hex"))
+        .expect("an RS256 cluster with resume on gets a generated resume key");
+    let rendered = render_as_reconciled(&sc, user());
+    assert!(
+        rendered.yaml.ends_with(&format!(
+            "\nresume:\n  grace_secs: 20\n  inbox_messages: 64\n  inbox_bytes: 65536\n  secret: {key}\n"
+        )),
+        "{}",
+        rendered.yaml
+    );
+    let (_dir_a, a) = start(&rendered);
+    let (_dir_b, b) = start(&rendered);
+    a.wait_ready(true, Duration::from_secs(15)).await;
+    b.wait_ready(true, Duration::from_secs(15)).await;
+    let first = resume_on_the_other_replica(&a, &b, "shared-key").await;
+    assert!(matches!(first, Event::Json(_)), "resume refused: {first:?}");
+
+    // The control: what a replica does without the rendered key.
+    let mut resolved = resolve::resolve(&sc, &secrets_for(&sc, user())).expect("resolves");
+    resolved.resume_secret = None;
+    let keyless = config::render(&sc, &resolved).expect("renders");
+    let (_dir_c, c) = start(&keyless);
+    let (_dir_d, d) = start(&keyless);
+    c.wait_ready(true, Duration::from_secs(15)).await;
+    d.wait_ready(true, Duration::from_secs(15)).await;
+    let first = resume_on_the_other_replica(&c, &d, "own-keys").await;
+    assert_eq!(
+        first,
+        Event::Close(Some((1008, "resume_invalid".to_owned()))),
+        "a replica with its own key accepted another's token"
+    );
 }
