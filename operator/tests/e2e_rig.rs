@@ -211,6 +211,7 @@ async fn scenario(w: &mut World<'_>, t0: Instant) -> Result<()> {
         autoscaling_on_1_20_is_a_readable_api_unavailable,
         optional_parts_turned_off_are_deleted,
         the_users_secret_is_never_written,
+        spec_resume_renders_its_settings_and_one_key_every_replica_shares,
         paused_reconciles_nothing_and_unpausing_clears_paused,
         deleting_the_cluster_collects_every_child,
         namespace_scope_needs_only_a_role,
@@ -861,6 +862,201 @@ async fn the_users_secret_is_never_written(w: &mut World<'_>) -> Result<String> 
         "the operator wrote to the user's TURN Secret"
     );
     Ok("resourceVersion unchanged since the test's rotation, no operator field manager".to_owned())
+}
+
+/// config.yaml of the config Secret `name`, or "" while it does not exist.
+async fn config_yaml(secrets: &Api<Secret>, name: &str) -> Result<String> {
+    Ok(secrets
+        .get_opt(name)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("config.yaml").map(|b| b.0.clone()))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default())
+}
+
+async fn spec_resume_renders_its_settings_and_one_key_every_replica_shares(
+    w: &mut World<'_>,
+) -> Result<String> {
+    // A cluster with a public JWT key: its servers have no shared HS256 secret to derive the
+    // resume key from, so the operator generates one into `rs-resume` and renders it with the
+    // spec's settings; the key survives reconciles, and a bad resume spec is a readable
+    // condition (1.20 ignores CEL) or an API refusal (ranges), never a rendered config.
+    let (clusters, secrets) = (w.clusters(), w.secrets());
+    let pem = std::fs::read_to_string(switchboard_e2e::token::rsa_public_key_path())?;
+    create::<Secret>(
+        &w.admin,
+        NS,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rs-jwt-pub"},
+               "data": {"public.pem": base64(&pem)}}),
+    )
+    .await?;
+    let sc: SignalingCluster = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingCluster",
+        "metadata": {"name": "rs", "namespace": NS},
+        "spec": {
+            "replicas": 2,
+            "auth": {"algorithm": "RS256", "secretRef": {"name": "rs-jwt-pub"}},
+            "resume": {"graceSeconds": 45, "inboxMessages": 512, "inboxBytes": 2097152},
+            "autoscaling": {"enabled": false},
+            "podDisruptionBudget": {"enabled": false}
+        }
+    }))?;
+    let uid = clusters
+        .create(&PostParams::default(), &sc)
+        .await?
+        .uid()
+        .ok_or_else(|| anyhow!("created cluster rs has no uid"))?;
+    let (key, generated) = eventually(
+        "rs-resume and a config carrying the spec's resume settings and that key",
+        Duration::from_secs(60),
+        || async {
+            let Some(generated) = secrets.get_opt("rs-resume").await? else {
+                return Ok(None);
+            };
+            let key = generated
+                .data
+                .as_ref()
+                .and_then(|d| d.get("secret"))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default();
+            let yaml = config_yaml(&secrets, "rs-config").await?;
+            let want = format!(
+                "\nresume:\n  grace_secs: 45\n  inbox_messages: 512\n  inbox_bytes: 2097152\n  secret: {key}\n"
+            );
+            Ok((!key.is_empty() && yaml.ends_with(&want)).then_some((key, generated)))
+        },
+    )
+    .await?;
+    ensure!(
+        key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()),
+        "the generated resume key is not 32 random bytes in hex ({} characters)",
+        key.len()
+    );
+    ensure!(
+        owned_by(&generated.metadata, &uid)
+            && generated
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("switchboard.dev/generated"))
+                .map(String::as_str)
+                == Some("true"),
+        "rs-resume is not owned by rs or not marked generated"
+    );
+
+    // A settings change re-renders the config with the same key; the key is never rewritten.
+    clusters
+        .patch(
+            "rs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resume": {"graceSeconds": 60}}})),
+        )
+        .await?;
+    eventually(
+        "the config to carry graceSeconds 60 and the same key",
+        Duration::from_secs(30),
+        || async {
+            let yaml = config_yaml(&secrets, "rs-config").await?;
+            Ok((yaml.contains("\nresume:\n  grace_secs: 60\n")
+                && yaml.ends_with(&format!("  secret: {key}\n")))
+            .then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        secrets.get("rs-resume").await?.resource_version() == generated.resource_version(),
+        "a reconcile rewrote the generated resume key"
+    );
+
+    // Out of range: the API server refuses it (the schema's maximum), naming the field.
+    let refused = clusters
+        .patch(
+            "rs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resume": {"graceSeconds": 7200}}})),
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains("graceSeconds") => {}
+        other => {
+            return Err(anyhow!(
+                "graceSeconds 7200 was not refused with 422: {other:?}"
+            ))
+        }
+    }
+    // A key with resume off: CEL on 1.25+; here the operator reports it and renders nothing.
+    let cfg_before = secrets.get("rs-config").await?;
+    clusters
+        .patch(
+            "rs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resume": {"graceSeconds": 0, "secretRef": {"name": "rs-jwt-pub"}}}})),
+        )
+        .await?;
+    let invalid = eventually(
+        "rs ConfigValid=False for a resume key with resume off",
+        Duration::from_secs(30),
+        || async {
+            let sc = clusters.get("rs").await?;
+            Ok(condition(&sc, "ConfigValid")
+                .filter(|c| c.status == "False" && c.observed_generation == sc.metadata.generation)
+                .cloned())
+        },
+    )
+    .await?;
+    ensure!(
+        invalid.reason == "InvalidSpec"
+            && invalid
+                .message
+                .starts_with(switchboard_operator::api::MSG_RESUME_SECRET_WITHOUT_RESUME),
+        "ConfigValid=False {}: {}",
+        invalid.reason,
+        invalid.message
+    );
+    ensure!(
+        secrets.get("rs-config").await?.resource_version() == cfg_before.resource_version(),
+        "the config Secret was changed while the resume spec is invalid"
+    );
+    // Resume off without the reference: valid, rendered as 0 and without a key.
+    clusters
+        .patch(
+            "rs",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"resume": {"secretRef": null}}})),
+        )
+        .await?;
+    eventually(
+        "rs valid again with resume off, its config without a key",
+        Duration::from_secs(30),
+        || async {
+            let sc = clusters.get("rs").await?;
+            let valid = condition(&sc, "ConfigValid").is_some_and(|c| {
+                c.status == "True" && c.observed_generation == sc.metadata.generation
+            });
+            let yaml = config_yaml(&secrets, "rs-config").await?;
+            Ok((valid
+                && yaml.ends_with(
+                    "\nresume:\n  grace_secs: 0\n  inbox_messages: 512\n  inbox_bytes: 2097152\n",
+                ))
+            .then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        secrets.get("rs-resume").await?.resource_version() == generated.resource_version(),
+        "turning resume off rewrote or deleted the generated key"
+    );
+    for op in &w.ops {
+        let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+        ensure!(
+            !log.contains(&key),
+            "operator {} logged the resume key",
+            op.name
+        );
+    }
+    clusters.delete("rs", &DeleteParams::background()).await?;
+    Ok("rs-resume generated once (64 hex), rendered with the settings; kept across a settings change and resume off; 7200 s refused by the API server; key with resume off → ConfigValid=False InvalidSpec; key never logged".to_owned())
 }
 
 async fn paused_reconciles_nothing_and_unpausing_clears_paused(
