@@ -37,7 +37,10 @@ fn generated() -> BTreeMap<String, Secret> {
         secret("demo-jwt", &[("secret", JWT.as_bytes())]),
         secret("demo-turn", &[("secret", b"turn-secret")]),
         secret("demo-redis-auth", &[("password", b"p@ss/word")]),
-        secret("demo-resume", &[("secret", GENERATED_RESUME_KEY.as_bytes())]),
+        secret(
+            "demo-resume",
+            &[("secret", GENERATED_RESUME_KEY.as_bytes())],
+        ),
     ])
 }
 
