@@ -818,6 +818,7 @@
       /** @type {RTCRtpSender[]} */ this.senders = [];
       this.makingOffer = false;
       this.ignoreOffer = false;
+      this.settingRemoteAnswer = false;
       this.closed = false;
       this.disconnectedTimer = null;
     }
@@ -828,7 +829,10 @@
         // A null candidate marks the end of gathering; nothing to relay.
         if (ev.candidate) this.sb.signal("ice-candidate", ev.candidate.toJSON(), this.id);
       };
-      pc.onnegotiationneeded = () => this.negotiate();
+      pc.onnegotiationneeded = () => {
+        this.sb._log("switchboard: peer", this.id, "negotiation needed in", pc.signalingState);
+        this.negotiate();
+      };
       pc.onconnectionstatechange = () => {
         // A failed path (network change, NAT timeout) may come back with new candidates; the
         // offering side restarts ICE, which renegotiates through `negotiationneeded`. One that
@@ -912,7 +916,10 @@
         this.makingOffer = true;
         await this.pc.setLocalDescription();
         const desc = this.pc.localDescription;
-        if (desc) this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
+        if (desc) {
+          this.sb._log("switchboard: peer", this.id, "sending", desc.type);
+          this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
+        }
       } catch (err) {
         this.sb._peerError(this, err);
       } finally {
@@ -924,14 +931,27 @@
     async onDescription(description) {
       if (this.closed) return;
       const pc = this.pc;
-      const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
+      // An offer that arrives while our answer from the other side is still being applied is
+      // not a collision: that answer takes us to stable before the offer is applied (the
+      // browser queues both). Ignoring it would leave the other side waiting forever.
+      const readyForOffer = !this.makingOffer && (pc.signalingState === "stable" || this.settingRemoteAnswer);
+      const collision = description.type === "offer" && !readyForOffer;
       this.ignoreOffer = !this.polite && collision;
+      this.sb._log("switchboard: peer", this.id, "got", description.type, "in", pc.signalingState, this.ignoreOffer ? "(ignored: collision)" : "");
       if (this.ignoreOffer) return;
-      await pc.setRemoteDescription(description); // Rolls back our own offer when polite.
+      this.settingRemoteAnswer = description.type === "answer";
+      try {
+        await pc.setRemoteDescription(description); // Rolls back our own offer when polite.
+      } finally {
+        this.settingRemoteAnswer = false;
+      }
       if (description.type === "offer") {
         await pc.setLocalDescription();
         const desc = pc.localDescription;
-        if (desc) this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
+        if (desc) {
+          this.sb._log("switchboard: peer", this.id, "sending", desc.type);
+          this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
+        }
       }
     }
 

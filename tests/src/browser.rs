@@ -401,9 +401,29 @@ impl Browser<'_> {
             }
             Err(e) => out.push_str(&format!("console of {} unavailable: {e}\n", self.name)),
         }
+        // The negotiation state of each peer connection of a page that exposes its client.
+        match self.execute(PEERS_JS, &[]) {
+            Ok(peers) if !peers.is_null() => {
+                out.push_str(&format!("peer connections of {}: {peers}\n", self.name))
+            }
+            Ok(_) => {}
+            Err(e) => out.push_str(&format!("peers of {} unavailable: {e}\n", self.name)),
+        }
         out
     }
 }
+
+/// Each `RTCPeerConnection` of `window.switchboard` (the demo page sets it): signaling,
+/// ICE and connection state, and every transceiver's mid and directions.
+const PEERS_JS: &str = "const sb = window.switchboard;
+    if (!sb || !sb._peers) return null;
+    return Array.from(sb._peers.values(), (p) => ({
+        id: p.id, initiator: p.initiator, makingOffer: p.makingOffer,
+        signaling: p.pc.signalingState, ice: p.pc.iceConnectionState, connection: p.pc.connectionState,
+        transceivers: p.pc.getTransceivers().map((t) => ({
+            mid: t.mid, kind: t.receiver.track.kind, direction: t.direction,
+            current: t.currentDirection, sending: !!t.sender.track })),
+    }));";
 
 impl Drop for Browser<'_> {
     fn drop(&mut self) {
