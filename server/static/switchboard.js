@@ -915,11 +915,7 @@
       try {
         this.makingOffer = true;
         await this.pc.setLocalDescription();
-        const desc = this.pc.localDescription;
-        if (desc) {
-          this.sb._log("switchboard: peer", this.id, "sending", desc.type);
-          this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
-        }
+        this.sendLocalDescription();
       } catch (err) {
         this.sb._peerError(this, err);
       } finally {
@@ -947,12 +943,16 @@
       }
       if (description.type === "offer") {
         await pc.setLocalDescription();
-        const desc = pc.localDescription;
-        if (desc) {
-          this.sb._log("switchboard: peer", this.id, "sending", desc.type);
-          this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
-        }
+        this.sendLocalDescription();
       }
+    }
+
+    /** Relays the offer or answer just set locally to the other participant. */
+    sendLocalDescription() {
+      const desc = this.pc.localDescription;
+      if (!desc) return;
+      this.sb._log("switchboard: peer", this.id, "sending", desc.type);
+      this.sb.signal(desc.type, { type: desc.type, sdp: desc.sdp }, this.id);
     }
 
     /** @param {RTCIceCandidateInit} candidate */
