@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
 pub mod request_body;
+pub mod resend_order;
 pub mod resume;
 pub mod room;
 pub mod session;

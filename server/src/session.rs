@@ -12,7 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Next, Outbox};
 use crate::protocol::{self, ClientMessage, ErrorCode, Frame};
 use crate::ratelimit::{self, RateLimiter, RateLimits, Verdict};
+use crate::resend_order::{self, ResendOrder};
 use crate::resume::{Refusal, Resume, ResumeRequest};
 use crate::room::{LeaveReason, ParticipantInfo, RoomId};
 use crate::shutdown::{DrainGuard, Shutdown};
@@ -501,6 +502,8 @@ struct Session {
     last_seen: AtomicU64,
     /// Relays since the reader last yielded (see [`RELAYS_PER_YIELD`]); only the reader uses it.
     relays_since_yield: AtomicU32,
+    /// Holds later seqs back behind one the client must re-send; only the reader uses it.
+    resend_order: Mutex<ResendOrder>,
     /// When the session must end: the token's `exp` (moved by an accepted
     /// `refresh-token`) or the session limit.
     lifetime: Lifetime,
@@ -697,6 +700,7 @@ impl Session {
             lifetime,
             claim,
             relays_since_yield: AtomicU32::new(0),
+            resend_order: Mutex::default(),
         })
     }
 
@@ -792,6 +796,7 @@ impl Session {
             started,
             last_seen: AtomicU64::new(0),
             relays_since_yield: AtomicU32::new(0),
+            resend_order: Mutex::default(),
             lifetime,
             claim,
         })
@@ -899,6 +904,10 @@ impl Session {
     /// Queues an `error` answering the client message with `seq`.
     fn reply_error_for(&self, code: ErrorCode, message: &str, seq: Option<u64>) {
         self.ctx.metrics.error(code.as_str());
+        if let Some(seq) = seq {
+            self.resend_order()
+                .answered(seq, resend_order::client_resends(code));
+        }
         self.outbox.push(
             protocol::encode_error_for(self.ctx.room.as_str(), code, message, seq),
             Delivery::Droppable,
@@ -908,8 +917,13 @@ impl Session {
     /// Queues the `ack` of the client message with `seq`, if it had one. Dropped when the
     /// queue is full, like any reply: the client then sends the message again and its
     /// recipients drop the duplicate.
+    fn resend_order(&self) -> MutexGuard<'_, ResendOrder> {
+        self.resend_order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn ack(&self, seq: Option<u64>) {
         if let Some(seq) = seq {
+            self.resend_order().answered(seq, false);
             self.outbox.push(
                 protocol::encode_ack(self.ctx.room.as_str(), seq),
                 Delivery::Droppable,
@@ -1024,6 +1038,18 @@ impl Session {
                 payload,
                 seq,
             } => {
+                let held = self.resend_order().waiting_for(seq);
+                if let Some(held) = held {
+                    // Relaying it now would put it ahead of `held` at its recipients.
+                    self.reply_error_for(
+                        ErrorCode::BusUnavailable,
+                        &format!(
+                            "seq {held} was not delivered; send it again first, then this one"
+                        ),
+                        seq,
+                    );
+                    return Ok(());
+                }
                 if to.as_deref() == Some(self.me.participant_id.as_str()) {
                     // Signaling with yourself is a client bug; echoing it
                     // back would only hide it.

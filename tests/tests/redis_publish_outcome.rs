@@ -157,3 +157,107 @@ async fn a_message_answered_bus_unavailable_is_never_delivered() {
         "confirmed but lost: {confirmed_missing:?} (unconfirmed {unconfirmed:?})"
     );
 }
+
+/// The next message alice gets that answers a numbered one: `(seq, None)` for an ack,
+/// `(seq, Some(code))` for an error. Presence and pongs in between are skipped.
+async fn answer(client: &mut Client) -> (u64, Option<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Event::Json(msg) if msg["type"] == "ack" => {
+                return (msg["seq"].as_u64().expect("ack seq"), None);
+            }
+            Event::Json(msg) if msg["type"] == "error" => {
+                let seq = msg["seq"].as_u64();
+                let code = msg["payload"]["code"].as_str().unwrap_or_default();
+                return (seq.expect("error answers a seq"), Some(code.to_owned()));
+            }
+            Event::Json(_) => continue,
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_seq_waits_behind_one_the_client_must_resend() {
+    // An offer refused while Redis is down (bus_unavailable or delivery_unknown), then its ICE
+    // candidate sent once Redis is back:
+    // relaying the candidate first would put it ahead of its offer. The server holds it back
+    // (bus_unavailable) until the offer is sent again, and bob gets them in seq order.
+    let mut redis = RedisProcess::start();
+    let one = server(&redis, "order-a");
+    let two = server(&redis, "order-b");
+    one.wait_ready(true, Duration::from_secs(15)).await;
+    two.wait_ready(true, Duration::from_secs(15)).await;
+    let token = |user: &str| Claims::user(user).hs256(SECRET);
+    let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
+    let mut bob = Client::join(two.addr(), ROOM, &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    let b = bob.pid();
+    let numbered =
+        |ty: &str, seq: u64| json!({"type": ty, "to": b, "seq": seq, "payload": {"n": seq}});
+
+    redis.kill();
+    one.wait_ready(false, Duration::from_secs(15)).await;
+    alice.send_json(&numbered("offer", 1)).await;
+    // Either answer tells the client to send it again (Redis may have died mid-command).
+    let (seq, code) = answer(&mut alice).await;
+    assert_eq!(seq, 1);
+    assert!(
+        matches!(
+            code.as_deref(),
+            Some("bus_unavailable" | "delivery_unknown")
+        ),
+        "{code:?}"
+    );
+
+    redis.restart_same_port();
+    one.wait_ready(true, Duration::from_secs(30)).await;
+    two.wait_ready(true, Duration::from_secs(30)).await;
+    // In flight before alice saw the refusal of 1: held back, not relayed.
+    alice.send_json(&numbered("ice-candidate", 2)).await;
+    assert_eq!(
+        answer(&mut alice).await,
+        (2, Some("bus_unavailable".into()))
+    );
+    // The client re-sends in seq order; now both go through. Right after a restart the
+    // servers may still be re-announcing presence: re-send until acked, as the client does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for (ty, seq) in [("offer", 1), ("ice-candidate", 2)] {
+        loop {
+            alice.send_json(&numbered(ty, seq)).await;
+            match answer(&mut alice).await {
+                (s, None) if s == seq => break,
+                (s, Some(code)) if s == seq && code == "bus_unavailable" => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "seq {seq} never acked"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => panic!("seq {seq}: unexpected answer {other:?}"),
+            }
+        }
+    }
+    let mut relayed = Vec::new();
+    while relayed.len() < 2 {
+        match bob.next_event(Duration::from_secs(10)).await {
+            Event::Json(msg) if msg["type"] == "offer" || msg["type"] == "ice-candidate" => {
+                relayed.push((
+                    msg["type"].as_str().unwrap_or_default().to_owned(),
+                    msg["payload"]["n"].as_u64(),
+                ));
+            }
+            Event::Json(_) => continue,
+            other => panic!("bob got {relayed:?}, then {other:?}"),
+        }
+    }
+    assert_eq!(
+        relayed,
+        [
+            ("offer".to_owned(), Some(1)),
+            ("ice-candidate".to_owned(), Some(2))
+        ]
+    );
+}
