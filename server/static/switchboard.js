@@ -34,7 +34,8 @@
  * every `RTCPeerConnection` and data channel as they are (state goes
  * `reconnecting` → `joined`), gets what it missed and re-sends what was not
  * acked. Messages answered `bus_unavailable` or `delivery_unknown` are re-sent
- * with backoff (recipients drop duplicates). Only when the server refuses the
+ * with backoff, in `seq` order, later messages waiting behind them (recipients
+ * drop duplicates). Only when the server refuses the
  * resume does it join fresh and rebuild its peers. A peer connection whose ICE
  * fails, or stays disconnected for a few seconds, restarts ICE through
  * signaling instead of being torn down.
@@ -218,8 +219,15 @@
       this._lastSeq = 0;
       /** Next client `seq`. */
       this._nextSeq = 1;
-      /** Numbered messages without an ack yet: seq -> {msg, attempt, timer}. */
+      /**
+       * Numbered messages without an ack yet: seq -> {msg, waiting}. `waiting`: to go out
+       * with the next re-send round, not before (answered `bus_unavailable`, or sent while a
+       * round was pending, so it does not overtake an earlier one).
+       */
       this._unacked = new Map();
+      /** The one re-send round pending (a timer), and how many rounds failed in a row. */
+      this._resendTimer = null;
+      this._resendAttempt = 0;
       /** The socket has delivered its `room-state`: messages may go out. */
       this._ready = false;
     }
@@ -328,8 +336,10 @@
       if (this._resumeToken !== null && RELAYED_TYPES.has(type)) {
         // Numbered and kept until acked: sent now if the socket is up, else on resume.
         msg.seq = this._nextSeq++;
-        this._unacked.set(msg.seq, { msg: msg, attempt: 0, timer: null });
-        this._sendRaw(msg);
+        // Behind a pending re-send round it waits its turn: the receiver gets the seqs in order.
+        const waiting = this._resendTimer !== null;
+        this._unacked.set(msg.seq, { msg: msg, waiting: waiting });
+        if (!waiting) this._sendRaw(msg);
         return true;
       }
       return this._sendRaw(msg);
@@ -343,13 +353,19 @@
       return true;
     }
 
-    /** Sends every unacked message again, in `seq` order (after a resume). */
-    _resendUnacked() {
+    /**
+     * Sends unacked messages again, in `seq` order: every one after a resume (`all`), else
+     * those waiting for this round. One round for all of them, never a timer each: separate
+     * timers would let an ICE candidate overtake its offer.
+     */
+    _resendUnacked(all) {
+      clearTimeout(this._resendTimer);
+      this._resendTimer = null;
       const seqs = Array.from(this._unacked.keys()).sort((a, b) => a - b);
       for (const seq of seqs) {
         const entry = this._unacked.get(seq);
-        clearTimeout(entry.timer);
-        entry.timer = null;
+        if (!all && !entry.waiting) continue;
+        entry.waiting = false;
         this._sendRaw(entry.msg);
       }
     }
@@ -359,15 +375,18 @@
       const entry = this._unacked.get(seq);
       if (!entry) return;
       if (errorCode && RESEND_ERRORS.has(errorCode)) {
-        clearTimeout(entry.timer);
-        entry.timer = setTimeout(() => {
-          entry.timer = null;
-          if (this._unacked.get(seq) === entry) this._sendRaw(entry.msg);
-        }, backoffMs(entry.attempt++, RESEND_MAX_BACKOFF_MS));
+        entry.waiting = true;
+        if (this._resendTimer === null) {
+          this._resendTimer = setTimeout(
+            () => this._resendUnacked(false),
+            backoffMs(this._resendAttempt++, RESEND_MAX_BACKOFF_MS)
+          );
+        }
         return;
       }
-      clearTimeout(entry.timer);
       this._unacked.delete(seq);
+      // Through again: the next outage starts its backoff from the beginning.
+      if (errorCode === null && this._resendTimer === null) this._resendAttempt = 0;
     }
 
     /** Forgets the participant's resume state (a fresh join follows). */
@@ -375,7 +394,9 @@
       this._resumeToken = null;
       this._lastSeq = 0;
       this._nextSeq = 1;
-      for (const entry of this._unacked.values()) clearTimeout(entry.timer);
+      clearTimeout(this._resendTimer);
+      this._resendTimer = null;
+      this._resendAttempt = 0;
       this._unacked.clear();
     }
 
@@ -579,7 +600,7 @@
           this._scheduleRefresh();
           if (!this._ready) {
             this._ready = true;
-            if (payload.resumed) this._resendUnacked();
+            if (payload.resumed) this._resendUnacked(true);
           }
           break;
         case "token-refreshed":

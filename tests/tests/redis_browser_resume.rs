@@ -4,7 +4,9 @@
 //! alice's proxy is SIGKILLed and the proxy sends her reconnect to another instance. The
 //! bundled client resumes there: the same `RTCPeerConnection` object stays `connected`, the
 //! page goes `reconnecting` → `joined`/`connected` without rebuilding peers, and messages keep
-//! flowing both ways. Needs `redis-server`, `chromium` and `chromium-driver`.
+//! flowing both ways. And a negotiation survives Redis: its first offer or answer is in flight
+//! when Redis is SIGKILLed and comes back empty; the pages finish on their own. Needs
+//! `redis-server`, `chromium` and `chromium-driver`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -244,4 +246,209 @@ fn a_data_channel_survives_sigkill_of_one_pages_signaling_server() {
         check(left.map_err(|e| e.to_string()), &both, &servers),
         json!(0)
     );
+}
+
+/// Installed in a page before it joins: from the first offer or answer on, every message the
+/// client sends is held in the page (as if stuck in flight) until `window.__release()`. Then
+/// it records what the client is told (`error` codes) and which signals it receives, in order.
+const HOLD_SIGNALING_JS: &str = "
+    const send = WebSocket.prototype.send;
+    window.__held = [];
+    window.__released = false;
+    WebSocket.prototype.send = function (data) {
+        let type = null;
+        try { type = JSON.parse(data).type; } catch (e) {}
+        if (!window.__released && (window.__held.length > 0 || type === 'offer' || type === 'answer')) {
+            window.__held.push([this, data]);
+            return;
+        }
+        return send.call(this, data);
+    };
+    window.__release = () => {
+        window.__released = true;
+        for (const [ws, data] of window.__held) send.call(ws, data);
+        return window.__held.length;
+    };
+    return true;";
+
+const RECORD_JS: &str = "
+    const sb = window.switchboard;
+    window.__errors = [];
+    window.__signals = [];
+    window.__states = [];
+    sb.addEventListener('error', (e) => window.__errors.push(e.detail.code));
+    sb.addEventListener('signal', (e) => window.__signals.push(e.detail.message.type));
+    sb.addEventListener('state', (e) => window.__states.push(e.detail.state));
+    return true;";
+
+#[test]
+fn a_negotiation_in_flight_when_redis_restarts_empty_finishes_by_itself() {
+    let mut redis = RedisProcess::start();
+    let servers: Vec<ServerProcess> = (0..2)
+        .map(|i| {
+            ServerOptions::with_secret(SECRET)
+                .env("REDIS_URL", redis.url())
+                .env("SWITCHBOARD_INSTANCE_ID", format!("rr-{i}"))
+                .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
+                .env("WEBRTC_STUN_URLS", "")
+                .start()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !servers.iter().all(ready) {
+        assert!(Instant::now() < deadline, "instances not ready");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let driver = ChromeDriver::start();
+    let alice = driver.new_browser("alice");
+    let bob = driver.new_browser("bob");
+    let both = [&alice, &bob];
+    for (browser, user, server) in [(&alice, "alice", &servers[0]), (&bob, "bob", &servers[1])] {
+        let token = Claims::user(user).hs256(SECRET);
+        let url = server.http_url(&format!("/?room={ROOM}&token={token}"));
+        check(
+            browser.goto(&url).map_err(|e| e.to_string()),
+            &both,
+            &servers,
+        );
+        check(
+            browser
+                .execute(HOLD_SIGNALING_JS, &[])
+                .map_err(|e| e.to_string()),
+            &both,
+            &servers,
+        );
+        check(
+            browser
+                .execute(
+                    "document.getElementById('join').requestSubmit(); return true;",
+                    &[],
+                )
+                .map_err(|e| e.to_string()),
+            &both,
+            &servers,
+        );
+        check(
+            browser.wait_for(
+                "joined",
+                "return window.switchboard && window.switchboard.state === 'joined' ? 'joined' : null;",
+                Duration::from_secs(15),
+            ),
+            &both,
+            &servers,
+        );
+        check(
+            browser.execute(RECORD_JS, &[]).map_err(|e| e.to_string()),
+            &both,
+            &servers,
+        );
+    }
+    // The initiating page has its offer in flight.
+    let holding = |b: &Browser<'_>| {
+        b.execute("return window.__held.length;", &[])
+            .is_ok_and(|n| n.as_u64().unwrap_or(0) > 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let holder = loop {
+        if let Some(b) = both.into_iter().find(|b| holding(b)) {
+            break b;
+        }
+        if Instant::now() > deadline {
+            check::<()>(Err("no page sent an offer".into()), &both, &servers);
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+
+    // Redis dies with the offer in flight: it reaches the server and is refused.
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while servers.iter().any(ready) {
+        assert!(
+            Instant::now() < deadline,
+            "instances still ready without Redis"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    for browser in both {
+        check(
+            browser
+                .execute("return window.__release();", &[])
+                .map_err(|e| e.to_string()),
+            &both,
+            &servers,
+        );
+    }
+    check(
+        holder.wait_for(
+            "the offer refused (to be re-sent)",
+            "return window.__errors.some((c) => c === 'bus_unavailable' || c === 'delivery_unknown') ? 'refused' : null;",
+            Duration::from_secs(15),
+        ),
+        &both,
+        &servers,
+    );
+
+    // Redis comes back on the same address with nothing in it; nobody touches the pages.
+    redis.restart_same_port();
+    for browser in both {
+        check(
+            browser.wait_for(
+                "data channel open (state connected)",
+                "return document.body.dataset.state === 'connected' ? 'connected' : null;",
+                Duration::from_secs(45),
+            ),
+            &both,
+            &servers,
+        );
+    }
+    check(
+        send(&alice, "after the restart from alice"),
+        &both,
+        &servers,
+    );
+    check(
+        wait_received(&bob, "after the restart from alice"),
+        &both,
+        &servers,
+    );
+    check(send(&bob, "after the restart from bob"), &both, &servers);
+    check(
+        wait_received(&alice, "after the restart from bob"),
+        &both,
+        &servers,
+    );
+    for browser in both {
+        let seen = check(
+            browser
+                .execute(
+                    "return {signals: window.__signals, states: window.__states,
+                             departures: document.querySelectorAll('#departures li.departure').length};",
+                    &[],
+                )
+                .map_err(|e| e.to_string()),
+            &both,
+            &servers,
+        );
+        // The call was negotiated once, on the same participants: nobody left or rejoined,
+        // and every ICE candidate came after the description it belongs to.
+        assert_eq!(seen["departures"], json!(0), "{}: {seen}", browser.name());
+        let signals: Vec<&str> = seen["signals"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let first_description = signals.iter().position(|t| *t == "offer" || *t == "answer");
+        let first_candidate = signals.iter().position(|t| *t == "ice-candidate");
+        if let Some(candidate) = first_candidate {
+            assert!(
+                first_description.is_some_and(|d| d < candidate),
+                "{}: an ICE candidate before any offer/answer: {seen}",
+                browser.name()
+            );
+        }
+        assert!(
+            !signals.contains(&"user-left"),
+            "{}: saw a leave: {seen}",
+            browser.name()
+        );
+    }
 }
