@@ -442,6 +442,62 @@ pub fn is_truthy(value: &Value) -> bool {
     }
 }
 
+/// The value of a step of a browser test, or a panic with `error` and everything needed to see
+/// why: each page's diagnostics (screenshot, console, peer connections) and each server's
+/// stderr tail.
+pub fn check<T>(
+    result: Result<T, String>,
+    browsers: &[&Browser<'_>],
+    servers: &[crate::server::ServerProcess],
+) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => {
+            let dir =
+                std::env::temp_dir().join(format!("switchboard-browser-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            let mut report = format!("{error}\n");
+            for browser in browsers {
+                report.push_str(&browser.diagnostics(&dir));
+            }
+            for server in servers {
+                report.push_str(&format!(
+                    "\nserver {} stderr:\n{}",
+                    server.addr(),
+                    server.stderr_tail()
+                ));
+            }
+            panic!("{report}");
+        }
+    }
+}
+
+/// `n` server instances on the Redis at `redis_url` for pages to call each other through, named
+/// `<prefix>-<i>`, with `env` on top; no STUN (no route out of this machine; host candidates
+/// suffice locally). Returns once every one is ready.
+pub fn start_instances(
+    secret: &str,
+    redis_url: &str,
+    prefix: &str,
+    n: usize,
+    env: &[(&str, &str)],
+) -> Vec<crate::server::ServerProcess> {
+    let servers: Vec<_> = (0..n)
+        .map(|i| {
+            let mut options = crate::server::ServerOptions::with_secret(secret)
+                .env("REDIS_URL", redis_url)
+                .env("SWITCHBOARD_INSTANCE_ID", format!("{prefix}-{i}"))
+                .env("WEBRTC_STUN_URLS", "");
+            for (key, value) in env {
+                options = options.env(*key, *value);
+            }
+            options.start()
+        })
+        .collect();
+    crate::server::wait_all_ready_blocking(&servers, true, Duration::from_secs(15));
+    servers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

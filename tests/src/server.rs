@@ -348,6 +348,14 @@ impl ServerProcess {
         self.exit
     }
 
+    /// Whether `/webrtc/health/ready` answers 200, for tests without a runtime (the browser
+    /// tests drive WebDriver synchronously).
+    pub fn is_ready_blocking(&self) -> bool {
+        ureq::get(self.http_url("/webrtc/health/ready"))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+    }
+
     /// Whether `/webrtc/health/ready` answers 200.
     pub async fn is_ready(&self) -> bool {
         crate::http::get(self.addr(), "/webrtc/health/ready")
@@ -431,4 +439,19 @@ fn join_lines(lines: Arc<Mutex<Vec<String>>>) -> Vec<String> {
 fn tail(lines: &[String], n: usize) -> String {
     let start = lines.len().saturating_sub(n);
     lines[start..].join("\n")
+}
+
+/// Blocks until every server answers `/webrtc/health/ready` with 200 (`want`) or stops doing so
+/// (`!want`); panics naming the first laggard after `timeout`.
+pub fn wait_all_ready_blocking(servers: &[ServerProcess], want: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while let Some(laggard) = servers.iter().find(|s| s.is_ready_blocking() != want) {
+        assert!(
+            Instant::now() < deadline,
+            "readiness of {} did not become {want} within {timeout:?}; stderr:\n{}",
+            laggard.addr(),
+            laggard.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

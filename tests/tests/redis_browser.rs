@@ -3,12 +3,11 @@
 //! other, open a WebRTC data channel through signaling relayed over Redis, and exchange a
 //! message. Needs `redis-server`, `chromium` and `chromium-driver` (never skips without them).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard_e2e::browser::{Browser, ChromeDriver};
+use switchboard_e2e::browser::{check, start_instances, ChromeDriver};
 use switchboard_e2e::redis::RedisProcess;
-use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
 
 const SECRET: &str = "redis-browser-test-secret-0123456789";
@@ -34,50 +33,10 @@ const RECEIVED_JS: &str = "
     return null;
 ";
 
-fn ready(server: &ServerProcess) -> bool {
-    ureq::get(server.http_url("/webrtc/health/ready"))
-        .call()
-        .is_ok_and(|r| r.status() == 200)
-}
-
-fn check(result: Result<Value, String>, browsers: &[&Browser<'_>], servers: &[ServerProcess]) {
-    if let Err(e) = result {
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-redis-browser-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let mut report = format!("{e}\n");
-        for b in browsers {
-            report.push_str(&b.diagnostics(&dir));
-        }
-        for s in servers {
-            report.push_str(&format!(
-                "\nserver {} stderr:\n{}",
-                s.addr(),
-                s.stderr_tail()
-            ));
-        }
-        panic!("{report}");
-    }
-}
-
 #[test]
 fn two_tabs_on_different_instances_call_each_other() {
     let redis = RedisProcess::start();
-    let servers: Vec<ServerProcess> = (1..=3)
-        .map(|i| {
-            ServerOptions::with_secret(SECRET)
-                .env("REDIS_URL", redis.url())
-                .env("SWITCHBOARD_INSTANCE_ID", format!("sb-{i}"))
-                // No STUN: no route out of this machine; host candidates suffice locally.
-                .env("WEBRTC_STUN_URLS", "")
-                .start()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !servers.iter().all(ready) {
-        assert!(Instant::now() < deadline, "instances not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let servers = start_instances(SECRET, &redis.url(), "sb", 3, &[]);
 
     let driver = ChromeDriver::start();
     let alice = driver.new_browser("alice");

@@ -15,14 +15,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use switchboard_e2e::browser::{Browser, ChromeDriver};
+use switchboard_e2e::browser::{check, start_instances, Browser, ChromeDriver};
 use switchboard_e2e::redis::RedisProcess;
-use switchboard_e2e::server::{ServerOptions, ServerProcess};
+use switchboard_e2e::server::wait_all_ready_blocking;
 use switchboard_e2e::token::Claims;
 
 const SECRET: &str = "redis-browser-resume-secret-0123456789";
 const ROOM: &str = "call";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Presence refreshed every second: a killed instance's participants are noticed quickly.
+const PRESENCE_TTL: &[(&str, &str)] = &[("WEBRTC_ROOM_PRESENCE_TTL", "3")];
 
 /// A TCP proxy whose upstream can be switched: what a load balancer does when a pod dies.
 /// New connections go to the current upstream; open ones stay where they are.
@@ -85,12 +87,6 @@ fn pipe(a: TcpStream, b: TcpStream) {
     copy(b, a);
 }
 
-fn ready(server: &ServerProcess) -> bool {
-    ureq::get(server.http_url("/webrtc/health/ready"))
-        .call()
-        .is_ok_and(|r| r.status() == 200)
-}
-
 /// Sends a data-channel message to every peer through the page's client.
 fn send(browser: &Browser<'_>, text: &str) -> Result<Value, String> {
     browser
@@ -117,47 +113,10 @@ fn wait_received(browser: &Browser<'_>, text: &str) -> Result<Value, String> {
     )
 }
 
-fn check<T>(result: Result<T, String>, browsers: &[&Browser<'_>], servers: &[ServerProcess]) -> T {
-    match result {
-        Ok(v) => v,
-        Err(e) => {
-            let dir = std::env::temp_dir()
-                .join(format!("switchboard-browser-resume-{}", std::process::id()));
-            let _ = std::fs::create_dir_all(&dir);
-            let mut report = format!("{e}\n");
-            for b in browsers {
-                report.push_str(&b.diagnostics(&dir));
-            }
-            for s in servers {
-                report.push_str(&format!(
-                    "\nserver {} stderr:\n{}",
-                    s.addr(),
-                    s.stderr_tail()
-                ));
-            }
-            panic!("{report}");
-        }
-    }
-}
-
 #[test]
 fn a_data_channel_survives_sigkill_of_one_pages_signaling_server() {
     let redis = RedisProcess::start();
-    let mut servers: Vec<ServerProcess> = (0..3)
-        .map(|i| {
-            ServerOptions::with_secret(SECRET)
-                .env("REDIS_URL", redis.url())
-                .env("SWITCHBOARD_INSTANCE_ID", format!("br-{i}"))
-                .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
-                .env("WEBRTC_STUN_URLS", "")
-                .start()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !servers.iter().all(ready) {
-        assert!(Instant::now() < deadline, "instances not ready");
-        thread::sleep(Duration::from_millis(100));
-    }
+    let mut servers = start_instances(SECRET, &redis.url(), "br", 3, PRESENCE_TTL);
     let alice_lb = Proxy::start(servers[0].addr());
     let bob_lb = Proxy::start(servers[1].addr());
 
@@ -284,21 +243,7 @@ const RECORD_JS: &str = "
 #[test]
 fn a_negotiation_in_flight_when_redis_restarts_empty_finishes_by_itself() {
     let mut redis = RedisProcess::start();
-    let servers: Vec<ServerProcess> = (0..2)
-        .map(|i| {
-            ServerOptions::with_secret(SECRET)
-                .env("REDIS_URL", redis.url())
-                .env("SWITCHBOARD_INSTANCE_ID", format!("rr-{i}"))
-                .env("WEBRTC_ROOM_PRESENCE_TTL", "3")
-                .env("WEBRTC_STUN_URLS", "")
-                .start()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !servers.iter().all(ready) {
-        assert!(Instant::now() < deadline, "instances not ready");
-        thread::sleep(Duration::from_millis(100));
-    }
+    let servers = start_instances(SECRET, &redis.url(), "rr", 2, PRESENCE_TTL);
     let driver = ChromeDriver::start();
     let alice = driver.new_browser("alice");
     let bob = driver.new_browser("bob");
@@ -361,14 +306,7 @@ fn a_negotiation_in_flight_when_redis_restarts_empty_finishes_by_itself() {
 
     // Redis dies with the offer in flight: it reaches the server and is refused.
     redis.kill();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while servers.iter().any(ready) {
-        assert!(
-            Instant::now() < deadline,
-            "instances still ready without Redis"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_all_ready_blocking(&servers, false, Duration::from_secs(15));
     for browser in both {
         check(
             browser
