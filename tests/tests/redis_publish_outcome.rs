@@ -32,17 +32,27 @@ fn server(redis: &RedisProcess, instance: &str) -> ServerProcess {
         .start()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_answered_bus_unavailable_is_never_delivered() {
-    let redis = RedisProcess::start();
-    let one = server(&redis, "pause-a");
-    let two = server(&redis, "pause-b");
+/// Two servers on `redis`, ready; alice joined on the first, bob on the second, and alice has
+/// seen bob arrive.
+async fn pair(
+    redis: &RedisProcess,
+    prefix: &str,
+) -> (ServerProcess, ServerProcess, Client, Client) {
+    let one = server(redis, &format!("{prefix}-a"));
+    let two = server(redis, &format!("{prefix}-b"));
     one.wait_ready(true, Duration::from_secs(15)).await;
     two.wait_ready(true, Duration::from_secs(15)).await;
     let token = |user: &str| Claims::user(user).hs256(SECRET);
     let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
-    let mut bob = Client::join(two.addr(), ROOM, &token("bob")).await;
+    let bob = Client::join(two.addr(), ROOM, &token("bob")).await;
     alice.expect_type("user-joined").await;
+    (one, two, alice, bob)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_answered_bus_unavailable_is_never_delivered() {
+    let redis = RedisProcess::start();
+    let (one, _two, mut alice, mut bob) = pair(&redis, "pause").await;
     let b = bob.pid();
 
     // Each relay is followed by a ping carrying its id: the session handles a client's
@@ -182,18 +192,11 @@ async fn answer(client: &mut Client) -> (u64, Option<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_seq_waits_behind_one_the_client_must_resend() {
     // An offer refused while Redis is down (bus_unavailable or delivery_unknown), then its ICE
-    // candidate sent once Redis is back:
-    // relaying the candidate first would put it ahead of its offer. The server holds it back
+    // candidate sent once Redis is back: relaying the candidate first would put it ahead of its
+    // offer. The server holds it back
     // (bus_unavailable) until the offer is sent again, and bob gets them in seq order.
     let mut redis = RedisProcess::start();
-    let one = server(&redis, "order-a");
-    let two = server(&redis, "order-b");
-    one.wait_ready(true, Duration::from_secs(15)).await;
-    two.wait_ready(true, Duration::from_secs(15)).await;
-    let token = |user: &str| Claims::user(user).hs256(SECRET);
-    let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
-    let mut bob = Client::join(two.addr(), ROOM, &token("bob")).await;
-    alice.expect_type("user-joined").await;
+    let (one, two, mut alice, mut bob) = pair(&redis, "order").await;
     let b = bob.pid();
     let numbered =
         |ty: &str, seq: u64| json!({"type": ty, "to": b, "seq": seq, "payload": {"n": seq}});
