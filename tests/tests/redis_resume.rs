@@ -333,3 +333,212 @@ async fn a_drained_replica_s_50_participants_resume_elsewhere_with_nothing_lost(
         assert_no_presence_change(anchor, Duration::from_millis(100)).await;
     }
 }
+
+/// Servers on `redis` whose inboxes are bounded by `bounds` (environment), each holding a
+/// lost participant for `grace_secs`.
+async fn bounded_servers(
+    redis: &RedisProcess,
+    n: usize,
+    grace_secs: u64,
+    bounds: &[(&str, &str)],
+) -> Vec<ServerProcess> {
+    let servers: Vec<ServerProcess> = (0..n)
+        .map(|i| {
+            let mut o = options(redis, &format!("rb-{i}"))
+                .env("SWITCHBOARD_RESUME_GRACE_SECS", grace_secs.to_string());
+            for (k, v) in bounds {
+                o = o.env(*k, *v);
+            }
+            o.start()
+        })
+        .collect();
+    for s in &servers {
+        s.wait_ready(true, Duration::from_secs(10)).await;
+    }
+    servers
+}
+
+/// Sends each of `messages` and reads its `ack`.
+async fn send_acked(client: &mut Client, messages: &[Value]) {
+    for m in messages {
+        client.send_json(m).await;
+        let ack = client
+            .recv_until_type("ack", Duration::from_secs(5))
+            .await
+            .1;
+        assert_eq!(ack["seq"], m["seq"], "{ack}");
+    }
+}
+
+/// The next `user-left` `client` sees (nothing but acks before it) must be `pid`'s with
+/// reason `closed`.
+async fn expect_left_closed(client: &mut Client, pid: &str) {
+    let (skipped, left) = client
+        .recv_until_type("user-left", Duration::from_secs(5))
+        .await;
+    assert!(skipped.iter().all(|m| m["type"] == "ack"), "{skipped:?}");
+    assert_eq!(left["payload"]["participant_id"], pid, "{left}");
+    assert_eq!(left["payload"]["reason"], "closed", "{left}");
+}
+
+/// A counter or gauge from `/metrics` (0 when absent).
+async fn metric(server: &ServerProcess, series: &str) -> u64 {
+    let body = switchboard_e2e::http::get(server.addr(), "/metrics")
+        .await
+        .text();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn participant_count(server: &ServerProcess, room: &str) -> Option<usize> {
+    let res = switchboard_e2e::http::get_bearer(
+        server.addr(),
+        &format!("/webrtc/rooms/{room}/participants"),
+        &token("observer"),
+    )
+    .await;
+    res.json()["participants"].as_array().map(Vec::len)
+}
+
+#[tokio::test]
+async fn missing_more_than_inbox_messages_refuses_the_resume_and_the_participant_leaves_closed() {
+    const GRACE_SECS: u64 = 3;
+    let redis = RedisProcess::start();
+    let servers = bounded_servers(
+        &redis,
+        2,
+        GRACE_SECS,
+        &[("SWITCHBOARD_RESUME_INBOX_MESSAGES", "8")],
+    )
+    .await;
+    let room = "overflow-messages";
+    // Bob and carol on one server, alice on the other; bob resumes on alice's.
+    let mut carol = join(&servers[0], room, "carol", &mut []).await;
+    let bob = join(&servers[0], room, "bob", &mut [&mut carol]).await;
+    let mut alice = join(&servers[1], room, "alice", &mut [&mut carol]).await;
+    let (bob_id, bob_token) = (bob.pid(), bob.resume_token());
+    bob.drop_connection();
+    let twelve: Vec<Value> = (1..=12).map(|n| ice(&bob_id, n, "alice")).collect();
+    send_acked(&mut alice, &twelve).await;
+
+    let path = resume_path(room, &token("bob"), &bob_token, 0);
+    let mut refused =
+        Client::connect_with(servers[1].addr(), room, &path, &ConnectOptions::default()).await;
+    refused.expect_close(1008, "resume_overflow").await;
+    // Never a silent gap: bob is gone for the whole room at once, on both servers.
+    expect_left_closed(&mut alice, &bob_id).await;
+    expect_left_closed(&mut carol, &bob_id).await;
+    assert_eq!(participant_count(&servers[0], room).await, Some(2));
+    assert_eq!(
+        metric(
+            &servers[1],
+            "switchboard_resumes_total{outcome=\"resume_overflow\"}"
+        )
+        .await,
+        1
+    );
+    // 12 missed, the newest 8 kept.
+    assert_eq!(
+        metric(&servers[1], "switchboard_inbox_overflows_total").await,
+        4
+    );
+    // A resume of the gone participant now finds nobody.
+    let mut again =
+        Client::connect_with(servers[0].addr(), room, &path, &ConnectOptions::default()).await;
+    again.expect_close(1008, "resume_expired").await;
+
+    // A fresh join is a new participant, announced everywhere, numbered from 1.
+    let mut bob = Client::join(servers[1].addr(), room, &token("bob")).await;
+    assert_ne!(bob.pid(), bob_id);
+    for c in [&mut alice, &mut carol] {
+        let joined = c
+            .recv_until_type("user-joined", Duration::from_secs(5))
+            .await
+            .1;
+        assert_eq!(joined["payload"]["participant_id"], bob.pid().as_str());
+    }
+    let new_id = bob.pid();
+    send_acked(&mut alice, &[ice(&new_id, 13, "alice")]).await;
+    let got = read_candidates(&mut bob, 1, Duration::from_secs(5)).await;
+    assert_eq!(got, [("alice".to_owned(), 13, 1)]);
+    // The old participant's grace window passes without a second leave.
+    assert_no_presence_change(&mut carol, Duration::from_secs(GRACE_SECS + 1)).await;
+    assert_no_presence_change(&mut alice, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn missed_messages_over_inbox_bytes_refuse_the_resume_on_the_same_server() {
+    let redis = RedisProcess::start();
+    let servers =
+        bounded_servers(&redis, 1, 30, &[("SWITCHBOARD_RESUME_INBOX_BYTES", "4096")]).await;
+    let room = "overflow-bytes";
+    let mut alice = join(&servers[0], room, "alice", &mut []).await;
+    let bob = join(&servers[0], room, "bob", &mut [&mut alice]).await;
+    let (bob_id, bob_token) = (bob.pid(), bob.resume_token());
+    bob.drop_connection();
+    // Four messages of about 1.6 KiB: two fit into 4 KiB, four do not.
+    let big: Vec<Value> = (1..=4)
+        .map(|n| {
+            json!({"type": "ice-candidate", "to": bob_id, "seq": n,
+                   "payload": {"n": n, "from": "alice", "pad": "x".repeat(1500)}})
+        })
+        .collect();
+    send_acked(&mut alice, &big).await;
+
+    let path = resume_path(room, &token("bob"), &bob_token, 0);
+    let mut refused =
+        Client::connect_with(servers[0].addr(), room, &path, &ConnectOptions::default()).await;
+    refused.expect_close(1008, "resume_overflow").await;
+    expect_left_closed(&mut alice, &bob_id).await;
+    assert_eq!(participant_count(&servers[0], room).await, Some(1));
+    assert_eq!(
+        metric(&servers[0], "switchboard_inbox_overflows_total").await,
+        2
+    );
+    let bob = Client::join(servers[0].addr(), room, &token("bob")).await;
+    assert_ne!(bob.pid(), bob_id);
+    let joined = alice
+        .recv_until_type("user-joined", Duration::from_secs(5))
+        .await
+        .1;
+    assert_eq!(joined["payload"]["participant_id"], bob.pid().as_str());
+    assert_no_presence_change(&mut alice, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_resume_that_missed_exactly_inbox_messages_gets_them_all_in_order() {
+    let redis = RedisProcess::start();
+    let servers =
+        bounded_servers(&redis, 2, 30, &[("SWITCHBOARD_RESUME_INBOX_MESSAGES", "8")]).await;
+    let room = "at-the-bound";
+    let mut bob = join(&servers[0], room, "bob", &mut []).await;
+    let mut alice = join(&servers[1], room, "alice", &mut [&mut bob]).await;
+    let (bob_id, bob_token) = (bob.pid(), bob.resume_token());
+    // Four delivered and processed, then the connection is lost and eight more are missed:
+    // twelve in the inbox stream, exactly the bound after last_seq.
+    let first: Vec<Value> = (1..=4).map(|n| ice(&bob_id, n, "alice")).collect();
+    send_acked(&mut alice, &first).await;
+    let got = read_candidates(&mut bob, 4, Duration::from_secs(5)).await;
+    assert_eq!(got.last().map(|g| g.2), Some(4));
+    bob.drop_connection();
+    let missed: Vec<Value> = (5..=12).map(|n| ice(&bob_id, n, "alice")).collect();
+    send_acked(&mut alice, &missed).await;
+
+    let mut bob = resume(&servers[1], room, "bob", &bob_token, 4).await;
+    let got = read_candidates(&mut bob, 8, Duration::from_secs(5)).await;
+    let want: Vec<(String, u64, u64)> = (5..=12).map(|n| ("alice".to_owned(), n, n)).collect();
+    assert_eq!(
+        got, want,
+        "the eight missed ones, in order, with their seqs"
+    );
+    match bob.next_event(Duration::from_millis(300)).await {
+        Event::Timeout => {}
+        other => panic!("more than the missed ones: {other:?}"),
+    }
+    assert_no_presence_change(&mut alice, Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&servers[1], "switchboard_inbox_overflows_total").await,
+        0
+    );
+}
