@@ -531,11 +531,7 @@ impl Hub {
             Ok(replay) => replay,
             Err(ReplayError::Ahead) => return Err(ResumeRefused::only(Refusal::Invalid)),
             Err(ReplayError::Overflow) => {
-                if let Some(old) = &local.outbox {
-                    old.close_after(None, CloseCause::Superseded);
-                }
-                let info =
-                    self.remove_member(&mut rooms, room_id, participant_id, LeaveReason::Closed);
+                let info = self.remove_overflowed_in(&mut rooms, room_id, participant_id);
                 return Err(ResumeRefused {
                     refusal: Refusal::Overflow,
                     left: info.map(Box::new),
@@ -615,6 +611,37 @@ impl Hub {
             }
         }
         out
+    }
+
+    /// A resume of `participant_id` was refused `resume_overflow` (it missed more than its
+    /// inbox kept, here or in the bus' store): nobody will resume it, so it leaves at once —
+    /// a connection still attached to it closes, the local members see `user-left` reason
+    /// `closed` — and is returned as the hub knew it (`None` when it was not here). Leaving
+    /// the bus is the caller's.
+    pub fn remove_overflowed(
+        &self,
+        room_id: &RoomId,
+        participant_id: &str,
+    ) -> Option<ParticipantInfo> {
+        let mut rooms = self.rooms(room_id);
+        self.remove_overflowed_in(&mut rooms, room_id, participant_id)
+    }
+
+    fn remove_overflowed_in(
+        &self,
+        rooms: &mut HashMap<RoomId, RoomMembers>,
+        room_id: &RoomId,
+        participant_id: &str,
+    ) -> Option<ParticipantInfo> {
+        if let Some(old) = rooms
+            .get(room_id)
+            .and_then(|r| r.members.get(participant_id))
+            .and_then(|m| m.local.as_ref())
+            .and_then(|l| l.outbox.as_ref())
+        {
+            old.close_after(None, CloseCause::Superseded);
+        }
+        self.remove_member(rooms, room_id, participant_id, LeaveReason::Closed)
     }
 
     /// Removes a member, tells the local members `user-left`, forgets the room once no

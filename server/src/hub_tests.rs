@@ -632,6 +632,46 @@ fn a_resume_is_refused_for_another_user_a_seq_ahead_or_an_overflow() {
 }
 
 #[test]
+fn an_overflow_the_bus_found_removes_the_participant_at_once_wherever_it_was_held() {
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    resumable(&h, "a", &a, &["a"]);
+    resumable(&h, "b", &b, &["a", "b"]);
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: participant("x", "i2"),
+    });
+    drain(&a);
+    drain(&b);
+    let left = |o: &Outbox, id: &str| {
+        let v = json(try_next(o));
+        assert_eq!(
+            (v["type"].as_str(), v["payload"]["reason"].as_str()),
+            (Some("user-left"), Some("closed"))
+        );
+        assert_eq!(v["payload"]["participant_id"], id);
+    };
+    // Held on another instance.
+    assert_eq!(
+        h.remove_overflowed(&room(), "x").unwrap(),
+        participant("x", "i2")
+    );
+    left(&a, "x");
+    left(&b, "x");
+    // Held here, its old connection still attached: closed, and the room told.
+    assert_eq!(
+        h.remove_overflowed(&room(), "b").unwrap().participant_id,
+        "b"
+    );
+    assert_eq!(try_next(&b), Some(Next::Close(CloseCause::Superseded)));
+    left(&a, "b");
+    // Gone already: nothing to tell.
+    assert!(h.remove_overflowed(&room(), "b").is_none());
+    assert!(try_next(&a).is_none());
+    assert_eq!(h.counts(), (1, 1));
+}
+
+#[test]
 fn a_resume_closes_the_connection_still_attached() {
     let h = hub();
     let (a, b) = (outbox(), outbox());

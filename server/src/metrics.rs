@@ -244,7 +244,7 @@ impl Metrics {
         let inbox_overflows = register(
             &mut registry,
             "inbox_overflows",
-            "Messages let go from the full inbox of a participant waiting for a resume",
+            "Messages let go from the full inbox of a participant waiting for a resume (Redis bus: the missed ones a refused resume found gone)",
             Counter::default(),
         );
         let held = register(

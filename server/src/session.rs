@@ -593,6 +593,17 @@ impl Session {
             .await;
         let adopted = match adopted {
             Ok(crate::bus::Adoption::Adopted(adopted)) => adopted,
+            Ok(crate::bus::Adoption::Overflowed { participant, lost }) => {
+                ctx.hub.adopt_failed(&ctx.room, participant_id);
+                tracing::info!(lost, "missed messages no longer kept in the inbox");
+                ctx.metrics.inbox_overflowed(lost);
+                // As an overflow in memory: it leaves here now, and the bus (by the caller).
+                ctx.hub.remove_overflowed(&ctx.room, participant_id);
+                return Ok(Err(crate::hub::ResumeRefused {
+                    refusal: Refusal::Overflow,
+                    left: Some(participant),
+                }));
+            }
             Ok(crate::bus::Adoption::Refused(refusal)) => {
                 ctx.hub.adopt_failed(&ctx.room, participant_id);
                 return Err(AdoptFailed::Refused(refusal));

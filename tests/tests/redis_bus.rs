@@ -11,7 +11,7 @@ use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_server::bus::redis::metrics::BusMetrics;
 use switchboard_server::bus::redis::{Endpoint, RedisBus, RedisSettings};
 use switchboard_server::bus::{
-    Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RemoteSender,
+    Adoption, Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RemoteSender,
 };
 use switchboard_server::protocol::{Frame, RelayKind};
 use switchboard_server::room::{LeaveReason, ParticipantInfo, RoomId};
@@ -151,9 +151,11 @@ fn settings_for(
         max_metadata_bytes: 1024,
         publish_timeout: Duration::from_secs(5),
         webhooks: None,
-        // These tests drive `publish`; numbered delivery (resume) is tested through servers.
+        // These tests drive `publish`; numbered delivery (resume) is on only where a test says
+        // so, and is tested through servers too.
         resume_grace: Duration::ZERO,
         inbox_messages: 256,
+        inbox_bytes: 1 << 20,
     }
 }
 
@@ -164,18 +166,19 @@ struct Node {
 }
 
 async fn node(redis: &RedisProcess, prefix: &str, id: &str, ttl: Duration) -> Node {
+    node_with(settings(redis.url(), prefix, id, ttl)).await
+}
+
+async fn node_with(settings: RedisSettings) -> Node {
     let hub = Arc::new(Recorder::default());
-    let bus = RedisBus::start(
-        settings(redis.url(), prefix, id, ttl),
-        hub.clone(),
-        BusMetrics::default(),
-    )
-    .await
-    .expect("redis bus starts");
+    let id = settings.instance_id.clone();
+    let bus = RedisBus::start(settings, hub.clone(), BusMetrics::default())
+        .await
+        .expect("redis bus starts");
     let node = Node {
         bus: Arc::new(bus),
         hub,
-        id: id.into(),
+        id,
     };
     wait_ready(&node, true, Duration::from_secs(10)).await;
     node
@@ -777,4 +780,88 @@ async fn a_clean_shutdown_forgets_the_instance() {
         redis.command(&["SISMEMBER", "sb:instances", "a"]),
         switchboard_e2e::redis::Reply::Integer(0)
     );
+}
+
+/// A node that numbers deliveries (resume on) with these inbox bounds.
+async fn resume_node(redis: &RedisProcess, id: &str, messages: usize, bytes: usize) -> Node {
+    let mut s = settings(redis.url(), "sb", id, TTL);
+    s.resume_grace = Duration::from_secs(30);
+    s.inbox_messages = messages;
+    s.inbox_bytes = bytes;
+    node_with(s).await
+}
+
+/// `a.bus.adopt` of `p` after `last_seq`: the replayed frames' `n`, or the overflow's loss.
+async fn adopt(
+    node: &Node,
+    r: &RoomId,
+    p: &ParticipantInfo,
+    last_seq: u64,
+) -> Result<Vec<u64>, usize> {
+    let adoption = node
+        .bus
+        .adopt(r, &p.participant_id, &p.user_id, last_seq)
+        .await
+        .expect("adopt");
+    match adoption {
+        Adoption::Adopted(a) => Ok(a
+            .replay
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                v["payload"]["n"].as_u64().unwrap()
+            })
+            .collect()),
+        Adoption::Overflowed { participant, lost } => {
+            assert_eq!(
+                participant.instance_id, node.id,
+                "moved to the adopting node"
+            );
+            Err(lost)
+        }
+        Adoption::Refused(refusal) => panic!("adopt refused: {refusal:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_replays_only_within_both_inbox_bounds_exactly() {
+    let redis = RedisProcess::start();
+    // The sender's node trims (approximately) to 256; the adopting nodes check their bounds.
+    let a = resume_node(&redis, "a", 256, 1 << 20).await;
+    let r = room("bounds");
+    let (pa, pb) = (participant("pa", "a"), participant("pb", "a"));
+    for p in [&pa, &pb] {
+        assert!(matches!(
+            join(&a, &r, p, 50).await,
+            JoinOutcome::Joined { .. }
+        ));
+    }
+    // Frames 10 to 12 have the same size.
+    let size = chat(&r, "pa", Some("pb"), 10).frame.len();
+    for n in 1..=12 {
+        a.bus
+            .deliver(chat(&r, "pa", Some("pb"), n), vec!["pb".into()])
+            .await
+            .unwrap();
+    }
+    // At most 8 messages.
+    let m = resume_node(&redis, "m", 8, 1 << 20).await;
+    assert_eq!(adopt(&m, &r, &pb, 4).await, Ok((5..=12).collect()));
+    assert_eq!(adopt(&m, &r, &pb, 3).await, Err(1));
+    assert_eq!(adopt(&m, &r, &pb, 0).await, Err(4));
+    assert_eq!(adopt(&m, &r, &pb, 12).await, Ok(vec![]));
+    // At most three messages' bytes.
+    let b = resume_node(&redis, "b", 256, 3 * size).await;
+    assert_eq!(adopt(&b, &r, &pb, 9).await, Ok(vec![10, 11, 12]));
+    assert_eq!(adopt(&b, &r, &pb, 8).await, Err(1));
+    let short = resume_node(&redis, "s", 256, 3 * size - 1).await;
+    assert_eq!(adopt(&short, &r, &pb, 9).await, Err(1));
+    // A message bigger than the byte bound on its own is never replayed.
+    let tiny = resume_node(&redis, "t", 256, size - 1).await;
+    assert_eq!(adopt(&tiny, &r, &pb, 11).await, Err(1));
+    assert_eq!(adopt(&tiny, &r, &pb, 12).await, Ok(vec![]));
+    // A gap in the stream (entries lost) is an overflow too, whatever the bounds.
+    redis.command(&["XDEL", "sb:room:{bounds}:inbox:pb", "11-1"]);
+    assert_eq!(adopt(&m, &r, &pb, 9).await, Err(2));
+    assert_eq!(adopt(&m, &r, &pb, 11).await, Ok(vec![12]));
 }

@@ -324,7 +324,29 @@ pub struct Adopted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Adoption {
     Adopted(Box<Adopted>),
+    /// The client missed more than the participant's inbox keeps (`resume.inbox_messages`,
+    /// `resume.inbox_bytes`): the resume is refused `resume_overflow`. The participant was
+    /// taken over all the same (its old instance lets go of it), so that the caller can make
+    /// it leave at once ([`Bus::leave`], reason `closed`) rather than at the end of the grace
+    /// window.
+    Overflowed {
+        /// Its record, now naming this instance.
+        participant: Box<ParticipantInfo>,
+        /// How many of the missed messages were no longer kept.
+        lost: usize,
+    },
     Refused(crate::resume::Refusal),
+}
+
+impl Adoption {
+    /// The participant taken over on this instance, adopted or overflowed.
+    pub fn moved(&self) -> Option<&ParticipantInfo> {
+        match self {
+            Adoption::Adopted(adopted) => Some(&adopted.participant),
+            Adoption::Overflowed { participant, .. } => Some(participant),
+            Adoption::Refused(_) => None,
+        }
+    }
 }
 
 /// Health of the bus for `/webrtc/health` and readiness.
@@ -417,8 +439,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Takes `participant_id` of `user_id` over for a resume on this instance, the client
     /// having processed `last_seq`: registers it here, announces the move to the other
     /// instances (a `Joined` naming this instance, which the room is not told), and returns
-    /// what it missed. The caller has asked the hub to expect it (messages published from
-    /// now on are held for it). Only for a bus that numbers deliveries.
+    /// what it missed, or [`Adoption::Overflowed`] when that is more than its inbox keeps.
+    /// The caller has asked the hub to expect it (messages published from now on are held for
+    /// it). Only for a bus that numbers deliveries.
     async fn adopt(
         &self,
         _room: &RoomId,
@@ -496,6 +519,7 @@ pub async fn from_config(
                 webhooks: recording.map(|r| (r, wakes)),
                 resume_grace: config.resume.grace,
                 inbox_messages: config.resume.inbox_messages,
+                inbox_bytes: config.resume.inbox_bytes,
             };
             Ok(Arc::new(
                 redis::RedisBus::start(settings, hub, metrics).await?,

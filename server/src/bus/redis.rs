@@ -134,6 +134,8 @@ pub struct RedisSettings {
     pub resume_grace: Duration,
     /// `resume.inbox_messages`: messages kept per participant in Redis.
     pub inbox_messages: usize,
+    /// `resume.inbox_bytes`: bytes of the missed messages a resume may replay from Redis.
+    pub inbox_bytes: usize,
 }
 
 /// The part of a URL that is safe to log: scheme, host and port only.
@@ -190,6 +192,7 @@ impl RedisBus {
                 .map(|(recording, wakes)| webhooks::Webhooks::new(recording, wakes)),
             resume: resume::ResumeStore::new(
                 settings.inbox_messages,
+                settings.inbox_bytes,
                 settings.resume_grace + settings.presence_ttl,
             ),
             numbers_deliveries: !settings.resume_grace.is_zero(),

@@ -20,8 +20,11 @@ const ADOPT_ATTEMPTS: usize = 3;
 
 /// The inbox bounds in Redis and the scripts.
 pub(super) struct ResumeStore {
-    /// Messages kept per inbox (`MAXLEN ~`).
+    /// Messages kept per inbox: trimmed to about this many (`MAXLEN ~`, cheap) as messages
+    /// arrive, held exactly when a resume reads them.
     inbox_messages: usize,
+    /// Bytes of the missed messages a resume may replay (held when a resume reads them).
+    inbox_bytes: usize,
     /// TTL of an inbox, refreshed with every message: the grace window and a presence TTL,
     /// so an instance's loss is cleaned up before its participants' inboxes go.
     inbox_ttl: Duration,
@@ -30,9 +33,10 @@ pub(super) struct ResumeStore {
 }
 
 impl ResumeStore {
-    pub(super) fn new(inbox_messages: usize, inbox_ttl: Duration) -> Self {
+    pub(super) fn new(inbox_messages: usize, inbox_bytes: usize, inbox_ttl: Duration) -> Self {
         ResumeStore {
             inbox_messages: inbox_messages.max(1),
+            inbox_bytes,
             inbox_ttl,
             deliver: Script::new(scripts::DELIVER),
             adopt: Script::new(scripts::ADOPT),
@@ -97,35 +101,36 @@ impl Inner {
         let _gate = self.presence.gate.read().await;
         // Subscribed before the record moves: every delivery after it reaches this instance.
         self.acquire_room(room).await?;
-        match self
+        let adoption = self
             .adopt_subscribed(room, participant_id, user_id, last_seq)
-            .await
-        {
-            Ok(Adoption::Adopted(adopted)) => {
-                let already_here = {
-                    let mut local = self.presence.local();
-                    let here = local.is_live(room, participant_id);
-                    local.add(room, &adopted.participant);
-                    here
-                };
-                if already_here {
-                    // Resumed where it was: its join holds the room's subscription already.
-                    self.release_room(room).await;
-                }
-                let event = RemoteEvent::Joined {
-                    room_id: room.clone(),
-                    participant: adopted.participant.clone(),
-                };
-                // The other instances learn where it is now; its old instance lets go of it.
-                if let Err(e) = self.publish_event(room, &event).await {
-                    tracing::warn!(parent: &self.span, error = %e, "resume not announced");
-                }
-                Ok(Adoption::Adopted(adopted))
-            }
-            other => {
-                self.release_room(room).await;
-                other
-            }
+            .await;
+        // An overflowed one moved here too, so that its leave (the caller's) is ours.
+        match adoption.as_ref().ok().and_then(Adoption::moved) {
+            Some(participant) => self.moved_here(room, participant).await,
+            None => self.release_room(room).await,
+        }
+        adoption
+    }
+
+    /// The record of `participant` names this instance now: registers it here and tells the
+    /// other instances, so that its old instance lets go of it.
+    async fn moved_here(&self, room: &RoomId, participant: &ParticipantInfo) {
+        let already_here = {
+            let mut local = self.presence.local();
+            let here = local.is_live(room, &participant.participant_id);
+            local.add(room, participant);
+            here
+        };
+        if already_here {
+            // Resumed where it was: its join holds the room's subscription already.
+            self.release_room(room).await;
+        }
+        let event = RemoteEvent::Joined {
+            room_id: room.clone(),
+            participant: participant.clone(),
+        };
+        if let Err(e) = self.publish_event(room, &event).await {
+            tracing::warn!(parent: &self.span, error = %e, "resume not announced");
         }
     }
 
@@ -165,7 +170,9 @@ impl Inner {
                 .arg(participant_id)
                 .arg(&current)
                 .arg(serde_json::to_string(&moved).unwrap_or_default())
-                .arg(last_seq);
+                .arg(last_seq)
+                .arg(self.resume.inbox_messages)
+                .arg(self.resume.inbox_bytes);
             let mut conn = self.conn.clone();
             let reply: Vec<String> = self
                 .redis(
@@ -177,7 +184,12 @@ impl Inner {
                 Some("ok") => return Ok(Adoption::Adopted(Box::new(adopted(moved, &reply)))),
                 Some("changed") => continue,
                 Some("ahead") => return Ok(Adoption::Refused(Refusal::Invalid)),
-                Some("overflow") => return Ok(Adoption::Refused(Refusal::Overflow)),
+                Some("overflow") => {
+                    return Ok(Adoption::Overflowed {
+                        participant: Box::new(moved),
+                        lost: overflow_lost(&reply),
+                    })
+                }
                 _ => return Ok(Adoption::Refused(Refusal::Expired)),
             }
         }
@@ -193,6 +205,16 @@ impl Inner {
             self.release_room(room).await;
         }
     }
+}
+
+/// The adopt script's `{'overflow', lost}`: how many missed messages were no longer kept (at
+/// least one).
+fn overflow_lost(reply: &[String]) -> usize {
+    reply
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The adopt script's `{'ok', last seq, n, n frames..., records...}`.
@@ -238,5 +260,15 @@ mod tests {
         assert_eq!(a.participants.len(), 1);
         assert_eq!(a.participants[0].participant_id, "a");
         assert_eq!(a.participant, me);
+    }
+
+    #[test]
+    fn an_overflow_reply_says_how_many_missed_messages_are_gone() {
+        let reply = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(overflow_lost(&reply(&["overflow", "5"])), 5);
+        // An overflow lost something even when the reply does not say what.
+        assert_eq!(overflow_lost(&reply(&["overflow"])), 1);
+        assert_eq!(overflow_lost(&reply(&["overflow", "0"])), 1);
+        assert_eq!(overflow_lost(&reply(&["overflow", "x"])), 1);
     }
 }

@@ -524,12 +524,20 @@ return {'ok'}
 
 /// Adopts a participant for a resume on this instance: `KEYS[1]` participants hash, `KEYS[2]`
 /// delivery seqs, `KEYS[3]` its inbox; `ARGV[1]` participant id, `ARGV[2]` its record as the
-/// caller read it, `ARGV[3]` the record naming this instance, `ARGV[4]` the client's last seq.
-/// Returns `{'expired'}` when the participant is gone, `{'changed'}` when its record is not
-/// the one read (read again), `{'ahead'}` when `last_seq` was never delivered, `{'overflow'}`
-/// when a missed message is no longer kept; else writes the new record and returns
+/// caller read it, `ARGV[3]` the record naming this instance, `ARGV[4]` the client's last seq,
+/// `ARGV[5]` the inbox bound in messages, `ARGV[6]` in bytes. Returns `{'expired'}` when the
+/// participant is gone, `{'changed'}` when its record is not the one read (read again),
+/// `{'ahead'}` when `last_seq` was never delivered; else writes the new record and returns
 /// `{'ok', last seq, n, n frames after last_seq..., every participant record...}`, read in the
 /// same atomic step as the seq, so every later delivery has a higher seq.
+///
+/// The bounds hold exactly here, whatever `DELIVER`'s approximate trim left in the stream: the
+/// missed messages (after `last_seq`) must all still be there, consecutive, and within both
+/// bounds, as the newest messages an in-memory inbox keeps; a message bigger than the byte
+/// bound on its own is not kept either. Otherwise the record is written all the same (the
+/// participant's old instance lets go of it, this one removes it) and `{'overflow', lost}`
+/// returned: `lost` of the missed messages were no longer kept. Reads at most the message
+/// bound of entries, newest first.
 pub const ADOPT: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return {'expired'} end
@@ -537,20 +545,29 @@ if cur ~= ARGV[2] then return {'changed'} end
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 local want = tonumber(ARGV[4])
 if want > last then return {'ahead'} end
+local missed = last - want
 local frames = {}
-if want < last then
-  local entries = redis.call('XRANGE', KEYS[3], (want + 1) .. '-1', '+')
-  if #entries ~= last - want or entries[1][1] ~= (want + 1) .. '-1' then
-    return {'overflow'}
-  end
+if missed > 0 then
+  local max_messages, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local entries = redis.call('XREVRANGE', KEYS[3], '+', (want + 1) .. '-1', 'COUNT',
+    math.min(missed, max_messages))
+  local bytes, expect = 0, last
   for _, e in ipairs(entries) do
-    frames[#frames + 1] = e[2][2]
+    local f = e[2][2]
+    if e[1] ~= expect .. '-1' or bytes + #f > max_bytes then break end
+    bytes = bytes + #f
+    expect = expect - 1
+    frames[#frames + 1] = f
+  end
+  if #frames < missed then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    return {'overflow', tostring(missed - #frames)}
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 local out = {'ok', tostring(last), tostring(#frames)}
-for _, f in ipairs(frames) do
-  out[#out + 1] = f
+for i = #frames, 1, -1 do
+  out[#out + 1] = frames[i]
 end
 for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   out[#out + 1] = v
