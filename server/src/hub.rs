@@ -342,6 +342,45 @@ impl Hub {
         }
     }
 
+    /// Records the members of other instances that the bus listed for `me`'s join or resume.
+    /// Participants of this instance are known exactly here: one that the bus listed but that
+    /// is not registered yet (joining concurrently) announces itself when it registers, and
+    /// one that already left must not reappear. So only other instances' entries come from
+    /// the bus. One this instance did not know yet is announced to the local members now: its
+    /// own `user-joined`, arriving later, finds it known and says nothing, so otherwise they
+    /// would never hear of it.
+    fn learn_listed(
+        &self,
+        room_id: &RoomId,
+        room: &mut RoomMembers,
+        me: &ParticipantInfo,
+        listed: &[ParticipantInfo],
+    ) {
+        let mut learned: Vec<&ParticipantInfo> = Vec::new();
+        for p in listed {
+            if p.participant_id == me.participant_id
+                || p.instance_id == me.instance_id
+                || room.departed.contains(&p.participant_id)
+                || room.members.contains_key(&p.participant_id)
+            {
+                continue;
+            }
+            room.members.insert(
+                p.participant_id.clone(),
+                Member {
+                    info: p.clone(),
+                    local: None,
+                },
+            );
+            learned.push(p);
+        }
+        crate::room::sort_by_join(&mut learned);
+        for p in learned {
+            let frame = protocol::encode_user_joined(room_id.as_str(), p);
+            self.announce(room, &me.participant_id, &frame);
+        }
+    }
+
     /// Every member of a room (local and remote), in room-state order. Borrowed:
     /// cloning the records for each `room-state` was 17 % of a join's instructions.
     fn everyone(room: &RoomMembers) -> Vec<&ParticipantInfo> {
@@ -424,23 +463,7 @@ impl Hub {
         let generation = self.next_generation();
         let mut rooms = self.rooms(room_id);
         let room = rooms.entry(room_id.clone()).or_default();
-        // Participants of this instance are known exactly here: one that the
-        // bus listed but that is not registered yet (joining concurrently)
-        // announces itself when it registers, and one that already left must
-        // not reappear. So only other instances' entries come from the bus.
-        for p in participants {
-            if p.participant_id != me.participant_id
-                && p.instance_id != me.instance_id
-                && !room.departed.contains(&p.participant_id)
-            {
-                room.members
-                    .entry(p.participant_id.clone())
-                    .or_insert_with(|| Member {
-                        info: p.clone(),
-                        local: None,
-                    });
-            }
-        }
+        self.learn_listed(room_id, room, me, participants);
         let held = room.held.remove(&me.participant_id).unwrap_or_default();
         room.end_join(&me.participant_id);
         let Attach {
@@ -694,19 +717,7 @@ impl Hub {
         let me = &adopted.participant;
         let mut rooms = self.rooms(room_id);
         let room = rooms.entry(room_id.clone()).or_default();
-        for p in &adopted.participants {
-            if p.participant_id != me.participant_id
-                && p.instance_id != me.instance_id
-                && !room.departed.contains(&p.participant_id)
-            {
-                room.members
-                    .entry(p.participant_id.clone())
-                    .or_insert_with(|| Member {
-                        info: p.clone(),
-                        local: None,
-                    });
-            }
-        }
+        self.learn_listed(room_id, room, me, &adopted.participants);
         let held = room.held.remove(&me.participant_id).unwrap_or_default();
         room.end_join(&me.participant_id);
         if let Some(old) = room

@@ -696,3 +696,42 @@ fn bus_seqs_never_go_back_when_the_bus_counter_starts_again() {
     let mut resumed = BusSeq::at(7);
     assert_eq!(resumed.next(8), 8);
 }
+
+#[test]
+fn a_remote_member_first_learned_from_another_join_is_announced_once() {
+    // a is registered on this instance (i1); x joins on i2. Before x's own announcement
+    // reaches i1, b joins on i1 and the bus lists x for b's join. a must hear of x then:
+    // x's announcement, arriving later, finds x known and says nothing more.
+    let h = hub();
+    let (a, b) = (outbox(), outbox());
+    join(&h, "a", &a, &["a"]);
+    assert_eq!(json(try_next(&a))["type"], "room-state");
+    let listed = [participant("a", "i1"), participant("x", "i2")];
+    h.register(&room(), &participant("b", "i1"), b.clone(), &listed);
+    let mut joined = Vec::new();
+    while let Some(next) = try_next(&a) {
+        let v = json(Some(next));
+        assert_eq!(v["type"], "user-joined", "{v}");
+        joined.push(
+            v["payload"]["participant_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    joined.sort();
+    assert_eq!(joined, ["b", "x"]);
+    // b has x in its room-state and is not told again.
+    let state = json(try_next(&b));
+    assert_eq!(state["payload"]["participant_count"], 3, "{state}");
+    assert!(try_next(&b).is_none());
+    h.deliver(RemoteEvent::Joined {
+        room_id: room(),
+        participant: participant("x", "i2"),
+    });
+    assert!(try_next(&a).is_none(), "x announced twice to a");
+    assert!(
+        try_next(&b).is_none(),
+        "x announced to b after its room-state"
+    );
+}
