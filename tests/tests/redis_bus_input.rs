@@ -3,7 +3,8 @@
 //! nobody, oversize and overly deep JSON. Two real servers and a real redis-server; the
 //! forgeries go in over a separate Redis connection. None may reach a client, change what a
 //! later joiner is told, or make a present peer unreachable; each is counted by reason in
-//! `/metrics` and logged once per reason, escaped.
+//! `/metrics` and logged once per reason, escaped. And the check does not drop what is real:
+//! a participant that joins and leaves again before another server has checked its join.
 
 use std::time::{Duration, Instant};
 
@@ -244,4 +245,61 @@ async fn forged_bus_messages_never_reach_a_client() {
         "forged text started a log line:\n{}",
         logs.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_leave_in_quick_succession_are_both_announced_elsewhere() {
+    // Each visitor joins on server b and leaves as soon as it has its room-state: server a
+    // often checks the join announcement against Redis only after the leave removed the
+    // record. The watcher on a must still see every visitor arrive and then leave.
+    const VISITORS: usize = 20;
+    let redis = RedisProcess::start();
+    let a = server(&redis, "quick-a");
+    let b = server(&redis, "quick-b");
+    a.wait_ready(true, Duration::from_secs(15)).await;
+    b.wait_ready(true, Duration::from_secs(15)).await;
+    let mut watcher = Client::join(a.addr(), ROOM, &token("watcher")).await;
+    let mut visitors = Vec::new();
+    for i in 0..VISITORS {
+        let visitor = Client::join(b.addr(), ROOM, &token(&format!("visitor-{i}"))).await;
+        visitors.push(visitor.pid());
+        visitor.close().await;
+    }
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 * VISITORS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match watcher.next_event(left).await {
+            switchboard_e2e::client::Event::Json(msg)
+                if msg["type"] == "user-joined" || msg["type"] == "user-left" =>
+            {
+                seen.push((
+                    msg["type"].as_str().unwrap_or_default().to_owned(),
+                    msg["payload"]["participant_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ));
+            }
+            switchboard_e2e::client::Event::Json(_) => {}
+            other => panic!(
+                "after {} of {} presence events ({seen:?}): {other:?}; dropped as mismatch: {}",
+                seen.len(),
+                2 * VISITORS,
+                dropped(&a, "presence_mismatch").await
+            ),
+        }
+    }
+    for pid in &visitors {
+        let events: Vec<&str> = seen
+            .iter()
+            .filter(|(_, p)| p == pid)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(events, ["user-joined", "user-left"], "{pid}: {seen:?}");
+    }
+    assert_eq!(dropped(&a, "presence_mismatch").await, 0);
+    watcher
+        .assert_no_presence_change(Duration::from_millis(300))
+        .await;
 }

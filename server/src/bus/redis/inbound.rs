@@ -158,6 +158,9 @@ pub(super) enum Verdict {
     /// A leave of a participant still in the hash: true only if the instance holding it is dead
     /// (its records are about to be cleaned up), i.e. its heartbeat is gone.
     AgreesIfDead(String),
+    /// A join of a participant no longer in the hash: true only if it left since, i.e. its
+    /// departed record (written by the leave) is the one announced. Its leave follows.
+    AgreesIfDeparted,
 }
 
 pub(super) fn judge(event: &RemoteEvent, stored: Option<&ParticipantInfo>) -> Verdict {
@@ -166,7 +169,8 @@ pub(super) fn judge(event: &RemoteEvent, stored: Option<&ParticipantInfo>) -> Ve
         (RemoteEvent::Joined { participant, .. }, Some(stored)) if stored == participant => {
             Verdict::Agrees
         }
-        (RemoteEvent::Joined { .. }, _) => Verdict::Disagrees,
+        (RemoteEvent::Joined { .. }, None) => Verdict::AgreesIfDeparted,
+        (RemoteEvent::Joined { .. }, Some(_)) => Verdict::Disagrees,
         // A leave is removed from the hash before it is announced.
         (RemoteEvent::Left { .. }, None) => Verdict::Agrees,
         (RemoteEvent::Left { .. }, Some(stored)) => {
@@ -326,6 +330,18 @@ impl Inner {
         match judge(event, stored.as_ref()) {
             Verdict::Agrees => Ok(true),
             Verdict::Disagrees => Ok(false),
+            Verdict::AgreesIfDeparted => {
+                let mut conn = self.conn.clone();
+                let key = self
+                    .keys
+                    .room_departed(room_id, &participant.participant_id);
+                let departed: Option<String> = self
+                    .redis("check departed", async move { conn.get(key).await })
+                    .await?;
+                let departed =
+                    departed.and_then(|j| serde_json::from_str::<ParticipantInfo>(&j).ok());
+                Ok(departed.as_ref() == Some(participant))
+            }
             Verdict::AgreesIfDead(instance) => {
                 let mut conn = self.conn.clone();
                 let alive_key = self.keys.instance_alive(&instance);
@@ -447,7 +463,11 @@ mod tests {
     fn presence_events_are_judged_by_the_hash() {
         let real = p("a", "i1");
         assert_eq!(judge(&joined(real.clone()), Some(&real)), Verdict::Agrees);
-        assert_eq!(judge(&joined(real.clone()), None), Verdict::Disagrees);
+        // Gone from the hash: real only if its departed record says so.
+        assert_eq!(
+            judge(&joined(real.clone()), None),
+            Verdict::AgreesIfDeparted
+        );
         let renamed = ParticipantInfo {
             username: "forged".into(),
             ..real.clone()

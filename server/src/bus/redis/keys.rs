@@ -54,6 +54,17 @@ impl Keys {
         format!("{}:room:{{{}}}:participants", self.prefix, room.as_str())
     }
 
+    /// STRING: the record of a participant that left, for one presence TTL: a server that
+    /// checks the participant's join announcement only after the leave (a join and a leave in
+    /// quick succession) finds the join was real and tells its clients both.
+    pub fn room_departed(&self, room: &RoomId, participant_id: &str) -> String {
+        format!(
+            "{}:room:{{{}}}:departed:{participant_id}",
+            self.prefix,
+            room.as_str()
+        )
+    }
+
     /// STRING: when the room's first participant joined (RFC 3339), set by the join script when
     /// the participants hash was empty and deleted by the leave that empties it.
     pub fn room_created(&self, room: &RoomId) -> String {

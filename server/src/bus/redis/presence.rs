@@ -289,6 +289,9 @@ impl Inner {
                 .key(self.keys.room_sent(room))
                 .key(self.keys.inbox(room, &participant.participant_id));
         }
+        invocation
+            .key(self.keys.room_departed(room, &participant.participant_id))
+            .arg(self.timing.ttl.as_secs().max(1));
         let result = async {
             let removed = self
                 .redis("leave", async move {

@@ -117,9 +117,11 @@ return out
 
 /// Removes one participant: `KEYS[1]` participants hash, `KEYS[2]` the room's creation time,
 /// `KEYS[3]` webhook stream and `KEYS[4]` `seq` counter (with webhooks on), then (with resume
-/// on) the participant's delivery seqs, sent seqs and inbox; after the webhook block, `ARGV` =
-/// participant id, leave reason, the leaving instance, whether the resume keys were given
-/// (`1`/`0`). A record another instance holds (it adopted the participant in a resume) stays
+/// on) the participant's delivery seqs, sent seqs and inbox, and last its departed record;
+/// after the webhook block, `ARGV` = participant id, leave reason, the leaving instance, whether
+/// the resume keys were given (`1`/`0`), and last the departed record's TTL in seconds (the
+/// removed record is kept there so a late check of its join announcement finds it real). A
+/// record another instance holds (it adopted the participant in a resume) stays
 /// and nothing is recorded: returns 0. The leave that empties the room forgets when it was
 /// created and the room's seqs. A participant that was present records `participant_left`
 /// (with the reason), followed by `room_finished` when the room is left empty.
@@ -152,6 +154,9 @@ if empty then
   end
 end
 if info then
+  -- The last key: the departed record, so a join announcement checked after this leave
+  -- still finds the join was real (TTL: the last argument).
+  redis.call('SET', KEYS[#KEYS], info, 'EX', ARGV[#ARGV])
   emit(KEYS[3], KEYS[4], 'participant_left', info, ARGV[o + 2])
   if empty then
     emit(KEYS[3], KEYS[4], 'room_finished', info)
