@@ -149,7 +149,8 @@ pub struct Knobs {
     /// relay, fanout: offered messages per second over all senders, 0 = as fast as possible [default 0]; churn: the pairs' rate [default 200].
     #[arg(long, global = true)]
     pub rate: Option<f64>,
-    /// relay, fanout: messages of one sender in flight [relay 32; fanout: 128/(room size-1)].
+    /// relay, fanout: messages of one sender that its slowest recipient may lack [relay 32;
+    /// fanout: 128/(room size-1), so a reader's queue stays under the server's default bound].
     #[arg(long, global = true)]
     pub window: Option<u64>,
     /// Message size: `ice` (200 B), `sdp` (1-4 KiB), a byte count, or MIN-MAX [default ice].

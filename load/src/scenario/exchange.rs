@@ -172,7 +172,57 @@ pub struct Flow {
     pub delivered: AtomicU64,
     /// Recipients of each message on this stream.
     pub recipients: u64,
+    /// Messages each recipient got, one slot per recipient, claimed on its first delivery
+    /// (`claimed` counts the slots taken). The window bounds the slowest recipient's lag: a
+    /// bound on the sum would let all of a window pile up at one slow reader, from every
+    /// sender of the room at once, past the server's outbound queue.
+    per_recipient: Vec<AtomicU64>,
+    claimed: AtomicU64,
     pub notify: Notify,
+}
+
+impl Flow {
+    fn new(recipients: u64) -> Flow {
+        Flow {
+            recipients,
+            per_recipient: (0..recipients).map(|_| AtomicU64::new(0)).collect(),
+            ..Flow::default()
+        }
+    }
+
+    /// A reader's first delivery on this stream: its slot (`None` past the expected count,
+    /// e.g. a duplicate reader; it then counts in the totals only).
+    fn claim(&self) -> Option<usize> {
+        let slot = self.claimed.fetch_add(1, Ordering::Relaxed);
+        usize::try_from(slot)
+            .ok()
+            .filter(|s| *s < self.per_recipient.len())
+    }
+
+    /// One delivery to the reader holding `slot`.
+    fn delivered_to(&self, slot: Option<usize>) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = slot.and_then(|s| self.per_recipient.get(s)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.notify.notify_one();
+    }
+
+    /// How many of the first `sent` messages the slowest recipient still lacks (a recipient
+    /// that got nothing yet lacks all of them).
+    fn slowest_lag(&self, sent: u64) -> u64 {
+        let claimed = self.claimed.load(Ordering::Relaxed);
+        if claimed < self.per_recipient.len() as u64 {
+            return sent;
+        }
+        let slowest = self
+            .per_recipient
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(sent);
+        sent.saturating_sub(slowest)
+    }
 }
 
 /// Counters the readers and senders of one run share.
@@ -190,13 +240,7 @@ impl Shared {
     /// `recipients[s]` = recipients of stream `s`.
     pub fn new(recipients: &[u64]) -> Arc<Shared> {
         Arc::new(Shared {
-            flows: recipients
-                .iter()
-                .map(|&r| Flow {
-                    recipients: r,
-                    ..Flow::default()
-                })
-                .collect(),
+            flows: recipients.iter().map(|&r| Flow::new(r)).collect(),
             delivered: Arc::new(AtomicU64::new(0)),
             presence_seen: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -244,6 +288,8 @@ impl PeerView {
 #[derive(Default)]
 pub struct ReaderOutcome {
     pub trackers: HashMap<u32, StreamTracker>,
+    /// This reader's slot in each stream's [`Flow`].
+    slots: HashMap<u32, Option<usize>>,
     pub latency: Latency,
     pub presence: Vec<PresenceSeen>,
     pub errors: BTreeMap<String, u64>,
@@ -344,8 +390,8 @@ fn record_probe(out: &mut ReaderOutcome, shared: &Shared, p: Probe, now_us: u64,
         out.latency.record(now_us.saturating_sub(p.sent_us));
         shared.delivered.fetch_add(1, Ordering::Relaxed);
         if let Some(flow) = shared.flows.get(p.stream as usize) {
-            flow.delivered.fetch_add(1, Ordering::Relaxed);
-            flow.notify.notify_one();
+            let slot = *out.slots.entry(p.stream).or_insert_with(|| flow.claim());
+            flow.delivered_to(slot);
         }
     }
 }
@@ -415,7 +461,7 @@ async fn run_sender(
     let mut out = SenderOutcome::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(spec.stream) + 1);
     let limit = plan.count.unwrap_or(u64::MAX);
-    let window = plan.window.max(1) * flow.recipients.max(1);
+    let window = plan.window.max(1);
     let mut pace = plan.interval.map(|every| {
         // Spread the senders' first sends over one interval.
         let offset = every.mul_f64(rng.random::<f64>());
@@ -434,10 +480,9 @@ async fn run_sender(
         // Wait for room in the window.
         let room = loop {
             let notified = flow.notify.notified();
-            let in_flight =
-                (out.sent * flow.recipients).saturating_sub(flow.delivered.load(Ordering::Relaxed));
-            if in_flight + flow.recipients <= window {
-                break (window - in_flight) / flow.recipients.max(1);
+            let in_flight = flow.slowest_lag(out.sent);
+            if in_flight < window {
+                break window - in_flight;
             }
             if tokio::time::timeout(STALL_TIMEOUT, notified).await.is_err() {
                 out.stalled = true;
@@ -869,4 +914,41 @@ pub async fn counted_run(
     )
     .await;
     traffic_run(ctx, shape, out)
+}
+
+#[cfg(test)]
+mod flow_tests {
+    use super::*;
+
+    #[test]
+    fn the_window_follows_the_slowest_recipient() {
+        let flow = Flow::new(3);
+        // Nobody got anything yet: all sent messages are in flight.
+        assert_eq!(flow.slowest_lag(5), 5);
+        let (a, b, c) = (flow.claim(), flow.claim(), flow.claim());
+        for _ in 0..5 {
+            flow.delivered_to(a);
+            flow.delivered_to(b);
+        }
+        flow.delivered_to(c);
+        // Two readers are caught up; the third lacks 4, and that is what limits the sender,
+        // not the 4 of 15 deliveries missing in total.
+        assert_eq!(flow.slowest_lag(5), 4);
+        for _ in 0..4 {
+            flow.delivered_to(c);
+        }
+        assert_eq!(flow.slowest_lag(5), 0);
+        assert_eq!(flow.delivered.load(Ordering::Relaxed), 15);
+    }
+
+    #[test]
+    fn an_extra_reader_counts_in_the_totals_only() {
+        let flow = Flow::new(1);
+        let first = flow.claim();
+        assert_eq!(flow.claim(), None);
+        flow.delivered_to(first);
+        flow.delivered_to(None);
+        assert_eq!(flow.slowest_lag(1), 0);
+        assert_eq!(flow.delivered.load(Ordering::Relaxed), 2);
+    }
 }
