@@ -402,6 +402,38 @@ impl Client {
         );
     }
 
+    /// Reads whatever arrives within `quiet` (in all, not per message): no `user-left` or
+    /// `user-joined` may be among it. What a bystander checks while someone else resumes.
+    pub async fn assert_no_presence_change(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Event::Timeout => return,
+                Event::Json(msg) => assert!(
+                    msg["type"] != "user-left" && msg["type"] != "user-joined",
+                    "room {}: the room saw a presence change: {msg}",
+                    self.room
+                ),
+                other => panic!("room {}: bystander got {other:?}", self.room),
+            }
+        }
+    }
+
+    /// Opens a resume of the participant `resume_token` names, joined with `token` and having
+    /// seen every delivery up to `last_seq`; the caller reads the outcome (`room-state` with
+    /// `resumed: true`, or a close).
+    pub async fn resume(
+        addr: SocketAddr,
+        room: &str,
+        token: &str,
+        resume_token: &str,
+        last_seq: u64,
+    ) -> Client {
+        let path = resume_path(room, token, resume_token, last_seq);
+        Client::connect_with(addr, room, &path, &ConnectOptions::default()).await
+    }
+
     /// This participant's resume token from `room-state`.
     pub fn resume_token(&self) -> String {
         let state = self

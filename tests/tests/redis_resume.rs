@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard_e2e::client::{resume_path, Client, ConnectOptions, Event};
+use switchboard_e2e::client::{Client, Event};
 use switchboard_e2e::redis::RedisProcess;
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
@@ -68,9 +68,8 @@ async fn resume(
     resume_token: &str,
     last_seq: u64,
 ) -> Client {
-    let path = resume_path(room, &token(user), resume_token, last_seq);
     let mut client =
-        Client::connect_with(server.addr(), room, &path, &ConnectOptions::default()).await;
+        Client::resume(server.addr(), room, &token(user), resume_token, last_seq).await;
     let state = client.read_room_state().await.clone();
     assert_eq!(state["payload"]["resumed"], true, "{state}");
     client
@@ -109,22 +108,6 @@ async fn read_candidates(
         }
     }
     got
-}
-
-/// Nothing but non-presence messages within `quiet`.
-async fn assert_no_presence_change(client: &mut Client, quiet: Duration) {
-    let deadline = tokio::time::Instant::now() + quiet;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event(left).await {
-            Event::Timeout => return,
-            Event::Json(msg) => assert!(
-                msg["type"] != "user-left" && msg["type"] != "user-joined",
-                "the room saw a presence change: {msg}"
-            ),
-            other => panic!("bystander: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -183,8 +166,11 @@ async fn a_sender_whose_replica_is_sigkilled_resumes_on_another_and_nothing_is_l
         other => panic!("bob got more than 1,000: {other:?}"),
     }
     // Longer than the dead instance's cleanup takes: alice was adopted, so it is not lost.
-    assert_no_presence_change(&mut carol, Duration::from_secs(3 * TTL_SECS)).await;
-    assert_no_presence_change(&mut bob, Duration::from_millis(100)).await;
+    carol
+        .assert_no_presence_change(Duration::from_secs(3 * TTL_SECS))
+        .await;
+    bob.assert_no_presence_change(Duration::from_millis(100))
+        .await;
     let res = switchboard_e2e::http::get_bearer(
         servers[2].addr(),
         &format!("/webrtc/rooms/{room}/participants"),
@@ -231,8 +217,7 @@ async fn drained_sender(
     if !hinted {
         return Err(format!("{user}: closed without a reconnect hint"));
     }
-    let path = resume_path(&room, &token(&user), &resume_token, 0);
-    let mut client = Client::connect_with(to, &room, &path, &ConnectOptions::default()).await;
+    let mut client = Client::resume(to, &room, &token(&user), &resume_token, 0).await;
     let state = client.read_room_state().await.clone();
     if state["payload"]["resumed"] != true {
         return Err(format!("{user}: not resumed: {state}"));
@@ -325,12 +310,16 @@ async fn a_drained_replica_s_50_participants_resume_elsewhere_with_nothing_lost(
         }
         let seqs: Vec<u64> = got.iter().map(|(_, _, s)| *s).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-        assert_no_presence_change(anchor, Duration::from_millis(200)).await;
+        anchor
+            .assert_no_presence_change(Duration::from_millis(200))
+            .await;
     }
     // After the drained replica's records would have been cleaned up: still nobody left.
     tokio::time::sleep(Duration::from_secs(2 * TTL_SECS)).await;
     for anchor in anchors.iter_mut() {
-        assert_no_presence_change(anchor, Duration::from_millis(100)).await;
+        anchor
+            .assert_no_presence_change(Duration::from_millis(100))
+            .await;
     }
 }
 
@@ -422,9 +411,7 @@ async fn missing_more_than_inbox_messages_refuses_the_resume_and_the_participant
     let twelve: Vec<Value> = (1..=12).map(|n| ice(&bob_id, n, "alice")).collect();
     send_acked(&mut alice, &twelve).await;
 
-    let path = resume_path(room, &token("bob"), &bob_token, 0);
-    let mut refused =
-        Client::connect_with(servers[1].addr(), room, &path, &ConnectOptions::default()).await;
+    let mut refused = Client::resume(servers[1].addr(), room, &token("bob"), &bob_token, 0).await;
     refused.expect_close(1008, "resume_overflow").await;
     // Never a silent gap: bob is gone for the whole room at once, on both servers.
     expect_left_closed(&mut alice, &bob_id).await;
@@ -444,8 +431,7 @@ async fn missing_more_than_inbox_messages_refuses_the_resume_and_the_participant
         4
     );
     // A resume of the gone participant now finds nobody.
-    let mut again =
-        Client::connect_with(servers[0].addr(), room, &path, &ConnectOptions::default()).await;
+    let mut again = Client::resume(servers[0].addr(), room, &token("bob"), &bob_token, 0).await;
     again.expect_close(1008, "resume_expired").await;
 
     // A fresh join is a new participant, announced everywhere, numbered from 1.
@@ -463,8 +449,12 @@ async fn missing_more_than_inbox_messages_refuses_the_resume_and_the_participant
     let got = read_candidates(&mut bob, 1, Duration::from_secs(5)).await;
     assert_eq!(got, [("alice".to_owned(), 13, 1)]);
     // The old participant's grace window passes without a second leave.
-    assert_no_presence_change(&mut carol, Duration::from_secs(GRACE_SECS + 1)).await;
-    assert_no_presence_change(&mut alice, Duration::from_millis(100)).await;
+    carol
+        .assert_no_presence_change(Duration::from_secs(GRACE_SECS + 1))
+        .await;
+    alice
+        .assert_no_presence_change(Duration::from_millis(100))
+        .await;
 }
 
 #[tokio::test]
@@ -486,9 +476,7 @@ async fn missed_messages_over_inbox_bytes_refuse_the_resume_on_the_same_server()
         .collect();
     send_acked(&mut alice, &big).await;
 
-    let path = resume_path(room, &token("bob"), &bob_token, 0);
-    let mut refused =
-        Client::connect_with(servers[0].addr(), room, &path, &ConnectOptions::default()).await;
+    let mut refused = Client::resume(servers[0].addr(), room, &token("bob"), &bob_token, 0).await;
     refused.expect_close(1008, "resume_overflow").await;
     expect_left_closed(&mut alice, &bob_id).await;
     assert_eq!(participant_count(&servers[0], room).await, Some(1));
@@ -503,7 +491,9 @@ async fn missed_messages_over_inbox_bytes_refuse_the_resume_on_the_same_server()
         .await
         .1;
     assert_eq!(joined["payload"]["participant_id"], bob.pid().as_str());
-    assert_no_presence_change(&mut alice, Duration::from_millis(300)).await;
+    alice
+        .assert_no_presence_change(Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]
@@ -536,7 +526,9 @@ async fn a_resume_that_missed_exactly_inbox_messages_gets_them_all_in_order() {
         Event::Timeout => {}
         other => panic!("more than the missed ones: {other:?}"),
     }
-    assert_no_presence_change(&mut alice, Duration::from_millis(300)).await;
+    alice
+        .assert_no_presence_change(Duration::from_millis(300))
+        .await;
     assert_eq!(
         metric(&servers[1], "switchboard_inbox_overflows_total").await,
         0

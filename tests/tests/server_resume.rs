@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard_e2e::client::{resume_path, Client, ConnectOptions, Event};
+use switchboard_e2e::client::{Client, Event};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
 
@@ -45,9 +45,8 @@ async fn resume(
     resume_token: &str,
     last_seq: u64,
 ) -> (Client, Value) {
-    let path = resume_path(room, &token(user), resume_token, last_seq);
     let mut client =
-        Client::connect_with(server.addr(), room, &path, &ConnectOptions::default()).await;
+        Client::resume(server.addr(), room, &token(user), resume_token, last_seq).await;
     let first = client.recv_json().await;
     (client, first)
 }
@@ -61,9 +60,8 @@ async fn resume_refused(
     last_seq: u64,
     reason: &str,
 ) {
-    let path = resume_path(room, &token(user), resume_token, last_seq);
     let mut client =
-        Client::connect_with(server.addr(), room, &path, &ConnectOptions::default()).await;
+        Client::resume(server.addr(), room, &token(user), resume_token, last_seq).await;
     client.expect_close(1008, reason).await;
 }
 
@@ -90,20 +88,6 @@ async fn read_candidates(client: &mut Client, want: usize, until: Duration) -> V
         }
     }
     got
-}
-
-/// Everything `client` has pending within `quiet`: must hold no presence change.
-async fn assert_no_presence_change(client: &mut Client, quiet: Duration) {
-    loop {
-        match client.next_event(quiet).await {
-            Event::Timeout => return,
-            Event::Json(msg) => assert!(
-                msg["type"] != "user-left" && msg["type"] != "user-joined",
-                "the room saw a presence change: {msg}"
-            ),
-            other => panic!("bystander: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]
@@ -195,7 +179,9 @@ async fn a_blip_on_both_ends_of_a_1000_message_exchange_loses_nothing() {
     assert_eq!(distinct.len(), acks.len(), "one ack per message");
     assert!((401..=1000).all(|n| distinct.contains(&n)));
     assert!(distinct.iter().all(|n| *n > 400 || !acked.contains(n)));
-    assert_no_presence_change(&mut carol, Duration::from_millis(500)).await;
+    carol
+        .assert_no_presence_change(Duration::from_millis(500))
+        .await;
 
     let metrics = ureq::get(&server.http_url("/metrics"))
         .call()
@@ -272,7 +258,9 @@ async fn forged_foreign_and_ahead_resumes_are_refused_and_change_nothing() {
     // None of that touched bob: his own resume still works and the room saw nothing.
     let (_bob, state) = resume(&server, "forged", "bob", &bob_token, 0).await;
     assert_eq!(state["payload"]["resumed"], true, "{state}");
-    assert_no_presence_change(&mut alice, Duration::from_millis(300)).await;
+    alice
+        .assert_no_presence_change(Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]
@@ -336,7 +324,9 @@ async fn a_resume_takes_over_a_connection_the_server_still_thinks_alive() {
     alice.send_json(&ice(&bob_id, 3)).await;
     let third = new.expect_type("ice-candidate").await;
     assert_eq!(third["seq"], 3);
-    assert_no_presence_change(&mut alice, Duration::from_millis(300)).await;
+    alice
+        .assert_no_presence_change(Duration::from_millis(300))
+        .await;
 }
 
 #[tokio::test]
