@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use switchboard_e2e::client::Client;
 use switchboard_e2e::http::{get_bearer, send_bearer, HttpResponse};
-use switchboard_e2e::redis::RedisProcess;
+use switchboard_e2e::redis::{RedisProcess, Reply};
 use switchboard_e2e::server::{ServerOptions, ServerProcess};
 use switchboard_e2e::token::Claims;
 
@@ -102,11 +102,15 @@ async fn any_instance_lists_every_instances_rooms_with_their_creation_time() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        redis.keys("switchboard:room:{shared}:*").is_empty(),
-        "{:?}",
-        redis.keys("switchboard:room:{shared}:*")
-    );
+    // Only the departed records are left, and they expire (within one presence TTL).
+    let keys = redis.keys("switchboard:room:{shared}:*");
+    for key in &keys {
+        assert!(key.contains(":departed:"), "{keys:?}");
+        match redis.command(&["TTL", key]) {
+            Reply::Integer(ttl) => assert!(ttl > 0, "{key} never expires"),
+            other => panic!("TTL {key}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
