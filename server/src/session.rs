@@ -1175,6 +1175,14 @@ impl Session {
             self.ack(seq);
             return;
         }
+        if !ctx.bus.carries_deliveries() {
+            self.reply_error_for(
+                ErrorCode::BusUnavailable,
+                "the bus is reconnecting; message not delivered, retry",
+                seq,
+            );
+            return;
+        }
         match ctx.bus.deliver(relay, recipients).await {
             Ok(crate::bus::Delivered::Sent) => self.ack(seq),
             Ok(crate::bus::Delivered::Duplicate) => {

@@ -202,6 +202,19 @@ pub(super) fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
         })
 }
 
+/// Whether a delivery published now would come back through this instance's subscriber, pure:
+/// commands work and a canary has come back over the current subscription since the last
+/// failure. Unlike readiness it ignores how old that canary is: right after a reconnect (a
+/// Redis restart) the new subscription is not in place until the first canary proves it, and a
+/// numbered delivery published before then reaches no subscriber, although Redis confirms it.
+pub(super) fn carries_at(link: &Link) -> bool {
+    let Some(since) = link.subscribed_since else {
+        return false;
+    };
+    let after = link.last_failure.map_or(since, |f| f.max(since));
+    link.commands_ok && link.last_canary.is_some_and(|t| t >= after)
+}
+
 /// The subscriber connection looks wedged: connected long enough for a canary to come back,
 /// but none did within the deadline (while commands, hence the canary publish, work).
 pub(super) fn subscriber_wedged(link: &Link, now: Instant, timing: &Timing) -> bool {
@@ -396,6 +409,40 @@ mod tests {
             outage: None,
             out_of_memory: None,
         }
+    }
+
+    #[test]
+    fn deliveries_wait_for_the_first_canary_of_a_new_subscription() {
+        let t0 = Instant::now();
+        let healthy = healthy(t0);
+        assert!(carries_at(&healthy));
+        // An old canary is no reason to refuse (readiness judges its age).
+        let quiet = Link {
+            last_canary: Some(t0 + Duration::from_secs(1)),
+            ..healthy.clone()
+        };
+        assert!(carries_at(&quiet));
+        // Resubscribed after a Redis restart, no canary back yet: not in place.
+        let resubscribed = Link {
+            subscribed_since: Some(t0 + Duration::from_millis(10)),
+            ..healthy.clone()
+        };
+        assert!(!carries_at(&resubscribed));
+        let failed_since = Link {
+            last_failure: Some(t0 + Duration::from_millis(10)),
+            ..healthy.clone()
+        };
+        assert!(!carries_at(&failed_since));
+        let unsubscribed = Link {
+            subscribed_since: None,
+            ..healthy.clone()
+        };
+        assert!(!carries_at(&unsubscribed));
+        let down = Link {
+            commands_ok: false,
+            ..healthy.clone()
+        };
+        assert!(!carries_at(&down));
     }
 
     #[test]
