@@ -912,6 +912,10 @@ impl Session {
         self.reply_error_for(code, message, None);
     }
 
+    fn resend_order(&self) -> MutexGuard<'_, ResendOrder> {
+        self.resend_order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Queues an `error` answering the client message with `seq`.
     fn reply_error_for(&self, code: ErrorCode, message: &str, seq: Option<u64>) {
         self.ctx.metrics.error(code.as_str());
@@ -928,10 +932,6 @@ impl Session {
     /// Queues the `ack` of the client message with `seq`, if it had one. Dropped when the
     /// queue is full, like any reply: the client then sends the message again and its
     /// recipients drop the duplicate.
-    fn resend_order(&self) -> MutexGuard<'_, ResendOrder> {
-        self.resend_order.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn ack(&self, seq: Option<u64>) {
         if let Some(seq) = seq {
             self.resend_order().answered(seq, false);
@@ -1173,14 +1173,6 @@ impl Session {
         };
         if recipients.is_empty() {
             self.ack(seq);
-            return;
-        }
-        if !ctx.bus.carries_deliveries() {
-            self.reply_error_for(
-                ErrorCode::BusUnavailable,
-                "the bus is reconnecting; message not delivered, retry",
-                seq,
-            );
             return;
         }
         match ctx.bus.deliver(relay, recipients).await {

@@ -459,14 +459,6 @@ pub trait Bus: Send + Sync + 'static {
     /// Whether the bus can currently carry messages (readiness).
     fn is_ready(&self) -> bool;
 
-    /// Whether a [`deliver`](Bus::deliver) now would reach the subscribers: false from a
-    /// reconnect until the new subscription is proven, when Redis would confirm a delivery
-    /// that nobody receives. The session answers `bus_unavailable` instead, and the client
-    /// sends it again.
-    fn carries_deliveries(&self) -> bool {
-        true
-    }
-
     /// Kind, readiness and a short state description.
     fn health(&self) -> BusHealth;
 

@@ -384,10 +384,6 @@ impl Bus for RedisBus {
         link::ready_at(&self.inner.link(), Instant::now(), &self.inner.timing)
     }
 
-    fn carries_deliveries(&self) -> bool {
-        link::carries_at(&self.inner.link())
-    }
-
     fn health(&self) -> BusHealth {
         let link = self.inner.link().clone();
         let (ready, detail) = link::health_at(&link, Instant::now(), &self.inner.timing);

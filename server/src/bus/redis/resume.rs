@@ -51,6 +51,12 @@ impl Inner {
         message: RelayMessage,
         recipients: Vec<String>,
     ) -> Result<Delivered, BusError> {
+        // From a reconnect until a canary proves the new subscription, Redis would confirm a
+        // delivery that no subscriber receives (every recipient, local ones too, gets it
+        // from there): refuse it, the client sends it again.
+        if !super::link::carries_at(&self.link()) {
+            return Err(BusError::SubscriberDown);
+        }
         let store = &self.resume;
         let room = &message.room_id;
         let mut invocation = store.deliver.key(self.keys.room_seqs(room));
