@@ -203,16 +203,12 @@ pub(super) fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
 }
 
 /// Whether a delivery published now would come back through this instance's subscriber, pure:
-/// commands work and a canary has come back over the current subscription since the last
-/// failure. Unlike readiness it ignores how old that canary is: right after a reconnect (a
-/// Redis restart) the new subscription is not in place until the first canary proves it, and a
-/// numbered delivery published before then reaches no subscriber, although Redis confirms it.
+/// commands work and the subscriber connection has every channel subscribed again. Right after
+/// a reconnect (a Redis restart) commands work before the subscriber has resubscribed, and a
+/// numbered delivery published then reaches no subscriber, although Redis confirms it. Unlike
+/// readiness it waits for no canary: a server that just started delivers at once.
 pub(super) fn carries_at(link: &Link) -> bool {
-    let Some(since) = link.subscribed_since else {
-        return false;
-    };
-    let after = link.last_failure.map_or(since, |f| f.max(since));
-    link.commands_ok && link.last_canary.is_some_and(|t| t >= after)
+    link.commands_ok && link.subscribed_since.is_some()
 }
 
 /// The subscriber connection looks wedged: connected long enough for a canary to come back,
@@ -412,27 +408,17 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_wait_for_the_first_canary_of_a_new_subscription() {
+    fn deliveries_wait_for_the_subscriber_to_be_back() {
         let t0 = Instant::now();
         let healthy = healthy(t0);
         assert!(carries_at(&healthy));
-        // An old canary is no reason to refuse (readiness judges its age).
-        let quiet = Link {
-            last_canary: Some(t0 + Duration::from_secs(1)),
+        // Just started or just resubscribed, no canary back yet: the channels are subscribed.
+        let no_canary_yet = Link {
+            last_canary: None,
             ..healthy.clone()
         };
-        assert!(carries_at(&quiet));
-        // Resubscribed after a Redis restart, no canary back yet: not in place.
-        let resubscribed = Link {
-            subscribed_since: Some(t0 + Duration::from_millis(10)),
-            ..healthy.clone()
-        };
-        assert!(!carries_at(&resubscribed));
-        let failed_since = Link {
-            last_failure: Some(t0 + Duration::from_millis(10)),
-            ..healthy.clone()
-        };
-        assert!(!carries_at(&failed_since));
+        assert!(carries_at(&no_canary_yet));
+        // Commands back after a Redis restart, subscriber not yet resubscribed: not in place.
         let unsubscribed = Link {
             subscribed_since: None,
             ..healthy.clone()

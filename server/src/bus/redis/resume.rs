@@ -51,7 +51,7 @@ impl Inner {
         message: RelayMessage,
         recipients: Vec<String>,
     ) -> Result<Delivered, BusError> {
-        // From a reconnect until a canary proves the new subscription, Redis would confirm a
+        // From a reconnect until the subscriber has resubscribed, Redis would confirm a
         // delivery that no subscriber receives (every recipient, local ones too, gets it
         // from there): refuse it, the client sends it again.
         if !super::link::carries_at(&self.link()) {
