@@ -161,7 +161,8 @@ pub struct SessionContext {
     /// Verifies tokens offered with `refresh-token`.
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
-    pub limits: Limits,
+    /// Shared by every session: one copy per instance, not one per connection.
+    pub limits: Arc<Limits>,
     pub max_participants: usize,
     /// Connections of one user per room, cluster-wide; `None` = no limit.
     pub max_user_connections: Option<usize>,
@@ -1107,7 +1108,9 @@ impl Session {
                     Verdict::Abuse => return Err(End::RateLimited),
                 }
                 if ctx.bus.numbers_deliveries() {
-                    self.deliver_through_bus(relay, seq).await;
+                    // Boxed: inline, this path (taken only on the Redis bus) made every
+                    // session's future larger, idle or not.
+                    Box::pin(self.deliver_through_bus(relay, seq)).await;
                     tokio::task::yield_now().await;
                     return Ok(());
                 }
@@ -1319,9 +1322,16 @@ impl Session {
                     }
                 }
             };
-            tokio::select! {
-                sent = batch => if let Err(end) = sent { return end },
-                end = stuck => return end,
+            // Boxed: the two futures and their timers would otherwise be part of every
+            // session's future for its whole life, idle or not (one allocation per batch).
+            let written = Box::pin(async {
+                tokio::select! {
+                    sent = batch => sent,
+                    end = stuck => Err(end),
+                }
+            });
+            if let Err(end) = written.await {
+                return end;
             }
         }
     }

@@ -93,7 +93,7 @@ impl World {
             bus: self.bus.clone(),
             auth: self.auth.clone(),
             metrics: self.metrics.clone(),
-            limits: self.limits.clone(),
+            limits: Arc::new(self.limits.clone()),
             max_participants: self.max_participants,
             max_user_connections: self.max_user_connections,
             instance_id: "test".into(),
@@ -609,7 +609,7 @@ async fn slow_reader_is_closed_and_the_room_keeps_going() {
     let (to_client, _unread) = mpsc::channel::<Message>(0);
     let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
     let mut bob_ctx = w.ctx("bob");
-    bob_ctx.limits.outbound_queue_messages = 4;
+    Arc::make_mut(&mut bob_ctx.limits).outbound_queue_messages = 4;
     let bob = tokio::spawn(run(
         bob_ctx,
         w.shutdown.guard().unwrap(),
