@@ -54,7 +54,7 @@ fn defaults() {
         }
     );
     assert_eq!(
-        c.limits,
+        *c.limits,
         Limits {
             max_message_bytes: 65536,
             rate_limit_per_second: 50,

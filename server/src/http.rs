@@ -55,8 +55,6 @@ pub struct AppState {
     /// Resume tokens and settings.
     pub resume: Arc<crate::resume::Resume>,
     pub started: Instant,
-    /// `config.limits`, shared by every session (each held its own copy).
-    pub session_limits: Arc<crate::config::Limits>,
     /// Delivers webhook events while it lives; `None` without endpoints.
     pub webhooks: Option<Arc<crate::webhook::dispatcher::Dispatcher>>,
 }
@@ -364,7 +362,7 @@ fn handle_socket(
                 bus: state.bus.clone(),
                 auth: state.auth.clone(),
                 metrics: state.metrics.clone(),
-                limits: state.session_limits.clone(),
+                limits: state.config.limits.clone(),
                 max_participants: state.config.rooms.max_participants,
                 max_user_connections: state.config.rooms.max_user_connections,
                 instance_id: state.config.instance_id.clone(),

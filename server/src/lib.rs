@@ -80,7 +80,6 @@ pub async fn build_state(config: Config) -> Result<AppState, ServeError> {
     let shutdown = Arc::new(shutdown::Shutdown::new(config.shutdown.drain_window));
     let resume = Arc::new(resume_from_config(&config));
     Ok(AppState {
-        session_limits: Arc::new(config.limits.clone()),
         config: Arc::new(config),
         hub,
         bus,

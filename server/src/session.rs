@@ -161,7 +161,7 @@ pub struct SessionContext {
     /// Verifies tokens offered with `refresh-token`.
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
-    /// Shared by every session: one copy per instance, not one per connection.
+    /// The instance's limits, shared (each session held its own copy).
     pub limits: Arc<Limits>,
     pub max_participants: usize,
     /// Connections of one user per room, cluster-wide; `None` = no limit.

@@ -97,7 +97,7 @@ pub fn build(r: &mut Reader<'_>, dev: bool) -> Config {
         jwt,
         ice,
         rooms,
-        limits,
+        limits: std::sync::Arc::new(limits),
         allowed_origins,
         redis,
         shutdown,

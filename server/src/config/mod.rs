@@ -272,7 +272,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub ice: IceConfig,
     pub rooms: RoomsConfig,
-    pub limits: Limits,
+    /// Shared with every session (`Arc`): one copy per instance, not one per connection.
+    pub limits: std::sync::Arc<Limits>,
     /// `None` = any origin.
     pub allowed_origins: Option<Vec<String>>,
     pub redis: RedisConfig,
