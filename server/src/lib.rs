@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod ratelimit;
+pub mod read_ahead;
 pub mod request_body;
 pub mod resend_order;
 pub mod resume;

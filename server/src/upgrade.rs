@@ -17,8 +17,10 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::read_ahead::ReadAhead;
+
 /// An upgraded connection as the session uses it.
-pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
+pub type WsStream = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 
 /// Why a request cannot be upgraded; each answers with a plain-text status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +114,7 @@ impl Upgrade {
                 return;
             };
             let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                ReadAhead::new(TokioIo::new(upgraded)),
                 Role::Server,
                 Some(*config),
             )
