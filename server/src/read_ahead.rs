@@ -1,6 +1,6 @@
 //! A socket reader that takes what the kernel has queued in one system call,
 //! up to [`READ_AHEAD_BYTES`], and hands it to tungstenite in the small
-//! pieces its 2 KiB read buffer asks for. Keeping that buffer small is what
+//! pieces its 1 KiB read buffer asks for. Keeping that buffer small is what
 //! holds an idle participant to a few KiB; reading through it directly made a
 //! busy connection call `recvfrom` once per 2 KiB (54,396 reads for 400,000
 //! relayed 200 B messages, against 13,823 for the ceiling relay's 128 KiB
@@ -20,22 +20,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The most one system call reads. Large enough for a burst of signaling
 /// messages, small enough that a few idle ones cost nothing.
 pub const READ_AHEAD_BYTES: usize = 16 * 1024;
+const _: () = assert!(READ_AHEAD_BYTES <= u16::MAX as usize);
 
 thread_local! {
     /// One read-ahead buffer kept per worker thread between uses. A busy
     /// connection takes a buffer for every socket read and gives it back once
     /// drained; allocating it each time cost a 16 KiB `malloc`/`free` per read,
     /// and glibc consolidates its free lists on every allocation that large.
-    static SPARE_BUFFER: RefCell<Option<Box<[u8]>>> = const { RefCell::new(None) };
+    static SPARE_BUFFER: RefCell<Option<Buffer>> = const { RefCell::new(None) };
 }
 
-fn take_buffer() -> Box<[u8]> {
+/// A read-ahead buffer; its size is in the type, so a pointer to it is one word.
+type Buffer = Box<[u8; READ_AHEAD_BYTES]>;
+
+fn take_buffer() -> Buffer {
     SPARE_BUFFER
         .with(|slot| slot.borrow_mut().take())
-        .unwrap_or_else(|| vec![0; READ_AHEAD_BYTES].into_boxed_slice())
+        .unwrap_or_else(|| Box::new([0; READ_AHEAD_BYTES]))
 }
 
-fn give_back(buffer: Box<[u8]>) {
+fn give_back(buffer: Buffer) {
     SPARE_BUFFER.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.is_none() {
@@ -50,9 +54,10 @@ pub struct ReadAhead<S> {
     inner: S,
     /// Bytes read but not yet handed out are `ahead[start..end]`; `ahead` is
     /// held only while it has some, so an idle connection keeps no buffer.
-    ahead: Option<Box<[u8]>>,
-    start: usize,
-    end: usize,
+    /// Every participant has one of these, hence the narrow offsets.
+    ahead: Option<Buffer>,
+    start: u16,
+    end: u16,
 }
 
 impl<S> ReadAhead<S> {
@@ -67,7 +72,7 @@ impl<S> ReadAhead<S> {
 
     /// Bytes read from the socket and not yet handed out.
     pub fn buffered(&self) -> usize {
-        self.end - self.start
+        usize::from(self.end - self.start)
     }
 
     /// Whether this connection holds a read-ahead buffer.
@@ -80,8 +85,10 @@ impl<S> ReadAhead<S> {
     fn hand_out(&mut self, buf: &mut ReadBuf<'_>) {
         let Some(ahead) = &self.ahead else { return };
         let n = self.buffered().min(buf.remaining());
-        buf.put_slice(&ahead[self.start..self.start + n]);
-        self.start += n;
+        let from = usize::from(self.start);
+        buf.put_slice(&ahead[from..from + n]);
+        // n <= buffered() fits in u16, and so does the new start.
+        self.start += n as u16;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -108,12 +115,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let mut ahead = take_buffer();
-        let mut filling = ReadBuf::new(&mut ahead);
+        let mut filling = ReadBuf::new(&mut ahead[..]);
         match Pin::new(&mut this.inner).poll_read(cx, &mut filling) {
             Poll::Ready(Ok(())) => {
                 let read = filling.filled().len();
                 this.start = 0;
-                this.end = read;
+                // At most READ_AHEAD_BYTES, which fits in u16.
+                this.end = read as u16;
                 this.ahead = Some(ahead);
                 this.hand_out(buf);
                 Poll::Ready(Ok(()))
