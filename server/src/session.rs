@@ -908,10 +908,10 @@ impl Session {
         }
     }
 
-    /// Notes that the peer was heard from (any frame counts, pongs included).
-    fn mark_seen(&self) {
+    /// Notes that the peer was heard from at `now` (any frame counts, pongs included).
+    fn mark_seen_at(&self, now: Instant) {
         self.last_seen
-            .store(millis_since(self.started), Ordering::Relaxed);
+            .store(millis_between(self.started, now), Ordering::Relaxed);
     }
 
     /// Queues an `error` reply to this participant (dropped if its queue is full).
@@ -964,7 +964,10 @@ impl Session {
             Instant::now().into_std(),
         );
         while let Some(item) = stream.next().await {
-            self.mark_seen();
+            // One clock read per message serves the liveness mark and both
+            // rate checks (it was four per relayed message).
+            let now = Instant::now();
+            self.mark_seen_at(now);
             let text = match item {
                 Err(ReadError::TooBig) => return End::TooBig,
                 Err(ReadError::Protocol) => return End::Protocol,
@@ -977,7 +980,7 @@ impl Session {
                     // Control frames cost the server as much as messages (each
                     // ping makes the transport queue a pong), so they spend the
                     // same budget; over it they earn no reply, only the close.
-                    if limiter.check(Instant::now().into_std()) == Verdict::Abuse {
+                    if limiter.check(now.into_std()) == Verdict::Abuse {
                         return End::RateLimited;
                     }
                     continue;
@@ -999,7 +1002,7 @@ impl Session {
                 Ok(t) => t.len(),
                 Err(n) => *n,
             });
-            match limiter.check(Instant::now().into_std()) {
+            match limiter.check(now.into_std()) {
                 Verdict::Allow => {}
                 Verdict::Reject => {
                     let seq = text
@@ -1017,7 +1020,7 @@ impl Session {
             }
             match text {
                 Ok(text) => {
-                    if let Err(end) = self.handle_text(text.as_str(), &mut limiter).await {
+                    if let Err(end) = self.handle_text(text.as_str(), &mut limiter, now).await {
                         return end;
                     }
                 }
@@ -1033,7 +1036,12 @@ impl Session {
     /// Decodes one client message that passed the size and rate checks and
     /// acts on it; `Err` ends the session (a relay over the byte budget once
     /// too often).
-    async fn handle_text(&self, text: &str, limiter: &mut RateLimiter) -> Result<(), End> {
+    async fn handle_text(
+        &self,
+        text: &str,
+        limiter: &mut RateLimiter,
+        arrived: Instant,
+    ) -> Result<(), End> {
         let ctx = &self.ctx;
         let msg = match protocol::decode_client(text, ctx.limits.max_json_depth) {
             Ok(m) => m,
@@ -1101,7 +1109,7 @@ impl Session {
                     ctx.hub.member_count(&ctx.room).saturating_sub(1)
                 };
                 let cost = ratelimit::delivery_cost(relay.frame.len(), recipients);
-                match limiter.check_delivery(cost, Instant::now().into_std()) {
+                match limiter.check_delivery(cost, arrived.into_std()) {
                     Verdict::Allow => {}
                     Verdict::Reject => {
                         self.reply_error_for(
@@ -1389,7 +1397,11 @@ impl LivenessWatch {
 }
 
 fn millis_since(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    millis_between(started, Instant::now())
+}
+
+fn millis_between(started: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(started).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether a peer last heard from at `last_seen_ms` (since the session
