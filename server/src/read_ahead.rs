@@ -2,9 +2,9 @@
 //! up to [`READ_AHEAD_BYTES`], and hands it to tungstenite in the small
 //! pieces its 1 KiB read buffer asks for. Keeping that buffer small is what
 //! holds an idle participant to a few KiB; reading through it directly made a
-//! busy connection call `recvfrom` once per 2 KiB (54,396 reads for 400,000
-//! relayed 200 B messages, against 13,823 for the ceiling relay's 128 KiB
-//! buffer). What one read brings beyond the piece asked for waits here, in a
+//! busy connection call `recvfrom` once per 2 KiB (49,970 reads for 400,000
+//! relayed 200 B messages, against 13,605 for the ceiling relay's 128 KiB
+//! buffer; 12,794 with read-ahead). What one read brings beyond the piece asked for waits here, in a
 //! buffer the connection holds only while it has bytes in it (one per worker
 //! thread is kept between uses): an idle connection keeps nothing, a busy one
 //! at most [`READ_AHEAD_BYTES`] more than the kernel's receive queue would
@@ -71,12 +71,13 @@ impl<S> ReadAhead<S> {
     }
 
     /// Bytes read from the socket and not yet handed out.
-    pub fn buffered(&self) -> usize {
+    fn buffered(&self) -> usize {
         usize::from(self.end - self.start)
     }
 
     /// Whether this connection holds a read-ahead buffer.
-    pub fn holds_buffer(&self) -> bool {
+    #[cfg(test)]
+    fn holds_buffer(&self) -> bool {
         self.ahead.is_some()
     }
 

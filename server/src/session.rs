@@ -74,10 +74,10 @@ const WRITE_BATCH: usize = 64;
 /// Relays a reader handles before it lets the recipients' writers run. Each
 /// yield wakes writers that then write what has queued so far. 50 pairs ×
 /// 4,000 ICE-sized messages, with 16 KiB read-ahead: with 8 the writers ran
-/// after every few frames (48,891 `sendto`, 0.55× the ceiling relay), with 32
-/// they write fuller batches (12,942 `sendto`, the ceiling's count; 0.77×),
-/// with 128 a recipient waits longer for its first frame (0.70×). Far below
-/// the outbox bound, so one burst never fills a queue.
+/// after every few frames (about 48,000 `sendto`; 0.55× the ceiling relay),
+/// with 32 they write fuller batches (12,942 `sendto`, the ceiling's count;
+/// 0.77×), with 128 a recipient waits longer for its first frame (0.70×). Far
+/// below the outbox bound, so one burst never fills a queue.
 const RELAYS_PER_YIELD: u32 = 32;
 
 /// A read error from the transport, classified for the session.
