@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev_identity;
 pub mod http;
 pub mod hub;
+pub mod in_flight;
 pub mod inbox;
 pub mod lifetime;
 pub mod listener;

@@ -10,6 +10,7 @@
 //! attaches to it ([`crate::hub::Hub::resume`]). Only when the window ends
 //! without a resume does the participant leave (`user-left` reason `timeout`).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,9 +25,10 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, BusError, JoinLimits, JoinOutcome, RelayMessage};
+use crate::bus::{Bus, BusError, Delivered, JoinLimits, JoinOutcome, RelayDelivery, RelayMessage};
 use crate::config::Limits;
 use crate::hub::{Attach, Claim, Hub, Route};
+use crate::in_flight::{self, Answer, InFlight, Plan, Reply};
 use crate::lifetime::{Expiry, Lifetime};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Next, Outbox};
@@ -914,11 +916,6 @@ impl Session {
             .store(millis_between(self.started, now), Ordering::Relaxed);
     }
 
-    /// Queues an `error` reply to this participant (dropped if its queue is full).
-    fn reply_error(&self, code: ErrorCode, message: &str) {
-        self.reply_error_for(code, message, None);
-    }
-
     fn resend_order(&self) -> MutexGuard<'_, ResendOrder> {
         self.resend_order.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -953,6 +950,25 @@ impl Session {
     where
         R: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
+        let mut in_flight = InFlight::default();
+        let end = self.read_messages(stream, &mut in_flight).await;
+        // What was read is delivered, or refused, before the session ends.
+        loop {
+            self.send_next_batch(&mut in_flight);
+            if in_flight.is_empty() {
+                break;
+            }
+            for reply in in_flight.next().await {
+                self.send_reply(reply);
+            }
+        }
+        end
+    }
+
+    async fn read_messages<'a, R>(&'a self, stream: &mut R, in_flight: &mut InFlight<'a>) -> End
+    where
+        R: Stream<Item = Result<Message, ReadError>> + Unpin,
+    {
         let limits = &self.ctx.limits;
         let mut limiter = RateLimiter::new(
             RateLimits {
@@ -963,7 +979,31 @@ impl Session {
             },
             Instant::now().into_std(),
         );
-        while let Some(item) = stream.next().await {
+        loop {
+            self.send_next_batch(in_flight);
+            let item = if in_flight.is_full() {
+                // The next message waits for the batch with the bus to be answered.
+                for reply in in_flight.next().await {
+                    self.send_reply(reply);
+                }
+                continue;
+            } else if !in_flight.is_sending() {
+                stream.next().await
+            } else {
+                tokio::select! {
+                    biased;
+                    replies = in_flight.next() => {
+                        for reply in replies {
+                            self.send_reply(reply);
+                        }
+                        continue;
+                    }
+                    item = stream.next() => item,
+                }
+            };
+            let Some(item) = item else {
+                return End::ClientClosed;
+            };
             // One clock read per message serves the liveness mark and both
             // rate checks (it was four per relayed message).
             let now = Instant::now();
@@ -1009,10 +1049,13 @@ impl Session {
                         .as_ref()
                         .ok()
                         .and_then(|t| protocol::peek_seq(t.as_str()));
-                    self.reply_error_for(
-                        ErrorCode::RateLimited,
-                        "rate limit exceeded; message not relayed",
-                        seq,
+                    self.reply(
+                        in_flight,
+                        error(
+                            ErrorCode::RateLimited,
+                            "rate limit exceeded; message not relayed",
+                            seq,
+                        ),
                     );
                     continue;
                 }
@@ -1020,44 +1063,52 @@ impl Session {
             }
             match text {
                 Ok(text) => {
-                    if let Err(end) = self.handle_text(text.as_str(), &mut limiter, now).await {
+                    if let Err(end) = self
+                        .handle_text(text.as_str(), &mut limiter, now, in_flight)
+                        .await
+                    {
                         return end;
                     }
                 }
-                Err(_) => self.reply_error(
-                    ErrorCode::InvalidMessage,
-                    "binary frames are not supported; send JSON text",
+                Err(_) => self.reply(
+                    in_flight,
+                    error(
+                        ErrorCode::InvalidMessage,
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    ),
                 ),
             }
         }
-        End::ClientClosed
     }
 
     /// Decodes one client message that passed the size and rate checks and
     /// acts on it; `Err` ends the session (a relay over the byte budget once
     /// too often).
-    async fn handle_text(
-        &self,
+    async fn handle_text<'a>(
+        &'a self,
         text: &str,
         limiter: &mut RateLimiter,
         arrived: Instant,
+        in_flight: &mut InFlight<'a>,
     ) -> Result<(), End> {
         let ctx = &self.ctx;
         let msg = match protocol::decode_client(text, ctx.limits.max_json_depth) {
             Ok(m) => m,
             Err(e) => {
-                self.reply_error_for(e.code, &e.message, e.seq);
+                self.reply(in_flight, error(e.code, e.message, e.seq));
                 return Ok(());
             }
         };
         match msg {
-            ClientMessage::Ping { payload } => {
-                self.outbox.push(
-                    protocol::encode_pong(ctx.room.as_str(), payload),
-                    Delivery::Droppable,
-                );
+            ClientMessage::Ping { payload } => self.reply(
+                in_flight,
+                Reply::Frame(protocol::encode_pong(ctx.room.as_str(), payload)),
+            ),
+            ClientMessage::RefreshToken { token } => {
+                let reply = self.refresh(&token);
+                self.reply(in_flight, reply);
             }
-            ClientMessage::RefreshToken { token } => self.refresh(&token),
             ClientMessage::Relay {
                 kind,
                 to,
@@ -1067,22 +1118,22 @@ impl Session {
                 let held = self.resend_order().waiting_for(seq);
                 if let Some(held) = held {
                     // Relaying it now would put it ahead of `held` at its recipients.
-                    self.reply_error_for(
-                        ErrorCode::BusUnavailable,
-                        &format!(
-                            "seq {held} was not delivered; send it again first, then this one"
-                        ),
-                        seq,
+                    self.reply(
+                        in_flight,
+                        error(ErrorCode::BusUnavailable, resend_first(held), seq),
                     );
                     return Ok(());
                 }
                 if to.as_deref() == Some(self.me.participant_id.as_str()) {
                     // Signaling with yourself is a client bug; echoing it
                     // back would only hide it.
-                    self.reply_error_for(
-                        ErrorCode::InvalidMessage,
-                        "`to` names yourself; address another participant",
-                        seq,
+                    self.reply(
+                        in_flight,
+                        error(
+                            ErrorCode::InvalidMessage,
+                            "`to` names yourself; address another participant",
+                            seq,
+                        ),
                     );
                     return Ok(());
                 }
@@ -1112,51 +1163,52 @@ impl Session {
                 match limiter.check_delivery(cost, arrived.into_std()) {
                     Verdict::Allow => {}
                     Verdict::Reject => {
-                        self.reply_error_for(
-                            ErrorCode::RateLimited,
-                            "byte rate limit exceeded (message size x recipients); message not relayed",
-                            seq,
+                        self.reply(
+                            in_flight,
+                            error(
+                                ErrorCode::RateLimited,
+                                "byte rate limit exceeded (message size x recipients); message not relayed",
+                                seq,
+                            ),
                         );
                         return Ok(());
                     }
                     Verdict::Abuse => return Err(End::RateLimited),
                 }
                 if ctx.bus.numbers_deliveries() {
-                    // Boxed: inline, this path (taken only on the Redis bus) made every
-                    // session's future larger, idle or not.
-                    Box::pin(self.deliver_through_bus(relay, seq)).await;
-                    tokio::task::yield_now().await;
+                    self.deliver_through_bus(relay, in_flight);
                     return Ok(());
                 }
-                match ctx.hub.relay_local(&relay) {
-                    Route::LocalOnly => self.ack(seq),
-                    Route::TargetNotFound => self.reply_error_for(
+                let reply = match ctx.hub.relay_local(&relay) {
+                    Route::LocalOnly => Reply::Ack(seq),
+                    Route::TargetNotFound => error(
                         ErrorCode::TargetNotFound,
                         "no participant with that id in this room",
                         seq,
                     ),
                     Route::Publish => match ctx.bus.publish(relay).await {
-                        Ok(()) => self.ack(seq),
+                        Ok(()) => Reply::Ack(seq),
                         Err(e @ BusError::DeliveryUnknown { .. }) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
                             // With a seq, sending it again is safe: recipients drop the
                             // duplicate by (sender, seq).
-                            self.reply_error_for(
-                                    ErrorCode::DeliveryUnknown,
-                                    "the other servers may or may not have received this message; resend it with the same seq, or do not resend signaling blindly",
-                                    seq,
-                                );
+                            error(
+                                ErrorCode::DeliveryUnknown,
+                                "the other servers may or may not have received this message; resend it with the same seq, or do not resend signaling blindly",
+                                seq,
+                            )
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not published");
-                            self.reply_error_for(
+                            error(
                                 ErrorCode::BusUnavailable,
                                 "message could not be delivered to other servers; retry",
                                 seq,
-                            );
+                            )
                         }
                     },
-                }
+                };
+                self.reply(in_flight, reply);
                 // Many messages arrive in one socket read; yielding every few
                 // relays lets the recipients' writers run, so a burst from
                 // several senders does not outrun a reader that keeps up. Not
@@ -1176,28 +1228,121 @@ impl Session {
     }
 
     /// A relay through a bus that numbers deliveries: every recipient, local or not, gets it
-    /// from the bus with its seq.
-    async fn deliver_through_bus(&self, relay: RelayMessage, seq: Option<u64>) {
-        let ctx = &self.ctx;
-        let kind = relay.kind;
-        let Some(recipients) = ctx.hub.recipients(&relay) else {
-            self.reply_error_for(
-                ErrorCode::TargetNotFound,
-                "no participant with that id in this room",
-                seq,
+    /// from the bus with its seq. It goes out with the next batch ([`InFlight`]) and is
+    /// answered when the bus has answered that batch.
+    fn deliver_through_bus<'a>(&'a self, relay: RelayMessage, in_flight: &mut InFlight<'a>) {
+        let seq = relay.sender_seq;
+        let Some(recipients) = self.ctx.hub.recipients(&relay) else {
+            self.reply(
+                in_flight,
+                error(
+                    ErrorCode::TargetNotFound,
+                    "no participant with that id in this room",
+                    seq,
+                ),
             );
             return;
         };
         if recipients.is_empty() {
-            self.ack(seq);
+            self.reply(in_flight, Reply::Ack(seq));
             return;
         }
-        match ctx.bus.deliver(relay, recipients).await {
-            Ok(crate::bus::Delivered::Sent) => self.ack(seq),
-            Ok(crate::bus::Delivered::Duplicate) => {
-                ctx.metrics.duplicate_dropped();
+        in_flight.push(RelayDelivery {
+            message: relay,
+            recipients,
+            follows: None,
+        });
+    }
+
+    /// Sends the relays read since the last batch, once that batch is answered and its
+    /// answers went to the client: one read before them but behind a seq the client must now
+    /// send again is refused here, as it would be had it been read after the answer.
+    fn send_next_batch<'a>(&'a self, in_flight: &mut InFlight<'a>) {
+        let Some(batch) = in_flight.next_batch() else {
+            return;
+        };
+        let kinds: Vec<_> = batch
+            .iter()
+            .map(|d| (d.message.sender_seq, d.message.kind))
+            .collect();
+        let (send, plans) = {
+            let order = self.resend_order();
+            in_flight::plan(batch, |seq| order.waiting_for(seq))
+        };
+        let follows: Vec<_> = send.iter().map(|d| d.follows).collect();
+        let bus = &self.ctx.bus;
+        in_flight.sending(Box::pin(async move {
+            let mut outcomes = if send.is_empty() {
+                Vec::new()
+            } else {
+                bus.deliver(send).await
+            }
+            .into_iter()
+            .zip(follows);
+            kinds
+                .into_iter()
+                .zip(plans)
+                .map(|((seq, kind), plan)| {
+                    let (outcome, behind) = match plan {
+                        Plan::Behind(first) => (Ok(Delivered::Behind), Some(first)),
+                        Plan::Send => outcomes.next().map_or_else(
+                            || {
+                                let op = "deliver";
+                                (Err(BusError::DeliveryUnknown { op, source: None }), None)
+                            },
+                            |(outcome, follows)| (outcome, follows),
+                        ),
+                    };
+                    Answer {
+                        seq,
+                        kind,
+                        behind,
+                        outcome,
+                    }
+                })
+                .collect()
+        }));
+    }
+
+    /// Replies to a client message now, or after the replies to the deliveries still in
+    /// flight before it: the client gets its answers in the order it sent the messages.
+    fn reply<'a>(&'a self, in_flight: &mut InFlight<'a>, reply: Reply) {
+        if let Some(reply) = in_flight.behind(reply) {
+            self.send_reply(reply);
+        }
+    }
+
+    /// Queues a reply whose turn has come.
+    fn send_reply(&self, reply: Reply) {
+        match reply {
+            Reply::Ack(seq) => self.ack(seq),
+            Reply::Error { code, message, seq } => self.reply_error_for(code, &message, seq),
+            Reply::Frame(frame) => {
+                self.outbox.push(frame, Delivery::Droppable);
+            }
+            Reply::Delivery(answer) => self.answer(answer),
+        }
+    }
+
+    /// Answers the client message a delivery came from.
+    fn answer(&self, answer: Answer) {
+        let Answer {
+            seq,
+            kind,
+            behind,
+            outcome,
+        } = answer;
+        match outcome {
+            Ok(Delivered::Sent) => self.ack(seq),
+            Ok(Delivered::Duplicate) => {
+                self.ctx.metrics.duplicate_dropped();
                 self.ack(seq);
             }
+            Ok(Delivered::Behind) => self.reply_error_for(
+                ErrorCode::BusUnavailable,
+                &resend_first(behind.unwrap_or_default()),
+                seq,
+            ),
             Err(e @ BusError::DeliveryUnknown { .. }) => {
                 tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
                 self.reply_error_for(
@@ -1220,7 +1365,7 @@ impl Session {
     /// `refresh-token`: a valid token for the same user and room moves the
     /// session's deadline to its `exp`; anything else is refused with an
     /// error code and changes nothing.
-    fn refresh(&self, token: &str) {
+    fn refresh(&self, token: &str) -> Reply {
         let ctx = &self.ctx;
         match ctx
             .auth
@@ -1240,21 +1385,19 @@ impl Session {
                 if let Some(token) = &resume_token {
                     ctx.hub.set_resume_token(&ctx.room, &self.claim, token);
                 }
-                self.outbox.push(
-                    protocol::encode_token_refreshed(
-                        ctx.room.as_str(),
-                        identity.expires_at,
-                        resume_token.as_deref(),
-                    ),
-                    Delivery::Droppable,
-                );
+                Reply::Frame(protocol::encode_token_refreshed(
+                    ctx.room.as_str(),
+                    identity.expires_at,
+                    resume_token.as_deref(),
+                ))
             }
             Err(e) => {
                 tracing::info!(reason = %e, "token refresh refused");
-                self.reply_error(
+                error(
                     e.error_code(),
                     "token not accepted; the session still ends when the current token expires",
-                );
+                    None,
+                )
             }
         }
     }
@@ -1394,6 +1537,20 @@ impl LivenessWatch {
         }
         now_ms >= self.grace_until_ms && is_dead(limits, last_seen_ms, now_ms)
     }
+}
+
+/// An `error` reply answering the client message with `seq`.
+fn error(code: ErrorCode, message: impl Into<Cow<'static, str>>, seq: Option<u64>) -> Reply {
+    Reply::Error {
+        code,
+        message: message.into(),
+        seq,
+    }
+}
+
+/// Why a seq is refused while an earlier one waits for its re-send.
+fn resend_first(held: u64) -> String {
+    format!("seq {held} was not delivered; send it again first, then this one")
 }
 
 fn millis_since(started: Instant) -> u64 {

@@ -11,7 +11,8 @@ use switchboard_e2e::redis::{RedisProcess, RedisProxy};
 use switchboard_server::bus::redis::metrics::BusMetrics;
 use switchboard_server::bus::redis::{Endpoint, RedisBus, RedisSettings};
 use switchboard_server::bus::{
-    Adoption, Bus, JoinLimits, JoinOutcome, LocalHub, RelayMessage, RemoteEvent, RemoteSender,
+    Adoption, Bus, Delivered, JoinLimits, JoinOutcome, LocalHub, RelayDelivery, RelayMessage,
+    RemoteEvent, RemoteSender,
 };
 use switchboard_server::protocol::{Frame, RelayKind};
 use switchboard_server::room::{LeaveReason, ParticipantInfo, RoomId};
@@ -791,6 +792,15 @@ async fn resume_node(redis: &RedisProcess, id: &str, messages: usize, bytes: usi
     node_with(s).await
 }
 
+/// `message` for `recipient`, after the sender's relay with client seq `follows`.
+fn to(message: RelayMessage, recipient: &str, follows: Option<u64>) -> RelayDelivery {
+    RelayDelivery {
+        message,
+        recipients: vec![recipient.into()],
+        follows,
+    }
+}
+
 /// `a.bus.adopt` of `p` after `last_seq`: the replayed frames' `n`, or the overflow's loss.
 async fn adopt(
     node: &Node,
@@ -839,10 +849,10 @@ async fn adopt_replays_only_within_both_inbox_bounds_exactly() {
     // Frames 10 to 12 have the same size.
     let size = chat(&r, "pa", Some("pb"), 10).frame.len();
     for n in 1..=12 {
-        a.bus
-            .deliver(chat(&r, "pa", Some("pb"), n), vec!["pb".into()])
-            .await
-            .unwrap();
+        let to_pb = to(chat(&r, "pa", Some("pb"), n), "pb", None);
+        for outcome in a.bus.deliver(vec![to_pb]).await {
+            assert_eq!(outcome.unwrap(), Delivered::Sent);
+        }
     }
     // At most 8 messages.
     let m = resume_node(&redis, "m", 8, 1 << 20).await;
@@ -864,4 +874,63 @@ async fn adopt_replays_only_within_both_inbox_bounds_exactly() {
     redis.command(&["XDEL", "sb:room:{bounds}:inbox:pb", "11-1"]);
     assert_eq!(adopt(&m, &r, &pb, 9).await, Err(2));
     assert_eq!(adopt(&m, &r, &pb, 11).await, Ok(vec![12]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_is_taken_only_after_the_relay_it_follows() {
+    // A connection's relays go to Redis in batches; in a batch each numbered one names the one
+    // before it, and Redis takes it only after that one.
+    let redis = RedisProcess::start();
+    let a = resume_node(&redis, "a", 256, 1 << 20).await;
+    let r = room("follows");
+    let (pa, pb) = (participant("pa", "a"), participant("pb", "a"));
+    for p in [&pa, &pb] {
+        assert!(matches!(
+            join(&a, &r, p, 50).await,
+            JoinOutcome::Joined { .. }
+        ));
+    }
+    let numbered = |seq: u64, follows: Option<u64>| {
+        let mut message = chat(&r, "pa", Some("pb"), seq as usize);
+        message.sender_seq = Some(seq);
+        to(message, "pb", follows)
+    };
+    let deliver = |batch: Vec<RelayDelivery>| async {
+        a.bus
+            .deliver(batch)
+            .await
+            .into_iter()
+            .map(|outcome| outcome.expect("delivered"))
+            .collect::<Vec<_>>()
+    };
+    use Delivered::{Behind, Duplicate, Sent};
+    assert_eq!(
+        deliver(vec![numbered(1, None), numbered(2, Some(1))]).await,
+        [Sent, Sent]
+    );
+    // 3 never reached Redis (refused, or lost with a connection): 4 and 5 after it in the same
+    // batch are not taken either.
+    assert_eq!(
+        deliver(vec![numbered(4, Some(3)), numbered(5, Some(4))]).await,
+        [Behind, Behind]
+    );
+    // The client sends them again in order, in one batch: each follows one that is taken.
+    assert_eq!(
+        deliver(vec![
+            numbered(3, Some(2)),
+            numbered(4, Some(3)),
+            numbered(5, Some(4))
+        ])
+        .await,
+        [Sent, Sent, Sent]
+    );
+    // A re-send of one that was taken is a duplicate, whatever it follows.
+    assert_eq!(deliver(vec![numbered(4, Some(9))]).await, [Duplicate]);
+    // Following one taken long ago (more than 32 below the highest) counts as taken.
+    let many: Vec<_> = (6..=40).map(|seq| numbered(seq, None)).collect();
+    assert_eq!(deliver(many).await, [Sent; 35]);
+    assert_eq!(deliver(vec![numbered(41, Some(2))]).await, [Sent]);
+    // pb's inbox holds exactly what was taken, each once, in seq order.
+    let m = resume_node(&redis, "m", 256, 1 << 20).await;
+    assert_eq!(adopt(&m, &r, &pb, 0).await, Ok((1..=41).collect()));
 }

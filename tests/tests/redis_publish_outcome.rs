@@ -2,7 +2,9 @@
 //! when it certainly was not delivered (a client may resend it), `delivery_unknown` when Redis
 //! may still carry it. Two real servers and a real redis-server that stops executing writes for
 //! three seconds (`CLIENT PAUSE 3000 WRITE`) while a client relays 120 tagged messages, with
-//! the publish timeout lowered to one second.
+//! the publish timeout lowered to one second; a burst of numbered messages cut by Redis
+//! dropping the servers' command connections, re-sent until acked, arrives once each and in
+//! order, with every answer in the order the messages were sent.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -263,4 +265,132 @@ async fn a_later_seq_waits_behind_one_the_client_must_resend() {
             ("ice-candidate".to_owned(), Some(2))
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_cut_by_lost_redis_connections_arrives_once_in_order_after_resends() {
+    // Alice sends numbered messages in bursts, without waiting for answers (the server has
+    // up to 32 of them in flight to Redis at once), with a ping after every tenth. Halfway
+    // through, Redis drops every command connection (`CLIENT KILL TYPE normal`; pub/sub ones
+    // stay): what was in flight is lost, refused or taken. Alice re-sends what was not acked,
+    // in seq order, as the client library does. Bob, on the same server (every delivery goes
+    // through Redis there too), must get every message exactly once and in seq order, and
+    // every answer must come in the order alice sent the messages.
+    const BURST: u64 = 400;
+    let redis = RedisProcess::start();
+    let one = server(&redis, "burst-a");
+    one.wait_ready(true, Duration::from_secs(15)).await;
+    let token = |user: &str| Claims::user(user).hs256(SECRET);
+    let mut alice = Client::join(one.addr(), ROOM, &token("alice")).await;
+    let mut bob = Client::join(one.addr(), ROOM, &token("bob")).await;
+    alice.expect_type("user-joined").await;
+    let b = bob.pid();
+    let numbered =
+        |seq: u64| json!({"type": "ice-candidate", "to": b, "seq": seq, "payload": {"n": seq}});
+
+    let mut unacked: Vec<u64> = (1..=BURST).collect();
+    let mut killed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    while !unacked.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} messages never acked after {round} rounds: {:?}",
+            unacked.len(),
+            &unacked[..unacked.len().min(10)]
+        );
+        round += 1;
+        // Answers expected, in order: a seq's answer, or a pong carrying the seq before it.
+        let mut expected = Vec::new();
+        for (i, &seq) in unacked.iter().enumerate() {
+            alice.send_json(&numbered(seq)).await;
+            expected.push(Expect::Answer(seq));
+            if seq % 10 == 0 {
+                alice
+                    .send_json(&json!({"type": "ping", "payload": {"after": seq}}))
+                    .await;
+                expected.push(Expect::Pong(seq));
+            }
+            if round == 1 && i as u64 == BURST / 2 {
+                killed = match redis.command(&["CLIENT", "KILL", "TYPE", "normal"]) {
+                    Reply::Integer(n) => n,
+                    other => panic!("CLIENT KILL: {other:?}"),
+                };
+            }
+        }
+        let mut refused = Vec::new();
+        for want in expected {
+            let got = next_answer_or_pong(&mut alice).await;
+            assert_eq!(got.0, want, "answers out of order (round {round})");
+            if let Some(code) = got.1 {
+                assert!(
+                    matches!(code.as_str(), "bus_unavailable" | "delivery_unknown"),
+                    "seq {want:?}: final error {code}"
+                );
+                if let Expect::Answer(seq) = want {
+                    refused.push(seq);
+                }
+            }
+        }
+        unacked = refused;
+        if !unacked.is_empty() {
+            // Back off like the client: Redis connections are being re-established.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(killed > 0, "no command connection was killed");
+    // The first command on a killed connection fails, so something had to be sent again.
+    assert!(round > 1, "nothing was refused: the kill tested nothing");
+
+    let mut got = Vec::new();
+    while got.len() < BURST as usize {
+        match bob.next_event(Duration::from_secs(10)).await {
+            Event::Json(msg) if msg["type"] == "ice-candidate" => {
+                got.push(msg["payload"]["n"].as_u64().expect("n"));
+            }
+            Event::Json(_) => continue,
+            other => panic!("bob got {} messages, then {other:?}", got.len()),
+        }
+    }
+    let expected: Vec<u64> = (1..=BURST).collect();
+    if got != expected {
+        let first_bad = got.iter().zip(&expected).position(|(g, e)| g != e);
+        panic!(
+            "bob's messages not 1..={BURST} once each in order; first difference at index {first_bad:?}: {:?}",
+            &got[first_bad.unwrap_or(0).saturating_sub(3)..(first_bad.unwrap_or(0) + 5).min(got.len())]
+        );
+    }
+    // Nothing more arrives (no late duplicate).
+    match bob.next_event(Duration::from_millis(500)).await {
+        Event::Timeout => {}
+        Event::Json(msg) if msg["type"] != "ice-candidate" => {}
+        other => panic!("bob got more: {other:?}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// `ack` or `error` for this seq.
+    Answer(u64),
+    /// The pong of the ping sent after this seq.
+    Pong(u64),
+}
+
+/// The next answer (ack or error, with its code) or pong alice gets; presence is skipped.
+async fn next_answer_or_pong(client: &mut Client) -> (Expect, Option<String>) {
+    loop {
+        match client.next_event(Duration::from_secs(20)).await {
+            Event::Json(msg) if msg["type"] == "pong" => {
+                let after = msg["payload"]["after"].as_u64().expect("pong payload");
+                return (Expect::Pong(after), None);
+            }
+            Event::Json(msg) if msg["type"] == "ack" || msg["type"] == "error" => {
+                let seq = msg["seq"].as_u64().expect("answer seq");
+                let code = msg["payload"]["code"].as_str().map(str::to_owned);
+                return (Expect::Answer(seq), code);
+            }
+            Event::Json(_) => continue,
+            other => panic!("no answer: {other:?}"),
+        }
+    }
 }

@@ -57,7 +57,7 @@ pub mod redis;
 /// `bus_unavailable` error code (the operation certainly did not happen)
 /// except [`BusError::DeliveryUnknown`] (it may have); [`BusError::Config`]
 /// only stops start-up.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// Redis answered `op` with an error or the connection failed under it.
     #[error("bus unavailable: redis {op} failed")]
@@ -305,6 +305,20 @@ pub enum Delivered {
     Sent,
     /// The sender used this client seq before: a re-send, not delivered again.
     Duplicate,
+    /// Not delivered: the relay it follows (sent before it on the same connection, see
+    /// [`crate::in_flight`]) was not taken. The client sends both again, in order.
+    Behind,
+}
+
+/// One relay for [`Bus::deliver`].
+#[derive(Debug, Clone)]
+pub struct RelayDelivery {
+    pub message: RelayMessage,
+    /// Every recipient, whichever instance it is on.
+    pub recipients: Vec<String>,
+    /// The client seq of a relay earlier in the same call that must have been taken first
+    /// ([`Delivered::Behind`] otherwise).
+    pub follows: Option<u64>,
 }
 
 /// A participant a resume took over on this instance ([`Bus::adopt`]).
@@ -423,17 +437,15 @@ pub trait Bus: Send + Sync + 'static {
         false
     }
 
-    /// Numbers `message` for each of `recipients` (every instance's), keeps it in their
-    /// inboxes and hands it to every instance, this one included, with the seqs. Only for a
-    /// bus that [numbers deliveries](Bus::numbers_deliveries).
-    async fn deliver(
-        &self,
-        _message: RelayMessage,
-        _recipients: Vec<String>,
-    ) -> Result<Delivered, BusError> {
-        Err(BusError::Config(
-            "this bus does not number deliveries".into(),
-        ))
+    /// Numbers each delivery's message for each of its recipients (every instance's), keeps
+    /// it in their inboxes and hands it to every instance, this one included, with the seqs:
+    /// in order, in one round trip, and each one only if the relay it `follows` was taken
+    /// ([`Delivered::Behind`] otherwise). Returns each one's outcome, in the same order. Only
+    /// for a bus that [numbers deliveries](Bus::numbers_deliveries); one sender's calls must
+    /// not overlap (the next waits for this one's answer), so they reach the store in order.
+    async fn deliver(&self, deliveries: Vec<RelayDelivery>) -> Vec<Result<Delivered, BusError>> {
+        let refused = BusError::Config("this bus does not number deliveries".into());
+        vec![Err(refused); deliveries.len()]
     }
 
     /// Takes `participant_id` of `user_id` over for a resume on this instance, the client

@@ -70,8 +70,8 @@ pub use keys::{escape_instance_id, Keys, PrefixError, MAX_PREFIX_LEN};
 pub use link::Timing;
 
 use super::{
-    Adoption, Bus, BusError, BusHealth, Delivered, JoinLimits, JoinOutcome, LocalHub, RelayMessage,
-    RemoteEvent, RoomAction, RoomRecord,
+    Adoption, Bus, BusError, BusHealth, Delivered, JoinLimits, JoinOutcome, LocalHub,
+    RelayDelivery, RelayMessage, RemoteEvent, RoomAction, RoomRecord,
 };
 use crate::room::{LeaveReason, Metadata, ParticipantInfo, RoomId};
 
@@ -356,12 +356,8 @@ impl Bus for RedisBus {
         self.inner.numbers_deliveries
     }
 
-    async fn deliver(
-        &self,
-        message: RelayMessage,
-        recipients: Vec<String>,
-    ) -> Result<Delivered, BusError> {
-        self.inner.deliver_numbered(message, recipients).await
+    async fn deliver(&self, deliveries: Vec<RelayDelivery>) -> Vec<Result<Delivered, BusError>> {
+        self.inner.deliver_numbered(deliveries).await
     }
 
     async fn adopt(

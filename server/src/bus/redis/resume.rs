@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
-use redis::Script;
+use redis::{RedisResult, Script};
 
+use super::link::is_out_of_memory;
 use super::{publish_failure, scripts, wire, Inner};
-use crate::bus::{Adopted, Adoption, BusError, Delivered, RelayMessage, RemoteEvent};
+use crate::bus::{Adopted, Adoption, BusError, Delivered, RelayDelivery, RemoteEvent};
 use crate::protocol::Frame;
 use crate::resume::Refusal;
 use crate::room::{ParticipantInfo, RoomId};
@@ -45,30 +46,72 @@ impl ResumeStore {
 }
 
 impl Inner {
-    /// [`Bus::deliver`](crate::bus::Bus::deliver): number, keep and publish in one script.
+    /// [`Bus::deliver`](crate::bus::Bus::deliver): number, keep and publish each delivery in
+    /// one script call, all of them in one pipeline (Redis runs it in order).
     pub(super) async fn deliver_numbered(
         &self,
-        message: RelayMessage,
-        recipients: Vec<String>,
-    ) -> Result<Delivered, BusError> {
+        deliveries: Vec<RelayDelivery>,
+    ) -> Vec<Result<Delivered, BusError>> {
+        let count = deliveries.len();
         // From a reconnect until the subscriber has resubscribed, Redis would confirm a
         // delivery that no subscriber receives (every recipient, local ones too, gets it
         // from there): refuse it, the client sends it again.
         if !super::link::carries_at(&self.link()) {
-            return Err(BusError::SubscriberDown);
+            return vec![Err(BusError::SubscriberDown); count];
         }
+        let mut pipe = redis::pipe();
+        // Each call's error is its own: the others ran.
+        pipe.ignore_errors();
+        for delivery in &deliveries {
+            pipe.add_command(self.deliver_command(delivery));
+        }
+        let script = &self.resume.deliver;
+        let mut conn = self.conn.clone();
+        let started = std::time::Instant::now();
+        let replies = self
+            .redis_within("deliver", self.publish_timeout, async move {
+                let mut replies: Vec<RedisResult<Vec<String>>> =
+                    pipe.query_async(&mut conn).await?;
+                if replies.iter().all(is_no_script) {
+                    // Redis lost its script cache (restarted): none of them ran.
+                    script.load_async(&mut conn).await?;
+                    replies = pipe.query_async(&mut conn).await?;
+                }
+                // Refused as a whole (Redis out of memory): the link records it.
+                match replies.first() {
+                    Some(Err(e)) if is_out_of_memory(e) && replies.iter().all(|r| r.is_err()) => {
+                        Err(e.clone())
+                    }
+                    _ => Ok(replies),
+                }
+            })
+            .await;
+        self.metrics.publish_latency(started.elapsed());
+        outcomes(replies, count)
+    }
+
+    /// The `DELIVER` script call for one delivery (see `scripts::DELIVER` for its keys and
+    /// arguments).
+    fn deliver_command(&self, delivery: &RelayDelivery) -> redis::Cmd {
+        let RelayDelivery {
+            message,
+            recipients,
+            follows,
+        } = delivery;
         let store = &self.resume;
         let room = &message.room_id;
-        let mut invocation = store.deliver.key(self.keys.room_seqs(room));
-        invocation.key(self.keys.room_sent(room));
-        for id in &recipients {
-            invocation.key(self.keys.inbox(room, id));
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(store.deliver.get_hash())
+            .arg(2 + recipients.len())
+            .arg(self.keys.room_seqs(room))
+            .arg(self.keys.room_sent(room));
+        for id in recipients {
+            cmd.arg(self.keys.inbox(room, id));
         }
-        invocation
-            .arg(self.keys.room_channel(room))
+        cmd.arg(self.keys.room_channel(room))
             .arg(store.inbox_messages)
             .arg(u64::try_from(store.inbox_ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(wire::relay_header_prefix(self.instance(), &message))
+            .arg(wire::relay_header_prefix(self.instance(), message))
             .arg(message.frame.as_bytes().as_ref())
             .arg(&message.sender_id)
             .arg(message.sender_seq.unwrap_or(0))
@@ -76,23 +119,12 @@ impl Inner {
                 "SPUBLISH"
             } else {
                 "PUBLISH"
-            });
-        for id in &recipients {
-            invocation.arg(id);
-        }
-        let mut conn = self.conn.clone();
-        let started = std::time::Instant::now();
-        let reply: Vec<String> = self
-            .redis_within("deliver", self.publish_timeout, async move {
-                invocation.invoke_async(&mut conn).await
             })
-            .await
-            .map_err(publish_failure)?;
-        self.metrics.publish_latency(started.elapsed());
-        Ok(match reply.first().map(String::as_str) {
-            Some("dup") => Delivered::Duplicate,
-            _ => Delivered::Sent,
-        })
+            .arg(follows.unwrap_or(0));
+        for id in recipients {
+            cmd.arg(id);
+        }
+        cmd
     }
 
     /// [`Bus::adopt`](crate::bus::Bus::adopt): subscribe the room, move the record to this
@@ -215,6 +247,54 @@ impl Inner {
 
 /// The adopt script's `{'overflow', lost}`: how many missed messages were no longer kept (at
 /// least one).
+fn is_no_script(reply: &RedisResult<Vec<String>>) -> bool {
+    matches!(reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
+
+/// What each of `count` deliveries came to: the pipeline's replies in order, or its failure
+/// for all of them.
+fn outcomes(
+    replies: Result<Vec<RedisResult<Vec<String>>>, BusError>,
+    count: usize,
+) -> Vec<Result<Delivered, BusError>> {
+    let replies = match replies {
+        Ok(replies) => replies,
+        Err(e) => return vec![Err(publish_failure(e)); count],
+    };
+    let mut outcomes: Vec<_> = replies
+        .into_iter()
+        .take(count)
+        .map(|reply| match reply {
+            Ok(reply) => Ok(delivered(&reply)),
+            Err(source) if is_out_of_memory(&source) => Err(BusError::OutOfMemory {
+                op: "deliver",
+                source,
+            }),
+            Err(source) => Err(publish_failure(BusError::Redis {
+                op: "deliver",
+                source,
+            })),
+        })
+        .collect();
+    // Fewer replies than calls would be a driver bug: whether the rest ran is unknown.
+    outcomes.resize_with(count, || {
+        Err(BusError::DeliveryUnknown {
+            op: "deliver",
+            source: None,
+        })
+    });
+    outcomes
+}
+
+/// One `DELIVER` reply.
+fn delivered(reply: &[String]) -> Delivered {
+    match reply.first().map(String::as_str) {
+        Some("dup") => Delivered::Duplicate,
+        Some("behind") => Delivered::Behind,
+        _ => Delivered::Sent,
+    }
+}
+
 fn overflow_lost(reply: &[String]) -> usize {
     reply
         .get(1)

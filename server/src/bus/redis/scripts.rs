@@ -481,14 +481,17 @@ return 1
 /// room channel, `ARGV[2]` inbox cap (messages), `ARGV[3]` inbox TTL (ms), `ARGV[4]` the bus
 /// header without its closing brace, `ARGV[5]` the frame, `ARGV[6]` sender id, `ARGV[7]` the
 /// sender's client seq (0: none), `ARGV[8]` the publish command (`PUBLISH`, or `SPUBLISH` on a
-/// cluster: the channel shares the keys' slot), `ARGV[9..]` recipient ids in the order of their
-/// inboxes.
+/// cluster: the channel shares the keys' slot), `ARGV[9]` the client seq this one follows
+/// (0: none), `ARGV[10..]` recipient ids in the order of their inboxes.
 ///
 /// A client seq the sender used before (or more than 32 below its highest) is a re-send:
-/// nothing is delivered and `{'dup'}` returned. Otherwise each recipient gets the next seq
-/// (`HINCRBY`), the frame goes to its inbox as entry `<seq>-1`, and one message is published:
-/// the header with `"seqs":{"<id>":<seq>,...}` added, a newline, the frame. Numbering and
-/// publishing in one script keeps every subscriber's view in seq order. Returns `{'ok'}`.
+/// nothing is delivered and `{'dup'}` returned. A seq that follows one this script has not
+/// taken (sent on the same connection before it, still unanswered, and refused or lost) is
+/// not delivered either: `{'behind'}`, the client sends both again in order. Otherwise each
+/// recipient gets the next seq (`HINCRBY`), the frame goes to its inbox as entry `<seq>-1`,
+/// and one message is published: the header with `"seqs":{"<id>":<seq>,...}` added, a
+/// newline, the frame. Numbering and publishing in one script keeps every subscriber's view
+/// in seq order. Returns `{'ok'}`.
 pub const DELIVER: &str = r#"
 local sender_seq = tonumber(ARGV[7])
 if sender_seq > 0 then
@@ -498,27 +501,35 @@ if sender_seq > 0 then
     local a, b = string.match(rec, '^(%d+):(-?%d+)$')
     max, mask = tonumber(a) or 0, tonumber(b) or 0
   end
+  -- Taken before: the highest seq, one of the 32 below it with its bit set, or older.
+  local function taken(seq)
+    if seq > max then return false end
+    if seq == max then return true end
+    local off = max - 1 - seq
+    return off >= 32 or bit.band(mask, bit.lshift(1, off)) ~= 0
+  end
+  if taken(sender_seq) then
+    return {'dup'}
+  end
+  local follows = tonumber(ARGV[9])
+  if follows > 0 and not taken(follows) then
+    return {'behind'}
+  end
   if sender_seq > max then
     local shift = sender_seq - max
     if shift >= 32 then mask = 0 else mask = bit.lshift(mask, shift) end
     if max > 0 and shift <= 32 then mask = bit.bor(mask, bit.lshift(1, shift - 1)) end
     max = sender_seq
-  elseif sender_seq == max then
-    return {'dup'}
   else
-    local off = max - 1 - sender_seq
-    if off >= 32 or bit.band(mask, bit.lshift(1, off)) ~= 0 then
-      return {'dup'}
-    end
-    mask = bit.bor(mask, bit.lshift(1, off))
+    mask = bit.bor(mask, bit.lshift(1, max - 1 - sender_seq))
   end
   redis.call('HSET', KEYS[2], ARGV[6], max .. ':' .. mask)
 end
 local seqs = {}
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   local id = ARGV[i]
   local seq = redis.call('HINCRBY', KEYS[1], id, 1)
-  local inbox = KEYS[i - 6]
+  local inbox = KEYS[i - 7]
   redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[2], seq .. '-1', 'f', ARGV[5])
   redis.call('PEXPIRE', inbox, ARGV[3])
   seqs[#seqs + 1] = '"' .. id .. '":' .. seq

@@ -1,0 +1,373 @@
+//! Relays a connection has handed to a bus that numbers deliveries ([`Bus::deliver`]) and not
+//! had answered yet. The reader does not wait for each one's round trip to Redis: what it
+//! reads while a batch is with the bus goes out as the next batch, in one round trip, once
+//! that one is answered. Up to [`DELIVERIES_IN_FLIGHT`] wait at a time. Every reply to the
+//! client (`ack`, `error`, `pong`, `token-refreshed`) still goes out in the order the client's
+//! messages were read: one that needs no bus waits behind the deliveries read before it.
+//!
+//! Order at the recipients: one batch at a time, so one connection's relays reach Redis in
+//! the order they were read, and a batch runs in order. A relay read before the batch ahead
+//! of it was answered, and behind a seq that batch's answers told the client to send again,
+//! is refused at sending time like one read later ([`crate::resend_order`]); within a batch,
+//! each numbered relay [follows](RelayDelivery::follows) the one before it, so one that failed on
+//! its own is not overtaken either.
+//!
+//! [`Bus::deliver`]: crate::bus::Bus::deliver
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::bus::{BusError, Delivered, RelayDelivery};
+use crate::protocol::{ErrorCode, Frame, RelayKind};
+
+/// Deliveries one connection may have waiting for the bus (sent or to be sent). A client
+/// that sends faster waits for an answer before its next message is read, so this also
+/// bounds what a connection holds while Redis is slow (besides its byte budget). At 32 a
+/// burst of ICE candidates goes out in one or two round trips.
+pub const DELIVERIES_IN_FLIGHT: usize = 32;
+
+/// The bus's answer to one delivery, for the client message it came from.
+pub struct Answer {
+    /// The client message's seq, if it had one.
+    pub seq: Option<u64>,
+    pub kind: RelayKind,
+    /// With [`Delivered::Behind`]: the seq the client must send again first.
+    pub behind: Option<u64>,
+    pub outcome: Result<Delivered, BusError>,
+}
+
+/// A reply to one client message.
+pub enum Reply {
+    /// The bus's answer to a delivery.
+    Delivery(Answer),
+    /// `ack` of a numbered message (nothing for one without a seq).
+    Ack(Option<u64>),
+    Error {
+        code: ErrorCode,
+        message: Cow<'static, str>,
+        seq: Option<u64>,
+    },
+    /// A reply frame of its own (`pong`, `token-refreshed`).
+    Frame(Frame),
+}
+
+/// A batch with the bus: its answers, one per delivery, in order.
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Vec<Answer>> + Send + 'a>>;
+
+enum Slot {
+    Ready(Reply),
+    /// A delivery's answer, once its batch is answered.
+    Waiting,
+}
+
+/// The connection's replies in read order and the deliveries they wait for.
+#[derive(Default)]
+pub struct InFlight<'a> {
+    /// Allocated at the first delivery: a connection that never relays through a numbering
+    /// bus keeps one word for it.
+    state: Option<Box<State<'a>>>,
+}
+
+#[derive(Default)]
+struct State<'a> {
+    replies: VecDeque<Slot>,
+    /// The batch with the bus; its deliveries are the first `Waiting` slots.
+    sending: Option<Sending<'a>>,
+    /// Relays read since it went out: the next batch.
+    next_batch: Vec<RelayDelivery>,
+    /// Deliveries not answered yet, in both.
+    waiting: usize,
+}
+
+impl<'a> InFlight<'a> {
+    /// Whether no reply is pending.
+    pub fn is_empty(&self) -> bool {
+        self.state.as_ref().is_none_or(|s| s.replies.is_empty())
+    }
+
+    /// Whether the reader must wait for an answer before reading the next message.
+    pub fn is_full(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| s.waiting >= DELIVERIES_IN_FLIGHT)
+    }
+
+    /// Whether a batch is with the bus.
+    pub fn is_sending(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.sending.is_some())
+    }
+
+    /// Adds a relay to the next batch; its answer takes its place among the replies.
+    pub fn push(&mut self, delivery: RelayDelivery) {
+        let state = self.state.get_or_insert_with(Box::default);
+        state.next_batch.push(delivery);
+        state.replies.push_back(Slot::Waiting);
+        state.waiting += 1;
+    }
+
+    /// A reply that needs no bus: handed back to be sent now when no reply is pending, else
+    /// kept to follow the ones before it.
+    pub fn behind(&mut self, reply: Reply) -> Option<Reply> {
+        match self.state.as_mut() {
+            Some(state) if !state.replies.is_empty() => {
+                state.replies.push_back(Slot::Ready(reply));
+                None
+            }
+            _ => Some(reply),
+        }
+    }
+
+    /// The relays read since the last batch, once every reply before them has been taken
+    /// (so the batch before is answered and the client's seqs held back are known).
+    pub fn next_batch(&mut self) -> Option<Vec<RelayDelivery>> {
+        let state = self.state.as_mut()?;
+        let turn = state.sending.is_none()
+            && !state.next_batch.is_empty()
+            && matches!(state.replies.front(), Some(Slot::Waiting));
+        turn.then(|| std::mem::take(&mut state.next_batch))
+    }
+
+    /// The batch taken with [`next_batch`](Self::next_batch) is with the bus.
+    pub fn sending(&mut self, sending: Sending<'a>) {
+        if let Some(state) = self.state.as_mut() {
+            state.sending = Some(sending);
+        }
+    }
+
+    /// The replies whose turn has come, in order: at once when there are some, else when
+    /// the batch with the bus is answered; none when no batch is (nothing pending, or a
+    /// batch not sent yet). Cancel-safe: a batch not answered yet stays with the bus.
+    pub async fn next(&mut self) -> Vec<Reply> {
+        let Some(state) = self.state.as_mut() else {
+            return Vec::new();
+        };
+        if !matches!(state.replies.front(), Some(Slot::Ready(_))) {
+            let Some(sending) = state.sending.as_mut() else {
+                return Vec::new();
+            };
+            let answers = sending.await;
+            state.sending = None;
+            state.answered(answers);
+        }
+        state.take_ready()
+    }
+}
+
+impl State<'_> {
+    /// Fills the first waiting slots (the batch just answered) with its answers.
+    fn answered(&mut self, answers: Vec<Answer>) {
+        let mut answers = answers.into_iter();
+        for slot in self.replies.iter_mut() {
+            if matches!(slot, Slot::Waiting) {
+                let Some(answer) = answers.next() else { break };
+                *slot = Slot::Ready(Reply::Delivery(answer));
+                self.waiting -= 1;
+            }
+        }
+    }
+
+    fn take_ready(&mut self) -> Vec<Reply> {
+        let mut ready = Vec::new();
+        while let Some(Slot::Ready(_)) = self.replies.front() {
+            if let Some(Slot::Ready(reply)) = self.replies.pop_front() {
+                ready.push(reply);
+            }
+        }
+        ready
+    }
+}
+
+/// What becomes of one relay of a batch about to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Sent to the bus.
+    Send,
+    /// Not sent: it comes after this seq, which the client must send again first.
+    Behind(u64),
+}
+
+/// Splits a batch into what goes to the bus and what is refused before: a numbered relay
+/// after a seq the client must send again (`held`, see [`crate::resend_order`]) is refused;
+/// each numbered one sent follows the numbered one sent before it in the batch.
+pub fn plan(
+    batch: Vec<RelayDelivery>,
+    held: impl Fn(Option<u64>) -> Option<u64>,
+) -> (Vec<RelayDelivery>, Vec<Plan>) {
+    let mut send = Vec::with_capacity(batch.len());
+    let mut plans = Vec::with_capacity(batch.len());
+    let mut previous = None;
+    for mut delivery in batch {
+        let seq = delivery.message.sender_seq;
+        if let Some(first) = held(seq) {
+            plans.push(Plan::Behind(first));
+            continue;
+        }
+        if seq.is_some() {
+            delivery.follows = previous;
+            previous = seq;
+        }
+        plans.push(Plan::Send);
+        send.push(delivery);
+    }
+    (send, plans)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::bus::RelayMessage;
+    use crate::protocol::Frame;
+    use crate::room::RoomId;
+
+    fn delivery(seq: Option<u64>) -> RelayDelivery {
+        RelayDelivery {
+            message: RelayMessage {
+                room_id: RoomId::parse("r").expect("room id"),
+                kind: RelayKind::IceCandidate,
+                sender_id: "a".into(),
+                to: Some("b".into()),
+                sender_seq: seq,
+                seqs: None,
+                frame: Frame::from_json_text("{}".to_owned()),
+            },
+            recipients: vec!["b".into()],
+            follows: None,
+        }
+    }
+
+    fn answer(seq: Option<u64>) -> Answer {
+        Answer {
+            seq,
+            kind: RelayKind::IceCandidate,
+            behind: None,
+            outcome: Ok(Delivered::Sent),
+        }
+    }
+
+    /// What a reply is, to compare orders.
+    fn label(reply: &Reply) -> String {
+        match reply {
+            Reply::Delivery(a) => format!("delivery {:?}", a.seq),
+            Reply::Ack(seq) => format!("ack {seq:?}"),
+            Reply::Error { seq, .. } => format!("error {seq:?}"),
+            Reply::Frame(_) => "frame".into(),
+        }
+    }
+
+    fn labels(replies: &[Reply]) -> Vec<String> {
+        replies.iter().map(label).collect()
+    }
+
+    #[tokio::test]
+    async fn replies_keep_read_order_across_batches() {
+        let mut in_flight = InFlight::default();
+        assert!(
+            in_flight.behind(Reply::Ack(Some(1))).is_some(),
+            "nothing pending: at once"
+        );
+        in_flight.push(delivery(Some(2)));
+        assert!(
+            in_flight.behind(Reply::Ack(Some(3))).is_none(),
+            "kept behind 2"
+        );
+        let batch = in_flight.next_batch().expect("first batch");
+        assert_eq!(batch.len(), 1);
+        let (answered, answer_rx) = tokio::sync::oneshot::channel::<()>();
+        in_flight.sending(Box::pin(async move {
+            let _ = answer_rx.await;
+            vec![answer(Some(2))]
+        }));
+        // Read while the first batch is with the bus: the next batch, not sent yet.
+        in_flight.push(delivery(Some(4)));
+        in_flight.push(delivery(Some(5)));
+        assert!(in_flight.next_batch().is_none(), "one batch at a time");
+        assert!(
+            in_flight.next().now_or_never().is_none(),
+            "2 not answered yet"
+        );
+        answered.send(()).expect("batch waiting");
+        assert_eq!(
+            labels(&in_flight.next().await),
+            ["delivery Some(2)", "ack Some(3)"]
+        );
+        let batch = in_flight.next_batch().expect("second batch");
+        assert_eq!(batch.len(), 2);
+        assert!(in_flight
+            .behind(Reply::Frame(Frame::from_json_text("{}".into())))
+            .is_none());
+        in_flight.sending(Box::pin(async { vec![answer(Some(4)), answer(Some(5))] }));
+        assert_eq!(
+            labels(&in_flight.next().await),
+            ["delivery Some(4)", "delivery Some(5)", "frame"]
+        );
+        assert!(in_flight.is_empty());
+        assert!(in_flight.next().await.is_empty());
+    }
+
+    #[test]
+    fn full_at_the_bound_of_unanswered_deliveries() {
+        let mut in_flight = InFlight::default();
+        for seq in 1..=DELIVERIES_IN_FLIGHT as u64 {
+            assert!(!in_flight.is_full());
+            in_flight.push(delivery(Some(seq)));
+        }
+        assert!(in_flight.is_full());
+        // Replies that need no bus do not count.
+        assert!(in_flight.behind(Reply::Ack(None)).is_none());
+        assert!(in_flight.is_full());
+    }
+
+    #[test]
+    fn a_batch_goes_only_after_every_reply_before_it_was_taken() {
+        let mut in_flight = InFlight::default();
+        in_flight.push(delivery(Some(1)));
+        let _ = in_flight.next_batch().expect("batch");
+        in_flight.sending(Box::pin(async { vec![answer(Some(1))] }));
+        in_flight.push(delivery(Some(2)));
+        // Answered but not taken: the client's held seqs are not known yet.
+        let replies = in_flight.next().now_or_never().expect("ready");
+        assert_eq!(labels(&replies), ["delivery Some(1)"]);
+        assert_eq!(in_flight.next_batch().map(|b| b.len()), Some(1));
+    }
+
+    #[test]
+    fn plan_refuses_what_comes_after_a_held_seq_and_chains_the_rest() {
+        let batch = vec![
+            delivery(Some(3)),
+            delivery(None),
+            delivery(Some(4)),
+            delivery(Some(9)),
+            delivery(Some(5)),
+        ];
+        // The client must send 5 again first: 9 waits, 5 itself and earlier ones go.
+        let held = |seq: Option<u64>| seq.filter(|&s| s > 5).map(|_| 5);
+        let (send, plans) = plan(batch, held);
+        assert_eq!(
+            plans,
+            [
+                Plan::Send,
+                Plan::Send,
+                Plan::Send,
+                Plan::Behind(5),
+                Plan::Send
+            ]
+        );
+        let follows: Vec<_> = send
+            .iter()
+            .map(|d| (d.message.sender_seq, d.follows))
+            .collect();
+        assert_eq!(
+            follows,
+            [
+                (Some(3), None),
+                (None, None),
+                (Some(4), Some(3)),
+                (Some(5), Some(4))
+            ]
+        );
+    }
+}
