@@ -189,20 +189,24 @@ pub enum Plan {
 }
 
 /// Splits a batch into what goes to the bus and what is refused before: a numbered relay
-/// after a seq the client must send again (`held`, see [`crate::resend_order`]) is refused;
-/// each numbered one sent follows the numbered one sent before it in the batch.
-pub fn plan(
-    batch: Vec<RelayDelivery>,
-    held: impl Fn(Option<u64>) -> Option<u64>,
-) -> (Vec<RelayDelivery>, Vec<Plan>) {
+/// after the seq the client must send again first (`held`, see [`crate::resend_order`]) is
+/// refused, unless that seq is sent before it in this batch; each numbered one sent follows
+/// the numbered one sent before it in the batch, so it is taken only after that one.
+pub fn plan(batch: Vec<RelayDelivery>, held: Option<u64>) -> (Vec<RelayDelivery>, Vec<Plan>) {
     let mut send = Vec::with_capacity(batch.len());
     let mut plans = Vec::with_capacity(batch.len());
     let mut previous = None;
+    let mut held = held;
     for mut delivery in batch {
         let seq = delivery.message.sender_seq;
-        if let Some(first) = held(seq) {
-            plans.push(Plan::Behind(first));
-            continue;
+        match (held, seq) {
+            (Some(first), Some(seq)) if seq > first => {
+                plans.push(Plan::Behind(first));
+                continue;
+            }
+            // The held seq itself: the ones after it may follow it.
+            (Some(first), Some(seq)) if seq == first => held = None,
+            _ => {}
         }
         if seq.is_some() {
             delivery.follows = previous;
@@ -334,6 +338,12 @@ mod tests {
         assert_eq!(in_flight.next_batch().map(|b| b.len()), Some(1));
     }
 
+    fn seqs_and_follows(send: &[RelayDelivery]) -> Vec<(Option<u64>, Option<u64>)> {
+        send.iter()
+            .map(|d| (d.message.sender_seq, d.follows))
+            .collect()
+    }
+
     #[test]
     fn plan_refuses_what_comes_after_a_held_seq_and_chains_the_rest() {
         let batch = vec![
@@ -343,25 +353,13 @@ mod tests {
             delivery(Some(9)),
             delivery(Some(5)),
         ];
-        // The client must send 5 again first: 9 waits, 5 itself and earlier ones go.
-        let held = |seq: Option<u64>| seq.filter(|&s| s > 5).map(|_| 5);
-        let (send, plans) = plan(batch, held);
+        // The client must send 5 again first: 9 (before 5 in the batch) waits, 5 itself and
+        // earlier ones go.
+        let (send, plans) = plan(batch, Some(5));
+        use Plan::{Behind, Send};
+        assert_eq!(plans, [Send, Send, Send, Behind(5), Send]);
         assert_eq!(
-            plans,
-            [
-                Plan::Send,
-                Plan::Send,
-                Plan::Send,
-                Plan::Behind(5),
-                Plan::Send
-            ]
-        );
-        let follows: Vec<_> = send
-            .iter()
-            .map(|d| (d.message.sender_seq, d.follows))
-            .collect();
-        assert_eq!(
-            follows,
+            seqs_and_follows(&send),
             [
                 (Some(3), None),
                 (None, None),
@@ -369,5 +367,21 @@ mod tests {
                 (Some(5), Some(4))
             ]
         );
+    }
+
+    #[test]
+    fn the_held_seq_sent_again_lets_the_ones_after_it_in_the_batch_follow_it() {
+        // The client re-sends 5, 6, 7 in one go: 6 and 7 go behind 5, each after the one
+        // before, so none is taken unless 5 is.
+        let batch = vec![delivery(Some(5)), delivery(Some(6)), delivery(Some(7))];
+        let (send, plans) = plan(batch, Some(5));
+        assert_eq!(plans, [Plan::Send, Plan::Send, Plan::Send]);
+        assert_eq!(
+            seqs_and_follows(&send),
+            [(Some(5), None), (Some(6), Some(5)), (Some(7), Some(6))]
+        );
+        // Nothing held: everything goes.
+        let (_, plans) = plan(vec![delivery(Some(8)), delivery(None)], None);
+        assert_eq!(plans, [Plan::Send, Plan::Send]);
     }
 }

@@ -21,6 +21,11 @@ pub struct ResendOrder {
 }
 
 impl ResendOrder {
+    /// The seq that must be re-sent before any later one is relayed.
+    pub fn held(&self) -> Option<u64> {
+        self.held_from
+    }
+
     /// The seq that must be re-sent first if a message with `seq` may not be relayed now.
     /// Messages without a seq, and re-sends of the held seq or earlier ones, always pass.
     pub fn waiting_for(&self, seq: Option<u64>) -> Option<u64> {

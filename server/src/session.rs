@@ -1115,7 +1115,13 @@ impl Session {
                 payload,
                 seq,
             } => {
-                let held = self.resend_order().waiting_for(seq);
+                // A relay through a numbering bus is checked when its batch goes out: the
+                // held seq may be in flight again, re-sent just before it.
+                let held = if ctx.bus.numbers_deliveries() {
+                    None
+                } else {
+                    self.resend_order().waiting_for(seq)
+                };
                 if let Some(held) = held {
                     // Relaying it now would put it ahead of `held` at its recipients.
                     self.reply(
@@ -1265,10 +1271,8 @@ impl Session {
             .iter()
             .map(|d| (d.message.sender_seq, d.message.kind))
             .collect();
-        let (send, plans) = {
-            let order = self.resend_order();
-            in_flight::plan(batch, |seq| order.waiting_for(seq))
-        };
+        let held = self.resend_order().held();
+        let (send, plans) = in_flight::plan(batch, held);
         let follows: Vec<_> = send.iter().map(|d| d.follows).collect();
         let bus = &self.ctx.bus;
         in_flight.sending(Box::pin(async move {

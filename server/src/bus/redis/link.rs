@@ -203,12 +203,21 @@ pub(super) fn ready_at(link: &Link, now: Instant, timing: &Timing) -> bool {
 }
 
 /// Whether a delivery published now would come back through this instance's subscriber, pure:
-/// commands work and the subscriber connection has every channel subscribed again. Right after
-/// a reconnect (a Redis restart) commands work before the subscriber has resubscribed, and a
-/// numbered delivery published then reaches no subscriber, although Redis confirms it. Unlike
-/// readiness it waits for no canary: a server that just started delivers at once.
+/// commands work and the subscriber connection has every channel subscribed, on the Redis the
+/// commands reach. After a command failed that is proven by a resubscription since, or by a
+/// canary published since and received: right after a Redis restart commands work before the
+/// subscriber has noticed it must resubscribe, and a numbered delivery published then reaches
+/// no subscriber, although Redis confirms it; after a lost command connection alone the next
+/// canary comes back over the subscriber that never left. Unlike readiness it waits for no
+/// canary otherwise: a server that just started delivers at once.
 pub(super) fn carries_at(link: &Link) -> bool {
-    link.commands_ok && link.subscribed_since.is_some()
+    let Some(subscribed) = link.subscribed_since else {
+        return false;
+    };
+    let proven = link
+        .last_failure
+        .is_none_or(|failed| subscribed >= failed || link.last_canary.is_some_and(|c| c >= failed));
+    link.commands_ok && proven
 }
 
 /// The subscriber connection looks wedged: connected long enough for a canary to come back,
@@ -429,6 +438,33 @@ mod tests {
             ..healthy.clone()
         };
         assert!(!carries_at(&down));
+    }
+
+    #[test]
+    fn after_a_failure_deliveries_wait_for_proof_the_subscriber_hears_this_redis() {
+        let t0 = Instant::now();
+        let failed = t0 + Duration::from_secs(1);
+        let later = failed + Duration::from_millis(5);
+        // A command failed, then one worked (the canary's publish, say): the subscriber,
+        // subscribed before the failure, may be on a Redis that has since restarted empty.
+        let commands_back = Link {
+            last_failure: Some(failed),
+            ..healthy(t0)
+        };
+        assert!(!carries_at(&commands_back));
+        // A canary published after the failure came back over it: the same Redis.
+        let canary_back = Link {
+            last_canary: Some(later),
+            ..commands_back.clone()
+        };
+        assert!(carries_at(&canary_back));
+        // Or it resubscribed since.
+        let resubscribed = Link {
+            subscribed_since: Some(later),
+            last_canary: None,
+            ..commands_back.clone()
+        };
+        assert!(carries_at(&resubscribed));
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl Inner {
         // delivery that no subscriber receives (every recipient, local ones too, gets it
         // from there): refuse it, the client sends it again.
         if !super::link::carries_at(&self.link()) {
+            self.subscriber.want_canary();
             return vec![Err(BusError::SubscriberDown); count];
         }
         let mut pipe = redis::pipe();
@@ -87,6 +88,10 @@ impl Inner {
             })
             .await;
         self.metrics.publish_latency(started.elapsed());
+        if replies.is_err() {
+            // The client sends these again soon: find out at once when the path is back.
+            self.subscriber.want_canary();
+        }
         outcomes(replies, count)
     }
 

@@ -83,6 +83,8 @@ pub(super) struct Subscriber {
     pub(super) subs: Mutex<Subs>,
     /// Wakes the subscriber task to replace its connection.
     repair: Notify,
+    /// Asks the canary task for a canary now, not at its next tick.
+    canary_now: Notify,
     /// The next canary nonce; starts at random so nobody can guess one (see `inbound`).
     canary_nonce: AtomicU64,
 }
@@ -92,6 +94,7 @@ impl Default for Subscriber {
         Subscriber {
             subs: Mutex::default(),
             repair: Notify::new(),
+            canary_now: Notify::new(),
             canary_nonce: AtomicU64::new(rand::random()),
         }
     }
@@ -101,6 +104,12 @@ impl Subscriber {
     /// The nonce the next canary will carry.
     pub(super) fn next_canary(&self) -> u64 {
         self.canary_nonce.load(Ordering::Relaxed)
+    }
+
+    /// A delivery was refused until a canary proves the path (see `link::carries_at`): one
+    /// now, so that a lost command connection costs a round trip, not a canary period.
+    pub(super) fn want_canary(&self) {
+        self.canary_now.notify_one();
     }
 }
 
@@ -266,12 +275,25 @@ pub(super) async fn subscriber_task(inner: Arc<Inner>) {
     }
 }
 
+/// The least time between two canaries asked for by refused deliveries.
+const CANARY_ON_DEMAND_SPACING: Duration = Duration::from_millis(50);
+
 /// Publishes the readiness canary and replaces a subscriber that stopped delivering it.
 pub(super) async fn canary_task(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.timing.canary);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asked_at: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = inner.subscriber.canary_now.notified() => {
+                // However many deliveries ask while Redis stays away: one canary per spacing.
+                if let Some(at) = asked_at {
+                    tokio::time::sleep_until(at + CANARY_ON_DEMAND_SPACING).await;
+                }
+                asked_at = Some(tokio::time::Instant::now());
+            }
+        }
         let nonce = inner
             .subscriber
             .canary_nonce
