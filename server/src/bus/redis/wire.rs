@@ -189,6 +189,10 @@ struct RelayHeader<'a> {
     sender_id: &'a str,
     #[serde(default)]
     to: Option<&'a str>,
+    #[serde(default)]
+    sender_seq: Option<u64>,
+    #[serde(default)]
+    seqs: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// The same header for [`encode`], borrowing instead of cloning its fields; serialized
@@ -417,17 +421,7 @@ pub fn decode(
             ..
         } => {
             check_participant_id(&sender_id, "sender_id")?;
-            if let Some(seqs) = &seqs {
-                for (id, seq) in seqs {
-                    check_participant_id(id, "seqs")?;
-                    if *seq == 0 {
-                        return Err(WireError::Field("seqs"));
-                    }
-                }
-            }
-            if sender_seq.is_some_and(|s| s == 0 || s > crate::protocol::MAX_SEQ) {
-                return Err(WireError::Field("sender_seq"));
-            }
+            check_seqs(seqs.as_ref(), sender_seq)?;
             if let Some(to) = &to {
                 check_participant_id(to, "to")?;
             }
@@ -561,6 +555,7 @@ fn decode_relay_fast(
         return Ok(None);
     }
     check_participant_id(h.sender_id, "sender_id")?;
+    check_seqs(h.seqs.as_ref(), h.sender_seq)?;
     if let Some(to) = h.to {
         check_participant_id(to, "to")?;
     }
@@ -576,12 +571,29 @@ fn decode_relay_fast(
             kind: h.kind,
             sender_id: h.sender_id.to_owned(),
             to: h.to.map(str::to_owned),
-            // A header with either goes the general way (the fast one knows neither field).
-            sender_seq: None,
-            seqs: None,
+            sender_seq: h.sender_seq,
+            seqs: h.seqs,
             frame,
         }),
     }))
+}
+
+/// A relay header's delivery seqs (ids that could be participants', none zero) and the
+/// sender's client seq (within the protocol's range).
+fn check_seqs(
+    seqs: Option<&std::collections::BTreeMap<String, u64>>,
+    sender_seq: Option<u64>,
+) -> Result<(), WireError> {
+    for (id, seq) in seqs.into_iter().flatten() {
+        check_participant_id(id, "seqs")?;
+        if *seq == 0 {
+            return Err(WireError::Field("seqs"));
+        }
+    }
+    if sender_seq.is_some_and(|s| s == 0 || s > crate::protocol::MAX_SEQ) {
+        return Err(WireError::Field("sender_seq"));
+    }
+    Ok(())
 }
 
 /// A presence event carries nothing after its header line.
@@ -826,7 +838,21 @@ mod tests {
 
     #[test]
     fn fast_relay_path_decides_like_the_general_one() {
-        let ok = [relay("{\"sdp\":\"v=0\"}", Some("b")), relay("null", None)];
+        // Numbered as the delivery script publishes them (resume on): `seqs` last.
+        let numbered = |payload: &str, to: Option<&str>| {
+            let RemoteEvent::Relay(mut m) = relay(payload, to) else {
+                unreachable!()
+            };
+            m.sender_seq = Some(7);
+            m.seqs = Some([("b".to_owned(), 3), ("c".to_owned(), 9)].into());
+            RemoteEvent::Relay(m)
+        };
+        let ok = [
+            relay("{\"sdp\":\"v=0\"}", Some("b")),
+            relay("null", None),
+            numbered("{\"candidate\":\"x\"}", Some("b")),
+            numbered("null", None),
+        ];
         for event in &ok {
             let bytes = encode("o", event);
             let fast = decode_on(&bytes, "r").unwrap();
@@ -866,6 +892,27 @@ mod tests {
                 String::from_utf8(bytes.clone())
                     .unwrap()
                     .replacen("\"v\":1", "\"v\":2", 1)
+                    .into_bytes(),
+            ),
+            (
+                "delivery seq zero",
+                String::from_utf8(encode("o", &ok[2]))
+                    .unwrap()
+                    .replacen("\"c\":9", "\"c\":0", 1)
+                    .into_bytes(),
+            ),
+            (
+                "bad id in seqs",
+                String::from_utf8(encode("o", &ok[2]))
+                    .unwrap()
+                    .replacen("\"c\":9", "\"c c\":9", 1)
+                    .into_bytes(),
+            ),
+            (
+                "sender seq zero",
+                String::from_utf8(encode("o", &ok[2]))
+                    .unwrap()
+                    .replacen("\"sender_seq\":7", "\"sender_seq\":0", 1)
                     .into_bytes(),
             ),
         ] {
