@@ -392,10 +392,7 @@ pub fn decode(
     if bytes.len() > limits.max_header_bytes() + 1 + limits.max_frame_bytes {
         return Err(WireError::TooLarge);
     }
-    let split = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or(WireError::NoHeader)?;
+    let split = memchr::memchr(b'\n', bytes).ok_or(WireError::NoHeader)?;
     let (head, rest) = (&bytes[..split], &bytes[split + 1..]);
     if head.len() > limits.max_header_bytes() {
         return Err(WireError::TooLarge);
