@@ -23,10 +23,18 @@ use crate::bus::{BusError, Delivered, RelayDelivery};
 use crate::protocol::{ErrorCode, Frame, RelayKind};
 
 /// Deliveries one connection may have waiting for the bus (sent or to be sent). A client
-/// that sends faster waits for an answer before its next message is read, so this also
-/// bounds what a connection holds while Redis is slow (besides its byte budget). At 32 a
-/// burst of ICE candidates goes out in one or two round trips.
+/// that sends faster waits for an answer before its next message is read. At 32 a burst of
+/// ICE candidates goes out in one or two round trips.
 pub const DELIVERIES_IN_FLIGHT: usize = 32;
+
+/// Replies one connection may have waiting, deliveries' included: pings answered behind a
+/// delivery Redis is slow to answer wait here, not in the outbox, so they are bounded here.
+pub const REPLIES_WAITING: usize = 2 * DELIVERIES_IN_FLIGHT;
+
+/// Bytes of frames (relays waiting for the bus, `pong`s and other replies behind them) one
+/// connection may hold here, as much as its outbox may (`WEBRTC_OUTBOUND_QUEUE_BYTES`'s
+/// default): what a client makes the server hold while Redis is slow stays bounded.
+pub const BYTES_WAITING: usize = 1 << 20;
 
 /// The bus's answer to one delivery, for the client message it came from.
 pub struct Answer {
@@ -79,6 +87,10 @@ struct State<'a> {
     next_batch: Vec<RelayDelivery>,
     /// Deliveries not answered yet, in both.
     waiting: usize,
+    /// Frame bytes of each delivery not answered yet, in order.
+    waiting_bytes: VecDeque<usize>,
+    /// Frame bytes held: deliveries not answered and replies not taken.
+    bytes: usize,
 }
 
 impl<'a> InFlight<'a> {
@@ -89,9 +101,11 @@ impl<'a> InFlight<'a> {
 
     /// Whether the reader must wait for an answer before reading the next message.
     pub fn is_full(&self) -> bool {
-        self.state
-            .as_ref()
-            .is_some_and(|s| s.waiting >= DELIVERIES_IN_FLIGHT)
+        self.state.as_ref().is_some_and(|s| {
+            s.waiting >= DELIVERIES_IN_FLIGHT
+                || s.replies.len() >= REPLIES_WAITING
+                || s.bytes >= BYTES_WAITING
+        })
     }
 
     /// Whether a batch is with the bus.
@@ -102,9 +116,12 @@ impl<'a> InFlight<'a> {
     /// Adds a relay to the next batch; its answer takes its place among the replies.
     pub fn push(&mut self, delivery: RelayDelivery) {
         let state = self.state.get_or_insert_with(Box::default);
+        let bytes = delivery.message.frame.len();
         state.next_batch.push(delivery);
         state.replies.push_back(Slot::Waiting);
         state.waiting += 1;
+        state.waiting_bytes.push_back(bytes);
+        state.bytes += bytes;
     }
 
     /// A reply that needs no bus: handed back to be sent now when no reply is pending, else
@@ -112,6 +129,7 @@ impl<'a> InFlight<'a> {
     pub fn behind(&mut self, reply: Reply) -> Option<Reply> {
         match self.state.as_mut() {
             Some(state) if !state.replies.is_empty() => {
+                state.bytes += bytes_of(&reply);
                 state.replies.push_back(Slot::Ready(reply));
                 None
             }
@@ -164,6 +182,8 @@ impl State<'_> {
                 let Some(answer) = answers.next() else { break };
                 *slot = Slot::Ready(Reply::Delivery(answer));
                 self.waiting -= 1;
+                let bytes = self.waiting_bytes.pop_front().unwrap_or(0);
+                self.bytes = self.bytes.saturating_sub(bytes);
             }
         }
     }
@@ -172,10 +192,20 @@ impl State<'_> {
         let mut ready = Vec::new();
         while let Some(Slot::Ready(_)) = self.replies.front() {
             if let Some(Slot::Ready(reply)) = self.replies.pop_front() {
+                self.bytes = self.bytes.saturating_sub(bytes_of(&reply));
                 ready.push(reply);
             }
         }
         ready
+    }
+}
+
+/// The bytes a reply kept behind deliveries holds (a delivery's are counted while it waits).
+fn bytes_of(reply: &Reply) -> usize {
+    match reply {
+        Reply::Frame(frame) => frame.len(),
+        Reply::Error { message, .. } => message.len(),
+        Reply::Ack(_) | Reply::Delivery(_) => 0,
     }
 }
 
@@ -323,6 +353,35 @@ mod tests {
         // Replies that need no bus do not count.
         assert!(in_flight.behind(Reply::Ack(None)).is_none());
         assert!(in_flight.is_full());
+    }
+
+    #[test]
+    fn replies_behind_a_delivery_are_bounded_by_count_and_bytes() {
+        let mut in_flight = InFlight::default();
+        in_flight.push(delivery(Some(1)));
+        // Pings answered behind it: the reader stops at the bound, whatever the sizes.
+        for _ in 1..REPLIES_WAITING {
+            assert!(!in_flight.is_full());
+            assert!(in_flight.behind(Reply::Ack(None)).is_none());
+        }
+        assert!(in_flight.is_full(), "count bound");
+        let mut in_flight = InFlight::default();
+        in_flight.push(delivery(Some(1)));
+        let pong = Frame::from_json_text(format!("{{\"p\":\"{}\"}}", "x".repeat(64 * 1024)));
+        while !in_flight.is_full() {
+            assert!(in_flight.behind(Reply::Frame(pong.clone())).is_none());
+        }
+        assert!(
+            in_flight.state.as_ref().map(|s| s.replies.len()) < Some(REPLIES_WAITING),
+            "the byte bound came first"
+        );
+        // Taken, the bytes are given back.
+        let _ = in_flight.next_batch();
+        in_flight.sending(Box::pin(async { vec![answer(Some(1))] }));
+        let replies = in_flight.next().now_or_never().expect("answered");
+        assert!(replies.len() > 1);
+        assert!(!in_flight.is_full());
+        assert_eq!(in_flight.state.as_ref().map(|s| s.bytes), Some(0));
     }
 
     #[test]

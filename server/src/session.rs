@@ -952,7 +952,9 @@ impl Session {
     {
         let mut in_flight = InFlight::default();
         let end = self.read_messages(stream, &mut in_flight).await;
-        // What was read is delivered, or refused, before the session ends.
+        // What was read is delivered, or refused, before the reader ends (when the writer,
+        // liveness or the deadline ends the session first, the client gets no answer for
+        // what was still waiting, and sends it again after a resume).
         loop {
             self.send_next_batch(&mut in_flight);
             if in_flight.is_empty() {
@@ -1344,7 +1346,10 @@ impl Session {
             }
             Ok(Delivered::Behind) => self.reply_error_for(
                 ErrorCode::BusUnavailable,
-                &resend_first(behind.unwrap_or_default()),
+                &behind.map_or_else(
+                    || "an earlier message was not delivered; send it again first".to_owned(),
+                    resend_first,
+                ),
                 seq,
             ),
             Err(e @ BusError::DeliveryUnknown { .. }) => {

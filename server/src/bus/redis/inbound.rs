@@ -27,8 +27,10 @@ pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How much of a dropped message a log line shows.
 const SAMPLE_BYTES: usize = 96;
 
-/// How many canary periods old a canary that comes back may be.
-const CANARY_WINDOW: u64 = 16;
+/// How many canaries old a canary that comes back may be. Refused deliveries ask for canaries
+/// up to every 50 ms (see `subscriber`), so this is wide: 256 of them are at least 12.8 s, and
+/// a subscriber that lags that far is replaced anyway.
+const CANARY_WINDOW: u64 = 256;
 
 /// Why a message read from Redis was dropped: the `reason` label of
 /// `switchboard_bus_messages_dropped_total` and of the log line.
@@ -450,8 +452,8 @@ mod tests {
     fn only_recent_canaries_of_ours_count() {
         let next = 1_000;
         assert!(canary_is_ours(b"999", next));
-        assert!(canary_is_ours(b"984", next));
-        assert!(!canary_is_ours(b"983", next), "too old");
+        assert!(canary_is_ours(b"744", next));
+        assert!(!canary_is_ours(b"743", next), "too old");
         assert!(!canary_is_ours(b"1000", next), "not published yet");
         assert!(!canary_is_ours(b"5", next));
         assert!(!canary_is_ours(b"x", next));

@@ -60,10 +60,36 @@ impl Inner {
             self.subscriber.want_canary();
             return vec![Err(BusError::SubscriberDown); count];
         }
+        let numbered: Vec<bool> = deliveries
+            .iter()
+            .map(|d| d.message.sender_seq.is_some())
+            .collect();
+        let mut all = Vec::with_capacity(count);
+        for run in pipelines(&numbered, self.conn.is_cluster()) {
+            let len = run.len();
+            let replies = self.deliver_pipeline(&deliveries[run]).await;
+            let failed = replies.is_err();
+            all.extend(outcomes(replies, len));
+            if failed {
+                // The rest would not overtake it: refused the same way.
+                if let Some(Err(e)) = all.last().cloned() {
+                    all.resize(count, Err(e));
+                }
+                break;
+            }
+        }
+        all
+    }
+
+    /// One pipeline of `DELIVER` calls: each one's reply, or the pipeline's failure.
+    async fn deliver_pipeline(
+        &self,
+        deliveries: &[RelayDelivery],
+    ) -> Result<Vec<RedisResult<Vec<String>>>, BusError> {
         let mut pipe = redis::pipe();
         // Each call's error is its own: the others ran.
         pipe.ignore_errors();
-        for delivery in &deliveries {
+        for delivery in deliveries {
             pipe.add_command(self.deliver_command(delivery));
         }
         let script = &self.resume.deliver;
@@ -78,11 +104,10 @@ impl Inner {
                     script.load_async(&mut conn).await?;
                     replies = pipe.query_async(&mut conn).await?;
                 }
-                // Refused as a whole (Redis out of memory): the link records it.
+                // Refused as a whole (out of memory, loading, a replica): the command's
+                // failure, which the link records (readiness, logs, the canary).
                 match replies.first() {
-                    Some(Err(e)) if is_out_of_memory(e) && replies.iter().all(|r| r.is_err()) => {
-                        Err(e.clone())
-                    }
+                    Some(Err(e)) if replies.iter().all(|r| r.is_err()) => Err(e.clone()),
                     _ => Ok(replies),
                 }
             })
@@ -92,7 +117,7 @@ impl Inner {
             // The client sends these again soon: find out at once when the path is back.
             self.subscriber.want_canary();
         }
-        outcomes(replies, count)
+        replies
     }
 
     /// The `DELIVER` script call for one delivery (see `scripts::DELIVER` for its keys and
@@ -252,6 +277,31 @@ impl Inner {
 
 /// The adopt script's `{'overflow', lost}`: how many missed messages were no longer kept (at
 /// least one).
+/// How a batch is split into pipelines, sent one after the other: one pipeline, except on a
+/// Redis Cluster, where redis-rs sends a whole pipeline again when one of its replies is a
+/// redirection (a slot moving): a numbered delivery run twice comes back `dup`, but an
+/// unnumbered one would be delivered twice, so each of those goes in a pipeline of its own.
+fn pipelines(numbered: &[bool], cluster: bool) -> Vec<std::ops::Range<usize>> {
+    if !cluster {
+        return std::iter::once(0..numbered.len()).collect();
+    }
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, &n) in numbered.iter().enumerate() {
+        if !n {
+            if start < i {
+                runs.push(start..i);
+            }
+            runs.push(i..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < numbered.len() {
+        runs.push(start..numbered.len());
+    }
+    runs
+}
+
 fn is_no_script(reply: &RedisResult<Vec<String>>) -> bool {
     matches!(reply, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
 }
@@ -328,6 +378,19 @@ fn adopted(participant: ParticipantInfo, reply: &[String]) -> Adopted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_cluster_sends_unnumbered_deliveries_in_pipelines_of_their_own() {
+        let batch = [true, true, false, true, false, false, true];
+        let whole: Vec<_> = std::iter::once(0..7).collect();
+        assert_eq!(pipelines(&batch, false), whole);
+        assert_eq!(
+            pipelines(&batch, true),
+            [0..2, 2..3, 3..4, 4..5, 5..6, 6..7]
+        );
+        assert_eq!(pipelines(&[true, true], true).len(), 1);
+        assert_eq!(pipelines(&[false], true).len(), 1);
+    }
 
     #[test]
     fn the_adopt_reply_splits_into_seq_replay_and_participants() {
