@@ -85,9 +85,7 @@ struct State<'a> {
     sending: Option<Sending<'a>>,
     /// Relays read since it went out: the next batch.
     next_batch: Vec<RelayDelivery>,
-    /// Deliveries not answered yet, in both.
-    waiting: usize,
-    /// Frame bytes of each delivery not answered yet, in order.
+    /// Frame bytes of each delivery not answered yet (in both), in order.
     waiting_bytes: VecDeque<usize>,
     /// Frame bytes held: deliveries not answered and replies not taken.
     bytes: usize,
@@ -102,7 +100,7 @@ impl<'a> InFlight<'a> {
     /// Whether the reader must wait for an answer before reading the next message.
     pub fn is_full(&self) -> bool {
         self.state.as_ref().is_some_and(|s| {
-            s.waiting >= DELIVERIES_IN_FLIGHT
+            s.waiting_bytes.len() >= DELIVERIES_IN_FLIGHT
                 || s.replies.len() >= REPLIES_WAITING
                 || s.bytes >= BYTES_WAITING
         })
@@ -119,7 +117,6 @@ impl<'a> InFlight<'a> {
         let bytes = delivery.message.frame.len();
         state.next_batch.push(delivery);
         state.replies.push_back(Slot::Waiting);
-        state.waiting += 1;
         state.waiting_bytes.push_back(bytes);
         state.bytes += bytes;
     }
@@ -181,7 +178,6 @@ impl State<'_> {
             if matches!(slot, Slot::Waiting) {
                 let Some(answer) = answers.next() else { break };
                 *slot = Slot::Ready(Reply::Delivery(answer));
-                self.waiting -= 1;
                 let bytes = self.waiting_bytes.pop_front().unwrap_or(0);
                 self.bytes = self.bytes.saturating_sub(bytes);
             }
@@ -207,6 +203,39 @@ fn bytes_of(reply: &Reply) -> usize {
         Reply::Error { message, .. } => message.len(),
         Reply::Ack(_) | Reply::Delivery(_) => 0,
     }
+}
+
+/// The answers to a batch, in its order: `kinds` each relay's seq and kind, `plans` what
+/// [`plan`] made of it, `outcomes` the bus's outcome of each one sent with the seq it
+/// followed. One the bus gave no outcome for is `delivery_unknown`.
+pub fn answers(
+    kinds: Vec<(Option<u64>, RelayKind)>,
+    plans: Vec<Plan>,
+    outcomes: impl IntoIterator<Item = (Result<Delivered, BusError>, Option<u64>)>,
+) -> Vec<Answer> {
+    let mut outcomes = outcomes.into_iter();
+    kinds
+        .into_iter()
+        .zip(plans)
+        .map(|((seq, kind), plan)| {
+            let (outcome, behind) = match plan {
+                Plan::Behind(first) => (Ok(Delivered::Behind), Some(first)),
+                Plan::Send => outcomes.next().unwrap_or_else(|| {
+                    let unknown = BusError::DeliveryUnknown {
+                        op: "deliver",
+                        source: None,
+                    };
+                    (Err(unknown), None)
+                }),
+            };
+            Answer {
+                seq,
+                kind,
+                behind,
+                outcome,
+            }
+        })
+        .collect()
 }
 
 /// What becomes of one relay of a batch about to be sent.
@@ -395,6 +424,41 @@ mod tests {
         let replies = in_flight.next().now_or_never().expect("ready");
         assert_eq!(labels(&replies), ["delivery Some(1)"]);
         assert_eq!(in_flight.next_batch().map(|b| b.len()), Some(1));
+    }
+
+    #[test]
+    fn answers_line_up_with_the_batch_whatever_was_sent() {
+        let kind = RelayKind::IceCandidate;
+        let kinds = vec![
+            (Some(1), kind),
+            (Some(2), kind),
+            (None, kind),
+            (Some(3), kind),
+        ];
+        let plans = vec![Plan::Send, Plan::Behind(1), Plan::Send, Plan::Send];
+        // Two outcomes for three sent: the last one is unknown.
+        let outcomes = vec![
+            (Ok(Delivered::Sent), None),
+            (Ok(Delivered::Behind), Some(1)),
+        ];
+        let answers = answers(kinds, plans, outcomes);
+        let got: Vec<_> = answers
+            .iter()
+            .map(|a| (a.seq, a.behind, a.outcome.as_ref().ok().copied()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(1), None, Some(Delivered::Sent)),
+                (Some(2), Some(1), Some(Delivered::Behind)),
+                (None, Some(1), Some(Delivered::Behind)),
+                (Some(3), None, None)
+            ]
+        );
+        assert!(matches!(
+            answers[3].outcome,
+            Err(BusError::DeliveryUnknown { .. })
+        ));
     }
 
     fn seqs_and_follows(send: &[RelayDelivery]) -> Vec<(Option<u64>, Option<u64>)> {

@@ -28,7 +28,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::bus::{Bus, BusError, Delivered, JoinLimits, JoinOutcome, RelayDelivery, RelayMessage};
 use crate::config::Limits;
 use crate::hub::{Attach, Claim, Hub, Route};
-use crate::in_flight::{self, Answer, InFlight, Plan, Reply};
+use crate::in_flight::{self, Answer, InFlight, Reply};
 use crate::lifetime::{Expiry, Lifetime};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Next, Outbox};
@@ -1278,35 +1278,12 @@ impl Session {
         let follows: Vec<_> = send.iter().map(|d| d.follows).collect();
         let bus = &self.ctx.bus;
         in_flight.sending(Box::pin(async move {
-            let mut outcomes = if send.is_empty() {
+            let outcomes = if send.is_empty() {
                 Vec::new()
             } else {
                 bus.deliver(send).await
-            }
-            .into_iter()
-            .zip(follows);
-            kinds
-                .into_iter()
-                .zip(plans)
-                .map(|((seq, kind), plan)| {
-                    let (outcome, behind) = match plan {
-                        Plan::Behind(first) => (Ok(Delivered::Behind), Some(first)),
-                        Plan::Send => outcomes.next().map_or_else(
-                            || {
-                                let op = "deliver";
-                                (Err(BusError::DeliveryUnknown { op, source: None }), None)
-                            },
-                            |(outcome, follows)| (outcome, follows),
-                        ),
-                    };
-                    Answer {
-                        seq,
-                        kind,
-                        behind,
-                        outcome,
-                    }
-                })
-                .collect()
+            };
+            in_flight::answers(kinds, plans, outcomes.into_iter().zip(follows))
         }));
     }
 

@@ -60,12 +60,9 @@ impl Inner {
             self.subscriber.want_canary();
             return vec![Err(BusError::SubscriberDown); count];
         }
-        let numbered: Vec<bool> = deliveries
-            .iter()
-            .map(|d| d.message.sender_seq.is_some())
-            .collect();
+        let numbered = deliveries.iter().map(|d| d.message.sender_seq.is_some());
         let mut all = Vec::with_capacity(count);
-        for run in pipelines(&numbered, self.conn.is_cluster()) {
+        for run in pipelines(numbered, self.conn.is_cluster()) {
             let len = run.len();
             let replies = self.deliver_pipeline(&deliveries[run]).await;
             let failed = replies.is_err();
@@ -281,13 +278,17 @@ impl Inner {
 /// Redis Cluster, where redis-rs sends a whole pipeline again when one of its replies is a
 /// redirection (a slot moving): a numbered delivery run twice comes back `dup`, but an
 /// unnumbered one would be delivered twice, so each of those goes in a pipeline of its own.
-fn pipelines(numbered: &[bool], cluster: bool) -> Vec<std::ops::Range<usize>> {
+fn pipelines(
+    numbered: impl ExactSizeIterator<Item = bool>,
+    cluster: bool,
+) -> Vec<std::ops::Range<usize>> {
+    let count = numbered.len();
     if !cluster {
-        return std::iter::once(0..numbered.len()).collect();
+        return std::iter::once(0..count).collect();
     }
     let mut runs = Vec::new();
     let mut start = 0;
-    for (i, &n) in numbered.iter().enumerate() {
+    for (i, n) in numbered.enumerate() {
         if !n {
             if start < i {
                 runs.push(start..i);
@@ -296,8 +297,8 @@ fn pipelines(numbered: &[bool], cluster: bool) -> Vec<std::ops::Range<usize>> {
             start = i + 1;
         }
     }
-    if start < numbered.len() {
-        runs.push(start..numbered.len());
+    if start < count {
+        runs.push(start..count);
     }
     runs
 }
@@ -383,13 +384,13 @@ mod tests {
     fn only_a_cluster_sends_unnumbered_deliveries_in_pipelines_of_their_own() {
         let batch = [true, true, false, true, false, false, true];
         let whole: Vec<_> = std::iter::once(0..7).collect();
-        assert_eq!(pipelines(&batch, false), whole);
+        assert_eq!(pipelines(batch.iter().copied(), false), whole);
         assert_eq!(
-            pipelines(&batch, true),
+            pipelines(batch.iter().copied(), true),
             [0..2, 2..3, 3..4, 4..5, 5..6, 6..7]
         );
-        assert_eq!(pipelines(&[true, true], true).len(), 1);
-        assert_eq!(pipelines(&[false], true).len(), 1);
+        assert_eq!(pipelines([true, true].into_iter(), true).len(), 1);
+        assert_eq!(pipelines([false].into_iter(), true).len(), 1);
     }
 
     #[test]
