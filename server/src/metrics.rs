@@ -1,7 +1,11 @@
 //! Process metrics in one `prometheus-client` registry, rendered in the Prometheus text
 //! format (0.0.4) for `/metrics` and as JSON for `/webrtc/webrtc-metrics`. Recording is an
-//! atomic add (a read lock for labelled counters); rendering happens only on scrape. The
-//! Redis bus records into [`BusMetrics`], registered here so one scrape shows both.
+//! atomic add (a read lock for labelled counters with values not named up front); what
+//! every relayed message records is striped per worker thread ([`striped`]). Rendering
+//! happens only on scrape. The Redis bus records into [`BusMetrics`], registered here so
+//! one scrape shows both.
+
+mod striped;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -14,6 +18,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::bus::redis::metrics::BusMetrics;
+use striped::{StripedCounter, StripedHistogram};
 
 /// Counters keyed by the value of one label, drawn from a closed set of `&'static str`
 /// (message types, error codes, close reasons). Unlike `Family`, the values can be read
@@ -22,18 +27,34 @@ use crate::bus::redis::metrics::BusMetrics;
 #[derive(Debug, Clone)]
 pub struct LabeledCounter {
     label: &'static str,
+    /// Values named up front (message types), striped and found without a lock; each
+    /// series appears once it has counted something, like the others.
+    known: Arc<[(&'static str, StripedCounter)]>,
     series: Arc<RwLock<BTreeMap<&'static str, Counter>>>,
 }
 
 impl LabeledCounter {
     pub fn new(label: &'static str) -> Self {
+        Self::with_values(label, &[])
+    }
+
+    /// A counter whose `values` are counted on the per-message path.
+    pub fn with_values(label: &'static str, values: &[&'static str]) -> Self {
         LabeledCounter {
             label,
+            known: values
+                .iter()
+                .map(|v| (*v, StripedCounter::default()))
+                .collect(),
             series: Arc::default(),
         }
     }
 
     pub fn inc(&self, value: &'static str) {
+        if let Some((_, counter)) = self.known.iter().find(|(v, _)| *v == value) {
+            counter.inc();
+            return;
+        }
         // The common case, a value seen before, only takes the read lock.
         if let Some(counter) = self.read().get(value) {
             counter.inc();
@@ -44,7 +65,15 @@ impl LabeledCounter {
     }
 
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        self.read().iter().map(|(v, c)| (*v, c.get())).collect()
+        let mut all: BTreeMap<&'static str, u64> =
+            self.read().iter().map(|(v, c)| (*v, c.get())).collect();
+        for (value, counter) in self.known.iter() {
+            let n = counter.get();
+            if n > 0 {
+                all.insert(value, n);
+            }
+        }
+        all
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<&'static str, Counter>> {
@@ -59,8 +88,10 @@ impl TypedMetric for LabeledCounter {
 
 impl EncodeMetric for LabeledCounter {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (value, counter) in self.read().iter() {
-            counter.encode(encoder.encode_family(&[(self.label, *value)])?)?;
+        for (value, n) in self.snapshot() {
+            encoder
+                .encode_family(&[(self.label, value)])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
         }
         Ok(())
     }
@@ -70,8 +101,8 @@ impl EncodeMetric for LabeledCounter {
     }
 }
 
-const FANOUT_BUCKETS: [f64; 8] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0];
-const SIZE_BUCKETS: [f64; 7] = [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0];
+static FANOUT_BUCKETS: [f64; 8] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0];
+static SIZE_BUCKETS: [f64; 7] = [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0];
 const SECONDS_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 /// Every metric the server records, and the registry that renders them.
@@ -84,14 +115,14 @@ pub struct Metrics {
     participants: Gauge,
     bus_ready: Gauge,
     draining: Gauge,
-    messages_received: Counter,
+    messages_received: StripedCounter,
     presence_dropped: Counter,
     presence_resyncs: Counter,
     relayed: LabeledCounter,
     errors: LabeledCounter,
     closes: LabeledCounter,
-    fanout: Histogram,
-    message_bytes: Histogram,
+    fanout: StripedHistogram,
+    message_bytes: StripedHistogram,
     join_seconds: Histogram,
     resumes: LabeledCounter,
     replayed: Counter,
@@ -173,7 +204,7 @@ impl Metrics {
             &mut registry,
             "messages_received",
             "Client messages received",
-            Counter::default(),
+            StripedCounter::default(),
         );
         let presence_dropped = register(
             &mut registry,
@@ -191,7 +222,10 @@ impl Metrics {
             &mut registry,
             "messages_relayed",
             "Client messages relayed, by message type",
-            LabeledCounter::new("type"),
+            LabeledCounter::with_values(
+                "type",
+                &crate::protocol::RelayKind::ALL.map(crate::protocol::RelayKind::as_str),
+            ),
         );
         let errors = register(
             &mut registry,
@@ -209,13 +243,13 @@ impl Metrics {
             &mut registry,
             "relay_local_recipients",
             "Local recipients per relayed message",
-            Histogram::new(FANOUT_BUCKETS),
+            StripedHistogram::new(&FANOUT_BUCKETS),
         );
         let message_bytes = register(
             &mut registry,
             "message_size_bytes",
             "Size of client messages",
-            Histogram::new(SIZE_BUCKETS),
+            StripedHistogram::new(&SIZE_BUCKETS),
         );
         let join_seconds = register(
             &mut registry,
@@ -337,12 +371,12 @@ impl Metrics {
 
     pub fn message_received(&self, bytes: usize) {
         self.messages_received.inc();
-        self.message_bytes.observe(bytes as f64);
+        self.message_bytes.observe(bytes as u64);
     }
 
     pub fn relayed(&self, kind: &'static str, local_recipients: usize) {
         self.relayed.inc(kind);
-        self.fanout.observe(local_recipients as f64);
+        self.fanout.observe(local_recipients as u64);
     }
 
     pub fn error(&self, code: &'static str) {
