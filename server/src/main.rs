@@ -10,6 +10,9 @@ use anyhow::Context as _;
 use switchboard_server::config::{self, Command, Config};
 use switchboard_server::token;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match Config::load(&args, &config::ProcessEnv, &config::RealFiles) {
