@@ -33,7 +33,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 
 use rand::Rng;
 
-use crate::bus::{LocalHub, RelayMessage, RemoteEvent, RemoteSender, RoomAction};
+use crate::bus::{LocalHub, RelayMessage, RelayRef, RemoteEvent, RemoteSender, RoomAction};
 use crate::inbox::{Admit, Inbox, InboxLimits, ReplayError};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Outbox, Push};
@@ -165,8 +165,8 @@ fn deliver_to(
     }
 }
 
-fn sender_of(msg: &RelayMessage) -> Option<(&str, u64)> {
-    msg.sender_seq.map(|seq| (msg.sender_id.as_str(), seq))
+fn sender_of(msg: RelayRef<'_>) -> Option<(&str, u64)> {
+    msg.sender_seq.map(|seq| (msg.sender_id, seq))
 }
 
 /// How a local participant joins: its connection, inbox bounds and resume token.
@@ -947,17 +947,17 @@ impl Hub {
 
     /// Delivers a relayed message from a local sender to local recipients and
     /// says whether the bus must carry it further.
-    pub fn relay_local(&self, msg: &RelayMessage) -> Route {
-        let mut rooms = self.rooms(&msg.room_id);
-        let Some(room) = rooms.get_mut(&msg.room_id) else {
+    pub fn relay_local(&self, msg: RelayRef<'_>) -> Route {
+        let mut rooms = self.rooms(msg.room_id);
+        let Some(room) = rooms.get_mut(msg.room_id) else {
             return Route::TargetNotFound;
         };
-        match &msg.to {
+        match msg.to {
             Some(to) => match room.members.get_mut(to) {
                 None => Route::TargetNotFound,
                 Some(Member {
                     local: Some(local), ..
-                }) => match deliver_to(&self.metrics, local, sender_of(msg), &msg.frame) {
+                }) => match deliver_to(&self.metrics, local, sender_of(msg), msg.frame) {
                     // The target's connection has already closed and it is
                     // about to leave: tell the sender rather than lose the
                     // message silently.
@@ -989,14 +989,14 @@ impl Hub {
     }
 
     /// Delivers a broadcast to every local member except its sender; returns the count.
-    fn fan_out(&self, room: &mut RoomMembers, msg: &RelayMessage) -> usize {
+    fn fan_out(&self, room: &mut RoomMembers, msg: RelayRef<'_>) -> usize {
         let mut n = 0;
         for (id, member) in room.members.iter_mut() {
             let Some(local) = member.local.as_mut() else {
                 continue;
             };
-            if *id != msg.sender_id {
-                match deliver_to(&self.metrics, local, sender_of(msg), &msg.frame) {
+            if id != msg.sender_id {
+                match deliver_to(&self.metrics, local, sender_of(msg), msg.frame) {
                     Delivered::Duplicate => self.metrics.duplicate_dropped(),
                     Delivered::Kept | Delivered::Gone => n += 1,
                 }
@@ -1058,7 +1058,12 @@ impl LocalHub for Hub {
                         local: Some(local), ..
                     }) = room.members.get_mut(to)
                     {
-                        match deliver_to(&self.metrics, local, sender_of(&msg), &msg.frame) {
+                        match deliver_to(
+                            &self.metrics,
+                            local,
+                            sender_of(msg.borrowed()),
+                            &msg.frame,
+                        ) {
                             Delivered::Duplicate => self.metrics.duplicate_dropped(),
                             Delivered::Kept | Delivered::Gone => {
                                 self.metrics.relayed(msg.kind.as_str(), 1)
@@ -1067,7 +1072,7 @@ impl LocalHub for Hub {
                     }
                 }
                 None => {
-                    let n = self.fan_out(room, &msg);
+                    let n = self.fan_out(room, msg.borrowed());
                     self.metrics.relayed(msg.kind.as_str(), n);
                 }
             },

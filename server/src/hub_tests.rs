@@ -81,7 +81,10 @@ fn relay_routes() {
     for o in [&a, &b, &c] {
         while try_next(o).is_some() {}
     }
-    assert_eq!(h.relay_local(&relay("a", Some("c"))), Route::LocalOnly);
+    assert_eq!(
+        h.relay_local(relay("a", Some("c")).borrowed()),
+        Route::LocalOnly
+    );
     assert!(
         try_next(&b).is_none(),
         "targeted message reaches only its target"
@@ -92,10 +95,10 @@ fn relay_routes() {
         (Some("a"), Some("c"))
     );
     assert_eq!(
-        h.relay_local(&relay("a", Some("zzz"))),
+        h.relay_local(relay("a", Some("zzz")).borrowed()),
         Route::TargetNotFound
     );
-    assert_eq!(h.relay_local(&relay("a", None)), Route::LocalOnly);
+    assert_eq!(h.relay_local(relay("a", None).borrowed()), Route::LocalOnly);
     assert!(try_next(&a).is_none(), "broadcast skips the sender");
     assert_eq!(json(try_next(&b))["to"], Value::Null);
     assert_eq!(json(try_next(&c))["to"], Value::Null);
@@ -113,8 +116,11 @@ fn remote_members_and_events() {
         &[participant("x", "i2"), participant("a", "i1")],
     );
     while try_next(&a).is_some() {}
-    assert_eq!(h.relay_local(&relay("a", Some("x"))), Route::Publish);
-    assert_eq!(h.relay_local(&relay("a", None)), Route::Publish);
+    assert_eq!(
+        h.relay_local(relay("a", Some("x")).borrowed()),
+        Route::Publish
+    );
+    assert_eq!(h.relay_local(relay("a", None).borrowed()), Route::Publish);
     assert!(try_next(&a).is_none());
 
     // What a bus asks before it hands over a relay from another instance.
@@ -197,7 +203,10 @@ fn remote_members_and_events() {
         reason: LeaveReason::Closed,
     });
     assert_eq!(h.counts(), (1, 1));
-    assert_eq!(h.relay_local(&relay("a", Some("x"))), Route::TargetNotFound);
+    assert_eq!(
+        h.relay_local(relay("a", Some("x")).borrowed()),
+        Route::TargetNotFound
+    );
 
     // Events for rooms without local participants are ignored.
     h.deliver(RemoteEvent::Joined {
@@ -218,8 +227,8 @@ fn slow_reader_is_marked_and_others_keep_receiving() {
     join(&h, "f", &fast, &["s", "f"]);
     while try_next(&fast).is_some() {}
     for _ in 0..5 {
-        h.relay_local(&relay("x", Some("s")));
-        h.relay_local(&relay("s", Some("f")));
+        h.relay_local(relay("x", Some("s")).borrowed());
+        h.relay_local(relay("s", Some("f")).borrowed());
         assert_eq!(json(try_next(&fast))["type"], "offer");
     }
     assert_eq!(try_next(&slow), Some(Next::Close(CloseCause::SlowConsumer)));
@@ -248,7 +257,10 @@ fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
     h.drain(Duration::ZERO);
     // Every outbox is now marked draining, but t's writer has not flushed:
     // an offer sent now still reaches t, after the reconnect hint.
-    assert_eq!(h.relay_local(&relay("s", Some("t"))), Route::LocalOnly);
+    assert_eq!(
+        h.relay_local(relay("s", Some("t")).borrowed()),
+        Route::LocalOnly
+    );
     assert_eq!(json(try_next(&t))["type"], "room-state");
     assert_eq!(json(try_next(&t))["type"], "reconnect");
     let v = json(try_next(&t));
@@ -259,7 +271,10 @@ fn signaling_during_a_drain_is_delivered_or_refused_never_lost() {
     // t's writer has taken the close: the next offer is refused, so the
     // sender hears `target_not_found` instead of losing it.
     assert_eq!(try_next(&t), Some(Next::Close(CloseCause::Draining)));
-    assert_eq!(h.relay_local(&relay("s", Some("t"))), Route::TargetNotFound);
+    assert_eq!(
+        h.relay_local(relay("s", Some("t")).borrowed()),
+        Route::TargetNotFound
+    );
     // The sender's own error reply still fits its draining outbox.
     assert_eq!(s.push(frame(1), Delivery::Droppable), Push::Queued);
 }
@@ -558,14 +573,26 @@ fn a_detached_participant_collects_and_a_resume_replays_in_order() {
     drain(&a);
     let state = drain(&b);
     assert_eq!(state[0]["payload"]["resume_token"], "token-of-b");
-    assert_eq!(h.relay_local(&numbered("a", "b", 1)), Route::LocalOnly);
+    assert_eq!(
+        h.relay_local(numbered("a", "b", 1).borrowed()),
+        Route::LocalOnly
+    );
     assert_eq!(json(try_next(&b))["seq"], 1);
     h.detach(&room(), &claim).unwrap();
     assert_eq!(h.inbox_counts(), (1, 1));
-    assert_eq!(h.relay_local(&numbered("a", "b", 2)), Route::LocalOnly);
-    assert_eq!(h.relay_local(&numbered("a", "b", 3)), Route::LocalOnly);
+    assert_eq!(
+        h.relay_local(numbered("a", "b", 2).borrowed()),
+        Route::LocalOnly
+    );
+    assert_eq!(
+        h.relay_local(numbered("a", "b", 3).borrowed()),
+        Route::LocalOnly
+    );
     // A re-send of #3 is taken for what it is.
-    assert_eq!(h.relay_local(&numbered("a", "b", 3)), Route::LocalOnly);
+    assert_eq!(
+        h.relay_local(numbered("a", "b", 3).borrowed()),
+        Route::LocalOnly
+    );
     let fresh = outbox();
     let (info, new_claim) = h.resume(&room(), "b", "user-b", 1, fresh.clone()).unwrap();
     assert_eq!(info.participant_id, "b");
@@ -580,7 +607,7 @@ fn a_detached_participant_collects_and_a_resume_replays_in_order() {
         .collect();
     assert_eq!(seqs, [2, 3]);
     // Live traffic numbers on; the room heard nothing of all this.
-    h.relay_local(&numbered("a", "b", 4));
+    h.relay_local(numbered("a", "b", 4).borrowed());
     assert_eq!(json(try_next(&fresh))["seq"], 4);
     assert!(try_next(&a).is_none(), "{:?}", drain(&a));
     // The old connection's claim can no longer make b leave or expire.
@@ -613,7 +640,7 @@ fn a_resume_is_refused_for_another_user_a_seq_ahead_or_an_overflow() {
     drain(&a);
     h.detach(&room(), &claim).unwrap();
     for seq in 1..=5 {
-        h.relay_local(&numbered("a", "b", seq));
+        h.relay_local(numbered("a", "b", seq).borrowed());
     }
     let refused = |user: &str, last: u64| h.resume(&room(), "b", user, last, outbox()).unwrap_err();
     assert_eq!(refused("user-a", 5).refusal, Refusal::Invalid);

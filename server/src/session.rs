@@ -25,7 +25,9 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::auth::{Authenticator, Identity};
-use crate::bus::{Bus, BusError, Delivered, JoinLimits, JoinOutcome, RelayDelivery, RelayMessage};
+use crate::bus::{
+    Bus, BusError, Delivered, JoinLimits, JoinOutcome, RelayDelivery, RelayMessage, RelayRef,
+};
 use crate::config::Limits;
 use crate::hub::{Attach, Claim, Hub, Route};
 use crate::in_flight::{self, Answer, InFlight, Reply};
@@ -382,8 +384,8 @@ pub async fn close_handshake<S, R>(
 }
 
 fn text_message(frame: Frame) -> Message {
-    // Shares the frame's bytes, checked as UTF-8 once when it was built.
-    Message::Text(frame.to_text())
+    // The frame's bytes, checked as UTF-8 once when it was built.
+    Message::Text(frame.into_text())
 }
 
 /// Runs one participant until it ends. `sink`/`stream` are the WebSocket
@@ -1152,22 +1154,13 @@ impl Session {
                     ctx.room.as_str(),
                     to.as_deref(),
                 );
-                let relay = RelayMessage {
-                    room_id: ctx.room.clone(),
-                    kind,
-                    sender_id: self.me.participant_id.clone(),
-                    to,
-                    sender_seq: seq,
-                    seqs: None,
-                    frame,
-                };
                 // What the room pays for it: one copy per recipient.
-                let recipients = if relay.to.is_some() {
+                let recipients = if to.is_some() {
                     1
                 } else {
                     ctx.hub.member_count(&ctx.room).saturating_sub(1)
                 };
-                let cost = ratelimit::delivery_cost(relay.frame.len(), recipients);
+                let cost = ratelimit::delivery_cost(frame.len(), recipients);
                 match limiter.check_delivery(cost, arrived.into_std()) {
                     Verdict::Allow => {}
                     Verdict::Reject => {
@@ -1184,17 +1177,34 @@ impl Session {
                     Verdict::Abuse => return Err(End::RateLimited),
                 }
                 if ctx.bus.numbers_deliveries() {
+                    let relay = RelayMessage {
+                        room_id: ctx.room.clone(),
+                        kind,
+                        sender_id: self.me.participant_id.clone(),
+                        to: to.map(Cow::into_owned),
+                        sender_seq: seq,
+                        seqs: None,
+                        frame,
+                    };
                     self.deliver_through_bus(relay, in_flight);
                     return Ok(());
                 }
-                let reply = match ctx.hub.relay_local(&relay) {
+                let relay = RelayRef {
+                    room_id: &ctx.room,
+                    kind,
+                    sender_id: &self.me.participant_id,
+                    to: to.as_deref(),
+                    sender_seq: seq,
+                    frame: &frame,
+                };
+                let reply = match ctx.hub.relay_local(relay) {
                     Route::LocalOnly => Reply::Ack(seq),
                     Route::TargetNotFound => error(
                         ErrorCode::TargetNotFound,
                         "no participant with that id in this room",
                         seq,
                     ),
-                    Route::Publish => match ctx.bus.publish(relay).await {
+                    Route::Publish => match ctx.bus.publish(relay.to_message()).await {
                         Ok(()) => Reply::Ack(seq),
                         Err(e @ BusError::DeliveryUnknown { .. }) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
@@ -1443,16 +1453,18 @@ impl Session {
             // must still end the session at once.
             // Frames already queued go out in the same write: one flush per
             // batch lets an active reader keep up with a burst from the room.
-            let batch = async {
-                write_within(stall, sink.feed(message)).await?;
+            // One deadline for the whole batch, not one per frame: each timeout reads the
+            // clock and takes a handle on the runtime's timer.
+            let batch = write_within(stall, async {
+                sink.feed(message).await?;
                 for _ in 0..WRITE_BATCH {
                     match outbox.try_pop() {
-                        Some(frame) => write_within(stall, sink.feed(text_message(frame))).await?,
+                        Some(frame) => sink.feed(text_message(frame)).await?,
                         None => break,
                     }
                 }
-                write_within(stall, sink.flush()).await
-            };
+                sink.flush().await
+            });
             let stuck = async {
                 match outbox.closing().await {
                     CloseCause::SlowConsumer => End::SlowConsumer,
@@ -1480,8 +1492,8 @@ impl Session {
     }
 }
 
-/// One write to the socket, bounded by `stall`. A full write buffer or a
-/// write that blocks past `stall` means the peer is not reading: it is closed
+/// One batch of writes to the socket, bounded by `stall`. A full write buffer or
+/// a batch that blocks past `stall` means the peer is not reading: it is closed
 /// as a slow consumer, like a reader whose queue overflows.
 async fn write_within<F>(stall: Duration, write: F) -> Result<(), End>
 where

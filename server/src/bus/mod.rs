@@ -160,6 +160,46 @@ pub enum JoinOutcome {
     UserLimit,
 }
 
+/// A relay as the hub delivers it to local participants: [`RelayMessage`]'s fields,
+/// borrowed, so a relay that stays on this instance copies no ids.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayRef<'a> {
+    pub room_id: &'a RoomId,
+    pub kind: RelayKind,
+    pub sender_id: &'a str,
+    pub to: Option<&'a str>,
+    pub sender_seq: Option<u64>,
+    pub frame: &'a Frame,
+}
+
+impl RelayMessage {
+    pub fn borrowed(&self) -> RelayRef<'_> {
+        RelayRef {
+            room_id: &self.room_id,
+            kind: self.kind,
+            sender_id: &self.sender_id,
+            to: self.to.as_deref(),
+            sender_seq: self.sender_seq,
+            frame: &self.frame,
+        }
+    }
+}
+
+impl RelayRef<'_> {
+    /// The message to hand to the bus.
+    pub fn to_message(self) -> RelayMessage {
+        RelayMessage {
+            room_id: self.room_id.clone(),
+            kind: self.kind,
+            sender_id: self.sender_id.to_owned(),
+            to: self.to.map(str::to_owned),
+            sender_seq: self.sender_seq,
+            seqs: None,
+            frame: self.frame.clone(),
+        }
+    }
+}
+
 /// A relayed message as it crosses the bus: routing metadata plus the frame
 /// serialized exactly once by the sending instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
