@@ -80,15 +80,22 @@ impl Frame {
         let Some(body) = text.strip_suffix('}') else {
             return self.clone();
         };
-        let mut out = String::with_capacity(text.len() + 28);
-        out.push_str(body);
         // `{}` has no field to follow; ours always have `type`.
-        if body.len() > 1 {
+        let comma = body.len() > 1;
+        let digits = seq.checked_ilog10().map_or(1, |log| log as usize + 1);
+        // Exactly the length: bytes gives a buffer with spare capacity a shared header of
+        // its own at once (a second allocation per delivered frame), an exact one only
+        // when it is first cloned.
+        let len = body.len() + usize::from(comma) + "\"seq\":".len() + digits + 1;
+        let mut out = String::with_capacity(len);
+        out.push_str(body);
+        if comma {
             out.push(',');
         }
         out.push_str("\"seq\":");
         // Writing to a String cannot fail.
         let _ = write!(out, "{seq}}}");
+        debug_assert_eq!(out.len(), len);
         Frame::from_json_text(out)
     }
 }

@@ -593,6 +593,16 @@ fn seqs_are_spliced_as_the_last_field() {
     assert_eq!(v["payload"]["sdp"], "x");
     assert_eq!(v["type"], "offer");
     assert!(frame.with_seq(1).as_str().starts_with("{\"type\":"));
+    // Every digit count, both ends included (`with_seq` sizes its buffer exactly).
+    for seq in [0, 1, 9, 10, 99, 100, 999_999, 1_000_000, u64::MAX] {
+        let numbered = frame.with_seq(seq);
+        let v: serde_json::Value = serde_json::from_str(numbered.as_str()).unwrap();
+        assert_eq!(v["seq"].as_u64(), Some(seq));
+        assert_eq!(
+            numbered.len(),
+            frame.len() + ",\"seq\":".len() + seq.to_string().len()
+        );
+    }
     let ack: serde_json::Value = serde_json::from_str(encode_ack("r", 9).as_str()).unwrap();
     assert_eq!(
         (ack["type"].as_str(), ack["seq"].as_u64()),
