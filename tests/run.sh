@@ -15,6 +15,8 @@ die() { echo "tests/run.sh: $*" >&2; exit 1; }
 need_pkgs=()
 want() { command -v "$2" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 want redis-server redis-server
+# A C compiler: ring (TLS) and mimalloc (the server's allocator) build C code.
+want gcc cc
 # redis-cli builds and reshards the Redis Cluster of the sharded-bus tests.
 want redis-tools redis-cli
 want chromium chromium
