@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Tables and plots for docs/benchmarks.md from the JSON reports of load/bench/run.sh.
 
-    python3 load/bench/plot.py [--out DIR] LABEL=RESULTS_DIR [LABEL=RESULTS_DIR ...]
+    python3 load/bench/plot.py [--out DIR] LABEL=RESULTS_DIR[,RESULTS_DIR...] [LABEL=...]
 
 Each RESULTS_DIR holds the <name>-r<k>.json reports of one run.sh run (LABEL names it in the
-tables and plots, e.g. before=... after=...). Prints markdown tables of medians with the
+tables and plots, e.g. before=... after=...); several directories under one label are taken
+as more repetitions of the same run (run.sh runs alternated with another revision's). Prints markdown tables of medians with the
 min-max spread over the repetitions and writes two PNGs into --out (default docs/benchmarks):
 latency percentiles against offered rate, and server RSS against participants. matplotlib is
 installed into target/bench-venv with pip when it is missing.
@@ -36,10 +37,11 @@ def ensure_matplotlib():
     os.execv(python, [python] + sys.argv)
 
 
-def load(directory):
-    """{name: [report, ...]} with the repetition suffix stripped from the file name."""
+def load(directories):
+    """{name: [report, ...]} over every directory, the repetition suffix stripped from the file name."""
     groups = {}
-    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+    paths = [p for d in directories for p in sorted(glob.glob(os.path.join(d, "*.json")))]
+    for path in paths:
         name = re.sub(r"-r\d+$", "", os.path.basename(path)[:-5])
         with open(path) as f:
             groups.setdefault(name, []).append(json.load(f))
@@ -276,8 +278,8 @@ def main():
     ensure_matplotlib()
     sets = []
     for a in args:
-        label, _, directory = a.partition("=")
-        sets.append((label, load(directory)))
+        label, _, directories = a.partition("=")
+        sets.append((label, load(directories.split(","))))
     for label, g in sets:
         tables(label, g)
     plots(sets, out)
