@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rand::Rng;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -34,7 +34,7 @@ use crate::in_flight::{self, Answer, InFlight, Reply};
 use crate::lifetime::{Expiry, Lifetime};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseCause, Delivery, Next, Outbox};
-use crate::protocol::{self, ClientMessage, ErrorCode, Frame};
+use crate::protocol::{self, ClientMessage, ErrorCode, Frame, RelayKind};
 use crate::ratelimit::{self, RateLimiter, RateLimits, Verdict};
 use crate::resend_order::{self, ResendOrder};
 use crate::resume::{Refusal, Resume, ResumeRequest};
@@ -1177,15 +1177,7 @@ impl Session {
                     Verdict::Abuse => return Err(End::RateLimited),
                 }
                 if ctx.bus.numbers_deliveries() {
-                    let relay = RelayMessage {
-                        room_id: ctx.room.clone(),
-                        kind,
-                        sender_id: self.me.participant_id.clone(),
-                        to: to.map(Cow::into_owned),
-                        sender_seq: seq,
-                        seqs: None,
-                        frame,
-                    };
+                    let relay = self.relay_message(kind, to, seq, frame);
                     self.deliver_through_bus(relay, in_flight);
                     return Ok(());
                 }
@@ -1204,7 +1196,11 @@ impl Session {
                         "no participant with that id in this room",
                         seq,
                     ),
-                    Route::Publish => match ctx.bus.publish(relay.to_message()).await {
+                    Route::Publish => match ctx
+                        .bus
+                        .publish(self.relay_message(kind, to, seq, frame))
+                        .await
+                    {
                         Ok(()) => Reply::Ack(seq),
                         Err(e @ BusError::DeliveryUnknown { .. }) => {
                             tracing::warn!(error = %e, kind = kind.as_str(), "relay not confirmed by the bus");
@@ -1243,6 +1239,26 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The relay as it goes to the bus (a local relay is delivered from a borrowed
+    /// [`RelayRef`], without these copies of the ids).
+    fn relay_message(
+        &self,
+        kind: RelayKind,
+        to: Option<Cow<'_, str>>,
+        sender_seq: Option<u64>,
+        frame: Frame,
+    ) -> RelayMessage {
+        RelayMessage {
+            room_id: self.ctx.room.clone(),
+            kind,
+            sender_id: self.me.participant_id.clone(),
+            to: to.map(Cow::into_owned),
+            sender_seq,
+            seqs: None,
+            frame,
+        }
     }
 
     /// A relay through a bus that numbers deliveries: every recipient, local or not, gets it
@@ -1453,18 +1469,16 @@ impl Session {
             // must still end the session at once.
             // Frames already queued go out in the same write: one flush per
             // batch lets an active reader keep up with a burst from the room.
-            // One deadline for the whole batch, not one per frame: each timeout reads the
-            // clock and takes a handle on the runtime's timer.
-            let batch = write_within(stall, async {
-                sink.feed(message).await?;
+            let batch = async {
+                feed_within(stall, sink, message).await?;
                 for _ in 0..WRITE_BATCH {
                     match outbox.try_pop() {
-                        Some(frame) => sink.feed(text_message(frame)).await?,
+                        Some(frame) => feed_within(stall, sink, text_message(frame)).await?,
                         None => break,
                     }
                 }
-                sink.flush().await
-            });
+                flush_within(stall, sink).await
+            };
             let stuck = async {
                 match outbox.closing().await {
                     CloseCause::SlowConsumer => End::SlowConsumer,
@@ -1492,23 +1506,52 @@ impl Session {
     }
 }
 
-/// One batch of writes to the socket, bounded by `stall`. A full write buffer or
-/// a batch that blocks past `stall` means the peer is not reading: it is closed
-/// as a slow consumer, like a reader whose queue overflows.
-async fn write_within<F>(stall: Duration, write: F) -> Result<(), End>
+/// Queues one frame on the socket's sink, waiting at most `stall` for room in its buffer.
+async fn feed_within<S>(stall: Duration, sink: &mut S, message: Message) -> Result<(), End>
+where
+    S: Sink<Message, Error = WriteError> + Unpin,
+{
+    write_within(stall, std::future::poll_fn(|cx| sink.poll_ready_unpin(cx))).await?;
+    sink.start_send_unpin(message).map_err(write_failed)
+}
+
+/// Flushes the socket's sink, waiting at most `stall`.
+async fn flush_within<S>(stall: Duration, sink: &mut S) -> Result<(), End>
+where
+    S: Sink<Message, Error = WriteError> + Unpin,
+{
+    write_within(stall, std::future::poll_fn(|cx| sink.poll_flush_unpin(cx))).await
+}
+
+/// One step of a write (room in the sink's buffer, or a flush), bounded by `stall`: one that
+/// cannot finish for that long means the peer takes nothing, and it is closed as a slow
+/// consumer, like a reader whose queue overflows. The timer is armed only when the step
+/// would block: a tokio timeout reads the clock and takes a handle on the runtime's timer,
+/// and nearly every step completes at once. (Polling a readiness or flush step again is
+/// harmless; each frame is handed over once, by `start_send`.)
+async fn write_within<F>(stall: Duration, step: F) -> Result<(), End>
 where
     F: std::future::Future<Output = Result<(), WriteError>>,
 {
-    match tokio::time::timeout(stall, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(WriteError::Closed)) => Err(End::Transport),
-        Ok(Err(WriteError::BufferFull)) => {
-            tracing::info!("peer does not read: write buffer full");
-            Err(End::SlowConsumer)
-        }
+    let mut step = std::pin::pin!(step);
+    if let Some(done) = (&mut step).now_or_never() {
+        return done.map_err(write_failed);
+    }
+    match tokio::time::timeout(stall, step).await {
+        Ok(done) => done.map_err(write_failed),
         Err(_) => {
             tracing::info!("peer does not read: write blocked past the ping timeout");
             Err(End::SlowConsumer)
+        }
+    }
+}
+
+fn write_failed(e: WriteError) -> End {
+    match e {
+        WriteError::Closed => End::Transport,
+        WriteError::BufferFull => {
+            tracing::info!("peer does not read: write buffer full");
+            End::SlowConsumer
         }
     }
 }

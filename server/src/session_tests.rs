@@ -817,6 +817,46 @@ async fn drain_removes_a_participant_whose_socket_is_stuck() {
         .is_empty());
 }
 
+// The stall bound is per write step, not per batch: a peer whose socket takes one frame at
+// a time, every half ping timeout, keeps up with a burst that takes four ping timeouts to
+// drain, and gets all of it.
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_that_keeps_reading_is_not_a_slow_consumer() {
+    let w = World::new();
+    let mut a = w.join("alice");
+    a.joined().await;
+    let (to_client, mut slow) = mpsc::channel::<Message>(0);
+    let (to_server, from_client) = mpsc::unbounded::<Result<Message, ReadError>>();
+    let bob = tokio::spawn(run(
+        w.ctx("bob"),
+        w.shutdown.guard().unwrap(),
+        sink(to_client),
+        from_client,
+    ));
+    a.expect("user-joined").await;
+    for n in 0..8 {
+        a.send(json!({"type":"chat-message","payload":n}));
+    }
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        tokio::time::sleep(limits().ping_timeout / 2).await;
+        // Bob is never silent either.
+        let pong = Ok(Message::Pong(bytes::Bytes::new()));
+        if to_server.unbounded_send(pong).is_err() || bob.is_finished() {
+            panic!("bob's session ended: {:?}", bob.await);
+        }
+        let Some(Message::Text(text)) = slow.next().await else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["type"] == "chat-message" {
+            got.push(v["payload"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(got, (0..8).collect::<Vec<_>>());
+    assert!(!bob.is_finished());
+}
+
 // A peer that stopped reading with its socket full: the writer is blocked in
 // `feed`/`flush` and the queue never overflows. It must still be removed
 // (the keep-alive used to live in the writer's select and never ran), even
