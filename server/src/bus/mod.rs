@@ -185,21 +185,6 @@ impl RelayMessage {
     }
 }
 
-impl RelayRef<'_> {
-    /// The message to hand to the bus.
-    pub fn to_message(self) -> RelayMessage {
-        RelayMessage {
-            room_id: self.room_id.clone(),
-            kind: self.kind,
-            sender_id: self.sender_id.to_owned(),
-            to: self.to.map(str::to_owned),
-            sender_seq: self.sender_seq,
-            seqs: None,
-            frame: self.frame.clone(),
-        }
-    }
-}
-
 /// A relayed message as it crosses the bus: routing metadata plus the frame
 /// serialized exactly once by the sending instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,9 @@ const MAX_BOUNDS: usize = 11;
 #[repr(align(128))]
 struct Line<T>(T);
 
-/// The stripe this thread records into, assigned round-robin on first use.
+/// The stripe this thread records into, assigned round-robin on first use: the runtime's
+/// workers start first and record most, so they get stripes of their own unless there are
+/// more than [`STRIPES`] of them; threads that come later (blocking pool, tests) share.
 fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -76,7 +78,8 @@ impl EncodeMetric for StripedCounter {
 
 #[derive(Debug, Default)]
 struct HistogramStripe {
-    count: AtomicU64,
+    /// May run a few observations ahead of or behind the buckets in a scrape taken while
+    /// they are recorded; the count is the buckets' total, so `_count` and `+Inf` agree.
     sum: AtomicU64,
     /// Observations per bucket, not cumulative; index `bounds.len()` is `+Inf`.
     buckets: [AtomicU64; MAX_BOUNDS + 1],
@@ -91,18 +94,18 @@ pub struct StripedHistogram {
 }
 
 impl StripedHistogram {
-    /// `bounds` ascending; only the first [`MAX_BOUNDS`] are used.
+    /// `bounds` ascending, at most [`MAX_BOUNDS`] of them (the server's own constants; a
+    /// longer list is a programming error, caught at start-up).
     pub fn new(bounds: &'static [f64]) -> Self {
-        debug_assert!(bounds.len() <= MAX_BOUNDS, "too many histogram bounds");
+        assert!(bounds.len() <= MAX_BOUNDS, "too many histogram bounds");
         StripedHistogram {
-            bounds: &bounds[..bounds.len().min(MAX_BOUNDS)],
+            bounds,
             stripes: Arc::default(),
         }
     }
 
     pub fn observe(&self, value: u64) {
         let stripe = &self.stripes[stripe()].0;
-        stripe.count.fetch_add(1, Ordering::Relaxed);
         stripe.sum.fetch_add(value, Ordering::Relaxed);
         stripe.buckets[bucket_of(self.bounds, value)].fetch_add(1, Ordering::Relaxed);
     }
@@ -116,15 +119,17 @@ impl StripedHistogram {
             .chain([f64::INFINITY])
             .map(|bound| (bound, 0))
             .collect();
-        let (mut sum, mut count) = (0u64, 0u64);
+        let mut sum = 0u64;
         for line in self.stripes.iter() {
             let stripe = &line.0;
             sum = sum.wrapping_add(stripe.sum.load(Ordering::Relaxed));
-            count = count.wrapping_add(stripe.count.load(Ordering::Relaxed));
             for (total, n) in buckets.iter_mut().zip(&stripe.buckets) {
                 total.1 = total.1.wrapping_add(n.load(Ordering::Relaxed));
             }
         }
+        let count = buckets
+            .iter()
+            .fold(0u64, |count, (_, n)| count.wrapping_add(*n));
         (sum, count, buckets)
     }
 }
