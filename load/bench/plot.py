@@ -5,8 +5,9 @@
 
 Each RESULTS_DIR holds the <name>-r<k>.json reports of one run.sh run (LABEL names it in the
 tables and plots, e.g. before=... after=...); several directories under one label are taken
-as more repetitions of the same run (run.sh runs alternated with another revision's). Prints markdown tables of medians with the
-min-max spread over the repetitions and writes two PNGs into --out (default docs/benchmarks):
+as more repetitions of the same run (run.sh runs alternated with another revision's). Prints
+markdown tables of medians with the min-max spread over the repetitions and writes two PNGs
+into --out (default docs/benchmarks):
 latency percentiles against offered rate, and server RSS against participants. matplotlib is
 installed into target/bench-venv with pip when it is missing.
 """
@@ -38,7 +39,7 @@ def ensure_matplotlib():
 
 
 def load(directories):
-    """{name: [report, ...]} over every directory, the repetition suffix stripped from the file name."""
+    """{name: [report, ...]} over all directories, repetition suffixes stripped from file names."""
     groups = {}
     paths = [p for d in directories for p in sorted(glob.glob(os.path.join(d, "*.json")))]
     for path in paths:

@@ -10,7 +10,7 @@ mod striped;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use prometheus_client::encoding::{prometheus_text, EncodeMetric, MetricEncoder};
+use prometheus_client::encoding::{prometheus_text, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -91,7 +91,7 @@ impl EncodeMetric for LabeledCounter {
         for (value, n) in self.snapshot() {
             encoder
                 .encode_family(&[(self.label, value)])?
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&n, None)?;
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
         Ok(())
     }

@@ -48,11 +48,7 @@ pub struct StripedCounter(Arc<[Line<AtomicU64>; STRIPES]>);
 
 impl StripedCounter {
     pub fn inc(&self) {
-        self.inc_by(1);
-    }
-
-    pub fn inc_by(&self, n: u64) {
-        self.0[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
